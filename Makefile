@@ -1,0 +1,35 @@
+# leadscore developer commands. `make help` lists them.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-unit lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the service with its test tools
+
+run: $(STAMP) ## Start the service (embedded broker and database unless configured otherwise)
+	$(PY) -m services.main
+
+test: $(STAMP) ## Run the whole test suite against the real (embedded) broker and database
+	$(PY) -m pytest
+
+test-unit: $(STAMP) ## Run the pure unit tests only
+	$(PY) -m pytest tests/unit
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check .
+
+clean: ## Remove the virtual environment and local data
+	rm -rf $(VENV) .leadscore

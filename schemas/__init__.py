@@ -1,0 +1,1 @@
+"""Pydantic models of every external contract (see ../shared/CONTRACTS.md)."""

@@ -1,0 +1,95 @@
+"""Output records (CONTRACTS section 4) and sales feedback (in)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.ruleset import Stage
+
+TransitionReason = Literal[
+    "threshold", "trigger", "disqualified", "sales_feedback", "sla_expired", "rescore",
+    "merge", "manual",
+]
+FeedbackOutcome = Literal[
+    "accepted", "qualified", "rejected", "converted", "won", "lost", "disqualified",
+]
+
+
+class Score(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    total: float
+    fit: float
+    engagement: float
+
+
+class TransitionRecord(BaseModel):
+    """A value on `lead-status-transitions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transition_id: str
+    lead_id: str
+    account_id: str | None
+    from_stage: Stage
+    to_stage: Stage
+    reason: TransitionReason
+    rule_id: str | None
+    score: Score
+    ruleset_version: int
+    caused_by: str | None
+    occurred_at: datetime
+    emitted_at: datetime
+
+
+class Signal(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule_id: str
+    description: str
+    points: float
+    count: int
+    last_seen: datetime | None
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    email: str | None
+    title: str | None
+    company: str | None
+
+
+class NotificationRecord(BaseModel):
+    """A value on `sales-notifications`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notification_id: str
+    type: Literal["promotion", "sla_breach"]
+    lead_id: str
+    stage: Stage
+    priority: Literal["hot", "warm"]
+    score: Score
+    top_signals: list[Signal]
+    profile: Profile
+    owner: str
+    respond_by: datetime | None
+    ruleset_version: int
+    occurred_at: datetime
+
+
+class FeedbackRecord(BaseModel):
+    """A value on `sales-feedback` (intake arrives in a later issue)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedback_id: str
+    lead_id: str
+    outcome: FeedbackOutcome
+    reason: str | None = None
+    by: str | None = None
+    at: datetime

@@ -1,0 +1,219 @@
+"""Rule-set documents (CONTRACTS section 5): what admins publish, validated before use."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Stage = Literal["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified"]
+PromotionStage = Literal["sal", "sql"]
+
+# Globs are matched segment by segment; a cap on wildcards and length keeps that cheap.
+MAX_PATTERN_LENGTH = 256
+MAX_WILDCARDS = 8
+MAX_RULES = 1000
+OPERATORS = (
+    "equals", "in", "contains_any", "starts_with_any", "ends_with_any",
+    "between", "gte", "lte", "exists",
+)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_RULE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+Scalar = str | int | float | bool
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Turn '24h', '30m', '2d', '90s' (or a number of seconds) into seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 2d)")
+        seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+def check_glob(pattern: str) -> str:
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise ValueError(f"pattern longer than {MAX_PATTERN_LENGTH} characters")
+    if pattern.count("*") > MAX_WILDCARDS:
+        raise ValueError(f"more than {MAX_WILDCARDS} '*' wildcards")
+    return pattern
+
+
+class Operators(BaseModel):
+    """Comparison operators; every one that is set must hold."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    equals: Scalar | None = None
+    in_: list[Scalar] | None = Field(default=None, alias="in", min_length=1)
+    contains_any: list[str] | None = Field(default=None, min_length=1)
+    starts_with_any: list[str] | None = Field(default=None, min_length=1)
+    ends_with_any: list[str] | None = Field(default=None, min_length=1)
+    between: tuple[float, float] | None = None
+    gte: float | None = None
+    lte: float | None = None
+    exists: bool | None = None
+
+    @field_validator("between")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and value[0] > value[1]:
+            raise ValueError("between needs [low, high] with low <= high")
+        return value
+
+    @field_validator("contains_any", "starts_with_any", "ends_with_any")
+    @classmethod
+    def _short(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            if len(item) > MAX_PATTERN_LENGTH:
+                raise ValueError(f"value longer than {MAX_PATTERN_LENGTH} characters")
+        return value
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, name) is None for name in type(self).model_fields)
+
+
+class When(Operators):
+    """A rule's conditions. Behaviour: type, event, path, properties.<key>.
+    Fit: trait (a dotted path; 'account.<key>' reads the account) with operators beside it."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    type: Literal["page", "track", "identify", "group"] | None = None
+    event: str | list[str] | None = None
+    path: str | list[str] | None = None
+    trait: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("path")
+    @classmethod
+    def _globs(cls, value: str | list[str] | None) -> str | list[str] | None:
+        for pattern in [value] if isinstance(value, str) else value or ():
+            check_glob(pattern)
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> When:
+        extras = self.model_extra or {}
+        for key, value in extras.items():
+            if not key.startswith("properties.") or len(key) == len("properties."):
+                raise ValueError(
+                    f"unknown condition {key!r}: use type, event, path, trait with an operator "
+                    f"({', '.join(OPERATORS)}), or properties.<key>"
+                )
+            if isinstance(value, dict):
+                Operators.model_validate(value)
+            elif not isinstance(value, str | int | float | bool | list):
+                raise ValueError(f"{key}: expected a value, a list or an operator object")
+        has_operator = not Operators.model_validate(
+            {k: getattr(self, k) for k in Operators.model_fields}
+        ).is_empty()
+        if has_operator and self.trait is None:
+            raise ValueError("operators need a 'trait' to compare")
+        if self.trait is not None and not has_operator:
+            raise ValueError(f"trait {self.trait!r} has no operator ({', '.join(OPERATORS)})")
+        if (
+            self.type is None and self.event is None and self.path is None
+            and self.trait is None and not extras
+        ):
+            raise ValueError("empty condition: a rule must say when it applies")
+        return self
+
+    def property_conditions(self) -> dict[str, Any]:
+        return {k[len("properties."):]: v for k, v in (self.model_extra or {}).items()}
+
+    def is_behavioural(self) -> bool:
+        return (
+            self.type is not None or self.event is not None or self.path is not None
+            or bool(self.model_extra)
+        )
+
+
+class Limit(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int = Field(ge=1, le=10_000)
+    window_days: float = Field(gt=0, le=3650)
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_RULE_ID)]
+    category: Literal["fit", "engagement"]
+    when: When
+    points: float = Field(default=0.0, ge=-1000, le=1000)
+    promote_to: PromotionStage | None = None
+    disqualify: bool = False
+    limit: Limit | None = None
+    description: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="after")
+    def _category(self) -> Rule:
+        if self.category == "fit":
+            if self.when.is_behavioural():
+                raise ValueError("a fit rule matches traits only (trait: ...), not type/event/path")
+            if self.when.trait is None:
+                raise ValueError("a fit rule needs a 'trait' condition")
+            if self.limit is not None:
+                raise ValueError("a fit rule counts once; 'limit' applies to engagement rules")
+        elif not self.when.is_behavioural():
+            raise ValueError("an engagement rule needs type, event, path or properties.<key>")
+        return self
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mql: float
+    sal: float
+
+    @model_validator(mode="after")
+    def _order(self) -> Thresholds:
+        if self.sal < self.mql:
+            raise ValueError("thresholds.sal must be >= thresholds.mql")
+        return self
+
+
+class Decay(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    half_life_days: float = Field(default=0, ge=0, le=3650)
+
+
+class RuleSetDocument(BaseModel):
+    """A rule set as published: immutable once stored under a version number."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    thresholds: Thresholds
+    mql_requires: list[str] = Field(default_factory=list, max_length=50)
+    decay: Decay = Decay()
+    notify_on: list[Stage] = Field(default_factory=lambda: ["mql", "sal"])
+    sla: dict[Stage, float] = Field(default_factory=dict)
+    default_owner: str = Field(default="queue:default", min_length=1, max_length=200)
+    rules: list[Rule] = Field(max_length=MAX_RULES)
+
+    @field_validator("sla", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {stage: parse_duration(text) for stage, text in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> RuleSetDocument:
+        seen: set[str] = set()
+        for rule in self.rules:
+            if rule.id in seen:
+                raise ValueError(f"duplicate rule id {rule.id!r}")
+            seen.add(rule.id)
+        return self

@@ -1,0 +1,1 @@
+"""The rules engine (pure) and the consumer that drives it."""

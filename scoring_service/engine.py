@@ -1,0 +1,328 @@
+"""The rules engine: (lead state, event, rule set) -> (new state, effects). Pure: no I/O.
+
+The state is updated in place: the batch that loaded it owns it, and copying every lead on
+every event would cost more than the scoring itself. Callers that need the old state (a
+simulation, say) copy it first.
+"""
+
+from __future__ import annotations
+
+import copy
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoring_service.intake import Event
+from scoring_service.rules import CompiledRule, CompiledRuleSet, lookup
+from scoring_service.state import Account, LeadState
+from stage_router import records
+from stage_router.lifecycle import RANK, Move, automatic_move, furthest_stage
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A rule that matched an event; `counted` is False when its limit ignored it."""
+
+    rule_id: str
+    points: float
+    counted: bool
+
+
+@dataclass(slots=True)
+class Effects:
+    """What scoring one event (or a merge) asks the outside world to do."""
+
+    hits: list[Hit] = field(default_factory=list)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Traits as Segment treats them: later values win; nested objects merge key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def within_limit(counted: list[float], ts: float, count: int, window: float) -> bool:
+    """May a hit at `ts` count, given the counted hits so far (sorted)?
+
+    Not when some `window`-long span [s, s + window) would then hold more than `count` hits,
+    that is when `count` counted hits and `ts` all lie less than `window` apart. For events in
+    time order this is "fewer than `count` hits in the last window"; a late event also
+    respects the hits already counted after it.
+    """
+    lo = bisect_right(counted, ts - window)
+    hi = bisect_left(counted, ts + window)
+    if hi - lo < count:
+        return True
+    # The tightest groups of `count` hits are runs of neighbours in time order.
+    for first in range(lo, hi - count + 1):
+        earliest = min(counted[first], ts)
+        latest = max(counted[first + count - 1], ts)
+        if latest - earliest < window:
+            return False
+    return True
+
+
+def _requirements_met(state: LeadState, rules: CompiledRuleSet) -> bool:
+    for path in rules.mql_requires:
+        value = lookup(state.traits, path)
+        if value is None or value == "":
+            return False
+    return True
+
+
+def _strongest(
+    a: tuple[str, str] | None, b: tuple[str, str] | None
+) -> tuple[str, str] | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if RANK[b[0]] > RANK[a[0]] else a
+
+
+class Engine:
+    """Scores events for one active rule set."""
+
+    def __init__(self, rules: CompiledRuleSet) -> None:
+        self.rules = rules
+
+    # -- scores --------------------------------------------------------------------------
+
+    def refresh_fit(self, state: LeadState, account: Account | None) -> str | None:
+        """Recompute fit from current traits; returns a matching disqualifier's id, if any."""
+        account_traits = account.traits if account else None
+        fit = 0.0
+        matched: list[str] = []
+        disqualify: str | None = None
+        for rule in self.rules.fit_rules:
+            if rule.trait is not None and rule.trait.holds(state.traits, account_traits):
+                fit += rule.points
+                matched.append(rule.id)
+                if rule.disqualify and disqualify is None:
+                    disqualify = rule.id
+                if rule.promote_to:
+                    state.pending_trigger = _strongest(
+                        state.pending_trigger, (rule.promote_to, rule.id)
+                    )
+        state.fit = fit
+        state.fit_rules = matched
+        state.fit_key = (self.rules.version, account.version if account else 0)
+        return disqualify
+
+    def _advance_clock(self, state: LeadState, ts: float) -> None:
+        if state.as_of is None:
+            state.as_of = ts
+        elif ts > state.as_of:
+            state.engagement *= self.rules.decay_factor(ts - state.as_of)
+            state.as_of = ts
+
+    def _count_hit(self, state: LeadState, rule: CompiledRule, ts: float) -> bool:
+        if rule.limit_count:
+            counted = state.counted.setdefault(rule.id, [])
+            if not within_limit(counted, ts, rule.limit_count, rule.limit_window):
+                return False
+            insort(counted, ts)
+            # Keep two windows: enough to judge any event up to one window late.
+            horizon = (state.as_of or ts) - 2 * rule.limit_window
+            if counted[0] <= horizon:
+                del counted[: bisect_right(counted, horizon)]
+        state.engagement += rule.points * self.rules.decay_factor(state.as_of - ts)  # type: ignore[operator]
+        signal = state.signals.get(rule.id)
+        if signal is None:
+            state.signals[rule.id] = [rule.points, 1, ts]
+        else:
+            signal[0] += rule.points
+            signal[1] += 1
+            if ts > signal[2]:
+                signal[2] = ts
+        return True
+
+    # -- events --------------------------------------------------------------------------
+
+    def apply_event(
+        self, state: LeadState, event: Event, account: Account | None, *, now: float
+    ) -> Effects:
+        """Score one event for its (already resolved) lead and route the stage."""
+        effects = Effects()
+        self._advance_clock(state, event.ts)
+        disqualify: str | None = None
+        trigger: tuple[str, str] | None = None
+        traits_changed = False
+        if event.type == "identify" and event.traits:
+            state.traits = deep_merge(state.traits, event.traits)
+            traits_changed = True
+        elif event.type == "group":
+            state.account_id = event.group_id
+        account_version = account.version if account else 0
+        if traits_changed or state.fit_key != (self.rules.version, account_version):
+            disqualify = self.refresh_fit(state, account)
+        elif state.fit_rules:
+            disqualify = next(
+                (r for r in state.fit_rules if (rule := self.rules.by_id.get(r)) and rule.disqualify),
+                None,
+            )
+        account_traits = account.traits if account else None
+        for rule in self.rules.candidates(event.type, event.event_name):
+            if not rule.matches_behaviour(
+                event.event_name, event.path, event.properties or {}, state.traits, account_traits
+            ):
+                continue
+            counted = self._count_hit(state, rule, event.ts)
+            effects.hits.append(Hit(rule.id, rule.points if counted else 0.0, counted))
+            if counted:
+                if rule.promote_to:
+                    trigger = _strongest(trigger, (rule.promote_to, rule.id))
+                if rule.disqualify and disqualify is None:
+                    disqualify = rule.id
+        state.ruleset_version = self.rules.version
+        self.route(state, effects, disqualify=disqualify, trigger=trigger, event=event,
+                   account=account, now=now)
+        return effects
+
+    def route(
+        self,
+        state: LeadState,
+        effects: Effects,
+        *,
+        disqualify: str | None,
+        trigger: tuple[str, str] | None,
+        event: Event,
+        account: Account | None,
+        now: float,
+    ) -> None:
+        """Ask the stage router for a move and turn it into records."""
+        trigger = _strongest(state.pending_trigger, trigger)
+        requirements_met = _requirements_met(state, self.rules)
+        move = automatic_move(
+            stage=state.stage,
+            total=state.total,
+            mql_threshold=self.rules.mql_threshold,
+            sal_threshold=self.rules.sal_threshold,
+            requirements_met=requirements_met,
+            trigger=trigger,
+            disqualify_rule=disqualify,
+        )
+        if move is not None:
+            self.move(state, move, effects, caused_by=event.message_id, occurred_at=event.ts,
+                      account=account, now=now)
+        # A trigger that could not be honoured (mql_requires) waits for the missing traits.
+        if trigger is not None and RANK.get(state.stage, -1) < RANK[trigger[0]] and state.stage != "disqualified":
+            state.pending_trigger = trigger
+        else:
+            state.pending_trigger = None
+
+    def move(
+        self,
+        state: LeadState,
+        move: Move,
+        effects: Effects,
+        *,
+        caused_by: str | None,
+        occurred_at: float,
+        account: Account | None,
+        now: float,
+    ) -> None:
+        """Apply a stage change and emit its transition (and notification) records."""
+        state.seq += 1
+        transition = records.transition_record(
+            lead_id=state.lead_id,
+            seq=state.seq,
+            account_id=state.account_id,
+            from_stage=state.stage,
+            to_stage=move.to_stage,
+            reason=move.reason,
+            rule_id=move.rule_id,
+            score=records.score_doc(state.fit, state.engagement),
+            ruleset_version=self.rules.version,
+            caused_by=caused_by,
+            occurred_at=occurred_at,
+            emitted_at=now,
+        )
+        state.stage = move.to_stage
+        state.stage_entered_at = occurred_at
+        effects.transitions.append(transition)
+        if move.to_stage in self.rules.notify_on:
+            effects.notifications.append(
+                records.promotion_record(
+                    transition=transition,
+                    signals=self.top_signals(state),
+                    profile_doc=records.profile(state.traits, account.traits if account else None),
+                    owner=self.rules.default_owner,
+                    sla_seconds=self.rules.sla.get(move.to_stage),
+                    occurred_at=occurred_at,
+                )
+            )
+
+    def top_signals(self, state: LeadState) -> list[dict[str, Any]]:
+        """The rules that explain the score, largest contribution first."""
+        rows: list[tuple[str, str, float, int, float | None]] = []
+        for rule_id, (points, count, last_seen) in state.signals.items():
+            rule = self.rules.by_id.get(rule_id)
+            rows.append((rule_id, rule.description if rule else rule_id, points, int(count), last_seen))
+        for rule_id in state.fit_rules:
+            rule = self.rules.by_id.get(rule_id)
+            if rule is not None:
+                rows.append((rule_id, rule.description, rule.points, 1, None))
+        return records.top_signals(rows)
+
+    # -- identity ------------------------------------------------------------------------
+
+    def merge(
+        self,
+        target: LeadState,
+        source: LeadState,
+        *,
+        event: Event,
+        account: Account | None,
+        now: float,
+    ) -> Effects:
+        """Fold an anonymous lead into the identified one: activity, limits, score, stage.
+
+        Engagement from both sides is decayed to the later of their clocks, so the result is
+        what one lead would have had; a stage change is a transition with reason `merge`.
+        """
+        effects = Effects()
+        if source.as_of is not None:
+            if target.as_of is None:
+                target.as_of = source.as_of
+                target.engagement = source.engagement
+            else:
+                latest = max(target.as_of, source.as_of)
+                target.engagement = (
+                    target.engagement * self.rules.decay_factor(latest - target.as_of)
+                    + source.engagement * self.rules.decay_factor(latest - source.as_of)
+                )
+                target.as_of = latest
+        for rule_id, times in source.counted.items():
+            target.counted[rule_id] = sorted(target.counted.get(rule_id, []) + times)
+        for rule_id, (points, count, last_seen) in source.signals.items():
+            signal = target.signals.get(rule_id)
+            if signal is None:
+                target.signals[rule_id] = [points, count, last_seen]
+            else:
+                signal[0] += points
+                signal[1] += count
+                signal[2] = max(signal[2], last_seen)
+        target.traits = deep_merge(source.traits, target.traits)
+        if target.account_id is None:
+            target.account_id = source.account_id
+        target.pending_trigger = _strongest(target.pending_trigger, source.pending_trigger)
+        self.refresh_fit(target, account)
+        stage = furthest_stage(target.stage, source.stage)
+        if stage != target.stage:
+            self.move(target, Move(stage, "merge"), effects, caused_by=event.message_id,
+                      occurred_at=event.ts, account=account, now=now)
+        return effects
+
+
+def copy_state(state: LeadState) -> LeadState:
+    """A deep copy, for callers that must keep the state they passed in."""
+    return copy.deepcopy(state)

@@ -1,0 +1,129 @@
+"""Parsing raw `lead-events` messages into events, or into a reason for the DLQ. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from schemas.events import EVENT_TYPES, AnySegmentEvent
+from scoring_service.timefmt import iso, parse_iso
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_FUTURE_SECONDS = 24 * 3600.0
+_SEGMENT = TypeAdapter(AnySegmentEvent)
+_EMPTY: dict[str, Any] = {}
+
+
+@dataclass(slots=True)
+class Event:
+    """A validated Segment call, in the shape the engine reads."""
+
+    type: str
+    message_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    ts: float  # event time, epoch seconds
+    timestamp: str  # the same, ISO-8601 UTC, for records
+    event_name: str | None = None  # track: case-folded
+    path: str | None = None  # page: case-folded
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    group_id: str | None = None
+    previous_id: str | None = None
+
+    @property
+    def raw_id(self) -> str:
+        """The id the event names its lead by, before identity stitching."""
+        return self.user_id or self.anonymous_id  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message goes to the DLQ: a short machine code and a sentence for humans."""
+
+    code: str
+    detail: str
+
+
+def _page_path(doc: dict[str, Any]) -> str | None:
+    properties = doc.get("properties") or _EMPTY
+    path = properties.get("path")
+    if not path and properties.get("url"):
+        path = urlsplit(str(properties["url"])).path
+    if not path:
+        context_page = (doc.get("context") or _EMPTY).get("page") or _EMPTY
+        path = context_page.get("path") if isinstance(context_page, dict) else None
+    return str(path).casefold() if path else None
+
+
+def parse_event(
+    raw: bytes, *, now: float, fallback_ts: float | None = None
+) -> Event | Rejection:
+    """Validate one message against CONTRACTS section 2.
+
+    `fallback_ts` (the broker's record time) stands in for a missing `timestamp`.
+    """
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return Rejection("too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection("invalid_json", f"not UTF-8 JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Rejection("not_object", f"expected a JSON object, got {type(doc).__name__}")
+    event_type = doc.get("type")
+    if event_type not in EVENT_TYPES:
+        return Rejection("unknown_type", f"type {event_type!r} is not one of {sorted(EVENT_TYPES)}")
+    message_id = doc.get("messageId")
+    if not isinstance(message_id, str | int) or isinstance(message_id, bool) or message_id == "":
+        return Rejection("missing_message_id", "messageId is missing or empty")
+    if not doc.get("userId") and not doc.get("anonymousId"):
+        return Rejection("missing_identity", "neither userId nor anonymousId is set")
+    stamp = doc.get("timestamp")
+    if stamp is None:
+        if fallback_ts is None:
+            return Rejection("invalid_timestamp", "timestamp is missing")
+        ts = fallback_ts
+    else:
+        try:
+            ts = parse_iso(stamp) if isinstance(stamp, str) else float("nan")
+        except ValueError:
+            ts = float("nan")
+        if ts != ts:
+            return Rejection("invalid_timestamp", f"timestamp {stamp!r} is not ISO-8601")
+    if ts > now + MAX_FUTURE_SECONDS:
+        return Rejection("future_timestamp", f"timestamp {stamp!r} is more than 24 h ahead")
+    try:
+        model = _SEGMENT.validate_python(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}"
+            for err in exc.errors()[:5]
+        )
+        return Rejection("schema", problems)
+    event = Event(
+        type=event_type,
+        message_id=model.messageId,
+        user_id=model.userId,
+        anonymous_id=model.anonymousId,
+        ts=ts,
+        timestamp=iso(ts),
+    )
+    if event_type == "page":
+        event.path = _page_path(doc)
+        event.properties = doc.get("properties") or _EMPTY
+    elif event_type == "track":
+        event.event_name = model.event.casefold()  # type: ignore[union-attr]
+        event.properties = doc.get("properties") or _EMPTY
+    elif event_type == "identify":
+        event.traits = doc.get("traits") or {}
+    elif event_type == "group":
+        event.group_id = model.groupId  # type: ignore[union-attr]
+        event.traits = doc.get("traits") or {}
+    else:
+        event.previous_id = model.previousId  # type: ignore[union-attr]
+    return event

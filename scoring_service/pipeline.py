@@ -1,0 +1,163 @@
+"""Scoring a batch of events against a working set of leads. Pure: no I/O.
+
+The shell loads the working set (the leads, accounts and identity links a batch touches),
+calls `score_batch`, and writes back what changed. A replay or a simulation runs the same
+code over an in-memory working set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoring_service.engine import Effects, Engine, deep_merge
+from scoring_service.intake import Event
+from scoring_service.state import Account, LeadState
+
+# Identity links can chain (anonymous -> user -> aliased user); following more hops than
+# this means a cycle, which a bad alias could create.
+MAX_LINK_HOPS = 16
+
+
+@dataclass(slots=True)
+class Workspace:
+    """The leads, accounts and links a batch reads and writes, and what it changed."""
+
+    leads: dict[str, LeadState] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    links: dict[str, str] = field(default_factory=dict)  # merged id -> the lead it joined
+    new_links: dict[str, str] = field(default_factory=dict)
+    changed_leads: set[str] = field(default_factory=set)
+    merged_leads: set[str] = field(default_factory=set)
+    changed_accounts: set[str] = field(default_factory=set)
+
+    def canonical(self, lead_id: str) -> str:
+        """The lead an id now counts for, after every merge."""
+        for _ in range(MAX_LINK_HOPS):
+            target = self.links.get(lead_id)
+            if target is None or target == lead_id:
+                return lead_id
+            lead_id = target
+        return lead_id
+
+    def lead(self, lead_id: str) -> LeadState:
+        state = self.leads.get(lead_id)
+        if state is None:
+            state = self.leads[lead_id] = LeadState(lead_id=lead_id)
+        return state
+
+    def clear_changes(self) -> None:
+        self.new_links.clear()
+        self.changed_leads.clear()
+        self.merged_leads.clear()
+        self.changed_accounts.clear()
+
+
+def ids_to_load(events: Iterable[Event]) -> tuple[set[str], set[str]]:
+    """(every id a batch may name a lead by, every account id it names)."""
+    lead_ids: set[str] = set()
+    account_ids: set[str] = set()
+    for event in events:
+        if event.user_id:
+            lead_ids.add(event.user_id)
+        if event.anonymous_id:
+            lead_ids.add(event.anonymous_id)
+        if event.previous_id:
+            lead_ids.add(event.previous_id)
+        if event.group_id:
+            account_ids.add(event.group_id)
+    return lead_ids, account_ids
+
+
+@dataclass(slots=True)
+class ScoredEvent:
+    """One event's outcome, in batch order."""
+
+    event: Event
+    lead_id: str
+    effects: Effects
+    merged: str | None = None
+
+
+def _link(ws: Workspace, engine: Engine, source_id: str, target_id: str, event: Event,
+          now: float, effects: Effects) -> str | None:
+    """Attribute `source_id` to `target_id` from now on, merging its lead in once."""
+    # The first link wins: an id already attributed to a lead never moves to another.
+    if source_id == target_id or source_id in ws.links:
+        return None
+    ws.links[source_id] = target_id
+    ws.new_links[source_id] = target_id
+    source = ws.leads.pop(source_id, None)
+    if source is None:
+        return None
+    target = ws.lead(target_id)
+    account = ws.accounts.get(target.account_id or source.account_id or "")
+    merged = engine.merge(target, source, event=event, account=account, now=now)
+    effects.transitions.extend(merged.transitions)
+    effects.notifications.extend(merged.notifications)
+    ws.merged_leads.add(source_id)
+    ws.changed_leads.discard(source_id)
+    ws.changed_leads.add(target_id)
+    return source_id
+
+
+def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> ScoredEvent:
+    """Resolve the event's lead (stitching identities), apply it, and record the effects."""
+    effects = Effects()
+    merged: str | None = None
+    if event.type == "alias":
+        lead_id = ws.canonical(event.user_id)  # type: ignore[arg-type]
+        merged = _link(ws, engine, event.previous_id, lead_id, event, now, effects)  # type: ignore[arg-type]
+    elif event.user_id:
+        lead_id = ws.canonical(event.user_id)
+        if event.anonymous_id and event.anonymous_id != event.user_id:
+            merged = _link(ws, engine, event.anonymous_id, lead_id, event, now, effects)
+    else:
+        lead_id = ws.canonical(event.anonymous_id)  # type: ignore[arg-type]
+    state = ws.lead(lead_id)
+    account: Account | None = None
+    if event.type == "group" and event.group_id:
+        account = ws.accounts.get(event.group_id)
+        if account is None:
+            account = ws.accounts[event.group_id] = Account(event.group_id)
+        if event.traits:
+            account.traits = deep_merge(account.traits, event.traits)
+            account.version += 1
+            ws.changed_accounts.add(account.account_id)
+    elif state.account_id:
+        account = ws.accounts.get(state.account_id)
+    scored = engine.apply_event(state, event, account, now=now)
+    effects.hits = scored.hits
+    effects.transitions.extend(scored.transitions)
+    effects.notifications.extend(scored.notifications)
+    ws.changed_leads.add(lead_id)
+    return ScoredEvent(event, lead_id, effects, merged)
+
+
+def score_batch(
+    ws: Workspace, engine: Engine, events: Iterable[Event], *, now: float
+) -> list[ScoredEvent]:
+    """Score events in order; the workspace records what to write back."""
+    return [score_event(ws, engine, event, now=now) for event in events]
+
+
+class Replay:
+    """The whole pipeline in memory: dedup, identity, scoring. For checks and simulations."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.ws = Workspace()
+        self.seen: set[tuple[str, str]] = set()
+        self.transitions: list[dict[str, Any]] = []
+        self.notifications: list[dict[str, Any]] = []
+
+    def feed(self, events: Iterable[Event], *, now: float) -> None:
+        for event in events:
+            key = (event.raw_id, event.message_id)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            scored = score_event(self.ws, self.engine, event, now=now)
+            self.transitions.extend(scored.effects.transitions)
+            self.notifications.extend(scored.effects.notifications)

@@ -1,0 +1,287 @@
+"""Compiling a rule-set document into fast matchers. Pure: no I/O.
+
+Conditions are data: string comparisons and `*`-only globs, matched segment by segment
+(each segment found left to right), so matching time is linear in the input and a
+published pattern can never be made to backtrack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.ruleset import Operators, Rule, RuleSetDocument
+from scoring_service.timefmt import DAY
+
+Predicate = Callable[[Any], bool]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _fold(value: Any) -> Any:
+    return value.casefold() if isinstance(value, str) else value
+
+
+def _each(test: Predicate) -> Predicate:
+    """A list-valued trait (tags, say) matches when any of its items does."""
+
+    def check(value: Any) -> bool:
+        if isinstance(value, list):
+            return any(test(item) for item in value)
+        return value is not None and test(value)
+
+    return check
+
+
+def compile_operators(ops: Operators) -> Predicate:
+    """All operators that are set must hold; text compares case-insensitively."""
+    tests: list[Predicate] = []
+    if ops.equals is not None:
+        expected = _fold(ops.equals)
+        tests.append(_each(lambda v: _fold(v) == expected))
+    if ops.in_ is not None:
+        allowed = frozenset(_fold(item) for item in ops.in_)
+        tests.append(_each(lambda v: _fold(v) in allowed))
+    if ops.contains_any is not None:
+        needles = tuple(n.casefold() for n in ops.contains_any)
+        tests.append(_each(lambda v: isinstance(v, str) and any(n in v.casefold() for n in needles)))
+    if ops.starts_with_any is not None:
+        prefixes = tuple(p.casefold() for p in ops.starts_with_any)
+        tests.append(_each(lambda v: isinstance(v, str) and v.casefold().startswith(prefixes)))
+    if ops.ends_with_any is not None:
+        suffixes = tuple(s.casefold() for s in ops.ends_with_any)
+        tests.append(_each(lambda v: isinstance(v, str) and v.casefold().endswith(suffixes)))
+    if ops.between is not None:
+        low, high = ops.between
+        tests.append(_each(lambda v: (n := _number(v)) is not None and low <= n <= high))
+    if ops.gte is not None:
+        floor = ops.gte
+        tests.append(_each(lambda v: (n := _number(v)) is not None and n >= floor))
+    if ops.lte is not None:
+        ceiling = ops.lte
+        tests.append(_each(lambda v: (n := _number(v)) is not None and n <= ceiling))
+    exists = ops.exists
+    if exists is not None:
+        return lambda v: (v is not None and v != "") == exists and all(t(v) for t in tests)
+    if len(tests) == 1:
+        return tests[0]
+    return lambda v: all(t(v) for t in tests)
+
+
+def compile_value_condition(condition: Any) -> Predicate:
+    """properties.<key>: a scalar means equals, a list means in, an object holds operators."""
+    if isinstance(condition, dict):
+        return compile_operators(Operators.model_validate(condition))
+    if isinstance(condition, list):
+        return compile_operators(Operators.model_validate({"in": condition}))
+    return compile_operators(Operators.model_validate({"equals": condition}))
+
+
+class Glob:
+    """A case-insensitive glob where `*` matches any run of characters."""
+
+    __slots__ = ("_exact", "_first", "_last", "_middle", "_min_length")
+
+    def __init__(self, pattern: str) -> None:
+        parts = pattern.casefold().split("*")
+        self._exact = parts[0] if len(parts) == 1 else None
+        self._first = parts[0]
+        self._last = parts[-1] if len(parts) > 1 else ""
+        self._middle = tuple(p for p in parts[1:-1] if p)
+        self._min_length = sum(len(p) for p in parts)
+
+    def matches(self, text: str) -> bool:
+        """`text` must already be case-folded."""
+        if self._exact is not None:
+            return text == self._exact
+        if len(text) < self._min_length:
+            return False
+        if not (text.startswith(self._first) and text.endswith(self._last)):
+            return False
+        position, end = len(self._first), len(text) - len(self._last)
+        for part in self._middle:
+            found = text.find(part, position, end)
+            if found < 0:
+                return False
+            position = found + len(part)
+        return True
+
+
+def lookup(data: Mapping[str, Any] | None, dotted: tuple[str, ...]) -> Any:
+    """Follow a dotted path into nested objects; None when any step is missing."""
+    value: Any = data
+    for key in dotted:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class TraitTest:
+    """A condition on the lead's traits, or on its account's traits (`account.<key>`)."""
+
+    on_account: bool
+    path: tuple[str, ...]
+    predicate: Predicate
+
+    def holds(self, traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None) -> bool:
+        source = account_traits if self.on_account else traits
+        return self.predicate(lookup(source, self.path))
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    id: str
+    category: str
+    points: float
+    promote_to: str | None
+    disqualify: bool
+    limit_count: int
+    limit_window: float  # seconds; 0 when the rule has no limit
+    description: str
+    events: frozenset[str] | None
+    globs: tuple[Glob, ...] | None
+    properties: tuple[tuple[tuple[str, ...], Predicate], ...]
+    trait: TraitTest | None
+
+    def matches_behaviour(
+        self,
+        event_name: str | None,
+        path: str | None,
+        properties: Mapping[str, Any],
+        traits: Mapping[str, Any],
+        account_traits: Mapping[str, Any] | None,
+    ) -> bool:
+        """Type has been checked by the index; the rest of the `when` is checked here."""
+        if self.events is not None and event_name not in self.events:
+            return False
+        if self.globs is not None:
+            if path is None or not any(g.matches(path) for g in self.globs):
+                return False
+        for key, predicate in self.properties:
+            if not predicate(lookup(properties, key)):
+                return False
+        return self.trait is None or self.trait.holds(traits, account_traits)
+
+
+def _compile_rule(rule: Rule) -> CompiledRule:
+    when = rule.when
+    events = None
+    if when.event is not None:
+        names = [when.event] if isinstance(when.event, str) else when.event
+        events = frozenset(n.casefold() for n in names)
+    globs = None
+    if when.path is not None:
+        patterns = [when.path] if isinstance(when.path, str) else when.path
+        globs = tuple(Glob(p) for p in patterns)
+    trait = None
+    if when.trait is not None:
+        ops = Operators.model_validate(
+            {name: getattr(when, name) for name in Operators.model_fields if getattr(when, name) is not None}
+        )
+        on_account = when.trait.startswith("account.")
+        path = when.trait[len("account."):] if on_account else when.trait
+        trait = TraitTest(on_account, tuple(path.split(".")), compile_operators(ops))
+    properties = tuple(
+        (tuple(key.split(".")), compile_value_condition(cond))
+        for key, cond in when.property_conditions().items()
+    )
+    return CompiledRule(
+        id=rule.id,
+        category=rule.category,
+        points=rule.points,
+        promote_to=rule.promote_to,
+        disqualify=rule.disqualify,
+        limit_count=rule.limit.count if rule.limit else 0,
+        limit_window=rule.limit.window_days * DAY if rule.limit else 0.0,
+        description=rule.description or rule.id,
+        events=events,
+        globs=globs,
+        properties=properties,
+        trait=trait,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRuleSet:
+    """A rule set ready for scoring, with behavioural rules indexed by event type and name."""
+
+    version: int
+    name: str
+    mql_threshold: float
+    sal_threshold: float
+    mql_requires: tuple[tuple[str, ...], ...]
+    half_life: float  # seconds; 0 means no decay
+    notify_on: frozenset[str]
+    sla: Mapping[str, float]
+    default_owner: str
+    fit_rules: tuple[CompiledRule, ...]
+    by_id: Mapping[str, CompiledRule]
+    # Behavioural rules that apply to every event of a type, and track rules by event name.
+    by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+    by_track_name: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+
+    def candidates(self, event_type: str, event_name: str | None) -> tuple[CompiledRule, ...]:
+        generic = self.by_type.get(event_type, ())
+        if event_type == "track" and event_name is not None:
+            named = self.by_track_name.get(event_name)
+            if named:
+                return generic + named if generic else named
+        return generic
+
+    def decay_factor(self, elapsed: float) -> float:
+        """How much engagement earned `elapsed` seconds ago is worth now."""
+        if self.half_life <= 0 or elapsed <= 0:
+            return 1.0
+        return 0.5 ** (elapsed / self.half_life)
+
+
+def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
+    """Index a validated document for scoring."""
+    compiled = [_compile_rule(r) for r in document.rules]
+    fit = tuple(r for r in compiled if r.category == "fit")
+    by_type: dict[str, list[CompiledRule]] = {}
+    by_name: dict[str, list[CompiledRule]] = {}
+    for source, rule in zip(document.rules, compiled, strict=True):
+        if rule.category != "engagement":
+            continue
+        declared = source.when.type
+        if rule.events is not None:
+            # A named event is a track call, whatever else the rule says.
+            if declared in (None, "track"):
+                for name in rule.events:
+                    by_name.setdefault(name, []).append(rule)
+            continue
+        types = [declared] if declared else ["page", "track", "identify", "group"]
+        if rule.globs is not None and declared is None:
+            types = ["page"]
+        for event_type in types:
+            by_type.setdefault(event_type, []).append(rule)
+    return CompiledRuleSet(
+        version=version,
+        name=document.name,
+        mql_threshold=document.thresholds.mql,
+        sal_threshold=document.thresholds.sal,
+        mql_requires=tuple(tuple(t.split(".")) for t in document.mql_requires),
+        half_life=document.decay.half_life_days * DAY,
+        notify_on=frozenset(document.notify_on),
+        sla=dict(document.sla),
+        default_owner=document.default_owner,
+        fit_rules=fit,
+        by_id={r.id: r for r in compiled},
+        by_type={k: tuple(v) for k, v in by_type.items()},
+        by_track_name={k: tuple(v) for k, v in by_name.items()},
+    )

@@ -1,0 +1,66 @@
+"""A lead's scoring state and its account, as plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Account:
+    """An account from `group` calls; `version` moves on every change so fit can be refreshed."""
+
+    account_id: str
+    traits: dict[str, Any] = field(default_factory=dict)
+    version: int = 0
+
+
+@dataclass(slots=True)
+class LeadState:
+    """Everything the engine needs to score a lead's next event.
+
+    `engagement` is the decayed sum as of `as_of` (the latest event time seen, T), so a new
+    hit costs O(1) and the order events arrive in does not change the result.
+    """
+
+    lead_id: str
+    stage: str = "lead"
+    stage_entered_at: float | None = None
+    traits: dict[str, Any] = field(default_factory=dict)
+    account_id: str | None = None
+    fit: float = 0.0
+    fit_rules: list[str] = field(default_factory=list)
+    # (rule set version, account version) the fit was computed for.
+    fit_key: tuple[int, int] | None = None
+    engagement: float = 0.0
+    as_of: float | None = None
+    # Counted hit times of rules with a limit, oldest first, trimmed to two windows.
+    counted: dict[str, list[float]] = field(default_factory=dict)
+    # Per engagement rule: [points earned (undecayed), hits counted, last hit time].
+    signals: dict[str, list[float]] = field(default_factory=dict)
+    seq: int = 0
+    pending_trigger: tuple[str, str] | None = None
+    ruleset_version: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.fit + self.engagement
+
+    def to_doc(self) -> dict[str, Any]:
+        """The engine-private part of the state, for one JSON column."""
+        return {
+            "fit_rules": self.fit_rules,
+            "fit_key": self.fit_key,
+            "counted": self.counted,
+            "signals": self.signals,
+            "pending_trigger": self.pending_trigger,
+        }
+
+    def load_doc(self, doc: dict[str, Any]) -> None:
+        self.fit_rules = doc.get("fit_rules") or []
+        key = doc.get("fit_key")
+        self.fit_key = (key[0], key[1]) if key else None
+        self.counted = doc.get("counted") or {}
+        self.signals = doc.get("signals") or {}
+        pending = doc.get("pending_trigger")
+        self.pending_trigger = (pending[0], pending[1]) if pending else None

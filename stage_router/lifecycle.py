@@ -1,0 +1,102 @@
+"""Lifecycle stages and the moves between them (CONTRACTS section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+LEAD: Final = "lead"
+MQL: Final = "mql"
+SAL: Final = "sal"
+SQL: Final = "sql"
+OPPORTUNITY: Final = "opportunity"
+CUSTOMER: Final = "customer"
+RECYCLED: Final = "recycled"
+DISQUALIFIED: Final = "disqualified"
+
+# Automatic promotion only ever moves up this ladder. A recycled lead starts again at the
+# bottom: it re-enters mql when it earns the threshold again.
+RANK: Final[dict[str, int]] = {
+    LEAD: 0, RECYCLED: 0, MQL: 1, SAL: 2, SQL: 3, OPPORTUNITY: 4, CUSTOMER: 5,
+}
+
+# Sales feedback: outcome -> (stages it is legal from, stage it moves to).
+FEEDBACK_MOVES: Final[dict[str, tuple[frozenset[str], str]]] = {
+    "accepted": (frozenset({MQL}), SAL),
+    "qualified": (frozenset({MQL, SAL}), SQL),
+    "rejected": (frozenset({MQL, SAL, SQL}), RECYCLED),
+    "converted": (frozenset({SQL}), OPPORTUNITY),
+    "won": (frozenset({OPPORTUNITY}), CUSTOMER),
+    "lost": (frozenset({OPPORTUNITY}), RECYCLED),
+    "disqualified": (
+        frozenset({LEAD, MQL, SAL, SQL, OPPORTUNITY, RECYCLED}), DISQUALIFIED,
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A stage change the router decided on, and why."""
+
+    to_stage: str
+    reason: str
+    rule_id: str | None = None
+
+
+class IllegalFeedback(ValueError):
+    """Sales feedback that the transition table does not allow from the lead's stage."""
+
+
+def feedback_move(stage: str, outcome: str, reason: str | None = None) -> Move:
+    """The move a sales outcome makes from `stage`, or IllegalFeedback saying why not."""
+    if outcome not in FEEDBACK_MOVES:
+        raise IllegalFeedback(f"unknown outcome {outcome!r}")
+    legal_from, to_stage = FEEDBACK_MOVES[outcome]
+    if stage not in legal_from:
+        allowed = ", ".join(sorted(legal_from))
+        raise IllegalFeedback(f"{outcome!r} is legal from {allowed}, not from {stage!r}")
+    if outcome == "rejected" and not reason:
+        raise IllegalFeedback("'rejected' needs a reason")
+    return Move(to_stage, "sales_feedback")
+
+
+def automatic_move(
+    *,
+    stage: str,
+    total: float,
+    mql_threshold: float,
+    sal_threshold: float,
+    requirements_met: bool,
+    trigger: tuple[str, str] | None,
+    disqualify_rule: str | None,
+) -> Move | None:
+    """The one move scoring makes after an event, if any.
+
+    `trigger` is (stage, rule_id) of the strongest instant-promotion rule that has fired and
+    not yet been honoured. A jump (lead straight to sal) is a single move; an instant trigger
+    wins over a threshold when both fire; nothing moves a disqualified lead, and without the
+    `mql_requires` traits nothing reaches mql or beyond.
+    """
+    if stage == DISQUALIFIED:
+        return None
+    if disqualify_rule is not None:
+        return Move(DISQUALIFIED, "disqualified", disqualify_rule)
+    if not requirements_met:
+        return None
+    current = RANK[stage]
+    by_threshold = SAL if total >= sal_threshold else MQL if total >= mql_threshold else None
+    threshold_rank = RANK[by_threshold] if by_threshold else -1
+    if trigger is not None and RANK[trigger[0]] > current and RANK[trigger[0]] >= threshold_rank:
+        return Move(trigger[0], "trigger", trigger[1])
+    if by_threshold is not None and threshold_rank > current:
+        return Move(by_threshold, "threshold")
+    return None
+
+
+def furthest_stage(a: str, b: str) -> str:
+    """The stage a merged lead keeps: disqualification sticks, otherwise the higher rank."""
+    if DISQUALIFIED in (a, b):
+        return DISQUALIFIED
+    if RANK[a] == RANK[b]:
+        return a
+    return a if RANK[a] > RANK[b] else b

@@ -1,0 +1,60 @@
+"""Validation of raw messages: each DLQ reason code, and the fields the engine reads."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from scoring_service.intake import MAX_MESSAGE_BYTES, Event, Rejection, parse_event
+from tests.factories import NOW
+
+GOOD = {"type": "track", "messageId": "m1", "userId": "u1", "event": "Demo Requested",
+        "timestamp": "2026-11-20T09:17:40+01:00"}
+
+
+def code_of(raw: bytes) -> str:
+    result = parse_event(raw, now=NOW)
+    assert isinstance(result, Rejection), result
+    return result.code
+
+
+@pytest.mark.parametrize("raw,code", [
+    (b"\xff\xfe not utf-8", "invalid_json"),
+    (b"{not json", "invalid_json"),
+    (b"[1, 2]", "not_object"),
+    (orjson.dumps({**GOOD, "type": "screen"}), "unknown_type"),
+    (orjson.dumps({k: v for k, v in GOOD.items() if k != "messageId"}), "missing_message_id"),
+    (orjson.dumps({k: v for k, v in GOOD.items() if k != "userId"}), "missing_identity"),
+    (orjson.dumps({**GOOD, "timestamp": "yesterday"}), "invalid_timestamp"),
+    (orjson.dumps({**GOOD, "timestamp": "2030-01-01T00:00:00Z"}), "future_timestamp"),
+    (orjson.dumps({**GOOD, "event": ""}), "schema"),
+    (orjson.dumps({**GOOD, "properties": "x" * MAX_MESSAGE_BYTES}), "too_large"),
+])
+def test_rejection_codes(raw, code):
+    assert code_of(raw) == code
+
+
+def test_good_event_is_normalised():
+    event = parse_event(orjson.dumps(GOOD), now=NOW)
+    assert isinstance(event, Event)
+    assert event.event_name == "demo requested"
+    assert event.timestamp == "2026-11-20T08:17:40Z"
+    assert event.raw_id == "u1"
+
+
+@pytest.mark.parametrize("doc,path", [
+    ({"properties": {"path": "/Pricing"}}, "/pricing"),
+    ({"properties": {"url": "https://x.example/blog/a?b=1"}}, "/blog/a"),
+    ({"properties": {}, "context": {"page": {"path": "/jobs"}}}, "/jobs"),
+])
+def test_page_path_fallbacks(doc, path):
+    raw = orjson.dumps({"type": "page", "messageId": "m", "anonymousId": "a",
+                        "timestamp": "2026-11-20T09:00:00Z", **doc})
+    event = parse_event(raw, now=NOW)
+    assert isinstance(event, Event) and event.path == path
+
+
+def test_missing_timestamp_takes_the_broker_time():
+    raw = orjson.dumps({k: v for k, v in GOOD.items() if k != "timestamp"})
+    event = parse_event(raw, now=NOW, fallback_ts=1_790_000_000.0)
+    assert isinstance(event, Event) and event.ts == 1_790_000_000.0
