@@ -28,6 +28,7 @@ class Workspace:
     accounts: dict[str, Account] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)  # merged id -> the lead it joined
     new_links: dict[str, str] = field(default_factory=dict)
+    link_causes: dict[str, str] = field(default_factory=dict)  # new link -> its messageId
     changed_leads: set[str] = field(default_factory=set)
     merged_leads: set[str] = field(default_factory=set)
     changed_accounts: set[str] = field(default_factory=set)
@@ -49,6 +50,7 @@ class Workspace:
 
     def clear_changes(self) -> None:
         self.new_links.clear()
+        self.link_causes.clear()
         self.changed_leads.clear()
         self.merged_leads.clear()
         self.changed_accounts.clear()
@@ -88,6 +90,7 @@ def _link(ws: Workspace, engine: Engine, source_id: str, target_id: str, event: 
         return None
     ws.links[source_id] = target_id
     ws.new_links[source_id] = target_id
+    ws.link_causes[source_id] = event.message_id
     source = ws.leads.pop(source_id, None)
     if source is None:
         return None

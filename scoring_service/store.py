@@ -1,0 +1,263 @@
+"""Loading and saving a batch's working set in PostgreSQL: one round trip per table.
+
+Every function here runs inside the caller's transaction and never commits: the batch's
+state changes, dedup keys, outbox rows and partition offsets commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from scoring_service.pipeline import MAX_LINK_HOPS, Workspace
+from scoring_service.state import Account, LeadState
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A record waiting in the outbox for the relay to publish."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    record_id: str | None
+    headers: list[tuple[str, str]] | None = None
+
+
+def _ts(value: float | None) -> datetime | None:
+    return datetime.fromtimestamp(value, UTC) if value is not None else None
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+async def lock_offsets(
+    pg: asyncpg.Connection, topic: str, partitions: Sequence[int]
+) -> dict[int, int]:
+    """Lock this topic's partition offset rows and return each partition's next offset.
+
+    The row lock serialises two consumers that both believe they own a partition (during a
+    rebalance); the stored offset tells the later one which records are already done.
+    """
+    await pg.execute(
+        "INSERT INTO consumer_offsets (topic, partition, next_offset) "
+        "SELECT $1, p, 0 FROM unnest($2::int[]) AS p ON CONFLICT DO NOTHING",
+        topic, list(partitions),
+    )
+    rows = await pg.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets "
+        "WHERE topic = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
+        topic, list(partitions),
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def save_offsets(pg: asyncpg.Connection, topic: str, next_offsets: dict[int, int]) -> None:
+    await pg.execute(
+        "UPDATE consumer_offsets o SET next_offset = v.next_offset, updated_at = now() "
+        "FROM unnest($2::int[], $3::bigint[]) AS v(partition, next_offset) "
+        "WHERE o.topic = $1 AND o.partition = v.partition",
+        topic, list(next_offsets), list(next_offsets.values()),
+    )
+
+
+async def stored_offsets(pg: asyncpg.Connection, topic: str) -> dict[int, int]:
+    rows = await pg.fetch(
+        "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1", topic
+    )
+    return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def claim_new(
+    pg: asyncpg.Connection, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Record (raw lead id, messageId) pairs as processed; return the ones not seen before."""
+    if not keys:
+        return set()
+    rows = await pg.fetch(
+        "INSERT INTO processed_events (raw_id, message_id) "
+        "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING "
+        "RETURNING raw_id, message_id",
+        [k[0] for k in keys], [k[1] for k in keys],
+    )
+    return {(r["raw_id"], r["message_id"]) for r in rows}
+
+
+async def lock_keys(pg: asyncpg.Connection, keys: Iterable[str]) -> None:
+    """Take transaction-scoped advisory locks on leads and accounts, in sorted order.
+
+    Events for one lead may arrive on several partitions (anonymous and identified keys
+    differ), so two consumers can touch one lead; the locks make them take turns, including
+    for leads that do not exist yet. Sorted order keeps two batches from deadlocking.
+    """
+    ordered = sorted(set(keys))
+    if ordered:
+        await pg.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(k, 7)) "
+            "FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+            ordered,
+        )
+
+
+async def load_links(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, str]:
+    rows = await pg.fetch(
+        f"""
+        WITH RECURSIVE chain(alias_id, lead_id, depth) AS (
+            SELECT alias_id, lead_id, 1 FROM identity_links WHERE alias_id = ANY($1::text[])
+            UNION ALL
+            SELECT l.alias_id, l.lead_id, c.depth + 1
+            FROM identity_links l JOIN chain c ON l.alias_id = c.lead_id
+            WHERE c.depth < {MAX_LINK_HOPS}
+        )
+        SELECT DISTINCT alias_id, lead_id FROM chain
+        """,
+        list(ids),
+    )
+    return {r["alias_id"]: r["lead_id"] for r in rows}
+
+
+LEAD_COLUMNS = (
+    "lead_id, stage, stage_entered_at, account_id, traits::text AS traits, fit, engagement, "
+    "as_of, seq, ruleset_version, scoring::text AS scoring"
+)
+
+
+def lead_from_row(row: Any) -> LeadState:
+    state = LeadState(
+        lead_id=row["lead_id"],
+        stage=row["stage"],
+        stage_entered_at=_epoch(row["stage_entered_at"]),
+        traits=orjson.loads(row["traits"]),
+        account_id=row["account_id"],
+        fit=row["fit"],
+        engagement=row["engagement"],
+        as_of=_epoch(row["as_of"]),
+        seq=row["seq"],
+        ruleset_version=row["ruleset_version"],
+    )
+    state.load_doc(orjson.loads(row["scoring"]))
+    return state
+
+
+async def load_leads(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, LeadState]:
+    rows = await pg.fetch(
+        f"SELECT {LEAD_COLUMNS} FROM leads WHERE lead_id = ANY($1::text[])", list(ids)
+    )
+    return {r["lead_id"]: lead_from_row(r) for r in rows}
+
+
+async def load_accounts(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Account]:
+    rows = await pg.fetch(
+        "SELECT account_id, traits::text AS traits, version FROM accounts "
+        "WHERE account_id = ANY($1::text[])",
+        list(ids),
+    )
+    return {
+        r["account_id"]: Account(r["account_id"], orjson.loads(r["traits"]), r["version"])
+        for r in rows
+    }
+
+
+async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
+    """Write back what a batch changed: leads, merged-away leads, links, accounts."""
+    leads = [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads]
+    if leads:
+        await pg.execute(
+            """
+            INSERT INTO leads (lead_id, stage, stage_entered_at, account_id, traits, fit,
+                               engagement, as_of, seq, ruleset_version, scoring)
+            SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::jsonb
+            FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                        $6::float8[], $7::float8[], $8::timestamptz[], $9::int[], $10::int[],
+                        $11::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc)
+            ON CONFLICT (lead_id) DO UPDATE SET
+                stage = EXCLUDED.stage, stage_entered_at = EXCLUDED.stage_entered_at,
+                account_id = EXCLUDED.account_id, traits = EXCLUDED.traits,
+                fit = EXCLUDED.fit, engagement = EXCLUDED.engagement, as_of = EXCLUDED.as_of,
+                seq = EXCLUDED.seq, ruleset_version = EXCLUDED.ruleset_version,
+                scoring = EXCLUDED.scoring, updated_at = now()
+            """,
+            [s.lead_id for s in leads],
+            [s.stage for s in leads],
+            [_ts(s.stage_entered_at) for s in leads],
+            [s.account_id for s in leads],
+            [orjson.dumps(s.traits).decode() for s in leads],
+            [s.fit for s in leads],
+            [s.engagement for s in leads],
+            [_ts(s.as_of) for s in leads],
+            [s.seq for s in leads],
+            [s.ruleset_version for s in leads],
+            [orjson.dumps(s.to_doc()).decode() for s in leads],
+        )
+    if ws.merged_leads:
+        await pg.execute("DELETE FROM leads WHERE lead_id = ANY($1::text[])", list(ws.merged_leads))
+    if ws.new_links:
+        await pg.execute(
+            "INSERT INTO identity_links (alias_id, lead_id, caused_by) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            list(ws.new_links), list(ws.new_links.values()),
+            [ws.link_causes.get(a) for a in ws.new_links],
+        )
+    accounts = [ws.accounts[i] for i in sorted(ws.changed_accounts)]
+    if accounts:
+        await pg.execute(
+            "INSERT INTO accounts (account_id, traits, version) "
+            "SELECT a, t::jsonb, v FROM unnest($1::text[], $2::text[], $3::int[]) AS u(a, t, v) "
+            "ON CONFLICT (account_id) DO UPDATE SET traits = EXCLUDED.traits, "
+            "version = EXCLUDED.version, updated_at = now()",
+            [a.account_id for a in accounts],
+            [orjson.dumps(a.traits).decode() for a in accounts],
+            [a.version for a in accounts],
+        )
+
+
+async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[dict[str, Any]]) -> None:
+    if not transitions:
+        return
+    await pg.execute(
+        """
+        INSERT INTO transitions (transition_id, lead_id, from_stage, to_stage, reason, rule_id,
+                                 ruleset_version, caused_by, score_total, occurred_at, emitted_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                             $6::text[], $7::int[], $8::text[], $9::float8[],
+                             $10::timestamptz[], $11::timestamptz[])
+        ON CONFLICT DO NOTHING
+        """,
+        [t["transition_id"] for t in transitions],
+        [t["lead_id"] for t in transitions],
+        [t["from_stage"] for t in transitions],
+        [t["to_stage"] for t in transitions],
+        [t["reason"] for t in transitions],
+        [t["rule_id"] for t in transitions],
+        [t["ruleset_version"] for t in transitions],
+        [t["caused_by"] for t in transitions],
+        [t["score"]["total"] for t in transitions],
+        [datetime.fromisoformat(t["occurred_at"]) for t in transitions],
+        [datetime.fromisoformat(t["emitted_at"]) for t in transitions],
+    )
+
+
+async def enqueue(pg: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
+    """Append records to the outbox, keeping their order (the relay publishes by id)."""
+    if not rows:
+        return
+    await pg.execute(
+        """
+        INSERT INTO outbox (topic, key, value, record_id, headers)
+        SELECT t, k, v, r, h::jsonb
+        FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[])
+             WITH ORDINALITY AS u(t, k, v, r, h, n)
+        ORDER BY n
+        """,
+        [r.topic for r in rows],
+        [r.key for r in rows],
+        [r.value for r in rows],
+        [r.record_id for r in rows],
+        [orjson.dumps(r.headers).decode() if r.headers else None for r in rows],
+    )

@@ -1,0 +1,1 @@
+"""Runtime plumbing: settings, Kafka, database, outbox relay, metrics, HTTP, entry point."""

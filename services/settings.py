@@ -1,0 +1,73 @@
+"""Typed settings from the environment (prefix LEADSCORE_), validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Leave the broker or database unset to run an embedded one."""
+
+    model_config = SettingsConfigDict(env_prefix="LEADSCORE_", frozen=True, extra="ignore")
+
+    # Where the service connects; None means "start the embedded one".
+    kafka_bootstrap: str | None = None
+    database_url: SecretStr | None = None
+
+    # Local state of `make run`: embedded PostgreSQL data and the broker's pid file.
+    data_dir: Path = Path(".leadscore")
+    embedded_broker_port: int = Field(default=9092, ge=1, le=65535)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+
+    topic_events: str = "lead-events"
+    topic_transitions: str = "lead-status-transitions"
+    topic_notifications: str = "sales-notifications"
+    topic_dlq: str = "lead-events-dlq"
+    topic_feedback: str = "sales-feedback"
+    # Partitions of the topics created at start-up; the unit of parallelism for scale-out.
+    topic_partitions: int = Field(default=6, ge=1, le=1024)
+    consumer_group: str = "leadscore"
+
+    # A batch is what one database transaction scores. 2,000 records keep a transaction
+    # well under a second on a small machine while amortising the round trips.
+    batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    # How long to wait for a batch to fill: short, so a lone hot event is not held back.
+    batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
+    # Producer batching: a few ms of linger gathers records without hurting latency.
+    producer_linger_ms: int = Field(default=2, ge=0, le=1000)
+    # Real Kafka supports it; the embedded broker does not (INFRA.md), so it is opt-in.
+    kafka_enable_idempotence: bool = False
+
+    outbox_batch: int = Field(default=2000, ge=1, le=100_000)
+    # The relay is woken by every commit; this poll only catches work from other instances.
+    outbox_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    outbox_retention_hours: float = Field(default=24, gt=0)
+    # How often each instance checks which rule-set version is active.
+    ruleset_refresh_seconds: float = Field(default=2.0, gt=0, le=60)
+    # Owner named in notifications until routing rules exist.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _no_blank(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    def output_topics(self) -> list[str]:
+        return [self.topic_transitions, self.topic_notifications, self.topic_dlq]
+
+    def all_topics(self) -> list[str]:
+        return [self.topic_events, *self.output_topics(), self.topic_feedback]

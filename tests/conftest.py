@@ -1,0 +1,161 @@
+"""Shared fixtures: one real embedded PostgreSQL and one real Tansu broker per test session,
+a fresh database and fresh topics per test."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.bootstrap import Container, bootstrap
+from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.settings import Settings
+
+_names = itertools.count(1)
+
+
+class Infra:
+    def __init__(self, postgres: EmbeddedPostgres, broker: EmbeddedBroker) -> None:
+        self.postgres = postgres
+        self.broker = broker
+
+    async def new_database(self) -> str:
+        name = f"t{os.getpid()}_{next(_names)}"
+        conn = await asyncpg.connect(self.postgres.database_url().replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        return self.postgres.database_url(name)
+
+
+@pytest.fixture(scope="session")
+def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
+    postgres = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    broker = EmbeddedBroker(free_port()).start(log_file=Path(tmp_path_factory.mktemp("broker")) / "log")
+    yield Infra(postgres, broker)
+    broker.stop()
+
+
+@pytest.fixture
+async def settings(infra: Infra) -> Settings:
+    """Settings for one test: its own database, topics and consumer group."""
+    n = next(_names)
+    return Settings(
+        kafka_bootstrap=infra.broker.bootstrap,
+        database_url=await infra.new_database(),
+        topic_events=f"lead-events-{n}",
+        topic_transitions=f"lead-status-transitions-{n}",
+        topic_notifications=f"sales-notifications-{n}",
+        topic_dlq=f"lead-events-dlq-{n}",
+        topic_feedback=f"sales-feedback-{n}",
+        consumer_group=f"leadscore-{n}",
+        http_port=0,
+        ruleset_refresh_seconds=0.2,
+        outbox_poll_seconds=0.1,
+    )
+
+
+async def wait_for(condition: Callable[[], Any], *, timeout: float = 30, what: str = "") -> Any:
+    """Poll `condition` (sync or async) until it returns something truthy, or fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        await asyncio.sleep(0.05)
+
+
+class RunningService:
+    """A service instance (consumer and relay) running in the test's event loop."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> RunningService:
+        await self.container.start()
+        self.tasks = [
+            asyncio.create_task(self.container.scorer.run(self.stop)),
+            asyncio.create_task(self.container.relay.run(self.stop)),
+        ]
+        await wait_for(lambda: self.container.consumer.assignment(), what="partitions")
+        return self
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        await self.container.close()
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[RunningService]:
+    running = await RunningService(bootstrap(settings)).start()
+    yield running
+    await running.close()
+
+
+async def produce(settings: Settings, docs: list[dict[str, Any] | bytes], *,
+                  key: Callable[[Any], bytes | None] | None = None) -> None:
+    """Send events to the input topic, keyed by userId else anonymousId by default."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for doc in docs:
+            if isinstance(doc, bytes):
+                value, k = doc, None
+            else:
+                value = orjson.dumps(doc)
+                k = key(doc) if key else (doc.get("userId") or doc.get("anonymousId") or "").encode() or None
+            futures.append(await producer.send(settings.topic_events, value, key=k))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(settings: Settings, topic: str, *, expect: int, timeout: float = 30
+                   ) -> list[Any]:
+    """Read `topic` from the start until at least `expect` records are there."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for items in batch.values():
+                records.extend(items)
+        # Pick up anything beyond `expect` that is already there.
+        ends = await consumer.end_offsets(partitions)
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
+            for items in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(items)
+        return records
+    finally:
+        await consumer.stop()
+
+
+def values(records: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in records]
