@@ -159,3 +159,50 @@ async def read_all(settings: Settings, topic: str, *, expect: int, timeout: floa
 
 def values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
+
+
+async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+    try:
+        return await conn.fetch(query, *args)
+    finally:
+        await conn.close()
+
+
+async def drained(settings: Settings, produced: int) -> bool:
+    """Every produced record is committed and every outbox record published."""
+    rows = await db_fetch(
+        settings,
+        "SELECT (SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1) "
+        "AS done, (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS pending",
+        settings.topic_events,
+    )
+    return bool(rows[0]["done"] == produced and rows[0]["pending"] == 0)
+
+
+def replay(docs: list[Any]) -> Any:
+    """The same events through the pure pipeline, in memory: what the service must match."""
+    from scoring_service.engine import Engine
+    from scoring_service.intake import Event, parse_event
+    from scoring_service.pipeline import Replay
+    from scoring_service.ruleset_files import starter_ruleset
+
+    result = Replay(Engine(starter_ruleset()))
+    now = time.time()
+    for doc in docs:
+        event = parse_event(doc if isinstance(doc, bytes) else orjson.dumps(doc), now=now)
+        if isinstance(event, Event):
+            result.feed([event], now=now)
+    return result
+
+
+async def assert_leads_match(settings: Settings, expected: Any) -> None:
+    rows = await db_fetch(settings, "SELECT lead_id, stage, fit, engagement, seq FROM leads")
+    actual = {r["lead_id"]: r for r in rows}
+    assert set(actual) == set(expected.ws.leads)
+    for lead_id, state in expected.ws.leads.items():
+        row = actual[lead_id]
+        assert (row["stage"], row["seq"]) == (state.stage, state.seq), lead_id
+        assert abs(row["fit"] - state.fit) < 1e-9, lead_id
+        assert abs(row["engagement"] - state.engagement) < 1e-6, lead_id

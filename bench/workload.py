@@ -1,0 +1,90 @@
+"""A seeded, reproducible Segment workload: the mix of a real B2B site."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+START = datetime(2026, 9, 1, tzinfo=UTC)
+PAGES = (
+    ["/pricing", "/pricing/enterprise"] * 3 + ["/blog/post-%d" % i for i in range(8)]
+    + ["/customers/acme", "/case-studies/x", "/careers", "/jobs/123", "/", "/docs/api",
+       "/features", "/about"]
+)
+TRACKS = (
+    ["Content Downloaded", "Email Link Clicked", "Webinar Attended", "Email Replied"] * 3
+    + ["Demo Requested", "Trial Started", "Unsubscribed", "Signed Up"]
+)
+TITLES = ["Owner", "VP Sales", "Head of Ops", "Engineer", "Student", "Marketing Intern",
+          "Director of IT", "Analyst", "CTO"]
+DOMAINS = ["acme.example", "gmail.com", "trucking-co.com", "competitor.example", "yahoo.com",
+           "widgets.example"]
+COUNTRIES = ["US", "CA", "DE", "FR", "GB"]
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def generate(
+    *, events: int, leads: int, seed: int = 7, anonymous_share: float = 0.0,
+    duplicate_share: float = 0.0, malformed_share: float = 0.0, days: float = 60,
+) -> Iterator[dict[str, Any] | bytes]:
+    """Yield `events` Segment calls spread over `leads` people and `days` of event time.
+
+    With `anonymous_share`, that share of people browse anonymously before an identify
+    links them. Duplicates repeat an earlier messageId; malformed ones are raw bytes.
+    """
+    rnd = random.Random(seed)
+    clock = [START + timedelta(seconds=rnd.uniform(0, days * 86400 * 0.2)) for _ in range(leads)]
+    anonymous = [rnd.random() < anonymous_share for _ in range(leads)]
+    identified = [not a for a in anonymous]
+    recent: list[dict[str, Any]] = []
+    for n in range(events):
+        if malformed_share and rnd.random() < malformed_share:
+            yield rnd.choice([b"{broken", b"[]", b'{"type":"screen","messageId":"x","userId":"u"}'])
+            continue
+        if duplicate_share and recent and rnd.random() < duplicate_share:
+            yield rnd.choice(recent)
+            continue
+        who = rnd.randrange(leads)
+        # Event time mostly moves forward per lead, sometimes a little back (late delivery).
+        clock[who] += timedelta(seconds=rnd.expovariate(1 / (days * 86400 / (events / leads) / 2)))
+        moment = clock[who] - timedelta(seconds=rnd.uniform(0, 3600) if rnd.random() < 0.05 else 0)
+        doc: dict[str, Any] = {"messageId": f"m-{seed}-{n}", "timestamp": _stamp(moment)}
+        if identified[who]:
+            doc["userId"] = f"u-{who}"
+        else:
+            doc["anonymousId"] = f"a-{who}"
+        roll = rnd.random()
+        if roll < 0.62:
+            doc.update(type="page", properties={"path": rnd.choice(PAGES)})
+        elif roll < 0.87:
+            doc.update(type="track", event=rnd.choice(TRACKS), properties={})
+        elif roll < 0.96 or not identified[who]:
+            if not identified[who] and rnd.random() < 0.5:
+                doc["userId"] = f"u-{who}"
+                identified[who] = True
+            doc.update(type="identify", traits={
+                "email": f"p{who}@{rnd.choice(DOMAINS)}",
+                "title": rnd.choice(TITLES),
+                "company": {"name": f"Co {who % 97}", "employees": rnd.choice([3, 14, 120, 900]),
+                            "country": rnd.choice(COUNTRIES)},
+            })
+        else:
+            doc.update(type="group", groupId=f"acct-{who % 97}",
+                       traits={"name": f"Co {who % 97}", "country": rnd.choice(COUNTRIES)})
+        if len(recent) < 1000:
+            recent.append(doc)
+        elif rnd.random() < 0.01:
+            recent[rnd.randrange(1000)] = doc
+        yield doc
+
+
+def lead_key(doc: dict[str, Any] | bytes) -> bytes | None:
+    """The Kafka key trackers use: userId, else anonymousId."""
+    if isinstance(doc, bytes):
+        return None
+    return str(doc.get("userId") or doc.get("anonymousId")).encode()

@@ -1,0 +1,138 @@
+"""The consumer, database and relay together: dedup, identity, DLQ, fencing, equivalence."""
+
+from __future__ import annotations
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from bench.workload import generate, lead_key
+from services.bootstrap import bootstrap
+from tests.conftest import (
+    RunningService,
+    assert_leads_match,
+    db_fetch,
+    drained,
+    produce,
+    read_all,
+    replay,
+    values,
+    wait_for,
+)
+from tests.factories import at, identify, page, track
+
+
+async def lead_row(settings, lead_id):
+    rows = await db_fetch(settings, "SELECT * FROM leads WHERE lead_id = $1", lead_id)
+    return rows[0] if rows else None
+
+
+async def test_every_feature_matches_the_pure_engine(service, settings):
+    """Out-of-order events, decay, limits, negative points, triggers, disqualifiers and
+    mql_requires, through the broker and the database, give what the engine alone gives."""
+    docs = list(generate(events=3000, leads=60, seed=11))
+    await produce(settings, docs, key=lead_key)
+    await wait_for(lambda: drained(settings, len(docs)), timeout=60, what="drain")
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    reasons = {t["reason"] for t in expected.transitions}
+    assert {"threshold", "trigger", "disqualified"} <= reasons  # the workload covers them
+    topic = values(await read_all(settings, settings.topic_transitions,
+                                  expect=len(expected.transitions)))
+    assert {t["transition_id"] for t in topic} == {t["transition_id"] for t in expected.transitions}
+
+
+async def test_duplicates_are_scored_once_also_across_a_restart(service, settings):
+    reply = track("Email Replied", user="u1", when=at(0))
+    await produce(settings, [reply, reply, page("/blog", user="u1", when=at(0, hours=1))])
+    await wait_for(lambda: drained(settings, 3), what="first drain")
+    await service.close()
+
+    again = await RunningService(bootstrap(settings)).start()
+    try:
+        await produce(settings, [reply])
+        await wait_for(lambda: drained(settings, 4), what="second drain")
+        row = await lead_row(settings, "u1")
+        signals = orjson.loads(row["scoring"])["signals"]
+        assert signals["email-reply"][1] == 1
+        assert row["engagement"] == 10 * 0.5 ** (1 / (30 * 24)) + 1
+        duplicates = again.container.metrics.events.labels("duplicate")._value.get()
+        assert duplicates == 1
+    finally:
+        await again.close()
+    service.tasks = []  # already closed above
+
+
+async def test_identity_stitching_through_the_broker(service, settings):
+    await produce(settings, [page("/pricing", anon="a1", when=at(0)),
+                             page("/pricing", anon="a1", when=at(0, hours=1))])
+    await wait_for(lambda: drained(settings, 2))
+    stitch = identify({"email": "d@t.example", "title": "Owner"}, user="u1", anon="a1",
+                      when=at(0, hours=2))
+    await produce(settings, [stitch])
+    await wait_for(lambda: drained(settings, 3))
+    assert await lead_row(settings, "a1") is None
+    merged = await lead_row(settings, "u1")
+    assert orjson.loads(merged["scoring"])["signals"]["pricing-page"][1] == 2
+    # Later anonymous events count for the identified lead; a second stitch is a no-op.
+    await produce(settings, [page("/pricing", anon="a1", when=at(0, hours=3)),
+                             identify({"title": "Owner"}, user="u1", anon="a1",
+                                      when=at(0, hours=4))])
+    await wait_for(lambda: drained(settings, 5))
+    assert await lead_row(settings, "a1") is None
+    lead = await lead_row(settings, "u1")
+    assert orjson.loads(lead["scoring"])["signals"]["pricing-page"][1] == 3
+    links = await db_fetch(settings, "SELECT alias_id, lead_id, caused_by FROM identity_links")
+    assert [tuple(r) for r in links] == [("a1", "u1", stitch["messageId"])]
+    assert lead["stage"] == "mql"  # 15 fit + three pricing visits
+
+
+BAD = {
+    "invalid_json": b"{nope",
+    "not_object": b'"just a string"',
+    "unknown_type": b'{"type":"screen","messageId":"m","userId":"u"}',
+    "missing_message_id": b'{"type":"page","userId":"u","timestamp":"2026-11-01T00:00:00Z"}',
+    "missing_identity": b'{"type":"page","messageId":"m","timestamp":"2026-11-01T00:00:00Z"}',
+    "invalid_timestamp": b'{"type":"page","messageId":"m","userId":"u","timestamp":"soon"}',
+    "future_timestamp": b'{"type":"page","messageId":"m","userId":"u","timestamp":"2099-01-01T00:00:00Z"}',
+    "schema": b'{"type":"track","messageId":"m","userId":"u","timestamp":"2026-11-01T00:00:00Z"}',
+    "too_large": orjson.dumps({"type": "page", "messageId": "m", "userId": "u",
+                               "properties": {"pad": "x" * 70_000}}),
+}
+
+
+async def test_every_kind_of_bad_input_goes_to_the_dlq_with_headers(service, settings):
+    good = track("Email Replied", user="ok", when=at(0))
+    await produce(settings, [*BAD.values(), good], key=lambda _: b"one-partition")
+    dlq = await read_all(settings, settings.topic_dlq, expect=len(BAD))
+    assert len(dlq) == len(BAD)
+    by_code = {dict(r.headers)["error"].decode(): r for r in dlq}
+    assert set(by_code) == set(BAD)
+    offsets = set()
+    for code, record in by_code.items():
+        headers = {k: v.decode() for k, v in record.headers}
+        assert record.value == BAD[code]
+        assert headers["source_topic"] == settings.topic_events
+        assert headers["error_detail"]
+        offsets.add((headers["source_partition"], headers["source_offset"]))
+    assert len(offsets) == len(BAD)
+    await wait_for(lambda: drained(settings, len(BAD) + 1))
+    assert (await lead_row(settings, "ok"))["engagement"] == 10  # and processing went on
+    metrics = service.container.metrics
+    assert metrics.events.labels("invalid")._value.get() == len(BAD)
+    assert metrics.dlq.labels("too_large")._value.get() == 1
+
+
+async def test_a_consumer_that_lost_its_partition_is_fenced(service, settings):
+    """Records below the stored offset were done by another consumer: nothing is re-scored."""
+    await produce(settings, [track("Email Replied", user="u1", when=at(0))], key=lambda _: b"k")
+    await wait_for(lambda: drained(settings, 1))
+    [row] = await db_fetch(settings, "SELECT partition FROM consumer_offsets WHERE next_offset = 1")
+    stale = ConsumerRecord(
+        settings.topic_events, row["partition"], 0, 0, 0, b"k",
+        orjson.dumps(track("Email Replied", user="u1", when=at(1))), None, 0, 0, [],
+    )
+    report = await service.container.scorer.process(
+        {TopicPartition(settings.topic_events, row["partition"]): [stale]})
+    assert (report.stale, report.scored) == (1, 0)
+    assert (await lead_row(settings, "u1"))["engagement"] == 10
