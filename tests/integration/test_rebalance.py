@@ -1,0 +1,49 @@
+"""Consumers joining and leaving a group mid-stream: no event lost or counted twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.workload import generate, lead_key
+from services.bootstrap import bootstrap
+from tests.conftest import (
+    RunningService,
+    assert_leads_match,
+    db_fetch,
+    drained,
+    produce,
+    replay,
+    wait_for,
+)
+
+
+async def scored(settings) -> int:
+    rows = await db_fetch(settings, "SELECT coalesce(sum(next_offset), 0) AS n "
+                                    "FROM consumer_offsets WHERE topic = $1", settings.topic_events)
+    return int(rows[0]["n"])
+
+
+async def test_two_consumers_rebalance_mid_stream(settings):
+    docs = list(generate(events=8_000, leads=400, seed=3))
+    small = settings.model_copy(update={"batch_max_records": 200})
+    first = await RunningService(bootstrap(small)).start()
+    second = None
+    try:
+        feeding = asyncio.create_task(produce(small, docs, key=lead_key))
+        await wait_for(lambda: _past(small, 1_500), timeout=60, what="first events")
+        second = await RunningService(bootstrap(small)).start()  # the group rebalances
+        await wait_for(lambda: second.container.scorer.batches > 0, timeout=60,
+                       what="the second consumer to score")
+        await feeding
+        await first.close()  # and rebalances again: the second takes every partition
+        first = None
+        await wait_for(lambda: drained(small, len(docs)), timeout=120, what="drain")
+    finally:
+        for running in (first, second):
+            if running is not None:
+                await running.close()
+    await assert_leads_match(small, replay(docs))
+
+
+async def _past(settings, n: int) -> bool:
+    return await scored(settings) >= n
