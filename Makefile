@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-unit lint bench clean
+.PHONY: help install run send test test-unit lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,8 @@ install: $(STAMP) ## Create .venv and install the service with its test tools
 run: $(STAMP) ## Start the service (embedded broker and database unless configured otherwise)
 	$(PY) -m services.main
 
-test: $(STAMP) ## Run the whole test suite against the real (embedded) broker and database
+test: $(STAMP) ## Lint, then run the whole suite against the real (embedded) broker and database
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 test-unit: $(STAMP) ## Run the pure unit tests only
@@ -30,6 +31,9 @@ test-unit: $(STAMP) ## Run the pure unit tests only
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
+
+send: $(STAMP) ## Send the example journey (examples/journey.jsonl) to a running service
+	$(VENV)/bin/leadscore send examples/journey.jsonl
 
 clean: ## Remove the virtual environment and local data
 	rm -rf $(VENV) .leadscore

@@ -9,18 +9,44 @@ from typing import Any
 
 START = datetime(2026, 9, 1, tzinfo=UTC)
 PAGES = (
-    ["/pricing", "/pricing/enterprise"] * 3 + ["/blog/post-%d" % i for i in range(8)]
-    + ["/customers/acme", "/case-studies/x", "/careers", "/jobs/123", "/", "/docs/api",
-       "/features", "/about"]
+    ["/pricing", "/pricing/enterprise"] * 3
+    + [f"/blog/post-{i}" for i in range(8)]
+    + [
+        "/customers/acme",
+        "/case-studies/x",
+        "/careers",
+        "/jobs/123",
+        "/",
+        "/docs/api",
+        "/features",
+        "/about",
+    ]
 )
-TRACKS = (
-    ["Content Downloaded", "Email Link Clicked", "Webinar Attended", "Email Replied"] * 3
-    + ["Demo Requested", "Trial Started", "Unsubscribed", "Signed Up"]
-)
-TITLES = ["Owner", "VP Sales", "Head of Ops", "Engineer", "Student", "Marketing Intern",
-          "Director of IT", "Analyst", "CTO"]
-DOMAINS = ["acme.example", "gmail.com", "trucking-co.com", "competitor.example", "yahoo.com",
-           "widgets.example"]
+TRACKS = ["Content Downloaded", "Email Link Clicked", "Webinar Attended", "Email Replied"] * 3 + [
+    "Demo Requested",
+    "Trial Started",
+    "Unsubscribed",
+    "Signed Up",
+]
+TITLES = [
+    "Owner",
+    "VP Sales",
+    "Head of Ops",
+    "Engineer",
+    "Student",
+    "Marketing Intern",
+    "Director of IT",
+    "Analyst",
+    "CTO",
+]
+DOMAINS = [
+    "acme.example",
+    "gmail.com",
+    "trucking-co.com",
+    "competitor.example",
+    "yahoo.com",
+    "widgets.example",
+]
 COUNTRIES = ["US", "CA", "DE", "FR", "GB"]
 
 
@@ -29,8 +55,14 @@ def _stamp(moment: datetime) -> str:
 
 
 def generate(
-    *, events: int, leads: int, seed: int = 7, anonymous_share: float = 0.0,
-    duplicate_share: float = 0.0, malformed_share: float = 0.0, days: float = 60,
+    *,
+    events: int,
+    leads: int,
+    seed: int = 7,
+    anonymous_share: float = 0.0,
+    duplicate_share: float = 0.0,
+    malformed_share: float = 0.0,
+    days: float = 60,
 ) -> Iterator[dict[str, Any] | bytes]:
     """Yield `events` Segment calls spread over `leads` people and `days` of event time.
 
@@ -67,15 +99,24 @@ def generate(
             if not identified[who] and rnd.random() < 0.5:
                 doc["userId"] = f"u-{who}"
                 identified[who] = True
-            doc.update(type="identify", traits={
-                "email": f"p{who}@{rnd.choice(DOMAINS)}",
-                "title": rnd.choice(TITLES),
-                "company": {"name": f"Co {who % 97}", "employees": rnd.choice([3, 14, 120, 900]),
-                            "country": rnd.choice(COUNTRIES)},
-            })
+            doc.update(
+                type="identify",
+                traits={
+                    "email": f"p{who}@{rnd.choice(DOMAINS)}",
+                    "title": rnd.choice(TITLES),
+                    "company": {
+                        "name": f"Co {who % 97}",
+                        "employees": rnd.choice([3, 14, 120, 900]),
+                        "country": rnd.choice(COUNTRIES),
+                    },
+                },
+            )
         else:
-            doc.update(type="group", groupId=f"acct-{who % 97}",
-                       traits={"name": f"Co {who % 97}", "country": rnd.choice(COUNTRIES)})
+            doc.update(
+                type="group",
+                groupId=f"acct-{who % 97}",
+                traits={"name": f"Co {who % 97}", "country": rnd.choice(COUNTRIES)},
+            )
         if len(recent) < 1000:
             recent.append(doc)
         elif rnd.random() < 0.01:

@@ -10,11 +10,23 @@ from pydantic import BaseModel, ConfigDict
 from schemas.ruleset import Stage
 
 TransitionReason = Literal[
-    "threshold", "trigger", "disqualified", "sales_feedback", "sla_expired", "rescore",
-    "merge", "manual",
+    "threshold",
+    "trigger",
+    "disqualified",
+    "sales_feedback",
+    "sla_expired",
+    "rescore",
+    "merge",
+    "manual",
 ]
 FeedbackOutcome = Literal[
-    "accepted", "qualified", "rejected", "converted", "won", "lost", "disqualified",
+    "accepted",
+    "qualified",
+    "rejected",
+    "converted",
+    "won",
+    "lost",
+    "disqualified",
 ]
 
 

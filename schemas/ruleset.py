@@ -15,8 +15,15 @@ MAX_PATTERN_LENGTH = 256
 MAX_WILDCARDS = 8
 MAX_RULES = 1000
 OPERATORS = (
-    "equals", "in", "contains_any", "starts_with_any", "ends_with_any",
-    "between", "gte", "lte", "exists",
+    "equals",
+    "in",
+    "contains_any",
+    "starts_with_any",
+    "ends_with_any",
+    "between",
+    "gte",
+    "lte",
+    "exists",
 )
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -120,18 +127,23 @@ class When(Operators):
         if self.trait is not None and not has_operator:
             raise ValueError(f"trait {self.trait!r} has no operator ({', '.join(OPERATORS)})")
         if (
-            self.type is None and self.event is None and self.path is None
-            and self.trait is None and not extras
+            self.type is None
+            and self.event is None
+            and self.path is None
+            and self.trait is None
+            and not extras
         ):
             raise ValueError("empty condition: a rule must say when it applies")
         return self
 
     def property_conditions(self) -> dict[str, Any]:
-        return {k[len("properties."):]: v for k, v in (self.model_extra or {}).items()}
+        return {k[len("properties.") :]: v for k, v in (self.model_extra or {}).items()}
 
     def is_behavioural(self) -> bool:
         return (
-            self.type is not None or self.event is not None or self.path is not None
+            self.type is not None
+            or self.event is not None
+            or self.path is not None
             or bool(self.model_extra)
         )
 

@@ -114,15 +114,22 @@ class EventConsumer:
             if offset > ends[tp]:
                 # The broker lost its log (the embedded one keeps it in memory only); the
                 # dedup table makes reading the new log from the start safe.
-                log.warning("stored offset %d is past the end (%d) of %s; reading from the start",
-                            offset, ends[tp], tp)
+                log.warning(
+                    "stored offset %d is past the end (%d) of %s; reading from the start",
+                    offset,
+                    ends[tp],
+                    tp,
+                )
                 self.consumer.seek(tp, 0)
             else:
                 self.consumer.seek(tp, offset)
 
     async def _current_engine(self, pg: asyncpg.Connection) -> Engine:
         now = time.monotonic()
-        if self.engine is None or now - self._ruleset_checked >= self.settings.ruleset_refresh_seconds:
+        if (
+            self.engine is None
+            or now - self._ruleset_checked >= self.settings.ruleset_refresh_seconds
+        ):
             version = await active_version(pg)
             if version is None:
                 raise RuntimeError("no active rule set")
@@ -214,8 +221,7 @@ class EventConsumer:
 
     async def _commit_kafka(self, report: BatchReport) -> None:
         offsets = {
-            TopicPartition(self.settings.topic_events, p): o
-            for p, o in report.next_offsets.items()
+            TopicPartition(self.settings.topic_events, p): o for p, o in report.next_offsets.items()
         }
         if not offsets:
             return
@@ -295,15 +301,26 @@ class EventConsumer:
             key = item.lead_id.encode()
             for transition in item.effects.transitions:
                 transitions.append(transition)
-                rows.append(store.OutboxRow(
-                    self.settings.topic_transitions, transition["lead_id"].encode(),
-                    orjson.dumps(transition), transition["transition_id"]))
+                rows.append(
+                    store.OutboxRow(
+                        self.settings.topic_transitions,
+                        transition["lead_id"].encode(),
+                        orjson.dumps(transition),
+                        transition["transition_id"],
+                    )
+                )
                 report.transitions.append(
-                    (transition["from_stage"], transition["to_stage"], transition["reason"]))
+                    (transition["from_stage"], transition["to_stage"], transition["reason"])
+                )
             for note in item.effects.notifications:
-                rows.append(store.OutboxRow(
-                    self.settings.topic_notifications, key, orjson.dumps(note),
-                    note["notification_id"]))
+                rows.append(
+                    store.OutboxRow(
+                        self.settings.topic_notifications,
+                        key,
+                        orjson.dumps(note),
+                        note["notification_id"],
+                    )
+                )
                 report.notifications.append(note["type"])
         await store.save_workspace(pg, ws)
         await store.save_transitions(pg, transitions)
@@ -318,6 +335,9 @@ class EventConsumer:
             ("source_offset", str(record.offset)),
         ]
         return store.OutboxRow(
-            self.settings.topic_dlq, record.key, record.value or b"",
-            f"{record.topic}:{record.partition}:{record.offset}", headers,
+            self.settings.topic_dlq,
+            record.key,
+            record.value or b"",
+            f"{record.topic}:{record.partition}:{record.offset}",
+            headers,
         )

@@ -78,9 +78,7 @@ def _requirements_met(state: LeadState, rules: CompiledRuleSet) -> bool:
     return True
 
 
-def _strongest(
-    a: tuple[str, str] | None, b: tuple[str, str] | None
-) -> tuple[str, str] | None:
+def _strongest(a: tuple[str, str] | None, b: tuple[str, str] | None) -> tuple[str, str] | None:
     if a is None:
         return b
     if b is None:
@@ -166,7 +164,11 @@ class Engine:
             disqualify = self.refresh_fit(state, account)
         elif state.fit_rules:
             disqualify = next(
-                (r for r in state.fit_rules if (rule := self.rules.by_id.get(r)) and rule.disqualify),
+                (
+                    r
+                    for r in state.fit_rules
+                    if (rule := self.rules.by_id.get(r)) and rule.disqualify
+                ),
                 None,
             )
         account_traits = account.traits if account else None
@@ -183,8 +185,15 @@ class Engine:
                 if rule.disqualify and disqualify is None:
                     disqualify = rule.id
         state.ruleset_version = self.rules.version
-        self.route(state, effects, disqualify=disqualify, trigger=trigger, event=event,
-                   account=account, now=now)
+        self.route(
+            state,
+            effects,
+            disqualify=disqualify,
+            trigger=trigger,
+            event=event,
+            account=account,
+            now=now,
+        )
         return effects
 
     def route(
@@ -211,10 +220,21 @@ class Engine:
             disqualify_rule=disqualify,
         )
         if move is not None:
-            self.move(state, move, effects, caused_by=event.message_id, occurred_at=event.ts,
-                      account=account, now=now)
+            self.move(
+                state,
+                move,
+                effects,
+                caused_by=event.message_id,
+                occurred_at=event.ts,
+                account=account,
+                now=now,
+            )
         # A trigger that could not be honoured (mql_requires) waits for the missing traits.
-        if trigger is not None and RANK.get(state.stage, -1) < RANK[trigger[0]] and state.stage != "disqualified":
+        if (
+            trigger is not None
+            and RANK.get(state.stage, -1) < RANK[trigger[0]]
+            and state.stage != "disqualified"
+        ):
             state.pending_trigger = trigger
         else:
             state.pending_trigger = None
@@ -266,7 +286,9 @@ class Engine:
         rows: list[tuple[str, str, float, int, float | None]] = []
         for rule_id, (points, count, last_seen) in state.signals.items():
             rule = self.rules.by_id.get(rule_id)
-            rows.append((rule_id, rule.description if rule else rule_id, points, int(count), last_seen))
+            rows.append(
+                (rule_id, rule.description if rule else rule_id, points, int(count), last_seen)
+            )
         for rule_id in state.fit_rules:
             rule = self.rules.by_id.get(rule_id)
             if rule is not None:
@@ -296,10 +318,9 @@ class Engine:
                 target.engagement = source.engagement
             else:
                 latest = max(target.as_of, source.as_of)
-                target.engagement = (
-                    target.engagement * self.rules.decay_factor(latest - target.as_of)
-                    + source.engagement * self.rules.decay_factor(latest - source.as_of)
-                )
+                target.engagement = target.engagement * self.rules.decay_factor(
+                    latest - target.as_of
+                ) + source.engagement * self.rules.decay_factor(latest - source.as_of)
                 target.as_of = latest
         for rule_id, times in source.counted.items():
             target.counted[rule_id] = sorted(target.counted.get(rule_id, []) + times)
@@ -318,8 +339,15 @@ class Engine:
         self.refresh_fit(target, account)
         stage = furthest_stage(target.stage, source.stage)
         if stage != target.stage:
-            self.move(target, Move(stage, "merge"), effects, caused_by=event.message_id,
-                      occurred_at=event.ts, account=account, now=now)
+            self.move(
+                target,
+                Move(stage, "merge"),
+                effects,
+                caused_by=event.message_id,
+                occurred_at=event.ts,
+                account=account,
+                now=now,
+            )
         return effects
 
 

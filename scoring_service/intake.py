@@ -60,15 +60,15 @@ def _page_path(doc: dict[str, Any]) -> str | None:
     return str(path).casefold() if path else None
 
 
-def parse_event(
-    raw: bytes, *, now: float, fallback_ts: float | None = None
-) -> Event | Rejection:
+def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> Event | Rejection:
     """Validate one message against CONTRACTS section 2.
 
     `fallback_ts` (the broker's record time) stands in for a missing `timestamp`.
     """
     if len(raw) > MAX_MESSAGE_BYTES:
-        return Rejection("too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+        return Rejection(
+            "too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+        )
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

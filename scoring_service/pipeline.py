@@ -82,8 +82,15 @@ class ScoredEvent:
     merged: str | None = None
 
 
-def _link(ws: Workspace, engine: Engine, source_id: str, target_id: str, event: Event,
-          now: float, effects: Effects) -> str | None:
+def _link(
+    ws: Workspace,
+    engine: Engine,
+    source_id: str,
+    target_id: str,
+    event: Event,
+    now: float,
+    effects: Effects,
+) -> str | None:
     """Attribute `source_id` to `target_id` from now on, merging its lead in once."""
     # The first link wins: an id already attributed to a lead never moves to another.
     if source_id == target_id or source_id in ws.links:

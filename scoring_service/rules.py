@@ -56,7 +56,9 @@ def compile_operators(ops: Operators) -> Predicate:
         tests.append(_each(lambda v: _fold(v) in allowed))
     if ops.contains_any is not None:
         needles = tuple(n.casefold() for n in ops.contains_any)
-        tests.append(_each(lambda v: isinstance(v, str) and any(n in v.casefold() for n in needles)))
+        tests.append(
+            _each(lambda v: isinstance(v, str) and any(n in v.casefold() for n in needles))
+        )
     if ops.starts_with_any is not None:
         prefixes = tuple(p.casefold() for p in ops.starts_with_any)
         tests.append(_each(lambda v: isinstance(v, str) and v.casefold().startswith(prefixes)))
@@ -168,9 +170,10 @@ class CompiledRule:
         """Type has been checked by the index; the rest of the `when` is checked here."""
         if self.events is not None and event_name not in self.events:
             return False
-        if self.globs is not None:
-            if path is None or not any(g.matches(path) for g in self.globs):
-                return False
+        if self.globs is not None and (
+            path is None or not any(g.matches(path) for g in self.globs)
+        ):
+            return False
         for key, predicate in self.properties:
             if not predicate(lookup(properties, key)):
                 return False
@@ -190,10 +193,14 @@ def _compile_rule(rule: Rule) -> CompiledRule:
     trait = None
     if when.trait is not None:
         ops = Operators.model_validate(
-            {name: getattr(when, name) for name in Operators.model_fields if getattr(when, name) is not None}
+            {
+                name: getattr(when, name)
+                for name in Operators.model_fields
+                if getattr(when, name) is not None
+            }
         )
         on_account = when.trait.startswith("account.")
-        path = when.trait[len("account."):] if on_account else when.trait
+        path = when.trait[len("account.") :] if on_account else when.trait
         trait = TraitTest(on_account, tuple(path.split(".")), compile_operators(ops))
     properties = tuple(
         (tuple(key.split(".")), compile_value_condition(cond))

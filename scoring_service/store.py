@@ -48,12 +48,14 @@ async def lock_offsets(
     await pg.execute(
         "INSERT INTO consumer_offsets (topic, partition, next_offset) "
         "SELECT $1, p, 0 FROM unnest($2::int[]) AS p ON CONFLICT DO NOTHING",
-        topic, list(partitions),
+        topic,
+        list(partitions),
     )
     rows = await pg.fetch(
         "SELECT partition, next_offset FROM consumer_offsets "
         "WHERE topic = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
-        topic, list(partitions),
+        topic,
+        list(partitions),
     )
     return {r["partition"]: r["next_offset"] for r in rows}
 
@@ -63,7 +65,9 @@ async def save_offsets(pg: asyncpg.Connection, topic: str, next_offsets: dict[in
         "UPDATE consumer_offsets o SET next_offset = v.next_offset, updated_at = now() "
         "FROM unnest($2::int[], $3::bigint[]) AS v(partition, next_offset) "
         "WHERE o.topic = $1 AND o.partition = v.partition",
-        topic, list(next_offsets), list(next_offsets.values()),
+        topic,
+        list(next_offsets),
+        list(next_offsets.values()),
     )
 
 
@@ -84,7 +88,8 @@ async def claim_new(
         "INSERT INTO processed_events (raw_id, message_id) "
         "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING "
         "RETURNING raw_id, message_id",
-        [k[0] for k in keys], [k[1] for k in keys],
+        [k[0] for k in keys],
+        [k[1] for k in keys],
     )
     return {(r["raw_id"], r["message_id"]) for r in rows}
 
@@ -201,7 +206,8 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
         await pg.execute(
             "INSERT INTO identity_links (alias_id, lead_id, caused_by) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
-            list(ws.new_links), list(ws.new_links.values()),
+            list(ws.new_links),
+            list(ws.new_links.values()),
             [ws.link_causes.get(a) for a in ws.new_links],
         )
     accounts = [ws.accounts[i] for i in sorted(ws.changed_accounts)]

@@ -22,7 +22,7 @@ def sqlalchemy_url(url: str) -> str:
     """Accept plain libpq URLs too (postgresql://...): the driver is always asyncpg."""
     for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix):]
+            return "postgresql+asyncpg://" + url[len(prefix) :]
     raise ValueError("LEADSCORE_DATABASE_URL must be a postgresql:// URL")
 
 

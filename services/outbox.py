@@ -106,7 +106,8 @@ class OutboxRelay:
             await pg.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at < now() - "
                 "make_interval(secs => $1) ORDER BY id LIMIT $2)",
-                self.settings.outbox_retention_hours * 3600, PURGE_CHUNK,
+                self.settings.outbox_retention_hours * 3600,
+                PURGE_CHUNK,
             )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -124,7 +125,7 @@ class OutboxRelay:
                 if now - self._last_purge >= 60.0:
                     await self.purge()
                     self._last_purge = now
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 self.metrics.outbox_errors.inc()
                 delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                 failures += 1
@@ -144,6 +145,7 @@ class OutboxRelay:
             stopper.cancel()
         try:
             await asyncio.wait_for(self.drain(), timeout=10)
-        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            log.warning("stopping with records still in the outbox (%s); they go out on restart",
-                        exc)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning(
+                "stopping with records still in the outbox (%s); they go out on restart", exc
+            )

@@ -36,7 +36,8 @@ async def activate(pg: asyncpg.Connection, version: int, *, by: str) -> None:
         "INSERT INTO active_ruleset (id, version, activated_by) VALUES (1, $1, $2) "
         "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "
         "activated_by = EXCLUDED.activated_by, activated_at = now()",
-        version, by,
+        version,
+        by,
     )
 
 

@@ -17,7 +17,13 @@ DISQUALIFIED: Final = "disqualified"
 # Automatic promotion only ever moves up this ladder. A recycled lead starts again at the
 # bottom: it re-enters mql when it earns the threshold again.
 RANK: Final[dict[str, int]] = {
-    LEAD: 0, RECYCLED: 0, MQL: 1, SAL: 2, SQL: 3, OPPORTUNITY: 4, CUSTOMER: 5,
+    LEAD: 0,
+    RECYCLED: 0,
+    MQL: 1,
+    SAL: 2,
+    SQL: 3,
+    OPPORTUNITY: 4,
+    CUSTOMER: 5,
 }
 
 # Sales feedback: outcome -> (stages it is legal from, stage it moves to).
@@ -29,7 +35,8 @@ FEEDBACK_MOVES: Final[dict[str, tuple[frozenset[str], str]]] = {
     "won": (frozenset({OPPORTUNITY}), CUSTOMER),
     "lost": (frozenset({OPPORTUNITY}), RECYCLED),
     "disqualified": (
-        frozenset({LEAD, MQL, SAL, SQL, OPPORTUNITY, RECYCLED}), DISQUALIFIED,
+        frozenset({LEAD, MQL, SAL, SQL, OPPORTUNITY, RECYCLED}),
+        DISQUALIFIED,
     ),
 }
 

@@ -41,7 +41,9 @@ class Infra:
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     postgres = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
-    broker = EmbeddedBroker(free_port()).start(log_file=Path(tmp_path_factory.mktemp("broker")) / "log")
+    broker = EmbeddedBroker(free_port()).start(
+        log_file=Path(tmp_path_factory.mktemp("broker")) / "log"
+    )
     yield Infra(postgres, broker)
     broker.stop()
 
@@ -109,8 +111,12 @@ async def service(settings: Settings) -> AsyncIterator[RunningService]:
     await running.close()
 
 
-async def produce(settings: Settings, docs: list[dict[str, Any] | bytes], *,
-                  key: Callable[[Any], bytes | None] | None = None) -> None:
+async def produce(
+    settings: Settings,
+    docs: list[dict[str, Any] | bytes],
+    *,
+    key: Callable[[Any], bytes | None] | None = None,
+) -> None:
     """Send events to the input topic, keyed by userId else anonymousId by default."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
     await producer.start()
@@ -121,18 +127,26 @@ async def produce(settings: Settings, docs: list[dict[str, Any] | bytes], *,
                 value, k = doc, None
             else:
                 value = orjson.dumps(doc)
-                k = key(doc) if key else (doc.get("userId") or doc.get("anonymousId") or "").encode() or None
+                k = (
+                    key(doc)
+                    if key
+                    else (doc.get("userId") or doc.get("anonymousId") or "").encode() or None
+                )
             futures.append(await producer.send(settings.topic_events, value, key=k))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
 
 
-async def read_all(settings: Settings, topic: str, *, expect: int, timeout: float = 30
-                   ) -> list[Any]:
+async def read_all(
+    settings: Settings, topic: str, *, expect: int, timeout: float = 30
+) -> list[Any]:
     """Read `topic` from the start until at least `expect` records are there."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in range(settings.topic_partitions)]
@@ -146,6 +160,7 @@ async def read_all(settings: Settings, topic: str, *, expect: int, timeout: floa
                 records.extend(items)
         # Pick up anything beyond `expect` that is already there.
         ends = await consumer.end_offsets(partitions)
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < ends[tp] for tp in partitions])
 

@@ -19,10 +19,20 @@ def at(days: float = 0, *, hours: float = 0, seconds: float = 0) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def segment(kind: str, *, user: str | None = None, anon: str | None = None,
-            when: str | None = None, message_id: str | None = None, **fields: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": kind, "messageId": message_id or f"m-{next(_ids)}",
-                           "timestamp": when or at()}
+def segment(
+    kind: str,
+    *,
+    user: str | None = None,
+    anon: str | None = None,
+    when: str | None = None,
+    message_id: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "type": kind,
+        "messageId": message_id or f"m-{next(_ids)}",
+        "timestamp": when or at(),
+    }
     if user:
         doc["userId"] = user
     if anon:

@@ -15,7 +15,15 @@ import pytest
 
 from bench.workload import generate, lead_key
 from services.settings import Settings
-from tests.conftest import assert_leads_match, db_fetch, drained, produce, read_all, replay, wait_for
+from tests.conftest import (
+    assert_leads_match,
+    db_fetch,
+    drained,
+    produce,
+    read_all,
+    replay,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,28 +31,38 @@ ROOT = Path(__file__).resolve().parents[2]
 def start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     assert settings.database_url is not None and settings.kafka_bootstrap is not None
-    env.update({
-        "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LEADSCORE_DATABASE_URL": settings.database_url.get_secret_value(),
-        "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
-        "LEADSCORE_TOPIC_TRANSITIONS": settings.topic_transitions,
-        "LEADSCORE_TOPIC_NOTIFICATIONS": settings.topic_notifications,
-        "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
-        "LEADSCORE_TOPIC_FEEDBACK": settings.topic_feedback,
-        "LEADSCORE_CONSUMER_GROUP": settings.consumer_group,
-        "LEADSCORE_HTTP_PORT": "0",
-        # Small batches, so the kill lands between many commits.
-        "LEADSCORE_BATCH_MAX_RECORDS": "300",
-    })
-    return subprocess.Popen([sys.executable, "-m", "services.main"], cwd=ROOT, env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    env.update(
+        {
+            "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "LEADSCORE_DATABASE_URL": settings.database_url.get_secret_value(),
+            "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
+            "LEADSCORE_TOPIC_TRANSITIONS": settings.topic_transitions,
+            "LEADSCORE_TOPIC_NOTIFICATIONS": settings.topic_notifications,
+            "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
+            "LEADSCORE_TOPIC_FEEDBACK": settings.topic_feedback,
+            "LEADSCORE_CONSUMER_GROUP": settings.consumer_group,
+            "LEADSCORE_HTTP_PORT": "0",
+            # Small batches, so the kill lands between many commits.
+            "LEADSCORE_BATCH_MAX_RECORDS": "300",
+        }
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.main"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def committed(settings: Settings) -> int:
     if not await db_fetch(settings, "SELECT 1 FROM pg_tables WHERE tablename = 'consumer_offsets'"):
         return 0  # the service has not migrated yet
-    rows = await db_fetch(settings, "SELECT coalesce(sum(next_offset), 0) AS n "
-                                    "FROM consumer_offsets WHERE topic = $1", settings.topic_events)
+    rows = await db_fetch(
+        settings,
+        "SELECT coalesce(sum(next_offset), 0) AS n FROM consumer_offsets WHERE topic = $1",
+        settings.topic_events,
+    )
     return int(rows[0]["n"])
 
 
@@ -55,8 +73,9 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
     first = start_service(settings, log)
     try:
         feeding = asyncio.create_task(produce(settings, docs, key=lead_key))
-        await wait_for(lambda: _at_least(settings, 4_000), timeout=120,
-                       what="the first 4,000 events scored")
+        await wait_for(
+            lambda: _at_least(settings, 4_000), timeout=120, what="the first 4,000 events scored"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         await feeding
@@ -68,7 +87,9 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
 
     second = start_service(settings, log)
     try:
-        await wait_for(lambda: drained(settings, len(docs)), timeout=180, what="drain after restart")
+        await wait_for(
+            lambda: drained(settings, len(docs)), timeout=180, what="drain after restart"
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0, log.read_text()[-3000:]

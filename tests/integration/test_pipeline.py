@@ -37,8 +37,9 @@ async def test_every_feature_matches_the_pure_engine(service, settings):
     await assert_leads_match(settings, expected)
     reasons = {t["reason"] for t in expected.transitions}
     assert {"threshold", "trigger", "disqualified"} <= reasons  # the workload covers them
-    topic = values(await read_all(settings, settings.topic_transitions,
-                                  expect=len(expected.transitions)))
+    topic = values(
+        await read_all(settings, settings.topic_transitions, expect=len(expected.transitions))
+    )
     assert {t["transition_id"] for t in topic} == {t["transition_id"] for t in expected.transitions}
 
 
@@ -64,20 +65,27 @@ async def test_duplicates_are_scored_once_also_across_a_restart(service, setting
 
 
 async def test_identity_stitching_through_the_broker(service, settings):
-    await produce(settings, [page("/pricing", anon="a1", when=at(0)),
-                             page("/pricing", anon="a1", when=at(0, hours=1))])
+    await produce(
+        settings,
+        [page("/pricing", anon="a1", when=at(0)), page("/pricing", anon="a1", when=at(0, hours=1))],
+    )
     await wait_for(lambda: drained(settings, 2))
-    stitch = identify({"email": "d@t.example", "title": "Owner"}, user="u1", anon="a1",
-                      when=at(0, hours=2))
+    stitch = identify(
+        {"email": "d@t.example", "title": "Owner"}, user="u1", anon="a1", when=at(0, hours=2)
+    )
     await produce(settings, [stitch])
     await wait_for(lambda: drained(settings, 3))
     assert await lead_row(settings, "a1") is None
     merged = await lead_row(settings, "u1")
     assert orjson.loads(merged["scoring"])["signals"]["pricing-page"][1] == 2
     # Later anonymous events count for the identified lead; a second stitch is a no-op.
-    await produce(settings, [page("/pricing", anon="a1", when=at(0, hours=3)),
-                             identify({"title": "Owner"}, user="u1", anon="a1",
-                                      when=at(0, hours=4))])
+    await produce(
+        settings,
+        [
+            page("/pricing", anon="a1", when=at(0, hours=3)),
+            identify({"title": "Owner"}, user="u1", anon="a1", when=at(0, hours=4)),
+        ],
+    )
     await wait_for(lambda: drained(settings, 5))
     assert await lead_row(settings, "a1") is None
     lead = await lead_row(settings, "u1")
@@ -94,10 +102,12 @@ BAD = {
     "missing_message_id": b'{"type":"page","userId":"u","timestamp":"2026-11-01T00:00:00Z"}',
     "missing_identity": b'{"type":"page","messageId":"m","timestamp":"2026-11-01T00:00:00Z"}',
     "invalid_timestamp": b'{"type":"page","messageId":"m","userId":"u","timestamp":"soon"}',
-    "future_timestamp": b'{"type":"page","messageId":"m","userId":"u","timestamp":"2099-01-01T00:00:00Z"}',
+    "future_timestamp": b'{"type":"page","messageId":"m","userId":"u",'
+    b'"timestamp":"2099-01-01T00:00:00Z"}',
     "schema": b'{"type":"track","messageId":"m","userId":"u","timestamp":"2026-11-01T00:00:00Z"}',
-    "too_large": orjson.dumps({"type": "page", "messageId": "m", "userId": "u",
-                               "properties": {"pad": "x" * 70_000}}),
+    "too_large": orjson.dumps(
+        {"type": "page", "messageId": "m", "userId": "u", "properties": {"pad": "x" * 70_000}}
+    ),
 }
 
 
@@ -129,10 +139,20 @@ async def test_a_consumer_that_lost_its_partition_is_fenced(service, settings):
     await wait_for(lambda: drained(settings, 1))
     [row] = await db_fetch(settings, "SELECT partition FROM consumer_offsets WHERE next_offset = 1")
     stale = ConsumerRecord(
-        settings.topic_events, row["partition"], 0, 0, 0, b"k",
-        orjson.dumps(track("Email Replied", user="u1", when=at(1))), None, 0, 0, [],
+        settings.topic_events,
+        row["partition"],
+        0,
+        0,
+        0,
+        b"k",
+        orjson.dumps(track("Email Replied", user="u1", when=at(1))),
+        None,
+        0,
+        0,
+        [],
     )
     report = await service.container.scorer.process(
-        {TopicPartition(settings.topic_events, row["partition"]): [stale]})
+        {TopicPartition(settings.topic_events, row["partition"]): [stale]}
+    )
     assert (report.stale, report.scored) == (1, 0)
     assert (await lead_row(settings, "u1"))["engagement"] == 10

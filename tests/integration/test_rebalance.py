@@ -18,8 +18,11 @@ from tests.conftest import (
 
 
 async def scored(settings) -> int:
-    rows = await db_fetch(settings, "SELECT coalesce(sum(next_offset), 0) AS n "
-                                    "FROM consumer_offsets WHERE topic = $1", settings.topic_events)
+    rows = await db_fetch(
+        settings,
+        "SELECT coalesce(sum(next_offset), 0) AS n FROM consumer_offsets WHERE topic = $1",
+        settings.topic_events,
+    )
     return int(rows[0]["n"])
 
 
@@ -32,8 +35,11 @@ async def test_two_consumers_rebalance_mid_stream(settings):
         feeding = asyncio.create_task(produce(small, docs, key=lead_key))
         await wait_for(lambda: _past(small, 1_500), timeout=60, what="first events")
         second = await RunningService(bootstrap(small)).start()  # the group rebalances
-        await wait_for(lambda: second.container.scorer.batches > 0, timeout=60,
-                       what="the second consumer to score")
+        await wait_for(
+            lambda: second.container.scorer.batches > 0,
+            timeout=60,
+            what="the second consumer to score",
+        )
         await feeding
         await first.close()  # and rebalances again: the second takes every partition
         first = None

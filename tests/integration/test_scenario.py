@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import httpx
-import pytest
 
 from services.http import create_app
 from tests.conftest import drained, produce, read_all, values, wait_for
@@ -22,20 +21,55 @@ def score(fit: float, engagement: float) -> dict[str, float]:
     return {"total": round(fit + engagement, 2), "fit": fit, "engagement": engagement}
 
 
-TRAITS = {"email": "dana@trucking-co.com", "title": "Owner",
-          "company": {"name": "Trucking Co", "industry": "Transportation", "employees": 14,
-                      "country": "US"}}
+TRAITS = {
+    "email": "dana@trucking-co.com",
+    "title": "Owner",
+    "company": {
+        "name": "Trucking Co",
+        "industry": "Transportation",
+        "employees": 14,
+        "country": "US",
+    },
+}
 EVENTS = [
-    {"type": "page", "messageId": "m-1000", "anonymousId": "a-77",
-     "timestamp": "2026-11-20T09:14:00Z", "properties": {"path": "/pricing"}},
-    {"type": "identify", "messageId": "m-1001", "userId": "u-42", "anonymousId": "a-77",
-     "timestamp": "2026-11-20T09:15:00Z", "traits": TRAITS},
-    {"type": "group", "messageId": "m-1002", "userId": "u-42", "groupId": "acct-9",
-     "timestamp": "2026-11-20T09:15:30Z", "traits": {"name": "Trucking Co", "country": "US"}},
-    {"type": "page", "messageId": "m-1003", "userId": "u-42", "timestamp": "2026-11-20T09:16:00Z",
-     "properties": {"url": "https://example.com/pricing/enterprise"}},
-    {"type": "track", "messageId": "m-1004", "userId": "u-42", "timestamp": "2026-11-20T09:17:00Z",
-     "event": "Demo Requested", "properties": {"form": "demo-header"}},
+    {
+        "type": "page",
+        "messageId": "m-1000",
+        "anonymousId": "a-77",
+        "timestamp": "2026-11-20T09:14:00Z",
+        "properties": {"path": "/pricing"},
+    },
+    {
+        "type": "identify",
+        "messageId": "m-1001",
+        "userId": "u-42",
+        "anonymousId": "a-77",
+        "timestamp": "2026-11-20T09:15:00Z",
+        "traits": TRAITS,
+    },
+    {
+        "type": "group",
+        "messageId": "m-1002",
+        "userId": "u-42",
+        "groupId": "acct-9",
+        "timestamp": "2026-11-20T09:15:30Z",
+        "traits": {"name": "Trucking Co", "country": "US"},
+    },
+    {
+        "type": "page",
+        "messageId": "m-1003",
+        "userId": "u-42",
+        "timestamp": "2026-11-20T09:16:00Z",
+        "properties": {"url": "https://example.com/pricing/enterprise"},
+    },
+    {
+        "type": "track",
+        "messageId": "m-1004",
+        "userId": "u-42",
+        "timestamp": "2026-11-20T09:17:00Z",
+        "event": "Demo Requested",
+        "properties": {"form": "demo-header"},
+    },
 ]
 
 
@@ -54,46 +88,110 @@ async def test_journey_to_sal_exact_records(service, settings):
     for record in transitions:
         assert datetime.fromisoformat(record.pop("emitted_at"))
     assert transitions == [
-        {"transition_id": "u-42:1", "lead_id": "u-42", "account_id": "acct-9",
-         "from_stage": "lead", "to_stage": "mql", "reason": "threshold", "rule_id": None,
-         "score": score(fit, at_mql), "ruleset_version": 1, "caused_by": "m-1003",
-         "occurred_at": "2026-11-20T09:16:00Z"},
-        {"transition_id": "u-42:2", "lead_id": "u-42", "account_id": "acct-9",
-         "from_stage": "mql", "to_stage": "sal", "reason": "trigger", "rule_id": "demo-request",
-         "score": score(fit, at_sal), "ruleset_version": 1, "caused_by": "m-1004",
-         "occurred_at": "2026-11-20T09:17:00Z"},
+        {
+            "transition_id": "u-42:1",
+            "lead_id": "u-42",
+            "account_id": "acct-9",
+            "from_stage": "lead",
+            "to_stage": "mql",
+            "reason": "threshold",
+            "rule_id": None,
+            "score": score(fit, at_mql),
+            "ruleset_version": 1,
+            "caused_by": "m-1003",
+            "occurred_at": "2026-11-20T09:16:00Z",
+        },
+        {
+            "transition_id": "u-42:2",
+            "lead_id": "u-42",
+            "account_id": "acct-9",
+            "from_stage": "mql",
+            "to_stage": "sal",
+            "reason": "trigger",
+            "rule_id": "demo-request",
+            "score": score(fit, at_sal),
+            "ruleset_version": 1,
+            "caused_by": "m-1004",
+            "occurred_at": "2026-11-20T09:17:00Z",
+        },
     ]
     profile = {"email": "dana@trucking-co.com", "title": "Owner", "company": "Trucking Co"}
     fit_signals = [
-        {"rule_id": "decision-maker", "description": "Decision-maker title", "points": 15,
-         "count": 1, "last_seen": None},
-        {"rule_id": "icp-size", "description": "Company size in the ideal range (5-500)",
-         "points": 10, "count": 1, "last_seen": None},
-        {"rule_id": "icp-country", "description": "Company in a target country", "points": 5,
-         "count": 1, "last_seen": None},
+        {
+            "rule_id": "decision-maker",
+            "description": "Decision-maker title",
+            "points": 15,
+            "count": 1,
+            "last_seen": None,
+        },
+        {
+            "rule_id": "icp-size",
+            "description": "Company size in the ideal range (5-500)",
+            "points": 10,
+            "count": 1,
+            "last_seen": None,
+        },
+        {
+            "rule_id": "icp-country",
+            "description": "Company in a target country",
+            "points": 5,
+            "count": 1,
+            "last_seen": None,
+        },
     ]
-    pricing = {"rule_id": "pricing-page", "description": "Viewed the pricing page",
-               "points": 30, "count": 2, "last_seen": "2026-11-20T09:16:00Z"}
-    demo = {"rule_id": "demo-request", "description": "Requested a demo", "points": 30,
-            "count": 1, "last_seen": "2026-11-20T09:17:00Z"}
+    pricing = {
+        "rule_id": "pricing-page",
+        "description": "Viewed the pricing page",
+        "points": 30,
+        "count": 2,
+        "last_seen": "2026-11-20T09:16:00Z",
+    }
+    demo = {
+        "rule_id": "demo-request",
+        "description": "Requested a demo",
+        "points": 30,
+        "count": 1,
+        "last_seen": "2026-11-20T09:17:00Z",
+    }
     assert notifications == [
-        {"notification_id": "u-42:1:promotion", "type": "promotion", "lead_id": "u-42",
-         "stage": "mql", "priority": "warm", "score": score(fit, at_mql),
-         "top_signals": [pricing, *fit_signals], "profile": profile, "owner": "queue:default",
-         "respond_by": "2026-11-21T09:16:00Z", "ruleset_version": 1,
-         "occurred_at": "2026-11-20T09:16:00Z"},
-        {"notification_id": "u-42:2:promotion", "type": "promotion", "lead_id": "u-42",
-         "stage": "sal", "priority": "hot", "score": score(fit, at_sal),
-         "top_signals": [demo, pricing, *fit_signals[:3]], "profile": profile,
-         "owner": "queue:default", "respond_by": "2026-11-20T10:17:00Z", "ruleset_version": 1,
-         "occurred_at": "2026-11-20T09:17:00Z"},
+        {
+            "notification_id": "u-42:1:promotion",
+            "type": "promotion",
+            "lead_id": "u-42",
+            "stage": "mql",
+            "priority": "warm",
+            "score": score(fit, at_mql),
+            "top_signals": [pricing, *fit_signals],
+            "profile": profile,
+            "owner": "queue:default",
+            "respond_by": "2026-11-21T09:16:00Z",
+            "ruleset_version": 1,
+            "occurred_at": "2026-11-20T09:16:00Z",
+        },
+        {
+            "notification_id": "u-42:2:promotion",
+            "type": "promotion",
+            "lead_id": "u-42",
+            "stage": "sal",
+            "priority": "hot",
+            "score": score(fit, at_sal),
+            "top_signals": [demo, pricing, *fit_signals[:3]],
+            "profile": profile,
+            "owner": "queue:default",
+            "respond_by": "2026-11-20T10:17:00Z",
+            "ruleset_version": 1,
+            "occurred_at": "2026-11-20T09:17:00Z",
+        },
     ]
     assert [r.key for r in await read_all(settings, settings.topic_transitions, expect=2)] == [
-        b"u-42", b"u-42"]
+        b"u-42",
+        b"u-42",
+    ]
 
     app = create_app(service.container)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://test") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://test"
+    ) as client:
         for lead_id in ("u-42", "a-77"):  # the anonymous id now reads the identified lead
             body = (await client.get(f"/v1/leads/{lead_id}")).json()
             assert body["lead_id"] == "u-42"
@@ -101,8 +199,10 @@ async def test_journey_to_sal_exact_records(service, settings):
             assert body["score"]["fit"] == fit
             # As of now, weeks after the last event, engagement has decayed further.
             assert body["score"]["engagement"] < round(at_sal, 2)
-            assert [s["rule_id"] for s in body["top_signals"]][:2] == ["demo-request",
-                                                                       "pricing-page"]
+            assert [s["rule_id"] for s in body["top_signals"]][:2] == [
+                "demo-request",
+                "pricing-page",
+            ]
         missing = await client.get("/v1/leads/nobody")
         assert missing.status_code == 404
         assert missing.json()["error"] == "lead_not_found"
@@ -110,8 +210,17 @@ async def test_journey_to_sal_exact_records(service, settings):
         assert ready.status_code == 200 and ready.json()["checks"]["partitions"] is True
         metrics = (await client.get("/metrics")).text
         assert 'leadscore_events_consumed_total{result="scored"} 5.0' in metrics
-        assert ('leadscore_transitions_total{from_stage="mql",reason="trigger",to_stage="sal"} 1.0'
-                in metrics)
+        assert (
+            'leadscore_transitions_total{from_stage="mql",reason="trigger",to_stage="sal"} 1.0'
+            in metrics
+        )
         assert "leadscore_active_ruleset_version 1.0" in metrics
-    await wait_for(lambda: service.container.metrics.outbox_published.labels(
-        settings.topic_notifications)._value.get() == 2, what="published counter")
+    await wait_for(
+        lambda: (
+            service.container.metrics.outbox_published.labels(
+                settings.topic_notifications
+            )._value.get()
+            == 2
+        ),
+        what="published counter",
+    )

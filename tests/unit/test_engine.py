@@ -9,8 +9,11 @@ from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
 from tests.factories import NOW, at, group, identify, page, parsed, track
 
-OWNER = {"email": "dana@trucking-co.com", "title": "Owner",
-         "company": {"name": "Trucking Co", "employees": 14, "country": "US"}}
+OWNER = {
+    "email": "dana@trucking-co.com",
+    "title": "Owner",
+    "company": {"name": "Trucking Co", "employees": 14, "country": "US"},
+}
 
 
 def run(*docs: dict) -> Replay:
@@ -27,8 +30,10 @@ def test_fit_sums_matching_trait_rules_once():
 
 
 def test_negative_fit_and_engagement_points():
-    replay = run(identify({"email": "kid@gmail.com", "title": "Student"}, user="u1"),
-                 page("/careers/open", user="u1", when=at(1)))
+    replay = run(
+        identify({"email": "kid@gmail.com", "title": "Student"}, user="u1"),
+        page("/careers/open", user="u1", when=at(1)),
+    )
     lead = replay.ws.leads["u1"]
     assert lead.fit == -30 - 25
     assert lead.engagement == -20
@@ -46,8 +51,10 @@ def test_limit_ignores_hits_over_the_count_within_the_window():
 
 
 def test_decay_halves_engagement_every_half_life_in_event_time():
-    replay = run(track("Email Replied", user="u1", when=at(0)),
-                 track("Email Replied", user="u1", when=at(30)))
+    replay = run(
+        track("Email Replied", user="u1", when=at(0)),
+        track("Email Replied", user="u1", when=at(30)),
+    )
     lead = replay.ws.leads["u1"]
     assert lead.engagement == pytest.approx(10 * 0.5 + 10)
 
@@ -69,19 +76,25 @@ def test_threshold_promotes_to_mql_with_notification():
     assert transition["from_stage"] == "lead" and transition["to_stage"] == "mql"
     assert transition["reason"] == "threshold"
     engagement = round(15 * 0.5 ** (1 / (30 * 24)) + 15, 2)  # the first visit is an hour old
-    assert transition["score"] == {"total": round(30 + engagement, 2), "fit": 30.0,
-                                   "engagement": engagement}
+    assert transition["score"] == {
+        "total": round(30 + engagement, 2),
+        "fit": 30.0,
+        "engagement": engagement,
+    }
     [note] = replay.notifications
     assert note["notification_id"] == f"{transition['transition_id']}:promotion"
     assert note["priority"] == "warm"
     assert note["respond_by"] == at(1, hours=2)  # mql SLA 24 h after entry
 
 
-@pytest.mark.parametrize("name,rule", [("Demo Requested", "demo-request"),
-                                       ("Trial Started", "trial-started")])
+@pytest.mark.parametrize(
+    "name,rule", [("Demo Requested", "demo-request"), ("Trial Started", "trial-started")]
+)
 def test_instant_trigger_jumps_straight_to_sal_in_one_transition(name, rule):
-    replay = run(identify({"email": "a@b.example"}, user="u1", when=at(0)),
-                 track(name, user="u1", when=at(0, hours=1)))
+    replay = run(
+        identify({"email": "a@b.example"}, user="u1", when=at(0)),
+        track(name, user="u1", when=at(0, hours=1)),
+    )
     [transition] = replay.transitions
     assert (transition["from_stage"], transition["to_stage"]) == ("lead", "sal")
     assert (transition["reason"], transition["rule_id"]) == ("trigger", rule)
@@ -93,16 +106,22 @@ def test_mql_requires_holds_a_trigger_until_the_email_arrives():
     replay = run(track("Demo Requested", user="u1", when=at(0)))
     assert replay.ws.leads["u1"].stage == "lead"
     assert replay.transitions == []
-    replay.feed([parsed(identify({"email": "x@y.example"}, user="u1", when=at(0, hours=1)))],
-                now=NOW)
+    replay.feed(
+        [parsed(identify({"email": "x@y.example"}, user="u1", when=at(0, hours=1)))], now=NOW
+    )
     [transition] = replay.transitions
     assert (transition["to_stage"], transition["reason"], transition["rule_id"]) == (
-        "sal", "trigger", "demo-request")
+        "sal",
+        "trigger",
+        "demo-request",
+    )
 
 
 def test_disqualifier_stops_automatic_promotion_but_scoring_goes_on():
-    replay = run(identify({"email": "spy@competitor.example"}, user="u1", when=at(0)),
-                 track("Demo Requested", user="u1", when=at(0, hours=1)))
+    replay = run(
+        identify({"email": "spy@competitor.example"}, user="u1", when=at(0)),
+        track("Demo Requested", user="u1", when=at(0, hours=1)),
+    )
     lead = replay.ws.leads["u1"]
     assert lead.stage == "disqualified"
     assert [t["to_stage"] for t in replay.transitions] == ["disqualified"]
@@ -115,8 +134,14 @@ def test_account_traits_feed_fit_rules():
     from scoring_service.ruleset_files import starter_document
 
     doc = starter_document().model_dump(by_alias=True)
-    doc["rules"].append({"id": "acct-us", "category": "fit", "points": 7,
-                         "when": {"trait": "account.country", "equals": "us"}})
+    doc["rules"].append(
+        {
+            "id": "acct-us",
+            "category": "fit",
+            "points": 7,
+            "when": {"trait": "account.country", "equals": "us"},
+        }
+    )
     from schemas.ruleset import RuleSetDocument
 
     engine = Engine(compile_ruleset(RuleSetDocument.model_validate(doc), 2))

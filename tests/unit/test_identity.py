@@ -24,8 +24,9 @@ def test_anonymous_browsing_merges_into_the_identified_lead_once():
     replay = replay_of(
         page("/pricing", anon="a1", when=at(0)),
         page("/pricing", anon="a1", when=at(0, hours=1)),
-        identify({"email": "d@t.example", "title": "Owner"}, user="u1", anon="a1",
-                 when=at(0, hours=2)),
+        identify(
+            {"email": "d@t.example", "title": "Owner"}, user="u1", anon="a1", when=at(0, hours=2)
+        ),
         page("/pricing", anon="a1", when=at(0, hours=3)),
         identify({"email": "d@t.example"}, user="u1", anon="a1", when=at(0, hours=4)),
     )

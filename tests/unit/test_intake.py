@@ -8,8 +8,13 @@ import pytest
 from scoring_service.intake import MAX_MESSAGE_BYTES, Event, Rejection, parse_event
 from tests.factories import NOW
 
-GOOD = {"type": "track", "messageId": "m1", "userId": "u1", "event": "Demo Requested",
-        "timestamp": "2026-11-20T09:17:40+01:00"}
+GOOD = {
+    "type": "track",
+    "messageId": "m1",
+    "userId": "u1",
+    "event": "Demo Requested",
+    "timestamp": "2026-11-20T09:17:40+01:00",
+}
 
 
 def code_of(raw: bytes) -> str:
@@ -18,18 +23,21 @@ def code_of(raw: bytes) -> str:
     return result.code
 
 
-@pytest.mark.parametrize("raw,code", [
-    (b"\xff\xfe not utf-8", "invalid_json"),
-    (b"{not json", "invalid_json"),
-    (b"[1, 2]", "not_object"),
-    (orjson.dumps({**GOOD, "type": "screen"}), "unknown_type"),
-    (orjson.dumps({k: v for k, v in GOOD.items() if k != "messageId"}), "missing_message_id"),
-    (orjson.dumps({k: v for k, v in GOOD.items() if k != "userId"}), "missing_identity"),
-    (orjson.dumps({**GOOD, "timestamp": "yesterday"}), "invalid_timestamp"),
-    (orjson.dumps({**GOOD, "timestamp": "2030-01-01T00:00:00Z"}), "future_timestamp"),
-    (orjson.dumps({**GOOD, "event": ""}), "schema"),
-    (orjson.dumps({**GOOD, "properties": "x" * MAX_MESSAGE_BYTES}), "too_large"),
-])
+@pytest.mark.parametrize(
+    "raw,code",
+    [
+        (b"\xff\xfe not utf-8", "invalid_json"),
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "not_object"),
+        (orjson.dumps({**GOOD, "type": "screen"}), "unknown_type"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "messageId"}), "missing_message_id"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "userId"}), "missing_identity"),
+        (orjson.dumps({**GOOD, "timestamp": "yesterday"}), "invalid_timestamp"),
+        (orjson.dumps({**GOOD, "timestamp": "2030-01-01T00:00:00Z"}), "future_timestamp"),
+        (orjson.dumps({**GOOD, "event": ""}), "schema"),
+        (orjson.dumps({**GOOD, "properties": "x" * MAX_MESSAGE_BYTES}), "too_large"),
+    ],
+)
 def test_rejection_codes(raw, code):
     assert code_of(raw) == code
 
@@ -42,14 +50,24 @@ def test_good_event_is_normalised():
     assert event.raw_id == "u1"
 
 
-@pytest.mark.parametrize("doc,path", [
-    ({"properties": {"path": "/Pricing"}}, "/pricing"),
-    ({"properties": {"url": "https://x.example/blog/a?b=1"}}, "/blog/a"),
-    ({"properties": {}, "context": {"page": {"path": "/jobs"}}}, "/jobs"),
-])
+@pytest.mark.parametrize(
+    "doc,path",
+    [
+        ({"properties": {"path": "/Pricing"}}, "/pricing"),
+        ({"properties": {"url": "https://x.example/blog/a?b=1"}}, "/blog/a"),
+        ({"properties": {}, "context": {"page": {"path": "/jobs"}}}, "/jobs"),
+    ],
+)
 def test_page_path_fallbacks(doc, path):
-    raw = orjson.dumps({"type": "page", "messageId": "m", "anonymousId": "a",
-                        "timestamp": "2026-11-20T09:00:00Z", **doc})
+    raw = orjson.dumps(
+        {
+            "type": "page",
+            "messageId": "m",
+            "anonymousId": "a",
+            "timestamp": "2026-11-20T09:00:00Z",
+            **doc,
+        }
+    )
     event = parse_event(raw, now=NOW)
     assert isinstance(event, Event) and event.path == path
 

@@ -10,8 +10,15 @@ STAGES = ["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "d
 
 
 def decide(stage="lead", total=0.0, met=True, trigger=None, disqualify=None):
-    return automatic_move(stage=stage, total=total, mql_threshold=50, sal_threshold=90,
-                          requirements_met=met, trigger=trigger, disqualify_rule=disqualify)
+    return automatic_move(
+        stage=stage,
+        total=total,
+        mql_threshold=50,
+        sal_threshold=90,
+        requirements_met=met,
+        trigger=trigger,
+        disqualify_rule=disqualify,
+    )
 
 
 def test_threshold_moves_one_jump_at_most():

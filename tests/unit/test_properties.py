@@ -35,8 +35,11 @@ def count_in_window(counted: list[float], start: float, window: float) -> int:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=40),
-       st.integers(min_value=1, max_value=4), st.integers(min_value=1, max_value=10))
+@given(
+    st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=1, max_value=10),
+)
 def test_limit_never_lets_a_window_hold_more_than_its_count(times, count, window):
     counted: list[float] = []
     ignored: list[float] = []
@@ -58,8 +61,11 @@ def test_limit_never_lets_a_window_hold_more_than_its_count(times, count, window
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=40),
-       st.integers(min_value=1, max_value=4), st.integers(min_value=1, max_value=10))
+@given(
+    st.lists(st.integers(min_value=0, max_value=60), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=4),
+    st.integers(min_value=1, max_value=10),
+)
 def test_limit_in_time_order_counts_the_last_window(times, count, window):
     counted: list[float] = []
     for t in sorted(times):
