@@ -185,6 +185,23 @@ async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.R
         await conn.close()
 
 
+async def committed(settings: Settings) -> int:
+    """How many input records the service has committed (the sum of its stored offsets)."""
+    tables = "SELECT 1 FROM pg_tables WHERE tablename = 'consumer_offsets'"
+    if not await db_fetch(settings, tables):
+        return 0  # the service has not migrated yet
+    rows = await db_fetch(
+        settings,
+        "SELECT coalesce(sum(next_offset), 0) AS n FROM consumer_offsets WHERE topic = $1",
+        settings.topic_events,
+    )
+    return int(rows[0]["n"])
+
+
+async def committed_at_least(settings: Settings, n: int) -> bool:
+    return await committed(settings) >= n
+
+
 async def drained(settings: Settings, produced: int) -> bool:
     """Every produced record is committed and every outbox record published."""
     rows = await db_fetch(

@@ -17,7 +17,8 @@ from bench.workload import generate, lead_key
 from services.settings import Settings
 from tests.conftest import (
     assert_leads_match,
-    db_fetch,
+    committed,
+    committed_at_least,
     drained,
     produce,
     read_all,
@@ -55,17 +56,6 @@ def start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def committed(settings: Settings) -> int:
-    if not await db_fetch(settings, "SELECT 1 FROM pg_tables WHERE tablename = 'consumer_offsets'"):
-        return 0  # the service has not migrated yet
-    rows = await db_fetch(
-        settings,
-        "SELECT coalesce(sum(next_offset), 0) AS n FROM consumer_offsets WHERE topic = $1",
-        settings.topic_events,
-    )
-    return int(rows[0]["n"])
-
-
 @pytest.mark.slow
 async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
     docs = list(generate(events=20_000, leads=1_000, seed=5))
@@ -74,7 +64,9 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
     try:
         feeding = asyncio.create_task(produce(settings, docs, key=lead_key))
         await wait_for(
-            lambda: _at_least(settings, 4_000), timeout=120, what="the first 4,000 events scored"
+            lambda: committed_at_least(settings, 4_000),
+            timeout=120,
+            what="the first 4,000 events scored",
         )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -109,7 +101,3 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
         published = dict(copies[t["transition_id"]][0])
         published.pop("emitted_at")
         assert published == {k: v for k, v in t.items() if k != "emitted_at"}
-
-
-async def _at_least(settings: Settings, n: int) -> bool:
-    return await committed(settings) >= n

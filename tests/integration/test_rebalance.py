@@ -9,21 +9,12 @@ from services.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
     assert_leads_match,
-    db_fetch,
+    committed_at_least,
     drained,
     produce,
     replay,
     wait_for,
 )
-
-
-async def scored(settings) -> int:
-    rows = await db_fetch(
-        settings,
-        "SELECT coalesce(sum(next_offset), 0) AS n FROM consumer_offsets WHERE topic = $1",
-        settings.topic_events,
-    )
-    return int(rows[0]["n"])
 
 
 async def test_two_consumers_rebalance_mid_stream(settings):
@@ -33,7 +24,7 @@ async def test_two_consumers_rebalance_mid_stream(settings):
     second = None
     try:
         feeding = asyncio.create_task(produce(small, docs, key=lead_key))
-        await wait_for(lambda: _past(small, 1_500), timeout=60, what="first events")
+        await wait_for(lambda: committed_at_least(small, 1_500), timeout=60, what="first events")
         second = await RunningService(bootstrap(small)).start()  # the group rebalances
         await wait_for(
             lambda: second.container.scorer.batches > 0,
@@ -49,7 +40,3 @@ async def test_two_consumers_rebalance_mid_stream(settings):
             if running is not None:
                 await running.close()
     await assert_leads_match(small, replay(docs))
-
-
-async def _past(settings, n: int) -> bool:
-    return await scored(settings) >= n
