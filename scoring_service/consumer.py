@@ -31,7 +31,7 @@ from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Workspace, ids_to_load, score_batch
 from services.db import driver
 from services.metrics import Metrics
-from services.rulesets import active_version, load_version
+from services.rulesets import RULESET_LOCK, load_version
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,6 @@ class EventConsumer:
         self.clock = clock
         self.batch_lock = asyncio.Lock()
         self.engine: Engine | None = None
-        self._ruleset_checked = 0.0
         self._lag_checked = 0.0
         self.batches = 0
 
@@ -125,19 +124,23 @@ class EventConsumer:
                 self.consumer.seek(tp, offset)
 
     async def _current_engine(self, pg: asyncpg.Connection) -> Engine:
-        now = time.monotonic()
-        if (
-            self.engine is None
-            or now - self._ruleset_checked >= self.settings.ruleset_refresh_seconds
-        ):
-            version = await active_version(pg)
-            if version is None:
-                raise RuntimeError("no active rule set")
-            if self.engine is None or self.engine.rules.version != version:
-                self.engine = Engine(await load_version(pg, version))
-                self.metrics.ruleset_version.set(version)
-                log.info("scoring with rule set version %d", version)
-            self._ruleset_checked = now
+        """The engine for the active version, read inside the batch's transaction.
+
+        The shared lock pairs with the exclusive one that activation takes: a batch that
+        started before an activation finishes under the old version, and every batch that
+        starts after it scores with the new one, on every instance, at once.
+        """
+        version = await pg.fetchval(
+            "SELECT (SELECT version FROM active_ruleset WHERE id = 1) "
+            "FROM pg_advisory_xact_lock_shared($1)",
+            RULESET_LOCK,
+        )
+        if version is None:
+            raise RuntimeError("no active rule set")
+        if self.engine is None or self.engine.rules.version != version:
+            self.engine = Engine(await load_version(pg, version))
+            self.metrics.ruleset_version.set(version)
+            log.info("scoring with rule set version %d", version)
         return self.engine
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -323,6 +326,7 @@ class EventConsumer:
                 )
                 report.notifications.append(note["type"])
         await store.save_workspace(pg, ws)
+        await store.save_history(pg, engine.rules.version, scored, ws)
         await store.save_transitions(pg, transitions)
         return rows
 

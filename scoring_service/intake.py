@@ -41,6 +41,33 @@ class Event:
         return self.user_id or self.anonymous_id  # type: ignore[return-value]
 
 
+def event_doc(event: Event) -> dict[str, Any]:
+    """The part of an event that scoring reads, for the stored history (replays, re-scoring)."""
+    doc: dict[str, Any] = {"type": event.type, "message_id": event.message_id, "ts": event.ts}
+    for name in ("event_name", "path", "properties", "traits", "group_id"):
+        value = getattr(event, name)
+        if value:
+            doc[name] = value
+    return doc
+
+
+def event_from_doc(doc: dict[str, Any], lead_id: str) -> Event:
+    """An event from the stored history, attributed to `lead_id` (identity already resolved)."""
+    return Event(
+        type=doc["type"],
+        message_id=doc["message_id"],
+        user_id=lead_id,
+        anonymous_id=None,
+        ts=doc["ts"],
+        timestamp=iso(doc["ts"]),
+        event_name=doc.get("event_name"),
+        path=doc.get("path"),
+        properties=doc.get("properties"),
+        traits=doc.get("traits"),
+        group_id=doc.get("group_id"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why a message goes to the DLQ: a short machine code and a sentence for humans."""

@@ -14,7 +14,8 @@ from typing import Any
 import asyncpg
 import orjson
 
-from scoring_service.pipeline import MAX_LINK_HOPS, Workspace
+from scoring_service.intake import event_doc
+from scoring_service.pipeline import MAX_LINK_HOPS, ScoredEvent, Workspace
 from scoring_service.state import Account, LeadState
 
 
@@ -221,6 +222,41 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
             [orjson.dumps(a.traits).decode() for a in accounts],
             [a.version for a in accounts],
         )
+
+
+async def save_history(
+    pg: asyncpg.Connection, ruleset_version: int, scored: Sequence[ScoredEvent], ws: Workspace
+) -> None:
+    """Keep every scored event with its rule hits: the lead's history, replayed by
+    simulations, impact reports and re-scoring. Merged leads' history moves with them."""
+    if ws.merged_leads:
+        merged = [m for m in ws.new_links if m in ws.merged_leads]
+        await pg.execute(
+            "UPDATE lead_events e SET lead_id = m.target "
+            "FROM unnest($1::text[], $2::text[]) AS m(source, target) WHERE e.lead_id = m.source",
+            merged, [ws.canonical(m) for m in merged],
+        )
+    if not scored:
+        return
+    await pg.execute(
+        """
+        INSERT INTO lead_events (lead_id, message_id, type, occurred_at, event, hits, points,
+                                 ruleset_version)
+        SELECT l, m, t, o, e::jsonb, h::jsonb, p, $8
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
+                    $6::text[], $7::float8[]) WITH ORDINALITY AS u(l, m, t, o, e, h, p, n)
+        ORDER BY n
+        """,
+        [s.lead_id for s in scored],
+        [s.event.message_id for s in scored],
+        [s.event.type for s in scored],
+        [_ts(s.event.ts) for s in scored],
+        [orjson.dumps(event_doc(s.event)).decode() for s in scored],
+        [orjson.dumps([[h.rule_id, h.points, h.counted] for h in s.effects.hits]).decode()
+         for s in scored],
+        [sum(h.points for h in s.effects.hits) for s in scored],
+        ruleset_version,
+    )
 
 
 async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[dict[str, Any]]) -> None:

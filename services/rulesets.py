@@ -12,6 +12,8 @@ from scoring_service.rules import CompiledRuleSet, compile_ruleset
 from scoring_service.ruleset_files import starter_document
 
 log = logging.getLogger(__name__)
+# Batches hold it shared while scoring; activation holds it exclusively to switch versions.
+RULESET_LOCK = 0x1EAD5E7
 
 
 async def publish(
@@ -32,6 +34,9 @@ async def publish(
 
 
 async def activate(pg: asyncpg.Connection, version: int, *, by: str) -> None:
+    """Make `version` the live one. Run inside a transaction: the lock waits for batches in
+    flight and is held until the switch commits."""
+    await pg.execute("SELECT pg_advisory_xact_lock($1)", RULESET_LOCK)
     await pg.execute(
         "INSERT INTO active_ruleset (id, version, activated_by) VALUES (1, $1, $2) "
         "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "

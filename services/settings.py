@@ -48,9 +48,8 @@ class Settings(BaseSettings):
     # The relay is woken by every commit; this poll only catches work from other instances.
     outbox_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     outbox_retention_hours: float = Field(default=24, gt=0)
-    # How often each instance checks which rule-set version is active.
-    ruleset_refresh_seconds: float = Field(default=2.0, gt=0, le=60)
-    # Owner named in notifications until routing rules exist.
+    # How long scored event history is kept (re-scoring and impact reports replay it).
+    history_retention_days: float = Field(default=400, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("kafka_bootstrap")

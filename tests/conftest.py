@@ -62,7 +62,6 @@ async def settings(infra: Infra) -> Settings:
         topic_feedback=f"sales-feedback-{n}",
         consumer_group=f"leadscore-{n}",
         http_port=0,
-        ruleset_refresh_seconds=0.2,
         outbox_poll_seconds=0.1,
     )
 
