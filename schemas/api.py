@@ -1,13 +1,36 @@
-"""HTTP API bodies."""
+"""HTTP API bodies (CONTRACTS section 7)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from schemas.records import Score, Signal
+from schemas.records import Score, Signal, TransitionRecord
 from schemas.ruleset import Stage
+
+
+class ErrorBody(BaseModel):
+    """Every error: a short machine code and a human explanation."""
+
+    error: str
+    detail: Any = None
+
+
+class Problem(BaseModel):
+    loc: str = Field(description="where in the document, e.g. rules[3].when.path")
+    msg: str
+
+
+class RuleSetProblems(BaseModel):
+    error: Literal["invalid_ruleset"]
+    detail: list[Problem]
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, bool] = {}
 
 
 class LeadPublic(BaseModel):
@@ -24,11 +47,163 @@ class LeadPublic(BaseModel):
     ruleset_version: int
 
 
-class ErrorBody(BaseModel):
+class LeadSummary(BaseModel):
+    lead_id: str
+    stage: Stage
+    account_id: str | None
+    score: Score = Field(description="as of the lead's latest event (not decayed to now)")
+    last_event_at: datetime | None
+    updated_at: datetime
+
+
+class LeadPage(BaseModel):
+    items: list[LeadSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class Hit(BaseModel):
+    rule_id: str
+    points: float
+    counted: bool
+
+
+class ScoredEventPublic(BaseModel):
+    message_id: str
+    type: str
+    occurred_at: datetime
+    hits: list[Hit]
+    points: float
+    ruleset_version: int
+    scored_at: datetime
+
+
+class LeadHistory(BaseModel):
+    lead_id: str
+    events: list[ScoredEventPublic]
+    transitions: list[TransitionRecord]
+
+
+class RuleSetSummary(BaseModel):
+    version: int
+    name: str
+    published_by: str
+    published_at: datetime
+    comment: str | None
+    active: bool
+
+
+class RuleSetPublic(RuleSetSummary):
+    document: dict[str, Any]
+
+
+class Activation(BaseModel):
+    version: int
+    activated_by: str
+    activated_at: datetime
+    rescore_job: str | None = Field(description="id of the re-scoring job, with ?rescore=true")
+
+
+class FieldChange(BaseModel):
+    field: str
+    from_: Any = Field(alias="from")
+    to: Any
+
+
+class RuleChange(BaseModel):
+    id: str
+    changes: list[FieldChange]
+
+
+class RuleDiff(BaseModel):
+    added: list[str]
+    removed: list[str]
+    changed: list[RuleChange]
+
+
+class RuleSetDiff(BaseModel):
+    from_version: int
+    to_version: int
+    rules: RuleDiff
+    settings: list[FieldChange]
+
+
+class SimulateRequest(BaseModel):
+    events: list[dict[str, Any]] = Field(max_length=10_000, description="Segment events")
+
+
+class TrajectoryStep(BaseModel):
+    index: int
+    message_id: str
+    type: str
+    occurred_at: datetime
+    hits: list[Hit]
+    score: Score
+    stage: Stage
+    merged: str | None
+    transitions: list[str]
+
+
+class SimulatedLead(BaseModel):
+    lead_id: str
+    stage: Stage
+    score: Score
+    top_signals: list[Signal]
+    trajectory: list[TrajectoryStep]
+
+
+class Rejected(BaseModel):
+    index: int
     error: str
-    detail: object | None = None
+    detail: str
 
 
-class Health(BaseModel):
-    status: str
-    checks: dict[str, bool] = {}
+class SimulationResult(BaseModel):
+    ruleset_version: int
+    leads: list[SimulatedLead]
+    transitions: list[dict[str, Any]]
+    notifications: list[dict[str, Any]]
+    rejected: list[Rejected]
+    duplicates: list[int]
+
+
+class ImpactRequest(BaseModel):
+    days: float = Field(default=30, gt=0, le=3650)
+
+
+class JobProgress(BaseModel):
+    done: int
+    total: int | None
+    fraction: float | None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: Literal["rescore", "impact"]
+    status: Literal["running", "succeeded", "failed"]
+    params: dict[str, Any]
+    progress: JobProgress
+    result: dict[str, Any] | None
+    error: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status_url: str
+
+
+class AuditEntry(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    detail: dict[str, Any] | None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next_cursor: str | None

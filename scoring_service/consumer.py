@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import orjson
@@ -57,6 +58,28 @@ class BatchReport:
     dlq_codes: list[str] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
     seek_to: dict[int, int] = field(default_factory=dict)
+
+
+def outbox_rows(
+    settings: Settings, transitions: list[dict[str, Any]], notifications: list[dict[str, Any]]
+) -> list[store.OutboxRow]:
+    """Transition and notification records as outbox rows, keyed by lead."""
+    rows = [
+        store.OutboxRow(
+            settings.topic_transitions, t["lead_id"].encode(), orjson.dumps(t), t["transition_id"]
+        )
+        for t in transitions
+    ]
+    rows.extend(
+        store.OutboxRow(
+            settings.topic_notifications,
+            n["lead_id"].encode(),
+            orjson.dumps(n),
+            n["notification_id"],
+        )
+        for n in notifications
+    )
+    return rows
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -298,37 +321,19 @@ class EventConsumer:
         account_ids |= {s.account_id for s in ws.leads.values() if s.account_id}
         ws.accounts = await store.load_accounts(pg, list(account_ids))
         scored = score_batch(ws, engine, events, now=now)
-        rows: list[store.OutboxRow] = []
-        transitions = []
+        transitions: list[dict[str, Any]] = []
+        notifications: list[dict[str, Any]] = []
         for item in scored:
-            key = item.lead_id.encode()
-            for transition in item.effects.transitions:
-                transitions.append(transition)
-                rows.append(
-                    store.OutboxRow(
-                        self.settings.topic_transitions,
-                        transition["lead_id"].encode(),
-                        orjson.dumps(transition),
-                        transition["transition_id"],
-                    )
-                )
-                report.transitions.append(
-                    (transition["from_stage"], transition["to_stage"], transition["reason"])
-                )
-            for note in item.effects.notifications:
-                rows.append(
-                    store.OutboxRow(
-                        self.settings.topic_notifications,
-                        key,
-                        orjson.dumps(note),
-                        note["notification_id"],
-                    )
-                )
-                report.notifications.append(note["type"])
+            transitions.extend(item.effects.transitions)
+            notifications.extend(item.effects.notifications)
+        report.transitions.extend(
+            (t["from_stage"], t["to_stage"], t["reason"]) for t in transitions
+        )
+        report.notifications.extend(n["type"] for n in notifications)
         await store.save_workspace(pg, ws)
         await store.save_history(pg, engine.rules.version, scored, ws)
         await store.save_transitions(pg, transitions)
-        return rows
+        return outbox_rows(self.settings, transitions, notifications)
 
     def _dlq_row(self, record: ConsumerRecord, rejection: Rejection) -> store.OutboxRow:
         headers = [

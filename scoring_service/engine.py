@@ -143,6 +143,71 @@ class Engine:
                 signal[2] = ts
         return True
 
+    def _score_behaviour(
+        self, state: LeadState, event: Event, account: Account | None, hits: list[Hit]
+    ) -> tuple[tuple[str, str] | None, str | None]:
+        """Count the behavioural rules an event matches; returns (trigger, disqualifier)."""
+        trigger: tuple[str, str] | None = None
+        disqualify: str | None = None
+        account_traits = account.traits if account else None
+        for rule in self.rules.candidates(event.type, event.event_name):
+            if not rule.matches_behaviour(
+                event.event_name, event.path, event.properties or {}, state.traits, account_traits
+            ):
+                continue
+            counted = self._count_hit(state, rule, event.ts)
+            hits.append(Hit(rule.id, rule.points if counted else 0.0, counted))
+            if counted:
+                if rule.promote_to:
+                    trigger = _strongest(trigger, (rule.promote_to, rule.id))
+                if rule.disqualify and disqualify is None:
+                    disqualify = rule.id
+        return trigger, disqualify
+
+    def rescore(
+        self,
+        state: LeadState,
+        history: list[Event],
+        account: Account | None,
+        *,
+        now: float,
+    ) -> Effects:
+        """Recompute fit and engagement under this rule set from the lead's stored history.
+
+        The stage only moves forward, by threshold, with reason `rescore`: the transitions
+        the lead already made stand, and a trigger that did not fire then does not fire now.
+        """
+        effects = Effects()
+        fresh = LeadState(lead_id=state.lead_id, traits=state.traits, account_id=state.account_id)
+        for event in history:
+            self._advance_clock(fresh, event.ts)
+            self._score_behaviour(fresh, event, account, effects.hits)
+        self.refresh_fit(fresh, account)
+        state.fit, state.fit_rules, state.fit_key = fresh.fit, fresh.fit_rules, fresh.fit_key
+        state.engagement, state.as_of = fresh.engagement, fresh.as_of
+        state.counted, state.signals = fresh.counted, fresh.signals
+        state.ruleset_version = self.rules.version
+        move = automatic_move(
+            stage=state.stage,
+            total=state.total,
+            mql_threshold=self.rules.mql_threshold,
+            sal_threshold=self.rules.sal_threshold,
+            requirements_met=_requirements_met(state, self.rules),
+            trigger=None,
+            disqualify_rule=None,
+        )
+        if move is not None:
+            self.move(
+                state,
+                Move(move.to_stage, "rescore"),
+                effects,
+                caused_by=None,
+                occurred_at=now,
+                account=account,
+                now=now,
+            )
+        return effects
+
     # -- events --------------------------------------------------------------------------
 
     def apply_event(
@@ -171,19 +236,8 @@ class Engine:
                 ),
                 None,
             )
-        account_traits = account.traits if account else None
-        for rule in self.rules.candidates(event.type, event.event_name):
-            if not rule.matches_behaviour(
-                event.event_name, event.path, event.properties or {}, state.traits, account_traits
-            ):
-                continue
-            counted = self._count_hit(state, rule, event.ts)
-            effects.hits.append(Hit(rule.id, rule.points if counted else 0.0, counted))
-            if counted:
-                if rule.promote_to:
-                    trigger = _strongest(trigger, (rule.promote_to, rule.id))
-                if rule.disqualify and disqualify is None:
-                    disqualify = rule.id
+        trigger, behaviour_disqualify = self._score_behaviour(state, event, account, effects.hits)
+        disqualify = disqualify or behaviour_disqualify
         state.ruleset_version = self.rules.version
         self.route(
             state,

@@ -1,4 +1,4 @@
-"""Loading rule-set documents from YAML or JSON text, safely."""
+"""Reading rule-set documents from YAML or JSON text, safely, with errors people can act on."""
 
 from __future__ import annotations
 
@@ -6,15 +6,96 @@ from importlib import resources
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from schemas.ruleset import RuleSetDocument
 from scoring_service.rules import CompiledRuleSet, compile_ruleset
 
+MAX_DOCUMENT_BYTES = 1024 * 1024
+# A rule set is a few levels deep (rules[i].when.properties.x.in[j]); 32 is generous.
+MAX_NESTING = 32
 
-def load_document(text: str) -> RuleSetDocument:
-    """Parse YAML (a superset of JSON) with the safe loader: no tags that build objects."""
-    data: Any = yaml.safe_load(text)
-    return RuleSetDocument.model_validate(data)
+
+class RuleSetInvalid(ValueError):
+    """Every problem found in a document, each with where it is (`rules[3].when.path`)."""
+
+    def __init__(self, problems: list[dict[str, str]]) -> None:
+        super().__init__("; ".join(f"{p['loc']}: {p['msg']}" for p in problems))
+        self.problems = problems
+
+
+def location(loc: tuple[int | str, ...]) -> str:
+    """('rules', 3, 'when', 'path') -> 'rules[3].when.path'."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "document"
+
+
+def _check_yaml_events(text: str) -> None:
+    """Refuse what safe_load would accept but a rule set never needs: explicit tags, anchors
+    and aliases (the "billion laughs" expansion), and deep nesting."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise RuleSetInvalid([{"loc": "document", "msg": "YAML aliases are not allowed"}])
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise RuleSetInvalid([{"loc": "document", "msg": "YAML anchors are not allowed"}])
+        tag = getattr(event, "tag", None)
+        if tag is not None and not getattr(event, "implicit", True):
+            raise RuleSetInvalid([{"loc": "document", "msg": f"YAML tag {tag!r} is not allowed"}])
+        if isinstance(event, yaml.CollectionStartEvent):
+            if tag is not None and not event.implicit:
+                raise RuleSetInvalid(
+                    [{"loc": "document", "msg": f"YAML tag {tag!r} is not allowed"}]
+                )
+            depth += 1
+            if depth > MAX_NESTING:
+                raise RuleSetInvalid(
+                    [{"loc": "document", "msg": f"nested deeper than {MAX_NESTING} levels"}]
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def parse_data(text: str | bytes) -> Any:
+    """YAML (a superset of JSON) to plain data, or RuleSetInvalid."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise RuleSetInvalid(
+            [{"loc": "document", "msg": f"larger than {MAX_DOCUMENT_BYTES} bytes"}]
+        )
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RuleSetInvalid([{"loc": "document", "msg": "not UTF-8 text"}]) from exc
+    try:
+        _check_yaml_events(text)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RuleSetInvalid(
+            [{"loc": "document", "msg": f"not valid YAML or JSON: {exc}"}]
+        ) from exc
+
+
+def validate_data(data: Any) -> RuleSetDocument:
+    if not isinstance(data, dict):
+        raise RuleSetInvalid([{"loc": "document", "msg": "a rule set is an object (a mapping)"}])
+    try:
+        return RuleSetDocument.model_validate(data)
+    except ValidationError as exc:
+        raise RuleSetInvalid(
+            [{"loc": location(err["loc"]), "msg": err["msg"]} for err in exc.errors()]
+        ) from exc
+
+
+def load_document(text: str | bytes) -> RuleSetDocument:
+    """Parse and validate a rule set; RuleSetInvalid lists every problem."""
+    return validate_data(parse_data(text))
 
 
 def starter_document() -> RuleSetDocument:

@@ -234,7 +234,8 @@ async def save_history(
         await pg.execute(
             "UPDATE lead_events e SET lead_id = m.target "
             "FROM unnest($1::text[], $2::text[]) AS m(source, target) WHERE e.lead_id = m.source",
-            merged, [ws.canonical(m) for m in merged],
+            merged,
+            [ws.canonical(m) for m in merged],
         )
     if not scored:
         return
@@ -252,8 +253,10 @@ async def save_history(
         [s.event.type for s in scored],
         [_ts(s.event.ts) for s in scored],
         [orjson.dumps(event_doc(s.event)).decode() for s in scored],
-        [orjson.dumps([[h.rule_id, h.points, h.counted] for h in s.effects.hits]).decode()
-         for s in scored],
+        [
+            orjson.dumps([[h.rule_id, h.points, h.counted] for h in s.effects.hits]).decode()
+            for s in scored
+        ],
         [sum(h.points for h in s.effects.hits) for s in scored],
         ruleset_version,
     )
@@ -265,10 +268,11 @@ async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[dict[st
     await pg.execute(
         """
         INSERT INTO transitions (transition_id, lead_id, from_stage, to_stage, reason, rule_id,
-                                 ruleset_version, caused_by, score_total, occurred_at, emitted_at)
+                                 ruleset_version, caused_by, score_total, occurred_at, emitted_at,
+                                 record)
         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                              $6::text[], $7::int[], $8::text[], $9::float8[],
-                             $10::timestamptz[], $11::timestamptz[])
+                             $10::timestamptz[], $11::timestamptz[], $12::jsonb[])
         ON CONFLICT DO NOTHING
         """,
         [t["transition_id"] for t in transitions],
@@ -282,6 +286,7 @@ async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[dict[st
         [t["score"]["total"] for t in transitions],
         [datetime.fromisoformat(t["occurred_at"]) for t in transitions],
         [datetime.fromisoformat(t["emitted_at"]) for t in transitions],
+        [orjson.dumps(t).decode() for t in transitions],
     )
 
 

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.consumer import EventConsumer
 from services import db, kafka, rulesets
+from services.jobs import Jobs
 from services.metrics import Metrics
 from services.outbox import OutboxRelay
 from services.settings import Settings
@@ -28,6 +29,7 @@ class Container:
     metrics: Metrics
     scorer: EventConsumer
     relay: OutboxRelay
+    jobs: Jobs
     started: bool = field(default=False)
 
     async def start(self) -> None:
@@ -42,6 +44,7 @@ class Container:
         self.started = True
 
     async def close(self) -> None:
+        await self.jobs.close()
         if self.started:
             await self.consumer.stop()
             await self.producer.stop()
@@ -67,4 +70,4 @@ def bootstrap(
     scorer = EventConsumer(
         settings=settings, db=engine, consumer=consumer, metrics=metrics, on_commit=relay.notify
     )
-    return Container(settings, engine, producer, consumer, metrics, scorer, relay)
+    return Container(settings, engine, producer, consumer, metrics, scorer, relay, Jobs(engine))

@@ -1,26 +1,40 @@
-"""The HTTP API: health, metrics, and lead reads."""
+"""The HTTP API: health, metrics, rule-set administration, jobs, audit, lead reads."""
+# No "from __future__ import annotations" here: FastAPI must see the role dependencies
+# (built inside create_app) as real objects, not as strings to resolve in module globals.
 
-from __future__ import annotations
 
-import ipaddress
+import base64
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Response
+import orjson
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.api import ErrorBody, Health, LeadPublic
+from schemas import api
+from schemas.ruleset import RuleSetDocument
 from scoring_service import store
+from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
+from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
+from scoring_service.simulation import simulate
 from scoring_service.timefmt import iso
-from services import rulesets
+from services import replays, rulesets
+from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
 from services.db import driver
+from services.jobs import get_job
 from stage_router.records import score_doc
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": api.ErrorBody, "description": "missing or unknown token"},
+    403: {"model": api.ErrorBody, "description": "the token's role may not do this"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": api.ErrorBody}}
 
 
 class ApiError(Exception):
@@ -28,23 +42,54 @@ class ApiError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
+def _cursor(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def _uncursor(cursor: str | None) -> str:
+    if not cursor:
+        return ""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+        return base64.urlsafe_b64decode(cursor.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
 
 
 def create_app(container: Container) -> FastAPI:
+    """The app for one running instance; every route reads `container`, nothing global."""
+    settings = container.settings
+    tokens = parse_tokens(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
     app = FastAPI(
         title="leadscore",
-        version="0.1.0",
-        description="Real-time lead scoring: Segment events in, lifecycle transitions out.",
-        responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}},
+        version="0.2.0",
+        description=(
+            "Real-time lead scoring. Authenticate with `Authorization: Bearer <token>`; roles "
+            "are admin (rule changes), viewer (reads) and ingest (events). Errors are "
+            '`{"error": code, "detail": ...}`.'
+        ),
     )
     app.state.container = container
+
+    def role(needed: str) -> Callable[[Request], Principal]:
+        def dependency(request: Request) -> Principal:
+            principal = authenticate(
+                tokens,
+                request.headers.get("authorization"),
+                request.client.host if request.client else None,
+            )
+            return authorize(principal, needed)
+
+        return dependency
+
+    Admin = Annotated[Principal, Depends(role("admin"))]
+    Viewer = Annotated[Principal, Depends(role("viewer"))]
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -52,13 +97,15 @@ def create_app(container: Container) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": "invalid_request", "detail": exc.errors()}, status_code=422)
+        problems = [
+            {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]} for err in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": "http_error", "detail": exc.detail}, status_code=exc.status_code
-        )
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -66,27 +113,20 @@ def create_app(container: Container) -> FastAPI:
             {"error": "internal_error", "detail": type(exc).__name__}, status_code=500
         )
 
-    @app.middleware("http")
-    async def _loopback_only(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # Until access tokens exist, the API answers only on this machine.
-        if request.url.path.startswith("/v1") and not _is_loopback(
-            request.client.host if request.client else None
-        ):
-            return JSONResponse(
-                {"error": "unauthorized", "detail": "no access tokens configured; loopback only"},
-                status_code=401,
-            )
-        return await call_next(request)
+    # -- operations ------------------------------------------------------------------------
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
+    @app.get("/healthz", response_model=api.Health, tags=["operations"])
+    async def healthz() -> api.Health:
         """Liveness: the process is up and its event loop answers."""
-        return Health(status="ok")
+        return api.Health(status="ok")
 
-    @app.get("/readyz", response_model=Health, responses={503: {"model": Health}})
-    async def readyz(response: Response) -> Health:
+    @app.get(
+        "/readyz",
+        response_model=api.Health,
+        responses={503: {"model": api.Health}},
+        tags=["operations"],
+    )
+    async def readyz(response: Response) -> api.Health:
         """Readiness: database reachable, broker connected, partitions assigned."""
         checks = {"database": False, "broker": False, "partitions": False}
         try:
@@ -94,32 +134,293 @@ def create_app(container: Container) -> FastAPI:
                 checks["database"] = await (await driver(conn)).fetchval("SELECT 1") == 1
         except Exception:
             checks["database"] = False
-        client = container.producer.client
-        checks["broker"] = bool(container.started and client.cluster.brokers())
+        checks["broker"] = bool(container.started and container.producer.client.cluster.brokers())
         checks["partitions"] = bool(container.started and container.consumer.assignment())
         ready = all(checks.values())
         if not ready:
             response.status_code = 503
-        return Health(status="ready" if ready else "not ready", checks=checks)
+        return api.Health(status="ready" if ready else "not ready", checks=checks)
 
-    @app.get("/metrics", response_class=Response)
+    @app.get("/metrics", response_class=Response, tags=["operations"])
     async def metrics() -> Response:
         """Prometheus text format."""
         return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/leads/{lead_id}", response_model=LeadPublic)
-    async def get_lead(lead_id: str) -> LeadPublic:
-        """A lead's stage, its score as of now and the signals that explain it."""
-        async with container.db.connect() as conn:
+    app.include_router(_rulesets_router(container, Admin, Viewer))
+    app.include_router(_leads_router(container, Viewer))
+    return app
+
+
+def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str, Any]:
+    body = {
+        "version": row["version"],
+        "name": row["name"],
+        "published_by": row["published_by"],
+        "published_at": row["published_at"],
+        "comment": row["comment"],
+        "active": row["version"] == active,
+    }
+    if with_document:
+        body["document"] = orjson.loads(row["document"])
+    return body
+
+
+RULESET_COLUMNS = "version, name, published_by, published_at, comment, document::text AS document"
+
+
+def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["rule sets"], responses=ERRORS)
+    db = container.db
+
+    async def fetch_version(pg: Any, version: int) -> Any:
+        row = await pg.fetchrow(
+            f"SELECT {RULESET_COLUMNS} FROM rulesets WHERE version = $1", version
+        )
+        if row is None:
+            raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
+        return row
+
+    @router.post(
+        "/rulesets",
+        status_code=201,
+        response_model=api.RuleSetPublic,
+        responses={
+            413: {"model": api.ErrorBody},
+            422: {"model": api.RuleSetProblems, "description": "every problem, with its place"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": RuleSetDocument.model_json_schema()},
+                    "application/yaml": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def publish(
+        request: Request,
+        who: Admin,
+        comment: Annotated[str | None, Query(max_length=1000)] = None,
+    ) -> dict[str, Any]:
+        """Validate a rule set (JSON or YAML) and store it as a new immutable version."""
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_DOCUMENT_BYTES:
+            raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
+        body = await request.body()
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            document = load_document(body)
+        except RuleSetInvalid as exc:
+            raise ApiError(422, "invalid_ruleset", exc.problems) from exc
+        async with db.connect() as conn:
             pg = await driver(conn)
-            links = await store.load_links(pg, [lead_id])
-            canonical = lead_id
-            while canonical in links:
-                canonical = links[canonical]
-            leads = await store.load_leads(pg, [canonical])
-            if canonical not in leads:
+            async with pg.transaction():
+                version = await rulesets.publish(pg, document, by=who.name, comment=comment)
+                await rulesets.record_audit(
+                    pg,
+                    actor=who.name,
+                    action="ruleset.publish",
+                    target=str(version),
+                    detail={"name": document.name, "comment": comment},
+                )
+                row = await fetch_version(pg, version)
+            active = await rulesets.active_version(pg)
+        return _ruleset_row(row, active, True)
+
+    @router.get("/rulesets", response_model=list[api.RuleSetSummary])
+    async def list_rulesets(_: Viewer) -> list[dict[str, Any]]:
+        """Every published version, newest first."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            rows = await pg.fetch(f"SELECT {RULESET_COLUMNS} FROM rulesets ORDER BY version DESC")
+            active = await rulesets.active_version(pg)
+        return [_ruleset_row(r, active, False) for r in rows]
+
+    @router.get("/rulesets/active", response_model=api.RuleSetPublic, responses=NOT_FOUND)
+    async def get_active(_: Viewer) -> dict[str, Any]:
+        """The version live scoring uses now."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            active = await rulesets.active_version(pg)
+            if active is None:
+                raise ApiError(404, "no_active_ruleset", "no rule set is active")
+            return _ruleset_row(await fetch_version(pg, active), active, True)
+
+    @router.get("/rulesets/{version}", response_model=api.RuleSetPublic, responses=NOT_FOUND)
+    async def get_version(version: int, _: Viewer) -> dict[str, Any]:
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            return _ruleset_row(
+                await fetch_version(pg, version), await rulesets.active_version(pg), True
+            )
+
+    @router.get("/rulesets/{a}/diff/{b}", response_model=api.RuleSetDiff, responses=NOT_FOUND)
+    async def diff(a: int, b: int, _: Viewer) -> dict[str, Any]:
+        """Rules added, removed and changed (field by field) from version a to version b."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            old, new = await fetch_version(pg, a), await fetch_version(pg, b)
+        changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
+        return {"from_version": a, "to_version": b, **changes}
+
+    @router.post("/rulesets/{version}/activate", response_model=api.Activation, responses=NOT_FOUND)
+    async def activate(version: int, who: Admin, rescore: bool = False) -> dict[str, Any]:
+        """Make a version live for every instance at once; rolling back is activating an
+        older one. With `rescore=true`, a job re-scores every lead under it."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            async with pg.transaction():
+                await fetch_version(pg, version)
+                await rulesets.activate(pg, version, by=who.name)
+                await rulesets.record_audit(
+                    pg,
+                    actor=who.name,
+                    action="ruleset.activate",
+                    target=str(version),
+                    detail={"rescore": rescore},
+                )
+            row = await pg.fetchrow("SELECT activated_by, activated_at FROM active_ruleset")
+        job = None
+        if rescore:
+            job = await container.jobs.submit(
+                "rescore",
+                {"version": version},
+                by=who.name,
+                work=lambda ctx: replays.rescore_all(
+                    ctx,
+                    db=db,
+                    settings=container.settings,
+                    version=version,
+                    notify=container.relay.notify,
+                ),
+            )
+        return {"version": version, **dict(row), "rescore_job": job}
+
+    @router.post(
+        "/rulesets/{version}/simulate", response_model=api.SimulationResult, responses=NOT_FOUND
+    )
+    async def simulate_version(
+        version: int, body: api.SimulateRequest, _: Viewer
+    ) -> dict[str, Any]:
+        """Score the given events from an empty start under a version; writes nothing."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            await fetch_version(pg, version)
+            engine = Engine(await rulesets.load_version(pg, version))
+        return simulate(engine, body.events, now=time.time())
+
+    @router.post(
+        "/rulesets/{version}/impact",
+        status_code=202,
+        response_model=api.JobAccepted,
+        responses=NOT_FOUND,
+    )
+    async def impact(
+        version: int, who: Admin, body: api.ImpactRequest | None = None
+    ) -> dict[str, Any]:
+        """Start a job replaying the last N days under this version and the active one."""
+        days = (body or api.ImpactRequest()).days
+        async with db.connect() as conn:
+            await fetch_version(await driver(conn), version)
+        job = await container.jobs.submit(
+            "impact",
+            {"version": version, "days": days},
+            by=who.name,
+            work=lambda ctx: replays.impact_report(ctx, db=db, candidate=version, days=days),
+        )
+        return {"job_id": job, "status_url": f"/v1/jobs/{job}"}
+
+    @router.get("/jobs/{job_id}", response_model=api.JobPublic, responses=NOT_FOUND, tags=["jobs"])
+    async def job_status(job_id: str, _: Viewer) -> dict[str, Any]:
+        """A background job's progress and, when finished, its result."""
+        job = await get_job(db, job_id)
+        if job is None:
+            raise ApiError(404, "job_not_found", f"there is no job {job_id!r}")
+        return job
+
+    @router.get("/audit", response_model=api.AuditPage, tags=["audit"])
+    async def audit(
+        _: Admin,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """Every rule-set change and activation, newest first."""
+        before = int(_uncursor(cursor) or 2**62)
+        async with db.connect() as conn:
+            rows = await (await driver(conn)).fetch(
+                "SELECT id, at, actor, action, target, detail::text AS detail FROM audit_log "
+                "WHERE id < $1 ORDER BY id DESC LIMIT $2",
+                before,
+                limit,
+            )
+        items = [
+            {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows
+        ]
+        next_cursor = _cursor(str(rows[-1]["id"])) if len(rows) == limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    return router
+
+
+def _leads_router(container: Container, Viewer: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["leads"], responses=ERRORS)
+    db = container.db
+
+    async def canonical(pg: Any, lead_id: str) -> str:
+        links = await store.load_links(pg, [lead_id])
+        seen = {lead_id}
+        while lead_id in links and links[lead_id] not in seen:
+            lead_id = links[lead_id]
+            seen.add(lead_id)
+        return lead_id
+
+    @router.get("/leads", response_model=api.LeadPage)
+    async def list_leads(
+        _: Viewer,
+        stage: str | None = None,
+        min_score: float | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Leads in id order, filtered by stage and minimum total score; the cursor is the
+        last id seen, so pages stay stable while leads change."""
+        after = _uncursor(cursor)
+        async with db.connect() as conn:
+            rows = await (await driver(conn)).fetch(
+                "SELECT lead_id, stage, account_id, fit, engagement, as_of, updated_at "
+                "FROM leads WHERE lead_id > $1 AND ($2::text IS NULL OR stage = $2) "
+                "AND ($3::float8 IS NULL OR fit + engagement >= $3) ORDER BY lead_id LIMIT $4",
+                after,
+                stage,
+                min_score,
+                limit,
+            )
+        items = [
+            {
+                "lead_id": r["lead_id"],
+                "stage": r["stage"],
+                "account_id": r["account_id"],
+                "score": score_doc(r["fit"], r["engagement"]),
+                "last_event_at": r["as_of"],
+                "updated_at": r["updated_at"],
+            }
+            for r in rows
+        ]
+        next_cursor = _cursor(rows[-1]["lead_id"]) if len(rows) == limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
+    async def get_lead(lead_id: str, _: Viewer) -> dict[str, Any]:
+        """A lead's stage, its score as of now and the signals that explain it."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            resolved = await canonical(pg, lead_id)
+            leads = await store.load_leads(pg, [resolved])
+            if resolved not in leads:
                 raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
-            state = leads[canonical]
+            state = leads[resolved]
             version = await rulesets.active_version(pg) or state.ruleset_version
             engine = container.scorer.engine
             if engine is None or engine.rules.version != version:
@@ -128,18 +429,63 @@ def create_app(container: Container) -> FastAPI:
         engagement = state.engagement
         if state.as_of is not None:
             engagement *= engine.rules.decay_factor(now - state.as_of)
-        return LeadPublic.model_validate(
-            {
-                "lead_id": state.lead_id,
-                "stage": state.stage,
-                "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
-                "account_id": state.account_id,
-                "score": score_doc(state.fit, engagement),
-                "score_as_of": iso(now),
-                "last_event_at": iso(state.as_of) if state.as_of else None,
-                "top_signals": engine.top_signals(state),
-                "ruleset_version": state.ruleset_version,
-            }
-        )
+        return {
+            "lead_id": state.lead_id,
+            "stage": state.stage,
+            "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
+            "account_id": state.account_id,
+            "score": score_doc(state.fit, engagement),
+            "score_as_of": iso(now),
+            "last_event_at": iso(state.as_of) if state.as_of else None,
+            "top_signals": engine.top_signals(state),
+            "ruleset_version": state.ruleset_version,
+        }
 
-    return app
+    @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)
+    async def history(
+        lead_id: str, _: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+    ) -> dict[str, Any]:
+        """Every scored event (its rule hits and points) and every transition, oldest first."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            resolved = await canonical(pg, lead_id)
+            events = await pg.fetch(
+                "SELECT * FROM (SELECT id, message_id, type, occurred_at, hits::text AS hits, "
+                "points, ruleset_version, scored_at FROM lead_events WHERE lead_id = $1 "
+                "ORDER BY id DESC LIMIT $2) recent ORDER BY id",
+                resolved,
+                limit,
+            )
+            stored = await pg.fetch(
+                "SELECT record::text AS record FROM transitions WHERE lead_id = $1 "
+                "ORDER BY occurred_at, transition_id",
+                resolved,
+            )
+        if not events and not stored:
+            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+        return {
+            "lead_id": resolved,
+            "events": [
+                {
+                    **{
+                        k: r[k]
+                        for k in (
+                            "message_id",
+                            "type",
+                            "occurred_at",
+                            "points",
+                            "ruleset_version",
+                            "scored_at",
+                        )
+                    },
+                    "hits": [
+                        {"rule_id": h[0], "points": h[1], "counted": h[2]}
+                        for h in orjson.loads(r["hits"])
+                    ],
+                }
+                for r in events
+            ],
+            "transitions": [orjson.loads(r["record"]) for r in stored],
+        }
+
+    return router

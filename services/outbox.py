@@ -100,9 +100,15 @@ class OutboxRelay:
         self.metrics.outbox_oldest.set(float(row["age"]))
 
     async def purge(self) -> None:
-        """Forget published records after the retention period."""
+        """Forget published records, and scored history, after their retention periods."""
         async with self.db.connect() as conn:
             pg = await driver(conn)
+            await pg.execute(
+                "DELETE FROM lead_events WHERE id IN (SELECT id FROM lead_events "
+                "WHERE occurred_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
+                self.settings.history_retention_days * 86400,
+                PURGE_CHUNK,
+            )
             await pg.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at < now() - "
                 "make_interval(secs => $1) ORDER BY id LIMIT $2)",

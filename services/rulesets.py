@@ -68,3 +68,16 @@ async def load_version(pg: asyncpg.Connection, version: int) -> CompiledRuleSet:
     if text is None:
         raise LookupError(f"rule set version {version} does not exist")
     return compile_ruleset(RuleSetDocument.model_validate(orjson.loads(text)), version)
+
+
+async def record_audit(
+    pg: asyncpg.Connection, *, actor: str, action: str, target: str | None, detail: dict | None
+) -> None:
+    """Append to the audit log, in the caller's transaction (with the change it records)."""
+    await pg.execute(
+        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4::jsonb)",
+        actor,
+        action,
+        target,
+        orjson.dumps(detail).decode() if detail is not None else None,
+    )

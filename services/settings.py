@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".leadscore")
     embedded_broker_port: int = Field(default=9092, ge=1, le=65535)
 
+    # API tokens as name:role:sha256hex entries (see services/auth.py); unset = loopback only.
+    api_tokens: SecretStr | None = None
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8000, ge=0, le=65535)
 
@@ -56,6 +59,15 @@ class Settings(BaseSettings):
     @classmethod
     def _no_blank(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        from services.auth import parse_tokens
+
+        if value is not None:
+            parse_tokens(value.get_secret_value())  # fail at start-up, not on first request
+        return value
 
     @property
     def embedded_broker(self) -> bool:

@@ -49,6 +49,7 @@ CREATE TABLE audit_log (
     detail jsonb
 );
 CREATE INDEX leads_total ON leads ((fit + engagement));
+ALTER TABLE transitions ADD COLUMN record jsonb
 """
 
 
@@ -60,5 +61,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE transitions DROP COLUMN record")
     op.execute("DROP INDEX leads_total")
     op.execute("DROP TABLE audit_log, jobs, lead_events")

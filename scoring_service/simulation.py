@@ -1,0 +1,183 @@
+"""Simulation and impact analysis: the engine run over events in memory. Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from scoring_service.engine import Engine
+from scoring_service.intake import Event, Rejection, parse_event
+from scoring_service.pipeline import Workspace, score_event
+from scoring_service.state import Account, LeadState
+from stage_router.records import score_doc
+
+STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified")
+
+
+def simulate(engine: Engine, docs: Iterable[Any], *, now: float) -> dict[str, Any]:
+    """Score events from an empty start and say, event by event, what each rule did."""
+    ws = Workspace()
+    seen: set[tuple[str, str]] = set()
+    trajectories: dict[str, list[dict[str, Any]]] = {}
+    transitions: list[dict[str, Any]] = []
+    notifications: list[dict[str, Any]] = []
+    rejected: list[dict[str, Any]] = []
+    duplicates: list[int] = []
+    for index, doc in enumerate(docs):
+        raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+        event = parse_event(raw, now=now)
+        if isinstance(event, Rejection):
+            rejected.append({"index": index, "error": event.code, "detail": event.detail})
+            continue
+        key = (event.raw_id, event.message_id)
+        if key in seen:
+            duplicates.append(index)
+            continue
+        seen.add(key)
+        scored = score_event(ws, engine, event, now=now)
+        state = ws.leads[scored.lead_id]
+        trajectory = trajectories.setdefault(scored.lead_id, [])
+        if scored.merged is not None:
+            trajectory.extend(trajectories.pop(scored.merged, []))
+        trajectory.append(
+            {
+                "index": index,
+                "message_id": event.message_id,
+                "type": event.type,
+                "occurred_at": event.timestamp,
+                "hits": [
+                    {"rule_id": h.rule_id, "points": h.points, "counted": h.counted}
+                    for h in scored.effects.hits
+                ],
+                "score": score_doc(state.fit, state.engagement),
+                "stage": state.stage,
+                "merged": scored.merged,
+                "transitions": [t["transition_id"] for t in scored.effects.transitions],
+            }
+        )
+        transitions.extend(scored.effects.transitions)
+        notifications.extend(scored.effects.notifications)
+    leads = [
+        {
+            "lead_id": lead_id,
+            "stage": ws.leads[lead_id].stage,
+            "score": score_doc(ws.leads[lead_id].fit, ws.leads[lead_id].engagement),
+            "top_signals": engine.top_signals(ws.leads[lead_id]),
+            "trajectory": steps,
+        }
+        for lead_id, steps in trajectories.items()
+    ]
+    return {
+        "ruleset_version": engine.rules.version,
+        "leads": leads,
+        "transitions": transitions,
+        "notifications": notifications,
+        "rejected": rejected,
+        "duplicates": duplicates,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a lead's history ends under one rule set."""
+
+    stage: str
+    total: float
+    rule_points: dict[str, float]
+
+
+def replay_lead(
+    engine: Engine, lead_id: str, history: list[Event], account: Account | None, *, now: float
+) -> Outcome:
+    """A lead's stored history from an empty start, under `engine`'s rule set."""
+    state = LeadState(lead_id=lead_id)
+    for event in history:
+        engine.apply_event(state, event, account, now=now)
+    points = {rule_id: signal[0] for rule_id, signal in state.signals.items()}
+    for rule_id in state.fit_rules:
+        points[rule_id] = points.get(rule_id, 0.0) + engine.rules.by_id[rule_id].points
+    return Outcome(state.stage, state.total, points)
+
+
+@dataclass
+class ImpactReport:
+    """Side-by-side outcomes of the active and a candidate rule set over stored history.
+
+    Only counts and a bounded list of example leads are kept, so memory does not grow with
+    the number of leads replayed.
+    """
+
+    active_version: int
+    candidate_version: int
+    max_examples: int = 100
+    leads: int = 0
+    moved: int = 0
+    stages_active: Counter[str] = field(default_factory=Counter)
+    stages_candidate: Counter[str] = field(default_factory=Counter)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    rule_points: dict[str, list[float]] = field(default_factory=dict)
+    rule_leads: Counter[str] = field(default_factory=Counter)
+
+    def add(self, lead_id: str, active: Outcome, candidate: Outcome) -> None:
+        self.leads += 1
+        self.stages_active[active.stage] += 1
+        self.stages_candidate[candidate.stage] += 1
+        differences: dict[str, float] = {}
+        for rule_id in active.rule_points.keys() | candidate.rule_points.keys():
+            before = active.rule_points.get(rule_id, 0.0)
+            after = candidate.rule_points.get(rule_id, 0.0)
+            totals = self.rule_points.setdefault(rule_id, [0.0, 0.0])
+            totals[0] += before
+            totals[1] += after
+            if abs(after - before) > 1e-9:
+                differences[rule_id] = after - before
+                self.rule_leads[rule_id] += 1
+        if active.stage != candidate.stage:
+            self.moved += 1
+            if len(self.examples) < self.max_examples:
+                self.examples.append(
+                    {
+                        "lead_id": lead_id,
+                        "active": {"stage": active.stage, "total": round(active.total, 2)},
+                        "candidate": {"stage": candidate.stage, "total": round(candidate.total, 2)},
+                        "rules": [
+                            {"rule_id": rule_id, "points_difference": round(diff, 2)}
+                            for rule_id, diff in sorted(
+                                differences.items(), key=lambda item: -abs(item[1])
+                            )[:5]
+                        ],
+                    }
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        rules = [
+            {
+                "rule_id": rule_id,
+                "points_active": round(before, 2),
+                "points_candidate": round(after, 2),
+                "difference": round(after - before, 2),
+                "leads_affected": self.rule_leads[rule_id],
+            }
+            for rule_id, (before, after) in self.rule_points.items()
+            if self.rule_leads[rule_id]
+        ]
+        rules.sort(key=lambda r: (-abs(r["difference"]), r["rule_id"]))
+        return {
+            "active_version": self.active_version,
+            "candidate_version": self.candidate_version,
+            "leads": self.leads,
+            "stages": {
+                stage: {
+                    "active": self.stages_active[stage],
+                    "candidate": self.stages_candidate[stage],
+                }
+                for stage in STAGES
+            },
+            "moved": self.moved,
+            "moved_examples": self.examples,
+            "rules": rules,
+        }
