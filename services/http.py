@@ -2,7 +2,6 @@
 # No "from __future__ import annotations" here: FastAPI must see the role dependencies
 # (built inside create_app) as real objects, not as strings to resolve in module globals.
 
-
 import base64
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ def _uncursor(cursor: str | None) -> str:
     if not cursor:
         return ""
     try:
-        return base64.urlsafe_b64decode(cursor.encode()).decode()
+        return base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
 

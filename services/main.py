@@ -3,7 +3,6 @@ outbox relay and the HTTP API in one event loop, until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -22,7 +21,7 @@ from services.settings import Settings
 log = logging.getLogger("leadscore")
 
 
-class _Server(uvicorn.Server):
+class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handling: the service decides when to stop."""
 
     @contextlib.contextmanager
@@ -57,7 +56,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await container.start()
-    server = _Server(
+    server = QuietServer(
         uvicorn.Config(
             create_app(container),
             host=settings.http_host,
@@ -140,21 +139,7 @@ async def send(lines: list[bytes], settings: Settings) -> int:
     return sent
 
 
-def cli() -> None:
-    parser = argparse.ArgumentParser(prog="leadscore", description=__doc__)
-    commands = parser.add_subparsers(dest="command")
-    commands.add_parser("run", help="run the service (default)")
-    sender = commands.add_parser("send", help="produce a JSON-lines file of events to the topic")
-    sender.add_argument("file")
-    args = parser.parse_args()
-    if args.command == "send":
-        with open(args.file, "rb") as file:
-            lines = file.read().splitlines()
-        count = asyncio.run(send(lines, Settings()))
-        print(f"sent {count} events")
-        return
-    run()
-
-
 if __name__ == "__main__":
-    cli()
+    from services.cli import entry
+
+    entry()

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import SecretStr
 
 from services.bootstrap import Container, bootstrap
 from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
@@ -237,3 +239,37 @@ async def assert_leads_match(settings: Settings, expected: Any) -> None:
         assert (row["stage"], row["seq"]) == (state.stage, state.seq), lead_id
         assert abs(row["fit"] - state.fit) < 1e-9, lead_id
         assert abs(row["engagement"] - state.engagement) < 1e-6, lead_id
+
+
+TOKENS = {"admin": "admin-token-1", "viewer": "viewer-token-1", "ingest": "ingest-token-1"}
+
+
+def token_settings(settings: Settings) -> Settings:
+    from services.auth import hash_token
+
+    spec = ",".join(f"{role}-user:{role}:{hash_token(t)}" for role, t in TOKENS.items())
+    return settings.model_copy(update={"api_tokens": SecretStr(spec)})
+
+
+def client_for(
+    container: Container, role: str | None = None, host: str = "127.0.0.1"
+) -> httpx.AsyncClient:
+    """An HTTP client for the real app of `container`, with `role`'s token if given."""
+    from services.http import create_app
+
+    headers = {"Authorization": f"Bearer {TOKENS[role]}"} if role else {}
+    transport = httpx.ASGITransport(app=create_app(container), client=(host, 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://leadscore", headers=headers)
+
+
+@pytest.fixture
+async def admin_container(settings: Settings) -> AsyncIterator[Container]:
+    """The API's container on a migrated database with the starter rules, without Kafka."""
+    from services import db, rulesets
+
+    container = bootstrap(token_settings(settings))
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        await rulesets.ensure_starter(await db.driver(conn))
+    yield container
+    await container.close()

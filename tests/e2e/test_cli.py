@@ -1,0 +1,87 @@
+"""The admin's command line against a real HTTP server, and offline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import uvicorn
+import yaml
+
+from services.embedded import free_port
+from services.http import create_app
+from services.main import QuietServer
+from tests.conftest import TOKENS, wait_for
+from tests.integration.test_admin_api import with_rule_points
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def leadscore(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli",
+        *args,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    return process.returncode or 0, output.decode()
+
+
+async def test_offline_validate_and_simulate(tmp_path):
+    code, out = await leadscore("rules", "validate", "scoring_service/starter_ruleset.yaml")
+    assert code == 0 and "valid rule set 'starter' with 17 rules" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\nthresholds: {mql: 1, sal: 2}\nrules:\n"
+        "  - {id: a, category: engagement, when: {path: '/x', regex: y}}\n"
+    )
+    code, out = await leadscore("rules", "validate", str(bad))
+    assert code == 1 and "rules[0].when: Value error, unknown condition 'regex'" in out
+    code, out = await leadscore(
+        "simulate", "scoring_service/starter_ruleset.yaml", "examples/journey.jsonl"
+    )
+    assert code == 0
+    assert "u-42: sal" in out
+    assert "u-42: lead -> mql (threshold)" in out
+    assert "u-42: mql -> sal (trigger demo-request)" in out
+
+
+async def test_publish_diff_activate_through_the_api(admin_container, tmp_path):
+    port = free_port()
+    server = QuietServer(
+        uvicorn.Config(
+            create_app(admin_container),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    env = {"LEADSCORE_API_URL": f"http://127.0.0.1:{port}", "LEADSCORE_API_TOKEN": TOKENS["admin"]}
+    try:
+        await wait_for(lambda: server.started, what="server")
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(yaml.safe_dump(with_rule_points("pricing-page", 20)))
+        code, out = await leadscore("rules", "publish", str(rules), "--comment", "q4", env=env)
+        assert (code, out.strip()) == (0, "published version 2 (starter)")
+        code, out = await leadscore("rules", "diff", "1", "2", env=env)
+        assert code == 0
+        assert out.splitlines() == ["version 1 -> 2", "~ rule pricing-page.points: 15.0 -> 20.0"]
+        code, out = await leadscore("rules", "activate", "2", env=env)
+        assert (code, out.strip()) == (0, "version 2 is active")
+        code, out = await leadscore("rules", "activate", "7", env=env)
+        assert code == 1 and "404 ruleset_not_found" in out
+        viewer = {**env, "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
+        code, out = await leadscore("rules", "activate", "1", env=viewer)
+        assert code == 1 and "403 forbidden" in out
+    finally:
+        server.should_exit = True
+        await serving
