@@ -63,6 +63,7 @@ def generate(
     duplicate_share: float = 0.0,
     malformed_share: float = 0.0,
     days: float = 60,
+    recent: bool = False,
 ) -> Iterator[dict[str, Any] | bytes]:
     """Yield `events` Segment calls spread over `leads` people and `days` of event time.
 
@@ -70,7 +71,9 @@ def generate(
     links them. Duplicates repeat an earlier messageId; malformed ones are raw bytes.
     """
     rnd = random.Random(seed)
-    clock = [START + timedelta(seconds=rnd.uniform(0, days * 86400 * 0.2)) for _ in range(leads)]
+    # `recent` places the workload in the last `days` (impact reports look at recent history).
+    start = datetime.now(UTC) - timedelta(days=days) if recent else START
+    clock = [start + timedelta(seconds=rnd.uniform(0, days * 86400 * 0.2)) for _ in range(leads)]
     anonymous = [rnd.random() < anonymous_share for _ in range(leads)]
     identified = [not a for a in anonymous]
     recent: list[dict[str, Any]] = []

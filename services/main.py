@@ -45,7 +45,7 @@ def with_embedded_infrastructure(
         )
         updates["kafka_bootstrap"] = broker.bootstrap
     if updates:
-        settings = Settings.model_validate({**settings.model_dump(), **updates})
+        settings = settings.with_changes(**updates)
     return settings, broker, database
 
 

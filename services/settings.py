@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     def embedded_database(self) -> bool:
         return self.database_url is None
 
+    def with_changes(self, **changes: object) -> Settings:
+        """A copy with some settings changed, validated like the originals."""
+        return Settings.model_validate({**self.model_dump(), **changes})
+
     def output_topics(self) -> list[str]:
         return [self.topic_transitions, self.topic_notifications, self.topic_dlq]
 

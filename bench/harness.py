@@ -1,0 +1,131 @@
+"""Shared pieces of the benchmarks: infrastructure, a service in process, producing, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from bench.workload import lead_key
+from services.bootstrap import Container, bootstrap
+from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.settings import Settings
+
+
+class Infra:
+    """The configured broker and database, or embedded ones in a temporary folder."""
+
+    def __init__(self) -> None:
+        self.postgres: EmbeddedPostgres | None = None
+        self.broker: EmbeddedBroker | None = None
+
+    def settings(self, base: Settings, name: str) -> Settings:
+        updates: dict[str, Any] = {
+            "topic_events": f"{name}-events",
+            "topic_transitions": f"{name}-transitions",
+            "topic_notifications": f"{name}-notifications",
+            "topic_dlq": f"{name}-dlq",
+            "topic_feedback": f"{name}-feedback",
+            "consumer_group": f"{name}-group",
+        }
+        if base.kafka_bootstrap is None:
+            self.broker = self.broker or EmbeddedBroker(free_port()).start()
+            updates["kafka_bootstrap"] = self.broker.bootstrap
+        if base.database_url is None:
+            if self.postgres is None:
+                folder = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
+                self.postgres = EmbeddedPostgres(folder / "pg").start()
+            updates["database_url"] = self.postgres.database_url()
+        return base.with_changes(**updates)
+
+    async def fresh_database(self, settings: Settings, name: str) -> Settings:
+        """A new, empty database beside the configured one."""
+        assert settings.database_url is not None
+        url = settings.database_url.get_secret_value()
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        base, _, query = url.partition("?")
+        new_url = base.rsplit("/", 1)[0] + f"/{name}" + (f"?{query}" if query else "")
+        return settings.with_changes(database_url=new_url)
+
+    def stop(self) -> None:
+        if self.broker:
+            self.broker.stop()
+
+
+class InProcessService:
+    def __init__(self, settings: Settings) -> None:
+        self.container: Container = bootstrap(settings)
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> InProcessService:
+        await self.container.start()
+        self.tasks = [
+            asyncio.create_task(self.container.scorer.run(self.stop)),
+            asyncio.create_task(self.container.relay.run(self.stop)),
+        ]
+        while not self.container.consumer.assignment():
+            await asyncio.sleep(0.05)
+        return self
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+        await self.container.close()
+
+
+async def produce(settings: Settings, docs: Iterable[dict[str, Any] | bytes]) -> int:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for doc in docs:
+            value = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+            pending.append(await producer.send(settings.topic_events, value, key=lead_key(doc)))
+            sent += 1
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def committed(settings: Settings) -> int:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1",
+                settings.topic_events,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def wait_committed(settings: Settings, total: int, timeout: float = 600) -> float:
+    """Seconds until `total` input records are committed."""
+    started = time.perf_counter()
+    while await committed(settings) < total:
+        if time.perf_counter() - started > timeout:
+            raise TimeoutError(f"only {await committed(settings)} of {total} records committed")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started

@@ -1,0 +1,98 @@
+"""Pure pieces of rules administration: re-scoring, diffs, YAML guards, impact counting."""
+
+from __future__ import annotations
+
+import pytest
+
+from schemas.ruleset import RuleSetDocument
+from scoring_service.diff import diff_documents
+from scoring_service.engine import Engine
+from scoring_service.pipeline import Replay
+from scoring_service.rules import compile_ruleset
+from scoring_service.ruleset_files import RuleSetInvalid, load_document, starter_document
+from tests.factories import NOW, at, identify, page, parsed
+
+
+def engine_with(version: int, **points: float) -> Engine:
+    doc = starter_document().model_dump(mode="json", by_alias=True, exclude_none=True)
+    for rule in doc["rules"]:
+        if rule["id"] in points:
+            rule["points"] = points[rule["id"]]
+    return Engine(compile_ruleset(RuleSetDocument.model_validate(doc), version))
+
+
+def lead_after(engine: Engine, docs: list[dict]) -> tuple[Replay, list]:
+    replay = Replay(engine)
+    events = [parsed(d) for d in docs]
+    replay.feed(events, now=NOW)
+    return replay, events
+
+
+def test_rescore_moves_a_lead_forward_with_reason_rescore():
+    docs = [
+        identify({"email": "a@x.example", "title": "Owner"}, user="u", when=at(0)),
+        page("/pricing", user="u", when=at(0)),
+        page("/pricing", user="u", when=at(0)),
+    ]
+    replay, events = lead_after(engine_with(1), docs)
+    lead = replay.ws.leads["u"]
+    assert (lead.stage, lead.total) == ("lead", 45)
+    effects = engine_with(2, **{"pricing-page": 20}).rescore(lead, events, None, now=NOW)
+    assert (lead.stage, lead.total, lead.ruleset_version) == ("mql", 55, 2)
+    [transition] = effects.transitions
+    assert (transition["reason"], transition["ruleset_version"]) == ("rescore", 2)
+    assert transition["transition_id"] == "u:1"
+
+
+def test_rescore_never_moves_backwards():
+    docs = [identify({"email": "a@x.example", "title": "Owner"}, user="u", when=at(0))]
+    docs += [page("/pricing", user="u", when=at(0)) for _ in range(3)]
+    replay, events = lead_after(engine_with(1), docs)
+    lead = replay.ws.leads["u"]
+    assert lead.stage == "mql"
+    effects = engine_with(2, **{"pricing-page": 1}).rescore(lead, events, None, now=NOW)
+    assert (lead.stage, lead.total, effects.transitions) == ("mql", 18, [])
+
+
+def test_diff_lists_rules_and_settings_field_by_field():
+    old = {
+        "name": "a",
+        "thresholds": {"mql": 50, "sal": 90},
+        "rules": [{"id": "x", "points": 1, "when": {"path": "/a"}}, {"id": "gone"}],
+    }
+    new = {
+        "name": "a",
+        "thresholds": {"mql": 40, "sal": 90},
+        "rules": [{"id": "x", "points": 2, "when": {"path": "/b"}}, {"id": "new"}],
+    }
+    assert diff_documents(old, new) == {
+        "rules": {
+            "added": ["new"],
+            "removed": ["gone"],
+            "changed": [
+                {
+                    "id": "x",
+                    "changes": [
+                        {"field": "points", "from": 1, "to": 2},
+                        {"field": "when.path", "from": "/a", "to": "/b"},
+                    ],
+                }
+            ],
+        },
+        "settings": [{"field": "thresholds.mql", "from": 50, "to": 40}],
+    }
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("a: !!python/object/apply:os.system ['x']", "tag"),
+        ("a: &anchor 1\nb: *anchor", "anchors"),
+        ("a: " + "[" * 50 + "]" * 50, "nested deeper"),
+        ("- just\n- a list", "a rule set is an object"),
+        ("name: [unclosed", "not valid YAML"),
+    ],
+)
+def test_yaml_guards(text, message):
+    with pytest.raises(RuleSetInvalid, match=message):
+        load_document(text)
