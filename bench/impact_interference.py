@@ -11,7 +11,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from bench.harness import InProcessService, Infra, produce, wait_committed
+from bench.harness import Infra, InProcessService, produce, wait_committed
 from bench.workload import generate
 from services.jobs import Jobs
 from services.replays import impact_report
