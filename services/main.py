@@ -50,6 +50,11 @@ def with_embedded_infrastructure(
 
 
 async def serve(settings: Settings) -> None:
+    if settings.api_tokens is None:
+        log.warning(
+            "no API tokens configured (LEADSCORE_API_TOKENS): the API accepts requests without "
+            "a token from loopback only; make tokens with 'leadscore token NAME ROLE'"
+        )
     container = bootstrap(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
