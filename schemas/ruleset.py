@@ -181,6 +181,51 @@ class Rule(BaseModel):
         return self
 
 
+_QUEUE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+
+
+class Queue(BaseModel):
+    """A sales queue; its owners take its leads in turn."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    owners: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list, max_length=500
+    )
+
+
+class RoutingRule(BaseModel):
+    """Send leads whose traits (or account traits) match to a queue; first match wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue: Annotated[str, Field(pattern=_QUEUE)]
+    when: When
+
+    @model_validator(mode="after")
+    def _traits_only(self) -> RoutingRule:
+        if self.when.trait is None or self.when.is_behavioural():
+            raise ValueError("a routing rule matches a trait (trait: ... with an operator)")
+        return self
+
+
+class Routing(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default_queue: Annotated[str, Field(pattern=_QUEUE)] = "default"
+    queues: dict[Annotated[str, Field(pattern=_QUEUE)], Queue] = Field(
+        default_factory=dict, max_length=200
+    )
+    rules: list[RoutingRule] = Field(default_factory=list, max_length=200)
+
+    @model_validator(mode="after")
+    def _known_queues(self) -> Routing:
+        for index, rule in enumerate(self.rules):
+            if rule.queue not in self.queues:
+                raise ValueError(f"rules[{index}] sends to queue {rule.queue!r}, not in queues")
+        return self
+
+
 class Thresholds(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -211,7 +256,11 @@ class RuleSetDocument(BaseModel):
     decay: Decay = Decay()
     notify_on: list[Stage] = Field(default_factory=lambda: ["mql", "sal"])
     sla: dict[Stage, float] = Field(default_factory=dict)
-    default_owner: str = Field(default="queue:default", min_length=1, max_length=200)
+    routing: Routing = Routing()
+    # Who hears of a missed follow-up (instead of the lead's owner), and whether the lead
+    # then goes back to marketing.
+    escalation_owner: str | None = Field(default=None, min_length=1, max_length=200)
+    recycle_on_expiry: bool = False
     rules: list[Rule] = Field(max_length=MAX_RULES)
 
     @field_validator("sla", mode="before")

@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service import store
-from scoring_service.engine import Engine
+from scoring_service.engine import Effects, Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Workspace, ids_to_load, score_batch
 from services.db import driver
@@ -60,28 +59,6 @@ class BatchReport:
     seek_to: dict[int, int] = field(default_factory=dict)
 
 
-def outbox_rows(
-    settings: Settings, transitions: list[dict[str, Any]], notifications: list[dict[str, Any]]
-) -> list[store.OutboxRow]:
-    """Transition and notification records as outbox rows, keyed by lead."""
-    rows = [
-        store.OutboxRow(
-            settings.topic_transitions, t["lead_id"].encode(), orjson.dumps(t), t["transition_id"]
-        )
-        for t in transitions
-    ]
-    rows.extend(
-        store.OutboxRow(
-            settings.topic_notifications,
-            n["lead_id"].encode(),
-            orjson.dumps(n),
-            n["notification_id"],
-        )
-        for n in notifications
-    )
-    return rows
-
-
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: EventConsumer) -> None:
         self.owner = owner
@@ -109,6 +86,7 @@ class EventConsumer:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.topic = settings.topic_events
         self.db = db
         self.consumer = consumer
         self.metrics = metrics
@@ -120,14 +98,14 @@ class EventConsumer:
         self.batches = 0
 
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.settings.topic_events], listener=_Rebalance(self))
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
 
     async def seek_to_stored(self, assigned: set[TopicPartition]) -> None:
         """Start each assigned partition where the database says the work ends."""
         if not assigned:
             return
         async with self.db.connect() as conn:
-            stored = await store.stored_offsets(await driver(conn), self.settings.topic_events)
+            stored = await store.stored_offsets(await driver(conn), self.topic)
         ends = await self.consumer.end_offsets(list(assigned))
         for tp in assigned:
             offset = stored.get(tp.partition)
@@ -201,12 +179,9 @@ class EventConsumer:
         """Score one batch with retries; only returns once it is committed (or stopping)."""
         started = time.perf_counter()
         now = self.clock()
-        parsed: dict[int, list[tuple[ConsumerRecord, Event | Rejection]]] = {}
+        parsed: dict[int, list[tuple[ConsumerRecord, Any]]] = {}
         for tp, records in batch.items():
-            parsed[tp.partition] = [
-                (r, parse_event(r.value or b"", now=now, fallback_ts=r.timestamp / 1000))
-                for r in records
-            ]
+            parsed[tp.partition] = [(r, self.parse(r, now)) for r in records]
         attempt = 0
         while True:
             try:
@@ -225,17 +200,10 @@ class EventConsumer:
         self.on_commit()
         await self._commit_kafka(report)
         for partition, offset in report.seek_to.items():
-            self.consumer.seek(TopicPartition(self.settings.topic_events, partition), offset)
+            self.consumer.seek(TopicPartition(self.topic, partition), offset)
         elapsed = time.perf_counter() - started
         total = sum(len(v) for v in parsed.values())
-        self.metrics.batch_seconds.observe(elapsed)
-        self.metrics.batch_size.observe(total)
-        per_event = elapsed / max(total, 1)
-        for _ in range(total):
-            self.metrics.event_seconds.observe(per_event)
-        self.metrics.events.labels("scored").inc(report.scored)
-        self.metrics.events.labels("duplicate").inc(report.duplicates)
-        self.metrics.events.labels("invalid").inc(report.invalid)
+        self.count(report, elapsed, total)
         for labels in report.transitions:
             self.metrics.transitions.labels(*labels).inc()
         for kind in report.notifications:
@@ -245,10 +213,22 @@ class EventConsumer:
         self.batches += 1
         return report
 
+    def count(self, report: BatchReport, elapsed: float, total: int) -> None:
+        """Metrics of one committed batch of events."""
+        self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_size.observe(total)
+        per_event = elapsed / max(total, 1)
+        for _ in range(total):
+            self.metrics.event_seconds.observe(per_event)
+        self.metrics.events.labels("scored").inc(report.scored)
+        self.metrics.events.labels("duplicate").inc(report.duplicates)
+        self.metrics.events.labels("invalid").inc(report.invalid)
+
+    def parse(self, record: ConsumerRecord, now: float) -> Event | Rejection:
+        return parse_event(record.value or b"", now=now, fallback_ts=record.timestamp / 1000)
+
     async def _commit_kafka(self, report: BatchReport) -> None:
-        offsets = {
-            TopicPartition(self.settings.topic_events, p): o for p, o in report.next_offsets.items()
-        }
+        offsets = {TopicPartition(self.topic, p): o for p, o in report.next_offsets.items()}
         if not offsets:
             return
         try:
@@ -258,18 +238,16 @@ class EventConsumer:
             log.info("Kafka offset commit skipped: %s", exc)
 
     async def _transaction(
-        self, parsed: dict[int, list[tuple[ConsumerRecord, Event | Rejection]]], now: float
+        self, parsed: dict[int, list[tuple[ConsumerRecord, Any]]], now: float
     ) -> BatchReport:
-        settings = self.settings
         report = BatchReport()
         async with self.db.connect() as conn:
             pg = await driver(conn)
             async with pg.transaction():
                 engine = await self._current_engine(pg)
-                stored = await store.lock_offsets(pg, settings.topic_events, sorted(parsed))
-                events: list[Event] = []
+                stored = await store.lock_offsets(pg, self.topic, sorted(parsed))
+                valid: list[tuple[ConsumerRecord, Any]] = []
                 outbox: list[store.OutboxRow] = []
-                seen: set[tuple[str, str]] = set()
                 for partition, items in parsed.items():
                     start = stored.get(partition, 0)
                     fresh = [(r, p) for r, p in items if r.offset >= start]
@@ -282,25 +260,42 @@ class EventConsumer:
                     report.next_offsets[partition] = fresh[-1][0].offset + 1
                     for record, result in fresh:
                         if isinstance(result, Rejection):
-                            outbox.append(self._dlq_row(record, result))
+                            outbox.append(self.dlq_row(record, result))
                             report.dlq_codes.append(result.code)
                             report.invalid += 1
-                            continue
-                        key = (result.raw_id, result.message_id)
-                        if key in seen:
-                            report.duplicates += 1
-                            continue
-                        seen.add(key)
-                        events.append(result)
-                new = await store.claim_new(pg, [(e.raw_id, e.message_id) for e in events])
-                report.duplicates += len(events) - len(new)
-                events = [e for e in events if (e.raw_id, e.message_id) in new]
-                report.scored = len(events)
-                if events:
-                    outbox.extend(await self._score(pg, engine, events, now, report))
+                        else:
+                            valid.append((record, result))
+                if valid:
+                    outbox.extend(await self.apply(pg, engine, valid, now, report))
                 await store.enqueue(pg, outbox)
-                await store.save_offsets(pg, settings.topic_events, report.next_offsets)
+                await store.save_offsets(pg, self.topic, report.next_offsets)
         return report
+
+    async def apply(
+        self,
+        pg: asyncpg.Connection,
+        engine: Engine,
+        items: list[tuple[ConsumerRecord, Event]],
+        now: float,
+        report: BatchReport,
+    ) -> list[store.OutboxRow]:
+        """Drop events seen before (in this batch or ever), then score the rest."""
+        events: list[Event] = []
+        seen: set[tuple[str, str]] = set()
+        for _, event in items:
+            key = (event.raw_id, event.message_id)
+            if key in seen:
+                report.duplicates += 1
+                continue
+            seen.add(key)
+            events.append(event)
+        new = await store.claim_new(pg, [(e.raw_id, e.message_id) for e in events])
+        report.duplicates += len(events) - len(new)
+        events = [e for e in events if (e.raw_id, e.message_id) in new]
+        report.scored = len(events)
+        if not events:
+            return []
+        return await self._score(pg, engine, events, now, report)
 
     async def _score(
         self,
@@ -321,21 +316,30 @@ class EventConsumer:
         account_ids |= {s.account_id for s in ws.leads.values() if s.account_id}
         ws.accounts = await store.load_accounts(pg, list(account_ids))
         scored = score_batch(ws, engine, events, now=now)
-        transitions: list[dict[str, Any]] = []
-        notifications: list[dict[str, Any]] = []
+        effects = Effects()
         for item in scored:
-            transitions.extend(item.effects.transitions)
-            notifications.extend(item.effects.notifications)
-        report.transitions.extend(
-            (t["from_stage"], t["to_stage"], t["reason"]) for t in transitions
-        )
-        report.notifications.extend(n["type"] for n in notifications)
+            effects.extend(item.effects)
         await store.save_workspace(pg, ws)
         await store.save_history(pg, engine.rules.version, scored, ws)
-        await store.save_transitions(pg, transitions)
-        return outbox_rows(self.settings, transitions, notifications)
+        return await self.record(pg, engine, effects, report)
 
-    def _dlq_row(self, record: ConsumerRecord, rejection: Rejection) -> store.OutboxRow:
+    async def record(
+        self, pg: asyncpg.Connection, engine: Engine, effects: Effects, report: BatchReport
+    ) -> list[store.OutboxRow]:
+        """Store transitions and deadlines, name owners, count; returns the outbox rows."""
+        report.transitions.extend(
+            (t["from_stage"], t["to_stage"], t["reason"]) for t in effects.transitions
+        )
+        report.notifications.extend(n["type"] for n in effects.notifications)
+        return await store.record_effects(
+            pg,
+            effects,
+            queues=engine.rules.queues,
+            transitions_topic=self.settings.topic_transitions,
+            notifications_topic=self.settings.topic_notifications,
+        )
+
+    def dlq_row(self, record: ConsumerRecord, rejection: Rejection) -> store.OutboxRow:
         headers = [
             ("error", rejection.code),
             ("error_detail", rejection.detail[:1000]),

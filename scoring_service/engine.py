@@ -17,7 +17,17 @@ from scoring_service.intake import Event
 from scoring_service.rules import CompiledRule, CompiledRuleSet, lookup
 from scoring_service.state import Account, LeadState
 from stage_router import records
-from stage_router.lifecycle import RANK, Move, automatic_move, furthest_stage
+from stage_router.lifecycle import (
+    RANK,
+    RECYCLED,
+    Move,
+    automatic_move,
+    feedback_move,
+    furthest_stage,
+)
+
+# Stages a lead can be recycled from (sales feedback `rejected`, or an expired SLA).
+RECYCLABLE = frozenset({"mql", "sal", "sql"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +46,12 @@ class Effects:
     hits: list[Hit] = field(default_factory=list)
     transitions: list[dict[str, Any]] = field(default_factory=list)
     notifications: list[dict[str, Any]] = field(default_factory=list)
+    handoffs: list[records.Handoff] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.transitions.extend(other.transitions)
+        self.notifications.extend(other.notifications)
+        self.handoffs.extend(other.handoffs)
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -84,6 +100,11 @@ def _strongest(a: tuple[str, str] | None, b: tuple[str, str] | None) -> tuple[st
     if b is None:
         return a
     return b if RANK[b[0]] > RANK[a[0]] else a
+
+
+# A notification is first addressed to a queue; the shell then names the queue's next owner
+# in turn (round-robin needs a shared counter, which lives in the database).
+QUEUE_PREFIX = "queue:"
 
 
 class Engine:
@@ -323,17 +344,79 @@ class Engine:
         state.stage = move.to_stage
         state.stage_entered_at = occurred_at
         effects.transitions.append(transition)
+        account_traits = account.traits if account else None
+        queue = self.rules.queue_for(state.traits, account_traits)
+        sla = self.rules.sla.get(move.to_stage)
         if move.to_stage in self.rules.notify_on:
             effects.notifications.append(
                 records.promotion_record(
                     transition=transition,
                     signals=self.top_signals(state),
-                    profile_doc=records.profile(state.traits, account.traits if account else None),
-                    owner=self.rules.default_owner,
-                    sla_seconds=self.rules.sla.get(move.to_stage),
+                    profile_doc=records.profile(state.traits, account_traits),
+                    owner=QUEUE_PREFIX + queue,
+                    sla_seconds=sla,
                     occurred_at=occurred_at,
                 )
             )
+        if sla:
+            effects.handoffs.append(
+                records.Handoff(
+                    lead_id=state.lead_id,
+                    transition_id=transition["transition_id"],
+                    stage=move.to_stage,
+                    queue=queue,
+                    entered_at=occurred_at,
+                    respond_by=occurred_at + sla,
+                )
+            )
+
+    # -- the sales handoff -----------------------------------------------------------------
+
+    def apply_feedback(
+        self,
+        state: LeadState,
+        *,
+        outcome: str,
+        reason: str | None,
+        feedback_id: str,
+        at: float,
+        account: Account | None,
+        now: float,
+    ) -> Effects:
+        """A sales outcome: the move the transition table allows, or IllegalFeedback."""
+        move = feedback_move(state.stage, outcome, reason)
+        if move.to_stage == RECYCLED:
+            self._recycle(state)
+        effects = Effects()
+        self.move(
+            state, move, effects, caused_by=feedback_id, occurred_at=at, account=account, now=now
+        )
+        return effects
+
+    def expire(
+        self, state: LeadState, *, stage: str, at: float, account: Account | None, now: float
+    ) -> Effects:
+        """A follow-up deadline passed: recycle the lead when the rule set says so and it is
+        still waiting in the stage it was handed over in."""
+        effects = Effects()
+        if self.rules.recycle_on_expiry and state.stage == stage and stage in RECYCLABLE:
+            self._recycle(state)
+            self.move(
+                state,
+                Move(RECYCLED, "sla_expired"),
+                effects,
+                caused_by=None,
+                occurred_at=at,
+                account=account,
+                now=now,
+            )
+        return effects
+
+    def _recycle(self, state: LeadState) -> None:
+        """Back to nurture: engagement starts again from 0 (limits keep their history)."""
+        state.engagement = 0.0
+        state.signals = {}
+        state.pending_trigger = None
 
     def top_signals(self, state: LeadState) -> list[dict[str, Any]]:
         """The rules that explain the score, largest contribution first."""

@@ -104,8 +104,7 @@ def _link(
     target = ws.lead(target_id)
     account = ws.accounts.get(target.account_id or source.account_id or "")
     merged = engine.merge(target, source, event=event, account=account, now=now)
-    effects.transitions.extend(merged.transitions)
-    effects.notifications.extend(merged.notifications)
+    effects.extend(merged)
     ws.merged_leads.add(source_id)
     ws.changed_leads.discard(source_id)
     ws.changed_leads.add(target_id)
@@ -139,8 +138,7 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
         account = ws.accounts.get(state.account_id)
     scored = engine.apply_event(state, event, account, now=now)
     effects.hits = scored.hits
-    effects.transitions.extend(scored.transitions)
-    effects.notifications.extend(scored.notifications)
+    effects.extend(scored)
     ws.changed_leads.add(lead_id)
     return ScoredEvent(event, lead_id, effects, merged)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.ruleset import Operators, Rule, RuleSetDocument
+from schemas.ruleset import Operators, Rule, RuleSetDocument, When
 from scoring_service.timefmt import DAY
 
 Predicate = Callable[[Any], bool]
@@ -180,6 +180,21 @@ class CompiledRule:
         return self.trait is None or self.trait.holds(traits, account_traits)
 
 
+def _trait_test(when: When) -> TraitTest:
+    """The trait condition of a `when` (operators beside `trait`), compiled."""
+    assert when.trait is not None
+    ops = Operators.model_validate(
+        {
+            name: getattr(when, name)
+            for name in Operators.model_fields
+            if getattr(when, name) is not None
+        }
+    )
+    on_account = when.trait.startswith("account.")
+    path = when.trait[len("account.") :] if on_account else when.trait
+    return TraitTest(on_account, tuple(path.split(".")), compile_operators(ops))
+
+
 def _compile_rule(rule: Rule) -> CompiledRule:
     when = rule.when
     events = None
@@ -190,18 +205,7 @@ def _compile_rule(rule: Rule) -> CompiledRule:
     if when.path is not None:
         patterns = [when.path] if isinstance(when.path, str) else when.path
         globs = tuple(Glob(p) for p in patterns)
-    trait = None
-    if when.trait is not None:
-        ops = Operators.model_validate(
-            {
-                name: getattr(when, name)
-                for name in Operators.model_fields
-                if getattr(when, name) is not None
-            }
-        )
-        on_account = when.trait.startswith("account.")
-        path = when.trait[len("account.") :] if on_account else when.trait
-        trait = TraitTest(on_account, tuple(path.split(".")), compile_operators(ops))
+    trait = _trait_test(when) if when.trait is not None else None
     properties = tuple(
         (tuple(key.split(".")), compile_value_condition(cond))
         for key, cond in when.property_conditions().items()
@@ -234,7 +238,11 @@ class CompiledRuleSet:
     half_life: float  # seconds; 0 means no decay
     notify_on: frozenset[str]
     sla: Mapping[str, float]
-    default_owner: str
+    default_queue: str
+    queues: Mapping[str, tuple[str, ...]]
+    routes: tuple[tuple[str, TraitTest], ...]
+    escalation_owner: str | None
+    recycle_on_expiry: bool
     fit_rules: tuple[CompiledRule, ...]
     by_id: Mapping[str, CompiledRule]
     # Behavioural rules that apply to every event of a type, and track rules by event name.
@@ -248,6 +256,13 @@ class CompiledRuleSet:
             if named:
                 return generic + named if generic else named
         return generic
+
+    def queue_for(self, traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None) -> str:
+        """The queue a lead goes to: the first routing rule that matches, else the default."""
+        for queue, test in self.routes:
+            if test.holds(traits, account_traits):
+                return queue
+        return self.default_queue
 
     def decay_factor(self, elapsed: float) -> float:
         """How much engagement earned `elapsed` seconds ago is worth now."""
@@ -286,7 +301,11 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         half_life=document.decay.half_life_days * DAY,
         notify_on=frozenset(document.notify_on),
         sla=dict(document.sla),
-        default_owner=document.default_owner,
+        default_queue=document.routing.default_queue,
+        queues={name: tuple(q.owners) for name, q in document.routing.queues.items()},
+        routes=tuple((r.queue, _trait_test(r.when)) for r in document.routing.rules),
+        escalation_owner=document.escalation_owner,
+        recycle_on_expiry=document.recycle_on_expiry,
         fit_rules=fit,
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},

@@ -6,7 +6,7 @@ state changes, dedup keys, outbox rows and partition offsets commit together or 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +14,11 @@ from typing import Any
 import asyncpg
 import orjson
 
+from scoring_service.engine import QUEUE_PREFIX, Effects
 from scoring_service.intake import event_doc
 from scoring_service.pipeline import MAX_LINK_HOPS, ScoredEvent, Workspace
 from scoring_service.state import Account, LeadState
+from stage_router.records import Handoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,4 +309,110 @@ async def enqueue(pg: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
         [r.value for r in rows],
         [r.record_id for r in rows],
         [orjson.dumps(r.headers).decode() if r.headers else None for r in rows],
+    )
+
+
+def outbox_rows(
+    transitions: Sequence[dict[str, Any]],
+    notifications: Sequence[dict[str, Any]],
+    *,
+    transitions_topic: str,
+    notifications_topic: str,
+) -> list[OutboxRow]:
+    """Transition and notification records as outbox rows, keyed by lead."""
+    rows = [
+        OutboxRow(transitions_topic, t["lead_id"].encode(), orjson.dumps(t), t["transition_id"])
+        for t in transitions
+    ]
+    rows.extend(
+        OutboxRow(notifications_topic, n["lead_id"].encode(), orjson.dumps(n), n["notification_id"])
+        for n in notifications
+    )
+    return rows
+
+
+async def assign_owners(
+    pg: asyncpg.Connection,
+    notifications: Sequence[dict[str, Any]],
+    queues: Mapping[str, Sequence[str]],
+) -> None:
+    """Name each notification's owner: the next owner of its queue, in turn.
+
+    One shared counter per queue, advanced in the batch's transaction, makes the rotation
+    fair across instances: whoever commits takes the next places in the line.
+    """
+    waiting: dict[str, list[dict[str, Any]]] = {}
+    for note in notifications:
+        owner = note["owner"]
+        if owner.startswith(QUEUE_PREFIX) and queues.get(owner[len(QUEUE_PREFIX) :]):
+            waiting.setdefault(owner[len(QUEUE_PREFIX) :], []).append(note)
+    if not waiting:
+        return
+    names = sorted(waiting)  # one lock order for every instance
+    rows = await pg.fetch(
+        "INSERT INTO routing_cursors AS c (queue, position) "
+        "SELECT * FROM unnest($1::text[], $2::bigint[]) "
+        "ON CONFLICT (queue) DO UPDATE SET position = c.position + EXCLUDED.position "
+        "RETURNING queue, position",
+        names,
+        [len(waiting[n]) for n in names],
+    )
+    for row in rows:
+        owners = queues[row["queue"]]
+        notes = waiting[row["queue"]]
+        start = row["position"] - len(notes)
+        for offset, note in enumerate(notes):
+            note["owner"] = owners[(start + offset) % len(owners)]
+
+
+async def save_handoffs(
+    pg: asyncpg.Connection, handoffs: Sequence[Handoff], owners: Mapping[str, str]
+) -> None:
+    """Open a follow-up deadline for each handoff; a lead's earlier open ones are superseded
+    (it moved on), and so are all but its last one in this batch."""
+    if not handoffs:
+        return
+    last = {h.lead_id: h.transition_id for h in handoffs}
+    await pg.execute(
+        "UPDATE handoffs SET status = 'superseded' WHERE status = 'open' "
+        "AND lead_id = ANY($1::text[])",
+        list(last),
+    )
+    await pg.execute(
+        "INSERT INTO handoffs (transition_id, lead_id, stage, owner, entered_at, respond_by, "
+        "status) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+        "$5::timestamptz[], $6::timestamptz[], $7::text[]) ON CONFLICT DO NOTHING",
+        [h.transition_id for h in handoffs],
+        [h.lead_id for h in handoffs],
+        [h.stage for h in handoffs],
+        [owners.get(h.transition_id, QUEUE_PREFIX + h.queue) for h in handoffs],
+        [_ts(h.entered_at) for h in handoffs],
+        [_ts(h.respond_by) for h in handoffs],
+        ["open" if last[h.lead_id] == h.transition_id else "superseded" for h in handoffs],
+    )
+
+
+async def record_effects(
+    pg: asyncpg.Connection,
+    effects: Effects,
+    *,
+    queues: Mapping[str, Sequence[str]],
+    transitions_topic: str,
+    notifications_topic: str,
+) -> list[OutboxRow]:
+    """Keep what scoring decided: owners named, transitions and deadlines stored; returns
+    the outbox rows to publish. Runs in the caller's transaction."""
+    await assign_owners(pg, effects.notifications, queues)
+    owners = {
+        n["notification_id"].rsplit(":", 1)[0]: n["owner"]
+        for n in effects.notifications
+        if n["type"] == "promotion"
+    }
+    await save_transitions(pg, effects.transitions)
+    await save_handoffs(pg, effects.handoffs, owners)
+    return outbox_rows(
+        effects.transitions,
+        effects.notifications,
+        transitions_topic=transitions_topic,
+        notifications_topic=notifications_topic,
     )

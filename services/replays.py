@@ -14,8 +14,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service import store
-from scoring_service.consumer import outbox_rows
-from scoring_service.engine import Engine
+from scoring_service.engine import Effects, Engine
 from scoring_service.intake import event_from_doc
 from scoring_service.pipeline import Workspace
 from scoring_service.simulation import ImpactReport, replay_lead
@@ -88,18 +87,23 @@ async def rescore_all(
                 )
                 history = await _history(pg, ids)
                 now = time.time()
-                transitions: list[dict[str, Any]] = []
-                notifications: list[dict[str, Any]] = []
+                effects = Effects()
                 for lead_id, state in ws.leads.items():
                     account = ws.accounts.get(state.account_id or "")
-                    effects = engine.rescore(state, history.get(lead_id, []), account, now=now)
+                    effects.extend(
+                        engine.rescore(state, history.get(lead_id, []), account, now=now)
+                    )
                     ws.changed_leads.add(lead_id)
-                    transitions.extend(effects.transitions)
-                    notifications.extend(effects.notifications)
-                moved += len(transitions)
+                moved += len(effects.transitions)
                 await store.save_workspace(pg, ws)
-                await store.save_transitions(pg, transitions)
-                await store.enqueue(pg, outbox_rows(settings, transitions, notifications))
+                rows = await store.record_effects(
+                    pg,
+                    effects,
+                    queues=engine.rules.queues,
+                    transitions_topic=settings.topic_transitions,
+                    notifications_topic=settings.topic_notifications,
+                )
+                await store.enqueue(pg, rows)
         notify()
         await ctx.advance(len(ids))
         last = ids[-1]

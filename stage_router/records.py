@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from scoring_service.timefmt import iso
 from stage_router.lifecycle import RANK, SAL
 
 TOP_SIGNALS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A stage entered with a follow-up SLA: sales must respond by `respond_by`."""
+
+    lead_id: str
+    transition_id: str
+    stage: str
+    queue: str
+    entered_at: float
+    respond_by: float
 
 
 def score_doc(fit: float, engagement: float) -> dict[str, float]:
@@ -75,6 +88,35 @@ def profile(traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None)
         "email": traits.get("email"),
         "title": traits.get("title"),
         "company": company_name if isinstance(company_name, str) else None,
+    }
+
+
+def breach_record(
+    *,
+    handoff_transition_id: str,
+    lead_id: str,
+    stage: str,
+    score: dict[str, float],
+    signals: list[dict[str, Any]],
+    profile_doc: dict[str, Any],
+    owner: str,
+    respond_by: float,
+    ruleset_version: int,
+) -> dict[str, Any]:
+    """The notification that a handoff's follow-up deadline passed unanswered."""
+    return {
+        "notification_id": f"{handoff_transition_id}:sla_breach",
+        "type": "sla_breach",
+        "lead_id": lead_id,
+        "stage": stage,
+        "priority": "hot",
+        "score": score,
+        "top_signals": signals,
+        "profile": profile_doc,
+        "owner": owner,
+        "respond_by": iso(respond_by),
+        "ruleset_version": ruleset_version,
+        "occurred_at": iso(respond_by),
     }
 
 
