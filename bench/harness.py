@@ -41,7 +41,7 @@ class Infra:
         if base.database_url is None:
             if self.postgres is None:
                 folder = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
-                self.postgres = EmbeddedPostgres(folder / "pg").start()
+                self.postgres = EmbeddedPostgres(folder / "pg", cleanup="delete").start()
             updates["database_url"] = self.postgres.database_url()
         return base.with_changes(**updates)
 

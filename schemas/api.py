@@ -207,3 +207,51 @@ class AuditEntry(BaseModel):
 class AuditPage(BaseModel):
     items: list[AuditEntry]
     next_cursor: str | None
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    lead_id: str
+    outcome: str
+    result: Literal["applied"]
+    duplicate: bool = Field(description="true when this feedback_id was already applied")
+    transition: TransitionRecord | None = Field(description="the move it made (first time)")
+
+
+class StageFigures(BaseModel):
+    entered: int
+    median_seconds_in_stage: float | None
+    p90_seconds_in_stage: float | None
+
+
+class Conversion(BaseModel):
+    from_: str = Field(alias="from")
+    to: str
+    entered: int
+    converted: int
+    rate: float | None
+
+
+class SlaFigures(BaseModel):
+    handoffs: int
+    answered_in_time: int
+    answered_late: int
+    breached_unanswered: int
+    open: int
+    superseded: int
+    compliance: float | None = Field(description="answered in time / handoffs that fell due")
+    median_follow_up_seconds: float | None
+
+
+class Rejection(BaseModel):
+    reason: str | None
+    count: int
+
+
+class FunnelReport(BaseModel):
+    since: datetime
+    until: datetime
+    stages: dict[str, StageFigures]
+    conversion: list[Conversion]
+    sla: SlaFigures
+    rejections: list[Rejection]

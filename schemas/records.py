@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from schemas.ruleset import Stage
 
@@ -94,14 +94,26 @@ class NotificationRecord(BaseModel):
     occurred_at: datetime
 
 
-class FeedbackRecord(BaseModel):
-    """A value on `sales-feedback` (intake arrives in a later issue)."""
+class FeedbackBody(BaseModel):
+    """Sales feedback as POSTed to /v1/leads/{lead_id}/feedback (`at` defaults to now)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    feedback_id: str
-    lead_id: str
+    feedback_id: str = Field(min_length=1, max_length=200)
     outcome: FeedbackOutcome
-    reason: str | None = None
-    by: str | None = None
-    at: datetime
+    reason: str | None = Field(default=None, max_length=500)
+    by: str | None = Field(default=None, max_length=200)
+    at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _reason(self) -> FeedbackBody:
+        if self.outcome == "rejected" and not (self.reason or "").strip():
+            raise ValueError("'rejected' needs a reason (why the lead goes back to marketing)")
+        return self
+
+
+class FeedbackRecord(FeedbackBody):
+    """A value on `sales-feedback`."""
+
+    lead_id: str = Field(min_length=1, max_length=512)
+    at: AwareDatetime

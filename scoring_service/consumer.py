@@ -55,6 +55,8 @@ class BatchReport:
     transitions: list[tuple[str, str, str]] = field(default_factory=list)
     notifications: list[str] = field(default_factory=list)
     dlq_codes: list[str] = field(default_factory=list)
+    # What a specialised consumer wants to count once the batch is committed.
+    extra: Any = None
     next_offsets: dict[int, int] = field(default_factory=dict)
     seek_to: dict[int, int] = field(default_factory=dict)
 
@@ -124,7 +126,7 @@ class EventConsumer:
             else:
                 self.consumer.seek(tp, offset)
 
-    async def _current_engine(self, pg: asyncpg.Connection) -> Engine:
+    async def engine_for(self, pg: asyncpg.Connection) -> Engine:
         """The engine for the active version, read inside the batch's transaction.
 
         The shared lock pairs with the exclusive one that activation takes: a batch that
@@ -244,7 +246,7 @@ class EventConsumer:
         async with self.db.connect() as conn:
             pg = await driver(conn)
             async with pg.transaction():
-                engine = await self._current_engine(pg)
+                engine = await self.engine_for(pg)
                 stored = await store.lock_offsets(pg, self.topic, sorted(parsed))
                 valid: list[tuple[ConsumerRecord, Any]] = []
                 outbox: list[store.OutboxRow] = []

@@ -10,10 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.consumer import EventConsumer
 from services import db, kafka, rulesets
+from services.feedback import FeedbackConsumer
 from services.jobs import Jobs
 from services.metrics import Metrics
 from services.outbox import OutboxRelay
 from services.settings import Settings
+from services.sla import SlaWatcher
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class Container:
     scorer: EventConsumer
     relay: OutboxRelay
     jobs: Jobs
+    feedback: FeedbackConsumer
+    sla: SlaWatcher
     started: bool = field(default=False)
 
     async def start(self) -> None:
@@ -40,12 +44,15 @@ class Container:
         await kafka.ensure_topics(self.settings)
         await self.producer.start()
         self.scorer.subscribe()
+        self.feedback.subscribe()
         await self.consumer.start()
+        await self.feedback.consumer.start()
         self.started = True
 
     async def close(self) -> None:
         await self.jobs.close()
         if self.started:
+            await self.feedback.consumer.stop()
             await self.consumer.stop()
             await self.producer.stop()
         await self.db.dispose()
@@ -70,4 +77,16 @@ def bootstrap(
     scorer = EventConsumer(
         settings=settings, db=engine, consumer=consumer, metrics=metrics, on_commit=relay.notify
     )
-    return Container(settings, engine, producer, consumer, metrics, scorer, relay, Jobs(engine))
+    feedback = FeedbackConsumer(
+        settings=settings,
+        db=engine,
+        consumer=kafka.make_consumer(settings, group_suffix="-feedback"),
+        metrics=metrics,
+        on_commit=relay.notify,
+    )
+    sla = SlaWatcher(
+        settings=settings, db=engine, scorer=scorer, metrics=metrics, on_commit=relay.notify
+    )
+    return Container(
+        settings, engine, producer, consumer, metrics, scorer, relay, Jobs(engine), feedback, sla
+    )

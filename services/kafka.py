@@ -46,10 +46,10 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: Settings) -> AIOKafkaConsumer:
+def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
-        group_id=settings.consumer_group,
+        group_id=settings.consumer_group + group_suffix,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         # Fetch enough per partition to fill a batch in one round trip.

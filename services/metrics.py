@@ -21,14 +21,28 @@ EVENT_BUCKETS = (
     0.01,
     0.1,
 )
+# Sales follow up in minutes to days: 1 min up to a week.
+FOLLOW_UP_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800)
+# Rejection reasons are free text; the metric keeps the first ones seen, the rest are "other".
+MAX_REASON_LABELS = 50
 SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 
 class Metrics:
     """Every metric the service exports, prefixed `leadscore_`."""
 
+    def reason_label(self, reason: str | None) -> str:
+        """A bounded label for a free-text reason: normalised, and capped in number."""
+        label = " ".join((reason or "none").lower().split())[:40] or "none"
+        if label not in self._reasons:
+            if len(self._reasons) >= MAX_REASON_LABELS:
+                return "other"
+            self._reasons.add(label)
+        return label
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._reasons: set[str] = set()
         r = self.registry
         self.events = Counter(
             "leadscore_events_consumed_total",
@@ -103,6 +117,36 @@ class Metrics:
             "leadscore_consumer_lag_records",
             "Records behind the end of each input partition.",
             ["topic", "partition"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "leadscore_feedback_total",
+            "Sales feedback by outcome and result (applied, refused, unknown_lead, duplicate).",
+            ["outcome", "result"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "leadscore_rejections_total",
+            "Leads sales rejected, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.sla_breaches = Counter(
+            "leadscore_sla_breaches_total",
+            "Follow-up deadlines missed, by stage.",
+            ["stage"],
+            registry=r,
+        )
+        self.follow_up_seconds = Histogram(
+            "leadscore_follow_up_seconds",
+            "Time from a handoff to sales' first feedback, by stage.",
+            ["stage"],
+            buckets=FOLLOW_UP_BUCKETS,
+            registry=r,
+        )
+        self.open_handoffs = Gauge(
+            "leadscore_open_handoffs",
+            "Handoffs awaiting a response from sales.",
             registry=r,
         )
         self.ruleset_version = Gauge(

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # The relay is woken by every commit; this poll only catches work from other instances.
     outbox_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     outbox_retention_hours: float = Field(default=24, gt=0)
+    # How often follow-up deadlines are checked (a breach is reported at most this late).
+    sla_check_seconds: float = Field(default=2.0, gt=0, le=60)
     # How long scored event history is kept (re-scoring and impact reports replay it).
     history_retention_days: float = Field(default=400, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -8,6 +8,7 @@ import itertools
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -82,11 +83,27 @@ async def wait_for(condition: Callable[[], Any], *, timeout: float = 30, what: s
         await asyncio.sleep(0.05)
 
 
-class RunningService:
-    """A service instance (consumer and relay) running in the test's event loop."""
+class FakeClock:
+    """A wall clock the test moves by hand (for follow-up deadlines)."""
 
-    def __init__(self, container: Container) -> None:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# Before every event time the tests use, so no deadline falls due unless a test says so.
+SLA_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+
+
+class RunningService:
+    """A service instance (consumers, deadline watcher, relay) in the test's event loop."""
+
+    def __init__(self, container: Container, clock: FakeClock | None = None) -> None:
         self.container = container
+        self.clock = clock or FakeClock(SLA_EPOCH)
+        container.sla.clock = self.clock
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -94,6 +111,8 @@ class RunningService:
         await self.container.start()
         self.tasks = [
             asyncio.create_task(self.container.scorer.run(self.stop)),
+            asyncio.create_task(self.container.feedback.run(self.stop)),
+            asyncio.create_task(self.container.sla.run(self.stop)),
             asyncio.create_task(self.container.relay.run(self.stop)),
         ]
         await wait_for(lambda: self.container.consumer.assignment(), what="partitions")

@@ -1,0 +1,119 @@
+"""The funnel report: the shared numbers of the handoff, computed in SQL.
+
+Every query starts from an index: transitions by time (the window), transitions by lead
+and time (what happened next to each lead), handoffs by entry time, feedback by time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from itertools import pairwise
+from typing import Any
+
+import asyncpg
+
+FUNNEL = ("mql", "sal", "sql", "opportunity", "customer")
+NEXT = dict(pairwise(FUNNEL))
+
+# Time in stage: from entering a stage to the lead's next transition. One pass over the
+# transitions since `since`, sorted by lead, instead of a lookup per transition.
+STAGE_QUERY = """
+WITH ordered AS (
+    SELECT to_stage, occurred_at,
+           lead(occurred_at) OVER (PARTITION BY lead_id ORDER BY occurred_at, transition_id)
+               AS left_at
+    FROM transitions WHERE occurred_at >= $1
+), entered AS MATERIALIZED (
+    SELECT to_stage, extract(epoch FROM left_at - occurred_at) AS seconds
+    FROM ordered WHERE occurred_at < $2
+)
+SELECT to_stage,
+       count(*) AS entered,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS median_seconds,
+       percentile_cont(0.9) WITHIN GROUP (ORDER BY seconds) AS p90_seconds
+FROM entered GROUP BY to_stage
+"""
+
+CONVERSION_QUERY = """
+SELECT e.to_stage AS from_stage,
+       count(DISTINCT e.lead_id) AS entered,
+       count(DISTINCT e.lead_id) FILTER (WHERE EXISTS (
+           SELECT 1 FROM transitions n
+           WHERE n.lead_id = e.lead_id AND n.to_stage = v.next_stage
+             AND n.occurred_at >= e.occurred_at)) AS converted
+FROM transitions e
+JOIN unnest($3::text[], $4::text[]) AS v(stage, next_stage) ON v.stage = e.to_stage
+WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+GROUP BY e.to_stage
+"""
+
+SLA_QUERY = """
+SELECT count(*) AS handoffs,
+       count(*) FILTER (WHERE answered_at IS NOT NULL AND answered_at <= respond_by) AS in_time,
+       count(*) FILTER (WHERE answered_at > respond_by) AS late,
+       count(*) FILTER (WHERE answered_at IS NULL AND status = 'breached') AS unanswered,
+       count(*) FILTER (WHERE status = 'open') AS open,
+       count(*) FILTER (WHERE status = 'superseded' AND answered_at IS NULL) AS superseded,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM answered_at - entered_at))
+           FILTER (WHERE answered_at IS NOT NULL) AS median_follow_up_seconds
+FROM handoffs WHERE entered_at >= $1 AND entered_at < $2
+"""
+
+REJECTIONS_QUERY = """
+SELECT reason, count(*) AS count FROM feedback
+WHERE outcome = 'rejected' AND result = 'applied' AND at >= $1 AND at < $2
+GROUP BY reason ORDER BY count DESC, reason
+"""
+
+
+def _seconds(value: Any) -> float | None:
+    return round(float(value), 3) if value is not None else None
+
+
+async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime) -> dict[str, Any]:
+    stage_rows = {r["to_stage"]: r for r in await pg.fetch(STAGE_QUERY, since, until)}
+    conversion_rows = {
+        r["from_stage"]: r
+        for r in await pg.fetch(CONVERSION_QUERY, since, until, list(NEXT), list(NEXT.values()))
+    }
+    sla = await pg.fetchrow(SLA_QUERY, since, until)
+    rejections = await pg.fetch(REJECTIONS_QUERY, since, until)
+    stages = {}
+    for stage in (*FUNNEL, "recycled", "disqualified"):
+        row = stage_rows.get(stage)
+        stages[stage] = {
+            "entered": row["entered"] if row else 0,
+            "median_seconds_in_stage": _seconds(row["median_seconds"]) if row else None,
+            "p90_seconds_in_stage": _seconds(row["p90_seconds"]) if row else None,
+        }
+    conversion = []
+    for stage, next_stage in NEXT.items():
+        row = conversion_rows.get(stage)
+        entered, converted = (row["entered"], row["converted"]) if row else (0, 0)
+        conversion.append(
+            {
+                "from": stage,
+                "to": next_stage,
+                "entered": entered,
+                "converted": converted,
+                "rate": round(converted / entered, 4) if entered else None,
+            }
+        )
+    due = sla["in_time"] + sla["late"] + sla["unanswered"]
+    return {
+        "since": since,
+        "until": until,
+        "stages": stages,
+        "conversion": conversion,
+        "sla": {
+            "handoffs": sla["handoffs"],
+            "answered_in_time": sla["in_time"],
+            "answered_late": sla["late"],
+            "breached_unanswered": sla["unanswered"],
+            "open": sla["open"],
+            "superseded": sla["superseded"],
+            "compliance": round(sla["in_time"] / due, 4) if due else None,
+            "median_follow_up_seconds": _seconds(sla["median_follow_up_seconds"]),
+        },
+        "rejections": [{"reason": r["reason"], "count": r["count"]} for r in rejections],
+    }
