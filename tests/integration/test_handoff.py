@@ -200,6 +200,8 @@ async def test_sla_breach_is_emitted_once_across_instances_and_restarts(service,
     sla = service.container.sla
     service.clock.now = (ENTERED + timedelta(hours=23)).timestamp()
     assert await sla.check_once() == 0  # the mql SLA is 24 h
+    await sla.update_gauge()
+    assert service.container.metrics.open_handoffs._value.get() == 1  # "late" awaits sales
     second = RunningService(bootstrap(settings), service.clock)
     try:
         service.clock.now = (ENTERED + timedelta(hours=25)).timestamp()
