@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run send test test-unit lint clean
+.PHONY: help install run send test test-unit lint bench bench-funnel bench-impact soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,18 @@ test-unit: $(STAMP) ## Run the pure unit tests only
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
+
+bench: $(STAMP) ## Benchmarks: ceiling, end to end, latency at 2,000 ev/s, engine, RSS (~5 min)
+	$(PY) -m bench.run
+
+bench-funnel: $(STAMP) ## The funnel report on 1,000,000 transitions
+	$(PY) -m bench.funnel_bench
+
+bench-impact: $(STAMP) ## How much an impact job slows live scoring
+	$(PY) -m bench.impact_interference --history 100000
+
+soak: $(STAMP) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end
+	$(PY) -m bench.run --events 20000 --seconds 600
 
 send: $(STAMP) ## Send the example journey (examples/journey.jsonl) to a running service
 	$(VENV)/bin/leadscore send examples/journey.jsonl

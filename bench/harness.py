@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -111,6 +114,8 @@ async def committed(settings: Settings) -> int:
     assert settings.database_url is not None
     conn = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
     try:
+        if not await conn.fetchval("SELECT to_regclass('consumer_offsets') IS NOT NULL"):
+            return 0  # not migrated yet
         return int(
             await conn.fetchval(
                 "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1",
@@ -129,3 +134,49 @@ async def wait_committed(settings: Settings, total: int, timeout: float = 600) -
             raise TimeoutError(f"only {await committed(settings)} of {total} records committed")
         await asyncio.sleep(0.05)
     return time.perf_counter() - started
+
+
+def start_service(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
+    """The service as its own process (`python -m services.main`), pointed at `settings`."""
+    root = Path(__file__).resolve().parents[1]
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.main"],
+            cwd=root,
+            env=service_env(settings, **extra_env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def service_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that points a service process at `settings`' broker, database, topics."""
+    assert settings.database_url is not None and settings.kafka_bootstrap is not None
+    env = dict(os.environ)
+    env.update(
+        {
+            "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "LEADSCORE_DATABASE_URL": settings.database_url.get_secret_value(),
+            "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
+            "LEADSCORE_TOPIC_TRANSITIONS": settings.topic_transitions,
+            "LEADSCORE_TOPIC_NOTIFICATIONS": settings.topic_notifications,
+            "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
+            "LEADSCORE_TOPIC_FEEDBACK": settings.topic_feedback,
+            "LEADSCORE_CONSUMER_GROUP": settings.consumer_group,
+            "LEADSCORE_HTTP_PORT": str(settings.http_port),
+            "LEADSCORE_LOG_LEVEL": "WARNING",
+            **extra,
+        }
+    )
+    return env
+
+
+async def outbox_pending(settings: Settings) -> int:
+    assert settings.database_url is not None
+    conn = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+    try:
+        if not await conn.fetchval("SELECT to_regclass('outbox') IS NOT NULL"):
+            return -1
+        return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+    finally:
+        await conn.close()

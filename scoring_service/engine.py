@@ -248,15 +248,11 @@ class Engine:
         account_version = account.version if account else 0
         if traits_changed or state.fit_key != (self.rules.version, account_version):
             disqualify = self.refresh_fit(state, account)
-        elif state.fit_rules:
-            disqualify = next(
-                (
-                    r
-                    for r in state.fit_rules
-                    if (rule := self.rules.by_id.get(r)) and rule.disqualify
-                ),
-                None,
-            )
+        elif self.rules.fit_disqualifiers and state.stage != "disqualified":
+            for rule_id in state.fit_rules:
+                if rule_id in self.rules.fit_disqualifiers:
+                    disqualify = rule_id
+                    break
         trigger, behaviour_disqualify = self._score_behaviour(state, event, account, effects.hits)
         disqualify = disqualify or behaviour_disqualify
         state.ruleset_version = self.rules.version
@@ -284,6 +280,20 @@ class Engine:
     ) -> None:
         """Ask the stage router for a move and turn it into records."""
         trigger = _strongest(state.pending_trigger, trigger)
+        if disqualify is None and trigger is None:
+            # Only a threshold could move the lead: when none is newly crossed (the common
+            # case), skip the stage router altogether.
+            total = state.total
+            reachable = (
+                2
+                if total >= self.rules.sal_threshold
+                else 1
+                if (total >= self.rules.mql_threshold)
+                else -1
+            )
+            if state.stage == "disqualified" or reachable <= RANK[state.stage]:
+                state.pending_trigger = None
+                return
         requirements_met = _requirements_met(state, self.rules)
         move = automatic_move(
             stage=state.stage,

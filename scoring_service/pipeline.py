@@ -159,6 +159,7 @@ class Replay:
         self.seen: set[tuple[str, str]] = set()
         self.transitions: list[dict[str, Any]] = []
         self.notifications: list[dict[str, Any]] = []
+        self.scored_for: list[str] = []  # the lead each scored event counted for, in order
 
     def feed(self, events: Iterable[Event], *, now: float) -> None:
         for event in events:
@@ -167,5 +168,6 @@ class Replay:
                 continue
             self.seen.add(key)
             scored = score_event(self.ws, self.engine, event, now=now)
+            self.scored_for.append(scored.lead_id)
             self.transitions.extend(scored.effects.transitions)
             self.notifications.extend(scored.effects.notifications)

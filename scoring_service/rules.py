@@ -94,7 +94,7 @@ def compile_value_condition(condition: Any) -> Predicate:
 class Glob:
     """A case-insensitive glob where `*` matches any run of characters."""
 
-    __slots__ = ("_exact", "_first", "_last", "_middle", "_min_length")
+    __slots__ = ("_exact", "_first", "_last", "_middle", "_min_length", "prefix")
 
     def __init__(self, pattern: str) -> None:
         parts = pattern.casefold().split("*")
@@ -103,6 +103,8 @@ class Glob:
         self._last = parts[-1] if len(parts) > 1 else ""
         self._middle = tuple(p for p in parts[1:-1] if p)
         self._min_length = sum(len(p) for p in parts)
+        # "/pricing*", the common shape, is a plain prefix test.
+        self.prefix = parts[0] if len(parts) == 2 and not parts[1] else None
 
     def matches(self, text: str) -> bool:
         """`text` must already be case-folded."""
@@ -119,6 +121,16 @@ class Glob:
                 return False
             position = found + len(part)
         return True
+
+
+def path_test(globs: tuple[Glob, ...]) -> Callable[[str], bool]:
+    """One test for a rule's globs; prefix-only globs become a single startswith."""
+    prefixes = tuple(g.prefix for g in globs if g.prefix is not None)
+    if len(prefixes) == len(globs):
+        return lambda path: path.startswith(prefixes)
+    if len(globs) == 1:
+        return globs[0].matches
+    return lambda path: any(g.matches(path) for g in globs)
 
 
 def lookup(data: Mapping[str, Any] | None, dotted: tuple[str, ...]) -> Any:
@@ -155,7 +167,7 @@ class CompiledRule:
     limit_window: float  # seconds; 0 when the rule has no limit
     description: str
     events: frozenset[str] | None
-    globs: tuple[Glob, ...] | None
+    path_matches: Callable[[str], bool] | None
     properties: tuple[tuple[tuple[str, ...], Predicate], ...]
     trait: TraitTest | None
 
@@ -170,9 +182,7 @@ class CompiledRule:
         """Type has been checked by the index; the rest of the `when` is checked here."""
         if self.events is not None and event_name not in self.events:
             return False
-        if self.globs is not None and (
-            path is None or not any(g.matches(path) for g in self.globs)
-        ):
+        if self.path_matches is not None and (path is None or not self.path_matches(path)):
             return False
         for key, predicate in self.properties:
             if not predicate(lookup(properties, key)):
@@ -220,7 +230,7 @@ def _compile_rule(rule: Rule) -> CompiledRule:
         limit_window=rule.limit.window_days * DAY if rule.limit else 0.0,
         description=rule.description or rule.id,
         events=events,
-        globs=globs,
+        path_matches=path_test(globs) if globs is not None else None,
         properties=properties,
         trait=trait,
     )
@@ -244,6 +254,7 @@ class CompiledRuleSet:
     escalation_owner: str | None
     recycle_on_expiry: bool
     fit_rules: tuple[CompiledRule, ...]
+    fit_disqualifiers: frozenset[str]
     by_id: Mapping[str, CompiledRule]
     # Behavioural rules that apply to every event of a type, and track rules by event name.
     by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
@@ -288,7 +299,7 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
                     by_name.setdefault(name, []).append(rule)
             continue
         types = [declared] if declared else ["page", "track", "identify", "group"]
-        if rule.globs is not None and declared is None:
+        if rule.path_matches is not None and declared is None:
             types = ["page"]
         for event_type in types:
             by_type.setdefault(event_type, []).append(rule)
@@ -307,6 +318,7 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         escalation_owner=document.escalation_owner,
         recycle_on_expiry=document.recycle_on_expiry,
         fit_rules=fit,
+        fit_disqualifiers=frozenset(r.id for r in fit if r.disqualify),
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},

@@ -11,7 +11,7 @@ import orjson
 
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
-from scoring_service.pipeline import Workspace, score_event
+from scoring_service.pipeline import Replay, Workspace, score_event
 from scoring_service.state import Account, LeadState
 from stage_router.records import score_doc
 
@@ -181,3 +181,14 @@ class ImpactReport:
             "moved_examples": self.examples,
             "rules": rules,
         }
+
+
+def replay_documents(engine: Engine, docs: Iterable[Any], *, now: float) -> Replay:
+    """Raw messages through the whole pipeline in memory (invalid ones skipped, as the DLQ
+    would take them): what the service must end up with."""
+    result = Replay(engine)
+    for doc in docs:
+        event = parse_event(doc if isinstance(doc, bytes) else orjson.dumps(doc), now=now)
+        if isinstance(event, Event):
+            result.feed([event], now=now)
+    return result

@@ -236,17 +236,10 @@ async def drained(settings: Settings, produced: int) -> bool:
 def replay(docs: list[Any]) -> Any:
     """The same events through the pure pipeline, in memory: what the service must match."""
     from scoring_service.engine import Engine
-    from scoring_service.intake import Event, parse_event
-    from scoring_service.pipeline import Replay
     from scoring_service.ruleset_files import starter_ruleset
+    from scoring_service.simulation import replay_documents
 
-    result = Replay(Engine(starter_ruleset()))
-    now = time.time()
-    for doc in docs:
-        event = parse_event(doc if isinstance(doc, bytes) else orjson.dumps(doc), now=now)
-        if isinstance(event, Event):
-            result.feed([event], now=now)
-    return result
+    return replay_documents(Engine(starter_ruleset()), docs, now=time.time())
 
 
 async def assert_leads_match(settings: Settings, expected: Any) -> None:

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 from collections import defaultdict
-from pathlib import Path
 
 import orjson
 import pytest
 
+from bench.harness import start_service
 from bench.workload import generate, lead_key
-from services.settings import Settings
 from tests.conftest import (
     assert_leads_match,
     committed,
@@ -26,41 +22,15 @@ from tests.conftest import (
     wait_for,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_service(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    assert settings.database_url is not None and settings.kafka_bootstrap is not None
-    env.update(
-        {
-            "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "LEADSCORE_DATABASE_URL": settings.database_url.get_secret_value(),
-            "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
-            "LEADSCORE_TOPIC_TRANSITIONS": settings.topic_transitions,
-            "LEADSCORE_TOPIC_NOTIFICATIONS": settings.topic_notifications,
-            "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
-            "LEADSCORE_TOPIC_FEEDBACK": settings.topic_feedback,
-            "LEADSCORE_CONSUMER_GROUP": settings.consumer_group,
-            "LEADSCORE_HTTP_PORT": "0",
-            # Small batches, so the kill lands between many commits.
-            "LEADSCORE_BATCH_MAX_RECORDS": "300",
-        }
-    )
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.main"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
+# Small batches, so the kill lands between many commits.
+SMALL_BATCHES = "300"
 
 
 @pytest.mark.slow
 async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
     docs = list(generate(events=20_000, leads=1_000, seed=5))
     log = tmp_path / "service.log"
-    first = start_service(settings, log)
+    first = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
     try:
         feeding = asyncio.create_task(produce(settings, docs, key=lead_key))
         await wait_for(
@@ -77,7 +47,7 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
         if first.poll() is None:
             first.kill()
 
-    second = start_service(settings, log)
+    second = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
     try:
         await wait_for(
             lambda: drained(settings, len(docs)), timeout=180, what="drain after restart"
