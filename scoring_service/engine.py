@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from scoring_service.intake import Event
-from scoring_service.rules import CompiledRule, CompiledRuleSet, lookup
+from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet, lookup
 from scoring_service.state import Account, LeadState
 from stage_router import records
 from stage_router.lifecycle import (
@@ -39,14 +39,20 @@ class Hit:
     counted: bool
 
 
-@dataclass(slots=True)
 class Effects:
-    """What scoring one event (or a merge) asks the outside world to do."""
+    """What scoring one event (or a merge) asks the outside world to do.
 
-    hits: list[Hit] = field(default_factory=list)
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-    notifications: list[dict[str, Any]] = field(default_factory=list)
-    handoffs: list[records.Handoff] = field(default_factory=list)
+    A plain class rather than a dataclass: one is made per event, and default factories
+    cost more than the scoring of a typical page view.
+    """
+
+    __slots__ = ("handoffs", "hits", "notifications", "transitions")
+
+    def __init__(self) -> None:
+        self.hits: list[Hit] = []
+        self.transitions: list[dict[str, Any]] = []
+        self.notifications: list[dict[str, Any]] = []
+        self.handoffs: list[records.Handoff] = []
 
     def extend(self, other: Effects) -> None:
         self.transitions.extend(other.transitions)
@@ -133,7 +139,10 @@ class Engine:
                     )
         state.fit = fit
         state.fit_rules = matched
-        state.fit_key = (self.rules.version, account.version if account else 0)
+        state.fit_key = (
+            self.rules.version,
+            account.version if account and self.rules.fit_reads_account else 0,
+        )
         return disqualify
 
     def _advance_clock(self, state: LeadState, ts: float) -> None:
@@ -171,9 +180,15 @@ class Engine:
         trigger: tuple[str, str] | None = None
         disqualify: str | None = None
         account_traits = account.traits if account else None
+        path = event.path
         for rule in self.rules.candidates(event.type, event.event_name):
-            if not rule.matches_behaviour(
-                event.event_name, event.path, event.properties or {}, state.traits, account_traits
+            # Most rules test one thing; the index already checked a name-only rule.
+            shape = rule.shape
+            if shape == PATH_ONLY:
+                if path is None or not rule.path_matches(path):  # type: ignore[misc]
+                    continue
+            elif shape != NAME_ONLY and not rule.matches_behaviour(
+                event.event_name, path, event.properties or {}, state.traits, account_traits
             ):
                 continue
             counted = self._count_hit(state, rule, event.ts)
@@ -232,10 +247,18 @@ class Engine:
     # -- events --------------------------------------------------------------------------
 
     def apply_event(
-        self, state: LeadState, event: Event, account: Account | None, *, now: float
+        self,
+        state: LeadState,
+        event: Event,
+        account: Account | None,
+        *,
+        now: float,
+        effects: Effects | None = None,
     ) -> Effects:
-        """Score one event for its (already resolved) lead and route the stage."""
-        effects = Effects()
+        """Score one event for its (already resolved) lead and route the stage; the effects
+        are added to `effects` when given."""
+        if effects is None:
+            effects = Effects()
         self._advance_clock(state, event.ts)
         disqualify: str | None = None
         trigger: tuple[str, str] | None = None
@@ -245,7 +268,7 @@ class Engine:
             traits_changed = True
         elif event.type == "group":
             state.account_id = event.group_id
-        account_version = account.version if account else 0
+        account_version = account.version if account and self.rules.fit_reads_account else 0
         if traits_changed or state.fit_key != (self.rules.version, account_version):
             disqualify = self.refresh_fit(state, account)
         elif self.rules.fit_disqualifiers and state.stage != "disqualified":

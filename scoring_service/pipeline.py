@@ -136,9 +136,7 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
             ws.changed_accounts.add(account.account_id)
     elif state.account_id:
         account = ws.accounts.get(state.account_id)
-    scored = engine.apply_event(state, event, account, now=now)
-    effects.hits = scored.hits
-    effects.extend(scored)
+    engine.apply_event(state, event, account, now=now, effects=effects)
     ws.changed_leads.add(lead_id)
     return ScoredEvent(event, lead_id, effects, merged)
 

@@ -15,6 +15,8 @@ from schemas.ruleset import Operators, Rule, RuleSetDocument, When
 from scoring_service.timefmt import DAY
 
 Predicate = Callable[[Any], bool]
+# What a behavioural rule tests, when it is a single thing (the common case).
+PATH_ONLY, NAME_ONLY, MIXED = "path", "name", "mixed"
 
 
 def _number(value: Any) -> float | None:
@@ -137,7 +139,8 @@ def lookup(data: Mapping[str, Any] | None, dotted: tuple[str, ...]) -> Any:
     """Follow a dotted path into nested objects; None when any step is missing."""
     value: Any = data
     for key in dotted:
-        if not isinstance(value, Mapping):
+        # dict, not Mapping: traits come from JSON, and the ABC check costs more than the get.
+        if not isinstance(value, dict):
             return None
         value = value.get(key)
     return value
@@ -170,6 +173,7 @@ class CompiledRule:
     path_matches: Callable[[str], bool] | None
     properties: tuple[tuple[tuple[str, ...], Predicate], ...]
     trait: TraitTest | None
+    shape: str = MIXED
 
     def matches_behaviour(
         self,
@@ -220,7 +224,10 @@ def _compile_rule(rule: Rule) -> CompiledRule:
         (tuple(key.split(".")), compile_value_condition(cond))
         for key, cond in when.property_conditions().items()
     )
+    only_path = globs is not None and events is None and not properties and trait is None
+    only_name = events is not None and globs is None and not properties and trait is None
     return CompiledRule(
+        shape=PATH_ONLY if only_path else NAME_ONLY if only_name else MIXED,
         id=rule.id,
         category=rule.category,
         points=rule.points,
@@ -255,6 +262,8 @@ class CompiledRuleSet:
     recycle_on_expiry: bool
     fit_rules: tuple[CompiledRule, ...]
     fit_disqualifiers: frozenset[str]
+    # Whether any fit rule reads account traits (else account changes never touch fit).
+    fit_reads_account: bool
     by_id: Mapping[str, CompiledRule]
     # Behavioural rules that apply to every event of a type, and track rules by event name.
     by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
@@ -319,6 +328,7 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         recycle_on_expiry=document.recycle_on_expiry,
         fit_rules=fit,
         fit_disqualifiers=frozenset(r.id for r in fit if r.disqualify),
+        fit_reads_account=any(r.trait is not None and r.trait.on_account for r in fit),
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},
