@@ -250,7 +250,9 @@ async def save_history(
                     $6::text[], $7::float8[]) WITH ORDINALITY AS u(l, m, t, o, e, h, p, n)
         ORDER BY n
         """,
-        [s.lead_id for s in scored],
+        # The lead each event counts for once the batch is done: an anonymous lead merged
+        # later in the same batch hands its events on like its older ones.
+        [ws.canonical(s.lead_id) for s in scored],
         [s.event.message_id for s in scored],
         [s.event.type for s in scored],
         [_ts(s.event.ts) for s in scored],

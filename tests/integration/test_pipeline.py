@@ -156,3 +156,17 @@ async def test_a_consumer_that_lost_its_partition_is_fenced(service, settings):
     )
     assert (report.stale, report.scored) == (1, 0)
     assert (await lead_row(settings, "u1"))["engagement"] == 10
+
+
+async def test_stitched_identities_keep_every_event(service, settings):
+    """Anonymous browsing (keyed by anonymousId) later identified (keyed by userId): the
+    partitions are read in any order, yet every event counts once, for the right lead."""
+    from collections import Counter
+
+    docs = list(generate(events=3000, leads=100, seed=5, anonymous_share=0.5, duplicate_share=0.03))
+    await produce(settings, docs, key=lead_key)
+    await wait_for(lambda: drained(settings, len(docs)), timeout=60, what="drain")
+    expected = replay(docs)
+    per_lead = Counter(expected.ws.canonical(lead) for lead in expected.scored_for)
+    rows = await db_fetch(settings, "SELECT lead_id, count(*) AS n FROM lead_events GROUP BY 1")
+    assert {r["lead_id"]: r["n"] for r in rows} == dict(per_lead)
