@@ -266,6 +266,26 @@ async def check(settings: Settings, docs: list[Any]) -> dict[str, Any]:
     }
 
 
+def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """py-spy (not a dependency: pip install py-spy) samples the service for 40 s."""
+    return subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--duration",
+            "40",
+            "--output",
+            str(output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -288,12 +308,16 @@ async def run(args: argparse.Namespace) -> int:
                 anonymous_share=0.3,
                 duplicate_share=0.03,
                 malformed_share=0.01,
+                # Recent event times: follow-up deadlines lie ahead, as on a live site.
+                recent=True,
             )
         )
         await produce_all(settings, docs, "produce backlog")
         result["ceiling_events_per_s"] = round(await raw_ceiling(settings, len(docs)))
 
         service = start_service(settings, RESULTS / f"service-{stamp}.log")
+        if args.profile:
+            start_profiler(service.pid, RESULTS / f"profile-{stamp}.txt")
         sampler = RssSampler(service.pid)
         sampling = asyncio.create_task(sampler.run())
         await wait_ready(settings.http_port, service)
@@ -306,7 +330,12 @@ async def run(args: argparse.Namespace) -> int:
         result["check"] = await check(settings, docs)
 
         steady = list(
-            generate(events=int(args.rate * args.seconds), leads=args.leads, seed=args.seed + 1)
+            generate(
+                events=int(args.rate * args.seconds),
+                leads=args.leads,
+                seed=args.seed + 1,
+                recent=True,
+            )
         )
         stamps = await steady_load(settings, steady, args.rate)
         await wait_drained(settings, len(docs) + len(steady), "drain steady load")
@@ -353,6 +382,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000, help="steady load, events/s")
     parser.add_argument("--seconds", type=float, default=60, help="steady load duration")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--profile", action="store_true", help="py-spy the service's drain")
     sys.exit(asyncio.run(run(parser.parse_args())))
 
 

@@ -27,13 +27,17 @@ class Event:
     user_id: str | None
     anonymous_id: str | None
     ts: float  # event time, epoch seconds
-    timestamp: str  # the same, ISO-8601 UTC, for records
     event_name: str | None = None  # track: case-folded
     path: str | None = None  # page: case-folded
     properties: dict[str, Any] | None = None
     traits: dict[str, Any] | None = None
     group_id: str | None = None
     previous_id: str | None = None
+
+    @property
+    def timestamp(self) -> str:
+        """Event time as ISO-8601 UTC; computed on demand, as few events need it."""
+        return iso(self.ts)
 
     @property
     def raw_id(self) -> str:
@@ -59,7 +63,6 @@ def event_from_doc(doc: dict[str, Any], lead_id: str) -> Event:
         user_id=lead_id,
         anonymous_id=None,
         ts=doc["ts"],
-        timestamp=iso(doc["ts"]),
         event_name=doc.get("event_name"),
         path=doc.get("path"),
         properties=doc.get("properties"),
@@ -140,7 +143,6 @@ def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> 
         user_id=_text(doc.get("userId")),
         anonymous_id=_text(doc.get("anonymousId")),
         ts=ts,
-        timestamp=iso(ts),
     )
     if event_type == "page":
         event.path = _page_path(doc)

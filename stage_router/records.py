@@ -81,7 +81,7 @@ def top_signals(
 
 def profile(traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None) -> dict[str, Any]:
     company = traits.get("company")
-    company_name = company.get("name") if isinstance(company, Mapping) else company
+    company_name = company.get("name") if isinstance(company, dict) else company
     if not company_name and account_traits:
         company_name = account_traits.get("name")
     return {
