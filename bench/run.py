@@ -334,7 +334,9 @@ async def run(args: argparse.Namespace) -> int:
                 events=int(args.rate * args.seconds),
                 leads=args.leads,
                 seed=args.seed + 1,
-                recent=True,
+                # Live traffic: event times are the send times, give or take a few seconds.
+                start=datetime.now(UTC),
+                days=args.seconds / 86400 / 4,
             )
         )
         stamps = await steady_load(settings, steady, args.rate)

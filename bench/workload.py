@@ -64,6 +64,7 @@ def generate(
     malformed_share: float = 0.0,
     days: float = 60,
     recent: bool = False,
+    start: datetime | None = None,
 ) -> Iterator[dict[str, Any] | bytes]:
     """Yield `events` Segment calls spread over `leads` people and `days` of event time.
 
@@ -72,7 +73,9 @@ def generate(
     """
     rnd = random.Random(seed)
     # `recent` places the workload in the last `days` (impact reports look at recent history).
-    start = datetime.now(UTC) - timedelta(days=days) if recent else START
+    # `start` places it exactly (a live stream starts now).
+    if start is None:
+        start = datetime.now(UTC) - timedelta(days=days) if recent else START
     clock = [start + timedelta(seconds=rnd.uniform(0, days * 86400 * 0.2)) for _ in range(leads)]
     anonymous = [rnd.random() < anonymous_share for _ in range(leads)]
     identified = [not a for a in anonymous]
