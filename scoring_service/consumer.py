@@ -233,10 +233,18 @@ class EventConsumer:
                 break
             except RETRYABLE as exc:
                 self.metrics.batch_retries.labels(type(exc).__name__).inc()
-                log.info("batch conflicted with another instance (%s); retrying", exc)
+                log.info(
+                    "batch conflicted with another instance (%s); retrying",
+                    exc,
+                    extra={"batch": self.batches, "topic": self.topic},
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 self.metrics.batch_retries.labels(type(exc).__name__).inc()
-                log.warning("batch failed (%s); retrying", exc)
+                log.warning(
+                    "batch failed (%s); retrying",
+                    exc,
+                    extra={"batch": self.batches, "topic": self.topic},
+                )
                 if stop is not None and stop.is_set():
                     raise
             await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
@@ -389,6 +397,11 @@ class EventConsumer:
         )
 
     def dlq_row(self, record: ConsumerRecord, rejection: Rejection) -> store.OutboxRow:
+        log.info(
+            "message rejected to the DLQ: %s",
+            rejection.code,
+            extra={"topic": record.topic, "partition": record.partition, "batch": self.batches},
+        )
         headers = [
             ("error", rejection.code),
             ("error_detail", rejection.detail[:1000]),

