@@ -268,9 +268,10 @@ async def check(settings: Settings, docs: list[Any]) -> dict[str, Any]:
 
 def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
     """py-spy (not a dependency: pip install py-spy) samples the service for 40 s."""
+    beside = Path(sys.executable).parent / "py-spy"
     return subprocess.Popen(
         [
-            "py-spy",
+            str(beside) if beside.exists() else "py-spy",
             "record",
             "--pid",
             str(pid),
