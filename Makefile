@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run send test test-unit lint bench bench-funnel bench-impact soak clean
+.PHONY: help install run send test test-unit lint bench bench-funnel bench-impact demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ bench-funnel: $(STAMP) ## The funnel report on 1,000,000 transitions
 
 bench-impact: $(STAMP) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000
+
+demo-cluster: $(STAMP) ## Three instances share six partitions; one is killed; scores still match
+	$(PY) -m bench.cluster
 
 soak: $(STAMP) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end
 	$(PY) -m bench.run --events 20000 --seconds 600

@@ -21,13 +21,28 @@ def lines_logged(level: str, emit) -> list[dict]:
 
 
 def test_each_line_is_json_with_the_context_fields():
-    [line] = lines_logged("INFO", lambda log: log.warning(
-        "batch failed", extra={"lead_id": "u-42", "message_id": "m-1", "batch": 7,
-                               "partition": 3}))
-    assert set(line) == {"timestamp", "level", "logger", "message", "lead_id", "message_id",
-                         "batch", "partition"}
+    [line] = lines_logged(
+        "INFO",
+        lambda log: log.warning(
+            "batch failed",
+            extra={"lead_id": "u-42", "message_id": "m-1", "batch": 7, "partition": 3},
+        ),
+    )
+    assert set(line) == {
+        "timestamp",
+        "level",
+        "logger",
+        "message",
+        "lead_id",
+        "message_id",
+        "batch",
+        "partition",
+    }
     assert (line["level"], line["logger"], line["message"]) == (
-        "WARNING", "leadscore.test", "batch failed")
+        "WARNING",
+        "leadscore.test",
+        "batch failed",
+    )
     assert (line["lead_id"], line["batch"], line["partition"]) == ("u-42", 7, 3)
     assert line["timestamp"].endswith("Z")
 
