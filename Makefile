@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run send test test-unit lint bench bench-funnel bench-impact demo-cluster soak clean
+.PHONY: help install tools run send test test-unit lint bench bench-funnel bench-impact demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,7 +22,12 @@ install: $(STAMP) ## Create .venv and install the service with its test tools
 run: $(STAMP) ## Start the service (embedded broker and database unless configured otherwise)
 	$(PY) -m services.main
 
-test: $(STAMP) ## Lint, then run the whole suite against the real (embedded) broker and database
+tools: ## Debian's prometheus package (promtool and the server) for the operations tests
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	   --no-install-recommends prometheus >/dev/null)
+
+test: $(STAMP) tools ## Lint, then run the whole suite against the real (embedded) broker and database
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

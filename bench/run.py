@@ -360,7 +360,8 @@ async def run(args: argparse.Namespace) -> int:
         result["rss_peak_mb"] = round(sampler.peak / 2**20, 1)
         result["rss_end_mb"] = round(sampler.last / 2**20, 1)
         result["rss_growth_since_backlog"] = round(
-            sampler.last / 2**20 / result["rss_after_backlog_mb"] - 1, 3)
+            sampler.last / 2**20 / result["rss_after_backlog_mb"] - 1, 3
+        )
         service.send_signal(signal.SIGTERM)
         service.wait(30)
         sampling.cancel()

@@ -194,7 +194,10 @@ class EventConsumer:
         if now - self._lag_checked < 1.0:
             return
         self._lag_checked = now
-        for tp in self.consumer.assignment():
+        assignment = self.consumer.assignment()
+        if self.topic == self.settings.topic_events:
+            self.metrics.assigned_partitions.set(len(assignment))
+        for tp in assignment:
             high = self.consumer.highwater(tp)
             if high is None:
                 continue

@@ -184,6 +184,26 @@ def cmd_send(args: argparse.Namespace) -> None:
     print(f"sent {count} events")
 
 
+def cmd_migrate(_: argparse.Namespace) -> None:
+    from services import db, rulesets
+    from services.settings import Settings
+
+    async def migrate() -> None:
+        settings = Settings()
+        if settings.database_url is None:
+            raise CliError("LEADSCORE_DATABASE_URL is not set")
+        engine = db.create_engine(settings.database_url.get_secret_value())
+        try:
+            await db.migrate(engine)
+            async with engine.connect() as conn:
+                await rulesets.ensure_starter(await db.driver(conn))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    print("database schema is up to date")
+
+
 def cmd_run(_: argparse.Namespace) -> None:
     from services.main import run
 
@@ -196,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = root.add_subparsers(dest="command")
     commands.add_parser("run", help="run the service (the default)").set_defaults(func=cmd_run)
+    commands.add_parser("migrate", help="apply database migrations and exit").set_defaults(
+        func=cmd_migrate
+    )
     send = commands.add_parser("send", help="produce a JSON-lines file of events to the topic")
     send.add_argument("file")
     send.set_defaults(func=cmd_send)

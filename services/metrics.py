@@ -149,6 +149,11 @@ class Metrics:
             "Handoffs awaiting a response from sales.",
             registry=r,
         )
+        self.assigned_partitions = Gauge(
+            "leadscore_assigned_partitions",
+            "Input partitions this instance consumes.",
+            registry=r,
+        )
         self.ruleset_version = Gauge(
             "leadscore_active_ruleset_version",
             "Rule-set version this instance scores with.",
