@@ -287,6 +287,51 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def table(result: dict[str, Any]) -> str:
+    """The figures against the targets, one line each."""
+    lat = result.get("latency_ms", {})
+    engine = result.get("engine", {})
+    check = result["check"]
+    rows = [
+        ("raw ceiling (aiokafka + orjson)", "", f"{result['ceiling_events_per_s']:,} ev/s"),
+        (
+            "end to end, one process",
+            ">= 20,000 ev/s",
+            f"{result['end_to_end_events_per_s']:,} ev/s "
+            f"({result['end_to_end_share_of_ceiling']:.1%} of ceiling)",
+        ),
+        (
+            f"latency p50/p95/p99 at {lat.get('offered_events_per_s', 0):,.0f} ev/s",
+            "p99 <= 100 ms",
+            f"{lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms",
+        ),
+        ("latency max", "<= 1,000 ms", f"{lat.get('max')} ms"),
+        ("intake (parse, validate)", "", f"{engine.get('parse_events_per_s', 0):,} ev/s"),
+        *[
+            (
+                f"engine, {n} rules",
+                ">= 150,000 ev/s" if n == 17 else "linear in rules",
+                f"{engine.get(f'score_events_per_s_{n}_rules', 0):,} ev/s",
+            )
+            for n in (17, 100, 500)
+        ],
+        (
+            "RSS after backlog / peak / end",
+            "end within 10% of start",
+            f"{result.get('rss_after_backlog_mb')} / {result.get('rss_peak_mb')} / "
+            f"{result.get('rss_end_mb')} MB",
+        ),
+        (
+            "events lost or double-counted",
+            "0",
+            f"{check['leads_with_wrong_event_count']} leads wrong "
+            f"({check['events_scored']:,} of {check['expected']:,} scored)",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {target:<24}  {value}" for name, target, value in rows)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -372,7 +417,8 @@ async def run(args: argparse.Namespace) -> int:
         infra.stop()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    print(table(result))
+    print(f"(also in {RESULTS / f'bench-{stamp}.json'})")
     check_result = result["check"]
     if check_result["leads_with_wrong_event_count"] or check_result["leads_with_wrong_score"]:
         print("FAILED: the pipeline lost or double-counted events", file=sys.stderr)
