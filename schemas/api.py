@@ -255,3 +255,11 @@ class FunnelReport(BaseModel):
     conversion: list[Conversion]
     sla: SlaFigures
     rejections: list[Rejection]
+
+
+class SegmentBatch(BaseModel):
+    batch: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="events the broker acknowledged")

@@ -2,7 +2,7 @@
 
 Tokens are configured as SHA-256 hashes, never in clear: `LEADSCORE_API_TOKENS` holds
 comma-separated `name:role:sha256hex` entries (`leadscore token` makes one). With none
-configured, the API trusts requests from loopback only, as an admin.
+configured, the API trusts requests from loopback only, with every role.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ GRANTS = {
     "admin": frozenset({"admin", "viewer"}),
     "viewer": frozenset({"viewer"}),
     "ingest": frozenset({"ingest"}),
+    # A local caller when no tokens are configured (make run): everything.
+    "local": frozenset({"admin", "viewer", "ingest"}),
 }
 
 
@@ -84,7 +86,7 @@ def authenticate(
     """The caller behind an Authorization header, or AuthError (401)."""
     if not tokens:
         if is_loopback(client_host):
-            return Principal("loopback", "admin")
+            return Principal("loopback", "local")
         raise AuthError(401, "unauthorized", "no API tokens are configured: loopback only")
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

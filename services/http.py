@@ -2,6 +2,7 @@
 # No "from __future__ import annotations" here: FastAPI must see the role dependencies
 # (built inside create_app) as real objects, not as strings to resolve in module globals.
 
+import asyncio
 import base64
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from scoring_service import store
 from scoring_service.consumer import BatchReport
 from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
+from scoring_service.intake import Rejection, parse_event
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import simulate
 from scoring_service.timefmt import iso
@@ -152,7 +154,64 @@ def create_app(container: Container) -> FastAPI:
 
     app.include_router(_rulesets_router(container, Admin, Viewer))
     app.include_router(_leads_router(container, Admin, Viewer))
+    app.include_router(_ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
     return app
+
+
+def _ingest_router(container: Container, Ingest: Any) -> APIRouter:
+    """Segment-compatible HTTP intake: events are validated, then published to lead-events."""
+    router = APIRouter(prefix="/v1", tags=["ingest"], responses=ERRORS)
+    settings = container.settings
+
+    async def publish(events: list[dict[str, Any]]) -> dict[str, Any]:
+        now = time.time()
+        problems = []
+        for index, event in enumerate(events):
+            parsed = parse_event(orjson.dumps(event), now=now, fallback_ts=now)
+            if isinstance(parsed, Rejection):
+                problems.append({"index": index, "error": parsed.code, "detail": parsed.detail})
+        if problems:
+            # Nothing is published when any event is bad: the sender fixes and resends.
+            raise ApiError(422, "invalid_events", problems)
+        futures = []
+        for event in events:
+            key = event.get("userId") or event.get("anonymousId")
+            futures.append(
+                await container.producer.send(
+                    settings.topic_events, orjson.dumps(event), key=str(key).encode()
+                )
+            )
+        await asyncio.gather(*futures)  # 202 only once the broker acknowledged them all
+        return {"accepted": len(events)}
+
+    @router.post(
+        "/batch",
+        status_code=202,
+        response_model=api.Accepted,
+        responses={422: {"model": api.ErrorBody}},
+    )
+    async def batch(body: api.SegmentBatch, _: Ingest) -> dict[str, Any]:
+        """A Segment batch call: `{"batch": [event, ...]}`."""
+        return await publish(body.batch)
+
+    def single_call(kind: str) -> Callable[..., Any]:
+        async def single(body: dict[str, Any], _: Ingest) -> dict[str, Any]:
+            return await publish([{**body, "type": kind}])
+
+        single.__doc__ = f"A Segment {kind} call."
+        return single
+
+    for kind in ("track", "page", "identify", "group", "alias"):
+        router.add_api_route(
+            f"/{kind}",
+            single_call(kind),
+            methods=["POST"],
+            status_code=202,
+            response_model=api.Accepted,
+            responses={422: {"model": api.ErrorBody}},
+            name=f"ingest_{kind}",
+        )
+    return router
 
 
 def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str, Any]:

@@ -290,3 +290,54 @@ async def wait_job(client, job_id: str, timeout: float = 60) -> dict:
 
     job = await wait_for(finished, timeout=max(deadline - time.monotonic(), 1), what="job")
     return job
+
+
+async def test_http_ingest_publishes_segment_calls(service, settings):
+    from tests.conftest import drained
+
+    async with client_for(service.container) as client:
+        batch = await client.post(
+            "/v1/batch",
+            json={
+                "batch": [
+                    {
+                        "type": "page",
+                        "messageId": "h1",
+                        "anonymousId": "web-1",
+                        "timestamp": "2026-11-20T09:00:00Z",
+                        "properties": {"path": "/pricing"},
+                    },
+                    {
+                        "type": "identify",
+                        "messageId": "h2",
+                        "userId": "web-user",
+                        "anonymousId": "web-1",
+                        "timestamp": "2026-11-20T09:01:00Z",
+                        "traits": {"email": "w@x.example"},
+                    },
+                ]
+            },
+        )
+        assert (batch.status_code, batch.json()) == (202, {"accepted": 2})
+        single = await client.post(
+            "/v1/track",
+            json={
+                "messageId": "h3",
+                "userId": "web-user",
+                "timestamp": "2026-11-20T09:02:00Z",
+                "event": "Demo Requested",
+            },
+        )
+        assert single.status_code == 202
+        bad = await client.post("/v1/batch", json={"batch": [{"type": "screen"}]})
+        assert bad.status_code == 422
+        assert bad.json()["detail"][0]["error"] == "unknown_type"
+        await wait_for(lambda: drained(settings, 3))
+        lead = (await client.get("/v1/leads/web-1")).json()
+        assert (lead["lead_id"], lead["stage"]) == ("web-user", "sal")
+
+
+async def test_ingest_needs_the_ingest_role(admin_container):
+    async with client_for(admin_container, "viewer") as viewer:
+        response = await viewer.post("/v1/track", json={"event": "x"})
+        assert response.status_code == 403
