@@ -49,7 +49,7 @@ bench-impact: $(STAMP) ## How much an impact job slows live scoring
 demo-cluster: $(STAMP) ## Three instances share six partitions; one is killed; scores still match
 	$(PY) -m bench.cluster
 
-soak: $(STAMP) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end
+soak: $(STAMP) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end (use a real Kafka)
 	$(PY) -m bench.run --events 20000 --seconds 600
 
 send: $(STAMP) ## Send the example journey (examples/journey.jsonl) to a running service
