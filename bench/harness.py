@@ -75,10 +75,7 @@ class InProcessService:
 
     async def start(self) -> InProcessService:
         await self.container.start()
-        self.tasks = [
-            asyncio.create_task(self.container.scorer.run(self.stop)),
-            asyncio.create_task(self.container.relay.run(self.stop)),
-        ]
+        self.tasks = self.container.run(self.stop)
         while not self.container.consumer.assignment():
             await asyncio.sleep(0.05)
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -48,6 +49,16 @@ class Container:
         await self.consumer.start()
         await self.feedback.consumer.start()
         self.started = True
+
+    def run(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """The instance's loops, until `stop`: event consumer, feedback consumer, deadline
+        watcher, and last the outbox relay (the HTTP API is served separately)."""
+        return [
+            asyncio.create_task(self.scorer.run(stop), name="consumer"),
+            asyncio.create_task(self.feedback.run(stop), name="feedback"),
+            asyncio.create_task(self.sla.run(stop), name="sla"),
+            asyncio.create_task(self.relay.run(stop), name="relay"),
+        ]
 
     async def close(self) -> None:
         await self.jobs.close()

@@ -72,14 +72,11 @@ async def serve(settings: Settings) -> None:
         )
     )
     http = asyncio.create_task(server.serve(), name="http")
-    relay = asyncio.create_task(container.relay.run(stop), name="relay")
-    consumer = asyncio.create_task(container.scorer.run(stop), name="consumer")
-    feedback = asyncio.create_task(container.feedback.run(stop), name="feedback")
-    sla = asyncio.create_task(container.sla.run(stop), name="sla")
+    *workers, relay = container.run(stop)  # the relay comes last
     log.info("leadscore serving on http://%s:%d", settings.http_host, settings.http_port)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait(
-        {consumer, feedback, sla, relay, http, stopper}, return_when=asyncio.FIRST_COMPLETED
+        {*workers, relay, http, stopper}, return_when=asyncio.FIRST_COMPLETED
     )
     stop.set()
     log.info("stopping: finishing the batch in hand")
@@ -88,7 +85,7 @@ async def serve(settings: Settings) -> None:
             log.error("%s failed", task.get_name(), exc_info=task.exception())
     # Order: the consumer commits its last batch, the relay publishes what is left, then the
     # HTTP server and the clients close.
-    await asyncio.gather(consumer, feedback, sla, return_exceptions=True)
+    await asyncio.gather(*workers, return_exceptions=True)
     container.relay.notify()
     await asyncio.gather(relay, return_exceptions=True)
     server.should_exit = True

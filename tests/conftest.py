@@ -109,12 +109,7 @@ class RunningService:
 
     async def start(self) -> RunningService:
         await self.container.start()
-        self.tasks = [
-            asyncio.create_task(self.container.scorer.run(self.stop)),
-            asyncio.create_task(self.container.feedback.run(self.stop)),
-            asyncio.create_task(self.container.sla.run(self.stop)),
-            asyncio.create_task(self.container.relay.run(self.stop)),
-        ]
+        self.tasks = self.container.run(self.stop)
         await wait_for(lambda: self.container.consumer.assignment(), what="partitions")
         return self
 
