@@ -55,8 +55,8 @@ class BatchReport:
     duplicates: int = 0
     invalid: int = 0
     stale: int = 0
-    transitions: list[tuple[str, str, str]] = field(default_factory=list)
-    notifications: list[str] = field(default_factory=list)
+    transitions: list[dict[str, Any]] = field(default_factory=list)
+    notifications: list[dict[str, Any]] = field(default_factory=list)
     dlq_codes: list[str] = field(default_factory=list)
     # What a specialised consumer wants to count once the batch is committed.
     extra: Any = None
@@ -259,10 +259,7 @@ class EventConsumer:
         elapsed = time.perf_counter() - started
         total = sum(len(v) for v in parsed.values())
         self.count(report, elapsed, total)
-        for labels in report.transitions:
-            self.metrics.transitions.labels(*labels).inc()
-        for kind in report.notifications:
-            self.metrics.notifications.labels(kind).inc()
+        self.metrics.count_records(report.transitions, report.notifications)
         for code in report.dlq_codes:
             self.metrics.dlq.labels(code).inc()
         self.batches += 1
@@ -387,10 +384,8 @@ class EventConsumer:
         self, pg: asyncpg.Connection, engine: Engine, effects: Effects, report: BatchReport
     ) -> list[store.OutboxRow]:
         """Store transitions and deadlines, name owners, count; returns the outbox rows."""
-        report.transitions.extend(
-            (t["from_stage"], t["to_stage"], t["reason"]) for t in effects.transitions
-        )
-        report.notifications.extend(n["type"] for n in effects.notifications)
+        report.transitions.extend(effects.transitions)
+        report.notifications.extend(effects.notifications)
         return await store.record_effects(
             pg,
             effects,

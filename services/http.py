@@ -579,10 +579,7 @@ def _leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
                 await store.enqueue(pg, rows)
         container.relay.notify()
         count_feedback(container.metrics, batch, [item])
-        for labels in report.transitions:
-            container.metrics.transitions.labels(*labels).inc()
-        for kind in report.notifications:
-            container.metrics.notifications.labels(kind).inc()
+        container.metrics.count_records(report.transitions, report.notifications)
         [result] = batch.results
         if result.result == UNKNOWN_LEAD:
             raise ApiError(404, "lead_not_found", result.detail)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # A batch takes from about a millisecond (one event) to a few seconds (a full batch on a
@@ -30,6 +33,15 @@ SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 
 class Metrics:
     """Every metric the service exports, prefixed `leadscore_`."""
+
+    def count_records(
+        self, transitions: Iterable[dict[str, Any]], notifications: Iterable[dict[str, Any]]
+    ) -> None:
+        """Count committed transition and notification records."""
+        for t in transitions:
+            self.transitions.labels(t["from_stage"], t["to_stage"], t["reason"]).inc()
+        for n in notifications:
+            self.notifications.labels(n["type"]).inc()
 
     def reason_label(self, reason: str | None) -> str:
         """A bounded label for a free-text reason: normalised, and capped in number."""

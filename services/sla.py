@@ -115,10 +115,7 @@ class SlaWatcher:
                 await store.enqueue(pg, rows)
         for row in due:
             self.metrics.sla_breaches.labels(row["stage"]).inc()
-        for t in effects.transitions:
-            self.metrics.transitions.labels(t["from_stage"], t["to_stage"], t["reason"]).inc()
-        for n in effects.notifications:
-            self.metrics.notifications.labels(n["type"]).inc()
+        self.metrics.count_records(effects.transitions, effects.notifications)
         self.on_commit()
         return len(due)
 

@@ -65,13 +65,18 @@ def lead_events(lead: str, *, title: str | None, pricing: int, demo: bool = Fals
     return docs
 
 
-async def test_impact_report_matches_a_hand_computed_expectation(service, settings):
-    # a: fit 15 + 2 pricing; b: 1 pricing; c: a demo request. Same timestamps: no decay.
-    docs = (
-        lead_events("a", title="Owner", pricing=2)
+def three_leads(*, pricing_for_a: int) -> list[dict]:
+    """a: an owner with some pricing visits; b: one visit; c: a demo request."""
+    return (
+        lead_events("a", title="Owner", pricing=pricing_for_a)
         + lead_events("b", title=None, pricing=1)
         + lead_events("c", title=None, pricing=0, demo=True)
     )
+
+
+async def test_impact_report_matches_a_hand_computed_expectation(service, settings):
+    # a: fit 15 + 2 pricing; b: 1 pricing; c: a demo request. Same timestamps: no decay.
+    docs = three_leads(pricing_for_a=2)
     await produce(settings, docs)
     await wait_for(lambda: drained(settings, len(docs)))
     async with client_for(service.container) as admin:
@@ -119,11 +124,7 @@ async def test_impact_report_matches_a_hand_computed_expectation(service, settin
 
 
 async def test_lead_list_and_history(service, settings):
-    docs = (
-        lead_events("a", title="Owner", pricing=3)
-        + lead_events("b", title=None, pricing=1)
-        + lead_events("c", title=None, pricing=0, demo=True)
-    )
+    docs = three_leads(pricing_for_a=3)
     await produce(settings, docs)
     await wait_for(lambda: drained(settings, len(docs)))
     async with client_for(service.container) as viewer:
