@@ -23,6 +23,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.integration.test_admin_api import starter_with
+from tests.integration.test_rule_changes import split_between
 
 STAGES = ["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified"]
 AT = "2026-11-10T12:00:00Z"
@@ -276,6 +277,10 @@ async def test_routing_round_robin_is_fair_across_instances(settings):
     first = await RunningService(bootstrap(settings)).start()
     second = await RunningService(bootstrap(settings)).start()
     try:
+        await wait_for(
+            lambda: split_between(first, second, settings.topic_partitions),
+            what="the partitions split between both instances",
+        )
         async with client_for(first.container) as admin:
             version = (await admin.post("/v1/rulesets", json=starter_with(routing=ROUTING))).json()[
                 "version"

@@ -152,15 +152,20 @@ async def test_lead_list_and_history(service, settings):
         assert (await viewer.get("/v1/leads/nobody/history")).status_code == 404
 
 
+def split_between(first: RunningService, second: RunningService, partitions: int) -> bool:
+    """The rebalance is over: each instance holds some partitions, together all of them."""
+    a = first.container.consumer.assignment()
+    b = second.container.consumer.assignment()
+    return bool(a and b and not a & b and len(a | b) == partitions)
+
+
 async def test_every_instance_scores_with_a_newly_activated_version(settings):
     first = await RunningService(bootstrap(settings)).start()
     second = await RunningService(bootstrap(settings)).start()
     try:
         await wait_for(
-            lambda: (
-                first.container.consumer.assignment() and second.container.consumer.assignment()
-            ),
-            what="both assigned",
+            lambda: split_between(first, second, settings.topic_partitions),
+            what="the partitions split between both instances",
         )
         async with client_for(first.container) as admin:
             version = (await admin.post("/v1/rulesets", json=with_rule_points("blog", 4))).json()[
