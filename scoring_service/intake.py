@@ -14,6 +14,14 @@ from scoring_service.timefmt import iso, parse_iso
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_FUTURE_SECONDS = 24 * 3600.0
+# Event times before this are typing errors or defaults (0001-01-01), not behaviour to score;
+# they would also break date arithmetic at the edges of the calendar.
+MIN_EVENT_TIME = 946_684_800.0  # 2000-01-01T00:00:00Z
+# Nesting deeper than this is no Segment payload; it would also exceed what the JSON encoder
+# writes back (orjson stops at 255 levels) when the state is stored.
+MAX_DEPTH = 32
+# Keys and values of one event, all levels together. 64 KiB allow about 8,000 tiny ones.
+MAX_NODES = 5_000
 _SEGMENT = TypeAdapter(AnySegmentEvent)
 _EMPTY: dict[str, Any] = {}
 
@@ -80,21 +88,70 @@ class Rejection:
 
 
 def _page_path(doc: dict[str, Any]) -> str | None:
+    """The page's path: properties.path, else the path of properties.url, else context.page.
+    Raises ValueError for a URL that cannot be split (the caller rejects the event)."""
     properties = doc.get("properties") or _EMPTY
     path = properties.get("path")
     if not path and properties.get("url"):
-        path = urlsplit(str(properties["url"])).path
+        url = properties["url"]
+        if not isinstance(url, str):
+            raise ValueError("properties.url is not text")
+        path = urlsplit(url).path
     if not path:
         context_page = (doc.get("context") or _EMPTY).get("page") or _EMPTY
         path = context_page.get("path") if isinstance(context_page, dict) else None
+    if path and not isinstance(path, str | int | float):
+        raise ValueError("the page path is not text")
     return str(path).casefold() if path else None
 
 
-def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> Event | Rejection:
-    """Validate one message against CONTRACTS section 2.
+def _structure_problem(doc: dict[str, Any]) -> Rejection | None:
+    """Depth, size and text the database cannot store, for the whole document.
 
-    `fallback_ts` (the broker's record time) stands in for a missing `timestamp`.
+    PostgreSQL refuses NUL in text and jsonb, and would refuse the whole batch with it; the
+    JSON decoder has already refused lone surrogates. One walk with an explicit stack, so a
+    deep document cannot exhaust Python's own stack.
     """
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            return Rejection("too_complex", f"more than {MAX_NODES} keys and values")
+        if isinstance(value, str):
+            if "\x00" in value:
+                return Rejection("invalid_text", "a text value contains the NUL character")
+        elif isinstance(value, dict):
+            if depth > MAX_DEPTH:
+                return Rejection("too_deep", f"objects nest deeper than {MAX_DEPTH} levels")
+            for key, item in value.items():
+                if "\x00" in key:
+                    return Rejection("invalid_text", "a key contains the NUL character")
+                if isinstance(item, dict | list | str):
+                    stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            if depth > MAX_DEPTH:
+                return Rejection("too_deep", f"arrays nest deeper than {MAX_DEPTH} levels")
+            stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list | str))
+    return None
+
+
+def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> Event | Rejection:
+    """Validate one message (docs/CONTRACTS.md, input events); never raises.
+
+    Anything the rest of the pipeline would trip over is refused here with its own code; a
+    failure nobody foresaw still becomes a rejection (`processing_error`), never an exception
+    that could stop the consumer.
+    """
+    try:
+        return _parse_event(raw, now=now, fallback_ts=fallback_ts)
+    except Exception as exc:  # the last line of defence: see the docstring
+        return Rejection("processing_error", f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _parse_event(raw: bytes, *, now: float, fallback_ts: float | None) -> Event | Rejection:
+    """`fallback_ts` (the broker's record time) stands in for a missing `timestamp`."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return Rejection(
             "too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}"
@@ -106,7 +163,7 @@ def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> 
     if not isinstance(doc, dict):
         return Rejection("not_object", f"expected a JSON object, got {type(doc).__name__}")
     event_type = doc.get("type")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         return Rejection("unknown_type", f"type {event_type!r} is not one of {sorted(EVENT_TYPES)}")
     message_id = doc.get("messageId")
     if not isinstance(message_id, str | int) or isinstance(message_id, bool) or message_id == "":
@@ -121,12 +178,18 @@ def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> 
     else:
         try:
             ts = parse_iso(stamp) if isinstance(stamp, str) else float("nan")
-        except ValueError:
+        except (ValueError, OverflowError):
             ts = float("nan")
         if ts != ts:
             return Rejection("invalid_timestamp", f"timestamp {stamp!r} is not ISO-8601")
     if ts > now + MAX_FUTURE_SECONDS:
         return Rejection("future_timestamp", f"timestamp {stamp!r} is more than 24 h ahead")
+    if not ts >= MIN_EVENT_TIME:  # also catches NaN from a broken record time
+        shown = stamp if stamp is not None else f"record time {fallback_ts!r}"
+        return Rejection("invalid_timestamp", f"timestamp {shown!r} is before 2000-01-01")
+    problem = _structure_problem(doc)
+    if problem is not None:
+        return problem
     if not _well_formed(doc, event_type):
         # The slow path, for bad input only: pydantic says exactly what is wrong.
         try:
@@ -145,7 +208,10 @@ def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> 
         ts=ts,
     )
     if event_type == "page":
-        event.path = _page_path(doc)
+        try:
+            event.path = _page_path(doc)
+        except ValueError as exc:
+            return Rejection("schema", f"properties.url: {exc}")
         event.properties = doc.get("properties") or _EMPTY
     elif event_type == "track":
         event.event_name = doc["event"].casefold()

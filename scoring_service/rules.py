@@ -55,7 +55,8 @@ def compile_operators(ops: Operators) -> Predicate:
         tests.append(_each(lambda v: _fold(v) == expected))
     if ops.in_ is not None:
         allowed = frozenset(_fold(item) for item in ops.in_)
-        tests.append(_each(lambda v: _fold(v) in allowed))
+        # Only scalars can be members: a trait sent as an object must not match (or raise).
+        tests.append(_each(lambda v: isinstance(v, str | int | float) and _fold(v) in allowed))
     if ops.contains_any is not None:
         needles = tuple(n.casefold() for n in ops.contains_any)
         tests.append(
