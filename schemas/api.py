@@ -24,13 +24,15 @@ class Problem(BaseModel):
 
 
 class RuleSetProblems(BaseModel):
-    error: Literal["invalid_ruleset"]
+    error: Literal["invalid_ruleset", "invalid_request"]
     detail: list[Problem]
 
 
 class Health(BaseModel):
     status: str
     checks: dict[str, bool] = {}
+    # Why a check failed, or which loop is restarting or has given up.
+    problems: dict[str, str] = {}
 
 
 class LeadPublic(BaseModel):

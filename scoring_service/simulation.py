@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,8 +19,23 @@ from stage_router.records import score_doc
 STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified")
 
 
-def simulate(engine: Engine, docs: Iterable[Any], *, now: float) -> dict[str, Any]:
-    """Score events from an empty start and say, event by event, what each rule did."""
+class BudgetExceeded(Exception):
+    """The simulation ran past the time it was given."""
+
+
+def simulate(
+    engine: Engine,
+    docs: Iterable[Any],
+    *,
+    now: float,
+    budget_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Score events from an empty start and say, event by event, what each rule did.
+
+    With `budget_seconds`, raises BudgetExceeded once that much CPU time has passed (checked
+    between events), so a request cannot occupy a worker for long.
+    """
+    deadline = None if budget_seconds is None else time.thread_time() + budget_seconds
     ws = Workspace()
     seen: set[tuple[str, str]] = set()
     trajectories: dict[str, list[dict[str, Any]]] = {}
@@ -28,7 +44,13 @@ def simulate(engine: Engine, docs: Iterable[Any], *, now: float) -> dict[str, An
     rejected: list[dict[str, Any]] = []
     duplicates: list[int] = []
     for index, doc in enumerate(docs):
-        raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+        if deadline is not None and time.thread_time() > deadline:
+            raise BudgetExceeded(f"stopped at event {index} after {budget_seconds} s")
+        try:
+            raw = doc if isinstance(doc, bytes) else orjson.dumps(doc)
+        except TypeError as exc:  # lone surrogates, nesting beyond the encoder
+            rejected.append({"index": index, "error": "invalid_text", "detail": str(exc)})
+            continue
         event = parse_event(raw, now=now)
         if isinstance(event, Rejection):
             rejected.append({"index": index, "error": event.code, "detail": event.detail})

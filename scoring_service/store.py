@@ -63,14 +63,24 @@ async def lock_offsets(
     return {r["partition"]: r["next_offset"] for r in rows}
 
 
-async def save_offsets(pg: asyncpg.Connection, topic: str, next_offsets: dict[int, int]) -> None:
+async def save_offsets(
+    pg: asyncpg.Connection,
+    topic: str,
+    next_offsets: dict[int, int],
+    fingerprints: dict[int, int | None] | None = None,
+) -> None:
+    """Store where each partition's work ends, and a fingerprint (CRC-32 of the value) of the
+    last record scored there, by which a broker that lost its log is recognised."""
+    fingerprints = fingerprints or {}
     await pg.execute(
-        "UPDATE consumer_offsets o SET next_offset = v.next_offset, updated_at = now() "
-        "FROM unnest($2::int[], $3::bigint[]) AS v(partition, next_offset) "
+        "UPDATE consumer_offsets o SET next_offset = v.next_offset, last_crc = v.crc, "
+        "updated_at = now() "
+        "FROM unnest($2::int[], $3::bigint[], $4::bigint[]) AS v(partition, next_offset, crc) "
         "WHERE o.topic = $1 AND o.partition = v.partition",
         topic,
         list(next_offsets),
         list(next_offsets.values()),
+        [fingerprints.get(p) for p in next_offsets],
     )
 
 
@@ -79,6 +89,16 @@ async def stored_offsets(pg: asyncpg.Connection, topic: str) -> dict[int, int]:
         "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1", topic
     )
     return {r["partition"]: r["next_offset"] for r in rows}
+
+
+async def stored_fingerprints(pg: asyncpg.Connection, topic: str) -> dict[int, tuple[int, int]]:
+    """Partition -> (next offset, CRC-32 of the record before it), where both are known."""
+    rows = await pg.fetch(
+        "SELECT partition, next_offset, last_crc FROM consumer_offsets "
+        "WHERE topic = $1 AND last_crc IS NOT NULL AND next_offset > 0",
+        topic,
+    )
+    return {r["partition"]: (r["next_offset"], r["last_crc"]) for r in rows}
 
 
 async def claim_new(

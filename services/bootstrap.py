@@ -17,6 +17,7 @@ from services.metrics import Metrics
 from services.outbox import OutboxRelay
 from services.settings import Settings
 from services.sla import SlaWatcher
+from services.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Container:
     jobs: Jobs
     feedback: FeedbackConsumer
     sla: SlaWatcher
+    supervisor: Supervisor
     started: bool = field(default=False)
 
     async def start(self) -> None:
@@ -53,11 +55,17 @@ class Container:
     def run(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """The instance's loops, until `stop`: event consumer, feedback consumer, deadline
         watcher, and last the outbox relay (the HTTP API is served separately)."""
+        loops = {
+            "consumer": self.scorer.run,
+            "feedback": self.feedback.run,
+            "sla": self.sla.run,
+            "relay": self.relay.run,
+        }
         return [
-            asyncio.create_task(self.scorer.run(stop), name="consumer"),
-            asyncio.create_task(self.feedback.run(stop), name="feedback"),
-            asyncio.create_task(self.sla.run(stop), name="sla"),
-            asyncio.create_task(self.relay.run(stop), name="relay"),
+            asyncio.create_task(
+                self.supervisor.supervise(name, lambda body=body: body(stop), stop), name=name
+            )
+            for name, body in loops.items()
         ]
 
     async def close(self) -> None:
@@ -99,5 +107,15 @@ def bootstrap(
         settings=settings, db=engine, scorer=scorer, metrics=metrics, on_commit=relay.notify
     )
     return Container(
-        settings, engine, producer, consumer, metrics, scorer, relay, Jobs(engine), feedback, sla
+        settings,
+        engine,
+        producer,
+        consumer,
+        metrics,
+        scorer,
+        relay,
+        Jobs(engine),
+        feedback,
+        sla,
+        Supervisor(metrics),
     )

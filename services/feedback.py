@@ -211,7 +211,7 @@ class FeedbackConsumer(EventConsumer):
     ) -> list[store.OutboxRow]:
         feedback = [item for _, item in items]
         batch = await apply_feedback(pg, engine, feedback, now=now)
-        report.extra = (batch, feedback)
+        report.extra = [(batch, feedback)]
         rows = await self.record(pg, engine, batch.effects, report)
         for (record, _), result in zip(items, batch.results, strict=True):
             if result.duplicate:
@@ -226,6 +226,5 @@ class FeedbackConsumer(EventConsumer):
         return rows
 
     def count(self, report: BatchReport, elapsed: float, total: int) -> None:
-        if report.extra is not None:
-            batch, feedback = report.extra
+        for batch, feedback in report.extra or ():
             count_feedback(self.metrics, batch, feedback)

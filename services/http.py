@@ -4,17 +4,21 @@
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from schemas import api
 from schemas.records import FeedbackBody, FeedbackRecord
@@ -25,9 +29,9 @@ from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
 from scoring_service.intake import Rejection, parse_event
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
-from scoring_service.simulation import simulate
+from scoring_service.simulation import BudgetExceeded, simulate
 from scoring_service.timefmt import iso
-from services import replays, rulesets
+from services import kafka, replays, rulesets
 from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
 from services.db import driver
@@ -40,7 +44,40 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": api.ErrorBody, "description": "missing or unknown token"},
     403: {"model": api.ErrorBody, "description": "the token's role may not do this"},
 }
+# Answers any route can give: a malformed request, a body over the size limit, a request
+# that fails validation, and the database being away for a moment.
+COMMON: dict[int | str, dict[str, Any]] = {
+    400: {"model": api.ErrorBody, "description": "malformed request (text, encoding, nesting)"},
+    413: {"model": api.ErrorBody, "description": "body larger than the configured limit"},
+    422: {"model": api.ErrorBody, "description": "the request does not validate"},
+    503: {"model": api.ErrorBody, "description": "the database is unavailable; retry"},
+}
+def _iso_only(value: Any) -> Any:
+    # pydantic would also take a number as seconds since 1970; the API promises ISO-8601.
+    if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
+        raise ValueError("expected an ISO-8601 date-time, e.g. 2026-11-01T00:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+# Rule-set versions are PostgreSQL integers.
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
+# The database is away: the request may succeed when retried.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+)
+# What the request contained could not be stored or encoded (NUL, lone surrogates, depth).
+MALFORMED = (UnicodeError, asyncpg.DataError, RecursionError, orjson.JSONEncodeError)
+log = logging.getLogger(__name__)
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": api.ErrorBody}}
+# Each readiness check gets this long, and they run side by side: /readyz answers in under 2 s
+# even when the database or the broker hangs.
+READY_CHECK_SECONDS = 1.5
 
 
 class ApiError(Exception):
@@ -56,9 +93,91 @@ def _uncursor(cursor: str | None) -> str:
     if not cursor:
         return ""
     try:
-        return base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError) as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if "\x00" in text:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return text
+
+
+def _int_cursor(cursor: str | None, default: int) -> int:
+    text = _uncursor(cursor)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if not 0 < value <= 2**62:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return value
+
+
+class RequestLimits:
+    """ASGI middleware: a body size limit on every request (413), and no NUL in the path or
+    query (400), checked before any route runs."""
+
+    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        query = scope.get("query_string", b"")
+        if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in query or b"\x00" in query:
+            await _send_error(send, 400, "invalid_request", "NUL in the path or query")
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        limit = self.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_error(send: Any, status: int, code: str, detail: str) -> None:
+    body = orjson.dumps({"error": code, "detail": detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(container: Container) -> FastAPI:
@@ -73,8 +192,10 @@ def create_app(container: Container) -> FastAPI:
             "are admin (rule changes), viewer (reads) and ingest (events). Errors are "
             '`{"error": code, "detail": ...}`.'
         ),
+        responses=COMMON,
     )
     app.state.container = container
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
 
     def role(needed: str) -> Callable[[Request], Principal]:
         def dependency(request: Request) -> Principal:
@@ -109,12 +230,36 @@ def create_app(container: Container) -> FastAPI:
         return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = "not_found" if exc.status_code == 404 else "http_error"
-        return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; list them all.
+            allowed: set[str] = set()
+            for route in app.router.routes:
+                if route.matches(request.scope)[0] != Match.NONE:
+                    allowed |= getattr(route, "methods", None) or set()
+            headers = {"Allow": ", ".join(sorted(allowed))}
+        return JSONResponse(
+            {"error": codes.get(exc.status_code, "http_error"), "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=headers,
+        )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, MALFORMED):
+            return JSONResponse(
+                {"error": "invalid_request", "detail": f"cannot store or encode: {exc}"[:300]},
+                status_code=400,
+            )
+        if isinstance(exc, UNAVAILABLE):
+            return JSONResponse(
+                {"error": "unavailable", "detail": "the database is unavailable; retry"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(
             {"error": "internal_error", "detail": type(exc).__name__}, status_code=500
         )
@@ -133,19 +278,38 @@ def create_app(container: Container) -> FastAPI:
         tags=["operations"],
     )
     async def readyz(response: Response) -> api.Health:
-        """Readiness: database reachable, broker connected, partitions assigned."""
-        checks = {"database": False, "broker": False, "partitions": False}
-        try:
-            async with container.db.connect() as conn:
-                checks["database"] = await (await driver(conn)).fetchval("SELECT 1") == 1
-        except Exception:
-            checks["database"] = False
-        checks["broker"] = bool(container.started and container.producer.client.cluster.brokers())
-        checks["partitions"] = bool(container.started and container.consumer.assignment())
+        """Readiness, answered within 2 s: the database answers a query, the broker a
+        metadata request, partitions are assigned, and no loop is restarting or dead."""
+        problems: dict[str, str] = dict(container.supervisor.problems)
+
+        async def database() -> bool:
+            try:
+                async with asyncio.timeout(READY_CHECK_SECONDS):
+                    async with container.db.connect() as conn:
+                        return bool(await (await driver(conn)).fetchval("SELECT 1") == 1)
+            except Exception as exc:  # any failure means "not ready", with the reason shown
+                problems["database"] = f"{type(exc).__name__}: {exc}"[:200] or "timeout"
+                return False
+
+        async def broker() -> bool:
+            if await kafka.broker_reachable(container.settings, READY_CHECK_SECONDS):
+                return True
+            problems["broker"] = "no answer to a metadata request"
+            return False
+
+        db_ok, broker_ok = await asyncio.gather(database(), broker())
+        checks = {
+            "database": db_ok,
+            "broker": broker_ok,
+            "partitions": bool(container.started and container.consumer.assignment()),
+            "loops": not container.supervisor.problems,
+        }
         ready = all(checks.values())
         if not ready:
             response.status_code = 503
-        return api.Health(status="ready" if ready else "not ready", checks=checks)
+        return api.Health(
+            status="ready" if ready else "not ready", checks=checks, problems=problems
+        )
 
     @app.get("/metrics", response_class=Response, tags=["operations"])
     async def metrics() -> Response:
@@ -166,20 +330,24 @@ def _ingest_router(container: Container, Ingest: Any) -> APIRouter:
     async def publish(events: list[dict[str, Any]]) -> dict[str, Any]:
         now = time.time()
         problems = []
+        encoded: list[bytes] = []
         for index, event in enumerate(events):
-            parsed = parse_event(orjson.dumps(event), now=now, fallback_ts=now)
+            try:
+                encoded.append(orjson.dumps(event))
+            except orjson.JSONEncodeError as exc:  # lone surrogates, nesting past 255
+                problems.append({"index": index, "error": "invalid_text", "detail": str(exc)})
+                continue
+            parsed = parse_event(encoded[-1], now=now, fallback_ts=now)
             if isinstance(parsed, Rejection):
                 problems.append({"index": index, "error": parsed.code, "detail": parsed.detail})
         if problems:
             # Nothing is published when any event is bad: the sender fixes and resends.
             raise ApiError(422, "invalid_events", problems)
         futures = []
-        for event in events:
+        for event, value in zip(events, encoded, strict=True):
             key = event.get("userId") or event.get("anonymousId")
             futures.append(
-                await container.producer.send(
-                    settings.topic_events, orjson.dumps(event), key=str(key).encode()
-                )
+                await container.producer.send(settings.topic_events, value, key=str(key).encode())
             )
         await asyncio.gather(*futures)  # 202 only once the broker acknowledged them all
         return {"accepted": len(events)}
@@ -274,7 +442,8 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
         if len(body) > MAX_DOCUMENT_BYTES:
             raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
         try:
-            document = load_document(body)
+            # Validation compiles every rule: CPU work, kept off the event loop.
+            document = await asyncio.to_thread(load_document, body)
         except RuleSetInvalid as exc:
             raise ApiError(422, "invalid_ruleset", exc.problems) from exc
         async with db.connect() as conn:
@@ -312,7 +481,7 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
             return _ruleset_row(await fetch_version(pg, active), active, True)
 
     @router.get("/rulesets/{version}", response_model=api.RuleSetPublic, responses=NOT_FOUND)
-    async def get_version(version: int, _: Viewer) -> dict[str, Any]:
+    async def get_version(version: Version, _: Viewer) -> dict[str, Any]:
         async with db.connect() as conn:
             pg = await driver(conn)
             return _ruleset_row(
@@ -320,7 +489,7 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
             )
 
     @router.get("/rulesets/{a}/diff/{b}", response_model=api.RuleSetDiff, responses=NOT_FOUND)
-    async def diff(a: int, b: int, _: Viewer) -> dict[str, Any]:
+    async def diff(a: Version, b: Version, _: Viewer) -> dict[str, Any]:
         """Rules added, removed and changed (field by field) from version a to version b."""
         async with db.connect() as conn:
             pg = await driver(conn)
@@ -329,7 +498,7 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
         return {"from_version": a, "to_version": b, **changes}
 
     @router.post("/rulesets/{version}/activate", response_model=api.Activation, responses=NOT_FOUND)
-    async def activate(version: int, who: Admin, rescore: bool = False) -> dict[str, Any]:
+    async def activate(version: Version, who: Admin, rescore: bool = False) -> dict[str, Any]:
         """Make a version live for every instance at once; rolling back is activating an
         older one. With `rescore=true`, a job re-scores every lead under it."""
         async with db.connect() as conn:
@@ -365,14 +534,23 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
         "/rulesets/{version}/simulate", response_model=api.SimulationResult, responses=NOT_FOUND
     )
     async def simulate_version(
-        version: int, body: api.SimulateRequest, _: Viewer
+        version: Version, body: api.SimulateRequest, _: Viewer
     ) -> dict[str, Any]:
-        """Score the given events from an empty start under a version; writes nothing."""
+        """Score the given events from an empty start under a version; writes nothing.
+        Runs on a worker thread with a time budget (422 `too_expensive` past it)."""
         async with db.connect() as conn:
             pg = await driver(conn)
             await fetch_version(pg, version)
-            engine = Engine(await rulesets.load_version(pg, version))
-        return simulate(engine, body.events, now=time.time())
+            document = await rulesets.load_version(pg, version)
+        budget = container.settings.request_cpu_seconds
+
+        def work() -> dict[str, Any]:
+            return simulate(Engine(document), body.events, now=time.time(), budget_seconds=budget)
+
+        try:
+            return await asyncio.to_thread(work)
+        except BudgetExceeded as exc:
+            raise ApiError(422, "too_expensive", f"simulation over its time budget: {exc}") from exc
 
     @router.post(
         "/rulesets/{version}/impact",
@@ -381,7 +559,7 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
         responses=NOT_FOUND,
     )
     async def impact(
-        version: int, who: Admin, body: api.ImpactRequest | None = None
+        version: Version, who: Admin, body: api.ImpactRequest | None = None
     ) -> dict[str, Any]:
         """Start a job replaying the last N days under this version and the active one."""
         days = (body or api.ImpactRequest()).days
@@ -410,7 +588,7 @@ def _rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter
         limit: Annotated[int, Query(ge=1, le=500)] = 100,
     ) -> dict[str, Any]:
         """Every rule-set change and activation, newest first."""
-        before = int(_uncursor(cursor) or 2**62)
+        before = _int_cursor(cursor, 2**62)
         async with db.connect() as conn:
             rows = await (await driver(conn)).fetch(
                 "SELECT id, at, actor, action, target, detail::text AS detail FROM audit_log "
@@ -596,7 +774,7 @@ def _leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
 
     @router.get("/funnel", response_model=api.FunnelReport, tags=["sales handoff"])
     async def funnel(
-        _: Viewer, since: datetime | None = None, until: datetime | None = None
+        _: Viewer, since: IsoDateTime | None = None, until: IsoDateTime | None = None
     ) -> dict[str, Any]:
         """Leads entering each stage, conversion between stages, time in stage, SLA
         compliance and rejections by reason, for transitions in [since, until)."""

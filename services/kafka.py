@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+import zlib
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
 
 from services.settings import Settings
 
@@ -17,7 +21,7 @@ async def ensure_topics(settings: Settings) -> None:
     """Create the topics the service uses; the broker would auto-create them with the wrong
     partition count otherwise."""
     assert settings.kafka_bootstrap
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=5000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -34,6 +38,94 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
+# How long the fingerprint check waits for the records it asked for. A healthy broker answers
+# in milliseconds; the wait only runs out where the record is missing.
+FINGERPRINT_WAIT_SECONDS = 3.0
+
+
+async def lost_partitions(
+    settings: Settings, topic: str, fingerprints: dict[int, tuple[int, int]]
+) -> dict[int, int]:
+    """Partitions of `topic` whose log is not the one the fingerprints were taken from.
+
+    `fingerprints` maps partition -> (next offset, CRC-32 of the record before it). A
+    partition's log is lost when that record is out of range (the log ends before it) or
+    there with other contents. Returns partition -> the new log's first offset. A record
+    aged out by retention (the log now starts after it) is not a loss.
+    """
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="none",
+        request_timeout_ms=5000,
+    )
+    await probe.start()
+    try:
+        tps = {TopicPartition(topic, p): v for p, v in fingerprints.items()}
+        await probe.topics()  # a fresh metadata request: which partitions exist now
+        known = set(probe.partitions_for_topic(topic) or ())
+        tps = {tp: v for tp, v in tps.items() if tp.partition in known}
+        if not tps:
+            return dict.fromkeys(fingerprints, 0)  # the topic (or those partitions) is gone
+        probe.assign(list(tps))
+        # End offsets are not used: the embedded broker reports them a record batch short.
+        begins = await probe.beginning_offsets(list(tps))
+        lost: dict[int, int] = {}
+        pending: set[TopicPartition] = set()
+        for tp, (next_offset, _) in tps.items():
+            if begins[tp] > next_offset - 1:
+                continue  # aged out by retention: nothing left to compare, nothing skipped
+            probe.seek(tp, next_offset - 1)
+            pending.add(tp)
+        deadline = time.monotonic() + FINGERPRINT_WAIT_SECONDS
+        while pending and time.monotonic() < deadline:
+            try:
+                batch = await probe.getmany(*pending, timeout_ms=500, max_records=len(pending))
+            except OffsetOutOfRangeError as exc:
+                for tp in exc.args[0] if exc.args and isinstance(exc.args[0], dict) else pending:
+                    lost[tp.partition] = begins[tp]
+                    pending.discard(tp)
+                continue
+            for tp, records in batch.items():
+                if tp not in pending or not records:
+                    continue
+                pending.discard(tp)
+                first = records[0]
+                expected_offset, crc = tps[tp][0] - 1, tps[tp][1]
+                if first.offset != expected_offset or zlib.crc32(first.value or b"") != crc:
+                    lost[tp.partition] = begins[tp]
+                probe.pause(tp)
+        if pending:
+            # No record where one must be. Real Kafka would have said "out of range"; the
+            # embedded broker returns nothing. Its end offsets run a batch short, so only an
+            # end before the stored offset, with the record missing too, counts as lost.
+            ends = await probe.end_offsets(list(pending))
+            for tp in pending:
+                if ends[tp] < tps[tp][0]:
+                    lost[tp.partition] = begins[tp]
+        missing = set(fingerprints) - {tp.partition for tp in tps}
+        lost.update(dict.fromkeys(missing, 0))
+        return lost
+    finally:
+        await probe.stop()
+
+
+async def broker_reachable(settings: Settings, timeout: float) -> bool:
+    """A real metadata request, for readiness (cached metadata says nothing of now)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout * 1000)
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(admin.list_topics(), timeout)
+        return True
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(admin.close(), timeout)
+
+
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -43,6 +135,8 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         # One megabyte per partition batch: a full outbox batch leaves in a few requests.
         max_batch_size=1024 * 1024,
         request_timeout_ms=10_000,
+        # The largest record the relay sends; DLQ copies are cut below it (store.dlq_value).
+        max_request_size=settings.max_record_bytes + 64 * 1024,
     )
 
 
@@ -51,7 +145,9 @@ def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaCons
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=settings.consumer_group + group_suffix,
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        # Never jump silently: an offset out of range means the broker lost the log we were
+        # reading, which the consumer handles (EventConsumer.check_log).
+        auto_offset_reset="none",
         # Fetch enough per partition to fill a batch in one round trip.
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_wait_ms=max(settings.batch_timeout_ms, 1),

@@ -50,7 +50,8 @@ def with_embedded_infrastructure(
     return settings, broker, database
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM (status 0) or until a loop dies for good (status 1)."""
     if settings.api_tokens is None:
         log.warning(
             "no API tokens configured (LEADSCORE_API_TOKENS): the API accepts requests without "
@@ -78,11 +79,15 @@ async def serve(settings: Settings) -> None:
     done, _ = await asyncio.wait(
         {*workers, relay, http, stopper}, return_when=asyncio.FIRST_COMPLETED
     )
+    signalled = stop.is_set()
     stop.set()
     log.info("stopping: finishing the batch in hand")
     for task in done:
         if task is not stopper and task.exception():
             log.error("%s failed", task.get_name(), exc_info=task.exception())
+    ended = sorted(t.get_name() for t in done if t is not stopper)
+    if not signalled and container.supervisor.fatal is None:
+        container.supervisor.fatal = f"{', '.join(ended)} ended unexpectedly"
     # Order: the consumer commits its last batch, the relay publishes what is left, then the
     # HTTP server and the clients close.
     await asyncio.gather(*workers, return_exceptions=True)
@@ -91,7 +96,11 @@ async def serve(settings: Settings) -> None:
     server.should_exit = True
     await asyncio.gather(http, return_exceptions=True)
     await container.close()
+    if container.supervisor.fatal:
+        log.error("stopped: %s", container.supervisor.fatal)
+        return 1
     log.info("stopped cleanly")
+    return 0
 
 
 def tune_garbage_collector() -> None:
@@ -117,10 +126,12 @@ def run(settings: Settings | None = None) -> None:
         )
     tune_garbage_collector()
     try:
-        asyncio.run(serve(settings))
+        status = asyncio.run(serve(settings))
     finally:
         if broker:
             broker.stop()
+    if status:
+        raise SystemExit(status)
 
 
 async def send(lines: list[bytes], settings: Settings) -> int:

@@ -104,6 +104,36 @@ class Metrics:
             ["error"],
             registry=r,
         )
+        self.log_lost = Counter(
+            "leadscore_broker_log_lost_total",
+            "Partitions found to have lost their log on the broker (scored again from the "
+            "start of the new log).",
+            ["topic"],
+            registry=r,
+        )
+        self.loop_errors = Counter(
+            "leadscore_loop_errors_total",
+            "Errors a long-running loop waited out (broker or database away), by loop and error.",
+            ["loop", "error"],
+            registry=r,
+        )
+        self.loop_restarts = Counter(
+            "leadscore_loop_restarts_total",
+            "Long-running loops restarted after an unexpected error.",
+            ["loop"],
+            registry=r,
+        )
+        self.outbox_failed = Counter(
+            "leadscore_outbox_failed_total",
+            "Outbox records the broker refused for good, set aside (by topic and error).",
+            ["topic", "error"],
+            registry=r,
+        )
+        self.outbox_failed_records = Gauge(
+            "leadscore_outbox_failed_records",
+            "Outbox records set aside as refused by the broker, still retained.",
+            registry=r,
+        )
         self.outbox_pending = Gauge(
             "leadscore_outbox_pending_records",
             "Outbox records not yet published.",

@@ -9,12 +9,25 @@ deterministic ids, which is the at-least-once contract of the output topics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.db import driver
@@ -30,6 +43,35 @@ RELAY_LOCK = 0x1EAD0B0C5
 BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # Sent rows are deleted in chunks this size, so cleaning up never holds long locks.
 PURGE_CHUNK = 10_000
+# The broker (or the client) refuses these records for good: retrying them would block every
+# record behind them forever, so they are set aside with their reason instead.
+REFUSED_FOR_GOOD = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    CorruptRecordException,
+    InvalidTimestampError,
+    InvalidTopicError,
+    PolicyViolationError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+    TypeError,
+    ValueError,
+)
+# What the relay waits out, with back-off: the broker or the database is away.
+TRANSIENT = (
+    TimeoutError,
+    KafkaError,
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+)
+
+
+class PublishFailed(Exception):
+    """Some records of a chunk could not be published now; they stay pending."""
 
 
 class OutboxRelay:
@@ -49,7 +91,13 @@ class OutboxRelay:
         self.wake.set()
 
     async def publish_once(self) -> int:
-        """Publish one chunk of pending records; returns how many were published."""
+        """Publish one chunk of pending records; returns how many were published.
+
+        Records the broker refuses for good are marked failed and counted; the first
+        record that fails for now (broker away) ends the chunk: it and everything after it
+        stay pending (those already sent go out again under the same ids, which the output
+        contract allows) and PublishFailed tells the loop to back off.
+        """
         async with self.db.connect() as conn:
             pg = await driver(conn)
             async with pg.transaction():
@@ -57,29 +105,74 @@ class OutboxRelay:
                     return 0
                 rows = await pg.fetch(
                     "SELECT id, topic, key, value, headers::text AS headers FROM outbox "
-                    "WHERE sent_at IS NULL ORDER BY id LIMIT $1",
+                    "WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT $1",
                     self.settings.outbox_batch,
                 )
                 if not rows:
                     return 0
-                futures = []
-                for row in rows:
-                    headers = None
-                    if row["headers"]:
-                        headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
-                    futures.append(
-                        await self.producer.send(
-                            row["topic"], row["value"], key=row["key"], headers=headers
-                        )
-                    )
-                await asyncio.gather(*futures)
+                results = await self._send_in_order(rows)
+                sent: list[int] = []
+                refused: list[tuple[int, str, BaseException]] = []
+                retry: BaseException | None = None
+                for row, result in zip(rows, results, strict=True):
+                    if not isinstance(result, BaseException):
+                        sent.append(row["id"])
+                    elif isinstance(result, REFUSED_FOR_GOOD):
+                        refused.append((row["id"], row["topic"], result))
+                    else:
+                        retry = result
+                        break
                 await pg.execute(
-                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])",
-                    [r["id"] for r in rows],
+                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent
                 )
+                if refused:
+                    await pg.execute(
+                        "UPDATE outbox SET failed_at = now(), error = e FROM "
+                        "unnest($1::bigint[], $2::text[]) AS f(id, e) WHERE outbox.id = f.id",
+                        [r[0] for r in refused],
+                        [f"{type(r[2]).__name__}: {r[2]}"[:500] for r in refused],
+                    )
         for row in rows:
-            self.metrics.outbox_published.labels(row["topic"]).inc()
-        return len(rows)
+            if row["id"] in sent:
+                self.metrics.outbox_published.labels(row["topic"]).inc()
+        for _, topic, error in refused:
+            log.error(
+                "the broker refused an outbox record for good (%s); set aside, the rest flows on",
+                error,
+                extra={"topic": topic},
+            )
+            self.metrics.outbox_failed.labels(topic, type(error).__name__).inc()
+        if retry is not None:
+            raise PublishFailed(f"{type(retry).__name__}: {retry}") from retry
+        return len(sent) + len(refused)
+
+    async def _send_in_order(self, rows: list[asyncpg.Record]) -> list[object]:
+        """Hand the records to the producer one after another (their order on each partition
+        is the order of the ids), then wait for every acknowledgement. Returns, per record,
+        None or the exception that kept it off the broker; records after a failure to hand
+        over are not tried (they stay pending)."""
+        futures: list[asyncio.Future[object] | BaseException] = []
+        for row in rows:
+            headers = None
+            if row["headers"]:
+                headers = [(k, v.encode()) for k, v in orjson.loads(row["headers"])]
+            try:
+                futures.append(
+                    await self.producer.send(
+                        row["topic"], row["value"], key=row["key"], headers=headers
+                    )
+                )
+            except REFUSED_FOR_GOOD as exc:  # e.g. too large: the client refuses at once
+                futures.append(exc)
+            except TRANSIENT as exc:
+                futures.append(exc)
+                break
+        waiting = [f for f in futures if not isinstance(f, BaseException)]
+        acknowledged = iter(await asyncio.gather(*waiting, return_exceptions=True))
+        results: list[object] = [
+            f if isinstance(f, BaseException) else next(acknowledged) for f in futures
+        ]
+        return results + [TimeoutError("not handed over")] * (len(rows) - len(results))
 
     async def drain(self) -> int:
         """Publish until nothing is pending (used on shutdown and by tests)."""
@@ -89,15 +182,19 @@ class OutboxRelay:
         return total
 
     async def update_gauges(self) -> None:
+        """Pending and failed records, read from the table (true during a broker outage too)."""
         async with self.db.connect() as conn:
             pg = await driver(conn)
             row = await pg.fetchrow(
-                "SELECT count(*) AS pending, "
-                "coalesce(extract(epoch FROM now() - min(created_at)), 0) AS age "
+                "SELECT count(*) FILTER (WHERE failed_at IS NULL) AS pending, "
+                "coalesce(extract(epoch FROM now() - min(created_at) "
+                "FILTER (WHERE failed_at IS NULL)), 0) AS age, "
+                "count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed "
                 "FROM outbox WHERE sent_at IS NULL"
             )
         self.metrics.outbox_pending.set(row["pending"])
         self.metrics.outbox_oldest.set(float(row["age"]))
+        self.metrics.outbox_failed_records.set(row["failed"])
 
     async def purge(self) -> None:
         """Forget published records, and scored history, after their retention periods."""
@@ -121,22 +218,25 @@ class OutboxRelay:
         failures = 0
         while not stop.is_set():
             self.wake.clear()
+            now = time.monotonic()
             try:
+                # Gauges first, so they stay true while publishing fails.
+                if now - self._last_gauges >= 1.0:
+                    self._last_gauges = now
+                    await self.update_gauges()
                 published = await self.publish_once()
                 failures = 0
-                now = time.monotonic()
-                if now - self._last_gauges >= 1.0:
-                    await self.update_gauges()
-                    self._last_gauges = now
                 if now - self._last_purge >= 60.0:
-                    await self.purge()
                     self._last_purge = now
-            except (TimeoutError, KafkaError, OSError) as exc:
+                    await self.purge()
+            except (PublishFailed, *TRANSIENT) as exc:
                 self.metrics.outbox_errors.inc()
+                self.metrics.loop_errors.labels("relay", type(exc).__name__).inc()
                 delay = BACKOFF[min(failures, len(BACKOFF) - 1)]
                 failures += 1
                 log.warning("publishing the outbox failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
                 continue
             if published >= self.settings.outbox_batch:
                 continue  # more is waiting
@@ -151,7 +251,7 @@ class OutboxRelay:
             stopper.cancel()
         try:
             await asyncio.wait_for(self.drain(), timeout=10)
-        except (TimeoutError, KafkaError, OSError) as exc:
+        except (PublishFailed, *TRANSIENT) as exc:
             log.warning(
                 "stopping with records still in the outbox (%s); they go out on restart", exc
             )

@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     sla_check_seconds: float = Field(default=2.0, gt=0, le=60)
     # How long scored event history is kept (re-scoring and impact reports replay it).
     history_retention_days: float = Field(default=400, gt=0)
+    # How often a running consumer checks that the broker still has the log it scored.
+    log_check_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Largest record the relay publishes; larger DLQ copies are stored truncated. Real Kafka
+    # refuses records over its message.max.bytes (1 MiB by default).
+    max_record_bytes: int = Field(default=900 * 1024, ge=1024, le=100 * 1024 * 1024)
+    # Largest HTTP request body (a rule set, a simulation, an ingest batch); larger get 413.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    # CPU-heavy requests (simulation, rule-set validation) get this long on a worker thread.
+    request_cpu_seconds: float = Field(default=5.0, gt=0, le=600)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("kafka_bootstrap")

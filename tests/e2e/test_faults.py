@@ -1,0 +1,360 @@
+"""The fault suite: hostile input, kill -9, database and broker faults, against the service as
+its own process on a real broker and a real PostgreSQL. After each fault: nothing lost,
+nothing counted twice, the output topics whole, and the process still running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from hypothesis import Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from bench.harness import start_service
+from bench.workload import generate, lead_key
+from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.settings import Settings
+from tests.conftest import (
+    assert_leads_match,
+    committed,
+    committed_at_least,
+    drained,
+    produce,
+    read_all,
+    replay,
+    wait_for,
+)
+from tests.hostile import hostile_message
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_BATCHES = {"LEADSCORE_BATCH_MAX_RECORDS": "300"}
+
+
+def with_port(settings: Settings) -> Settings:
+    return settings.model_copy(update={"http_port": free_port(), "log_check_seconds": 2.0})
+
+
+def env_of(settings: Settings) -> dict[str, str]:
+    return {**SMALL_BATCHES, "LEADSCORE_LOG_CHECK_SECONDS": str(settings.log_check_seconds)}
+
+
+async def metrics_of(settings: Settings) -> dict[str, float]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        text = (await client.get(f"http://127.0.0.1:{settings.http_port}/metrics")).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r"^(leadscore_[a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", line)
+        if match:
+            values[match.group(1)] = float(match.group(2))
+    return values
+
+
+async def ready(settings: Settings) -> httpx.Response:
+    """/readyz must answer within its 2 s promise (a hang fails the test)."""
+    async with httpx.AsyncClient(timeout=2.5) as client:
+        return await client.get(f"http://127.0.0.1:{settings.http_port}/readyz")
+
+
+async def answering(settings: Settings) -> bool:
+    try:
+        return (await ready(settings)).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop_cleanly(process: subprocess.Popen[bytes], log: Path) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(60) == 0, log.read_text()[-3000:]
+
+
+async def assert_output_whole(settings: Settings, expected: object) -> None:
+    """Every expected transition is on the topic; copies are identical."""
+    transitions = expected.transitions  # type: ignore[attr-defined]
+    records = await read_all(settings, settings.topic_transitions, expect=len(transitions))
+    copies: dict[str, list[dict]] = {}
+    for record in records:
+        value = orjson.loads(record.value)
+        value.pop("emitted_at")
+        copies.setdefault(value["transition_id"], []).append(value)
+    assert set(copies) == {t["transition_id"] for t in transitions}
+    for t in transitions:
+        assert all(c == copies[t["transition_id"]][0] for c in copies[t["transition_id"]])
+        assert copies[t["transition_id"]][0] == {k: v for k, v in t.items() if k != "emitted_at"}
+
+
+async def paced(settings: Settings, docs: list, *, per_second: int = 1000) -> None:
+    """Stream `docs` at a steady rate, as trackers would (the faults land mid-stream)."""
+    chunk = max(per_second // 10, 1)
+    for start in range(0, len(docs), chunk):
+        await produce(settings, docs[start : start + chunk], key=lead_key)
+        await asyncio.sleep(0.1)  # pacing the load, not waiting for a condition
+
+
+# -- hostile input -----------------------------------------------------------------------------
+
+
+def hostile_corpus(size: int) -> list[bytes]:
+    corpus: list[bytes] = []
+
+    @hypothesis_settings(max_examples=1, database=None, phases=[Phase.generate], deadline=None)
+    @given(st.lists(hostile_message(), min_size=size, max_size=size))
+    def draw(messages: list[bytes]) -> None:
+        corpus[:] = messages
+
+    draw()
+    return corpus
+
+
+async def test_hostile_messages_are_each_accounted_for_and_stop_nothing(settings, tmp_path):
+    settings = with_port(settings)
+    corpus = hostile_corpus(500)
+    (tmp_path / "corpus.jsonl").write_bytes(b"\n".join(corpus))  # to reproduce a failure
+    tail = [
+        {
+            "type": "track",
+            "messageId": f"tail-{i}",
+            "userId": f"tail-{i % 10}",
+            "event": "Demo Requested",
+            "timestamp": "2026-11-02T09:00:00Z",
+        }
+        for i in range(30)
+    ]
+    log = tmp_path / "service.log"
+    process = start_service(settings, log, **env_of(settings))
+    try:
+        await wait_for(lambda: answering(settings), timeout=60, what="service ready")
+        await produce(settings, [*corpus, *tail])
+        produced = len(corpus) + len(tail)
+        await wait_for(lambda: drained(settings, produced), timeout=120, what="every message")
+        assert process.poll() is None, log.read_text()[-3000:]
+        metrics = await metrics_of(settings)
+        outcome = {
+            r: metrics[f'leadscore_events_consumed_total{{result="{r}"}}']
+            for r in ("scored", "duplicate", "invalid")
+        }
+        assert sum(outcome.values()) == produced
+        dlq = await read_all(settings, settings.topic_dlq, expect=int(outcome["invalid"]))
+        sources = {
+            (dict(r.headers)["source_partition"], dict(r.headers)["source_offset"]) for r in dlq
+        }
+        assert len(sources) == outcome["invalid"]
+        codes = Counter(dict(r.headers)["error"].decode() for r in dlq)
+        for code, count in codes.items():
+            assert metrics[f'leadscore_dlq_records_total{{reason="{code}"}}'] == count
+        assert "processing_error" not in codes, "every hostile case has its own code"
+        tail_state = replay(tail)
+        rows = await (await _db(settings)).fetch(
+            "SELECT lead_id, stage, fit, engagement FROM leads WHERE lead_id LIKE 'tail-%'"
+        )
+        assert {r["lead_id"]: r["stage"] for r in rows} == {
+            k: v.stage for k, v in tail_state.ws.leads.items()
+        }
+        stop_cleanly(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def _db(settings: Settings):  # type: ignore[no-untyped-def]
+    import asyncpg
+
+    assert settings.database_url is not None
+    return await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+
+
+# -- kill -9 -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_ten_kill_9s_at_random_moments_lose_and_double_count_nothing(settings, tmp_path):
+    settings = with_port(settings)
+    docs = list(generate(events=30_000, leads=1_500, seed=11))
+    log = tmp_path / "service.log"
+    rnd = random.Random()
+    kills = sorted(rnd.sample(range(1_000, 27_000, 100), 10))
+    process = start_service(settings, log, **env_of(settings))
+    await wait_for(lambda: answering(settings), timeout=60, what="service ready")
+    feeding = asyncio.create_task(paced(settings, docs, per_second=1_500))
+    try:
+        for threshold in kills:
+            await wait_for(
+                lambda t=threshold: committed_at_least(settings, t),
+                timeout=120,
+                what=f"{threshold} events scored",
+            )
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+            process = start_service(settings, log, **env_of(settings))
+        await feeding
+        assert await committed(settings) >= kills[-1]
+        await wait_for(lambda: drained(settings, len(docs)), timeout=240, what="final drain")
+        stop_cleanly(process, log)
+    finally:
+        feeding.cancel()
+        if process.poll() is None:
+            process.kill()
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    await assert_output_whole(settings, expected)
+
+
+# -- database and broker faults (their own servers, so no other test is touched) ---------------
+
+
+@pytest.fixture
+async def own_infra(tmp_path) -> AsyncIterator[tuple[EmbeddedPostgres, EmbeddedBroker]]:
+    postgres = EmbeddedPostgres(tmp_path / "pg", cleanup="delete").start()
+    broker = EmbeddedBroker(free_port()).start(log_file=tmp_path / "broker.log")
+    yield postgres, broker
+    broker.stop()
+
+
+def own_settings(postgres: EmbeddedPostgres, broker: EmbeddedBroker) -> Settings:
+    return Settings(
+        kafka_bootstrap=broker.bootstrap,
+        database_url=postgres.database_url(),
+        http_port=free_port(),
+        log_check_seconds=2.0,
+    )
+
+
+@pytest.mark.slow
+async def test_database_crash_and_freezes_of_database_and_broker(own_infra, tmp_path):
+    postgres, broker = own_infra
+    settings = own_settings(postgres, broker)
+    docs = list(generate(events=20_000, leads=1_000, seed=12))
+    log = tmp_path / "service.log"
+    process = start_service(settings, log, **env_of(settings))
+    await wait_for(lambda: answering(settings), timeout=60, what="service ready")
+    feeding = asyncio.create_task(paced(settings, docs, per_second=1_000))
+    try:
+        await wait_for(lambda: committed_at_least(settings, 3_000), timeout=60, what="3,000")
+        postgres.crash()  # acknowledged commits must survive this
+        response = await ready(settings)
+        assert response.status_code == 503 and not response.json()["checks"]["database"]
+        postgres.restart()
+        await wait_for(lambda: committed_at_least(settings, 8_000), timeout=120, what="8,000")
+
+        os.kill(postgres.postmaster_pid(), signal.SIGSTOP)
+        try:
+            response = await ready(settings)  # answers although the database hangs
+            assert response.status_code == 503
+            await asyncio.sleep(20)  # the fault lasts 20 s
+        finally:
+            os.kill(postgres.postmaster_pid(), signal.SIGCONT)
+        await wait_for(lambda: committed_at_least(settings, 12_000), timeout=120, what="12,000")
+
+        assert broker.process is not None
+        os.kill(broker.process.pid, signal.SIGSTOP)
+        try:
+            response = await ready(settings)
+            assert response.status_code == 503 and not response.json()["checks"]["broker"]
+            await asyncio.sleep(20)
+        finally:
+            os.kill(broker.process.pid, signal.SIGCONT)
+        await feeding
+        await wait_for(lambda: drained(settings, len(docs)), timeout=240, what="final drain")
+        assert process.poll() is None, log.read_text()[-3000:]
+        stop_cleanly(process, log)
+    finally:
+        feeding.cancel()
+        if process.poll() is None:
+            process.kill()
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    await assert_output_whole(settings, expected)
+
+
+async def topics_recreated(settings: Settings) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        await admin.start()
+        described = await admin.describe_topics([settings.topic_events])
+        return len(described[0]["partitions"]) == settings.topic_partitions
+    except Exception:
+        return False
+    finally:
+        await admin.close()
+
+
+@pytest.mark.slow
+async def test_a_broker_that_restarts_without_its_log_is_noticed_and_nothing_is_lost(
+    own_infra, tmp_path
+):
+    postgres, broker = own_infra
+    settings = own_settings(postgres, broker)
+    docs = list(generate(events=12_000, leads=600, seed=13))
+    first, second = docs[:6_000], docs[6_000:]
+    log = tmp_path / "service.log"
+    process = start_service(settings, log, **env_of(settings))
+    try:
+        await wait_for(lambda: answering(settings), timeout=60, what="service ready")
+        await produce(settings, first, key=lead_key)
+        await wait_for(lambda: drained(settings, len(first)), timeout=120, what="first drain")
+
+        broker.stop()
+        broker.start(log_file=tmp_path / "broker.log")  # same port, empty log
+        # The service recreates its topics (with the configured partitions) by itself.
+        await wait_for(lambda: topics_recreated(settings), timeout=60, what="topics recreated")
+        await produce(settings, second, key=lead_key)
+        # Offsets on the new log run from 0 again, below the ones stored for the old log.
+        await wait_for(lambda: drained(settings, len(second)), timeout=180, what="second drain")
+        assert process.poll() is None
+        metrics = await metrics_of(settings)
+        lost = sum(v for k, v in metrics.items() if k.startswith("leadscore_broker_log_lost"))
+        assert lost >= 1
+        stop_cleanly(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "lost the log" in log.read_text()
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    await assert_output_whole(settings, expected)
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+async def test_schemathesis_finds_no_server_error_and_no_schema_violation(settings, tmp_path):
+    settings = with_port(settings)
+    log = tmp_path / "service.log"
+    process = start_service(settings, log)
+    try:
+        await wait_for(lambda: answering(settings), timeout=60, what="service ready")
+        run = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"http://127.0.0.1:{settings.http_port}/openapi.json",
+            "--checks",
+            "all",
+            # The API refuses some schema-valid requests on purpose (README, Reliability).
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "30",
+            "--no-color",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+        output, _ = await run.communicate()
+        assert run.returncode == 0, output.decode()[-6000:]
+        assert process.poll() is None
+        stop_cleanly(process, log)
+    finally:
+        if process.poll() is None:
+            process.kill()
