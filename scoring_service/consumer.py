@@ -27,6 +27,7 @@ from aiokafka.errors import (
     CommitFailedError,
     IllegalStateError,
     KafkaError,
+    NoOffsetForPartitionError,
     OffsetOutOfRangeError,
 )
 from aiokafka.structs import ConsumerRecord
@@ -296,7 +297,12 @@ class EventConsumer:
                 failures = 0
             except OffsetOutOfRangeError as exc:
                 log.warning("%s: offsets out of range (%s); checking the log", self.topic, exc)
-                await self._recheck_log()
+                await self._out_of_range(exc)
+            except NoOffsetForPartitionError as exc:
+                # A partition assigned without our seek (the broker forgot the group): go to
+                # the stored offsets.
+                log.info("%s: %s; resuming from the stored offsets", self.topic, exc)
+                needs_resync = True
             except (DatabaseUnavailable, *TRANSIENT) as exc:
                 failures = await self._wait_out(exc, failures, stop)
                 needs_resync = True
@@ -310,6 +316,26 @@ class EventConsumer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         return failures + 1
+
+    async def _out_of_range(self, exc: OffsetOutOfRangeError) -> None:
+        """A lost log resets the stored offsets (check_log). Otherwise the records between our
+        position and the log's start aged out before they were scored: say so, start there."""
+        await self._recheck_log()
+        await self._resync()
+        positions = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
+        async with self.db.connect() as conn:
+            stored = await store.stored_offsets(await driver(conn), self.topic)
+        for tp, offset in positions.items():
+            if stored.get(tp.partition) == offset:
+                log.warning(
+                    "%s partition %d: records from offset %d are no longer on the broker "
+                    "(retention); continuing from the start of its log",
+                    self.topic,
+                    tp.partition,
+                    offset,
+                )
+                self.metrics.log_lost.labels(self.topic).inc()
+                await self.consumer.seek_to_beginning(tp)
 
     async def _recheck_log(self) -> None:
         """The periodic check: topics exist, and the assigned partitions' log is the same."""

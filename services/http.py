@@ -283,12 +283,21 @@ def create_app(container: Container) -> FastAPI:
         problems: dict[str, str] = dict(container.supervisor.problems)
 
         async def database() -> bool:
+            # Its own connection, not the pool's: a checkout from a pool whose server hangs
+            # does not give way to cancellation reliably, and readiness must answer.
+            url = settings.database_url.get_secret_value() if settings.database_url else ""
             try:
-                async with asyncio.timeout(READY_CHECK_SECONDS):
-                    async with container.db.connect() as conn:
-                        return bool(await (await driver(conn)).fetchval("SELECT 1") == 1)
+                conn = await asyncpg.connect(
+                    url.replace("postgresql+asyncpg://", "postgresql://"),
+                    timeout=READY_CHECK_SECONDS,
+                )
+                try:
+                    ok = await conn.fetchval("SELECT 1", timeout=READY_CHECK_SECONDS) == 1
+                finally:
+                    conn.terminate()
+                return bool(ok)
             except Exception as exc:  # any failure means "not ready", with the reason shown
-                problems["database"] = f"{type(exc).__name__}: {exc}"[:200] or "timeout"
+                problems["database"] = f"{type(exc).__name__}: {exc}"[:200]
                 return False
 
         async def broker() -> bool:
