@@ -496,6 +496,8 @@ class EventConsumer:
             # has had its records published and its Kafka offsets committed, so losing it
             # in a database crash would lose events (README, Reliability).
             async with pg.transaction():
+                if not self.settings.synchronous_commit:
+                    await pg.execute("SET LOCAL synchronous_commit TO off")
                 engine = await self.engine_for(pg)
                 stored = await store.lock_offsets(pg, self.topic, sorted(parsed))
                 valid: list[tuple[ConsumerRecord, Any]] = []

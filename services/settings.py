@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     sla_check_seconds: float = Field(default=2.0, gt=0, le=60)
     # How long scored event history is kept (re-scoring and impact reports replay it).
     history_retention_days: float = Field(default=400, gt=0)
+    # Batches wait for the disk before they count as done. Off is faster but a database crash
+    # can then lose acknowledged batches; the consumer goes back to the stored offsets after
+    # any database error, which covers that only when the crash is noticed (README, Reliability).
+    synchronous_commit: bool = True
     # How often a running consumer checks that the broker still has the log it scored.
     log_check_seconds: float = Field(default=10.0, gt=0, le=3600)
     # Largest record the relay publishes; larger DLQ copies are stored truncated. Real Kafka

@@ -133,7 +133,10 @@ async def produce(
     key: Callable[[Any], bytes | None] | None = None,
 ) -> None:
     """Send events to the input topic, keyed by userId else anonymousId by default."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=5)
+    # Room for the oversized messages some tests send on purpose.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=5, max_request_size=8 * 1024 * 1024
+    )
     await producer.start()
     try:
         futures = []
