@@ -174,6 +174,10 @@ async def outbox_pending(settings: Settings) -> int:
     try:
         if not await conn.fetchval("SELECT to_regclass('outbox') IS NOT NULL"):
             return -1
-        return int(await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL"
+            )
+        )
     finally:
         await conn.close()

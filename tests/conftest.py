@@ -225,7 +225,8 @@ async def drained(settings: Settings, produced: int) -> bool:
     rows = await db_fetch(
         settings,
         "SELECT (SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE topic = $1) "
-        "AS done, (SELECT count(*) FROM outbox WHERE sent_at IS NULL) AS pending",
+        "AS done, (SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL) "
+        "AS pending",
         settings.topic_events,
     )
     return bool(rows[0]["done"] == produced and rows[0]["pending"] == 0)
