@@ -38,7 +38,7 @@ from scoring_service.engine import Effects, Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Workspace, ids_to_load, score_event
 from services import kafka
-from services.db import driver
+from services.db import UNAVAILABLE, driver
 from services.metrics import Metrics
 from services.rulesets import RULESET_LOCK, load_version
 from services.settings import Settings
@@ -53,15 +53,7 @@ RETRYABLE = (
 )
 # The database or the network between us went away. What the batch builds on may be gone
 # with it, so the consumer goes back to the offsets the database holds before continuing.
-TRANSIENT = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-)
+TRANSIENT = UNAVAILABLE
 # The database refuses what the records contain (a value it cannot store, a limit exceeded):
 # retrying the same records fails the same way, so the batch is split to find them.
 REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)

@@ -13,6 +13,17 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 log = logging.getLogger(__name__)
+# The database (or the network to it) is away: waited out with back-off by the loops, 503 over
+# HTTP. Anything else the database says is about the request or the data.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Held while migrating, so instances starting together do not race each other.
 MIGRATION_LOCK = 0x1EAD5C03E

@@ -34,7 +34,7 @@ from scoring_service.timefmt import iso
 from services import kafka, replays, rulesets
 from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
-from services.db import driver
+from services.db import UNAVAILABLE, driver
 from services.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
 from services.funnel import funnel_report
 from services.jobs import get_job
@@ -62,15 +62,6 @@ def _iso_only(value: Any) -> Any:
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 # Rule-set versions are PostgreSQL integers.
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
-# The database is away: the request may succeed when retried.
-UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-)
 # What the request contained could not be stored or encoded (NUL, lone surrogates, depth).
 MALFORMED = (UnicodeError, asyncpg.DataError, RecursionError, orjson.JSONEncodeError)
 log = logging.getLogger(__name__)

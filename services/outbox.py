@@ -30,7 +30,7 @@ from aiokafka.errors import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.db import driver
+from services.db import UNAVAILABLE, driver
 from services.metrics import Metrics
 from services.settings import Settings
 
@@ -59,15 +59,7 @@ REFUSED_FOR_GOOD = (
     ValueError,
 )
 # What the relay waits out, with back-off: the broker or the database is away.
-TRANSIENT = (
-    TimeoutError,
-    KafkaError,
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-)
+TRANSIENT = (KafkaError, *UNAVAILABLE)
 
 
 class PublishFailed(Exception):
