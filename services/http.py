@@ -5,6 +5,7 @@
 import asyncio
 import base64
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,6 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from schemas import api
 from schemas.records import FeedbackBody, FeedbackRecord
@@ -171,6 +171,17 @@ async def _send_error(send: Any, status: int, code: str, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _methods_for(app: FastAPI, path: str) -> set[str]:
+    """Every method the OpenAPI document lists for `path` (Starlette names only the first
+    route whose path matched, and FastAPI's included routers hide the rest)."""
+    allowed: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            allowed |= {method.upper() for method in operations}
+    return allowed
+
+
 def create_app(container: Container) -> FastAPI:
     """The app for one running instance; every route reads `container`, nothing global."""
     settings = container.settings
@@ -226,10 +237,7 @@ def create_app(container: Container) -> FastAPI:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             # Starlette names only the first route that matched the path; list them all.
-            allowed: set[str] = set()
-            for route in app.router.routes:
-                if route.matches(request.scope)[0] != Match.NONE:
-                    allowed |= getattr(route, "methods", None) or set()
+            allowed = _methods_for(app, request.url.path)
             headers = {"Allow": ", ".join(sorted(allowed))}
         return JSONResponse(
             {"error": codes.get(exc.status_code, "http_error"), "detail": exc.detail},

@@ -1,0 +1,78 @@
+"""HTTP requests that used to stop scoring or answer 500: each now gets a clear 4xx."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.bootstrap import bootstrap
+from tests.conftest import client_for
+
+
+async def test_ingest_refuses_the_events_that_used_to_stop_the_consumer(admin_container):
+    async with client_for(admin_container, "ingest") as client:
+        year_one = await client.post(
+            "/v1/page",
+            json={"messageId": "h2", "userId": "u", "timestamp": "0001-01-01T00:00:00+14:00"},
+        )
+        nul = await client.post(
+            "/v1/track", json={"messageId": "h3", "userId": "u\x00", "event": "x"}
+        )
+        surrogate = await client.post(
+            "/v1/track",
+            content=b'{"messageId": "h4", "userId": "\\ud800", "event": "x"}',
+            headers={"content-type": "application/json"},
+        )
+    assert year_one.status_code == 422
+    assert year_one.json()["detail"][0]["error"] == "invalid_timestamp"
+    assert nul.status_code == 422 and nul.json()["detail"][0]["error"] == "invalid_text"
+    assert surrogate.status_code == 422
+    assert surrogate.json()["detail"][0]["error"] == "invalid_text"
+
+
+async def test_bodies_over_the_limit_get_413_on_every_endpoint(admin_container):
+    body = b'{"events": [' + b'{"a": "' + b"x" * (2 * 1024 * 1024) + b'"}]}'
+    async with client_for(admin_container, "admin") as client:
+        for path in ("/v1/rulesets/1/simulate", "/v1/batch", "/v1/leads/u/feedback"):
+            response = await client.post(
+                path, content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 413, path
+            assert response.json()["error"] == "too_large"
+
+
+async def test_405_names_every_method_of_the_path(admin_container):
+    async with client_for(admin_container, "admin") as client:
+        response = await client.request("DELETE", "/v1/rulesets")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/rulesets/99999999999", "/v1/rulesets/1/diff/4294967296", "/v1/audit?cursor=%00"],
+)
+async def test_out_of_range_numbers_and_nul_are_4xx_not_500(admin_container, path):
+    async with client_for(admin_container, "admin") as client:
+        response = await client.get(path)
+    assert 400 <= response.status_code < 500, response.text
+
+
+async def test_a_simulation_over_its_time_budget_stops_with_422(admin_container):
+    settings = admin_container.settings.model_copy(update={"request_cpu_seconds": 0.001})
+    container = bootstrap(settings)
+    events = [
+        {
+            "type": "page",
+            "messageId": f"m{i}",
+            "userId": f"u{i % 50}",
+            "timestamp": "2026-11-01T00:00:00Z",
+            "properties": {"path": "/pricing"},
+        }
+        for i in range(2_000)
+    ]
+    try:
+        async with client_for(container, "viewer") as client:
+            response = await client.post("/v1/rulesets/1/simulate", json={"events": events})
+    finally:
+        await container.close()
+    assert response.status_code == 422 and response.json()["error"] == "too_expensive"
