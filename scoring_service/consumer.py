@@ -304,7 +304,11 @@ class EventConsumer:
     async def _wait_out(self, exc: BaseException, failures: int, stop: asyncio.Event) -> int:
         delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
         log.warning("%s consumer: %s; retrying in %.2f s", self.topic, exc, delay)
-        self.metrics.loop_errors.labels("consumer", type(exc).__name__).inc()
+        loop = "consumer" if self.topic == self.settings.topic_events else "feedback"
+        self.metrics.loop_errors.labels(loop, type(exc).__name__).inc()
+        # The lag gauge must keep telling the truth while nothing is committed.
+        with contextlib.suppress(KafkaError, IllegalStateError):
+            await self._update_lag()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
         return failures + 1
