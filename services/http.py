@@ -52,6 +52,8 @@ COMMON: dict[int | str, dict[str, Any]] = {
     422: {"model": api.ErrorBody, "description": "the request does not validate"},
     503: {"model": api.ErrorBody, "description": "the database is unavailable; retry"},
 }
+
+
 def _iso_only(value: Any) -> Any:
     # pydantic would also take a number as seconds since 1970; the API promises ISO-8601.
     if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
@@ -137,7 +139,7 @@ class RequestLimits:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Any) -> None:
@@ -152,8 +154,11 @@ class RequestLimits:
                 await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body is read, so FastAPI passes it on (as it does HTTP errors)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body limit is {limit} bytes")
 
 
 async def _send_error(send: Any, status: int, code: str, detail: str) -> None:
@@ -233,7 +238,12 @@ def create_app(container: Container) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 400: "invalid_request"}
+        codes = {
+            400: "invalid_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
             # Starlette names only the first route that matched the path; list them all.

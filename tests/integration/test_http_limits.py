@@ -40,6 +40,22 @@ async def test_bodies_over_the_limit_get_413_on_every_endpoint(admin_container):
             assert response.json()["error"] == "too_large"
 
 
+async def test_a_streamed_body_without_length_is_cut_off_at_the_limit(admin_container):
+    async def chunks():
+        yield b'{"events": [{"a": "'
+        for _ in range(40):
+            yield b"x" * 65536
+        yield b'"}]}'
+
+    async with client_for(admin_container, "admin") as client:
+        response = await client.post(
+            "/v1/rulesets/1/simulate",
+            content=chunks(),
+            headers={"content-type": "application/json"},
+        )
+    assert response.status_code == 413 and response.json()["error"] == "too_large"
+
+
 async def test_405_names_every_method_of_the_path(admin_container):
     async with client_for(admin_container, "admin") as client:
         response = await client.request("DELETE", "/v1/rulesets")
