@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from bench.harness import start_service
 from bench.workload import generate, lead_key
+from services import kafka
 from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from services.settings import Settings
 from tests.conftest import (
@@ -323,10 +324,12 @@ async def topics_recreated(settings: Settings) -> bool:
 async def test_a_broker_that_restarts_without_its_log_is_noticed_and_nothing_is_lost(
     own_infra, tmp_path
 ):
+    """Twice: while the service runs, and while it is stopped (noticed at start-up). Each time
+    the new log's offsets run from 0 again, below the ones stored for the old log."""
     postgres, broker = own_infra
     settings = own_settings(postgres, broker)
-    docs = list(generate(events=12_000, leads=600, seed=13))
-    first, second = docs[:6_000], docs[6_000:]
+    docs = list(generate(events=14_000, leads=600, seed=13))
+    first, second, third = docs[:6_000], docs[6_000:11_000], docs[11_000:]
     log = tmp_path / "service.log"
     process = start_service(settings, log, **env_of(settings))
     try:
@@ -339,9 +342,8 @@ async def test_a_broker_that_restarts_without_its_log_is_noticed_and_nothing_is_
         # The service recreates its topics (with the configured partitions) by itself.
         await wait_for(lambda: topics_recreated(settings), timeout=60, what="topics recreated")
         await produce(settings, second, key=lead_key)
-        # Offsets on the new log run from 0 again, below the ones stored for the old log.
         await wait_for(
-            lambda: consumed(settings, len(docs)), timeout=180, what="the new log consumed"
+            lambda: consumed(settings, len(first) + len(second)), timeout=180, what="new log"
         )
         await wait_for(lambda: drained(settings, len(second)), timeout=60, what="outbox")
         assert process.poll() is None
@@ -349,10 +351,19 @@ async def test_a_broker_that_restarts_without_its_log_is_noticed_and_nothing_is_
         lost = sum(v for k, v in metrics.items() if k.startswith("leadscore_broker_log_lost"))
         assert lost >= 1
         stop_cleanly(process, log)
+
+        broker.stop()
+        broker.start(log_file=tmp_path / "broker.log")
+        await kafka.ensure_topics(settings)  # as the producers' side would, with real Kafka
+        await produce(settings, third, key=lead_key)
+        process = start_service(settings, log, **env_of(settings))
+        await wait_for(lambda: consumed(settings, len(third)), timeout=180, what="at start-up")
+        await wait_for(lambda: drained(settings, len(third)), timeout=60, what="third drain")
+        stop_cleanly(process, log)
     finally:
         if process.poll() is None:
             process.kill()
-    assert "lost the log" in log.read_text()
+    assert log.read_text().count("lost the log of lead-events") >= 2
     expected = replay(docs)
     await assert_leads_match(settings, expected)
     await assert_output_whole(settings, expected)
