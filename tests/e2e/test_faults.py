@@ -92,6 +92,13 @@ def stop_cleanly(process: subprocess.Popen[bytes], log: Path) -> None:
     assert process.wait(60) == 0, log.read_text()[-3000:]
 
 
+async def assert_as_replayed(settings: Settings, docs: list) -> None:
+    """Leads equal a pure replay of `docs`, and the transitions topic holds its records."""
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    await assert_output_whole(settings, expected)
+
+
 async def assert_output_whole(settings: Settings, expected: object) -> None:
     """Every expected transition is on the topic; copies are identical."""
     transitions = expected.transitions  # type: ignore[attr-defined]
@@ -218,9 +225,7 @@ async def test_ten_kill_9s_at_random_moments_lose_and_double_count_nothing(setti
         feeding.cancel()
         if process.poll() is None:
             process.kill()
-    expected = replay(docs)
-    await assert_leads_match(settings, expected)
-    await assert_output_whole(settings, expected)
+    await assert_as_replayed(settings, docs)
 
 
 def freeze(pid: int) -> list[psutil.Process]:
@@ -300,9 +305,7 @@ async def test_database_crash_and_freezes_of_database_and_broker(own_infra, tmp_
         feeding.cancel()
         if process.poll() is None:
             process.kill()
-    expected = replay(docs)
-    await assert_leads_match(settings, expected)
-    await assert_output_whole(settings, expected)
+    await assert_as_replayed(settings, docs)
 
 
 async def topics_recreated(settings: Settings) -> bool:
@@ -364,9 +367,7 @@ async def test_a_broker_that_restarts_without_its_log_is_noticed_and_nothing_is_
         if process.poll() is None:
             process.kill()
     assert log.read_text().count("lost the log of lead-events") >= 2
-    expected = replay(docs)
-    await assert_leads_match(settings, expected)
-    await assert_output_whole(settings, expected)
+    await assert_as_replayed(settings, docs)
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
