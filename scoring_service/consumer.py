@@ -51,9 +51,6 @@ RETRYABLE = (
     asyncpg.SerializationError,
     asyncpg.UniqueViolationError,
 )
-# The database or the network between us went away. What the batch builds on may be gone
-# with it, so the consumer goes back to the offsets the database holds before continuing.
-TRANSIENT = UNAVAILABLE
 # The database refuses what the records contain (a value it cannot store, a limit exceeded):
 # retrying the same records fails the same way, so the batch is split to find them.
 REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
@@ -295,7 +292,7 @@ class EventConsumer:
                 # the stored offsets.
                 log.info("%s: %s; resuming from the stored offsets", self.topic, exc)
                 needs_resync = True
-            except (DatabaseUnavailable, *TRANSIENT) as exc:
+            except (DatabaseUnavailable, *UNAVAILABLE) as exc:
                 failures = await self._wait_out(exc, failures, stop)
                 needs_resync = True
             except KafkaError as exc:
@@ -430,7 +427,9 @@ class EventConsumer:
                 )
                 await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
                 attempt += 1
-            except TRANSIENT as exc:
+            except UNAVAILABLE as exc:
+                # What the batch builds on may be gone with the database: the caller goes
+                # back to the offsets the database holds before continuing.
                 self.metrics.batch_retries.labels(type(exc).__name__).inc()
                 raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
             except PoisonRecord as exc:
