@@ -1,1 +1,2 @@
-"""Pydantic models of every external contract (see ../shared/CONTRACTS.md)."""
+"""Pydantic models of every external contract (described in the README: Topics, HTTP API,
+The sales handoff, Scoring rules)."""

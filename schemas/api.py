@@ -1,4 +1,4 @@
-"""HTTP API bodies (CONTRACTS section 7)."""
+"""HTTP API bodies (README: HTTP API)."""
 
 from __future__ import annotations
 

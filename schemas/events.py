@@ -1,4 +1,5 @@
-"""Input events on `lead-events`: the Segment Spec subset of CONTRACTS section 2."""
+"""Input events on `lead-events`: the Segment Spec subset the README's Topics
+section describes."""
 
 from __future__ import annotations
 

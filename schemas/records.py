@@ -1,4 +1,4 @@
-"""Output records (CONTRACTS section 4) and sales feedback (in)."""
+"""Output records (README: Topics) and sales feedback (in)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rule-set documents (CONTRACTS section 5): what admins publish, validated before use."""
+"""Rule-set documents (README: Scoring rules): what admins publish, validated before use."""
 
 from __future__ import annotations
 

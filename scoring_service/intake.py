@@ -149,7 +149,7 @@ def _structure_problem(doc: dict[str, Any]) -> Rejection | None:
 
 
 def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> Event | Rejection:
-    """Validate one message (docs/CONTRACTS.md, input events); never raises.
+    """Validate one message (README: Topics, DLQ codes); never raises.
 
     Anything the rest of the pipeline would trip over is refused here with its own code; a
     failure nobody foresaw still becomes a rejection (`processing_error`), never an exception

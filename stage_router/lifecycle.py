@@ -1,4 +1,4 @@
-"""Lifecycle stages and the moves between them (CONTRACTS section 3)."""
+"""Lifecycle stages and the moves between them (README: The sales handoff)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The transition and notification records of CONTRACTS section 4, as plain dicts. Pure."""
+"""The transition and notification records (README: Topics), as plain dicts. Pure."""
 
 from __future__ import annotations
 
