@@ -17,7 +17,7 @@ from tqdm import tqdm
 from bench.harness import Infra
 from services import db
 from services.db import driver
-from services.funnel import STAGE_QUERY, funnel_report
+from services.queries import STAGE_QUERY, funnel_report
 from services.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -7,7 +7,6 @@ simulation, say) copy it first.
 
 from __future__ import annotations
 
-import copy
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,8 +49,8 @@ class Effects:
 
     def __init__(self) -> None:
         self.hits: list[Hit] = []
-        self.transitions: list[dict[str, Any]] = []
-        self.notifications: list[dict[str, Any]] = []
+        self.transitions: list[records.TransitionDoc] = []
+        self.notifications: list[records.NotificationDoc] = []
         self.handoffs: list[records.Handoff] = []
 
     def extend(self, other: Effects) -> None:
@@ -451,7 +450,7 @@ class Engine:
         state.signals = {}
         state.pending_trigger = None
 
-    def top_signals(self, state: LeadState) -> list[dict[str, Any]]:
+    def top_signals(self, state: LeadState) -> list[records.SignalDoc]:
         """The rules that explain the score, largest contribution first."""
         rows: list[tuple[str, str, float, int, float | None]] = []
         for rule_id, (points, count, last_seen) in state.signals.items():
@@ -519,8 +518,3 @@ class Engine:
                 now=now,
             )
         return effects
-
-
-def copy_state(state: LeadState) -> LeadState:
-    """A deep copy, for callers that must keep the state they passed in."""
-    return copy.deepcopy(state)

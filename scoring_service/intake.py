@@ -10,7 +10,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import EVENT_TYPES, AnySegmentEvent
-from scoring_service.timefmt import iso, parse_iso
+from schemas.timefmt import iso, parse_iso
 
 MAX_MESSAGE_BYTES = 64 * 1024
 MAX_FUTURE_SECONDS = 24 * 3600.0

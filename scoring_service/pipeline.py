@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from scoring_service.engine import Effects, Engine, deep_merge
 from scoring_service.intake import Event
 from scoring_service.state import Account, LeadState
+from stage_router.records import NotificationDoc, TransitionDoc
 
 # Identity links can chain (anonymous -> user -> aliased user); following more hops than
 # this means a cycle, which a bad alias could create.
@@ -47,13 +47,6 @@ class Workspace:
         if state is None:
             state = self.leads[lead_id] = LeadState(lead_id=lead_id)
         return state
-
-    def clear_changes(self) -> None:
-        self.new_links.clear()
-        self.link_causes.clear()
-        self.changed_leads.clear()
-        self.merged_leads.clear()
-        self.changed_accounts.clear()
 
 
 def ids_to_load(events: Iterable[Event]) -> tuple[set[str], set[str]]:
@@ -155,8 +148,8 @@ class Replay:
         self.engine = engine
         self.ws = Workspace()
         self.seen: set[tuple[str, str]] = set()
-        self.transitions: list[dict[str, Any]] = []
-        self.notifications: list[dict[str, Any]] = []
+        self.transitions: list[TransitionDoc] = []
+        self.notifications: list[NotificationDoc] = []
         self.scored_for: list[str] = []  # the lead each scored event counted for, in order
 
     def feed(self, events: Iterable[Event], *, now: float) -> None:

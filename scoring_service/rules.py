@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.ruleset import Operators, Rule, RuleSetDocument, When
-from scoring_service.timefmt import DAY
+from schemas.timefmt import DAY
 
 Predicate = Callable[[Any], bool]
 # What a behavioural rule tests, when it is a single thing (the common case).

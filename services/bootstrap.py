@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service.consumer import EventConsumer
+from schemas.records import FeedbackRecord
+from scoring_service.intake import Event
 from services import db, kafka, rulesets
-from services.feedback import FeedbackConsumer
+from services.consumer import EventHandler, TopicConsumer
+from services.feedback import FeedbackBatch, FeedbackHandler
 from services.jobs import Jobs
+from services.lead_transaction import LeadWriter
 from services.metrics import Metrics
 from services.outbox import OutboxRelay
+from services.rulesets import ActiveRules
 from services.settings import Settings
 from services.sla import SlaWatcher
 from services.supervisor import Supervisor
@@ -31,10 +37,12 @@ class Container:
     producer: AIOKafkaProducer
     consumer: AIOKafkaConsumer
     metrics: Metrics
-    scorer: EventConsumer
+    rules: ActiveRules
+    writer: LeadWriter
+    scorer: TopicConsumer[Event, None]
     relay: OutboxRelay
     jobs: Jobs
-    feedback: FeedbackConsumer
+    feedback: TopicConsumer[FeedbackRecord, FeedbackBatch]
     sla: SlaWatcher
     supervisor: Supervisor
     started: bool = field(default=False)
@@ -55,7 +63,7 @@ class Container:
     def run(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """The instance's loops, until `stop`: event consumer, feedback consumer, deadline
         watcher, and last the outbox relay (the HTTP API is served separately)."""
-        loops = {
+        loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             "consumer": self.scorer.run,
             "feedback": self.feedback.run,
             "sla": self.sla.run,
@@ -63,7 +71,7 @@ class Container:
         }
         return [
             asyncio.create_task(
-                self.supervisor.supervise(name, lambda body=body: body(stop), stop), name=name
+                self.supervisor.supervise(name, partial(body, stop), stop), name=name
             )
             for name, body in loops.items()
         ]
@@ -93,29 +101,29 @@ def bootstrap(
     consumer = kafka.make_consumer(settings)
     metrics = metrics or Metrics()
     relay = OutboxRelay(settings=settings, db=engine, producer=producer, metrics=metrics)
-    scorer = EventConsumer(
-        settings=settings, db=engine, consumer=consumer, metrics=metrics, on_commit=relay.notify
+    # One active rule set and one writer for everything that changes leads.
+    rules = ActiveRules(on_change=metrics.ruleset_version.set)
+    writer = LeadWriter(
+        db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=relay.notify
     )
-    feedback = FeedbackConsumer(
-        settings=settings,
-        db=engine,
+    scorer = TopicConsumer(handler=EventHandler(settings), writer=writer, consumer=consumer)
+    feedback = TopicConsumer(
+        handler=FeedbackHandler(settings, metrics),
+        writer=writer,
         consumer=kafka.make_consumer(settings, group_suffix="-feedback"),
-        metrics=metrics,
-        on_commit=relay.notify,
-    )
-    sla = SlaWatcher(
-        settings=settings, db=engine, scorer=scorer, metrics=metrics, on_commit=relay.notify
     )
     return Container(
-        settings,
-        engine,
-        producer,
-        consumer,
-        metrics,
-        scorer,
-        relay,
-        Jobs(engine),
-        feedback,
-        sla,
-        Supervisor(metrics),
+        settings=settings,
+        db=engine,
+        producer=producer,
+        consumer=consumer,
+        metrics=metrics,
+        rules=rules,
+        writer=writer,
+        scorer=scorer,
+        relay=relay,
+        jobs=Jobs(engine),
+        feedback=feedback,
+        sla=SlaWatcher(settings=settings, writer=writer),
+        supervisor=Supervisor(metrics),
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 from alembic import command
@@ -69,7 +68,3 @@ async def migrate(engine: AsyncEngine) -> None:
         finally:
             await pg.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     log.info("database schema is up to date")
-
-
-def record(row: Any) -> dict[str, Any]:
-    return dict(row)

@@ -13,15 +13,14 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service import store
-from scoring_service.engine import Effects, Engine
+from scoring_service.engine import Engine
 from scoring_service.intake import event_from_doc
-from scoring_service.pipeline import Workspace
 from scoring_service.simulation import ImpactReport, replay_lead
+from services import store
 from services.db import driver
 from services.jobs import JobContext, JobFailed
-from services.rulesets import RULESET_LOCK, active_version, load_version
-from services.settings import Settings
+from services.lead_transaction import LeadTransaction, LeadWriter
+from services.rulesets import active_version, load_version
 
 # Leads per transaction: small enough that a chunk holds its locks for milliseconds.
 RESCORE_CHUNK = 100
@@ -47,64 +46,47 @@ async def _history(pg: Any, lead_ids: list[str], since: Any = None) -> dict[str,
     return history
 
 
-async def rescore_all(
-    ctx: JobContext, *, db: AsyncEngine, settings: Settings, version: int, notify: Any
-) -> dict[str, Any]:
+async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
     """Recompute every lead under `version`; leads that now cross a threshold move forward."""
-    async with db.connect() as conn:
+    async with writer.db.connect() as conn:
         pg = await driver(conn)
-        engine = Engine(await load_version(pg, version))
         await ctx.set_total(int(await pg.fetchval("SELECT count(*) FROM leads")))
     moved = 0
     last = ""
+
+    async def chunk(tx: LeadTransaction) -> tuple[list[str], int]:
+        """One chunk of leads in a lead transaction: locked (the same locks the consumer
+        takes: events for these leads wait, then build on the re-scored state), replayed."""
+        if tx.engine.rules.version != version:
+            raise JobFailed(f"version {tx.engine.rules.version} was activated meanwhile; stopped")
+        ids = [
+            r["lead_id"]
+            for r in await tx.pg.fetch(
+                "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
+                last,
+                RESCORE_CHUNK,
+            )
+        ]
+        if not ids:
+            return ids, 0
+        ws = await tx.lock_leads(ids)
+        history = await _history(tx.pg, ids)
+        for lead_id in ids:
+            state = ws.leads.get(lead_id)
+            if state is None:
+                continue  # merged into another lead since the chunk was listed
+            account = ws.accounts.get(state.account_id or "")
+            tx.effects.extend(
+                tx.engine.rescore(state, history.get(lead_id, []), account, now=tx.now)
+            )
+            ws.changed_leads.add(lead_id)
+        return ids, len(tx.effects.transitions)
+
     while True:
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                active = await pg.fetchval(
-                    "SELECT (SELECT version FROM active_ruleset WHERE id = 1) "
-                    "FROM pg_advisory_xact_lock_shared($1)",
-                    RULESET_LOCK,
-                )
-                if active != version:
-                    raise JobFailed(f"version {active} was activated meanwhile; stopped")
-                ids = [
-                    r["lead_id"]
-                    for r in await pg.fetch(
-                        "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
-                        last,
-                        RESCORE_CHUNK,
-                    )
-                ]
-                if not ids:
-                    break
-                # The same locks the consumer takes: events for these leads wait, then build
-                # on the re-scored state.
-                await store.lock_keys(pg, [f"l:{i}" for i in ids])
-                ws = Workspace(leads=await store.load_leads(pg, ids))
-                ws.accounts = await store.load_accounts(
-                    pg, [s.account_id for s in ws.leads.values() if s.account_id]
-                )
-                history = await _history(pg, ids)
-                now = time.time()
-                effects = Effects()
-                for lead_id, state in ws.leads.items():
-                    account = ws.accounts.get(state.account_id or "")
-                    effects.extend(
-                        engine.rescore(state, history.get(lead_id, []), account, now=now)
-                    )
-                    ws.changed_leads.add(lead_id)
-                moved += len(effects.transitions)
-                await store.save_workspace(pg, ws)
-                rows = await store.record_effects(
-                    pg,
-                    effects,
-                    queues=engine.rules.queues,
-                    transitions_topic=settings.topic_transitions,
-                    notifications_topic=settings.topic_notifications,
-                )
-                await store.enqueue(pg, rows)
-        notify()
+        ids, chunk_moved = await writer.run(chunk, writer="rescore")
+        if not ids:
+            break
+        moved += chunk_moved
         await ctx.advance(len(ids))
         last = ids[-1]
         await asyncio.sleep(0)  # let live scoring in between chunks

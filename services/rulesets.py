@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import asyncpg
 import orjson
 
 from schemas.ruleset import RuleSetDocument
+from scoring_service.engine import Engine
 from scoring_service.rules import CompiledRuleSet, compile_ruleset
 from scoring_service.ruleset_files import starter_document
 
@@ -71,7 +74,12 @@ async def load_version(pg: asyncpg.Connection, version: int) -> CompiledRuleSet:
 
 
 async def record_audit(
-    pg: asyncpg.Connection, *, actor: str, action: str, target: str | None, detail: dict | None
+    pg: asyncpg.Connection,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any] | None,
 ) -> None:
     """Append to the audit log, in the caller's transaction (with the change it records)."""
     await pg.execute(
@@ -81,3 +89,55 @@ async def record_audit(
         target,
         orjson.dumps(detail).decode() if detail is not None else None,
     )
+
+
+class NoActiveRuleSet(RuntimeError):
+    """Nothing is active (a database that was never started by `ensure_starter`)."""
+
+
+class ActiveRules:
+    """The active rule set, one object per process, shared by every writer (consumers,
+    deadline watcher, feedback over HTTP, jobs) and by the reads that explain a score.
+
+    The compiled engine is cached and rebuilt only when another version became active, on
+    any instance: each writer asks inside its own transaction, under the shared lock.
+    """
+
+    def __init__(self, on_change: Callable[[int], None] = lambda version: None) -> None:
+        self._engine: Engine | None = None
+        self._on_change = on_change
+
+    async def engine(self, pg: asyncpg.Connection) -> Engine:
+        """The engine for the active version; run inside the caller's transaction.
+
+        Step 1 of the lock order (services/lead_transaction.py): the shared lock pairs with
+        the exclusive one that activation takes, so a transaction that started before an
+        activation finishes under the old version, and every one that starts after it uses
+        the new one, on every instance, at once.
+        """
+        version = await pg.fetchval(
+            "SELECT (SELECT version FROM active_ruleset WHERE id = 1) "
+            "FROM pg_advisory_xact_lock_shared($1)",
+            RULESET_LOCK,
+        )
+        if version is None:
+            raise NoActiveRuleSet("no active rule set")
+        return await self.engine_for(pg, int(version))
+
+    async def engine_for(self, pg: asyncpg.Connection, version: int) -> Engine:
+        """The engine of `version`: the cached one when it is that version (reads that
+        explain a stored score use the version that scored it)."""
+        engine = self._engine
+        if engine is not None and engine.rules.version == version:
+            return engine
+        compiled = Engine(await load_version(pg, version))
+        if await active_version(pg) == version:
+            self._engine = compiled
+            self._on_change(version)
+            log.info("scoring with rule set version %d", version)
+        return compiled
+
+    @property
+    def cached(self) -> Engine | None:
+        """The engine last used by a writer, if any (no database round trip)."""
+        return self._engine

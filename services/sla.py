@@ -1,9 +1,11 @@
 """Follow-up deadlines: a lead handed to sales and left unanswered past `respond_by` gets one
 `sla_breach` notification and, when the rule set says so, goes back to marketing.
 
-Deadlines live in PostgreSQL, so they survive restarts; each check claims due deadlines
-with FOR UPDATE SKIP LOCKED and marks them breached in the same transaction as the
-notification it writes, so with any number of instances each breach is emitted once.
+Deadlines live in PostgreSQL, so they survive restarts. Each check is a lead transaction
+(services/lead_transaction.py): it locks the leads of the due deadlines in the global order,
+then marks the deadlines still open breached in the same transaction as the notification it
+writes, so with any number of instances each breach is emitted once, and the watcher never
+holds a handoff row while waiting for a lead (the deadlock this order removed).
 """
 
 from __future__ import annotations
@@ -14,14 +16,9 @@ import time
 from collections.abc import Callable
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service import store
-from scoring_service.consumer import EventConsumer
-from scoring_service.engine import Effects
-from scoring_service.pipeline import Workspace
 from services.db import driver
-from services.metrics import Metrics
+from services.lead_transaction import LeadTransaction, LeadWriter
 from services.settings import Settings
 from stage_router import records
 
@@ -35,89 +32,72 @@ class SlaWatcher:
         self,
         *,
         settings: Settings,
-        db: AsyncEngine,
-        scorer: EventConsumer,
-        metrics: Metrics,
-        on_commit: Callable[[], None] = lambda: None,
+        writer: LeadWriter,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.db = db
-        self.scorer = scorer
-        self.metrics = metrics
-        self.on_commit = on_commit
+        self.writer = writer
+        self.db = writer.db
+        self.metrics = writer.metrics
         self.clock = clock
 
     async def check_once(self) -> int:
         """Handle the deadlines due by now; returns how many breached."""
         now = self.clock()
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                engine = await self.scorer.engine_for(pg)
-                due = await pg.fetch(
-                    "SELECT transition_id, lead_id, stage, owner, respond_by FROM handoffs "
-                    "WHERE status = 'open' AND respond_by <= to_timestamp($1) "
-                    "ORDER BY respond_by LIMIT $2 FOR UPDATE SKIP LOCKED",
-                    now,
-                    CHECK_BATCH,
+        breached = await self.writer.run(lambda tx: self._breach_due(tx), writer="sla", now=now)
+        for stage in breached:
+            self.metrics.sla_breaches.labels(stage).inc()
+        return len(breached)
+
+    async def _breach_due(self, tx: LeadTransaction) -> list[str]:
+        """In the lead transaction: find due deadlines without locking them, lock their
+        leads (step 3 of the lock order), then take the ones still open (another instance
+        may have handled some meanwhile). Returns the stages of the deadlines breached."""
+        candidates = await tx.pg.fetch(
+            "SELECT lead_id FROM handoffs WHERE status = 'open' AND respond_by <= to_timestamp($1) "
+            "ORDER BY respond_by LIMIT $2",
+            tx.now,
+            CHECK_BATCH,
+        )
+        if not candidates:
+            return []
+        ws = await tx.lock_leads({r["lead_id"] for r in candidates})
+        due = await tx.pg.fetch(
+            "UPDATE handoffs SET status = 'breached', breached_at = to_timestamp($1) "
+            "WHERE status = 'open' AND respond_by <= to_timestamp($1) "
+            "AND lead_id = ANY($2::text[]) "
+            "RETURNING transition_id, lead_id, stage, owner, respond_by",
+            tx.now,
+            [r["lead_id"] for r in candidates],
+        )
+        engine = tx.engine
+        for row in sorted(due, key=lambda r: (r["respond_by"], r["transition_id"])):
+            state = ws.leads.get(ws.canonical(row["lead_id"]))
+            if state is None:
+                continue  # the lead is gone; nothing to tell sales about
+            account = ws.accounts.get(state.account_id or "")
+            account_traits = account.traits if account else None
+            respond_by = row["respond_by"].timestamp()
+            tx.effects.notifications.append(
+                records.breach_record(
+                    handoff_transition_id=row["transition_id"],
+                    lead_id=state.lead_id,
+                    stage=row["stage"],
+                    score=records.score_doc(state.fit, state.engagement),
+                    signals=engine.top_signals(state),
+                    profile_doc=records.profile(state.traits, account_traits),
+                    owner=engine.rules.escalation_owner or row["owner"],
+                    respond_by=respond_by,
+                    ruleset_version=engine.rules.version,
                 )
-                if not due:
-                    return 0
-                named = {r["lead_id"] for r in due}
-                await store.lock_keys(pg, [f"l:{i}" for i in named])
-                ws = Workspace(links=await store.load_links(pg, list(named)))
-                ws.leads = await store.load_leads(pg, [ws.canonical(i) for i in named])
-                ws.accounts = await store.load_accounts(
-                    pg, [s.account_id for s in ws.leads.values() if s.account_id]
-                )
-                effects = Effects()
-                for row in due:
-                    state = ws.leads.get(ws.canonical(row["lead_id"]))
-                    if state is None:
-                        continue  # the lead is gone; nothing to tell sales about
-                    account = ws.accounts.get(state.account_id or "")
-                    account_traits = account.traits if account else None
-                    respond_by = row["respond_by"].timestamp()
-                    effects.notifications.append(
-                        records.breach_record(
-                            handoff_transition_id=row["transition_id"],
-                            lead_id=state.lead_id,
-                            stage=row["stage"],
-                            score=records.score_doc(state.fit, state.engagement),
-                            signals=engine.top_signals(state),
-                            profile_doc=records.profile(state.traits, account_traits),
-                            owner=engine.rules.escalation_owner or row["owner"],
-                            respond_by=respond_by,
-                            ruleset_version=engine.rules.version,
-                        )
-                    )
-                    expiry = engine.expire(
-                        state, stage=row["stage"], at=respond_by, account=account, now=now
-                    )
-                    if expiry.transitions:
-                        ws.changed_leads.add(state.lead_id)
-                        effects.extend(expiry)
-                await pg.execute(
-                    "UPDATE handoffs SET status = 'breached', breached_at = to_timestamp($2) "
-                    "WHERE transition_id = ANY($1::text[])",
-                    [r["transition_id"] for r in due],
-                    now,
-                )
-                await store.save_workspace(pg, ws)
-                rows = await store.record_effects(
-                    pg,
-                    effects,
-                    queues=engine.rules.queues,
-                    transitions_topic=self.settings.topic_transitions,
-                    notifications_topic=self.settings.topic_notifications,
-                )
-                await store.enqueue(pg, rows)
-        for row in due:
-            self.metrics.sla_breaches.labels(row["stage"]).inc()
-        self.metrics.count_records(effects.transitions, effects.notifications)
-        self.on_commit()
-        return len(due)
+            )
+            expiry = engine.expire(
+                state, stage=row["stage"], at=respond_by, account=account, now=tx.now
+            )
+            if expiry.transitions:
+                ws.changed_leads.add(state.lead_id)
+                tx.effects.extend(expiry)
+        return [r["stage"] for r in due]
 
     async def update_gauge(self) -> None:
         async with self.db.connect() as conn:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import orjson
 
-import scoring_service.consumer as consumer_module
+import services.consumer as consumer_module
 from bench.workload import generate, lead_key
 from scoring_service import intake
 from tests.conftest import db_fetch, drained, produce, read_all, replay, wait_for

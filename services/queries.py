@@ -1,7 +1,9 @@
-"""The funnel report: the shared numbers of the handoff, computed in SQL.
+"""The read queries behind the HTTP API, in one place: rule-set versions, the audit log,
+leads and their history, and the funnel report.
 
-Every query starts from an index: transitions by time (the window), transitions by lead
-and time (what happened next to each lead), handoffs by entry time, feedback by time.
+Nothing here writes or locks: reads see committed state and never wait for a writer.
+Every funnel query starts from an index: transitions by time (the window), transitions by
+lead and time (what happened next to each lead), handoffs by entry time, feedback by time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from itertools import pairwise
 from typing import Any
 
 import asyncpg
+
+from scoring_service.state import LeadState
+from services import store
 
 FUNNEL = ("mql", "sal", "sql", "opportunity", "customer")
 NEXT = dict(pairwise(FUNNEL))
@@ -117,3 +122,88 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
         },
         "rejections": [{"reason": r["reason"], "count": r["count"]} for r in rejections],
     }
+
+
+# -- rule sets and the audit log --------------------------------------------------------
+
+RULESET_COLUMNS = "version, name, published_by, published_at, comment, document::text AS document"
+
+
+async def ruleset_version(pg: asyncpg.Connection, version: int) -> asyncpg.Record | None:
+    return await pg.fetchrow(f"SELECT {RULESET_COLUMNS} FROM rulesets WHERE version = $1", version)
+
+
+async def ruleset_versions(pg: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Every published version, newest first."""
+    return await pg.fetch(f"SELECT {RULESET_COLUMNS} FROM rulesets ORDER BY version DESC")
+
+
+async def activation(pg: asyncpg.Connection) -> asyncpg.Record | None:
+    return await pg.fetchrow("SELECT activated_by, activated_at FROM active_ruleset")
+
+
+async def audit_page(pg: asyncpg.Connection, *, before: int, limit: int) -> list[asyncpg.Record]:
+    """Audit entries with ids below `before`, newest first."""
+    return await pg.fetch(
+        "SELECT id, at, actor, action, target, detail::text AS detail FROM audit_log "
+        "WHERE id < $1 ORDER BY id DESC LIMIT $2",
+        before,
+        limit,
+    )
+
+
+# -- leads ------------------------------------------------------------------------------
+
+
+async def canonical_lead_id(pg: asyncpg.Connection, lead_id: str) -> str:
+    """The lead an id counts for now, following identity links."""
+    links = await store.load_links(pg, [lead_id])
+    seen = {lead_id}
+    while lead_id in links and links[lead_id] not in seen:
+        lead_id = links[lead_id]
+        seen.add(lead_id)
+    return lead_id
+
+
+async def lead_page(
+    pg: asyncpg.Connection,
+    *,
+    after: str,
+    stage: str | None,
+    min_score: float | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Leads in id order after `after`, filtered by stage and minimum total score."""
+    return await pg.fetch(
+        "SELECT lead_id, stage, account_id, fit, engagement, as_of, updated_at "
+        "FROM leads WHERE lead_id > $1 AND ($2::text IS NULL OR stage = $2) "
+        "AND ($3::float8 IS NULL OR fit + engagement >= $3) ORDER BY lead_id LIMIT $4",
+        after,
+        stage,
+        min_score,
+        limit,
+    )
+
+
+async def lead(pg: asyncpg.Connection, lead_id: str) -> LeadState | None:
+    return (await store.load_leads(pg, [lead_id])).get(lead_id)
+
+
+async def lead_events(pg: asyncpg.Connection, lead_id: str, *, limit: int) -> list[asyncpg.Record]:
+    """The lead's last `limit` scored events, oldest first."""
+    return await pg.fetch(
+        "SELECT * FROM (SELECT id, message_id, type, occurred_at, hits::text AS hits, "
+        "points, ruleset_version, scored_at FROM lead_events WHERE lead_id = $1 "
+        "ORDER BY id DESC LIMIT $2) recent ORDER BY id",
+        lead_id,
+        limit,
+    )
+
+
+async def lead_transitions(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg.Record]:
+    """The lead's transition records as published, oldest first."""
+    return await pg.fetch(
+        "SELECT record::text AS record FROM transitions WHERE lead_id = $1 "
+        "ORDER BY occurred_at, transition_id",
+        lead_id,
+    )

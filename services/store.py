@@ -18,7 +18,7 @@ from scoring_service.engine import QUEUE_PREFIX, Effects
 from scoring_service.intake import event_doc
 from scoring_service.pipeline import MAX_LINK_HOPS, ScoredEvent, Workspace
 from scoring_service.state import Account, LeadState
-from stage_router.records import Handoff
+from stage_router.records import Handoff, NotificationDoc, TransitionDoc
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +118,12 @@ async def claim_new(
 
 
 async def lock_keys(pg: asyncpg.Connection, keys: Iterable[str]) -> None:
-    """Take transaction-scoped advisory locks on leads and accounts, in sorted order.
+    """Take transaction-scoped advisory locks on leads and accounts, in sorted order,
+    waiting for each (step 3 of the lock order in services/lead_transaction.py).
 
     Events for one lead may arrive on several partitions (anonymous and identified keys
     differ), so two consumers can touch one lead; the locks make them take turns, including
-    for leads that do not exist yet. Sorted order keeps two batches from deadlocking.
+    for leads that do not exist yet. Sorted order keeps two transactions from deadlocking.
     """
     ordered = sorted(set(keys))
     if ordered:
@@ -131,6 +132,23 @@ async def lock_keys(pg: asyncpg.Connection, keys: Iterable[str]) -> None:
             "FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
             ordered,
         )
+
+
+async def try_lock_keys(pg: asyncpg.Connection, keys: Iterable[str]) -> bool:
+    """Take the advisory locks without waiting; False when another transaction holds one.
+
+    For locks found to be needed after step 3 (a link written meanwhile): waiting for them
+    out of order could deadlock, so the caller retries the whole transaction instead.
+    """
+    ordered = sorted(set(keys))
+    if not ordered:
+        return True
+    got = await pg.fetchval(
+        "SELECT bool_and(pg_try_advisory_xact_lock(hashtextextended(k, 7))) "
+        "FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n)",
+        ordered,
+    )
+    return bool(got)
 
 
 async def load_links(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, str]:
@@ -286,7 +304,7 @@ async def save_history(
     )
 
 
-async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[dict[str, Any]]) -> None:
+async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[TransitionDoc]) -> None:
     if not transitions:
         return
     await pg.execute(
@@ -335,8 +353,8 @@ async def enqueue(pg: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
 
 
 def outbox_rows(
-    transitions: Sequence[dict[str, Any]],
-    notifications: Sequence[dict[str, Any]],
+    transitions: Sequence[TransitionDoc],
+    notifications: Sequence[NotificationDoc],
     *,
     transitions_topic: str,
     notifications_topic: str,
@@ -355,7 +373,7 @@ def outbox_rows(
 
 async def assign_owners(
     pg: asyncpg.Connection,
-    notifications: Sequence[dict[str, Any]],
+    notifications: Sequence[NotificationDoc],
     queues: Mapping[str, Sequence[str]],
 ) -> None:
     """Name each notification's owner: the next owner of its queue, in turn.
@@ -363,7 +381,7 @@ async def assign_owners(
     One shared counter per queue, advanced in the batch's transaction, makes the rotation
     fair across instances: whoever commits takes the next places in the line.
     """
-    waiting: dict[str, list[dict[str, Any]]] = {}
+    waiting: dict[str, list[NotificationDoc]] = {}
     for note in notifications:
         owner = note["owner"]
         if owner.startswith(QUEUE_PREFIX) and queues.get(owner[len(QUEUE_PREFIX) :]):
@@ -411,6 +429,26 @@ async def save_handoffs(
         [_ts(h.entered_at) for h in handoffs],
         [_ts(h.respond_by) for h in handoffs],
         ["open" if last[h.lead_id] == h.transition_id else "superseded" for h in handoffs],
+    )
+
+
+async def answer_handoffs(
+    pg: asyncpg.Connection, answered: Sequence[tuple[str, str, float]]
+) -> list[asyncpg.Record]:
+    """Mark the open (or breached) follow-up deadlines of (lead, feedback id, answered at)
+    answered; returns each one's stage, seconds to the answer and whether it was in time."""
+    return await pg.fetch(
+        # A breached deadline can still be answered (late): it keeps its status.
+        "UPDATE handoffs h SET answered_at = to_timestamp(a.at), feedback_id = a.feedback_id, "
+        "status = CASE WHEN h.status = 'open' THEN 'answered' ELSE h.status END "
+        "FROM unnest($1::text[], $2::text[], $3::float8[]) AS a(lead_id, feedback_id, at) "
+        "WHERE h.lead_id = a.lead_id AND h.answered_at IS NULL "
+        "AND h.status IN ('open', 'breached') "
+        "RETURNING h.stage, extract(epoch FROM h.answered_at - h.entered_at) AS seconds, "
+        "h.answered_at <= h.respond_by AS in_time",
+        [a[0] for a in answered],
+        [a[1] for a in answered],
+        [a[2] for a in answered],
     )
 
 

@@ -1,8 +1,10 @@
-"""The consumer: reads `lead-events` in batches and scores each batch in one transaction.
+"""The consumers: one batch loop, with a handler per topic (`lead-events` scores events,
+`sales-feedback` applies sales outcomes), each batch in one lead transaction.
 
 Commit order, per batch:
-  1. one database transaction: partition offsets locked and checked, dedup keys, lead and
-     account state, transitions, outbox rows (records and DLQ), new partition offsets;
+  1. one database transaction (services/lead_transaction.py): partition offsets locked and
+     checked, dedup keys, lead and account state, transitions, outbox rows (records and
+     DLQ), new partition offsets;
   2. the outbox relay is woken and publishes what the transaction wrote;
   3. Kafka offsets are committed, best effort: the database offsets are the truth and a
      consumer seeks to them whenever it is assigned a partition.
@@ -19,7 +21,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -31,26 +33,17 @@ from aiokafka.errors import (
     OffsetOutOfRangeError,
 )
 from aiokafka.structs import ConsumerRecord
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service import store
-from scoring_service.engine import Effects, Engine
+from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
-from scoring_service.pipeline import Workspace, ids_to_load, score_event
-from services import kafka
+from scoring_service.pipeline import ids_to_load, score_event
+from services import kafka, store
 from services.db import UNAVAILABLE, driver
-from services.metrics import Metrics
-from services.rulesets import RULESET_LOCK, load_version
+from services.lead_transaction import LeadTransaction, LeadWriter
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Lock conflicts between instances resolve by rolling back and trying again.
-RETRYABLE = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.UniqueViolationError,
-)
 # The database refuses what the records contain (a value it cannot store, a limit exceeded):
 # retrying the same records fails the same way, so the batch is split to find them.
 REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
@@ -71,6 +64,7 @@ class PoisonRecord(Exception):
         self.error = error
 
 
+# Partition -> its records in offset order, each with what the handler parsed from it.
 Parsed = dict[int, list[tuple[ConsumerRecord, Any]]]
 
 
@@ -104,39 +98,85 @@ def _failure(error: BaseException) -> Rejection:
     return Rejection("processing_error", printable(f"{type(error).__name__}: {error}"[:1000]))
 
 
+Outcome = TypeVar("Outcome")  # what a handler reports of a batch, counted after commit
+Item = TypeVar("Item")  # what a handler parses a record into
+
+
 @dataclass
-class BatchReport:
+class BatchReport(Generic[Outcome]):
+    """What one committed batch did; `outcomes` are the handler's own results."""
+
     scored: int = 0
     duplicates: int = 0
     invalid: int = 0
     stale: int = 0
-    transitions: list[dict[str, Any]] = field(default_factory=list)
-    notifications: list[dict[str, Any]] = field(default_factory=list)
     dlq_codes: list[str] = field(default_factory=list)
-    # What a specialised consumer wants to count once the batch is committed.
-    extra: Any = None
+    outcomes: list[Outcome] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
     fingerprints: dict[int, int | None] = field(default_factory=dict)
     seek_to: dict[int, int] = field(default_factory=dict)
 
-    def merge(self, other: BatchReport) -> None:
+    def merge(self, other: BatchReport[Outcome]) -> None:
         """Add a later part of the same batch (one that was split) to this report."""
         self.scored += other.scored
         self.duplicates += other.duplicates
         self.invalid += other.invalid
         self.stale += other.stale
-        self.transitions.extend(other.transitions)
-        self.notifications.extend(other.notifications)
         self.dlq_codes.extend(other.dlq_codes)
+        self.outcomes.extend(other.outcomes)
         self.next_offsets.update(other.next_offsets)
         self.fingerprints.update(other.fingerprints)
         self.seek_to.update(other.seek_to)
-        if other.extra is not None:
-            self.extra = other.extra if self.extra is None else self.extra + other.extra
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record that could not be used, on its way to the DLQ topic with the reason."""
+
+    record: ConsumerRecord
+    rejection: Rejection
+
+    def to_outbox(self, *, topic: str, max_record_bytes: int) -> store.OutboxRow:
+        record, rejection = self.record, self.rejection
+        headers = [
+            ("error", rejection.code),
+            ("error_detail", printable(rejection.detail[:1000])),
+            ("source_topic", record.topic),
+            ("source_partition", str(record.partition)),
+            ("source_offset", str(record.offset)),
+        ]
+        value, key = record.value or b"", record.key
+        if len(value) + len(key or b"") > max_record_bytes:
+            # The broker would refuse the copy; keep its start and say how long it was.
+            headers.append(("truncated_from_bytes", str(len(value))))
+            key = key[:1024] if key else key
+            value = value[: max_record_bytes - 1024]
+        return store.OutboxRow(
+            topic, key, value, f"{record.topic}:{record.partition}:{record.offset}", headers
+        )
+
+
+class TopicHandler(Protocol[Item, Outcome]):
+    """What a topic's records mean: how to read one, how to apply a batch of them."""
+
+    topic: str
+    loop: str  # the supervisor's and the metrics' name for the consumer
+
+    def parse(self, record: ConsumerRecord, now: float) -> Item | Rejection: ...
+
+    async def apply(
+        self,
+        tx: LeadTransaction,
+        items: list[tuple[ConsumerRecord, Item]],
+        report: BatchReport[Outcome],
+        dead_letter: Callable[[ConsumerRecord, Rejection], None],
+    ) -> None: ...
+
+    def count(self, report: BatchReport[Outcome]) -> None: ...
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: EventConsumer) -> None:
+    def __init__(self, owner: TopicConsumer[Any, Any]) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -149,31 +189,38 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner.seek_to_stored(assigned)
 
 
-class EventConsumer:
-    """Drives the pure pipeline from Kafka records to committed database state."""
+class TopicConsumer(Generic[Item, Outcome]):
+    """The batch loop: reads a topic in batches, fences them against the stored offsets,
+    lets the handler apply them in one lead transaction, then publishes and commits."""
 
     def __init__(
         self,
         *,
-        settings: Settings,
-        db: AsyncEngine,
+        handler: TopicHandler[Item, Outcome],
+        writer: LeadWriter,
         consumer: AIOKafkaConsumer,
-        metrics: Metrics,
-        on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
-        self.topic = settings.topic_events
-        self.db = db
+        self.handler = handler
+        self.writer = writer
+        self.settings = writer.settings
+        self.topic = handler.topic
+        self.db = writer.db
         self.consumer = consumer
-        self.metrics = metrics
-        self.on_commit = on_commit
+        self.metrics = writer.metrics
         self.clock = clock
         self.batch_lock = asyncio.Lock()
         self._log_checked = 0.0
-        self.engine: Engine | None = None
         self._lag_checked = 0.0
         self.batches = 0
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine the last transaction used (shared with every writer)."""
+        return self.writer.rules.cached
+
+    def on_commit(self) -> None:
+        self.writer.on_commit()
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
@@ -238,26 +285,6 @@ class EventConsumer:
         self.on_commit()
         return set(lost)
 
-    async def engine_for(self, pg: asyncpg.Connection) -> Engine:
-        """The engine for the active version, read inside the batch's transaction.
-
-        The shared lock pairs with the exclusive one that activation takes: a batch that
-        started before an activation finishes under the old version, and every batch that
-        starts after it scores with the new one, on every instance, at once.
-        """
-        version = await pg.fetchval(
-            "SELECT (SELECT version FROM active_ruleset WHERE id = 1) "
-            "FROM pg_advisory_xact_lock_shared($1)",
-            RULESET_LOCK,
-        )
-        if version is None:
-            raise RuntimeError("no active rule set")
-        if self.engine is None or self.engine.rules.version != version:
-            self.engine = Engine(await load_version(pg, version))
-            self.metrics.ruleset_version.set(version)
-            log.info("scoring with rule set version %d", version)
-        return self.engine
-
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first.
 
@@ -301,8 +328,7 @@ class EventConsumer:
     async def _wait_out(self, exc: BaseException, failures: int, stop: asyncio.Event) -> int:
         delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
         log.warning("%s consumer: %s; retrying in %.2f s", self.topic, exc, delay)
-        loop = "consumer" if self.topic == self.settings.topic_events else "feedback"
-        self.metrics.loop_errors.labels(loop, type(exc).__name__).inc()
+        self.metrics.loop_errors.labels(self.handler.loop, type(exc).__name__).inc()
         # The lag gauge must keep telling the truth while nothing is committed.
         with contextlib.suppress(KafkaError, IllegalStateError):
             await self._update_lag()
@@ -376,25 +402,24 @@ class EventConsumer:
 
     async def process(
         self, batch: dict[TopicPartition, list[ConsumerRecord]], stop: asyncio.Event | None = None
-    ) -> BatchReport:
+    ) -> BatchReport[Outcome]:
         """Score one batch with retries; only returns once it is committed (or stopping)."""
         now = self.clock()
         return await self.process_parsed(self.parse_batch(batch, now), now, stop)
 
     def parse_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]], now: float) -> Parsed:
         return {
-            tp.partition: [(r, self.parse(r, now)) for r in records]
+            tp.partition: [(r, self.handler.parse(r, now)) for r in records]
             for tp, records in batch.items()
         }
 
     async def process_parsed(
         self, parsed: Parsed, now: float, stop: asyncio.Event | None = None
-    ) -> BatchReport:
+    ) -> BatchReport[Outcome]:
         """Commit a parsed batch, then publish and count; raises DatabaseUnavailable when the
         database cannot be reached (the caller re-reads from the stored offsets)."""
         started = time.perf_counter()
         reports = await self._commit(parsed, now)
-        self.on_commit()
         report = reports[0]
         for extra in reports[1:]:
             report.merge(extra)
@@ -404,29 +429,20 @@ class EventConsumer:
         elapsed = time.perf_counter() - started
         total = sum(len(v) for v in parsed.values())
         self.count(report, elapsed, total)
-        self.metrics.count_records(report.transitions, report.notifications)
+        self.handler.count(report)
         for code in report.dlq_codes:
             self.metrics.dlq.labels(code).inc()
         self.batches += 1
         return report
 
-    async def _commit(self, parsed: Parsed, now: float) -> list[BatchReport]:
-        """One transaction for the batch if possible. A record whose processing raises goes
-        to the DLQ as `processing_error`; a batch the database refuses is halved until the
-        refused records are alone, and those go to the DLQ too. Lock conflicts are retried."""
-        attempt = 0
+    async def _commit(self, parsed: Parsed, now: float) -> list[BatchReport[Outcome]]:
+        """One transaction for the batch if possible (the writer retries lock conflicts). A
+        record whose processing raises goes to the DLQ as `processing_error`; a batch the
+        database refuses is halved until the refused records are alone, and those go to
+        the DLQ too."""
         while True:
             try:
                 return [await self._transaction(parsed, now)]
-            except RETRYABLE as exc:
-                self.metrics.batch_retries.labels(type(exc).__name__).inc()
-                log.info(
-                    "batch conflicted with another instance (%s); retrying",
-                    exc,
-                    extra={"batch": self.batches, "topic": self.topic},
-                )
-                await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
-                attempt += 1
             except UNAVAILABLE as exc:
                 # What the batch builds on may be gone with the database: the caller goes
                 # back to the offsets the database holds before continuing.
@@ -446,7 +462,9 @@ class EventConsumer:
                 # rate by `processing_error` (alerted on), never as a stopped pipeline.
                 return await self._isolate(parsed, now, exc)
 
-    async def _isolate(self, parsed: Parsed, now: float, exc: BaseException) -> list[BatchReport]:
+    async def _isolate(
+        self, parsed: Parsed, now: float, exc: BaseException
+    ) -> list[BatchReport[Outcome]]:
         items = [v for records in parsed.values() for _, v in records]
         self.metrics.batch_retries.labels(type(exc).__name__).inc()
         if len(items) == 1:
@@ -459,8 +477,8 @@ class EventConsumer:
         first, second = _split(parsed)
         return [*await self._commit(first, now), *await self._commit(second, now)]
 
-    def count(self, report: BatchReport, elapsed: float, total: int) -> None:
-        """Metrics of one committed batch of events."""
+    def count(self, report: BatchReport[Outcome], elapsed: float, total: int) -> None:
+        """Metrics of one committed batch."""
         self.metrics.batch_seconds.observe(elapsed)
         self.metrics.batch_size.observe(total)
         per_event = elapsed / max(total, 1)
@@ -470,10 +488,7 @@ class EventConsumer:
         self.metrics.events.labels("duplicate").inc(report.duplicates)
         self.metrics.events.labels("invalid").inc(report.invalid)
 
-    def parse(self, record: ConsumerRecord, now: float) -> Event | Rejection:
-        return parse_event(record.value or b"", now=now, fallback_ts=record.timestamp / 1000)
-
-    async def _commit_kafka(self, report: BatchReport) -> None:
+    async def _commit_kafka(self, report: BatchReport[Outcome]) -> None:
         offsets = {TopicPartition(self.topic, p): o for p, o in report.next_offsets.items()}
         if not offsets:
             return
@@ -483,53 +498,72 @@ class EventConsumer:
             # Expected after a rebalance took the partition away; the database has the truth.
             log.info("Kafka offset commit skipped: %s", exc)
 
-    async def _transaction(self, parsed: Parsed, now: float) -> BatchReport:
-        report = BatchReport()
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
-            # The commit waits for the disk (synchronous_commit stays on): an acknowledged batch
-            # has had its records published and its Kafka offsets committed, so losing it
-            # in a database crash would lose events (README, Reliability).
-            async with pg.transaction():
-                if not self.settings.synchronous_commit:
-                    await pg.execute("SET LOCAL synchronous_commit TO off")
-                engine = await self.engine_for(pg)
-                stored = await store.lock_offsets(pg, self.topic, sorted(parsed))
-                valid: list[tuple[ConsumerRecord, Any]] = []
-                outbox: list[store.OutboxRow] = []
-                for partition, items in parsed.items():
-                    start = stored.get(partition, 0)
-                    fresh = [(r, p) for r, p in items if r.offset >= start]
-                    if len(fresh) < len(items):
-                        report.stale += len(items) - len(fresh)
-                    if not fresh:
-                        # Another consumer already did these; carry on from where it stopped.
-                        report.seek_to[partition] = start
-                        continue
-                    report.next_offsets[partition] = fresh[-1][0].offset + 1
-                    report.fingerprints[partition] = zlib.crc32(fresh[-1][0].value or b"")
-                    for record, result in fresh:
-                        if isinstance(result, Rejection):
-                            outbox.append(self.dlq_row(record, result))
-                            report.dlq_codes.append(result.code)
-                            report.invalid += 1
-                        else:
-                            valid.append((record, result))
-                if valid:
-                    outbox.extend(await self.apply(pg, engine, valid, now, report))
-                await store.enqueue(pg, outbox)
-                await store.save_offsets(pg, self.topic, report.next_offsets, report.fingerprints)
+    async def _transaction(self, parsed: Parsed, now: float) -> BatchReport[Outcome]:
+        return await self.writer.run(
+            lambda tx: self._apply(tx, parsed), writer=self.handler.loop, now=now
+        )
+
+    async def _apply(self, tx: LeadTransaction, parsed: Parsed) -> BatchReport[Outcome]:
+        """Inside the transaction: fence, send rejections to the DLQ, let the handler apply
+        the rest, record where the partitions' work now ends."""
+        report: BatchReport[Outcome] = BatchReport()
+
+        def dead_letter(record: ConsumerRecord, rejection: Rejection) -> None:
+            log.info(
+                "message rejected to the DLQ: %s",
+                rejection.code,
+                extra={"topic": record.topic, "partition": record.partition, "batch": self.batches},
+            )
+            report.dlq_codes.append(rejection.code)
+            report.invalid += 1
+            tx.outbox.append(
+                DeadLetter(record, rejection).to_outbox(
+                    topic=self.settings.topic_dlq, max_record_bytes=self.settings.max_record_bytes
+                )
+            )
+
+        stored = await tx.lock_partitions(self.topic, sorted(parsed))
+        valid: list[tuple[ConsumerRecord, Item]] = []
+        for partition, items in parsed.items():
+            start = stored.get(partition, 0)
+            fresh = [(r, p) for r, p in items if r.offset >= start]
+            if len(fresh) < len(items):
+                report.stale += len(items) - len(fresh)
+            if not fresh:
+                # Another consumer already did these; carry on from where it stopped.
+                report.seek_to[partition] = start
+                continue
+            report.next_offsets[partition] = fresh[-1][0].offset + 1
+            report.fingerprints[partition] = zlib.crc32(fresh[-1][0].value or b"")
+            for record, result in fresh:
+                if isinstance(result, Rejection):
+                    dead_letter(record, result)
+                else:
+                    valid.append((record, result))
+        if valid:
+            await self.handler.apply(tx, valid, report, dead_letter)
+        tx.save_offsets(self.topic, report.next_offsets, report.fingerprints)
         return report
+
+
+class EventHandler:
+    """`lead-events`: drop events seen before, then score the rest in batch order."""
+
+    loop = "consumer"
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic_events
+
+    def parse(self, record: ConsumerRecord, now: float) -> Event | Rejection:
+        return parse_event(record.value or b"", now=now, fallback_ts=record.timestamp / 1000)
 
     async def apply(
         self,
-        pg: asyncpg.Connection,
-        engine: Engine,
+        tx: LeadTransaction,
         items: list[tuple[ConsumerRecord, Event]],
-        now: float,
-        report: BatchReport,
-    ) -> list[store.OutboxRow]:
-        """Drop events seen before (in this batch or ever), then score the rest."""
+        report: BatchReport[None],
+        dead_letter: Callable[[ConsumerRecord, Rejection], None],
+    ) -> None:
         events: list[Event] = []
         seen: set[tuple[str, str]] = set()
         for _, event in items:
@@ -539,83 +573,20 @@ class EventConsumer:
                 continue
             seen.add(key)
             events.append(event)
-        new = await store.claim_new(pg, [(e.raw_id, e.message_id) for e in events])
+        lead_ids, account_ids = ids_to_load(events)
+        ws = await tx.lock_leads(lead_ids, account_ids)
+        # The dedup rows belong to the leads named, so they are claimed under their locks.
+        new = await store.claim_new(tx.pg, [(e.raw_id, e.message_id) for e in events])
         report.duplicates += len(events) - len(new)
         events = [e for e in events if (e.raw_id, e.message_id) in new]
         report.scored = len(events)
-        if not events:
-            return []
-        return await self._score(pg, engine, events, now, report)
-
-    async def _score(
-        self,
-        pg: asyncpg.Connection,
-        engine: Engine,
-        events: list[Event],
-        now: float,
-        report: BatchReport,
-    ) -> list[store.OutboxRow]:
-        lead_ids, account_ids = ids_to_load(events)
-        await store.lock_keys(pg, [f"l:{i}" for i in lead_ids] + [f"a:{i}" for i in account_ids])
-        links = await store.load_links(pg, list(lead_ids))
-        targets = set(links.values()) - lead_ids
-        if targets:
-            await store.lock_keys(pg, [f"l:{i}" for i in targets])
-        ws = Workspace(links=links)
-        ws.leads = await store.load_leads(pg, list(lead_ids | targets))
-        account_ids |= {s.account_id for s in ws.leads.values() if s.account_id}
-        ws.accounts = await store.load_accounts(pg, list(account_ids))
-        scored = []
         for event in events:
             try:
-                scored.append(score_event(ws, engine, event, now=now))
+                scored = score_event(ws, tx.engine, event, now=tx.now)
             except Exception as exc:  # a defect the intake did not foresee: see PoisonRecord
                 raise PoisonRecord(event, exc) from exc
-        effects = Effects()
-        for item in scored:
-            effects.extend(item.effects)
-        await store.save_workspace(pg, ws)
-        await store.save_history(pg, engine.rules.version, scored, ws)
-        return await self.record(pg, engine, effects, report)
+            tx.scored.append(scored)
+            tx.effects.extend(scored.effects)
 
-    async def record(
-        self, pg: asyncpg.Connection, engine: Engine, effects: Effects, report: BatchReport
-    ) -> list[store.OutboxRow]:
-        """Store transitions and deadlines, name owners, count; returns the outbox rows."""
-        report.transitions.extend(effects.transitions)
-        report.notifications.extend(effects.notifications)
-        return await store.record_effects(
-            pg,
-            effects,
-            queues=engine.rules.queues,
-            transitions_topic=self.settings.topic_transitions,
-            notifications_topic=self.settings.topic_notifications,
-        )
-
-    def dlq_row(self, record: ConsumerRecord, rejection: Rejection) -> store.OutboxRow:
-        log.info(
-            "message rejected to the DLQ: %s",
-            rejection.code,
-            extra={"topic": record.topic, "partition": record.partition, "batch": self.batches},
-        )
-        headers = [
-            ("error", rejection.code),
-            ("error_detail", printable(rejection.detail[:1000])),
-            ("source_topic", record.topic),
-            ("source_partition", str(record.partition)),
-            ("source_offset", str(record.offset)),
-        ]
-        value, key = record.value or b"", record.key
-        limit = self.settings.max_record_bytes
-        if len(value) + len(key or b"") > limit:
-            # The broker would refuse the copy; keep its start and say how long it was.
-            headers.append(("truncated_from_bytes", str(len(value))))
-            key = key[:1024] if key else key
-            value = value[: limit - 1024]
-        return store.OutboxRow(
-            self.settings.topic_dlq,
-            key,
-            value,
-            f"{record.topic}:{record.partition}:{record.offset}",
-            headers,
-        )
+    def count(self, report: BatchReport[None]) -> None:
+        pass

@@ -1,0 +1,5 @@
+"""The HTTP API, one router per resource (services/http/*.py), built by `create_app`."""
+
+from services.http.app import create_app
+
+__all__ = ["create_app"]

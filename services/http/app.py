@@ -1,0 +1,121 @@
+"""The HTTP app: authentication, errors in one shape, and the routers by resource."""
+# No "from __future__ import annotations": see services/http/common.py.
+
+import logging
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
+from services.bootstrap import Container
+from services.db import UNAVAILABLE
+from services.http.common import (
+    COMMON,
+    MALFORMED,
+    ApiError,
+    RequestLimits,
+    methods_for,
+)
+from services.http.ingest import ingest_router
+from services.http.leads import leads_router
+from services.http.operations import operations_router
+from services.http.rulesets import rulesets_router
+
+log = logging.getLogger(__name__)
+
+
+def create_app(container: Container) -> FastAPI:
+    """The app for one running instance; every route reads `container`, nothing global."""
+    settings = container.settings
+    tokens = parse_tokens(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
+    app = FastAPI(
+        title="leadscore",
+        version="0.2.0",
+        description=(
+            "Real-time lead scoring. Authenticate with `Authorization: Bearer <token>`; roles "
+            "are admin (rule changes), viewer (reads) and ingest (events). Errors are "
+            '`{"error": code, "detail": ...}`.'
+        ),
+        responses=COMMON,
+    )
+    app.state.container = container
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+
+    def role(needed: str) -> Callable[[Request], Principal]:
+        def dependency(request: Request) -> Principal:
+            principal = authenticate(
+                tokens,
+                request.headers.get("authorization"),
+                request.client.host if request.client else None,
+            )
+            return authorize(principal, needed)
+
+        return dependency
+
+    Admin = Annotated[Principal, Depends(role("admin"))]
+    Viewer = Annotated[Principal, Depends(role("viewer"))]
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers
+        )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]} for err in exc.errors()
+        ]
+        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {
+            400: "invalid_request",
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "too_large",
+        }
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names only the first route that matched the path; list them all.
+            allowed = methods_for(app, request.url.path)
+            headers = {"Allow": ", ".join(sorted(allowed))}
+        return JSONResponse(
+            {"error": codes.get(exc.status_code, "http_error"), "detail": exc.detail},
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, MALFORMED):
+            return JSONResponse(
+                {"error": "invalid_request", "detail": f"cannot store or encode: {exc}"[:300]},
+                status_code=400,
+            )
+        if isinstance(exc, UNAVAILABLE):
+            return JSONResponse(
+                {"error": "unavailable", "detail": "the database is unavailable; retry"},
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )
+        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            {"error": "internal_error", "detail": type(exc).__name__}, status_code=500
+        )
+
+    app.include_router(operations_router(container))
+    app.include_router(rulesets_router(container, Admin, Viewer))
+    app.include_router(leads_router(container, Admin, Viewer))
+    app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
+    return app

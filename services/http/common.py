@@ -1,0 +1,163 @@
+"""What every route shares: the error shape, the answers any route can give, request
+limits, typed path and query values, and opaque page cursors."""
+# No "from __future__ import annotations" in this package: FastAPI must see the role
+# dependencies (built inside create_app) as real objects, not as strings to resolve.
+
+import base64
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+import asyncpg
+import orjson
+from fastapi import FastAPI, Path
+from pydantic import BeforeValidator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas import api
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": api.ErrorBody, "description": "missing or unknown token"},
+    403: {"model": api.ErrorBody, "description": "the token's role may not do this"},
+}
+# Answers any route can give: a malformed request, a body over the size limit, a request
+# that fails validation, and the database being away for a moment.
+COMMON: dict[int | str, dict[str, Any]] = {
+    400: {"model": api.ErrorBody, "description": "malformed request (text, encoding, nesting)"},
+    413: {"model": api.ErrorBody, "description": "body larger than the configured limit"},
+    422: {"model": api.ErrorBody, "description": "the request does not validate"},
+    503: {"model": api.ErrorBody, "description": "the database is unavailable; retry"},
+}
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic would also take a number as seconds since 1970; the API promises ISO-8601.
+    if not isinstance(value, str) or not value[:4].isdigit() or "-" not in value:
+        raise ValueError("expected an ISO-8601 date-time, e.g. 2026-11-01T00:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+# Rule-set versions are PostgreSQL integers.
+Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
+# What the request contained could not be stored or encoded (NUL, lone surrogates, depth).
+MALFORMED = (UnicodeError, asyncpg.DataError, RecursionError, orjson.JSONEncodeError)
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": api.ErrorBody}}
+# Each readiness check gets this long, and they run side by side: /readyz answers in under 2 s
+# even when the database or the broker hangs.
+READY_CHECK_SECONDS = 1.5
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, detail: Any = None) -> None:
+        self.status, self.code, self.detail = status, code, detail
+
+
+def cursor_of(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode()
+
+
+def uncursor(cursor: str | None) -> str:
+    if not cursor:
+        return ""
+    try:
+        text = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
+    except (ValueError, UnicodeError) as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if "\x00" in text:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return text
+
+
+def int_cursor(cursor: str | None, default: int) -> int:
+    text = uncursor(cursor)
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if not 0 < value <= 2**62:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return value
+
+
+class RequestLimits:
+    """ASGI middleware: a body size limit on every request (413), and no NUL in the path or
+    query (400), checked before any route runs."""
+
+    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        query = scope.get("query_string", b"")
+        if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in query or b"\x00" in query:
+            await _send_error(send, 400, "invalid_request", "NUL in the path or query")
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        limit = self.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body is read, so FastAPI passes it on (as it does HTTP errors)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body limit is {limit} bytes")
+
+
+async def _send_error(send: Any, status: int, code: str, detail: str) -> None:
+    body = orjson.dumps({"error": code, "detail": detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def methods_for(app: FastAPI, path: str) -> set[str]:
+    """Every method the OpenAPI document lists for `path` (Starlette names only the first
+    route whose path matched, and FastAPI's included routers hide the rest)."""
+    allowed: set[str] = set()
+    for template, operations in app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            allowed |= {method.upper() for method in operations}
+    return allowed

@@ -1,0 +1,174 @@
+"""Leads: lists, a lead's score explained, its history, sales feedback, the funnel."""
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query
+
+from schemas import api
+from schemas.records import FeedbackBody, FeedbackRecord
+from schemas.timefmt import iso
+from services import queries, rulesets
+from services.bootstrap import Container
+from services.db import driver
+from services.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
+from services.http.common import (
+    ERRORS,
+    NOT_FOUND,
+    ApiError,
+    IsoDateTime,
+    cursor_of,
+    uncursor,
+)
+from stage_router.records import score_doc
+
+
+def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["leads"], responses=ERRORS)
+    db = container.db
+
+    @router.get("/leads", response_model=api.LeadPage)
+    async def list_leads(
+        _: Viewer,
+        stage: str | None = None,
+        min_score: float | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Leads in id order, filtered by stage and minimum total score; the cursor is the
+        last id seen, so pages stay stable while leads change."""
+        after = uncursor(cursor)
+        async with db.connect() as conn:
+            rows = await queries.lead_page(
+                await driver(conn), after=after, stage=stage, min_score=min_score, limit=limit
+            )
+        items = [
+            {
+                "lead_id": r["lead_id"],
+                "stage": r["stage"],
+                "account_id": r["account_id"],
+                "score": score_doc(r["fit"], r["engagement"]),
+                "last_event_at": r["as_of"],
+                "updated_at": r["updated_at"],
+            }
+            for r in rows
+        ]
+        next_cursor = cursor_of(rows[-1]["lead_id"]) if len(rows) == limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
+    async def get_lead(lead_id: str, _: Viewer) -> dict[str, Any]:
+        """A lead's stage, its score as of now and the signals that explain it."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            state = await queries.lead(pg, await queries.canonical_lead_id(pg, lead_id))
+            if state is None:
+                raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+            version = await rulesets.active_version(pg) or state.ruleset_version
+            engine = await container.rules.engine_for(pg, version)
+        now = time.time()
+        engagement = state.engagement
+        if state.as_of is not None:
+            engagement *= engine.rules.decay_factor(now - state.as_of)
+        return {
+            "lead_id": state.lead_id,
+            "stage": state.stage,
+            "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
+            "account_id": state.account_id,
+            "score": score_doc(state.fit, engagement),
+            "score_as_of": iso(now),
+            "last_event_at": iso(state.as_of) if state.as_of else None,
+            "top_signals": engine.top_signals(state),
+            "ruleset_version": state.ruleset_version,
+        }
+
+    @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)
+    async def history(
+        lead_id: str, _: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+    ) -> dict[str, Any]:
+        """Every scored event (its rule hits and points) and every transition, oldest first."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            resolved = await queries.canonical_lead_id(pg, lead_id)
+            events = await queries.lead_events(pg, resolved, limit=limit)
+            stored = await queries.lead_transitions(pg, resolved)
+        if not events and not stored:
+            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+        return {
+            "lead_id": resolved,
+            "events": [
+                {
+                    **{
+                        k: r[k]
+                        for k in (
+                            "message_id",
+                            "type",
+                            "occurred_at",
+                            "points",
+                            "ruleset_version",
+                            "scored_at",
+                        )
+                    },
+                    "hits": [
+                        {"rule_id": h[0], "points": h[1], "counted": h[2]}
+                        for h in orjson.loads(r["hits"])
+                    ],
+                }
+                for r in events
+            ],
+            "transitions": [orjson.loads(r["record"]) for r in stored],
+        }
+
+    @router.post(
+        "/leads/{lead_id}/feedback",
+        response_model=api.FeedbackResponse,
+        responses={
+            409: {"model": api.ErrorBody, "description": "a move the table forbids"},
+            **NOT_FOUND,
+        },
+        tags=["sales handoff"],
+    )
+    async def feedback(lead_id: str, body: FeedbackBody, who: Admin) -> dict[str, Any]:
+        """Record a sales outcome (idempotent on feedback_id): accepted, qualified,
+        rejected (with a reason), converted, won, lost or disqualified."""
+        item = FeedbackRecord.model_validate(
+            {**body.model_dump(), "lead_id": lead_id, "at": body.at or datetime.now(UTC)}
+        )
+        if item.by is None:
+            item = item.model_copy(update={"by": who.name})
+        batch = await container.writer.run(
+            lambda tx: apply_feedback(tx, [item]), writer="feedback-http"
+        )
+        count_feedback(container.metrics, batch)
+        [result] = batch.results
+        if result.result == UNKNOWN_LEAD:
+            raise ApiError(404, "lead_not_found", result.detail)
+        if result.result == REFUSED:
+            raise ApiError(409, "illegal_transition", result.detail)
+        return {
+            "feedback_id": result.feedback_id,
+            "lead_id": result.lead_id,
+            "outcome": result.outcome,
+            "result": result.result,
+            "duplicate": result.duplicate,
+            "transition": result.transition,
+        }
+
+    @router.get("/funnel", response_model=api.FunnelReport, tags=["sales handoff"])
+    async def funnel(
+        _: Viewer, since: IsoDateTime | None = None, until: IsoDateTime | None = None
+    ) -> dict[str, Any]:
+        """Leads entering each stage, conversion between stages, time in stage, SLA
+        compliance and rejections by reason, for transitions in [since, until)."""
+        until = until or datetime.now(UTC)
+        since = since or until - timedelta(days=30)
+        if since.tzinfo is None or until.tzinfo is None:
+            raise ApiError(422, "invalid_request", "since and until need a UTC offset")
+        if since >= until:
+            raise ApiError(422, "invalid_request", "since must be before until")
+        async with db.connect() as conn:
+            return await queries.funnel_report(await driver(conn), since, until)
+
+    return router

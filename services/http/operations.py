@@ -1,0 +1,80 @@
+"""Operations: liveness, readiness and Prometheus metrics."""
+
+import asyncio
+
+import asyncpg
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from schemas import api
+from services import kafka
+from services.bootstrap import Container
+from services.http.common import (
+    READY_CHECK_SECONDS,
+)
+
+
+def operations_router(container: Container) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+    settings = container.settings
+
+    @router.get("/healthz", response_model=api.Health, tags=["operations"])
+    async def healthz() -> api.Health:
+        """Liveness: the process is up and its event loop answers."""
+        return api.Health(status="ok")
+
+    @router.get(
+        "/readyz",
+        response_model=api.Health,
+        responses={503: {"model": api.Health}},
+        tags=["operations"],
+    )
+    async def readyz(response: Response) -> api.Health:
+        """Readiness, answered within 2 s: the database answers a query, the broker a
+        metadata request, partitions are assigned, and no loop is restarting or dead."""
+        problems: dict[str, str] = dict(container.supervisor.problems)
+
+        async def database() -> bool:
+            # Its own connection, not the pool's: a checkout from a pool whose server hangs
+            # does not give way to cancellation reliably, and readiness must answer.
+            url = settings.database_url.get_secret_value() if settings.database_url else ""
+            try:
+                conn = await asyncpg.connect(
+                    url.replace("postgresql+asyncpg://", "postgresql://"),
+                    timeout=READY_CHECK_SECONDS,
+                )
+                try:
+                    ok = await conn.fetchval("SELECT 1", timeout=READY_CHECK_SECONDS) == 1
+                finally:
+                    conn.terminate()
+                return bool(ok)
+            except Exception as exc:  # any failure means "not ready", with the reason shown
+                problems["database"] = f"{type(exc).__name__}: {exc}"[:200]
+                return False
+
+        async def broker() -> bool:
+            if await kafka.broker_reachable(container.settings, READY_CHECK_SECONDS):
+                return True
+            problems["broker"] = "no answer to a metadata request"
+            return False
+
+        db_ok, broker_ok = await asyncio.gather(database(), broker())
+        checks = {
+            "database": db_ok,
+            "broker": broker_ok,
+            "partitions": bool(container.started and container.consumer.assignment()),
+            "loops": not container.supervisor.problems,
+        }
+        ready = all(checks.values())
+        if not ready:
+            response.status_code = 503
+        return api.Health(
+            status="ready" if ready else "not ready", checks=checks, problems=problems
+        )
+
+    @router.get("/metrics", response_class=Response, tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(container.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,234 @@
+"""Rule sets: publish, read, diff, activate, simulate, impact reports; their jobs and audit."""
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+
+from schemas import api
+from schemas.ruleset import RuleSetDocument
+from scoring_service.diff import diff_documents
+from scoring_service.engine import Engine
+from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
+from scoring_service.simulation import BudgetExceeded, simulate
+from services import queries, replays, rulesets
+from services.bootstrap import Container
+from services.db import driver
+from services.http.common import (
+    ERRORS,
+    NOT_FOUND,
+    ApiError,
+    Version,
+    cursor_of,
+    int_cursor,
+)
+from services.jobs import get_job
+
+
+def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str, Any]:
+    body = {
+        "version": row["version"],
+        "name": row["name"],
+        "published_by": row["published_by"],
+        "published_at": row["published_at"],
+        "comment": row["comment"],
+        "active": row["version"] == active,
+    }
+    if with_document:
+        body["document"] = orjson.loads(row["document"])
+    return body
+
+
+def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["rule sets"], responses=ERRORS)
+    db = container.db
+
+    async def fetch_version(pg: Any, version: int) -> Any:
+        row = await queries.ruleset_version(pg, version)
+        if row is None:
+            raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
+        return row
+
+    @router.post(
+        "/rulesets",
+        status_code=201,
+        response_model=api.RuleSetPublic,
+        responses={
+            413: {"model": api.ErrorBody},
+            422: {"model": api.RuleSetProblems, "description": "every problem, with its place"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": RuleSetDocument.model_json_schema()},
+                    "application/yaml": {"schema": {"type": "string"}},
+                },
+            }
+        },
+    )
+    async def publish(
+        request: Request,
+        who: Admin,
+        comment: Annotated[str | None, Query(max_length=1000)] = None,
+    ) -> dict[str, Any]:
+        """Validate a rule set (JSON or YAML) and store it as a new immutable version."""
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_DOCUMENT_BYTES:
+            raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
+        body = await request.body()
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
+        try:
+            # Validation compiles every rule: CPU work, kept off the event loop.
+            document = await asyncio.to_thread(load_document, body)
+        except RuleSetInvalid as exc:
+            raise ApiError(422, "invalid_ruleset", exc.problems) from exc
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            async with pg.transaction():
+                version = await rulesets.publish(pg, document, by=who.name, comment=comment)
+                await rulesets.record_audit(
+                    pg,
+                    actor=who.name,
+                    action="ruleset.publish",
+                    target=str(version),
+                    detail={"name": document.name, "comment": comment},
+                )
+                row = await fetch_version(pg, version)
+            active = await rulesets.active_version(pg)
+        return _ruleset_row(row, active, True)
+
+    @router.get("/rulesets", response_model=list[api.RuleSetSummary])
+    async def list_rulesets(_: Viewer) -> list[dict[str, Any]]:
+        """Every published version, newest first."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            rows = await queries.ruleset_versions(pg)
+            active = await rulesets.active_version(pg)
+        return [_ruleset_row(r, active, False) for r in rows]
+
+    @router.get("/rulesets/active", response_model=api.RuleSetPublic, responses=NOT_FOUND)
+    async def get_active(_: Viewer) -> dict[str, Any]:
+        """The version live scoring uses now."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            active = await rulesets.active_version(pg)
+            if active is None:
+                raise ApiError(404, "no_active_ruleset", "no rule set is active")
+            return _ruleset_row(await fetch_version(pg, active), active, True)
+
+    @router.get("/rulesets/{version}", response_model=api.RuleSetPublic, responses=NOT_FOUND)
+    async def get_version(version: Version, _: Viewer) -> dict[str, Any]:
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            return _ruleset_row(
+                await fetch_version(pg, version), await rulesets.active_version(pg), True
+            )
+
+    @router.get("/rulesets/{a}/diff/{b}", response_model=api.RuleSetDiff, responses=NOT_FOUND)
+    async def diff(a: Version, b: Version, _: Viewer) -> dict[str, Any]:
+        """Rules added, removed and changed (field by field) from version a to version b."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            old, new = await fetch_version(pg, a), await fetch_version(pg, b)
+        changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
+        return {"from_version": a, "to_version": b, **changes}
+
+    @router.post("/rulesets/{version}/activate", response_model=api.Activation, responses=NOT_FOUND)
+    async def activate(version: Version, who: Admin, rescore: bool = False) -> dict[str, Any]:
+        """Make a version live for every instance at once; rolling back is activating an
+        older one. With `rescore=true`, a job re-scores every lead under it."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            async with pg.transaction():
+                await fetch_version(pg, version)
+                await rulesets.activate(pg, version, by=who.name)
+                await rulesets.record_audit(
+                    pg,
+                    actor=who.name,
+                    action="ruleset.activate",
+                    target=str(version),
+                    detail={"rescore": rescore},
+                )
+            row = await queries.activation(pg)
+        job = None
+        if rescore:
+            job = await container.jobs.submit(
+                "rescore",
+                {"version": version},
+                by=who.name,
+                work=lambda ctx: replays.rescore_all(ctx, writer=container.writer, version=version),
+            )
+        return {"version": version, **dict(row or {}), "rescore_job": job}
+
+    @router.post(
+        "/rulesets/{version}/simulate", response_model=api.SimulationResult, responses=NOT_FOUND
+    )
+    async def simulate_version(
+        version: Version, body: api.SimulateRequest, _: Viewer
+    ) -> dict[str, Any]:
+        """Score the given events from an empty start under a version; writes nothing.
+        Runs on a worker thread with a time budget (422 `too_expensive` past it)."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            await fetch_version(pg, version)
+            document = await rulesets.load_version(pg, version)
+        budget = container.settings.request_cpu_seconds
+
+        def work() -> dict[str, Any]:
+            return simulate(Engine(document), body.events, now=time.time(), budget_seconds=budget)
+
+        try:
+            return await asyncio.to_thread(work)
+        except BudgetExceeded as exc:
+            raise ApiError(422, "too_expensive", f"simulation over its time budget: {exc}") from exc
+
+    @router.post(
+        "/rulesets/{version}/impact",
+        status_code=202,
+        response_model=api.JobAccepted,
+        responses=NOT_FOUND,
+    )
+    async def impact(
+        version: Version, who: Admin, body: api.ImpactRequest | None = None
+    ) -> dict[str, Any]:
+        """Start a job replaying the last N days under this version and the active one."""
+        days = (body or api.ImpactRequest()).days
+        async with db.connect() as conn:
+            await fetch_version(await driver(conn), version)
+        job = await container.jobs.submit(
+            "impact",
+            {"version": version, "days": days},
+            by=who.name,
+            work=lambda ctx: replays.impact_report(ctx, db=db, candidate=version, days=days),
+        )
+        return {"job_id": job, "status_url": f"/v1/jobs/{job}"}
+
+    @router.get("/jobs/{job_id}", response_model=api.JobPublic, responses=NOT_FOUND, tags=["jobs"])
+    async def job_status(job_id: str, _: Viewer) -> dict[str, Any]:
+        """A background job's progress and, when finished, its result."""
+        job = await get_job(db, job_id)
+        if job is None:
+            raise ApiError(404, "job_not_found", f"there is no job {job_id!r}")
+        return job
+
+    @router.get("/audit", response_model=api.AuditPage, tags=["audit"])
+    async def audit(
+        _: Admin,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    ) -> dict[str, Any]:
+        """Every rule-set change and activation, newest first."""
+        before = int_cursor(cursor, 2**62)
+        async with db.connect() as conn:
+            rows = await queries.audit_page(await driver(conn), before=before, limit=limit)
+        items = [
+            {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows
+        ]
+        next_cursor = cursor_of(str(rows[-1]["id"])) if len(rows) == limit else None
+        return {"items": items, "next_cursor": next_cursor}
+
+    return router
