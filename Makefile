@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install tools run send test test-unit lint bench bench-funnel bench-impact demo-cluster soak clean
+.PHONY: help install tools run send test test-unit lint typecheck bench bench-funnel bench-impact demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,15 +27,22 @@ tools: ## Debian's prometheus package (promtool and the server) for the operatio
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	   --no-install-recommends prometheus >/dev/null)
 
-test: $(STAMP) tools ## Lint, then run the whole suite against the real (embedded) broker and database
+test: $(STAMP) tools ## Lint, type-check, check the layers, then the whole suite (real broker and database)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 test-unit: $(STAMP) ## Run the pure unit tests only
 	$(PY) -m pytest tests/unit
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, mypy --strict and the import layers (import-linter)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP) ## mypy --strict over schemas, scoring_service, stage_router, services
+	$(PY) -m mypy
 
 bench: $(STAMP) ## Benchmarks: ceiling, end to end, latency at 2,000 ev/s, engine, RSS (~5 min)
 	$(PY) -m bench.run

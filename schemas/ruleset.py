@@ -254,7 +254,7 @@ class RuleSetDocument(BaseModel):
     thresholds: Thresholds
     mql_requires: list[str] = Field(default_factory=list, max_length=50)
     decay: Decay = Decay()
-    notify_on: list[Stage] = Field(default_factory=lambda: ["mql", "sal"])
+    notify_on: list[Stage] = Field(default_factory=lambda: list[Stage](["mql", "sal"]))
     sla: dict[Stage, float] = Field(default_factory=dict)
     routing: Routing = Routing()
     # Who hears of a missed follow-up (instead of the lead's owner), and whether the lead

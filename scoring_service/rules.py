@@ -289,7 +289,7 @@ class CompiledRuleSet:
         """How much engagement earned `elapsed` seconds ago is worth now."""
         if self.half_life <= 0 or elapsed <= 0:
             return 1.0
-        return 0.5 ** (elapsed / self.half_life)
+        return float(0.5 ** (elapsed / self.half_life))
 
 
 def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
@@ -321,7 +321,7 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         mql_requires=tuple(tuple(t.split(".")) for t in document.mql_requires),
         half_life=document.decay.half_life_days * DAY,
         notify_on=frozenset(document.notify_on),
-        sla=dict(document.sla),
+        sla={str(stage): seconds for stage, seconds in document.sla.items()},
         default_queue=document.routing.default_queue,
         queues={name: tuple(q.owners) for name, q in document.routing.queues.items()},
         routes=tuple((r.queue, _trait_test(r.when)) for r in document.routing.rules),

@@ -14,7 +14,7 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Replay, Workspace, score_event
 from scoring_service.state import Account, LeadState
-from stage_router.records import score_doc
+from stage_router.records import NotificationDoc, TransitionDoc, score_doc
 
 STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified")
 
@@ -39,8 +39,8 @@ def simulate(
     ws = Workspace()
     seen: set[tuple[str, str]] = set()
     trajectories: dict[str, list[dict[str, Any]]] = {}
-    transitions: list[dict[str, Any]] = []
-    notifications: list[dict[str, Any]] = []
+    transitions: list[TransitionDoc] = []
+    notifications: list[NotificationDoc] = []
     rejected: list[dict[str, Any]] = []
     duplicates: list[int] = []
     for index, doc in enumerate(docs):
@@ -176,7 +176,7 @@ class ImpactReport:
                 )
 
     def to_dict(self) -> dict[str, Any]:
-        rules = [
+        rules: list[dict[str, Any]] = [
             {
                 "rule_id": rule_id,
                 "points_active": round(before, 2),

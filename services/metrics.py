@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from stage_router.records import NotificationDoc, TransitionDoc
 
 # A batch takes from about a millisecond (one event) to a few seconds (a full batch on a
 # busy database); buckets span that range.
@@ -35,7 +36,7 @@ class Metrics:
     """Every metric the service exports, prefixed `leadscore_`."""
 
     def count_records(
-        self, transitions: Iterable[dict[str, Any]], notifications: Iterable[dict[str, Any]]
+        self, transitions: Iterable[TransitionDoc], notifications: Iterable[NotificationDoc]
     ) -> None:
         """Count committed transition and notification records."""
         for t in transitions:

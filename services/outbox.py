@@ -185,6 +185,7 @@ class OutboxRelay:
                 "count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed "
                 "FROM outbox WHERE sent_at IS NULL"
             )
+        assert row is not None  # an aggregate without GROUP BY returns one row
         self.metrics.outbox_pending.set(row["pending"])
         self.metrics.outbox_oldest.set(float(row["age"]))
         self.metrics.outbox_failed_records.set(row["failed"])

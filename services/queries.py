@@ -82,6 +82,7 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
         for r in await pg.fetch(CONVERSION_QUERY, since, until, list(NEXT), list(NEXT.values()))
     }
     sla = await pg.fetchrow(SLA_QUERY, since, until)
+    assert sla is not None  # aggregates without GROUP BY: always one row
     rejections = await pg.fetch(REJECTIONS_QUERY, since, until)
     stages = {}
     for stage in (*FUNNEL, "recycled", "disqualified"):
