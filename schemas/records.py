@@ -30,6 +30,43 @@ FeedbackOutcome = Literal[
 ]
 
 
+# Why a message went to the DLQ (header `error`). Events: the first thirteen; feedback:
+# invalid_json, schema, unknown_lead, illegal_transition.
+DeadLetterCode = Literal[
+    "invalid_json",
+    "not_object",
+    "unknown_type",
+    "missing_message_id",
+    "missing_identity",
+    "invalid_timestamp",
+    "future_timestamp",
+    "schema",
+    "too_large",
+    "too_deep",
+    "too_complex",
+    "invalid_text",
+    "processing_error",
+    "unknown_lead",
+    "illegal_transition",
+]
+
+
+class DeadLetterHeaders(BaseModel):
+    """The headers of a record on `lead-events-dlq` (its value is the refused message's
+    original bytes, cut to the record limit when longer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: DeadLetterCode
+    error_detail: str = Field(description="a sentence for humans, ASCII")
+    source_topic: str
+    source_partition: str = Field(pattern=r"^[0-9]+$")
+    source_offset: str = Field(pattern=r"^[0-9]+$")
+    truncated_from_bytes: str | None = Field(
+        default=None, pattern=r"^[0-9]+$", description="present when the value was cut"
+    )
+
+
 class Score(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

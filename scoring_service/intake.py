@@ -10,6 +10,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import EVENT_TYPES, AnySegmentEvent
+from schemas.records import DeadLetterCode
 from schemas.timefmt import iso, parse_iso
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -83,7 +84,7 @@ def event_from_doc(doc: dict[str, Any], lead_id: str) -> Event:
 class Rejection:
     """Why a message goes to the DLQ: a short machine code and a sentence for humans."""
 
-    code: str
+    code: DeadLetterCode
     detail: str
 
 

@@ -14,7 +14,7 @@ import orjson
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
-from schemas.records import FeedbackRecord
+from schemas.records import DeadLetterCode, FeedbackRecord
 from scoring_service.intake import Rejection
 from services import store
 from services.consumer import BatchReport
@@ -202,7 +202,9 @@ class FeedbackHandler:
             elif result.result == APPLIED:
                 report.scored += 1
             else:
-                code = "illegal_transition" if result.result == REFUSED else "unknown_lead"
+                code: DeadLetterCode = (
+                    "illegal_transition" if result.result == REFUSED else "unknown_lead"
+                )
                 dead_letter(record, Rejection(code, result.detail or code))
 
     def count(self, report: BatchReport[FeedbackBatch]) -> None:

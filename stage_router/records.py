@@ -51,8 +51,8 @@ class SignalDoc(TypedDict):
 
 
 class ProfileDoc(TypedDict):
-    email: Any
-    title: Any
+    email: str | None
+    title: str | None
     company: str | None
 
 
@@ -145,9 +145,11 @@ def profile(traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None)
     company_name = company.get("name") if isinstance(company, dict) else company
     if not company_name and account_traits:
         company_name = account_traits.get("name")
+    email, title = traits.get("email"), traits.get("title")
+    # Traits are whatever the sender put there; the record promises text or null.
     return {
-        "email": traits.get("email"),
-        "title": traits.get("title"),
+        "email": email if isinstance(email, str) else None,
+        "title": title if isinstance(title, str) else None,
         "company": company_name if isinstance(company_name, str) else None,
     }
 

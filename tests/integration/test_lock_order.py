@@ -28,6 +28,7 @@ from tests.conftest import (
     replay,
     wait_for,
 )
+from tests.unit.test_published_contracts import published, validator
 
 # Long enough for every writer to meet every other many times (the issue asks for 30 s).
 STRESS_SECONDS = 32
@@ -167,6 +168,19 @@ async def test_every_writer_at_once_takes_locks_in_one_order(settings):
         settings, "SELECT count(*) AS n FROM feedback WHERE result = 'applied'"
     )
     assert applied[0]["n"] > 10
+    # Every record the service wrote validates against the published schemas.
+    document = published()
+    schema_of = {
+        settings.topic_transitions: validator(document, "TransitionRecord"),
+        settings.topic_notifications: validator(document, "NotificationRecord"),
+    }
+    outbox = await db_fetch(settings, "SELECT topic, value, headers::text AS h FROM outbox")
+    assert set(schema_of) <= {r["topic"] for r in outbox} <= {*schema_of, settings.topic_dlq}
+    for row in outbox:
+        if row["topic"] == settings.topic_dlq:
+            validator(document, "DeadLetterHeaders").validate(dict(orjson.loads(row["h"])))
+        else:
+            schema_of[row["topic"]].validate(orjson.loads(row["value"]))
     # Scores are the pure replay's (feedback moved stages, never scores).
     expected = replay(docs)
     rows = await db_fetch(settings, "SELECT lead_id, fit, engagement FROM leads")
