@@ -146,7 +146,7 @@ def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaCons
         group_id=settings.consumer_group + group_suffix,
         enable_auto_commit=False,
         # Never jump silently: an offset out of range means the broker lost the log we were
-        # reading, which the consumer handles (EventConsumer.check_log).
+        # reading, which the consumer handles (TopicConsumer.check_log).
         auto_offset_reset="none",
         # Fetch enough per partition to fill a batch in one round trip.
         max_partition_fetch_bytes=4 * 1024 * 1024,
