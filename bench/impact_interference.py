@@ -37,7 +37,13 @@ async def drain(infra: Infra, name: str, history: int, events: int, with_impact:
                 "impact",
                 {"bench": True},
                 by="bench",
-                work=lambda ctx: impact_report(ctx, db=service.container.db, candidate=1, days=30),
+                work=lambda ctx: impact_report(
+                    ctx,
+                    db=service.container.db,
+                    rules=service.container.rules,
+                    candidate=1,
+                    days=30,
+                ),
             )
         feeding = asyncio.create_task(
             produce(settings, generate(events=events, leads=events // 10, seed=2, recent=True))

@@ -13,14 +13,13 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service.engine import Engine
 from scoring_service.intake import event_from_doc
 from scoring_service.simulation import ImpactReport, replay_lead
 from services import store
 from services.db import driver
 from services.jobs import JobContext, JobFailed
 from services.lead_transaction import LeadTransaction, LeadWriter
-from services.rulesets import active_version, load_version
+from services.rulesets import ActiveRules, active_version
 
 # Leads per transaction: small enough that a chunk holds its locks for milliseconds.
 RESCORE_CHUNK = 100
@@ -94,7 +93,7 @@ async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> d
 
 
 async def impact_report(
-    ctx: JobContext, *, db: AsyncEngine, candidate: int, days: float
+    ctx: JobContext, *, db: AsyncEngine, rules: ActiveRules, candidate: int, days: float
 ) -> dict[str, Any]:
     """Replay the last `days` of history under the active and the candidate version."""
     now = time.time()
@@ -103,8 +102,8 @@ async def impact_report(
         current = await active_version(pg)
         if current is None:
             raise JobFailed("no active rule set")
-        active_engine = Engine(await load_version(pg, current))
-        candidate_engine = Engine(await load_version(pg, candidate))
+        active_engine = await rules.engine_for(pg, current)
+        candidate_engine = await rules.engine_for(pg, candidate)
         since = await pg.fetchval("SELECT now() - make_interval(secs => $1)", days * 86400)
         await ctx.set_total(
             int(

@@ -203,7 +203,9 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             "impact",
             {"version": version, "days": days},
             by=who.name,
-            work=lambda ctx: replays.impact_report(ctx, db=db, candidate=version, days=days),
+            work=lambda ctx: replays.impact_report(
+                ctx, db=db, rules=container.rules, candidate=version, days=days
+            ),
         )
         return {"job_id": job, "status_url": f"/v1/jobs/{job}"}
 
