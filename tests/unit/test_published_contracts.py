@@ -151,3 +151,15 @@ def test_records_and_dead_letters_of_hostile_input_validate(raws):
         found = _dead_letter_headers(raw)
         if found is not None:
             headers.validate(found)
+
+
+async def test_the_openapi_document_in_docs_is_what_the_app_serves():
+    """After changing a route: python -m services.http.openapi > docs/openapi.json"""
+    from services.http.openapi import build_openapi
+    from services.http.openapi import render as render_openapi
+
+    served = await build_openapi()
+    path = DOCUMENT.parent / "openapi.json"
+    assert orjson.loads(path.read_text()) == served
+    assert path.read_text() == render_openapi(served)
+    assert "/v1/leads/{lead_id}/feedback" in served["paths"]
