@@ -88,9 +88,37 @@ def validate_data(data: Any) -> RuleSetDocument:
     try:
         return RuleSetDocument.model_validate(data)
     except ValidationError as exc:
-        raise RuleSetInvalid(
-            [{"loc": location(err["loc"]), "msg": err["msg"]} for err in exc.errors()]
-        ) from exc
+        duplicates = _duplicate_ids(data.get("rules"))
+        problems = [
+            {"loc": location(err["loc"]), "msg": err["msg"]}
+            for err in exc.errors()
+            # The document's own check says it only once the rest is valid; said below.
+            if not (duplicates and "duplicate rule id" in err["msg"])
+        ]
+        raise RuleSetInvalid(problems + duplicates) from exc
+
+
+def _duplicate_ids(rules: Any) -> list[dict[str, str]]:
+    """Rule ids used twice, found in the raw document: pydantic checks the whole document only
+    once every field is valid, and the author wants every problem in one answer."""
+    if not isinstance(rules, list):
+        return []
+    first: dict[str, int] = {}
+    problems = []
+    for index, rule in enumerate(rules):
+        rule_id = rule.get("id") if isinstance(rule, dict) else None
+        if not isinstance(rule_id, str):
+            continue
+        if rule_id in first:
+            problems.append(
+                {
+                    "loc": f"rules[{index}].id",
+                    "msg": f"duplicate rule id {rule_id!r} (first used at rules[{first[rule_id]}])",
+                }
+            )
+        else:
+            first[rule_id] = index
+    return problems
 
 
 def load_document(text: str | bytes) -> RuleSetDocument:

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from schemas.ruleset import RuleSetDocument
 from scoring_service.rules import Glob
+from scoring_service.ruleset_files import RuleSetInvalid, validate_data
 
 
 @pytest.mark.parametrize(
@@ -58,6 +59,19 @@ def doc_with(rule: dict) -> dict:
 def test_invalid_rules_are_refused_with_a_reason(rule, problem):
     with pytest.raises(ValidationError, match=problem):
         RuleSetDocument.model_validate(doc_with(rule))
+
+
+def test_a_duplicate_id_is_reported_with_every_other_problem():
+    good = {"id": "x", "category": "engagement", "when": {"type": "page"}}
+    bad = {"id": "y", "category": "engagement", "when": {"path": "*" * 20}}
+    doc = doc_with(good)
+    doc["rules"] += [bad, good]
+    with pytest.raises(RuleSetInvalid) as caught:
+        validate_data(doc)
+    places = {p["loc"]: p["msg"] for p in caught.value.problems}
+    assert "rules[1].when.path" in places
+    assert places["rules[2].id"] == "duplicate rule id 'x' (first used at rules[0])"
+    assert len(caught.value.problems) == 2
 
 
 def test_duplicate_ids_are_refused():
