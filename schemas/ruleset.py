@@ -14,10 +14,13 @@ PromotionStage = Literal["sal", "sql"]
 MAX_PATTERN_LENGTH = 256
 MAX_WILDCARDS = 8
 MAX_RULES = 1000
+# Words and phrases one `words_any` may list.
+MAX_WORDS = 200
 OPERATORS = (
     "equals",
     "in",
     "contains_any",
+    "words_any",
     "starts_with_any",
     "ends_with_any",
     "between",
@@ -62,6 +65,8 @@ class Operators(BaseModel):
     equals: Scalar | None = None
     in_: list[Scalar] | None = Field(default=None, alias="in", min_length=1)
     contains_any: list[str] | None = Field(default=None, min_length=1)
+    # Whole words and phrases, ignoring case and accents: "vp", "vice president", "head of".
+    words_any: list[str] | None = Field(default=None, min_length=1, max_length=MAX_WORDS)
     starts_with_any: list[str] | None = Field(default=None, min_length=1)
     ends_with_any: list[str] | None = Field(default=None, min_length=1)
     between: tuple[float, float] | None = None
@@ -76,12 +81,20 @@ class Operators(BaseModel):
             raise ValueError("between needs [low, high] with low <= high")
         return value
 
-    @field_validator("contains_any", "starts_with_any", "ends_with_any")
+    @field_validator("contains_any", "starts_with_any", "ends_with_any", "words_any")
     @classmethod
     def _short(cls, value: list[str] | None) -> list[str] | None:
         for item in value or ():
             if len(item) > MAX_PATTERN_LENGTH:
                 raise ValueError(f"value longer than {MAX_PATTERN_LENGTH} characters")
+        return value
+
+    @field_validator("words_any")
+    @classmethod
+    def _words(cls, value: list[str] | None) -> list[str] | None:
+        for item in value or ():
+            if not any(ch.isalnum() for ch in item):
+                raise ValueError(f"{item!r} has no letter or digit to match as a word")
         return value
 
     def is_empty(self) -> bool:

@@ -7,6 +7,7 @@ published pattern can never be made to backtrack.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,17 @@ def _number(value: Any) -> float | None:
         except ValueError:
             return None
     return None
+
+
+def words(text: str) -> str:
+    """Text as its words, case- and accent-folded, each between single spaces:
+    "Vice-Président, Sales" -> " vice president sales ". A phrase in words() form is then a
+    whole-word match exactly when it is a substring: one linear scan, no backtracking."""
+    folded = unicodedata.normalize("NFKD", text.casefold())
+    plain = "".join(
+        " " if not ch.isalnum() else ch for ch in folded if not unicodedata.combining(ch)
+    )
+    return " " + " ".join(plain.split()) + " "
 
 
 def _fold(value: Any) -> Any:
@@ -62,6 +74,15 @@ def compile_operators(ops: Operators) -> Predicate:
         tests.append(
             _each(lambda v: isinstance(v, str) and any(n in v.casefold() for n in needles))
         )
+    if ops.words_any is not None:
+        phrases = tuple(words(p) for p in ops.words_any)
+        def has_phrase(value: Any) -> bool:
+            if not isinstance(value, str):
+                return False
+            text = words(value)
+            return any(phrase in text for phrase in phrases)
+
+        tests.append(_each(has_phrase))
     if ops.starts_with_any is not None:
         prefixes = tuple(p.casefold() for p in ops.starts_with_any)
         tests.append(_each(lambda v: isinstance(v, str) and v.casefold().startswith(prefixes)))

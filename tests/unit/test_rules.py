@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from schemas.ruleset import RuleSetDocument
@@ -80,3 +82,58 @@ def test_duplicate_ids_are_refused():
     doc["rules"].append(rule)
     with pytest.raises(ValidationError, match="duplicate rule id"):
         RuleSetDocument.model_validate(doc)
+
+
+@pytest.mark.parametrize(
+    ("words_any", "title", "matches"),
+    [
+        (["intern"], "International Sales Director", False),
+        (["intern"], "Marketing Intern", True),
+        (["cto"], "Doctor", False),
+        (["cto"], "CTO & co-founder", True),
+        (["vice president"], "Vice-President, Sales", True),
+        (["vice president"], "President", False),
+        (["head of"], "Head of Logistics", True),
+        (["head of"], "Headhunter", False),
+        (["directeur"], "Directeur Général", True),
+        (["general"], "Directeur Général", True),  # accents ignored
+        (["vp"], "SVP Operations", False),
+        (["vp"], "VP", True),
+    ],
+)
+def test_words_any_matches_whole_words_and_phrases(words_any, title, matches):
+    from schemas.ruleset import Operators
+    from scoring_service.rules import compile_operators
+
+    assert compile_operators(Operators(words_any=words_any))(title) is matches
+
+
+def test_words_any_needs_a_word():
+    with pytest.raises(ValidationError, match="no letter or digit"):
+        RuleSetDocument.model_validate(
+            doc_with(
+                {"id": "x", "category": "fit", "when": {"trait": "title", "words_any": ["--"]}}
+            )
+        )
+
+
+@given(
+    st.lists(st.sampled_from(["vp", "head", "of", "sales", "Intern", "é", "x"]), max_size=8),
+    st.lists(st.sampled_from(["vp", "head", "of", "sales", "intern", "e"]), min_size=1, max_size=3),
+    st.sampled_from([" ", "-", ", ", " / "]),
+)
+def test_words_any_is_a_run_of_whole_words(title_words, phrase_words, separator):
+    """Against the plain definition: the phrase's words appear consecutively in the title's."""
+    from schemas.ruleset import Operators
+    from scoring_service.rules import compile_operators
+
+    def fold(word: str) -> str:
+        return word.casefold().replace("é", "e")
+
+    title = [fold(w) for w in title_words]
+    phrase = [fold(w) for w in phrase_words]
+    expected = any(
+        title[i : i + len(phrase)] == phrase for i in range(len(title) - len(phrase) + 1)
+    )
+    test = compile_operators(Operators(words_any=[" ".join(phrase_words)]))
+    assert test(separator.join(title_words)) is expected
