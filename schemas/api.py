@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.records import Score, Signal, TransitionRecord
 from schemas.ruleset import Stage
@@ -218,6 +218,20 @@ class FeedbackResponse(BaseModel):
     result: Literal["applied"]
     duplicate: bool = Field(description="true when this feedback_id was already applied")
     transition: TransitionRecord | None = Field(description="the move it made (first time)")
+
+
+class StageChange(BaseModel):
+    """A stage set by hand (an admin correcting the lifecycle), with the reason why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Stage
+    reason: str = Field(min_length=1, max_length=500, description="why, in words (audited)")
+
+
+class StageChangeResult(BaseModel):
+    lead_id: str
+    transition: TransitionRecord
 
 
 class StageFigures(BaseModel):

@@ -86,6 +86,10 @@ class TransitionRecord(BaseModel):
     from_stage: Stage
     to_stage: Stage
     reason: TransitionReason
+    reason_detail: str | None = Field(
+        description="the words behind the move: a sales rejection's reason, an admin's reason "
+        "for a manual move"
+    )
     rule_id: str | None
     score: Score
     ruleset_version: int

@@ -19,6 +19,7 @@ from stage_router import records
 from stage_router.lifecycle import (
     RANK,
     RECYCLED,
+    IllegalMove,
     Move,
     automatic_move,
     feedback_move,
@@ -356,6 +357,7 @@ class Engine:
         occurred_at: float,
         account: Account | None,
         now: float,
+        detail: str | None = None,
     ) -> None:
         """Apply a stage change and emit its transition (and notification) records."""
         state.seq += 1
@@ -372,6 +374,7 @@ class Engine:
             caused_by=caused_by,
             occurred_at=occurred_at,
             emitted_at=now,
+            reason_detail=detail,
         )
         state.stage = move.to_stage
         state.stage_entered_at = occurred_at
@@ -421,7 +424,44 @@ class Engine:
             self._recycle(state)
         effects = Effects()
         self.move(
-            state, move, effects, caused_by=feedback_id, occurred_at=at, account=account, now=now
+            state,
+            move,
+            effects,
+            caused_by=feedback_id,
+            occurred_at=at,
+            account=account,
+            now=now,
+            detail=reason,
+        )
+        return effects
+
+    def manual_move(
+        self,
+        state: LeadState,
+        *,
+        to_stage: str,
+        reason: str,
+        caused_by: str,
+        at: float,
+        account: Account | None,
+        now: float,
+    ) -> Effects:
+        """An admin sets the stage by hand (reason `manual`): any stage but the current one.
+        Recycling by hand resets engagement, as a sales rejection does."""
+        if to_stage == state.stage:
+            raise IllegalMove(f"the lead is already in {to_stage}")
+        if to_stage == RECYCLED:
+            self._recycle(state)
+        effects = Effects()
+        self.move(
+            state,
+            Move(to_stage, "manual"),
+            effects,
+            caused_by=caused_by,
+            occurred_at=at,
+            account=account,
+            now=now,
+            detail=reason,
         )
         return effects
 

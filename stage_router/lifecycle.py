@@ -50,7 +50,11 @@ class Move:
     rule_id: str | None = None
 
 
-class IllegalFeedback(ValueError):
+class IllegalMove(ValueError):
+    """A stage change the lifecycle does not allow."""
+
+
+class IllegalFeedback(IllegalMove):
     """Sales feedback that the transition table does not allow from the lead's stage."""
 
 

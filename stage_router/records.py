@@ -34,6 +34,8 @@ class TransitionDoc(TypedDict):
     from_stage: str
     to_stage: str
     reason: str
+    # The words behind the move: a sales rejection's reason, an admin's for a manual move.
+    reason_detail: str | None
     rule_id: str | None
     score: ScoreDoc
     ruleset_version: int
@@ -105,6 +107,7 @@ def transition_record(
     caused_by: str | None,
     occurred_at: float,
     emitted_at: float,
+    reason_detail: str | None = None,
 ) -> TransitionDoc:
     return {
         "transition_id": f"{lead_id}:{seq}",
@@ -113,6 +116,7 @@ def transition_record(
         "from_stage": from_stage,
         "to_stage": to_stage,
         "reason": reason,
+        "reason_detail": reason_detail,
         "rule_id": rule_id,
         "score": score,
         "ruleset_version": ruleset_version,

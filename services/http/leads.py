@@ -22,7 +22,9 @@ from services.http.common import (
     cursor_of,
     uncursor,
 )
-from stage_router.records import score_doc
+from services.lead_transaction import LeadTransaction
+from stage_router.lifecycle import IllegalMove
+from stage_router.records import TransitionDoc, score_doc
 
 
 def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
@@ -155,6 +157,55 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             "duplicate": result.duplicate,
             "transition": result.transition,
         }
+
+    @router.post(
+        "/leads/{lead_id}/stage",
+        response_model=api.StageChangeResult,
+        responses={
+            409: {"model": api.ErrorBody, "description": "the lead is already in that stage"},
+            **NOT_FOUND,
+        },
+    )
+    async def set_stage(lead_id: str, body: api.StageChange, who: Admin) -> dict[str, Any]:
+        """Set a lead's stage by hand: a transition with reason `manual` and the reason in
+        words, sent like any other (notifications and deadlines included), and audited."""
+
+        async def work(tx: LeadTransaction) -> TransitionDoc:
+            ws = await tx.lock_leads([lead_id])
+            state = ws.leads.get(ws.canonical(lead_id))
+            if state is None:
+                raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+            try:
+                effects = tx.engine.manual_move(
+                    state,
+                    to_stage=body.stage,
+                    reason=body.reason,
+                    caused_by=f"manual:{who.name}",
+                    at=tx.now,
+                    account=ws.accounts.get(state.account_id or ""),
+                    now=tx.now,
+                )
+            except IllegalMove as exc:
+                raise ApiError(409, "illegal_transition", str(exc)) from exc
+            ws.changed_leads.add(state.lead_id)
+            tx.effects.extend(effects)
+            [transition] = effects.transitions
+            await rulesets.record_audit(
+                tx.pg,
+                actor=who.name,
+                action="lead.stage",
+                target=state.lead_id,
+                detail={
+                    "from": transition["from_stage"],
+                    "to": transition["to_stage"],
+                    "reason": body.reason,
+                    "transition_id": transition["transition_id"],
+                },
+            )
+            return transition
+
+        transition = await container.writer.run(work, writer="manual")
+        return {"lead_id": transition["lead_id"], "transition": transition}
 
     @router.get("/funnel", response_model=api.FunnelReport, tags=["sales handoff"])
     async def funnel(

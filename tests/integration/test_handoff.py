@@ -321,3 +321,63 @@ async def test_funnel_rejects_bad_windows(admin_container, query, status):
     async with client_for(admin_container, "viewer") as viewer:
         response = await viewer.get("/v1/funnel", params=query)
         assert response.status_code == status
+
+
+async def test_a_rejection_carries_its_reason_on_the_recycled_transition(service, settings):
+    await seed_leads(settings, {"r-1": "sal"})
+    async with client_for(service.container) as admin:
+        body = {k: v for k, v in feedback_doc("r-1", "rejected").items() if k != "lead_id"}
+        answer = await admin.post("/v1/leads/r-1/feedback", json=body)
+    assert answer.status_code == 200, answer.text
+    transition = answer.json()["transition"]
+    assert (transition["to_stage"], transition["reason_detail"]) == ("recycled", "no budget")
+    await wait_for(lambda: drained(settings, 0), what="outbox published")
+    [published] = values(await read_all(settings, settings.topic_transitions, expect=1))
+    assert published["reason_detail"] == "no budget"
+
+
+async def test_an_admin_sets_a_stage_by_hand_with_a_reason(service, settings):
+    await seed_leads(settings, {"m-1": "lead", "m-2": "sql"})
+    async with client_for(service.container) as admin:
+        moved = await admin.post(
+            "/v1/leads/m-1/stage", json={"stage": "sal", "reason": "met at the trade fair"}
+        )
+        assert moved.status_code == 200, moved.text
+        transition = moved.json()["transition"]
+        assert (transition["from_stage"], transition["to_stage"]) == ("lead", "sal")
+        assert (transition["reason"], transition["reason_detail"]) == (
+            "manual",
+            "met at the trade fair",
+        )
+        assert transition["caused_by"] == "manual:loopback"
+        recycled = await admin.post(
+            "/v1/leads/m-2/stage", json={"stage": "recycled", "reason": "duplicate of m-1"}
+        )
+        assert recycled.status_code == 200, recycled.text
+        same = await admin.post("/v1/leads/m-1/stage", json={"stage": "sal", "reason": "again"})
+        assert (same.status_code, same.json()["error"]) == (409, "illegal_transition")
+        unknown = await admin.post("/v1/leads/nobody/stage", json={"stage": "mql", "reason": "x"})
+        assert (unknown.status_code, unknown.json()["error"]) == (404, "lead_not_found")
+        no_reason = await admin.post("/v1/leads/m-1/stage", json={"stage": "sql"})
+        assert no_reason.status_code == 422
+        bad_stage = await admin.post("/v1/leads/m-1/stage", json={"stage": "won", "reason": "x"})
+        assert bad_stage.status_code == 422
+        audit = (await admin.get("/v1/audit")).json()["items"]
+    stages = await lead_stages(settings)
+    assert stages["m-1"] == ("sal", 40)
+    assert stages["m-2"] == ("recycled", 0)  # recycling by hand resets engagement
+    assert [(a["action"], a["target"]) for a in audit if a["action"] == "lead.stage"] == [
+        ("lead.stage", "m-2"),
+        ("lead.stage", "m-1"),
+    ]
+    await wait_for(lambda: drained(settings, 0), what="outbox published")
+    published = values(await read_all(settings, settings.topic_transitions, expect=2))
+    assert {(t["lead_id"], t["reason"]) for t in published} == {
+        ("m-1", "manual"),
+        ("m-2", "manual"),
+    }
+    # Entering sal by hand is a hand-off like any other: sales is told and a deadline opens.
+    notes = values(await read_all(settings, settings.topic_notifications, expect=1))
+    assert [(n["lead_id"], n["type"], n["stage"]) for n in notes] == [("m-1", "promotion", "sal")]
+    [handoff] = await db_fetch(settings, "SELECT lead_id, status FROM handoffs")
+    assert (handoff["lead_id"], handoff["status"]) == ("m-1", "open")
