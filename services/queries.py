@@ -186,6 +186,37 @@ async def lead_page(
     )
 
 
+async def lead_page_by_score(
+    pg: asyncpg.Connection,
+    *,
+    after: tuple[float, str] | None,
+    stage: str | None,
+    min_score: float | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Leads by total score, highest first, ties by id, after the (total, id) of `after`.
+
+    The total is the stored one (engagement as of each lead's last event), the value the
+    index orders by; `total` is returned as PostgreSQL computed it, so a cursor made from it
+    compares equal on the next page.
+    """
+    total, last_id = after if after is not None else (None, "")
+    return await pg.fetch(
+        "SELECT lead_id, stage, account_id, fit, engagement, as_of, updated_at, "
+        "fit + engagement AS total FROM leads "
+        "WHERE ($1::float8 IS NULL OR fit + engagement < $1 "
+        "       OR (fit + engagement = $1 AND lead_id > $2)) "
+        "AND ($3::text IS NULL OR stage = $3) "
+        "AND ($4::float8 IS NULL OR fit + engagement >= $4) "
+        "ORDER BY fit + engagement DESC, lead_id LIMIT $5",
+        total,
+        last_id,
+        stage,
+        min_score,
+        limit,
+    )
+
+
 async def lead(pg: asyncpg.Connection, lead_id: str) -> LeadState | None:
     return (await store.load_leads(pg, [lead_id])).get(lead_id)
 

@@ -2,7 +2,7 @@
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query
@@ -27,6 +27,24 @@ from stage_router.lifecycle import IllegalMove
 from stage_router.records import TransitionDoc, score_doc
 
 
+def _score_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """The (total, lead id) a score-ordered page continues after."""
+    text = uncursor(cursor)
+    if not text:
+        return None
+    try:
+        total, lead_id = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if (
+        not isinstance(total, int | float)
+        or isinstance(total, bool)
+        or not isinstance(lead_id, str)
+    ):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return float(total), lead_id
+
+
 def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["leads"], responses=ERRORS)
     db = container.db
@@ -38,14 +56,25 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         min_score: float | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        sort: Literal["id", "-score"] = "id",
     ) -> dict[str, Any]:
-        """Leads in id order, filtered by stage and minimum total score; the cursor is the
-        last id seen, so pages stay stable while leads change."""
-        after = uncursor(cursor)
+        """Leads in id order, or by total score, highest first (`sort=-score`, a work queue),
+        filtered by stage and minimum total score. The cursor is the last (score and) id
+        seen, so pages stay stable while leads change."""
         async with db.connect() as conn:
-            rows = await queries.lead_page(
-                await driver(conn), after=after, stage=stage, min_score=min_score, limit=limit
-            )
+            pg = await driver(conn)
+            if sort == "-score":
+                rows = await queries.lead_page_by_score(
+                    pg,
+                    after=_score_cursor(cursor),
+                    stage=stage,
+                    min_score=min_score,
+                    limit=limit,
+                )
+            else:
+                rows = await queries.lead_page(
+                    pg, after=uncursor(cursor), stage=stage, min_score=min_score, limit=limit
+                )
         items = [
             {
                 "lead_id": r["lead_id"],
@@ -57,7 +86,14 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             }
             for r in rows
         ]
-        next_cursor = cursor_of(rows[-1]["lead_id"]) if len(rows) == limit else None
+        next_cursor = None
+        if len(rows) == limit:
+            last = rows[-1]
+            next_cursor = cursor_of(
+                orjson.dumps([last["total"], last["lead_id"]]).decode()
+                if sort == "-score"
+                else last["lead_id"]
+            )
         return {"items": items, "next_cursor": next_cursor}
 
     @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)

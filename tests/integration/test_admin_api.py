@@ -341,3 +341,45 @@ async def test_ingest_needs_the_ingest_role(admin_container):
     async with client_for(admin_container, "viewer") as viewer:
         response = await viewer.post("/v1/track", json={"event": "x"})
         assert response.status_code == 403
+
+
+async def test_leads_by_score_page_stably_highest_first(admin_container, settings):
+    """A work queue: 57 leads with many equal totals, read 10 at a time by score."""
+    totals = {f"q-{i:02d}": float((i * 7) % 5) * 10 + (i % 3) for i in range(57)}
+    await db_fetch(
+        settings,
+        "INSERT INTO leads (lead_id, stage, fit, engagement, traits) "
+        "SELECT l, 'mql', t / 2, t / 2, '{}' FROM unnest($1::text[], $2::float8[]) AS u(l, t)",
+        list(totals),
+        list(totals.values()),
+    )
+    expected = sorted(totals, key=lambda lead: (-totals[lead], lead))
+    seen: list[str] = []
+    cursor = None
+    async with client_for(admin_container, "viewer") as viewer:
+        while True:
+            params = {"sort": "-score", "limit": 10, **({"cursor": cursor} if cursor else {})}
+            page = (await viewer.get("/v1/leads", params=params)).json()
+            if not seen:
+                # The top lead drops to 0 after the first page: it comes round again at its
+                # new place; every lead that did not change is read once, in order.
+                await db_fetch(
+                    settings,
+                    "UPDATE leads SET fit = 0, engagement = 0 WHERE lead_id = $1",
+                    expected[0],
+                )
+            seen += [item["lead_id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        changed = expected[0]
+        assert [lead for lead in seen if lead != changed] == expected[1:]
+        # Read again at its new place among the totals of 0, after the first page.
+        assert seen.count(changed) == 2 and seen.index(changed, 1) >= 10
+        top = (await viewer.get("/v1/leads", params={"sort": "-score", "limit": 3})).json()
+        scores = [item["score"]["total"] for item in top["items"]]
+        assert scores == sorted(scores, reverse=True)
+        for bad in ("%%%", "WzEsMl0=", "bm90IGpzb24="):  # "%%%", [1,2], "not json"
+            answer = await viewer.get("/v1/leads", params={"sort": "-score", "cursor": bad})
+            assert (answer.status_code, answer.json()["error"]) == (400, "invalid_cursor")
+        assert (await viewer.get("/v1/leads", params={"sort": "score"})).status_code == 422
