@@ -16,6 +16,12 @@ MAX_WILDCARDS = 8
 MAX_RULES = 1000
 # Words and phrases one `words_any` may list.
 MAX_WORDS = 200
+# Conditions nest (all / any / not) at most this deep, with at most this many branches each:
+# a condition is data, and its cost must stay a small multiple of the event's size.
+MAX_CONDITION_DEPTH = 6
+MAX_BRANCHES = 50
+# The parts of Segment's `context` that conditions (and the stored history) can read.
+CONTEXT_KEYS = ("campaign", "page", "referrer", "locale", "location")
 OPERATORS = (
     "equals",
     "in",
@@ -102,8 +108,10 @@ class Operators(BaseModel):
 
 
 class When(Operators):
-    """A rule's conditions. Behaviour: type, event, path, properties.<key>.
-    Fit: trait (a dotted path; 'account.<key>' reads the account) with operators beside it."""
+    """A rule's conditions, all of which must hold. Behaviour: type, event, path,
+    properties.<key>, context.<key>. Fit: trait (a dotted path; 'account.<key>' reads the
+    account) with operators beside it. Any condition can be combined: all: [...], any: [...],
+    not: {...}."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
@@ -111,6 +119,13 @@ class When(Operators):
     event: str | list[str] | None = None
     path: str | list[str] | None = None
     trait: str | None = Field(default=None, min_length=1, max_length=200)
+    all_: list[When] | None = Field(
+        default=None, alias="all", min_length=1, max_length=MAX_BRANCHES
+    )
+    any_: list[When] | None = Field(
+        default=None, alias="any", min_length=1, max_length=MAX_BRANCHES
+    )
+    not_: When | None = Field(default=None, alias="not")
 
     @field_validator("path")
     @classmethod
@@ -123,10 +138,16 @@ class When(Operators):
     def _shape(self) -> When:
         extras = self.model_extra or {}
         for key, value in extras.items():
-            if not key.startswith("properties.") or len(key) == len("properties."):
+            prefix, _, rest = key.partition(".")
+            if prefix == "context" and rest.split(".")[0] not in CONTEXT_KEYS:
+                raise ValueError(
+                    f"unknown condition {key!r}: context conditions read "
+                    + ", ".join(f"context.{k}" for k in CONTEXT_KEYS)
+                )
+            if prefix not in ("properties", "context") or not rest:
                 raise ValueError(
                     f"unknown condition {key!r}: use type, event, path, trait with an operator "
-                    f"({', '.join(OPERATORS)}), or properties.<key>"
+                    f"({', '.join(OPERATORS)}), properties.<key>, context.<key>, all, any or not"
                 )
             if isinstance(value, dict):
                 Operators.model_validate(value)
@@ -145,19 +166,53 @@ class When(Operators):
             and self.path is None
             and self.trait is None
             and not extras
+            and not self.combines()
         ):
             raise ValueError("empty condition: a rule must say when it applies")
+        if self.depth() > MAX_CONDITION_DEPTH:
+            raise ValueError(f"conditions nest deeper than {MAX_CONDITION_DEPTH} levels")
         return self
 
+    def combines(self) -> bool:
+        return self.all_ is not None or self.any_ is not None or self.not_ is not None
+
+    def children(self) -> list[When]:
+        return [*(self.all_ or ()), *(self.any_ or ()), *([self.not_] if self.not_ else [])]
+
+    def depth(self) -> int:
+        return 1 + max((child.depth() for child in self.children()), default=0)
+
     def property_conditions(self) -> dict[str, Any]:
-        return {k[len("properties.") :]: v for k, v in (self.model_extra or {}).items()}
+        return {
+            k[len("properties.") :]: v
+            for k, v in (self.model_extra or {}).items()
+            if k.startswith("properties.")
+        }
+
+    def context_conditions(self) -> dict[str, Any]:
+        return {
+            k[len("context.") :]: v
+            for k, v in (self.model_extra or {}).items()
+            if k.startswith("context.")
+        }
 
     def is_behavioural(self) -> bool:
+        """Does any part, nested ones included, read the event?"""
         return (
             self.type is not None
             or self.event is not None
             or self.path is not None
             or bool(self.model_extra)
+            or any(child.is_behavioural() for child in self.children())
+        )
+
+    def reads_traits(self) -> bool:
+        """Does any part, nested ones included, read the lead's or account's traits?"""
+        return self.trait is not None or any(c.reads_traits() for c in self.children())
+
+    def reads_account(self) -> bool:
+        return (self.trait is not None and self.trait.startswith("account.")) or any(
+            c.reads_account() for c in self.children()
         )
 
 
@@ -184,13 +239,18 @@ class Rule(BaseModel):
     def _category(self) -> Rule:
         if self.category == "fit":
             if self.when.is_behavioural():
-                raise ValueError("a fit rule matches traits only (trait: ...), not type/event/path")
-            if self.when.trait is None:
+                raise ValueError(
+                    "a fit rule matches traits only (trait: ...), not type/event/path/"
+                    "properties/context"
+                )
+            if not self.when.reads_traits():
                 raise ValueError("a fit rule needs a 'trait' condition")
             if self.limit is not None:
                 raise ValueError("a fit rule counts once; 'limit' applies to engagement rules")
         elif not self.when.is_behavioural():
-            raise ValueError("an engagement rule needs type, event, path or properties.<key>")
+            raise ValueError(
+                "an engagement rule needs type, event, path, properties.<key> or context.<key>"
+            )
         return self
 
 

@@ -128,7 +128,7 @@ class Engine:
         matched: list[str] = []
         disqualify: str | None = None
         for rule in self.rules.fit_rules:
-            if rule.trait is not None and rule.trait.holds(state.traits, account_traits):
+            if rule.fit_holds(state.traits, account_traits):
                 fit += rule.points
                 matched.append(rule.id)
                 if rule.disqualify and disqualify is None:
@@ -188,7 +188,7 @@ class Engine:
                 if path is None or not rule.path_matches(path):  # type: ignore[misc]
                     continue
             elif shape != NAME_ONLY and not rule.matches_behaviour(
-                event.event_name, path, event.properties or {}, state.traits, account_traits
+                event, state.traits, account_traits
             ):
                 continue
             counted = self._count_hit(state, rule, event.ts)

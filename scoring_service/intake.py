@@ -11,6 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import EVENT_TYPES, AnySegmentEvent
 from schemas.records import DeadLetterCode
+from schemas.ruleset import CONTEXT_KEYS
 from schemas.timefmt import iso, parse_iso
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -42,6 +43,8 @@ class Event:
     traits: dict[str, Any] | None = None
     group_id: str | None = None
     previous_id: str | None = None
+    # The parts of Segment's context that rules can read (schemas.ruleset.CONTEXT_KEYS).
+    context: dict[str, Any] | None = None
 
     @property
     def timestamp(self) -> str:
@@ -57,7 +60,7 @@ class Event:
 def event_doc(event: Event) -> dict[str, Any]:
     """The part of an event that scoring reads, for the stored history (replays, re-scoring)."""
     doc: dict[str, Any] = {"type": event.type, "message_id": event.message_id, "ts": event.ts}
-    for name in ("event_name", "path", "properties", "traits", "group_id"):
+    for name in ("event_name", "path", "properties", "traits", "group_id", "context"):
         value = getattr(event, name)
         if value:
             doc[name] = value
@@ -77,6 +80,7 @@ def event_from_doc(doc: dict[str, Any], lead_id: str) -> Event:
         properties=doc.get("properties"),
         traits=doc.get("traits"),
         group_id=doc.get("group_id"),
+        context=doc.get("context"),
     )
 
 
@@ -220,6 +224,11 @@ def _parse_event(raw: bytes, *, now: float, fallback_ts: float | None) -> Event 
         anonymous_id=_text(doc.get("anonymousId")),
         ts=ts,
     )
+    context = doc.get("context")
+    if context:
+        kept = {key: context[key] for key in CONTEXT_KEYS if key in context}
+        if kept:
+            event.context = kept
     if event_type == "page":
         try:
             event.path = _page_path(doc)

@@ -14,6 +14,7 @@ from typing import Any
 
 from schemas.ruleset import Operators, Rule, RuleSetDocument, When
 from schemas.timefmt import DAY
+from scoring_service.intake import Event
 
 Predicate = Callable[[Any], bool]
 # What a behavioural rule tests, when it is a single thing (the common case).
@@ -76,6 +77,7 @@ def compile_operators(ops: Operators) -> Predicate:
         )
     if ops.words_any is not None:
         phrases = tuple(words(p) for p in ops.words_any)
+
         def has_phrase(value: Any) -> bool:
             if not isinstance(value, str):
                 return False
@@ -181,6 +183,57 @@ class TraitTest:
         return self.predicate(lookup(source, self.path))
 
 
+# A compiled condition: (the event, or None for a fit test; the lead's traits; the account's).
+Condition = Callable[[Event | None, Mapping[str, Any], Mapping[str, Any] | None], bool]
+
+
+def compile_condition(when: When) -> Condition:
+    """Every part of `when` must hold; all / any / not nest. Each part reads the event (type,
+    event name, path, properties, context), the lead's traits or the account's traits."""
+    tests: list[Condition] = []
+    if when.type is not None:
+        event_type = when.type
+        tests.append(lambda e, t, a: e is not None and e.type == event_type)
+    if when.event is not None:
+        names = frozenset(
+            n.casefold() for n in ([when.event] if isinstance(when.event, str) else when.event)
+        )
+        tests.append(lambda e, t, a: e is not None and e.event_name in names)
+    if when.path is not None:
+        patterns = [when.path] if isinstance(when.path, str) else when.path
+        path_ok = path_test(tuple(Glob(p) for p in patterns))
+        tests.append(lambda e, t, a: e is not None and e.path is not None and path_ok(e.path))
+    for key, cond in when.property_conditions().items():
+        tests.append(
+            _event_part("properties", tuple(key.split(".")), compile_value_condition(cond))
+        )
+    for key, cond in when.context_conditions().items():
+        tests.append(_event_part("context", tuple(key.split(".")), compile_value_condition(cond)))
+    if when.trait is not None:
+        trait = _trait_test(when)
+        tests.append(lambda e, t, a: trait.holds(t, a))
+    if when.all_ is not None:
+        every = tuple(compile_condition(c) for c in when.all_)
+        tests.append(lambda e, t, a: all(c(e, t, a) for c in every))
+    if when.any_ is not None:
+        some = tuple(compile_condition(c) for c in when.any_)
+        tests.append(lambda e, t, a: any(c(e, t, a) for c in some))
+    if when.not_ is not None:
+        negated = compile_condition(when.not_)
+        tests.append(lambda e, t, a: not negated(e, t, a))
+    if len(tests) == 1:
+        return tests[0]
+    checks = tuple(tests)
+    return lambda e, t, a: all(c(e, t, a) for c in checks)
+
+
+def _event_part(part: str, path: tuple[str, ...], predicate: Predicate) -> Condition:
+    """A condition on the event's properties or context (nothing holds without an event)."""
+    if part == "properties":
+        return lambda e, t, a: e is not None and predicate(lookup(e.properties, path))
+    return lambda e, t, a: e is not None and predicate(lookup(e.context, path))
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     id: str
@@ -196,24 +249,36 @@ class CompiledRule:
     properties: tuple[tuple[tuple[str, ...], Predicate], ...]
     trait: TraitTest | None
     shape: str = MIXED
+    # Conditions beyond the common ones above (context, all / any / not), checked last.
+    extra: Condition | None = None
 
     def matches_behaviour(
         self,
-        event_name: str | None,
-        path: str | None,
-        properties: Mapping[str, Any],
+        event: Event,
         traits: Mapping[str, Any],
         account_traits: Mapping[str, Any] | None,
     ) -> bool:
         """Type has been checked by the index; the rest of the `when` is checked here."""
-        if self.events is not None and event_name not in self.events:
+        if self.events is not None and event.event_name not in self.events:
             return False
+        path = event.path
         if self.path_matches is not None and (path is None or not self.path_matches(path)):
             return False
+        properties = event.properties or {}
         for key, predicate in self.properties:
             if not predicate(lookup(properties, key)):
                 return False
-        return self.trait is None or self.trait.holds(traits, account_traits)
+        if self.trait is not None and not self.trait.holds(traits, account_traits):
+            return False
+        return self.extra is None or self.extra(event, traits, account_traits)
+
+    def fit_holds(
+        self, traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None
+    ) -> bool:
+        """A fit rule's conditions, on the lead's and its account's traits."""
+        if self.trait is not None and not self.trait.holds(traits, account_traits):
+            return False
+        return self.extra is None or self.extra(None, traits, account_traits)
 
 
 def _trait_test(when: When) -> TraitTest:
@@ -246,8 +311,10 @@ def _compile_rule(rule: Rule) -> CompiledRule:
         (tuple(key.split(".")), compile_value_condition(cond))
         for key, cond in when.property_conditions().items()
     )
-    only_path = globs is not None and events is None and not properties and trait is None
-    only_name = events is not None and globs is None and not properties and trait is None
+    extra = _extra_condition(when)
+    simple = not properties and trait is None and extra is None
+    only_path = globs is not None and events is None and simple
+    only_name = events is not None and globs is None and simple
     return CompiledRule(
         shape=PATH_ONLY if only_path else NAME_ONLY if only_name else MIXED,
         id=rule.id,
@@ -262,7 +329,22 @@ def _compile_rule(rule: Rule) -> CompiledRule:
         path_matches=path_test(globs) if globs is not None else None,
         properties=properties,
         trait=trait,
+        extra=extra,
     )
+
+
+def _extra_condition(when: When) -> Condition | None:
+    """The parts of a rule's `when` that the common fields do not cover: context conditions
+    and all / any / not. None when there are none (the fast path)."""
+    context = when.context_conditions()
+    if not context and not when.combines():
+        return None
+    rest = {
+        key: value
+        for key, value in when.model_dump(by_alias=True, exclude_none=True).items()
+        if key.startswith("context.") or key in ("all", "any", "not")
+    }
+    return compile_condition(When.model_validate(rest))
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +432,9 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         recycle_on_expiry=document.recycle_on_expiry,
         fit_rules=fit,
         fit_disqualifiers=frozenset(r.id for r in fit if r.disqualify),
-        fit_reads_account=any(r.trait is not None and r.trait.on_account for r in fit),
+        fit_reads_account=any(
+            source.when.reads_account() for source in document.rules if source.category == "fit"
+        ),
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},
