@@ -47,6 +47,12 @@ class LeadPublic(BaseModel):
     last_event_at: datetime | None
     top_signals: list[Signal]
     ruleset_version: int
+    held: str | None = Field(
+        default=None,
+        description="why the lead does not move further although its score or a trigger "
+        "says it should: an exclusion ('excluded: <id>') or a requirement ('sal requires "
+        "title')",
+    )
 
 
 class LeadSummary(BaseModel):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 Stage = Literal["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified"]
 PromotionStage = Literal["sal", "sql"]
@@ -304,12 +311,56 @@ class Thresholds(BaseModel):
 
     mql: float
     sal: float
+    # Optional: the total at which a lead becomes sales-qualified without sales' word.
+    sql: float | None = None
 
     @model_validator(mode="after")
     def _order(self) -> Thresholds:
         if self.sal < self.mql:
             raise ValueError("thresholds.sal must be >= thresholds.mql")
+        if self.sql is not None and self.sql < self.sal:
+            raise ValueError("thresholds.sql must be >= thresholds.sal")
         return self
+
+
+MAX_REQUIREMENTS = 50
+MAX_EXCLUSIONS = 100
+RequirementStage = Literal["mql", "sal", "sql"]
+
+
+def _traits_only(when: When, what: str) -> When:
+    if when.is_behavioural():
+        raise ValueError(f"{what} reads traits only (trait: ...), not the event")
+    if not when.reads_traits():
+        raise ValueError(f"{what} needs a 'trait' condition")
+    return when
+
+
+class Exclusion(BaseModel):
+    """Traits that keep a lead out of mql and beyond, without disqualifying it: it keeps
+    scoring, and moves on if the traits change (a personal address replaced by a work one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_RULE_ID)]
+    when: When
+    description: str | None = Field(default=None, max_length=500)
+
+    @field_validator("when")
+    @classmethod
+    def _traits(cls, when: When) -> When:
+        return _traits_only(when, "an exclusion")
+
+
+def _requirement(value: str | When) -> str | When:
+    if isinstance(value, When):
+        return _traits_only(value, "a requirement")
+    if not value or len(value) > 200:
+        raise ValueError("a required trait is a dotted path of 1 to 200 characters")
+    return value
+
+
+Requirement = Annotated[str | When, AfterValidator(_requirement)]
 
 
 class Decay(BaseModel):
@@ -335,6 +386,12 @@ class RuleSetDocument(BaseModel):
     escalation_owner: str | None = Field(default=None, min_length=1, max_length=200)
     recycle_on_expiry: bool = False
     rules: list[Rule] = Field(max_length=MAX_RULES)
+    # Per stage: traits that must be present (a dotted path) or conditions on traits that
+    # must hold before a lead enters that stage; each stage's list adds to the ones below.
+    requires: dict[RequirementStage, Annotated[list[Requirement], Field(max_length=50)]] = Field(
+        default_factory=dict
+    )
+    excluded_when: list[Exclusion] = Field(default_factory=list, max_length=MAX_EXCLUSIONS)
 
     @field_validator("sla", mode="before")
     @classmethod

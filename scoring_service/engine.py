@@ -10,15 +10,20 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from scoring_service.intake import Event
-from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet, lookup
+from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.state import Account, LeadState
 from stage_router import records
 from stage_router.lifecycle import (
+    LEAD,
+    MQL,
     RANK,
     RECYCLED,
+    SAL,
+    SQL,
     IllegalMove,
     Move,
     automatic_move,
@@ -92,12 +97,19 @@ def within_limit(counted: list[float], ts: float, count: int, window: float) -> 
     return True
 
 
-def _requirements_met(state: LeadState, rules: CompiledRuleSet) -> bool:
-    for path in rules.mql_requires:
-        value = lookup(state.traits, path)
-        if value is None or value == "":
-            return False
-    return True
+def allowed_rank(
+    state: LeadState, rules: CompiledRuleSet, account_traits: Mapping[str, Any] | None
+) -> tuple[int, str | None]:
+    """The highest rank a lead's traits allow, and why not higher: an exclusion keeps it out
+    of mql and beyond; each stage's requirements (cumulative) must hold to enter it."""
+    for exclusion_id, excluded in rules.exclusions:
+        if excluded(None, state.traits, account_traits):
+            return RANK[LEAD], f"excluded: {exclusion_id}"
+    for stage in (MQL, SAL, SQL):
+        for what, holds in rules.requirements[stage]:
+            if not holds(None, state.traits, account_traits):
+                return RANK[stage] - 1, f"{stage} requires {what}"
+    return RANK[SQL], None
 
 
 def _strongest(a: tuple[str, str] | None, b: tuple[str, str] | None) -> tuple[str, str] | None:
@@ -228,7 +240,8 @@ class Engine:
             total=state.total,
             mql_threshold=self.rules.mql_threshold,
             sal_threshold=self.rules.sal_threshold,
-            requirements_met=_requirements_met(state, self.rules),
+            sql_threshold=self.rules.sql_threshold,
+            allowed_rank=allowed_rank(state, self.rules, account.traits if account else None)[0],
             trigger=None,
             disqualify_rule=None,
         )
@@ -307,8 +320,11 @@ class Engine:
             # Only a threshold could move the lead: when none is newly crossed (the common
             # case), skip the stage router altogether.
             total = state.total
+            sql = self.rules.sql_threshold
             reachable = (
-                2
+                3
+                if sql is not None and total >= sql
+                else 2
                 if total >= self.rules.sal_threshold
                 else 1
                 if (total >= self.rules.mql_threshold)
@@ -317,16 +333,21 @@ class Engine:
             if state.stage == "disqualified" or reachable <= RANK[state.stage]:
                 state.pending_trigger = None
                 return
-        requirements_met = _requirements_met(state, self.rules)
-        move = automatic_move(
+        allowed, why = allowed_rank(state, self.rules, account.traits if account else None)
+        decide = partial(
+            automatic_move,
             stage=state.stage,
             total=state.total,
             mql_threshold=self.rules.mql_threshold,
             sal_threshold=self.rules.sal_threshold,
-            requirements_met=requirements_met,
+            sql_threshold=self.rules.sql_threshold,
             trigger=trigger,
             disqualify_rule=disqualify,
         )
+        move = decide(allowed_rank=allowed)
+        # Held: the lead would go further but for its traits; the reason is shown on it.
+        wanted = decide() if why is not None else move
+        state.held = why if wanted is not None and wanted != move else None
         if move is not None:
             self.move(
                 state,
@@ -337,7 +358,7 @@ class Engine:
                 account=account,
                 now=now,
             )
-        # A trigger that could not be honoured (mql_requires) waits for the missing traits.
+        # A trigger that could not be honoured (requirements, exclusions) waits for the traits.
         if (
             trigger is not None
             and RANK.get(state.stage, -1) < RANK[trigger[0]]

@@ -356,6 +356,11 @@ class CompiledRuleSet:
     mql_threshold: float
     sal_threshold: float
     mql_requires: tuple[tuple[str, ...], ...]
+    # Per stage (mql, sal, sql): (what is required, the test), cumulative upwards.
+    requirements: Mapping[str, tuple[tuple[str, Condition], ...]]
+    # (exclusion id, the test): any that holds keeps a lead out of mql and beyond.
+    exclusions: tuple[tuple[str, Condition], ...]
+    sql_threshold: float | None
     half_life: float  # seconds; 0 means no decay
     notify_on: frozenset[str]
     sla: Mapping[str, float]
@@ -395,6 +400,31 @@ class CompiledRuleSet:
         return float(0.5 ** (elapsed / self.half_life))
 
 
+def _present(path: tuple[str, ...]) -> Condition:
+    def present(e: Event | None, t: Mapping[str, Any], a: Mapping[str, Any] | None) -> bool:
+        value = lookup(t, path)
+        return value is not None and value != ""
+
+    return present
+
+
+def _requirements(document: RuleSetDocument) -> dict[str, tuple[tuple[str, Condition], ...]]:
+    """Each stage's requirements, with `mql_requires` (the older spelling) among mql's."""
+    result: dict[str, tuple[tuple[str, Condition], ...]] = {}
+    for stage in ("mql", "sal", "sql"):
+        listed: list[str | When] = list(document.requires.get(stage, []))
+        if stage == "mql":
+            listed = [*document.mql_requires, *listed]
+        tests: list[tuple[str, Condition]] = []
+        for index, item in enumerate(listed):
+            if isinstance(item, str):
+                tests.append((item, _present(tuple(item.split(".")))))
+            else:
+                tests.append((f"condition {index + 1}", compile_condition(item)))
+        result[stage] = tuple(tests)
+    return result
+
+
 def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
     """Index a validated document for scoring."""
     compiled = [_compile_rule(r) for r in document.rules]
@@ -422,6 +452,9 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         mql_threshold=document.thresholds.mql,
         sal_threshold=document.thresholds.sal,
         mql_requires=tuple(tuple(t.split(".")) for t in document.mql_requires),
+        requirements=_requirements(document),
+        exclusions=tuple((e.id, compile_condition(e.when)) for e in document.excluded_when),
+        sql_threshold=document.thresholds.sql,
         half_life=document.decay.half_life_days * DAY,
         notify_on=frozenset(document.notify_on),
         sla={str(stage): seconds for stage, seconds in document.sla.items()},

@@ -41,6 +41,9 @@ class LeadState:
     seq: int = 0
     pending_trigger: tuple[str, str] | None = None
     ruleset_version: int = 0
+    # Why the lead is not moving further although its score or a trigger says it should
+    # (an exclusion, a missing requirement); None when nothing holds it.
+    held: str | None = None
 
     @property
     def total(self) -> float:
@@ -48,13 +51,16 @@ class LeadState:
 
     def to_doc(self) -> dict[str, Any]:
         """The engine-private part of the state, for one JSON column."""
-        return {
+        doc: dict[str, Any] = {
             "fit_rules": self.fit_rules,
             "fit_key": self.fit_key,
             "counted": self.counted,
             "signals": self.signals,
             "pending_trigger": self.pending_trigger,
         }
+        if self.held is not None:
+            doc["held"] = self.held
+        return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
         self.fit_rules = doc.get("fit_rules") or []
@@ -64,3 +70,4 @@ class LeadState:
         self.signals = doc.get("signals") or {}
         pending = doc.get("pending_trigger")
         self.pending_trigger = (pending[0], pending[1]) if pending else None
+        self.held = doc.get("held")

@@ -71,36 +71,56 @@ def feedback_move(stage: str, outcome: str, reason: str | None = None) -> Move:
     return Move(to_stage, "sales_feedback")
 
 
+SCORED_STAGES: Final = (MQL, SAL, SQL)
+
+
+def _capped(stage: str, allowed_rank: int) -> str | None:
+    """The highest of mql / sal / sql up to `stage` that requirements allow, if any."""
+    best = None
+    for candidate in SCORED_STAGES:
+        if RANK[candidate] <= min(RANK[stage], allowed_rank):
+            best = candidate
+    return best
+
+
 def automatic_move(
     *,
     stage: str,
     total: float,
     mql_threshold: float,
     sal_threshold: float,
-    requirements_met: bool,
     trigger: tuple[str, str] | None,
     disqualify_rule: str | None,
+    sql_threshold: float | None = None,
+    allowed_rank: int = RANK[SQL],
 ) -> Move | None:
     """The one move scoring makes after an event, if any.
 
     `trigger` is (stage, rule_id) of the strongest instant-promotion rule that has fired and
     not yet been honoured. A jump (lead straight to sal) is a single move; an instant trigger
-    wins over a threshold when both fire; nothing moves a disqualified lead, and without the
-    `mql_requires` traits nothing reaches mql or beyond.
+    wins over a threshold when both fire; nothing moves a disqualified lead. `allowed_rank`
+    is the highest rank the lead's traits allow (exclusions and per-stage requirements): a
+    move, triggered or not, goes no higher, and without mql's requirements nothing moves.
     """
     if stage == DISQUALIFIED:
         return None
     if disqualify_rule is not None:
         return Move(DISQUALIFIED, "disqualified", disqualify_rule)
-    if not requirements_met:
-        return None
     current = RANK[stage]
-    by_threshold = SAL if total >= sal_threshold else MQL if total >= mql_threshold else None
+    if sql_threshold is not None and total >= sql_threshold:
+        by_threshold: str | None = SQL
+    else:
+        by_threshold = SAL if total >= sal_threshold else MQL if total >= mql_threshold else None
     threshold_rank = RANK[by_threshold] if by_threshold else -1
     if trigger is not None and RANK[trigger[0]] > current and RANK[trigger[0]] >= threshold_rank:
-        return Move(trigger[0], "trigger", trigger[1])
+        target = _capped(trigger[0], allowed_rank)
+        if target is not None and RANK[target] > current:
+            return Move(target, "trigger", trigger[1])
+        return None
     if by_threshold is not None and threshold_rank > current:
-        return Move(by_threshold, "threshold")
+        target = _capped(by_threshold, allowed_rank)
+        if target is not None and RANK[target] > current:
+            return Move(target, "threshold")
     return None
 
 

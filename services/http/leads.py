@@ -120,6 +120,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             "last_event_at": iso(state.as_of) if state.as_of else None,
             "top_signals": engine.top_signals(state),
             "ruleset_version": state.ruleset_version,
+            "held": state.held,
         }
 
     @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)

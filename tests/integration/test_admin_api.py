@@ -157,7 +157,8 @@ BAD_RULE = {"id": "bad", "category": "engagement", "when": {"type": "page", "reg
             "json",
             "rules[0].limit.count",
         ),
-        ({**starter_with(), "rules": starter_with()["rules"] * 2}, "json", "document"),
+        # Each duplicate id at its own place (with where its id was first used).
+        ({**starter_with(), "rules": starter_with()["rules"] * 2}, "json", "rules[17].id"),
         ("name: !!python/object/apply:os.system ['true']\n", "yaml", "document"),
         ("a: &x [1]\nb: *x\n", "yaml", "document"),
         ("x: " + "[" * 40 + "]" * 40 + "\n", "yaml", "document"),

@@ -15,7 +15,7 @@ def decide(stage="lead", total=0.0, met=True, trigger=None, disqualify=None):
         total=total,
         mql_threshold=50,
         sal_threshold=90,
-        requirements_met=met,
+        allowed_rank=3 if met else 0,
         trigger=trigger,
         disqualify_rule=disqualify,
     )
