@@ -44,7 +44,8 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
     # Producer batching: a few ms of linger gathers records without hurting latency.
     producer_linger_ms: int = Field(default=2, ge=0, le=1000)
-    # Real Kafka supports it; the embedded broker does not (INFRA.md), so it is opt-in.
+    # Real Kafka supports it; the embedded broker (Tansu) has no idempotent producer, so it is
+    # opt-in.
     kafka_enable_idempotence: bool = False
 
     outbox_batch: int = Field(default=2000, ge=1, le=100_000)
