@@ -83,6 +83,9 @@ class ScoredEventPublic(BaseModel):
     points: float
     ruleset_version: int
     scored_at: datetime
+    held: str | None = Field(
+        default=None, description="why the lead was held after this event, if it was"
+    )
 
 
 class LeadHistory(BaseModel):

@@ -73,6 +73,8 @@ class ScoredEvent:
     lead_id: str
     effects: Effects
     merged: str | None = None
+    # Why the lead was held after this event (exclusion, requirement), if it was.
+    held: str | None = None
 
 
 def _link(
@@ -131,7 +133,7 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
         account = ws.accounts.get(state.account_id)
     engine.apply_event(state, event, account, now=now, effects=effects)
     ws.changed_leads.add(lead_id)
-    return ScoredEvent(event, lead_id, effects, merged)
+    return ScoredEvent(event, lead_id, effects, merged, state.held)
 
 
 def score_batch(

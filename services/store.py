@@ -282,10 +282,11 @@ async def save_history(
     await pg.execute(
         """
         INSERT INTO lead_events (lead_id, message_id, type, occurred_at, event, hits, points,
-                                 ruleset_version)
-        SELECT l, m, t, o, e::jsonb, h::jsonb, p, $8
+                                 ruleset_version, held)
+        SELECT l, m, t, o, e::jsonb, h::jsonb, p, $8, hd
         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::float8[]) WITH ORDINALITY AS u(l, m, t, o, e, h, p, n)
+                    $6::text[], $7::float8[], $9::text[])
+             WITH ORDINALITY AS u(l, m, t, o, e, h, p, hd, n)
         ORDER BY n
         """,
         # The lead each event counts for once the batch is done: an anonymous lead merged
@@ -301,6 +302,7 @@ async def save_history(
         ],
         [sum(h.points for h in s.effects.hits) for s in scored],
         ruleset_version,
+        [s.held for s in scored],
     )
 
 

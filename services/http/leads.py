@@ -148,6 +148,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
                             "points",
                             "ruleset_version",
                             "scored_at",
+                            "held",
                         )
                     },
                     "hits": [

@@ -381,3 +381,32 @@ async def test_an_admin_sets_a_stage_by_hand_with_a_reason(service, settings):
     assert [(n["lead_id"], n["type"], n["stage"]) for n in notes] == [("m-1", "promotion", "sal")]
     [handoff] = await db_fetch(settings, "SELECT lead_id, status FROM handoffs")
     assert (handoff["lead_id"], handoff["status"]) == ("m-1", "open")
+
+
+async def test_a_held_lead_shows_why_on_the_lead_and_in_its_history(service, settings):
+    from tests.factories import at, identify, track
+
+    rules = starter_with(
+        excluded_when=[
+            {"id": "personal-email", "when": {"trait": "email", "ends_with_any": ["@gmail.com"]}}
+        ]
+    )
+    async with client_for(service.container) as admin:
+        published = await admin.post("/v1/rulesets", json=rules)
+        assert published.status_code == 201, published.text
+        version = published.json()["version"]
+        assert (await admin.post(f"/v1/rulesets/{version}/activate")).status_code == 200
+        docs = [
+            identify({"email": "kid@gmail.com", "title": "Student"}, user="held-1", when=at(0)),
+            track("Demo Requested", user="held-1", when=at(0, hours=1), message_id="held-demo"),
+        ]
+        await produce(settings, docs)
+        await wait_for(lambda: drained(settings, len(docs)), what="drain")
+        lead = (await admin.get("/v1/leads/held-1")).json()
+        history = (await admin.get("/v1/leads/held-1/history")).json()
+    assert (lead["stage"], lead["held"]) == ("lead", "excluded: personal-email")
+    assert [(e["message_id"], e["held"]) for e in history["events"]][-1] == (
+        "held-demo",
+        "excluded: personal-email",
+    )
+    assert history["transitions"] == []
