@@ -39,7 +39,7 @@ from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import ids_to_load, score_event
 from services import kafka, store
 from services.db import UNAVAILABLE, driver
-from services.lead_transaction import LeadTransaction, LeadWriter
+from services.lead_transaction import LeadTransaction, LeadWriter, backoff
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 # The database refuses what the records contain (a value it cannot store, a limit exceeded):
 # retrying the same records fails the same way, so the batch is split to find them.
 REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
-# Back-off while the database is away: start fast, settle at a few seconds.
-RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
 class DatabaseUnavailable(Exception):
@@ -326,7 +324,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                 failures = await self._wait_out(exc, failures, stop)
 
     async def _wait_out(self, exc: BaseException, failures: int, stop: asyncio.Event) -> int:
-        delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+        delay = backoff(failures)
         log.warning("%s consumer: %s; retrying in %.2f s", self.topic, exc, delay)
         self.metrics.loop_errors.labels(self.handler.loop, type(exc).__name__).inc()
         # The lag gauge must keep telling the truth while nothing is committed.

@@ -74,6 +74,11 @@ RETRYABLE = (
 # Back-off between attempts: start fast, settle at a few seconds.
 RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before attempt `attempt + 1` (lock conflicts, outages)."""
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
 _OPEN, _PARTITIONS, _LEADS = 0, 1, 2
 
 
@@ -130,9 +135,6 @@ class LeadTransaction:
         accounts |= {s.account_id for s in self.ws.leads.values() if s.account_id}
         self.ws.accounts = await store.load_accounts(self.pg, list(accounts))
         return self.ws
-
-    def holds(self, lead_id: str) -> bool:
-        return f"l:{lead_id}" in self.locked
 
     def save_offsets(
         self, topic: str, next_offsets: dict[int, int], fingerprints: dict[int, int | None]
@@ -198,7 +200,7 @@ class LeadWriter:
             except RETRYABLE as exc:
                 self.metrics.batch_retries.labels(type(exc).__name__).inc()
                 log.info("%s: lock conflict (%s); trying again", writer, exc)
-                await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
+                await asyncio.sleep(backoff(attempt))
                 attempt += 1
                 continue
             self.on_commit()
