@@ -45,7 +45,10 @@ class LeadPublic(BaseModel):
     score: Score
     score_as_of: datetime
     last_event_at: datetime | None
-    top_signals: list[Signal]
+    signals: list[Signal] = Field(
+        description="every rule behind the score, largest contribution first; the "
+        "contributions add up to the total to the cent"
+    )
     ruleset_version: int
     held: str | None = Field(
         default=None,
@@ -86,10 +89,27 @@ class ScoredEventPublic(BaseModel):
     held: str | None = Field(
         default=None, description="why the lead was held after this event, if it was"
     )
+    superseded: bool = Field(
+        description="the event's points no longer count: the lead was recycled since"
+    )
+    contribution: float = Field(
+        description="what the event's counted points add to the engagement score as of the "
+        "lead's clock (decayed by their age; 0 when superseded)"
+    )
 
 
 class LeadHistory(BaseModel):
+    """A lead's log. The events' contributions, `unlisted_contribution` and the fit signals
+    add up to `score.total`, to the cent."""
+
     lead_id: str
+    score: Score = Field(description="the score as of the lead's clock (its latest event)")
+    score_as_of: datetime | None
+    signals: list[Signal]
+    unlisted_contribution: float = Field(
+        description="engagement from events not listed: older than the page or the history's "
+        "retention"
+    )
     events: list[ScoredEventPublic]
     transitions: list[TransitionRecord]
 
@@ -158,7 +178,10 @@ class SimulatedLead(BaseModel):
     lead_id: str
     stage: Stage
     score: Score
-    top_signals: list[Signal]
+    signals: list[Signal] = Field(
+        description="every rule behind the score, largest contribution first; the "
+        "contributions add up to the total to the cent"
+    )
     trajectory: list[TrajectoryStep]
 
 

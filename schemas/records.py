@@ -99,13 +99,25 @@ class TransitionRecord(BaseModel):
 
 
 class Signal(BaseModel):
+    """One rule's share of a score. The contributions of a score's signals add up to its
+    total to the cent: fit signals to `fit`, engagement signals to `engagement`."""
+
     model_config = ConfigDict(extra="forbid")
 
     rule_id: str
     description: str
-    points: float
-    count: int
-    last_seen: datetime | None
+    category: Literal["fit", "engagement"]
+    points: float | None = Field(
+        description="the rule's points per hit; null when the rule is not in the rule set "
+        "version explaining the score"
+    )
+    hits: int = Field(description="hits counted (1 for a fit rule that holds)")
+    ignored: int = Field(description="hits a limit did not count")
+    contribution: float = Field(
+        description="what the rule adds to the score at the moment it is shown: points for a "
+        "fit rule, the counted hits' points decayed by their age for an engagement rule"
+    )
+    last_seen: datetime | None = Field(description="the rule's last hit (engagement rules)")
 
 
 class Profile(BaseModel):
@@ -127,7 +139,9 @@ class NotificationRecord(BaseModel):
     stage: Stage
     priority: Literal["hot", "warm"]
     score: Score
-    top_signals: list[Signal]
+    signals: list[Signal] = Field(
+        description="every rule behind the score, largest contribution first"
+    )
     profile: Profile
     owner: str
     respond_by: datetime | None

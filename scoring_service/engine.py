@@ -8,14 +8,14 @@ simulation, say) copy it first.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from scoring_service.intake import Event
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
-from scoring_service.state import Account, LeadState
+from scoring_service.state import AS_OF, HITS, IGNORED, LAST_SEEN, VALUE, Account, LeadState
 from stage_router import records
 from stage_router.lifecycle import (
     LEAD,
@@ -165,24 +165,35 @@ class Engine:
             state.as_of = ts
 
     def _count_hit(self, state: LeadState, rule: CompiledRule, ts: float) -> bool:
+        signal = state.signals.get(rule.id)
         if rule.limit_count:
             counted = state.counted.setdefault(rule.id, [])
             if not within_limit(counted, ts, rule.limit_count, rule.limit_window):
+                if signal is None:
+                    state.signals[rule.id] = [0.0, ts, 0, 1, ts]
+                else:
+                    signal[IGNORED] += 1
+                    if ts > signal[LAST_SEEN]:
+                        signal[LAST_SEEN] = ts
                 return False
             insort(counted, ts)
             # Keep two windows: enough to judge any event up to one window late.
             horizon = (state.as_of or ts) - 2 * rule.limit_window
             if counted[0] <= horizon:
                 del counted[: bisect_right(counted, horizon)]
-        state.engagement += rule.points * self.rules.decay_factor(state.as_of - ts)  # type: ignore[operator]
-        signal = state.signals.get(rule.id)
+        clock: float = state.as_of  # type: ignore[assignment]
+        gain = rule.points * self.rules.decay_factor(clock - ts)
+        state.engagement += gain
         if signal is None:
-            state.signals[rule.id] = [rule.points, 1, ts]
+            state.signals[rule.id] = [gain, clock, 1, 0, ts]
         else:
-            signal[0] += rule.points
-            signal[1] += 1
-            if ts > signal[2]:
-                signal[2] = ts
+            if signal[AS_OF] != clock:
+                signal[VALUE] *= self.rules.decay_factor(clock - signal[AS_OF])
+                signal[AS_OF] = clock
+            signal[VALUE] += gain
+            signal[HITS] += 1
+            if ts > signal[LAST_SEEN]:
+                signal[LAST_SEEN] = ts
         return True
 
     def _score_behaviour(
@@ -219,17 +230,23 @@ class Engine:
         account: Account | None,
         *,
         now: float,
+        hits_by_event: list[list[Hit]] | None = None,
     ) -> Effects:
         """Recompute fit and engagement under this rule set from the lead's stored history.
 
         The stage only moves forward, by threshold, with reason `rescore`: the transitions
         the lead already made stand, and a trigger that did not fire then does not fire now.
+        Each event's hits under this rule set are appended to `hits_by_event` when given.
         """
         effects = Effects()
         fresh = LeadState(lead_id=state.lead_id, traits=state.traits, account_id=state.account_id)
         for event in history:
             self._advance_clock(fresh, event.ts)
-            self._score_behaviour(fresh, event, account, effects.hits)
+            hits: list[Hit] = []
+            self._score_behaviour(fresh, event, account, hits)
+            effects.hits.extend(hits)
+            if hits_by_event is not None:
+                hits_by_event.append(hits)
         self.refresh_fit(fresh, account)
         state.fit, state.fit_rules, state.fit_key = fresh.fit, fresh.fit_rules, fresh.fit_key
         state.engagement, state.as_of = fresh.engagement, fresh.as_of
@@ -407,7 +424,7 @@ class Engine:
             effects.notifications.append(
                 records.promotion_record(
                     transition=transition,
-                    signals=self.top_signals(state),
+                    signals=self.explain(state)[1],
                     profile_doc=records.profile(state.traits, account_traits),
                     owner=QUEUE_PREFIX + queue,
                     sla_seconds=sla,
@@ -511,19 +528,54 @@ class Engine:
         state.signals = {}
         state.pending_trigger = None
 
-    def top_signals(self, state: LeadState) -> list[records.SignalDoc]:
-        """The rules that explain the score, largest contribution first."""
-        rows: list[tuple[str, str, float, int, float | None]] = []
-        for rule_id, (points, count, last_seen) in state.signals.items():
+    def explain(
+        self, state: LeadState, at: float | None = None
+    ) -> tuple[records.ScoreDoc, list[records.SignalDoc]]:
+        """The lead's score as of `at` (by default its clock, the latest event time) and
+        every signal's contribution to it; the contributions add up to the total."""
+        clock = state.as_of
+        later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
+        rows: list[records.SignalRow] = []
+        for rule_id, (value, as_of, hits, ignored, last_seen) in state.signals.items():
             rule = self.rules.by_id.get(rule_id)
+            decay = self.rules.decay_factor((clock or as_of) - as_of) * later
             rows.append(
-                (rule_id, rule.description if rule else rule_id, points, int(count), last_seen)
+                records.SignalRow(
+                    rule_id,
+                    rule.description if rule else rule_id,
+                    "engagement",
+                    rule.points if rule else None,
+                    int(hits),
+                    int(ignored),
+                    value * decay,
+                    last_seen,
+                )
             )
         for rule_id in state.fit_rules:
             rule = self.rules.by_id.get(rule_id)
             if rule is not None:
-                rows.append((rule_id, rule.description, rule.points, 1, None))
-        return records.top_signals(rows)
+                rows.append(
+                    records.SignalRow(
+                        rule_id, rule.description, "fit", rule.points, 1, 0, rule.points, None
+                    )
+                )
+        return records.explanation(rows, state.fit, state.engagement * later)
+
+    def history_shares(
+        self, state: LeadState, events: Sequence[tuple[float, float, bool]]
+    ) -> tuple[list[float], float]:
+        """Each stored event's share of the lead's engagement as of its clock, to the cent,
+        and the share of events not listed (older than the page asked for, or past the
+        history's retention). `events` are (time, counted points, superseded): a superseded
+        event's points no longer count (the lead was recycled since)."""
+        clock = state.as_of or 0.0
+        exact = [
+            0.0 if superseded else points * self.rules.decay_factor(clock - ts)
+            for ts, points, superseded in events
+        ]
+        engagement = records.score_doc(state.fit, state.engagement)["engagement"]
+        shares = records.apportion([*exact, state.engagement - sum(exact)], engagement)
+        return shares[:-1], shares[-1]
 
     # -- identity ------------------------------------------------------------------------
 
@@ -554,14 +606,20 @@ class Engine:
                 target.as_of = latest
         for rule_id, times in source.counted.items():
             target.counted[rule_id] = sorted(target.counted.get(rule_id, []) + times)
-        for rule_id, (points, count, last_seen) in source.signals.items():
+        for rule_id, (value, as_of, hits, ignored, last_seen) in source.signals.items():
             signal = target.signals.get(rule_id)
             if signal is None:
-                target.signals[rule_id] = [points, count, last_seen]
-            else:
-                signal[0] += points
-                signal[1] += count
-                signal[2] = max(signal[2], last_seen)
+                target.signals[rule_id] = [value, as_of, hits, ignored, last_seen]
+                continue
+            # Both contributions decayed to the later of the two moments they are as of.
+            at = max(signal[AS_OF], as_of)
+            signal[VALUE] = signal[VALUE] * self.rules.decay_factor(
+                at - signal[AS_OF]
+            ) + value * self.rules.decay_factor(at - as_of)
+            signal[AS_OF] = at
+            signal[HITS] += hits
+            signal[IGNORED] += ignored
+            signal[LAST_SEEN] = max(signal[LAST_SEEN], last_seen)
         target.traits = deep_merge(source.traits, target.traits)
         if target.account_id is None:
             target.account_id = source.account_id

@@ -23,6 +23,11 @@ class BudgetExceeded(Exception):
     """The simulation ran past the time it was given."""
 
 
+def _explained(engine: Engine, state: LeadState) -> dict[str, Any]:
+    score, signals = engine.explain(state)
+    return {"score": score, "signals": signals}
+
+
 def simulate(
     engine: Engine,
     docs: Iterable[Any],
@@ -87,8 +92,7 @@ def simulate(
         {
             "lead_id": lead_id,
             "stage": ws.leads[lead_id].stage,
-            "score": score_doc(ws.leads[lead_id].fit, ws.leads[lead_id].engagement),
-            "top_signals": engine.top_signals(ws.leads[lead_id]),
+            **_explained(engine, ws.leads[lead_id]),
             "trajectory": steps,
         }
         for lead_id, steps in trajectories.items()
@@ -119,10 +123,8 @@ def replay_lead(
     state = LeadState(lead_id=lead_id)
     for event in history:
         engine.apply_event(state, event, account, now=now)
-    points = {rule_id: signal[0] for rule_id, signal in state.signals.items()}
-    for rule_id in state.fit_rules:
-        points[rule_id] = points.get(rule_id, 0.0) + engine.rules.by_id[rule_id].points
-    return Outcome(state.stage, state.total, points)
+    _, signals = engine.explain(state)
+    return Outcome(state.stage, state.total, {s["rule_id"]: s["contribution"] for s in signals})
 
 
 @dataclass

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The fields of a `LeadState.signals` entry.
+VALUE, AS_OF, HITS, IGNORED, LAST_SEEN = range(5)
+
 
 @dataclass(slots=True)
 class Account:
@@ -36,7 +39,9 @@ class LeadState:
     as_of: float | None = None
     # Counted hit times of rules with a limit, oldest first, trimmed to two windows.
     counted: dict[str, list[float]] = field(default_factory=dict)
-    # Per engagement rule: [points earned (undecayed), hits counted, last hit time].
+    # Per engagement rule, what explains its share of `engagement` (indices below): the
+    # decayed points it earned as of a moment (at most `as_of`, brought forward lazily so a
+    # hit costs O(1)), hits counted, hits a limit ignored, and the last hit's time.
     signals: dict[str, list[float]] = field(default_factory=dict)
     seq: int = 0
     pending_trigger: tuple[str, str] | None = None
@@ -67,7 +72,18 @@ class LeadState:
         key = doc.get("fit_key")
         self.fit_key = (key[0], key[1]) if key else None
         self.counted = doc.get("counted") or {}
-        self.signals = doc.get("signals") or {}
+        self.signals = {
+            rule_id: _signal(entry) for rule_id, entry in (doc.get("signals") or {}).items()
+        }
         pending = doc.get("pending_trigger")
         self.pending_trigger = (pending[0], pending[1]) if pending else None
         self.held = doc.get("held")
+
+
+def _signal(entry: list[float]) -> list[float]:
+    """A stored signal; states written before contributions were kept decayed held
+    [points, hits, last hit], read as if every hit had come at the last one."""
+    if len(entry) == 3:
+        points, hits, last_seen = entry
+        return [points, last_seen, hits, 0, last_seen]
+    return entry

@@ -126,9 +126,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             for name, (topic, message, description) in channels.items()
         },
         "operations": {
-            ("consume" if name in receives else "publish")
-            + name[0].upper()
-            + name[1:]: {
+            ("consume" if name in receives else "publish") + name[0].upper() + name[1:]: {
                 "action": "receive" if name in receives else "send",
                 "channel": {"$ref": f"#/channels/{name}"},
             }

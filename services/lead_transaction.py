@@ -79,6 +79,7 @@ def backoff(attempt: int) -> float:
     """Seconds to wait before attempt `attempt + 1` (lock conflicts, outages)."""
     return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
 
+
 _OPEN, _PARTITIONS, _LEADS = 0, 1, 2
 
 

@@ -225,7 +225,8 @@ async def lead_events(pg: asyncpg.Connection, lead_id: str, *, limit: int) -> li
     """The lead's last `limit` scored events, oldest first."""
     return await pg.fetch(
         "SELECT * FROM (SELECT id, message_id, type, occurred_at, hits::text AS hits, "
-        "points, ruleset_version, scored_at, held FROM lead_events WHERE lead_id = $1 "
+        "points, ruleset_version, scored_at, held, superseded FROM lead_events "
+        "WHERE lead_id = $1 "
         "ORDER BY id DESC LIMIT $2) recent ORDER BY id",
         lead_id,
         limit,

@@ -13,7 +13,8 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service.intake import event_from_doc
+from scoring_service.engine import Hit
+from scoring_service.intake import Event, event_from_doc
 from scoring_service.simulation import ImpactReport, replay_lead
 from services import store
 from services.db import driver
@@ -29,18 +30,21 @@ IMPACT_CHUNK = 500
 IMPACT_REST_RATIO = 1.0
 
 
-async def _history(pg: Any, lead_ids: list[str], since: Any = None) -> dict[str, list[Any]]:
+async def _history(
+    pg: Any, lead_ids: list[str], since: Any = None
+) -> dict[str, list[tuple[int, Event]]]:
+    """Each lead's stored events, oldest first, with their `lead_events` row ids."""
     rows = await pg.fetch(
-        "SELECT lead_id, event::text AS event FROM lead_events "
+        "SELECT id, lead_id, event::text AS event FROM lead_events "
         "WHERE lead_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR occurred_at >= $2) "
         "ORDER BY lead_id, id",
         lead_ids,
         since,
     )
-    history: dict[str, list[Any]] = {}
+    history: dict[str, list[tuple[int, Event]]] = {}
     for row in rows:
         history.setdefault(row["lead_id"], []).append(
-            event_from_doc(orjson.loads(row["event"]), row["lead_id"])
+            (row["id"], event_from_doc(orjson.loads(row["event"]), row["lead_id"]))
         )
     return history
 
@@ -70,15 +74,26 @@ async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> d
             return ids, 0
         ws = await tx.lock_leads(ids)
         history = await _history(tx.pg, ids)
+        rewritten: list[tuple[int, list[Hit]]] = []
         for lead_id in ids:
             state = ws.leads.get(lead_id)
             if state is None:
                 continue  # merged into another lead since the chunk was listed
             account = ws.accounts.get(state.account_id or "")
+            stored = history.get(lead_id, [])
+            hits_by_event: list[list[Hit]] = []
             tx.effects.extend(
-                tx.engine.rescore(state, history.get(lead_id, []), account, now=tx.now)
+                tx.engine.rescore(
+                    state,
+                    [event for _, event in stored],
+                    account,
+                    now=tx.now,
+                    hits_by_event=hits_by_event,
+                )
             )
+            rewritten.extend(zip((row_id for row_id, _ in stored), hits_by_event, strict=True))
             ws.changed_leads.add(lead_id)
+        await store.rewrite_history_hits(tx.pg, version, rewritten)
         return ids, len(tx.effects.transitions)
 
     while True:
@@ -137,7 +152,7 @@ async def impact_report(
             )
         for lead_id in ids:
             account = accounts.get(leads[lead_id].account_id or "") if lead_id in leads else None
-            events = history.get(lead_id, [])
+            events = [event for _, event in history.get(lead_id, [])]
             report.add(
                 lead_id,
                 replay_lead(active_engine, lead_id, events, account, now=now),

@@ -78,13 +78,14 @@ class SlaWatcher:
             account = ws.accounts.get(state.account_id or "")
             account_traits = account.traits if account else None
             respond_by = row["respond_by"].timestamp()
+            score, signals = engine.explain(state)
             tx.effects.notifications.append(
                 records.breach_record(
                     handoff_transition_id=row["transition_id"],
                     lead_id=state.lead_id,
                     stage=row["stage"],
-                    score=records.score_doc(state.fit, state.engagement),
-                    signals=engine.top_signals(state),
+                    score=score,
+                    signals=signals,
                     profile_doc=records.profile(state.traits, account_traits),
                     owner=engine.rules.escalation_owner or row["owner"],
                     respond_by=respond_by,

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from scoring_service.engine import QUEUE_PREFIX, Effects
+from scoring_service.engine import QUEUE_PREFIX, Effects, Hit
 from scoring_service.intake import event_doc
 from scoring_service.pipeline import MAX_LINK_HOPS, ScoredEvent, Workspace
 from scoring_service.state import Account, LeadState
@@ -296,14 +296,47 @@ async def save_history(
         [s.event.type for s in scored],
         [_ts(s.event.ts) for s in scored],
         [orjson.dumps(event_doc(s.event)).decode() for s in scored],
-        [
-            orjson.dumps([[h.rule_id, h.points, h.counted] for h in s.effects.hits]).decode()
-            for s in scored
-        ],
+        [_hits_json(s.effects.hits) for s in scored],
         [sum(h.points for h in s.effects.hits) for s in scored],
         ruleset_version,
         [s.held for s in scored],
     )
+
+
+async def supersede_history(pg: asyncpg.Connection, transitions: Sequence[TransitionDoc]) -> None:
+    """A recycled lead's engagement starts again from zero: the points of the events it
+    has so far no longer count, and its history says so. (Recycling comes from feedback,
+    deadlines and admins, never from scoring events, so no event of this transaction is
+    among them.)"""
+    recycled = sorted({t["lead_id"] for t in transitions if t["to_stage"] == "recycled"})
+    if recycled:
+        await pg.execute(
+            "UPDATE lead_events SET superseded = true "
+            "WHERE lead_id = ANY($1::text[]) AND NOT superseded",
+            recycled,
+        )
+
+
+async def rewrite_history_hits(
+    pg: asyncpg.Connection, ruleset_version: int, rows: Sequence[tuple[int, list[Hit]]]
+) -> None:
+    """Re-scoring replays a lead's whole history under another rule set: each stored event
+    gets the hits it has now (by `lead_events.id`), so the history explains the new score."""
+    if not rows:
+        return
+    await pg.execute(
+        "UPDATE lead_events e SET hits = u.h::jsonb, points = u.p, ruleset_version = $4, "
+        "superseded = false "
+        "FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(i, h, p) WHERE e.id = u.i",
+        [row_id for row_id, _ in rows],
+        [_hits_json(hits) for _, hits in rows],
+        [sum(h.points for h in hits) for _, hits in rows],
+        ruleset_version,
+    )
+
+
+def _hits_json(hits: Sequence[Hit]) -> str:
+    return orjson.dumps([[h.rule_id, h.points, h.counted] for h in hits]).decode()
 
 
 async def save_transitions(pg: asyncpg.Connection, transitions: Sequence[TransitionDoc]) -> None:
@@ -471,6 +504,7 @@ async def record_effects(
         if n["type"] == "promotion"
     }
     await save_transitions(pg, effects.transitions)
+    await supersede_history(pg, effects.transitions)
     await save_handoffs(pg, effects.handoffs, owners)
     return outbox_rows(
         effects.transitions,

@@ -9,14 +9,13 @@ types name the same fields as the pydantic models in `schemas.records`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NamedTuple, TypedDict
 
 from schemas.timefmt import iso
 from stage_router.lifecycle import RANK, SAL
-
-TOP_SIGNALS = 5
 
 
 class ScoreDoc(TypedDict):
@@ -45,10 +44,19 @@ class TransitionDoc(TypedDict):
 
 
 class SignalDoc(TypedDict):
+    """One rule's share of a score. The contributions of a score's signals add up to its
+    total, to the cent."""
+
     rule_id: str
     description: str
-    points: float
-    count: int
+    category: Literal["fit", "engagement"]
+    # The rule's points per hit (None when the rule is not in the rule set explaining it).
+    points: float | None
+    hits: int
+    # Hits a limit did not count.
+    ignored: int
+    # What the rule adds to the score now: decayed points for engagement, points for fit.
+    contribution: float
     last_seen: str | None
 
 
@@ -67,7 +75,7 @@ class NotificationDoc(TypedDict):
     stage: str
     priority: Literal["hot", "warm"]
     score: ScoreDoc
-    top_signals: list[SignalDoc]
+    signals: list[SignalDoc]
     profile: ProfileDoc
     owner: str
     respond_by: str | None
@@ -126,22 +134,70 @@ def transition_record(
     }
 
 
-def top_signals(
-    signals: Iterable[tuple[str, str, float, int, float | None]], limit: int = TOP_SIGNALS
-) -> list[SignalDoc]:
-    """The signals that explain a score most: (rule_id, description, points, count, last_seen),
-    largest absolute contribution first."""
-    ranked = sorted(signals, key=lambda s: (-abs(s[2]), s[0]))[:limit]
-    return [
-        {
-            "rule_id": rule_id,
-            "description": description,
-            "points": round(points, 2),
-            "count": count,
-            "last_seen": iso(last_seen) if last_seen is not None else None,
-        }
-        for rule_id, description, points, count, last_seen in ranked
-    ]
+class SignalRow(NamedTuple):
+    """A signal before rounding: `contribution` is exact."""
+
+    rule_id: str
+    description: str
+    category: Literal["fit", "engagement"]
+    points: float | None
+    hits: int
+    ignored: int
+    contribution: float
+    last_seen: float | None
+
+
+def apportion(values: Sequence[float], total: float) -> list[float]:
+    """Round `values` to the cent so that they add up to `total` rounded to the cent.
+
+    Largest remainder: each value is rounded down, and the cents still missing go to the
+    values that lost most. Rounding each value on its own would leave the sum a cent or more
+    off the total, which is exactly the "the log does not match the score" complaint. When
+    the values do not add up to the total (float noise), the difference lands on the largest.
+    """
+    if not values:
+        return []
+    exact = [v * 100 for v in values]
+    cents = [math.floor(x) for x in exact]
+    missing = round(total * 100) - sum(cents)
+    if 0 <= missing <= len(cents):
+        by_loss = sorted(range(len(cents)), key=lambda i: (cents[i] - exact[i], i))
+        for i in by_loss[:missing]:
+            cents[i] += 1
+    else:
+        largest = max(range(len(cents)), key=lambda i: (abs(exact[i]), -i))
+        cents[largest] += missing
+    return [c / 100 for c in cents]
+
+
+def explanation(
+    rows: Sequence[SignalRow], fit: float, engagement: float
+) -> tuple[ScoreDoc, list[SignalDoc]]:
+    """A score and every signal behind it, largest contribution first. Fit signals add up
+    to the fit and engagement signals to the engagement, each to the cent."""
+    score = score_doc(fit, engagement)
+    shares: dict[int, float] = {}
+    for category, part in (("fit", score["fit"]), ("engagement", score["engagement"])):
+        members = [i for i, row in enumerate(rows) if row.category == category]
+        for i, share in zip(
+            members, apportion([rows[i].contribution for i in members], part), strict=True
+        ):
+            shares[i] = share
+    order = sorted(range(len(rows)), key=lambda i: (-abs(shares[i]), rows[i].rule_id))
+    return score, [_signal_doc(rows[i], shares[i]) for i in order]
+
+
+def _signal_doc(row: SignalRow, contribution: float) -> SignalDoc:
+    return {
+        "rule_id": row.rule_id,
+        "description": row.description,
+        "category": row.category,
+        "points": row.points,
+        "hits": row.hits,
+        "ignored": row.ignored,
+        "contribution": contribution,
+        "last_seen": iso(row.last_seen) if row.last_seen is not None else None,
+    }
 
 
 def profile(traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None) -> ProfileDoc:
@@ -178,7 +234,7 @@ def breach_record(
         "stage": stage,
         "priority": "hot",
         "score": score,
-        "top_signals": signals,
+        "signals": signals,
         "profile": profile_doc,
         "owner": owner,
         "respond_by": iso(respond_by),
@@ -205,7 +261,7 @@ def promotion_record(
         "stage": stage,
         "priority": "hot" if RANK.get(stage, 0) >= RANK[SAL] else "warm",
         "score": transition["score"],
-        "top_signals": signals,
+        "signals": signals,
         "profile": profile_doc,
         "owner": owner,
         "respond_by": iso(occurred_at + sla_seconds) if sla_seconds else None,

@@ -107,18 +107,16 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             version = await rulesets.active_version(pg) or state.ruleset_version
             engine = await container.rules.engine_for(pg, version)
         now = time.time()
-        engagement = state.engagement
-        if state.as_of is not None:
-            engagement *= engine.rules.decay_factor(now - state.as_of)
+        score, signals = engine.explain(state, at=now)
         return {
             "lead_id": state.lead_id,
             "stage": state.stage,
             "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
             "account_id": state.account_id,
-            "score": score_doc(state.fit, engagement),
+            "score": score,
             "score_as_of": iso(now),
             "last_event_at": iso(state.as_of) if state.as_of else None,
-            "top_signals": engine.top_signals(state),
+            "signals": signals,
             "ruleset_version": state.ruleset_version,
             "held": state.held,
         }
@@ -127,16 +125,38 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     async def history(
         lead_id: str, _: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
     ) -> dict[str, Any]:
-        """Every scored event (its rule hits and points) and every transition, oldest first."""
+        """Every scored event (its rule hits, points and what they add to the score now)
+        and every transition, oldest first, with the score they explain."""
         async with db.connect() as conn:
             pg = await driver(conn)
             resolved = await queries.canonical_lead_id(pg, lead_id)
+            state = await queries.lead(pg, resolved)
             events = await queries.lead_events(pg, resolved, limit=limit)
             stored = await queries.lead_transitions(pg, resolved)
-        if not events and not stored:
-            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+            if state is None:
+                raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+            engine = await container.rules.engine_for(
+                pg, await rulesets.active_version(pg) or state.ruleset_version
+            )
+        hits = [orjson.loads(r["hits"]) for r in events]
+        shares, unlisted = engine.history_shares(
+            state,
+            [
+                (
+                    r["occurred_at"].timestamp(),
+                    sum(h[1] for h in event_hits if h[2]),
+                    r["superseded"],
+                )
+                for r, event_hits in zip(events, hits, strict=True)
+            ],
+        )
+        score, signals = engine.explain(state)
         return {
             "lead_id": resolved,
+            "score": score,
+            "score_as_of": iso(state.as_of) if state.as_of else None,
+            "signals": signals,
+            "unlisted_contribution": unlisted,
             "events": [
                 {
                     **{
@@ -149,14 +169,15 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
                             "ruleset_version",
                             "scored_at",
                             "held",
+                            "superseded",
                         )
                     },
+                    "contribution": share,
                     "hits": [
-                        {"rule_id": h[0], "points": h[1], "counted": h[2]}
-                        for h in orjson.loads(r["hits"])
+                        {"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits
                     ],
                 }
-                for r in events
+                for r, event_hits, share in zip(events, hits, shares, strict=True)
             ],
             "transitions": [orjson.loads(r["record"]) for r in stored],
         }

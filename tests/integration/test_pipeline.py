@@ -7,6 +7,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from bench.workload import generate, lead_key
+from scoring_service.state import HITS
 from services.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
@@ -55,7 +56,7 @@ async def test_duplicates_are_scored_once_also_across_a_restart(service, setting
         await wait_for(lambda: drained(settings, 4), what="second drain")
         row = await lead_row(settings, "u1")
         signals = orjson.loads(row["scoring"])["signals"]
-        assert signals["email-reply"][1] == 1
+        assert signals["email-reply"][HITS] == 1
         assert row["engagement"] == 10 * 0.5 ** (1 / (30 * 24)) + 1
         duplicates = again.container.metrics.events.labels("duplicate")._value.get()
         assert duplicates == 1

@@ -12,6 +12,7 @@ from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
+from scoring_service.state import HITS
 from services.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
@@ -238,5 +239,5 @@ async def test_rescore_under_load_loses_and_double_counts_nothing(settings):
         assert abs(row["engagement"] - expected.engagement) < 1e-6, row["lead_id"]
         signals = orjson.loads(row["s"])["signals"]
         assert {k: v[1] for k, v in signals.items()} == {
-            k: v[1] for k, v in expected.signals.items()
+            k: v[HITS] for k, v in expected.signals.items()
         }, row["lead_id"]

@@ -7,6 +7,7 @@ import pytest
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.state import HITS, IGNORED
 from tests.factories import NOW, at, group, identify, page, parsed, track
 
 OWNER = {
@@ -44,10 +45,11 @@ def test_limit_ignores_hits_over_the_count_within_the_window():
     docs = [page("/pricing", user="u1", when=at(day)) for day in (0, 1, 2, 3)]
     replay = run(*docs)
     lead = replay.ws.leads["u1"]
-    assert lead.signals["pricing-page"][1] == 3  # the fourth visit within 7 days is ignored
+    assert lead.signals["pricing-page"][HITS] == 3  # the fourth visit within 7 days is ignored
+    assert lead.signals["pricing-page"][IGNORED] == 1
     # and a visit a full window after the first counts again
     replay.feed([parsed(page("/pricing", user="u1", when=at(7)))], now=NOW)
-    assert lead.signals["pricing-page"][1] == 4
+    assert lead.signals["pricing-page"][HITS] == 4
 
 
 def test_decay_halves_engagement_every_half_life_in_event_time():
@@ -159,4 +161,4 @@ def test_matching_is_case_insensitive():
 def test_duplicate_message_is_scored_once():
     doc = track("Email Replied", user="u1")
     replay = run(doc, doc)
-    assert replay.ws.leads["u1"].signals["email-reply"][1] == 1
+    assert replay.ws.leads["u1"].signals["email-reply"][HITS] == 1

@@ -7,6 +7,7 @@ import pytest
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.state import HITS
 from tests.factories import NOW, alias, at, identify, page, parsed
 
 
@@ -32,7 +33,7 @@ def test_anonymous_browsing_merges_into_the_identified_lead_once():
     )
     assert set(replay.ws.leads) == {"u1"}
     lead = replay.ws.leads["u1"]
-    assert lead.signals["pricing-page"][1] == 3
+    assert lead.signals["pricing-page"][HITS] == 3
     assert lead.engagement == pytest.approx(sum(decayed(15, h) for h in (4, 3, 1)))
     assert lead.fit == 15
     assert [t["reason"] for t in replay.transitions] == ["threshold"]
@@ -64,5 +65,5 @@ def test_first_link_wins():
         page("/blog", anon="a1", when=at(0, hours=3)),
     )
     assert replay.ws.links == {"a1": "u1"}
-    assert replay.ws.leads["u1"].signals["blog"][1] == 2
+    assert replay.ws.leads["u1"].signals["blog"][HITS] == 2
     assert "blog" not in replay.ws.leads["u2"].signals

@@ -99,7 +99,7 @@ def _records_of(docs: list[Any]) -> tuple[list[Any], list[Any]]:
                 lead_id=state.lead_id,
                 stage=state.stage,
                 score=records.score_doc(state.fit, state.engagement),
-                signals=engine.top_signals(state),
+                signals=engine.explain(state)[1],
                 profile_doc=records.profile(state.traits, None),
                 owner="sdr@example.com",
                 respond_by=state.as_of or 0.0,
