@@ -14,6 +14,7 @@ PAGES = (
     + [
         "/customers/acme",
         "/case-studies/x",
+        "/compare/spreadsheets",
         "/careers",
         "/jobs/123",
         "/",
@@ -38,7 +39,11 @@ TITLES = [
     "Director of IT",
     "Analyst",
     "CTO",
+    "International Sales Director",
+    "Product Owner",
+    "Operations Manager",
 ]
+INDUSTRIES = ["Transportation", "Logistics", "Software", "Retail", "Higher Education"]
 DOMAINS = [
     "acme.example",
     "gmail.com",
@@ -114,6 +119,7 @@ def generate(
                         "name": f"Co {who % 97}",
                         "employees": rnd.choice([3, 14, 120, 900]),
                         "country": rnd.choice(COUNTRIES),
+                        "industry": rnd.choice(INDUSTRIES),
                     },
                 },
             )

@@ -82,8 +82,10 @@ async def test_journey_to_sal_exact_records(service, settings):
     transitions = values(await read_all(settings, settings.topic_transitions, expect=2))
     notifications = values(await read_all(settings, settings.topic_notifications, expect=2))
 
-    fit = 15 + 10 + 5  # decision-maker, icp-size, icp-country
-    at_mql = decayed(15, 2) + 15  # the anonymous visit two minutes earlier, merged in
+    fit = 15 + 10 + 10 + 5  # decision-maker, icp-industry, icp-size, icp-country
+    # Identified: the anonymous pricing visit a minute earlier is merged in, and with the
+    # fit of an ICP owner the lead is over the mql threshold at once.
+    at_mql = decayed(15, 1)
     at_sal = decayed(15, 3) + decayed(15, 1) + 30
     for record in transitions:
         assert datetime.fromisoformat(record.pop("emitted_at"))
@@ -91,7 +93,7 @@ async def test_journey_to_sal_exact_records(service, settings):
         {
             "transition_id": "u-42:1",
             "lead_id": "u-42",
-            "account_id": "acct-9",
+            "account_id": None,  # the group call comes after
             "from_stage": "lead",
             "to_stage": "mql",
             "reason": "threshold",
@@ -99,8 +101,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "rule_id": None,
             "score": score(fit, at_mql),
             "ruleset_version": 1,
-            "caused_by": "m-1003",
-            "occurred_at": "2026-11-20T09:16:00Z",
+            "caused_by": "m-1001",
+            "occurred_at": "2026-11-20T09:15:00Z",
         },
         {
             "transition_id": "u-42:2",
@@ -118,41 +120,45 @@ async def test_journey_to_sal_exact_records(service, settings):
         },
     ]
     profile = {"email": "dana@trucking-co.com", "title": "Owner", "company": "Trucking Co"}
-    fit_signals = [
-        {
-            "rule_id": "decision-maker",
-            "description": "Decision-maker title",
+
+    def fit_signal(rule_id: str, description: str, points: float) -> dict:
+        return {
+            "rule_id": rule_id,
+            "description": description,
+            "category": "fit",
+            "points": points,
+            "hits": 1,
+            "ignored": 0,
+            "contribution": points,
+            "last_seen": None,
+        }
+
+    def pricing(contribution: float, hits: int, last_seen: str) -> dict:
+        return {
+            "rule_id": "pricing-page",
+            "description": "Viewed the pricing page",
+            "category": "engagement",
             "points": 15,
-            "count": 1,
-            "last_seen": None,
-        },
-        {
-            "rule_id": "icp-size",
-            "description": "Company size in the ideal range (5-500)",
-            "points": 10,
-            "count": 1,
-            "last_seen": None,
-        },
-        {
-            "rule_id": "icp-country",
-            "description": "Company in a target country",
-            "points": 5,
-            "count": 1,
-            "last_seen": None,
-        },
+            "hits": hits,
+            "ignored": 0,
+            "contribution": contribution,
+            "last_seen": last_seen,
+        }
+
+    fit_signals = [
+        fit_signal("decision-maker", "Decision-maker title", 15),
+        fit_signal("icp-industry", "Transportation or logistics company", 10),
+        fit_signal("icp-size", "Company size in the ideal range (5-500)", 10),
+        fit_signal("icp-country", "Company in North America", 5),
     ]
-    pricing = {
-        "rule_id": "pricing-page",
-        "description": "Viewed the pricing page",
-        "points": 30,
-        "count": 2,
-        "last_seen": "2026-11-20T09:16:00Z",
-    }
     demo = {
         "rule_id": "demo-request",
         "description": "Requested a demo",
+        "category": "engagement",
         "points": 30,
-        "count": 1,
+        "hits": 1,
+        "ignored": 0,
+        "contribution": 30,
         "last_seen": "2026-11-20T09:17:00Z",
     }
     assert notifications == [
@@ -163,12 +169,16 @@ async def test_journey_to_sal_exact_records(service, settings):
             "stage": "mql",
             "priority": "warm",
             "score": score(fit, at_mql),
-            "top_signals": [pricing, *fit_signals],
+            "signals": [
+                fit_signals[0],
+                pricing(round(at_mql, 2), 1, "2026-11-20T09:14:00Z"),
+                *fit_signals[1:],
+            ],
             "profile": profile,
             "owner": "queue:default",
-            "respond_by": "2026-11-21T09:16:00Z",
+            "respond_by": "2026-11-21T09:15:00Z",
             "ruleset_version": 1,
-            "occurred_at": "2026-11-20T09:16:00Z",
+            "occurred_at": "2026-11-20T09:15:00Z",
         },
         {
             "notification_id": "u-42:2:promotion",
@@ -177,7 +187,11 @@ async def test_journey_to_sal_exact_records(service, settings):
             "stage": "sal",
             "priority": "hot",
             "score": score(fit, at_sal),
-            "top_signals": [demo, pricing, *fit_signals[:3]],
+            "signals": [
+                demo,
+                pricing(round(at_sal - 30, 2), 2, "2026-11-20T09:16:00Z"),
+                *fit_signals,
+            ],
             "profile": profile,
             "owner": "queue:default",
             "respond_by": "2026-11-20T10:17:00Z",
@@ -201,10 +215,16 @@ async def test_journey_to_sal_exact_records(service, settings):
             assert body["score"]["fit"] == fit
             # As of now, weeks after the last event, engagement has decayed further.
             assert body["score"]["engagement"] < round(at_sal, 2)
-            assert [s["rule_id"] for s in body["top_signals"]][:2] == [
+            assert [s["rule_id"] for s in body["signals"]][:3] == [
                 "demo-request",
                 "pricing-page",
+                "decision-maker",
             ]
+            # Each part decayed as the whole: the explanation still adds up.
+            assert (
+                round(sum(s["contribution"] for s in body["signals"]), 2)
+                == (body["score"]["total"])
+            )
         missing = await client.get("/v1/leads/nobody")
         assert missing.status_code == 404
         assert missing.json()["error"] == "lead_not_found"

@@ -16,6 +16,9 @@ OWNER = {
     "company": {"name": "Trucking Co", "employees": 14, "country": "US"},
 }
 
+# What the starter set needs before sales accepts a lead: an address, a role, a company.
+SALES_READY = {"email": "a@b.example", "title": "Analyst", "company": {"name": "B Inc"}}
+
 
 def run(*docs: dict) -> Replay:
     replay = Replay(Engine(starter_ruleset()))
@@ -36,9 +39,10 @@ def test_negative_fit_and_engagement_points():
         page("/careers/open", user="u1", when=at(1)),
     )
     lead = replay.ws.leads["u1"]
-    assert lead.fit == -30 - 25
+    assert lead.fit == -30  # the personal address is an exclusion, not points
     assert lead.engagement == -20
-    assert lead.total == -75
+    assert lead.held is None  # nothing to hold yet: the score is far from mql
+    assert lead.total == -50
 
 
 def test_limit_ignores_hits_over_the_count_within_the_window():
@@ -94,7 +98,7 @@ def test_threshold_promotes_to_mql_with_notification():
 )
 def test_instant_trigger_jumps_straight_to_sal_in_one_transition(name, rule):
     replay = run(
-        identify({"email": "a@b.example"}, user="u1", when=at(0)),
+        identify(SALES_READY, user="u1", when=at(0)),
         track(name, user="u1", when=at(0, hours=1)),
     )
     [transition] = replay.transitions
@@ -108,9 +112,7 @@ def test_mql_requires_holds_a_trigger_until_the_email_arrives():
     replay = run(track("Demo Requested", user="u1", when=at(0)))
     assert replay.ws.leads["u1"].stage == "lead"
     assert replay.transitions == []
-    replay.feed(
-        [parsed(identify({"email": "x@y.example"}, user="u1", when=at(0, hours=1)))], now=NOW
-    )
+    replay.feed([parsed(identify(SALES_READY, user="u1", when=at(0, hours=1)))], now=NOW)
     [transition] = replay.transitions
     assert (transition["to_stage"], transition["reason"], transition["rule_id"]) == (
         "sal",
@@ -149,7 +151,9 @@ def test_account_traits_feed_fit_rules():
     engine = Engine(compile_ruleset(RuleSetDocument.model_validate(doc), 2))
     replay = Replay(engine)
     replay.feed([parsed(group("acct-9", {"country": "US"}, user="u1"))], now=NOW)
-    assert replay.ws.leads["u1"].fit == 7
+    # The starter set's own country rule reads the account too.
+    assert replay.ws.leads["u1"].fit == 7 + 5
+    assert sorted(replay.ws.leads["u1"].fit_rules) == ["acct-us", "icp-country"]
     assert replay.ws.leads["u1"].account_id == "acct-9"
 
 
