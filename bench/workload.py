@@ -59,6 +59,18 @@ def _stamp(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
+def account_traits(account: int) -> dict[str, Any]:
+    """One company's traits, the same in every group call about it (as a CRM or the website
+    would send them): accounts are shared by people on different partitions, and a lead's fit
+    reads its account, so varying traits would make fit depend on cross-partition order."""
+    return {
+        "name": f"Co {account}",
+        "country": COUNTRIES[account % len(COUNTRIES)],
+        "employees": (3, 14, 120, 900)[account % 4],
+        "industry": INDUSTRIES[account % len(INDUSTRIES)],
+    }
+
+
 def generate(
     *,
     events: int,
@@ -124,11 +136,7 @@ def generate(
                 },
             )
         else:
-            doc.update(
-                type="group",
-                groupId=f"acct-{who % 97}",
-                traits={"name": f"Co {who % 97}", "country": rnd.choice(COUNTRIES)},
-            )
+            doc.update(type="group", groupId=f"acct-{who % 97}", traits=account_traits(who % 97))
         if len(recent) < 1000:
             recent.append(doc)
         elif rnd.random() < 0.01:

@@ -158,7 +158,11 @@ BAD_RULE = {"id": "bad", "category": "engagement", "when": {"type": "page", "reg
             "rules[0].limit.count",
         ),
         # Each duplicate id at its own place (with where its id was first used).
-        ({**starter_with(), "rules": starter_with()["rules"] * 2}, "json", "rules[17].id"),
+        (
+            {**starter_with(), "rules": starter_with()["rules"] * 2},
+            "json",
+            f"rules[{len(starter_with()['rules'])}].id",
+        ),
         ("name: !!python/object/apply:os.system ['true']\n", "yaml", "document"),
         ("a: &x [1]\nb: *x\n", "yaml", "document"),
         ("x: " + "[" * 40 + "]" * 40 + "\n", "yaml", "document"),
@@ -314,7 +318,11 @@ async def test_http_ingest_publishes_segment_calls(service, settings):
                         "userId": "web-user",
                         "anonymousId": "web-1",
                         "timestamp": "2026-11-20T09:01:00Z",
-                        "traits": {"email": "w@x.example"},
+                        "traits": {
+                            "email": "w@x.example",
+                            "title": "Dispatcher",
+                            "company": {"name": "X Freight"},
+                        },
                     },
                 ]
             },

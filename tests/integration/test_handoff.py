@@ -193,7 +193,8 @@ async def test_sla_breach_is_emitted_once_across_instances_and_restarts(service,
             "/v1/leads/prompt/feedback",
             json={
                 "feedback_id": "fb-prompt",
-                "outcome": "qualified",
+                "outcome": "rejected",
+                "reason": "bad timing",
                 "at": (ENTERED + timedelta(hours=2)).isoformat(),
             },
         )
@@ -224,7 +225,7 @@ async def test_sla_breach_is_emitted_once_across_instances_and_restarts(service,
     assert breach["notification_id"] == "late:1:sla_breach"
     assert breach["respond_by"] == "2026-11-11T12:00:00Z"
     assert breach["owner"] == "queue:default"
-    # "prompt" was answered in time (and sql has no SLA in the starter rules).
+    # "prompt" was answered in time (recycled: no new deadline).
     rows = await db_fetch(settings, "SELECT lead_id, stage, status FROM handoffs ORDER BY 1, 2")
     assert [tuple(r) for r in rows] == [("late", "mql", "breached"), ("prompt", "mql", "answered")]
     follow_up = service.container.metrics.follow_up_seconds.labels("mql")

@@ -78,7 +78,7 @@ async def test_identity_stitching_through_the_broker(service, settings):
     await wait_for(lambda: drained(settings, 3))
     assert await lead_row(settings, "a1") is None
     merged = await lead_row(settings, "u1")
-    assert orjson.loads(merged["scoring"])["signals"]["pricing-page"][1] == 2
+    assert orjson.loads(merged["scoring"])["signals"]["pricing-page"][HITS] == 2
     # Later anonymous events count for the identified lead; a second stitch is a no-op.
     await produce(
         settings,
@@ -90,7 +90,7 @@ async def test_identity_stitching_through_the_broker(service, settings):
     await wait_for(lambda: drained(settings, 5))
     assert await lead_row(settings, "a1") is None
     lead = await lead_row(settings, "u1")
-    assert orjson.loads(lead["scoring"])["signals"]["pricing-page"][1] == 3
+    assert orjson.loads(lead["scoring"])["signals"]["pricing-page"][HITS] == 3
     links = await db_fetch(settings, "SELECT alias_id, lead_id, caused_by FROM identity_links")
     assert [tuple(r) for r in links] == [("a1", "u1", stitch["messageId"])]
     assert lead["stage"] == "mql"  # 15 fit + three pricing visits

@@ -32,8 +32,14 @@ def recent(minutes: float = 0) -> str:
     return (YESTERDAY + timedelta(minutes=minutes)).isoformat().replace("+00:00", "Z")
 
 
-def lead_events(lead: str, *, title: str | None, pricing: int, demo: bool = False) -> list[dict]:
-    traits = {"email": f"{lead}@x.example", **({"title": title} if title else {})}
+def lead_events(
+    lead: str, *, title: str | None, pricing: int, demo: bool = False, company: str | None = None
+) -> list[dict]:
+    traits = {
+        "email": f"{lead}@x.example",
+        **({"title": title} if title else {}),
+        **({"company": {"name": company}} if company else {}),
+    }
     docs = [
         {
             "type": "identify",
@@ -67,11 +73,12 @@ def lead_events(lead: str, *, title: str | None, pricing: int, demo: bool = Fals
 
 
 def three_leads(*, pricing_for_a: int) -> list[dict]:
-    """a: an owner with some pricing visits; b: one visit; c: a demo request."""
+    """a: an owner with some pricing visits; b: one visit; c: a demo request (from an
+    analyst, no fit points, with what sales needs: a role and a company)."""
     return (
         lead_events("a", title="Owner", pricing=pricing_for_a)
         + lead_events("b", title=None, pricing=1)
-        + lead_events("c", title=None, pricing=0, demo=True)
+        + lead_events("c", title="Analyst", pricing=0, demo=True, company="C Co")
     )
 
 
@@ -238,6 +245,6 @@ async def test_rescore_under_load_loses_and_double_counts_nothing(settings):
         assert abs(row["fit"] - expected.fit) < 1e-9, row["lead_id"]
         assert abs(row["engagement"] - expected.engagement) < 1e-6, row["lead_id"]
         signals = orjson.loads(row["s"])["signals"]
-        assert {k: v[1] for k, v in signals.items()} == {
+        assert {k: v[HITS] for k, v in signals.items()} == {
             k: v[HITS] for k, v in expected.signals.items()
         }, row["lead_id"]
