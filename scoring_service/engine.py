@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from schemas.timefmt import iso
 from scoring_service.intake import Event
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.state import AS_OF, HITS, IGNORED, LAST_SEEN, VALUE, Account, LeadState
@@ -535,31 +536,38 @@ class Engine:
         every signal's contribution to it; the contributions add up to the total."""
         clock = state.as_of
         later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
-        rows: list[records.SignalRow] = []
+        signals: list[records.SignalDoc] = []
         for rule_id, (value, as_of, hits, ignored, last_seen) in state.signals.items():
             rule = self.rules.by_id.get(rule_id)
             decay = self.rules.decay_factor((clock or as_of) - as_of) * later
-            rows.append(
-                records.SignalRow(
-                    rule_id,
-                    rule.description if rule else rule_id,
-                    "engagement",
-                    rule.points if rule else None,
-                    int(hits),
-                    int(ignored),
-                    value * decay,
-                    last_seen,
-                )
+            signals.append(
+                {
+                    "rule_id": rule_id,
+                    "description": rule.description if rule else rule_id,
+                    "category": "engagement",
+                    "points": rule.points if rule else None,
+                    "hits": int(hits),
+                    "ignored": int(ignored),
+                    "contribution": value * decay,
+                    "last_seen": iso(last_seen),
+                }
             )
         for rule_id in state.fit_rules:
             rule = self.rules.by_id.get(rule_id)
             if rule is not None:
-                rows.append(
-                    records.SignalRow(
-                        rule_id, rule.description, "fit", rule.points, 1, 0, rule.points, None
-                    )
+                signals.append(
+                    {
+                        "rule_id": rule_id,
+                        "description": rule.description,
+                        "category": "fit",
+                        "points": rule.points,
+                        "hits": 1,
+                        "ignored": 0,
+                        "contribution": rule.points,
+                        "last_seen": None,
+                    }
                 )
-        return records.explanation(rows, state.fit, state.engagement * later)
+        return records.explanation(signals, state.fit, state.engagement * later)
 
     def history_shares(
         self, state: LeadState, events: Sequence[tuple[float, float, bool]]

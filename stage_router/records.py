@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, TypedDict
 
 from schemas.timefmt import iso
 from stage_router.lifecycle import RANK, SAL
@@ -134,19 +134,6 @@ def transition_record(
     }
 
 
-class SignalRow(NamedTuple):
-    """A signal before rounding: `contribution` is exact."""
-
-    rule_id: str
-    description: str
-    category: Literal["fit", "engagement"]
-    points: float | None
-    hits: int
-    ignored: int
-    contribution: float
-    last_seen: float | None
-
-
 def apportion(values: Sequence[float], total: float) -> list[float]:
     """Round `values` to the cent so that they add up to `total` rounded to the cent.
 
@@ -171,33 +158,19 @@ def apportion(values: Sequence[float], total: float) -> list[float]:
 
 
 def explanation(
-    rows: Sequence[SignalRow], fit: float, engagement: float
+    signals: list[SignalDoc], fit: float, engagement: float
 ) -> tuple[ScoreDoc, list[SignalDoc]]:
-    """A score and every signal behind it, largest contribution first. Fit signals add up
-    to the fit and engagement signals to the engagement, each to the cent."""
+    """A score and the signals behind it (their contributions exact), largest first, each
+    contribution rounded so that fit signals add up to the fit and engagement signals to the
+    engagement, to the cent."""
     score = score_doc(fit, engagement)
-    shares: dict[int, float] = {}
-    for category, part in (("fit", score["fit"]), ("engagement", score["engagement"])):
-        members = [i for i, row in enumerate(rows) if row.category == category]
-        for i, share in zip(
-            members, apportion([rows[i].contribution for i in members], part), strict=True
-        ):
-            shares[i] = share
-    order = sorted(range(len(rows)), key=lambda i: (-abs(shares[i]), rows[i].rule_id))
-    return score, [_signal_doc(rows[i], shares[i]) for i in order]
-
-
-def _signal_doc(row: SignalRow, contribution: float) -> SignalDoc:
-    return {
-        "rule_id": row.rule_id,
-        "description": row.description,
-        "category": row.category,
-        "points": row.points,
-        "hits": row.hits,
-        "ignored": row.ignored,
-        "contribution": contribution,
-        "last_seen": iso(row.last_seen) if row.last_seen is not None else None,
-    }
+    for category in ("fit", "engagement"):
+        members = [s for s in signals if s["category"] == category]
+        shares = apportion([s["contribution"] for s in members], score[category])
+        for signal, share in zip(members, shares, strict=True):
+            signal["contribution"] = share
+    signals.sort(key=lambda s: (-abs(s["contribution"]), s["rule_id"]))
+    return score, signals
 
 
 def profile(traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None) -> ProfileDoc:

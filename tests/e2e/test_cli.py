@@ -36,7 +36,7 @@ async def leadscore(*args: str, env: dict[str, str] | None = None) -> tuple[int,
 
 async def test_offline_validate_and_simulate(tmp_path):
     code, out = await leadscore("rules", "validate", "scoring_service/starter_ruleset.yaml")
-    assert code == 0 and "valid rule set 'starter' with 17 rules" in out
+    assert code == 0 and "valid rule set 'starter' with 19 rules" in out
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         "name: x\nthresholds: {mql: 1, sal: 2}\nrules:\n"
