@@ -131,27 +131,38 @@ class Engine:
 
     def __init__(self, rules: CompiledRuleSet) -> None:
         self.rules = rules
+        # The fit rules that hold for a lead nobody knows anything about yet (`not` rules
+        # may): the same for every new anonymous visitor, so judged once.
+        self._unknown_fit = self._matching_fit_rules({}, None)
 
     # -- scores --------------------------------------------------------------------------
 
+    def _matching_fit_rules(
+        self, traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None
+    ) -> tuple[CompiledRule, ...]:
+        return tuple(r for r in self.rules.fit_rules if r.fit_holds(traits, account_traits))
+
     def refresh_fit(self, state: LeadState, account: Account | None) -> str | None:
         """Recompute fit from current traits; returns a matching disqualifier's id, if any."""
-        account_traits = account.traits if account else None
+        if not state.traits and account is None:
+            holding = self._unknown_fit
+        else:
+            holding = self._matching_fit_rules(state.traits, account.traits if account else None)
         fit = 0.0
         matched: list[str] = []
         disqualify: str | None = None
-        for rule in self.rules.fit_rules:
-            if rule.fit_holds(state.traits, account_traits):
-                fit += rule.points
-                matched.append(rule.id)
-                if rule.disqualify and disqualify is None:
-                    disqualify = rule.id
-                if rule.promote_to:
-                    state.pending_trigger = _strongest(
-                        state.pending_trigger, (rule.promote_to, rule.id)
-                    )
+        for rule in holding:
+            fit += rule.points
+            matched.append(rule.id)
+            if rule.disqualify and disqualify is None:
+                disqualify = rule.id
+            if rule.promote_to:
+                state.pending_trigger = _strongest(
+                    state.pending_trigger, (rule.promote_to, rule.id)
+                )
         state.fit = fit
         state.fit_rules = matched
+        state.allowed = None  # the same traits decide it: judged again when next needed
         state.fit_key = (
             self.rules.version,
             account.version if account and self.rules.fit_reads_account else 0,
@@ -183,7 +194,8 @@ class Engine:
             if counted[0] <= horizon:
                 del counted[: bisect_right(counted, horizon)]
         clock: float = state.as_of  # type: ignore[assignment]
-        gain = rule.points * self.rules.decay_factor(clock - ts)
+        # Most events are the lead's latest: no decay to compute.
+        gain = rule.points if ts == clock else rule.points * self.rules.decay_factor(clock - ts)
         state.engagement += gain
         if signal is None:
             state.signals[rule.id] = [gain, clock, 1, 0, ts]
@@ -295,9 +307,12 @@ class Engine:
         trigger: tuple[str, str] | None = None
         traits_changed = False
         if event.type == "identify" and event.traits:
-            state.traits = deep_merge(state.traits, event.traits)
-            traits_changed = True
+            traits = deep_merge(state.traits, event.traits)
+            traits_changed = traits != state.traits
+            state.traits = traits
         elif event.type == "group":
+            # Another account: its traits are new to this lead whatever its version says.
+            traits_changed = state.account_id != event.group_id
             state.account_id = event.group_id
         account_version = account.version if account and self.rules.fit_reads_account else 0
         if traits_changed or state.fit_key != (self.rules.version, account_version):
@@ -351,7 +366,9 @@ class Engine:
             if state.stage == "disqualified" or reachable <= RANK[state.stage]:
                 state.pending_trigger = None
                 return
-        allowed, why = allowed_rank(state, self.rules, account.traits if account else None)
+        if state.allowed is None:
+            state.allowed = allowed_rank(state, self.rules, account.traits if account else None)
+        allowed, why = state.allowed
         decide = partial(
             automatic_move,
             stage=state.stage,

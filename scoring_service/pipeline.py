@@ -126,9 +126,13 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
         if account is None:
             account = ws.accounts[event.group_id] = Account(event.group_id)
         if event.traits:
-            account.traits = deep_merge(account.traits, event.traits)
-            account.version += 1
-            ws.changed_accounts.add(account.account_id)
+            traits = deep_merge(account.traits, event.traits)
+            # Only a real change moves the version: every member's fit is refreshed on
+            # their next event when it does, and most group calls repeat what is known.
+            if traits != account.traits:
+                account.traits = traits
+                account.version += 1
+                ws.changed_accounts.add(account.account_id)
     elif state.account_id:
         account = ws.accounts.get(state.account_id)
     engine.apply_event(state, event, account, now=now, effects=effects)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from schemas.ruleset import Operators, Rule, RuleSetDocument, When
@@ -38,6 +39,22 @@ def words(text: str) -> str:
     """Text as its words, case- and accent-folded, each between single spaces:
     "Vice-Président, Sales" -> " vice president sales ". A phrase in words() form is then a
     whole-word match exactly when it is a substring: one linear scan, no backtracking."""
+    # Titles and industries repeat across leads and rules: short ones are remembered (the
+    # cache is bounded in entries, and so in memory by the length limit).
+    if len(text) <= _REMEMBERED_TEXT:
+        return _remembered_words(text)
+    return _words(text)
+
+
+_REMEMBERED_TEXT = 200
+
+
+@lru_cache(maxsize=8192)
+def _remembered_words(text: str) -> str:
+    return _words(text)
+
+
+def _words(text: str) -> str:
     folded = unicodedata.normalize("NFKD", text.casefold())
     plain = "".join(
         " " if not ch.isalnum() else ch for ch in folded if not unicodedata.combining(ch)
@@ -213,18 +230,33 @@ def compile_condition(when: When) -> Condition:
         trait = _trait_test(when)
         tests.append(lambda e, t, a: trait.holds(t, a))
     if when.all_ is not None:
-        every = tuple(compile_condition(c) for c in when.all_)
-        tests.append(lambda e, t, a: all(c(e, t, a) for c in every))
+        tests.append(_all_of(tuple(compile_condition(c) for c in when.all_)))
     if when.any_ is not None:
-        some = tuple(compile_condition(c) for c in when.any_)
-        tests.append(lambda e, t, a: any(c(e, t, a) for c in some))
+        tests.append(_any_of(tuple(compile_condition(c) for c in when.any_)))
     if when.not_ is not None:
         negated = compile_condition(when.not_)
         tests.append(lambda e, t, a: not negated(e, t, a))
-    if len(tests) == 1:
-        return tests[0]
-    checks = tuple(tests)
+    return _all_of(tuple(tests))
+
+
+# Combinators of one or two conditions, the usual shapes, skip the generator `all` and `any`
+# need: a fit rule's conditions are judged on every change of traits.
+def _all_of(checks: tuple[Condition, ...]) -> Condition:
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda e, t, a: first(e, t, a) and second(e, t, a)
     return lambda e, t, a: all(c(e, t, a) for c in checks)
+
+
+def _any_of(checks: tuple[Condition, ...]) -> Condition:
+    if len(checks) == 1:
+        return checks[0]
+    if len(checks) == 2:
+        first, second = checks
+        return lambda e, t, a: first(e, t, a) or second(e, t, a)
+    return lambda e, t, a: any(c(e, t, a) for c in checks)
 
 
 def _event_part(part: str, path: tuple[str, ...], predicate: Predicate) -> Condition:
@@ -371,7 +403,8 @@ class CompiledRuleSet:
     recycle_on_expiry: bool
     fit_rules: tuple[CompiledRule, ...]
     fit_disqualifiers: frozenset[str]
-    # Whether any fit rule reads account traits (else account changes never touch fit).
+    # Whether anything judged on traits (fit rules, requirements, exclusions) reads account
+    # traits; else account changes never touch a lead's fit or what it is allowed.
     fit_reads_account: bool
     by_id: Mapping[str, CompiledRule]
     # Behavioural rules that apply to every event of a type, and track rules by event name.
@@ -467,6 +500,12 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         fit_disqualifiers=frozenset(r.id for r in fit if r.disqualify),
         fit_reads_account=any(
             source.when.reads_account() for source in document.rules if source.category == "fit"
+        )
+        or any(e.when.reads_account() for e in document.excluded_when)
+        or any(
+            isinstance(item, When) and item.reads_account()
+            for items in document.requires.values()
+            for item in items
         ),
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},

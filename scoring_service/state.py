@@ -49,6 +49,9 @@ class LeadState:
     # Why the lead is not moving further although its score or a trigger says it should
     # (an exclusion, a missing requirement); None when nothing holds it.
     held: str | None = None
+    # What the traits allow (engine.allowed_rank), remembered until fit is refreshed (the
+    # same traits decide both); not stored: a loaded lead judges it again once.
+    allowed: tuple[int, str | None] | None = None
 
     @property
     def total(self) -> float:
