@@ -5,7 +5,7 @@
    last output record published with offsets committed;
 3. latency at a steady offered load: event append time to the append time of the
    transition or notification it caused;
-4. the pure engine alone, on one core, with 17, 100 and 500 rules;
+4. the pure engine alone, on one core, with the starter rules, 100 and 500 rules;
 5. peak RSS of the service (the soak, `make soak`, measures RSS over 10 minutes).
 It exits non-zero if the service lost or double-counted an event (checked against the pure
 engine's replay of the same events).
@@ -33,7 +33,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm
 
-from bench.engine_bench import measure
+from bench.engine_bench import RULE_COUNTS, measure
 from bench.harness import Infra, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
 from scoring_service.engine import Engine
@@ -310,10 +310,10 @@ def table(result: dict[str, Any]) -> str:
         *[
             (
                 f"engine, {n} rules",
-                ">= 150,000 ev/s" if n == 17 else "linear in rules",
+                ">= 150,000 ev/s" if n == RULE_COUNTS[0] else "linear in rules",
                 f"{engine.get(f'score_events_per_s_{n}_rules', 0):,} ev/s",
             )
-            for n in (17, 100, 500)
+            for n in RULE_COUNTS
         ],
         (
             "RSS after backlog / peak / end",
