@@ -264,6 +264,7 @@ class Engine:
         state.fit, state.fit_rules, state.fit_key = fresh.fit, fresh.fit_rules, fresh.fit_key
         state.engagement, state.as_of = fresh.engagement, fresh.as_of
         state.counted, state.signals = fresh.counted, fresh.signals
+        state.allowed = None  # judged again under this rule set
         state.ruleset_version = self.rules.version
         move = automatic_move(
             stage=state.stage,

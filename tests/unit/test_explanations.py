@@ -152,3 +152,25 @@ def test_a_listed_page_of_history_leaves_the_rest_as_unlisted():
     assert abs(unlisted - exact_older) < 0.01 + 1e-9
     engagement = score_doc(lead.fit, lead.engagement)["engagement"]
     assert sum(cents(s) for s in shares) + cents(unlisted) == cents(engagement)
+
+
+def test_a_rule_the_explaining_version_lacks_still_adds_up_with_unknown_points():
+    engine = Engine(starter_ruleset())
+    lead = LeadState(lead_id="u1")
+    engine.apply_event(lead, parsed(page("/pricing", user="u1", when=at(0))), None, now=NOW)
+    lead.signals["retired-rule"] = [4.0, lead.as_of, 2, 0, lead.as_of]
+    lead.engagement += 4.0
+    score, signals = engine.explain(lead)
+    retired = next(s for s in signals if s["rule_id"] == "retired-rule")
+    assert (retired["points"], retired["description"], retired["contribution"]) == (
+        None,
+        "retired-rule",
+        4.0,
+    )
+    assert_adds_up(score, signals)
+
+
+def test_a_state_stored_before_decayed_contributions_loads_as_if_hit_at_the_last_hit():
+    lead = LeadState(lead_id="u1")
+    lead.load_doc({"signals": {"pricing-page": [30.0, 2, 1_700_000_000.0]}})
+    assert lead.signals["pricing-page"] == [30.0, 1_700_000_000.0, 2, 0, 1_700_000_000.0]
