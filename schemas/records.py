@@ -96,6 +96,14 @@ class TransitionRecord(BaseModel):
     caused_by: str | None
     occurred_at: datetime
     emitted_at: datetime
+    committee_role: str | None = Field(
+        description="the person's role in their account's buying committee (null without one, "
+        "or when the rule set does not score accounts)"
+    )
+    account_score: float | None = Field(
+        description="the account's total score at the moment (null without an account, or "
+        "when the rule set does not score accounts)"
+    )
 
 
 class Signal(BaseModel):
@@ -145,6 +153,85 @@ class NotificationRecord(BaseModel):
     profile: Profile
     owner: str
     respond_by: datetime | None
+    ruleset_version: int
+    occurred_at: datetime
+    committee_role: str | None
+    account_score: float | None
+
+
+AccountStage = Literal["target", "engaged", "mqa", "opportunity", "customer", "disqualified"]
+AccountTransitionReason = Literal["engaged", "qualified", "sales_feedback", "rescore", "manual"]
+
+
+class AccountScore(BaseModel):
+    """An account's score: account fit + the roll-up of its members' engagement + the
+    points of the committee roles covered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: float
+    fit: float
+    engagement: float
+    coverage: float
+
+
+class MemberShare(BaseModel):
+    """A member counted in the account's engagement; the shares add up to it, to the cent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lead_id: str
+    role: str | None
+    contribution: float
+
+
+class AccountTransitionRecord(BaseModel):
+    """A value on `account-status-transitions`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    transition_id: str = Field(description="<account_id>:<n>, n counting the account's moves")
+    account_id: str
+    from_stage: AccountStage
+    to_stage: AccountStage
+    reason: AccountTransitionReason
+    reason_detail: str | None
+    score: AccountScore
+    roles_covered: list[str] = Field(description="committee roles covered, in rule-set order")
+    roles_missing: list[str] = Field(description="committee roles not covered")
+    top_members: list[MemberShare] = Field(
+        description="the members counted in the engagement, largest share first"
+    )
+    ruleset_version: int
+    caused_by: str | None
+    occurred_at: datetime
+    emitted_at: datetime
+
+
+class AccountProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None
+    domain: str | None
+    industry: str | None
+
+
+class AccountQualifiedRecord(BaseModel):
+    """An `account_qualified` value on `sales-notifications`: an account reached `mqa`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notification_id: str
+    type: Literal["account_qualified"]
+    account_id: str
+    stage: Literal["mqa"]
+    priority: Literal["hot"]
+    score: AccountScore
+    roles_covered: list[str]
+    roles_missing: list[str]
+    top_members: list[MemberShare]
+    profile: AccountProfile
+    owner: str
     ruleset_version: int
     occurred_at: datetime
 

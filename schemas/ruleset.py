@@ -369,6 +369,111 @@ class Decay(BaseModel):
     half_life_days: float = Field(default=0, ge=0, le=3650)
 
 
+MAX_ROLES = 20
+MAX_ACCOUNT_FIT_RULES = 200
+_ROLE_ID = r"^[a-z][a-z0-9_]{0,39}$"
+
+
+class CommitteeRole(BaseModel):
+    """A role in the buying committee, and who holds it: the first role whose conditions
+    hold on a person's traits (and their account's, as `account.<key>`). A `committee_role`
+    trait naming a role (sent by the CRM) overrides the conditions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_ROLE_ID)]
+    name: str | None = Field(default=None, max_length=100)
+    when: When
+    # What an account earns while this role is covered (committee coverage).
+    points: float = Field(default=0.0, ge=0, le=1000)
+
+    @field_validator("when")
+    @classmethod
+    def _traits(cls, when: When) -> When:
+        return _traits_only(when, "a committee role")
+
+
+class AccountFitRule(BaseModel):
+    """Account fit: conditions on the account's own traits (industry, size, revenue,
+    country, technologies: `trait: industry`, not `account.industry`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_RULE_ID)]
+    when: When
+    points: float = Field(ge=-1000, le=1000)
+    description: str | None = Field(default=None, max_length=500)
+
+    @field_validator("when")
+    @classmethod
+    def _traits(cls, when: When) -> When:
+        return _traits_only(when, "an account fit rule")
+
+
+class Rollup(BaseModel):
+    """Account engagement: the `top_members` most engaged members' engagement, each capped
+    at `member_cap` so one enthusiast cannot make an account."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top_members: int = Field(default=5, ge=1, le=100)
+    member_cap: float = Field(default=50.0, gt=0, le=10_000)
+    # `with_role`: only members holding a committee role count (a student does not).
+    members: Literal["all", "with_role"] = "with_role"
+
+
+class Coverage(BaseModel):
+    """A role is covered while a member holding it has at least `min_engagement` and was
+    active in the last `window_days` (of the account's event time)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window_days: float = Field(default=30.0, gt=0, le=3650)
+    min_engagement: float = Field(default=10.0, ge=0, le=10_000)
+    # Roles that must be covered before an account is marketing-qualified.
+    required: list[Annotated[str, Field(pattern=_ROLE_ID)]] = Field(
+        default_factory=list, max_length=MAX_ROLES
+    )
+
+
+class AccountThresholds(BaseModel):
+    """`engaged`: the members' engagement (the roll-up) an account needs to be engaged;
+    `mqa`: the total score a marketing-qualified account needs (with the required roles)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engaged: float
+    mqa: float
+
+
+class AccountRules(BaseModel):
+    """How accounts are scored and qualified (README: Accounts and buying committees)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    roles: list[CommitteeRole] = Field(default_factory=list, max_length=MAX_ROLES)
+    fit: list[AccountFitRule] = Field(default_factory=list, max_length=MAX_ACCOUNT_FIT_RULES)
+    rollup: Rollup = Rollup()
+    coverage: Coverage = Coverage()
+    thresholds: AccountThresholds
+    # The account trait naming its owner (set by the CRM); without it, `account_qualified`
+    # goes to the queue the routing rules pick from the account's traits.
+    owner_trait: str = Field(default="owner", min_length=1, max_length=200)
+
+    @model_validator(mode="after")
+    def _known_roles(self) -> AccountRules:
+        ids = [role.id for role in self.roles]
+        if len(set(ids)) != len(ids):
+            raise ValueError("committee role ids must be unique")
+        fit_ids = [rule.id for rule in self.fit]
+        if len(set(fit_ids)) != len(fit_ids):
+            raise ValueError("account fit rule ids must be unique")
+        for role in self.coverage.required:
+            if role not in ids:
+                raise ValueError(f"coverage.required names {role!r}, not among the roles")
+        return self
+
+
 class RuleSetDocument(BaseModel):
     """A rule set as published: immutable once stored under a version number."""
 
@@ -392,6 +497,8 @@ class RuleSetDocument(BaseModel):
         default_factory=dict
     )
     excluded_when: list[Exclusion] = Field(default_factory=list, max_length=MAX_EXCLUSIONS)
+    # Accounts and their buying committees; without it, accounts are not scored.
+    accounts: AccountRules | None = None
 
     @field_validator("sla", mode="before")
     @classmethod

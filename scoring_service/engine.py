@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any
 
 from schemas.timefmt import iso
+from scoring_service.accounts import AccountScorer
 from scoring_service.intake import Event
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.state import AS_OF, HITS, IGNORED, LAST_SEEN, VALUE, Account, LeadState
@@ -52,18 +53,29 @@ class Effects:
     cost more than the scoring of a typical page view.
     """
 
-    __slots__ = ("handoffs", "hits", "notifications", "transitions")
+    __slots__ = (
+        "account_notifications",
+        "account_transitions",
+        "handoffs",
+        "hits",
+        "notifications",
+        "transitions",
+    )
 
     def __init__(self) -> None:
         self.hits: list[Hit] = []
         self.transitions: list[records.TransitionDoc] = []
         self.notifications: list[records.NotificationDoc] = []
         self.handoffs: list[records.Handoff] = []
+        self.account_transitions: list[records.AccountTransitionDoc] = []
+        self.account_notifications: list[records.AccountNotificationDoc] = []
 
     def extend(self, other: Effects) -> None:
         self.transitions.extend(other.transitions)
         self.notifications.extend(other.notifications)
         self.handoffs.extend(other.handoffs)
+        self.account_transitions.extend(other.account_transitions)
+        self.account_notifications.extend(other.account_notifications)
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,9 +133,7 @@ def _strongest(a: tuple[str, str] | None, b: tuple[str, str] | None) -> tuple[st
     return b if RANK[b[0]] > RANK[a[0]] else a
 
 
-# A notification is first addressed to a queue; the shell then names the queue's next owner
-# in turn (round-robin needs a shared counter, which lives in the database).
-QUEUE_PREFIX = "queue:"
+QUEUE_PREFIX = records.QUEUE_PREFIX
 
 
 class Engine:
@@ -131,6 +141,7 @@ class Engine:
 
     def __init__(self, rules: CompiledRuleSet) -> None:
         self.rules = rules
+        self.accounts = AccountScorer(rules, rules.accounts) if rules.accounts else None
         # The fit rules that hold for a lead nobody knows anything about yet (`not` rules
         # may): the same for every new anonymous visitor, so judged once.
         self._unknown_fit = self._matching_fit_rules({}, None)
@@ -162,6 +173,10 @@ class Engine:
                 )
         state.fit = fit
         state.fit_rules = matched
+        if self.accounts is not None:
+            state.committee_role = self.accounts.role_of(
+                state.traits, account.traits if account else None
+            )
         state.allowed = None  # the same traits decide it: judged again when next needed
         state.fit_key = (
             self.rules.version,
@@ -262,6 +277,7 @@ class Engine:
                 hits_by_event.append(hits)
         self.refresh_fit(fresh, account)
         state.fit, state.fit_rules, state.fit_key = fresh.fit, fresh.fit_rules, fresh.fit_key
+        state.committee_role = fresh.committee_role
         state.engagement, state.as_of = fresh.engagement, fresh.as_of
         state.counted, state.signals = fresh.counted, fresh.signals
         state.allowed = None  # judged again under this rule set
@@ -286,6 +302,9 @@ class Engine:
                 account=account,
                 now=now,
             )
+        self.account_follows(
+            state, account, effects, caused_by=None, at=now, now=now, reason="rescore"
+        )
         return effects
 
     # -- events --------------------------------------------------------------------------
@@ -326,6 +345,13 @@ class Engine:
         trigger, behaviour_disqualify = self._score_behaviour(state, event, account, effects.hits)
         disqualify = disqualify or behaviour_disqualify
         state.ruleset_version = self.rules.version
+        scorer = self.accounts
+        member_of = (
+            account if account is not None and account.account_id == state.account_id else None
+        )
+        if scorer is not None and member_of is not None:
+            # The account's score first, so the lead's records carry the one this event made.
+            scorer.sync(member_of, state)
         self.route(
             state,
             effects,
@@ -335,7 +361,42 @@ class Engine:
             account=account,
             now=now,
         )
+        if scorer is not None and member_of is not None:
+            scorer.route(
+                member_of,
+                effects.account_transitions,
+                effects.account_notifications,
+                caused_by=event.message_id,
+                at=event.ts,
+                now=now,
+            )
         return effects
+
+    def account_follows(
+        self,
+        state: LeadState,
+        account: Account | None,
+        effects: Effects,
+        *,
+        caused_by: str | None,
+        at: float,
+        now: float,
+        reason: str | None = None,
+    ) -> None:
+        """After a lead changed outside scoring (feedback, a deadline, an admin, re-scoring):
+        its account's roll-up follows, and so does its stage (a lead's opportunity or win is
+        its account's too; a score that earned a stage moves it)."""
+        scorer = self.accounts
+        if scorer is None or account is None or account.account_id != state.account_id:
+            return
+        scorer.sync(account, state)
+        transitions, notifications = effects.account_transitions, effects.account_notifications
+        scorer.follow(
+            account, state.stage, transitions, notifications, caused_by=caused_by, at=at, now=now
+        )
+        scorer.route(
+            account, transitions, notifications, caused_by=caused_by, at=at, now=now, reason=reason
+        )
 
     def route(
         self,
@@ -432,6 +493,16 @@ class Engine:
             occurred_at=occurred_at,
             emitted_at=now,
             reason_detail=detail,
+            committee_role=state.committee_role if self.accounts is not None else None,
+            account_score=(
+                records.account_score_doc(account.fit, account.engagement, account.coverage)[
+                    "total"
+                ]
+                if self.accounts is not None
+                and account is not None
+                and account.account_id == state.account_id
+                else None
+            ),
         )
         state.stage = move.to_stage
         state.stage_entered_at = occurred_at
@@ -490,6 +561,7 @@ class Engine:
             now=now,
             detail=reason,
         )
+        self.account_follows(state, account, effects, caused_by=feedback_id, at=at, now=now)
         return effects
 
     def manual_move(
@@ -520,6 +592,7 @@ class Engine:
             now=now,
             detail=reason,
         )
+        self.account_follows(state, account, effects, caused_by=caused_by, at=at, now=now)
         return effects
 
     def expire(
@@ -539,6 +612,7 @@ class Engine:
                 account=account,
                 now=now,
             )
+            self.account_follows(state, account, effects, caused_by=None, at=at, now=now)
         return effects
 
     def _recycle(self, state: LeadState) -> None:

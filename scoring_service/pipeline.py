@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from scoring_service.engine import Effects, Engine, deep_merge
 from scoring_service.intake import Event
 from scoring_service.state import Account, LeadState
-from stage_router.records import NotificationDoc, TransitionDoc
+from stage_router.records import (
+    AccountNotificationDoc,
+    AccountTransitionDoc,
+    NotificationDoc,
+    TransitionDoc,
+)
 
 # Identity links can chain (anonymous -> user -> aliased user); following more hops than
 # this means a cycle, which a bad alias could create.
@@ -100,6 +105,12 @@ def _link(
     account = ws.accounts.get(target.account_id or source.account_id or "")
     merged = engine.merge(target, source, event=event, account=account, now=now)
     effects.extend(merged)
+    if engine.accounts is not None and source.account_id:
+        # The merged-away lead is no member any more; the lead it joined counts instead.
+        left = ws.accounts.get(source.account_id)
+        if left is not None:
+            engine.accounts.drop(left, source_id)
+            ws.changed_accounts.add(left.account_id)
     ws.merged_leads.add(source_id)
     ws.changed_leads.discard(source_id)
     ws.changed_leads.add(target_id)
@@ -122,6 +133,12 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
     state = ws.lead(lead_id)
     account: Account | None = None
     if event.type == "group" and event.group_id:
+        if engine.accounts is not None and state.account_id not in (None, event.group_id):
+            # Moving to another account: the old one loses this member's engagement.
+            left = ws.accounts.get(state.account_id)
+            if left is not None:
+                engine.accounts.drop(left, lead_id)
+                ws.changed_accounts.add(left.account_id)
         account = ws.accounts.get(event.group_id)
         if account is None:
             account = ws.accounts[event.group_id] = Account(event.group_id)
@@ -135,8 +152,12 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
                 ws.changed_accounts.add(account.account_id)
     elif state.account_id:
         account = ws.accounts.get(state.account_id)
+        if account is None and engine.accounts is not None:
+            account = ws.accounts[state.account_id] = Account(state.account_id)
     engine.apply_event(state, event, account, now=now, effects=effects)
     ws.changed_leads.add(lead_id)
+    if engine.accounts is not None and state.account_id:
+        ws.changed_accounts.add(state.account_id)
     return ScoredEvent(event, lead_id, effects, merged, state.held)
 
 
@@ -156,6 +177,8 @@ class Replay:
         self.seen: set[tuple[str, str]] = set()
         self.transitions: list[TransitionDoc] = []
         self.notifications: list[NotificationDoc] = []
+        self.account_transitions: list[AccountTransitionDoc] = []
+        self.account_notifications: list[AccountNotificationDoc] = []
         self.scored_for: list[str] = []  # the lead each scored event counted for, in order
 
     def feed(self, events: Iterable[Event], *, now: float) -> None:
@@ -168,3 +191,5 @@ class Replay:
             self.scored_for.append(scored.lead_id)
             self.transitions.extend(scored.effects.transitions)
             self.notifications.extend(scored.effects.notifications)
+            self.account_transitions.extend(scored.effects.account_transitions)
+            self.account_notifications.extend(scored.effects.account_notifications)

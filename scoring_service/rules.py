@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from schemas.ruleset import Operators, Rule, RuleSetDocument, When
+from schemas.ruleset import (
+    AccountRules,
+    AccountThresholds,
+    Operators,
+    Rule,
+    RuleSetDocument,
+    When,
+)
 from schemas.timefmt import DAY
 from scoring_service.intake import Event
 
@@ -380,6 +387,71 @@ def _extra_condition(when: When) -> Condition | None:
 
 
 @dataclass(frozen=True, slots=True)
+class CompiledRole:
+    id: str
+    name: str
+    holds: Condition  # on (None, the person's traits, the account's traits)
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledAccountFit:
+    id: str
+    description: str
+    points: float
+    holds: Condition  # on (None, the account's traits, the account's traits)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledAccountRules:
+    """The `accounts` part of a rule set, ready for scoring accounts."""
+
+    roles: tuple[CompiledRole, ...]
+    role_ids: frozenset[str]
+    fit: tuple[CompiledAccountFit, ...]
+    top_members: int
+    member_cap: float
+    only_roles_count: bool
+    window: float  # seconds
+    min_engagement: float
+    required: tuple[str, ...]
+    engaged_threshold: float
+    mqa_threshold: float
+    owner_trait: tuple[str, ...]
+
+
+_NO_ACCOUNTS = AccountRules(thresholds=AccountThresholds(engaged=0, mqa=0))
+
+
+def _compile_accounts(document: RuleSetDocument) -> CompiledAccountRules | None:
+    spec = document.accounts
+    if spec is None:
+        return None
+    return CompiledAccountRules(
+        roles=tuple(
+            CompiledRole(
+                r.id, r.name or r.id.replace("_", " "), compile_condition(r.when), r.points
+            )
+            for r in spec.roles
+        ),
+        role_ids=frozenset(r.id for r in spec.roles),
+        fit=tuple(
+            CompiledAccountFit(f.id, f.description or f.id, f.points, compile_condition(f.when))
+            for f in spec.fit
+        ),
+        top_members=spec.rollup.top_members,
+        member_cap=spec.rollup.member_cap,
+        only_roles_count=spec.rollup.members == "with_role",
+        window=spec.coverage.window_days * DAY,
+        min_engagement=spec.coverage.min_engagement,
+        required=tuple(spec.coverage.required),
+        engaged_threshold=spec.thresholds.engaged,
+        mqa_threshold=spec.thresholds.mqa,
+        owner_trait=tuple(spec.owner_trait.split(".")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledRuleSet:
     """A rule set ready for scoring, with behavioural rules indexed by event type and name."""
 
@@ -410,6 +482,7 @@ class CompiledRuleSet:
     # Behavioural rules that apply to every event of a type, and track rules by event name.
     by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
     by_track_name: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
+    accounts: CompiledAccountRules | None = None
 
     def candidates(self, event_type: str, event_name: str | None) -> tuple[CompiledRule, ...]:
         generic = self.by_type.get(event_type, ())
@@ -506,8 +579,11 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
             isinstance(item, When) and item.reads_account()
             for items in document.requires.values()
             for item in items
-        ),
+        )
+        # A committee role judged on the account's traits is refreshed with fit.
+        or any(role.when.reads_account() for role in (document.accounts or _NO_ACCOUNTS).roles),
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},
+        accounts=_compile_accounts(document),
     )

@@ -9,13 +9,57 @@ from typing import Any
 VALUE, AS_OF, HITS, IGNORED, LAST_SEEN = range(5)
 
 
+# An `Account.members` entry: the member's engagement as of its own clock (its latest event
+# time, which is also its last activity) and its committee role.
+Member = tuple[float, float, str | None]
+
+
 @dataclass(slots=True)
 class Account:
-    """An account from `group` calls; `version` moves on every change so fit can be refreshed."""
+    """An account from `group` calls, and its score when the rule set scores accounts.
+
+    `version` moves on every change of traits so fit can be refreshed. `members` mirrors
+    each member lead's engagement: the account's score is a function of these entries and
+    the account's clock (the latest member event time), so it does not depend on the order
+    member events arrive in.
+    """
 
     account_id: str
     traits: dict[str, Any] = field(default_factory=dict)
     version: int = 0
+    stage: str = "target"
+    stage_entered_at: float | None = None
+    seq: int = 0
+    as_of: float | None = None
+    members: dict[str, Member] = field(default_factory=dict)
+    fit: float = 0.0
+    fit_rules: list[str] = field(default_factory=list)
+    fit_key: tuple[int, int] | None = None
+    engagement: float = 0.0
+    coverage: float = 0.0
+    covered: list[str] = field(default_factory=list)
+    ruleset_version: int = 0
+
+    @property
+    def total(self) -> float:
+        return self.fit + self.engagement + self.coverage
+
+    def to_doc(self) -> dict[str, Any]:
+        """The scoring-private part of the account, for one JSON column."""
+        return {
+            "members": self.members,
+            "fit_rules": self.fit_rules,
+            "fit_key": self.fit_key,
+        }
+
+    def load_doc(self, doc: dict[str, Any]) -> None:
+        self.members = {
+            lead_id: (float(m[0]), float(m[1]), m[2])
+            for lead_id, m in (doc.get("members") or {}).items()
+        }
+        self.fit_rules = doc.get("fit_rules") or []
+        key = doc.get("fit_key")
+        self.fit_key = (key[0], key[1]) if key else None
 
 
 @dataclass(slots=True)
@@ -52,6 +96,8 @@ class LeadState:
     # What the traits allow (engine.allowed_rank), remembered until fit is refreshed (the
     # same traits decide both); not stored: a loaded lead judges it again once.
     allowed: tuple[int, str | None] | None = None
+    # The person's role in their account's buying committee, judged with fit.
+    committee_role: str | None = None
 
     @property
     def total(self) -> float:
@@ -68,6 +114,8 @@ class LeadState:
         }
         if self.held is not None:
             doc["held"] = self.held
+        if self.committee_role is not None:
+            doc["role"] = self.committee_role
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -81,6 +129,7 @@ class LeadState:
         pending = doc.get("pending_trigger")
         self.pending_trigger = (pending[0], pending[1]) if pending else None
         self.held = doc.get("held")
+        self.committee_role = doc.get("role")
 
 
 def _signal(entry: list[float]) -> list[float]:

@@ -15,7 +15,14 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
 from schemas.events import AnySegmentEvent
-from schemas.records import DeadLetterHeaders, FeedbackRecord, NotificationRecord, TransitionRecord
+from schemas.records import (
+    AccountQualifiedRecord,
+    AccountTransitionRecord,
+    DeadLetterHeaders,
+    FeedbackRecord,
+    NotificationRecord,
+    TransitionRecord,
+)
 from services.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -29,6 +36,8 @@ def _schemas() -> dict[str, Any]:
         "FeedbackRecord": (FeedbackRecord, "validation"),
         "TransitionRecord": (TransitionRecord, "serialization"),
         "NotificationRecord": (NotificationRecord, "serialization"),
+        "AccountTransitionRecord": (AccountTransitionRecord, "serialization"),
+        "AccountQualifiedRecord": (AccountQualifiedRecord, "serialization"),
         "DeadLetterHeaders": (DeadLetterHeaders, "serialization"),
     }
     schemas: dict[str, Any] = {}
@@ -50,6 +59,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
     """The AsyncAPI 3.0 document for the topic names in `settings` (the defaults if None)."""
     settings = settings or Settings()
     lead_key = "the lead id (records of one lead keep their order)"
+    account_key = "the account id (records of one account keep their order)"
     messages = {
         "SegmentEvent": {
             "name": "SegmentEvent",
@@ -79,6 +89,20 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "payload": {"$ref": REF.format(model="NotificationRecord")},
             "bindings": _key(lead_key),
         },
+        "AccountTransitionRecord": {
+            "name": "AccountTransitionRecord",
+            "title": "An account stage change, with its score parts and buying committee",
+            "contentType": "application/json",
+            "payload": {"$ref": REF.format(model="AccountTransitionRecord")},
+            "bindings": _key(account_key),
+        },
+        "AccountQualifiedRecord": {
+            "name": "AccountQualifiedRecord",
+            "title": "An account reached mqa: its owner should engage the committee",
+            "contentType": "application/json",
+            "payload": {"$ref": REF.format(model="AccountQualifiedRecord")},
+            "bindings": _key(account_key),
+        },
         "DeadLetter": {
             "name": "DeadLetter",
             "title": "A message that could not be used, with the reason in its headers",
@@ -88,7 +112,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "bindings": _key("the refused message's key"),
         },
     }
-    channels = {
+    channels: dict[str, tuple[str, str | list[str], str]] = {
         "leadEvents": (settings.topic_events, "SegmentEvent", "Events to score"),
         "salesFeedback": (settings.topic_feedback, "FeedbackRecord", "Sales outcomes"),
         "leadStatusTransitions": (
@@ -96,10 +120,15 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "TransitionRecord",
             "Stage changes, at least once, in order per lead",
         ),
+        "accountStatusTransitions": (
+            settings.topic_account_transitions,
+            "AccountTransitionRecord",
+            "Account stage changes, at least once, in order per account",
+        ),
         "salesNotifications": (
             settings.topic_notifications,
-            "NotificationRecord",
-            "What sales must act on, at least once, in order per lead",
+            ["NotificationRecord", "AccountQualifiedRecord"],
+            "What sales must act on, at least once, in order per lead (and per account)",
         ),
         "deadLetters": (settings.topic_dlq, "DeadLetter", "Refused messages and why"),
     }
@@ -121,9 +150,12 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             name: {
                 "address": topic,
                 "description": description,
-                "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+                "messages": {
+                    message: {"$ref": f"#/components/messages/{message}"}
+                    for message in ([names] if isinstance(names, str) else names)
+                },
             }
-            for name, (topic, message, description) in channels.items()
+            for name, (topic, names, description) in channels.items()
         },
         "operations": {
             ("consume" if name in receives else "publish") + name[0].upper() + name[1:]: {

@@ -13,9 +13,12 @@ a lock later in this list than every lock it holds, so no two can wait for each 
   1. the rule-set lock, shared (`ActiveRules.engine`; activation takes it exclusively);
   2. the `consumer_offsets` rows of the batch's partitions, sorted by partition
      (consumers only: `lock_partitions`);
-  3. advisory locks on leads (`l:<id>`) and on the accounts a writer changes (`a:<id>`),
-     all in one statement in sorted key order: the ids the writer names and every lead
-     they were merged into (`lock_leads`);
+  3. advisory locks (`lock_leads`): a. on leads (`l:<id>`), in one statement in sorted
+     key order: the ids the writer names and every lead they were merged into; b. then on
+     accounts (`a:<id>`), in one statement in sorted order: the accounts named (group
+     calls) and, when the rule set scores accounts, the accounts of every lead locked
+     (a member's activity changes its account's roll-up). Every lead lock comes before
+     every account lock, in every writer;
   4. rows that belong to those leads: `leads`, `identity_links`, `processed_events`,
      `lead_events`, `transitions`, `handoffs`, `feedback`. Nobody writes such a row
      without holding step 3's lock on its lead, so these row locks never wait for long
@@ -120,7 +123,7 @@ class LeadTransaction:
         # locking gives every target but those linked in the last moments.
         links = await store.load_links(self.pg, list(named))
         wanted = named | set(links.values())
-        keys = [f"l:{i}" for i in wanted] + [f"a:{i}" for i in accounts]
+        keys = [f"l:{i}" for i in wanted]
         await store.lock_keys(self.pg, keys)
         self.locked = set(keys)
         links = await store.load_links(self.pg, list(named))
@@ -133,8 +136,15 @@ class LeadTransaction:
         self.ws.leads = await store.load_leads(
             self.pg, [i[2:] for i in self.locked if i.startswith("l:")]
         )
-        accounts |= {s.account_id for s in self.ws.leads.values() if s.account_id}
-        self.ws.accounts = await store.load_accounts(self.pg, list(accounts))
+        members_of = {s.account_id for s in self.ws.leads.values() if s.account_id}
+        if self.engine.accounts is not None:
+            # Scored accounts change with every member's activity: their locks too (3b).
+            accounts |= members_of
+        if accounts:
+            account_keys = [f"a:{i}" for i in accounts]
+            await store.lock_keys(self.pg, account_keys)
+            self.locked.update(account_keys)
+        self.ws.accounts = await store.load_accounts(self.pg, list(accounts | members_of))
         return self.ws
 
     def save_offsets(
@@ -148,6 +158,16 @@ class LeadTransaction:
     async def flush(self) -> None:
         """Write what the transaction changed and decided; the caller's commit follows."""
         if self._step >= _LEADS:
+            if self.engine.accounts is not None:
+                # Whatever a writer did to a member (scored, recycled, moved on) its account
+                # mirrored; each is written back with the leads.
+                self.ws.changed_accounts.update(
+                    s.account_id
+                    for i in self.ws.changed_leads
+                    if (s := self.ws.leads.get(i)) is not None
+                    and s.account_id is not None
+                    and s.account_id in self.ws.accounts
+                )
             await store.save_workspace(self.pg, self.ws)
             await store.save_history(self.pg, self.engine.rules.version, self.scored, self.ws)
             self.outbox.extend(
@@ -157,6 +177,7 @@ class LeadTransaction:
                     queues=self.engine.rules.queues,
                     transitions_topic=self.settings.topic_transitions,
                     notifications_topic=self.settings.topic_notifications,
+                    account_transitions_topic=self.settings.topic_account_transitions,
                 )
             )
         await store.enqueue(self.pg, self.outbox)

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
     topic_events: str = "lead-events"
     topic_transitions: str = "lead-status-transitions"
+    topic_account_transitions: str = "account-status-transitions"
     topic_notifications: str = "sales-notifications"
     topic_dlq: str = "lead-events-dlq"
     topic_feedback: str = "sales-feedback"
@@ -98,7 +99,12 @@ class Settings(BaseSettings):
         return Settings.model_validate({**self.model_dump(), **changes})
 
     def output_topics(self) -> list[str]:
-        return [self.topic_transitions, self.topic_notifications, self.topic_dlq]
+        return [
+            self.topic_transitions,
+            self.topic_account_transitions,
+            self.topic_notifications,
+            self.topic_dlq,
+        ]
 
     def all_topics(self) -> list[str]:
         return [self.topic_events, *self.output_topics(), self.topic_feedback]

@@ -18,7 +18,13 @@ from scoring_service.engine import QUEUE_PREFIX, Effects, Hit
 from scoring_service.intake import event_doc
 from scoring_service.pipeline import MAX_LINK_HOPS, ScoredEvent, Workspace
 from scoring_service.state import Account, LeadState
-from stage_router.records import Handoff, NotificationDoc, TransitionDoc
+from stage_router.records import (
+    AccountNotificationDoc,
+    AccountTransitionDoc,
+    Handoff,
+    NotificationDoc,
+    TransitionDoc,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,16 +204,38 @@ async def load_leads(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Le
     return {r["lead_id"]: lead_from_row(r) for r in rows}
 
 
-async def load_accounts(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Account]:
-    rows = await pg.fetch(
-        "SELECT account_id, traits::text AS traits, version FROM accounts "
-        "WHERE account_id = ANY($1::text[])",
-        list(ids),
+ACCOUNT_COLUMNS = (
+    "account_id, traits::text AS traits, version, stage, stage_entered_at, seq, as_of, fit, "
+    "engagement, coverage, roles_covered, ruleset_version, scoring::text AS scoring"
+)
+
+
+def account_from_row(row: Any) -> Account:
+    account = Account(
+        account_id=row["account_id"],
+        traits=orjson.loads(row["traits"]),
+        version=row["version"],
+        stage=row["stage"],
+        stage_entered_at=_epoch(row["stage_entered_at"]),
+        seq=row["seq"],
+        as_of=_epoch(row["as_of"]),
+        fit=row["fit"],
+        engagement=row["engagement"],
+        coverage=row["coverage"],
+        covered=list(row["roles_covered"]),
+        ruleset_version=row["ruleset_version"],
     )
-    return {
-        r["account_id"]: Account(r["account_id"], orjson.loads(r["traits"]), r["version"])
-        for r in rows
-    }
+    account.load_doc(orjson.loads(row["scoring"]))
+    return account
+
+
+async def load_accounts(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Account]:
+    if not ids:
+        return {}
+    rows = await pg.fetch(
+        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1::text[])", list(ids)
+    )
+    return {r["account_id"]: account_from_row(r) for r in rows}
 
 
 async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
@@ -251,17 +279,48 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
             list(ws.new_links.values()),
             [ws.link_causes.get(a) for a in ws.new_links],
         )
-    accounts = [ws.accounts[i] for i in sorted(ws.changed_accounts)]
+    accounts = [ws.accounts[i] for i in sorted(ws.changed_accounts) if i in ws.accounts]
     if accounts:
-        await pg.execute(
-            "INSERT INTO accounts (account_id, traits, version) "
-            "SELECT a, t::jsonb, v FROM unnest($1::text[], $2::text[], $3::int[]) AS u(a, t, v) "
-            "ON CONFLICT (account_id) DO UPDATE SET traits = EXCLUDED.traits, "
-            "version = EXCLUDED.version, updated_at = now()",
-            [a.account_id for a in accounts],
-            [orjson.dumps(a.traits).decode() for a in accounts],
-            [a.version for a in accounts],
-        )
+        await save_accounts(pg, accounts)
+
+
+async def save_accounts(pg: asyncpg.Connection, accounts: Sequence[Account]) -> None:
+    await pg.execute(
+        """
+        INSERT INTO accounts (account_id, traits, version, stage, stage_entered_at, seq, as_of,
+                              fit, engagement, coverage, score, roles_covered, member_count,
+                              ruleset_version, scoring)
+        SELECT a, t::jsonb, v, st, se, q, ao, f, e, c, f + e + c,
+               string_to_array(nullif(rc, ''), ','), mc, rv, sc::jsonb
+        FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
+                    $6::int[], $7::timestamptz[], $8::float8[], $9::float8[], $10::float8[],
+                    $11::text[], $12::int[], $13::int[], $14::text[])
+             AS u(a, t, v, st, se, q, ao, f, e, c, rc, mc, rv, sc)
+        ON CONFLICT (account_id) DO UPDATE SET
+            traits = EXCLUDED.traits, version = EXCLUDED.version, stage = EXCLUDED.stage,
+            stage_entered_at = EXCLUDED.stage_entered_at, seq = EXCLUDED.seq,
+            as_of = EXCLUDED.as_of, fit = EXCLUDED.fit, engagement = EXCLUDED.engagement,
+            coverage = EXCLUDED.coverage, score = EXCLUDED.score,
+            roles_covered = EXCLUDED.roles_covered, member_count = EXCLUDED.member_count,
+            ruleset_version = EXCLUDED.ruleset_version, scoring = EXCLUDED.scoring,
+            updated_at = now()
+        """,
+        [a.account_id for a in accounts],
+        [orjson.dumps(a.traits).decode() for a in accounts],
+        [a.version for a in accounts],
+        [a.stage for a in accounts],
+        [_ts(a.stage_entered_at) for a in accounts],
+        [a.seq for a in accounts],
+        [_ts(a.as_of) for a in accounts],
+        [a.fit for a in accounts],
+        [a.engagement for a in accounts],
+        [a.coverage for a in accounts],
+        # Role ids are [a-z0-9_]: a comma never occurs in one.
+        [",".join(a.covered) for a in accounts],
+        [len(a.members) for a in accounts],
+        [a.ruleset_version for a in accounts],
+        [orjson.dumps(a.to_doc()).decode() for a in accounts],
+    )
 
 
 async def save_history(
@@ -408,7 +467,7 @@ def outbox_rows(
 
 async def assign_owners(
     pg: asyncpg.Connection,
-    notifications: Sequence[NotificationDoc],
+    notifications: Sequence[NotificationDoc | AccountNotificationDoc],
     queues: Mapping[str, Sequence[str]],
 ) -> None:
     """Name each notification's owner: the next owner of its queue, in turn.
@@ -416,7 +475,7 @@ async def assign_owners(
     One shared counter per queue, advanced in the batch's transaction, makes the rotation
     fair across instances: whoever commits takes the next places in the line.
     """
-    waiting: dict[str, list[NotificationDoc]] = {}
+    waiting: dict[str, list[NotificationDoc | AccountNotificationDoc]] = {}
     for note in notifications:
         owner = note["owner"]
         if owner.startswith(QUEUE_PREFIX) and queues.get(owner[len(QUEUE_PREFIX) :]):
@@ -494,10 +553,11 @@ async def record_effects(
     queues: Mapping[str, Sequence[str]],
     transitions_topic: str,
     notifications_topic: str,
+    account_transitions_topic: str,
 ) -> list[OutboxRow]:
     """Keep what scoring decided: owners named, transitions and deadlines stored; returns
     the outbox rows to publish. Runs in the caller's transaction."""
-    await assign_owners(pg, effects.notifications, queues)
+    await assign_owners(pg, [*effects.notifications, *effects.account_notifications], queues)
     owners = {
         n["notification_id"].rsplit(":", 1)[0]: n["owner"]
         for n in effects.notifications
@@ -506,9 +566,68 @@ async def record_effects(
     await save_transitions(pg, effects.transitions)
     await supersede_history(pg, effects.transitions)
     await save_handoffs(pg, effects.handoffs, owners)
-    return outbox_rows(
+    rows = outbox_rows(
         effects.transitions,
         effects.notifications,
         transitions_topic=transitions_topic,
         notifications_topic=notifications_topic,
     )
+    if effects.account_transitions:
+        await save_account_transitions(pg, effects.account_transitions)
+        rows.extend(
+            account_outbox_rows(
+                effects.account_transitions,
+                effects.account_notifications,
+                transitions_topic=account_transitions_topic,
+                notifications_topic=notifications_topic,
+            )
+        )
+    return rows
+
+
+async def save_account_transitions(
+    pg: asyncpg.Connection, transitions: Sequence[AccountTransitionDoc]
+) -> None:
+    await pg.execute(
+        """
+        INSERT INTO account_transitions (transition_id, account_id, seq, from_stage, to_stage,
+                                         reason, ruleset_version, score_total, occurred_at,
+                                         emitted_at, record)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+                             $6::text[], $7::int[], $8::float8[], $9::timestamptz[],
+                             $10::timestamptz[], $11::jsonb[])
+        ON CONFLICT DO NOTHING
+        """,
+        [t["transition_id"] for t in transitions],
+        [t["account_id"] for t in transitions],
+        [int(t["transition_id"].rsplit(":", 1)[1]) for t in transitions],
+        [t["from_stage"] for t in transitions],
+        [t["to_stage"] for t in transitions],
+        [t["reason"] for t in transitions],
+        [t["ruleset_version"] for t in transitions],
+        [t["score"]["total"] for t in transitions],
+        [datetime.fromisoformat(t["occurred_at"]) for t in transitions],
+        [datetime.fromisoformat(t["emitted_at"]) for t in transitions],
+        [orjson.dumps(t).decode() for t in transitions],
+    )
+
+
+def account_outbox_rows(
+    transitions: Sequence[AccountTransitionDoc],
+    notifications: Sequence[AccountNotificationDoc],
+    *,
+    transitions_topic: str,
+    notifications_topic: str,
+) -> list[OutboxRow]:
+    """Account records as outbox rows, keyed by account."""
+    rows = [
+        OutboxRow(transitions_topic, t["account_id"].encode(), orjson.dumps(t), t["transition_id"])
+        for t in transitions
+    ]
+    rows.extend(
+        OutboxRow(
+            notifications_topic, n["account_id"].encode(), orjson.dumps(n), n["notification_id"]
+        )
+        for n in notifications
+    )
+    return rows

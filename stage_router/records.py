@@ -17,6 +17,10 @@ from typing import Any, Literal, TypedDict
 from schemas.timefmt import iso
 from stage_router.lifecycle import RANK, SAL
 
+# A notification is first addressed to a queue; the shell then names the queue's next owner
+# in turn (round-robin needs a shared counter, which lives in the database).
+QUEUE_PREFIX = "queue:"
+
 
 class ScoreDoc(TypedDict):
     total: float
@@ -41,6 +45,10 @@ class TransitionDoc(TypedDict):
     caused_by: str | None
     occurred_at: str
     emitted_at: str
+    # The person's role in their account's buying committee, and the account's total
+    # score at the moment (None when the rule set does not score accounts).
+    committee_role: str | None
+    account_score: float | None
 
 
 class SignalDoc(TypedDict):
@@ -81,6 +89,66 @@ class NotificationDoc(TypedDict):
     respond_by: str | None
     ruleset_version: int
     occurred_at: str
+    committee_role: str | None
+    account_score: float | None
+
+
+class AccountScoreDoc(TypedDict):
+    total: float
+    fit: float
+    engagement: float
+    coverage: float
+
+
+class MemberDoc(TypedDict):
+    """A member's share of its account's engagement (the counted members add up to it)."""
+
+    lead_id: str
+    role: str | None
+    contribution: float
+
+
+class AccountTransitionDoc(TypedDict):
+    """A value on `account-status-transitions`."""
+
+    transition_id: str
+    account_id: str
+    from_stage: str
+    to_stage: str
+    reason: str
+    reason_detail: str | None
+    score: AccountScoreDoc
+    roles_covered: list[str]
+    roles_missing: list[str]
+    top_members: list[MemberDoc]
+    ruleset_version: int
+    caused_by: str | None
+    occurred_at: str
+    emitted_at: str
+
+
+class AccountProfileDoc(TypedDict):
+    name: str | None
+    domain: str | None
+    industry: str | None
+
+
+class AccountNotificationDoc(TypedDict):
+    """An `account_qualified` value on `sales-notifications`."""
+
+    notification_id: str
+    type: Literal["account_qualified"]
+    account_id: str
+    stage: Literal["mqa"]
+    priority: Literal["hot"]
+    score: AccountScoreDoc
+    roles_covered: list[str]
+    roles_missing: list[str]
+    top_members: list[MemberDoc]
+    profile: AccountProfileDoc
+    owner: str
+    ruleset_version: int
+    occurred_at: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +184,8 @@ def transition_record(
     occurred_at: float,
     emitted_at: float,
     reason_detail: str | None = None,
+    committee_role: str | None = None,
+    account_score: float | None = None,
 ) -> TransitionDoc:
     return {
         "transition_id": f"{lead_id}:{seq}",
@@ -131,6 +201,84 @@ def transition_record(
         "caused_by": caused_by,
         "occurred_at": iso(occurred_at),
         "emitted_at": iso(emitted_at),
+        "committee_role": committee_role,
+        "account_score": account_score,
+    }
+
+
+def account_score_doc(fit: float, engagement: float, coverage: float) -> AccountScoreDoc:
+    fit_r, eng_r, cov_r = round(fit, 2), round(engagement, 2), round(coverage, 2)
+    return {
+        "total": round(fit_r + eng_r + cov_r, 2),
+        "fit": fit_r,
+        "engagement": eng_r,
+        "coverage": cov_r,
+    }
+
+
+def account_transition_record(
+    *,
+    account_id: str,
+    seq: int,
+    from_stage: str,
+    to_stage: str,
+    reason: str,
+    score: AccountScoreDoc,
+    roles_covered: list[str],
+    roles_missing: list[str],
+    top_members: list[MemberDoc],
+    ruleset_version: int,
+    caused_by: str | None,
+    occurred_at: float,
+    emitted_at: float,
+    reason_detail: str | None = None,
+) -> AccountTransitionDoc:
+    return {
+        "transition_id": f"{account_id}:{seq}",
+        "account_id": account_id,
+        "from_stage": from_stage,
+        "to_stage": to_stage,
+        "reason": reason,
+        "reason_detail": reason_detail,
+        "score": score,
+        "roles_covered": roles_covered,
+        "roles_missing": roles_missing,
+        "top_members": top_members,
+        "ruleset_version": ruleset_version,
+        "caused_by": caused_by,
+        "occurred_at": iso(occurred_at),
+        "emitted_at": iso(emitted_at),
+    }
+
+
+def account_profile(traits: Mapping[str, Any]) -> AccountProfileDoc:
+    name, domain, industry = traits.get("name"), traits.get("domain"), traits.get("industry")
+    return {
+        "name": name if isinstance(name, str) else None,
+        "domain": domain if isinstance(domain, str) else None,
+        "industry": industry if isinstance(industry, str) else None,
+    }
+
+
+def account_qualified_record(
+    *, transition: AccountTransitionDoc, profile_doc: AccountProfileDoc, owner: str
+) -> AccountNotificationDoc:
+    """The sales notification for an account entering `mqa`, with the same explanation
+    as its transition."""
+    return {
+        "notification_id": f"{transition['transition_id']}:account_qualified",
+        "type": "account_qualified",
+        "account_id": transition["account_id"],
+        "stage": "mqa",
+        "priority": "hot",
+        "score": transition["score"],
+        "roles_covered": transition["roles_covered"],
+        "roles_missing": transition["roles_missing"],
+        "top_members": transition["top_members"],
+        "profile": profile_doc,
+        "owner": owner,
+        "ruleset_version": transition["ruleset_version"],
+        "occurred_at": transition["occurred_at"],
     }
 
 
@@ -198,6 +346,8 @@ def breach_record(
     owner: str,
     respond_by: float,
     ruleset_version: int,
+    committee_role: str | None = None,
+    account_score: float | None = None,
 ) -> NotificationDoc:
     """The notification that a handoff's follow-up deadline passed unanswered."""
     return {
@@ -213,6 +363,8 @@ def breach_record(
         "respond_by": iso(respond_by),
         "ruleset_version": ruleset_version,
         "occurred_at": iso(respond_by),
+        "committee_role": committee_role,
+        "account_score": account_score,
     }
 
 
@@ -240,4 +392,6 @@ def promotion_record(
         "respond_by": iso(occurred_at + sla_seconds) if sla_seconds else None,
         "ruleset_version": transition["ruleset_version"],
         "occurred_at": iso(occurred_at),
+        "committee_role": transition["committee_role"],
+        "account_score": transition["account_score"],
     }

@@ -17,7 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.workload import generate
-from schemas.records import NotificationRecord, Profile, Score, Signal, TransitionRecord
+from schemas.records import (
+    AccountProfile,
+    AccountQualifiedRecord,
+    AccountScore,
+    AccountTransitionRecord,
+    MemberShare,
+    NotificationRecord,
+    Profile,
+    Score,
+    Signal,
+    TransitionRecord,
+)
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.ruleset_files import starter_ruleset
@@ -81,6 +92,11 @@ def test_the_record_types_name_the_published_fields():
         (records.ScoreDoc, Score),
         (records.SignalDoc, Signal),
         (records.ProfileDoc, Profile),
+        (records.AccountTransitionDoc, AccountTransitionRecord),
+        (records.AccountNotificationDoc, AccountQualifiedRecord),
+        (records.AccountScoreDoc, AccountScore),
+        (records.MemberDoc, MemberShare),
+        (records.AccountProfileDoc, AccountProfile),
     ]
     for typed, model in pairs:
         assert set(typing.get_type_hints(typed)) == set(model.model_fields), typed.__name__
@@ -125,6 +141,15 @@ def test_every_record_of_a_generated_workload_validates():
     check = validator(document, "NotificationRecord")
     for record in notifications:
         _valid_json(check, record)
+    replay = replay_documents(Engine(starter_ruleset()), docs, now=time.time())
+    stages = {t["to_stage"] for t in replay.account_transitions}
+    assert stages >= {"engaged", "mqa"} and replay.account_notifications
+    check = validator(document, "AccountTransitionRecord")
+    for account_record in replay.account_transitions:
+        _valid_json(check, account_record)
+    check = validator(document, "AccountQualifiedRecord")
+    for notice in replay.account_notifications:
+        _valid_json(check, notice)
 
 
 def _dead_letter_headers(raw: bytes) -> dict[str, str] | None:

@@ -1,0 +1,257 @@
+"""Scoring accounts and their buying committees. Pure: no I/O.
+
+An account's score has three parts (README: Accounts and buying committees):
+
+- fit: the account fit rules that hold on the account's traits;
+- engagement: the roll-up of its members' engagement, the `top_members` largest each capped
+  at `member_cap` (with `members: with_role`, only members holding a committee role count);
+- coverage: the points of each committee role covered, a role being covered while a member
+  holding it has at least `min_engagement` and was active within `window_days`.
+
+Every member's engagement is kept on the account as of the member's own clock; the parts
+are computed as of the account's clock (the latest member event time), so the score depends
+on the members' states only, never on the order their events arrived in.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Mapping
+from typing import Any
+
+from scoring_service.rules import CompiledAccountRules, CompiledRuleSet, lookup
+from scoring_service.state import Account, LeadState
+from stage_router import records
+from stage_router.accounts import automatic_account_move, follow_lead
+from stage_router.lifecycle import Move
+
+# The trait a CRM sets to name a person's committee role; it overrides the role's conditions.
+ROLE_TRAIT = "committee_role"
+NO_ROLE = frozenset({"none", "no_role", ""})
+# Members an account keeps track of. A bigger one (a million anonymous ids grouped into one
+# account, say) keeps its most engaged members: beyond this, the least engaged is dropped.
+MAX_MEMBERS = 1000
+
+
+def _role_key(value: str) -> str:
+    return "_".join(value.strip().casefold().replace("-", " ").split())
+
+
+class AccountScorer:
+    """Scores accounts for one rule set's `accounts` section."""
+
+    def __init__(self, rules: CompiledRuleSet, spec: CompiledAccountRules) -> None:
+        self.rules = rules
+        self.spec = spec
+        self.role_points = {role.id: role.points for role in spec.roles}
+        self.role_order = [role.id for role in spec.roles]
+
+    # -- people --------------------------------------------------------------------------
+
+    def role_of(
+        self, traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None
+    ) -> str | None:
+        """A person's committee role: the CRM's word when it names a role, else the first
+        role whose conditions hold."""
+        told = traits.get(ROLE_TRAIT)
+        if isinstance(told, str):
+            key = _role_key(told)
+            if key in self.spec.role_ids:
+                return key
+            if key in NO_ROLE:
+                return None
+        for role in self.spec.roles:
+            if role.holds(None, traits, account_traits):
+                return role.id
+        return None
+
+    def sync(self, account: Account, state: LeadState) -> None:
+        """Mirror a member's engagement, clock and role on its account, and rescore it."""
+        clock = state.as_of
+        if clock is None:
+            return
+        entry = (state.engagement, clock, state.committee_role)
+        if account.members.get(state.lead_id) == entry and account.fit_key == self._fit_key(
+            account
+        ):
+            return
+        account.members[state.lead_id] = entry
+        if account.as_of is None or clock > account.as_of:
+            account.as_of = clock
+        if len(account.members) > MAX_MEMBERS:
+            self._drop_least_engaged(account)
+        self.score(account)
+
+    def drop(self, account: Account, lead_id: str) -> None:
+        """A member left the account (joined another, or was merged into another lead)."""
+        if account.members.pop(lead_id, None) is not None:
+            self.score(account)
+
+    def _drop_least_engaged(self, account: Account) -> None:
+        clock = account.as_of or 0.0
+        decay = self.rules.decay_factor
+        least = min(
+            account.members.items(),
+            key=lambda item: (item[1][0] * decay(clock - item[1][1]), item[0]),
+        )
+        del account.members[least[0]]
+
+    # -- the account's score ---------------------------------------------------------------
+
+    def _fit_key(self, account: Account) -> tuple[int, int]:
+        return (self.rules.version, account.version)
+
+    def refresh_fit(self, account: Account) -> None:
+        traits = account.traits
+        holding = [rule for rule in self.spec.fit if rule.holds(None, traits, traits)]
+        account.fit = sum(rule.points for rule in holding)
+        account.fit_rules = [rule.id for rule in holding]
+        account.fit_key = self._fit_key(account)
+
+    def counted_members(self, account: Account) -> tuple[list[tuple[float, str]], set[str]]:
+        """(the members counted in the roll-up as (capped value, lead id), largest first;
+        the roles covered), as of the account's clock."""
+        spec = self.spec
+        clock = account.as_of or 0.0
+        horizon = clock - spec.window
+        decay = self.rules.decay_factor
+        cap, floor, only_roles = spec.member_cap, spec.min_engagement, spec.only_roles_count
+        candidates: list[tuple[float, str]] = []
+        covered: set[str] = set()
+        for lead_id, (engagement, as_of, role) in account.members.items():
+            value = engagement if as_of == clock else engagement * decay(clock - as_of)
+            if role is not None:
+                if as_of >= horizon and value >= floor:
+                    covered.add(role)
+            elif only_roles:
+                continue
+            if value > 0:
+                candidates.append((min(value, cap), lead_id))
+        # Ties broken by lead id, so the members shown do not depend on arrival order.
+        top = heapq.nlargest(spec.top_members, candidates, key=lambda c: (c[0], c[1]))
+        return top, covered
+
+    def score(self, account: Account) -> None:
+        """Recompute the account's parts as of its clock."""
+        if account.fit_key != self._fit_key(account):
+            self.refresh_fit(account)
+        top, covered = self.counted_members(account)
+        account.engagement = sum(value for value, _ in top)
+        account.covered = [role for role in self.role_order if role in covered]
+        account.coverage = sum(self.role_points[role] for role in account.covered)
+        account.ruleset_version = self.rules.version
+
+    def required_covered(self, account: Account) -> bool:
+        return all(role in account.covered for role in self.spec.required)
+
+    def explain(
+        self, account: Account
+    ) -> tuple[records.AccountScoreDoc, list[str], list[str], list[records.MemberDoc]]:
+        """(score, roles covered, roles missing, the counted members with their shares of the
+        engagement, adding up to it to the cent)."""
+        score = records.account_score_doc(account.fit, account.engagement, account.coverage)
+        top, _ = self.counted_members(account)
+        shares = records.apportion([value for value, _ in top], score["engagement"])
+        members: list[records.MemberDoc] = [
+            {"lead_id": lead_id, "role": account.members[lead_id][2], "contribution": share}
+            for (_, lead_id), share in zip(top, shares, strict=True)
+        ]
+        missing = [role for role in self.role_order if role not in account.covered]
+        return score, list(account.covered), missing, members
+
+    # -- stages --------------------------------------------------------------------------
+
+    def route(
+        self,
+        account: Account,
+        transitions: list[records.AccountTransitionDoc],
+        notifications: list[records.AccountNotificationDoc],
+        *,
+        caused_by: str | None,
+        at: float,
+        now: float,
+        reason: str | None = None,
+    ) -> None:
+        """Move the account if its score and committee have earned a stage."""
+        move = automatic_account_move(
+            stage=account.stage,
+            engagement=account.engagement,
+            total=account.total,
+            engaged_threshold=self.spec.engaged_threshold,
+            mqa_threshold=self.spec.mqa_threshold,
+            required_covered=self.required_covered(account),
+        )
+        if move is not None:
+            if reason is not None:
+                move = Move(move.to_stage, reason)
+            self.move(
+                account, move, transitions, notifications, caused_by=caused_by, at=at, now=now
+            )
+
+    def follow(
+        self,
+        account: Account,
+        lead_stage: str,
+        transitions: list[records.AccountTransitionDoc],
+        notifications: list[records.AccountNotificationDoc],
+        *,
+        caused_by: str | None,
+        at: float,
+        now: float,
+    ) -> None:
+        """A member lead's opportunity or win carries the account along."""
+        move = follow_lead(account.stage, lead_stage)
+        if move is not None:
+            self.move(
+                account, move, transitions, notifications, caused_by=caused_by, at=at, now=now
+            )
+
+    def move(
+        self,
+        account: Account,
+        move: Move,
+        transitions: list[records.AccountTransitionDoc],
+        notifications: list[records.AccountNotificationDoc],
+        *,
+        caused_by: str | None,
+        at: float,
+        now: float,
+        detail: str | None = None,
+    ) -> None:
+        account.seq += 1
+        score, covered, missing, members = self.explain(account)
+        transition = records.account_transition_record(
+            account_id=account.account_id,
+            seq=account.seq,
+            from_stage=account.stage,
+            to_stage=move.to_stage,
+            reason=move.reason,
+            score=score,
+            roles_covered=covered,
+            roles_missing=missing,
+            top_members=members,
+            ruleset_version=self.rules.version,
+            caused_by=caused_by,
+            occurred_at=at,
+            emitted_at=now,
+            reason_detail=detail,
+        )
+        account.stage = move.to_stage
+        account.stage_entered_at = at
+        transitions.append(transition)
+        if move.to_stage == "mqa":
+            notifications.append(
+                records.account_qualified_record(
+                    transition=transition,
+                    profile_doc=records.account_profile(account.traits),
+                    owner=self.owner(account),
+                )
+            )
+
+    def owner(self, account: Account) -> str:
+        """The account's owner from its traits, else the queue routing picks for it (the
+        shell then names the queue's next owner in turn)."""
+        named = lookup(account.traits, self.spec.owner_trait)
+        if isinstance(named, str) and named.strip():
+            return named.strip()[:200]
+        return records.QUEUE_PREFIX + self.rules.queue_for({}, account.traits)
