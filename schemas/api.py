@@ -7,7 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.records import Score, Signal, TransitionRecord
+from schemas.records import (
+    AccountScore,
+    AccountStage,
+    AccountTransitionRecord,
+    Score,
+    Signal,
+    TransitionRecord,
+)
 from schemas.ruleset import Stage
 
 
@@ -55,6 +62,12 @@ class LeadPublic(BaseModel):
         description="why the lead does not move further although its score or a trigger "
         "says it should: an exclusion ('excluded: <id>') or a requirement ('sal requires "
         "title')",
+    )
+    committee_role: str | None = Field(
+        default=None, description="the person's role in their account's buying committee"
+    )
+    account_score: float | None = Field(
+        default=None, description="the account's total score (as of its latest member event)"
     )
 
 
@@ -311,3 +324,58 @@ class SegmentBatch(BaseModel):
 
 class Accepted(BaseModel):
     accepted: int = Field(description="events the broker acknowledged")
+
+
+class AccountMember(BaseModel):
+    lead_id: str
+    role: str | None = Field(description="committee role (null: none, not counted)")
+    stage: Stage | None = Field(description="the lead's stage (null if it no longer exists)")
+    engagement: float = Field(description="the member's engagement as of its latest event")
+    counted: float = Field(
+        description="what the member adds to the account's engagement (top members, capped); "
+        "the counted shares add up to `score.engagement`"
+    )
+    last_activity_at: datetime
+
+
+class AccountPublic(BaseModel):
+    """GET /v1/accounts/{account_id}: an account's score, stage and buying committee."""
+
+    account_id: str
+    name: str | None
+    stage: AccountStage
+    stage_entered_at: datetime | None
+    score: AccountScore
+    score_as_of: datetime | None = Field(description="the account's clock: its latest member event")
+    fit_rules: list[str]
+    roles_covered: list[str]
+    roles_missing: list[str]
+    roles_required: list[str]
+    members: list[AccountMember] = Field(description="most engaged first")
+    top_signals: list[Signal] = Field(
+        description="the engagement rules behind the members' engagement, summed across "
+        "members, largest first"
+    )
+    ruleset_version: int
+
+
+class AccountSummary(BaseModel):
+    account_id: str
+    name: str | None
+    stage: AccountStage
+    score: AccountScore
+    roles_covered: list[str]
+    member_count: int
+    updated_at: datetime
+
+
+class AccountPage(BaseModel):
+    items: list[AccountSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class AccountHistory(BaseModel):
+    """An account's stage changes, oldest first, each with its score and committee."""
+
+    account_id: str
+    transitions: list[AccountTransitionRecord]

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from scoring_service.state import LeadState
+from scoring_service.state import Account, LeadState
 from services import store
 
 FUNNEL = ("mql", "sal", "sql", "opportunity", "customer")
@@ -240,3 +240,68 @@ async def lead_transitions(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg
         "ORDER BY occurred_at, transition_id",
         lead_id,
     )
+
+
+ACCOUNT_SUMMARY = (
+    "account_id, traits->>'name' AS name, stage, fit, engagement, coverage, score, "
+    "roles_covered, member_count, updated_at"
+)
+
+
+async def account_page(
+    pg: asyncpg.Connection,
+    *,
+    after: tuple[float, str] | None,
+    after_id: str,
+    by_score: bool,
+    stage: str | None,
+    min_score: float | None,
+    role_missing: str | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Accounts in id order, or by score highest first (ties by id), after the cursor's
+    (score, id), filtered by stage, minimum score and a committee role not covered."""
+    score, last_id = after if after is not None else (None, after_id)
+    filters = (
+        "AND ($3::text IS NULL OR stage = $3) "
+        "AND ($4::float8 IS NULL OR score >= $4) "
+        "AND ($5::text IS NULL OR NOT ($5 = ANY(roles_covered))) "
+    )
+    if by_score:
+        return await pg.fetch(
+            f"SELECT {ACCOUNT_SUMMARY} FROM accounts "
+            "WHERE ($1::float8 IS NULL OR score < $1 OR (score = $1 AND account_id > $2)) "
+            f"{filters} ORDER BY score DESC, account_id LIMIT $6",
+            score,
+            last_id,
+            stage,
+            min_score,
+            role_missing,
+            limit,
+        )
+    return await pg.fetch(
+        f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE $1::float8 IS NULL "
+        f"AND account_id > $2 {filters} ORDER BY account_id LIMIT $6",
+        None,
+        last_id,
+        stage,
+        min_score,
+        role_missing,
+        limit,
+    )
+
+
+async def account(pg: asyncpg.Connection, account_id: str) -> Account | None:
+    return (await store.load_accounts(pg, [account_id])).get(account_id)
+
+
+async def account_transitions(pg: asyncpg.Connection, account_id: str) -> list[asyncpg.Record]:
+    """The account's transition records as published, oldest first."""
+    return await pg.fetch(
+        "SELECT record::text AS record FROM account_transitions WHERE account_id = $1 ORDER BY seq",
+        account_id,
+    )
+
+
+async def leads(pg: asyncpg.Connection, lead_ids: list[str]) -> dict[str, LeadState]:
+    return await store.load_leads(pg, lead_ids)

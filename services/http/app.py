@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
 from services.db import UNAVAILABLE
+from services.http.accounts import accounts_router
 from services.http.common import (
     COMMON,
     MALFORMED,
@@ -117,5 +118,6 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(operations_router(container))
     app.include_router(rulesets_router(container, Admin, Viewer))
     app.include_router(leads_router(container, Admin, Viewer))
+    app.include_router(accounts_router(container, Viewer))
     app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
     return app

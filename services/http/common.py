@@ -161,3 +161,17 @@ def methods_for(app: FastAPI, path: str) -> set[str]:
         if re.fullmatch(pattern, path):
             allowed |= {method.upper() for method in operations}
     return allowed
+
+
+def score_cursor(cursor: str | None) -> tuple[float, str] | None:
+    """The (total, id) a score-ordered page continues after."""
+    text = uncursor(cursor)
+    if not text:
+        return None
+    try:
+        total, key = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if not isinstance(total, int | float) or isinstance(total, bool) or not isinstance(key, str):
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return float(total), key

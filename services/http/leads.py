@@ -20,29 +20,12 @@ from services.http.common import (
     ApiError,
     IsoDateTime,
     cursor_of,
+    score_cursor,
     uncursor,
 )
 from services.lead_transaction import LeadTransaction
 from stage_router.lifecycle import IllegalMove
-from stage_router.records import TransitionDoc, score_doc
-
-
-def _score_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """The (total, lead id) a score-ordered page continues after."""
-    text = uncursor(cursor)
-    if not text:
-        return None
-    try:
-        total, lead_id = orjson.loads(text)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    if (
-        not isinstance(total, int | float)
-        or isinstance(total, bool)
-        or not isinstance(lead_id, str)
-    ):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return float(total), lead_id
+from stage_router.records import TransitionDoc, account_score_doc, score_doc
 
 
 def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
@@ -66,7 +49,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             if sort == "-score":
                 rows = await queries.lead_page_by_score(
                     pg,
-                    after=_score_cursor(cursor),
+                    after=score_cursor(cursor),
                     stage=stage,
                     min_score=min_score,
                     limit=limit,
@@ -106,6 +89,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
                 raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
             version = await rulesets.active_version(pg) or state.ruleset_version
             engine = await container.rules.engine_for(pg, version)
+            account = await queries.account(pg, state.account_id) if state.account_id else None
         now = time.time()
         score, signals = engine.explain(state, at=now)
         return {
@@ -119,6 +103,12 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             "signals": signals,
             "ruleset_version": state.ruleset_version,
             "held": state.held,
+            "committee_role": state.committee_role if engine.accounts else None,
+            "account_score": (
+                account_score_doc(account.fit, account.engagement, account.coverage)["total"]
+                if account is not None and engine.accounts
+                else None
+            ),
         }
 
     @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)

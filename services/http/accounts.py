@@ -1,0 +1,159 @@
+"""Accounts: lists, an account's score and buying committee explained, its history."""
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query
+
+from schemas import api
+from schemas.records import AccountStage
+from schemas.timefmt import iso
+from services import queries, rulesets
+from services.bootstrap import Container
+from services.db import driver
+from services.http.common import ERRORS, NOT_FOUND, ApiError, cursor_of, score_cursor, uncursor
+from stage_router.records import SignalDoc, account_score_doc
+
+# The engagement rules shown as an account's top signals.
+TOP_SIGNALS = 10
+
+
+def _signals_across(members: list[list[SignalDoc]]) -> list[SignalDoc]:
+    """Each engagement rule's contributions summed over the members, largest first."""
+    summed: dict[str, SignalDoc] = {}
+    for signals in members:
+        for signal in signals:
+            if signal["category"] != "engagement":
+                continue
+            seen = summed.get(signal["rule_id"])
+            if seen is None:
+                summed[signal["rule_id"]] = dict(signal)  # type: ignore[assignment]
+                continue
+            seen["hits"] += signal["hits"]
+            seen["ignored"] += signal["ignored"]
+            seen["contribution"] = round(seen["contribution"] + signal["contribution"], 2)
+            if (signal["last_seen"] or "") > (seen["last_seen"] or ""):
+                seen["last_seen"] = signal["last_seen"]
+    ranked = sorted(summed.values(), key=lambda s: (-abs(s["contribution"]), s["rule_id"]))
+    return ranked[:TOP_SIGNALS]
+
+
+def accounts_router(container: Container, Viewer: Any) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["accounts"], responses=ERRORS)
+    db = container.db
+
+    @router.get("/accounts", response_model=api.AccountPage)
+    async def list_accounts(
+        _: Viewer,
+        stage: AccountStage | None = None,
+        min_score: float | None = None,
+        role_missing: Annotated[str | None, Query(max_length=40)] = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        sort: Literal["id", "-score"] = "id",
+    ) -> dict[str, Any]:
+        """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
+        stage, minimum score, and a committee role they have not covered (`role_missing=
+        economic_buyer`: the accounts to find a budget owner in)."""
+        by_score = sort == "-score"
+        after = score_cursor(cursor) if by_score else None
+        async with db.connect() as conn:
+            rows = await queries.account_page(
+                await driver(conn),
+                after=after,
+                after_id=uncursor(cursor) if not by_score else "",
+                by_score=by_score,
+                stage=stage,
+                min_score=min_score,
+                role_missing=role_missing,
+                limit=limit,
+            )
+        items = [
+            {
+                "account_id": r["account_id"],
+                "name": r["name"],
+                "stage": r["stage"],
+                "score": account_score_doc(r["fit"], r["engagement"], r["coverage"]),
+                "roles_covered": list(r["roles_covered"]),
+                "member_count": r["member_count"],
+                "updated_at": r["updated_at"],
+            }
+            for r in rows
+        ]
+        next_cursor = None
+        if len(rows) == limit:
+            last = rows[-1]
+            next_cursor = cursor_of(
+                orjson.dumps([last["score"], last["account_id"]]).decode()
+                if by_score
+                else last["account_id"]
+            )
+        return {"items": items, "next_cursor": next_cursor}
+
+    @router.get("/accounts/{account_id}", response_model=api.AccountPublic, responses=NOT_FOUND)
+    async def get_account(account_id: str, _: Viewer) -> dict[str, Any]:
+        """An account's score and its parts, its stage, its members with their roles and
+        shares, the committee roles covered and missing, and the top signals across members."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            account = await queries.account(pg, account_id)
+            if account is None:
+                raise ApiError(404, "account_not_found", f"no account {account_id!r}")
+            version = await rulesets.active_version(pg) or account.ruleset_version
+            engine = await container.rules.engine_for(pg, version)
+            leads = await queries.leads(pg, list(account.members))
+        scorer = engine.accounts
+        if scorer is not None:
+            score, covered, missing, counted = scorer.explain(account)
+            required = list(scorer.spec.required)
+        else:
+            score = account_score_doc(account.fit, account.engagement, account.coverage)
+            covered, missing, counted, required = list(account.covered), [], [], []
+        shares = {m["lead_id"]: m["contribution"] for m in counted}
+        members = sorted(
+            (
+                {
+                    "lead_id": lead_id,
+                    "role": role,
+                    "stage": leads[lead_id].stage if lead_id in leads else None,
+                    "engagement": round(engagement, 2),
+                    "counted": shares.get(lead_id, 0.0),
+                    "last_activity_at": iso(as_of),
+                }
+                for lead_id, (engagement, as_of, role) in account.members.items()
+            ),
+            key=lambda m: (-m["counted"], -m["engagement"], m["lead_id"]),  # type: ignore[operator]
+        )
+        name = account.traits.get("name")
+        return {
+            "account_id": account.account_id,
+            "name": name if isinstance(name, str) else None,
+            "stage": account.stage,
+            "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
+            "score": score,
+            "score_as_of": iso(account.as_of) if account.as_of else None,
+            "fit_rules": account.fit_rules,
+            "roles_covered": covered,
+            "roles_missing": missing,
+            "roles_required": required,
+            "members": members,
+            "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
+            "ruleset_version": account.ruleset_version,
+        }
+
+    @router.get(
+        "/accounts/{account_id}/history", response_model=api.AccountHistory, responses=NOT_FOUND
+    )
+    async def account_history(account_id: str, _: Viewer) -> dict[str, Any]:
+        """The account's stage changes, oldest first, as published."""
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            rows = await queries.account_transitions(pg, account_id)
+            if not rows and await queries.account(pg, account_id) is None:
+                raise ApiError(404, "account_not_found", f"no account {account_id!r}")
+        return {
+            "account_id": account_id,
+            "transitions": [orjson.loads(r["record"]) for r in rows],
+        }
+
+    return router
