@@ -33,6 +33,7 @@ class Infra:
         updates: dict[str, Any] = {
             "topic_events": f"{name}-events",
             "topic_transitions": f"{name}-transitions",
+            "topic_account_transitions": f"{name}-account-transitions",
             "topic_notifications": f"{name}-notifications",
             "topic_dlq": f"{name}-dlq",
             "topic_feedback": f"{name}-feedback",
@@ -156,6 +157,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
             "LEADSCORE_DATABASE_URL": settings.database_url.get_secret_value(),
             "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
             "LEADSCORE_TOPIC_TRANSITIONS": settings.topic_transitions,
+            "LEADSCORE_TOPIC_ACCOUNT_TRANSITIONS": settings.topic_account_transitions,
             "LEADSCORE_TOPIC_NOTIFICATIONS": settings.topic_notifications,
             "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
             "LEADSCORE_TOPIC_FEEDBACK": settings.topic_feedback,

@@ -60,6 +60,7 @@ async def settings(infra: Infra) -> Settings:
         database_url=await infra.new_database(),
         topic_events=f"lead-events-{n}",
         topic_transitions=f"lead-status-transitions-{n}",
+        topic_account_transitions=f"account-status-transitions-{n}",
         topic_notifications=f"sales-notifications-{n}",
         topic_dlq=f"lead-events-dlq-{n}",
         topic_feedback=f"sales-feedback-{n}",

@@ -87,6 +87,9 @@ async def test_journey_to_sal_exact_records(service, settings):
     # fit of an ICP owner the lead is over the mql threshold at once.
     at_mql = decayed(15, 1)
     at_sal = decayed(15, 3) + decayed(15, 1) + 30
+    # The account: North America (5), Dana's engagement capped at 40, and the economic
+    # buyer's role covered (15).
+    account_score = 5 + 40 + 15
     for record in transitions:
         assert datetime.fromisoformat(record.pop("emitted_at"))
     assert transitions == [
@@ -103,6 +106,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "ruleset_version": 1,
             "caused_by": "m-1001",
             "occurred_at": "2026-11-20T09:15:00Z",
+            "committee_role": "economic_buyer",  # an owner holds the budget
+            "account_score": None,
         },
         {
             "transition_id": "u-42:2",
@@ -117,6 +122,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "ruleset_version": 1,
             "caused_by": "m-1004",
             "occurred_at": "2026-11-20T09:17:00Z",
+            "committee_role": "economic_buyer",
+            "account_score": account_score,
         },
     ]
     profile = {"email": "dana@trucking-co.com", "title": "Owner", "company": "Trucking Co"}
@@ -179,6 +186,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "respond_by": "2026-11-21T09:15:00Z",
             "ruleset_version": 1,
             "occurred_at": "2026-11-20T09:15:00Z",
+            "committee_role": "economic_buyer",
+            "account_score": None,
         },
         {
             "notification_id": "u-42:2:promotion",
@@ -197,6 +206,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "respond_by": "2026-11-20T10:17:00Z",
             "ruleset_version": 1,
             "occurred_at": "2026-11-20T09:17:00Z",
+            "committee_role": "economic_buyer",
+            "account_score": account_score,
         },
     ]
     assert [r.key for r in await read_all(settings, settings.topic_transitions, expect=2)] == [

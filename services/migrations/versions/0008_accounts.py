@@ -14,7 +14,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute(
+    for statement in _statements(
         """
         ALTER TABLE accounts
             ADD COLUMN stage text NOT NULL DEFAULT 'target',
@@ -47,11 +47,12 @@ def upgrade() -> None:
         CREATE INDEX account_transitions_by_account ON account_transitions (account_id, seq);
         CREATE INDEX account_transitions_by_time ON account_transitions (occurred_at);
         """
-    )
+    ):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    op.execute(
+    for statement in _statements(
         """
         DROP TABLE account_transitions;
         DROP INDEX accounts_by_stage;
@@ -62,4 +63,10 @@ def downgrade() -> None:
             DROP COLUMN score, DROP COLUMN roles_covered, DROP COLUMN member_count,
             DROP COLUMN ruleset_version, DROP COLUMN scoring;
         """
-    )
+    ):
+        op.execute(statement)
+
+
+def _statements(script: str) -> list[str]:
+    """One statement per call: asyncpg prepares each, and a prepared statement is one."""
+    return [part.strip() for part in script.split(";") if part.strip()]
