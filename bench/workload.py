@@ -82,11 +82,13 @@ def generate(
     days: float = 60,
     recent: bool = False,
     start: datetime | None = None,
+    accounts: int = 97,
 ) -> Iterator[dict[str, Any] | bytes]:
     """Yield `events` Segment calls spread over `leads` people and `days` of event time.
 
     With `anonymous_share`, that share of people browse anonymously before an identify
-    links them. Duplicates repeat an earlier messageId; malformed ones are raw bytes.
+    links them. People work for `accounts` companies (person n for company n % accounts).
+    Duplicates repeat an earlier messageId; malformed ones are raw bytes.
     """
     rnd = random.Random(seed)
     # `recent` places the workload in the last `days` (impact reports look at recent history).
@@ -136,7 +138,8 @@ def generate(
                 },
             )
         else:
-            doc.update(type="group", groupId=f"acct-{who % 97}", traits=account_traits(who % 97))
+            company = who % accounts
+            doc.update(type="group", groupId=f"acct-{company}", traits=account_traits(company))
         if len(recent) < 1000:
             recent.append(doc)
         elif rnd.random() < 0.01:

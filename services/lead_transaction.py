@@ -226,7 +226,7 @@ class LeadWriter:
                 attempt += 1
                 continue
             self.on_commit()
-            self.metrics.count_records(tx.effects.transitions, tx.effects.notifications)
+            self.metrics.count_records(tx.effects)
             return result
 
     async def _once(

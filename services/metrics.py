@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from stage_router.records import NotificationDoc, TransitionDoc
+from scoring_service.engine import Effects
 
 # A batch takes from about a millisecond (one event) to a few seconds (a full batch on a
 # busy database); buckets span that range.
@@ -35,14 +33,16 @@ SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 class Metrics:
     """Every metric the service exports, prefixed `leadscore_`."""
 
-    def count_records(
-        self, transitions: Iterable[TransitionDoc], notifications: Iterable[NotificationDoc]
-    ) -> None:
-        """Count committed transition and notification records."""
-        for t in transitions:
+    def count_records(self, effects: Effects) -> None:
+        """Count committed transition and notification records, of leads and accounts."""
+        for t in effects.transitions:
             self.transitions.labels(t["from_stage"], t["to_stage"], t["reason"]).inc()
-        for n in notifications:
+        for n in effects.notifications:
             self.notifications.labels(n["type"]).inc()
+        for a in effects.account_transitions:
+            self.account_transitions.labels(a["to_stage"]).inc()
+        for q in effects.account_notifications:
+            self.notifications.labels(q["type"]).inc()
 
     def reason_label(self, reason: str | None) -> str:
         """A bounded label for a free-text reason: normalised, and capped in number."""
@@ -85,6 +85,12 @@ class Metrics:
             "leadscore_transitions_total",
             "Lifecycle transitions emitted.",
             ["from_stage", "to_stage", "reason"],
+            registry=r,
+        )
+        self.account_transitions = Counter(
+            "leadscore_account_transitions_total",
+            "Account stage changes emitted, by the stage entered.",
+            ["to_stage"],
             registry=r,
         )
         self.notifications = Counter(

@@ -291,7 +291,7 @@ async def save_accounts(pg: asyncpg.Connection, accounts: Sequence[Account]) -> 
                               fit, engagement, coverage, score, roles_covered, member_count,
                               ruleset_version, scoring)
         SELECT a, t::jsonb, v, st, se, q, ao, f, e, c, f + e + c,
-               string_to_array(nullif(rc, ''), ','), mc, rv, sc::jsonb
+               coalesce(string_to_array(nullif(rc, ''), ','), '{}'), mc, rv, sc::jsonb
         FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
                     $6::int[], $7::timestamptz[], $8::float8[], $9::float8[], $10::float8[],
                     $11::text[], $12::int[], $13::int[], $14::text[])

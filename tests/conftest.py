@@ -253,6 +253,32 @@ async def assert_leads_match(settings: Settings, expected: Any) -> None:
         assert abs(row["engagement"] - state.engagement) < 1e-6, lead_id
 
 
+async def assert_accounts_match(settings: Settings, expected: Any) -> None:
+    """Every account's roll-up equals the replay's: its members' engagement, clocks and
+    roles, and the parts of its score (these do not depend on the order events arrive in)."""
+    rows = await db_fetch(
+        settings,
+        "SELECT account_id, fit, engagement, coverage, roles_covered, scoring::text AS s "
+        "FROM accounts",
+    )
+    actual = {r["account_id"]: r for r in rows}
+    assert set(actual) == set(expected.ws.accounts)
+    for account_id, account in expected.ws.accounts.items():
+        row = actual[account_id]
+        members = {k: tuple(v) for k, v in orjson.loads(row["s"]).get("members", {}).items()}
+        assert set(members) == set(account.members), account_id
+        for lead_id, (engagement, as_of, role) in account.members.items():
+            stored = members[lead_id]
+            assert abs(stored[0] - engagement) < 1e-6, (account_id, lead_id)
+            assert stored[1:] == (as_of, role), (account_id, lead_id)
+        assert abs(row["engagement"] - account.engagement) < 1e-6, account_id
+        assert (row["fit"], row["coverage"], list(row["roles_covered"])) == (
+            account.fit,
+            account.coverage,
+            account.covered,
+        ), account_id
+
+
 TOKENS = {"admin": "admin-token-1", "viewer": "viewer-token-1", "ingest": "ingest-token-1"}
 
 

@@ -1,0 +1,154 @@
+"""Accounts through the real broker and database: a buying committee assembling (with a
+kill -9 in the middle), and two instances scoring members of the same accounts at once."""
+
+from __future__ import annotations
+
+import signal
+from collections import defaultdict
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from bench.harness import start_service
+from bench.workload import generate
+from services.bootstrap import bootstrap
+from services.embedded import free_port
+from tests.committee import ACCOUNT, committee_journey
+from tests.conftest import (
+    RunningService,
+    assert_accounts_match,
+    assert_leads_match,
+    drained,
+    produce,
+    read_all,
+    replay,
+    wait_for,
+)
+from tests.integration.test_rule_changes import split_between
+
+
+def _without_emitted_at(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "emitted_at"}
+
+
+def _once_each(records: list[Any], id_key: str) -> dict[str, dict[str, Any]]:
+    """Records by id: at-least-once delivery may repeat one, never with other content."""
+    copies: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        value = orjson.loads(record.value)
+        copies[value[id_key]].append(_without_emitted_at(value))
+    for versions in copies.values():
+        assert all(v == versions[0] for v in versions)
+    return {key: versions[0] for key, versions in copies.items()}
+
+
+@pytest.mark.slow
+async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(settings, tmp_path):
+    """Four people of one account over two weeks of event time, one step at a time (so the
+    order across partitions is the journey's), the service killed with SIGKILL mid-way."""
+    settings = settings.with_changes(http_port=free_port())
+    steps = committee_journey()
+    log = tmp_path / "service.log"
+    service = start_service(settings, log)
+    try:
+        for n, step in enumerate(steps[:10]):
+            await produce(settings, [step])
+            await wait_for(lambda n=n: drained(settings, n + 1), timeout=60, what=f"step {n}")
+        # Step 10 is sent and the process killed at once: it may or may not be committed.
+        await produce(settings, [steps[10]])
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+        service = start_service(settings, log)
+        await wait_for(lambda: drained(settings, 11), timeout=90, what="recovery")
+        for n, step in enumerate(steps[11:], start=11):
+            await produce(settings, [step])
+            await wait_for(lambda n=n: drained(settings, n + 1), timeout=60, what=f"step {n}")
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}") as http:
+            account = (await http.get(f"/v1/accounts/{ACCOUNT}")).json()
+            listed = (await http.get("/v1/accounts", params={"stage": "mqa"})).json()
+            missing = (await http.get("/v1/accounts", params={"role_missing": "validator"})).json()
+            history = (await http.get(f"/v1/accounts/{ACCOUNT}/history")).json()
+            eve = (await http.get("/v1/leads/u-eve")).json()
+            metrics = (await http.get("/metrics")).text
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0, log.read_text()[-3000:]
+
+    expected = replay(steps)
+    await assert_leads_match(settings, expected)
+    transitions = _once_each(
+        await read_all(settings, settings.topic_account_transitions, expect=2), "transition_id"
+    )
+    assert [(t["from_stage"], t["to_stage"]) for t in transitions.values()] == [
+        ("target", "engaged"),
+        ("engaged", "mqa"),
+    ]
+    assert list(transitions.values()) == [
+        _without_emitted_at(t) for t in expected.account_transitions
+    ]
+    notices = _once_each(
+        await read_all(settings, settings.topic_notifications, expect=1), "notification_id"
+    )
+    qualified = [n for n in notices.values() if n["type"] == "account_qualified"]
+    assert qualified == expected.account_notifications
+    assert qualified[0]["owner"] == "ae.jordan@seller.example"
+    # Lead records: every one as the replay has it, role and account score included.
+    lead_records = _once_each(
+        await read_all(settings, settings.topic_transitions, expect=len(expected.transitions)),
+        "transition_id",
+    )
+    assert lead_records == {
+        t["transition_id"]: _without_emitted_at(t)
+        for t in expected.transitions  # type: ignore[misc]
+    }
+
+    # What the account endpoint shows.
+    mqa = expected.account_transitions[1]
+    assert account["stage"] == "mqa"
+    assert account["roles_covered"] == ["economic_buyer", "technical_decision_maker", "champion"]
+    assert set(account["roles_required"]) == {"economic_buyer", "champion"}
+    assert "economic_buyer" not in account["roles_missing"]
+    roles = {m["lead_id"]: m["role"] for m in account["members"]}
+    assert roles == {
+        "u-eve": "economic_buyer",
+        "u-chris": "champion",
+        "u-tina": "technical_decision_maker",
+        "u-sam": None,
+    }
+    sam = next(m for m in account["members"] if m["lead_id"] == "u-sam")
+    assert sam["engagement"] > 0 and sam["counted"] == 0
+    assert round(sum(m["counted"] for m in account["members"]), 2) == account["score"]["engagement"]
+    assert account["score"]["total"] > mqa["score"]["total"]  # the committee kept going
+    assert account["top_signals"][0]["category"] == "engagement"
+    assert [a["account_id"] for a in listed["items"]] == [ACCOUNT]
+    assert [a["account_id"] for a in missing["items"]] == [ACCOUNT]
+    assert [t["to_stage"] for t in history["transitions"]] == ["engaged", "mqa"]
+    assert eve["committee_role"] == "economic_buyer"
+    assert eve["account_score"] == account["score"]["total"]
+    assert 'leadscore_account_transitions_total{to_stage="mqa"}' in metrics
+
+
+@pytest.mark.slow
+async def test_two_instances_scoring_members_of_one_account_lose_no_contribution(settings):
+    # Twelve companies for 600 people: fifty members each, spread over every partition.
+    docs = list(generate(events=8_000, leads=600, seed=21, anonymous_share=0.2, accounts=12))
+    settings = settings.with_changes(batch_max_records=200)
+    first = await RunningService(bootstrap(settings)).start()
+    second = await RunningService(bootstrap(settings)).start()
+    try:
+        await wait_for(
+            lambda: split_between(first, second, settings.topic_partitions),
+            what="the partitions split between both instances",
+        )
+        await produce(settings, docs)
+        await wait_for(lambda: drained(settings, len(docs)), timeout=180, what="the stream")
+        assert first.container.scorer.batches and second.container.scorer.batches
+    finally:
+        await second.close()
+        await first.close()
+
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    await assert_accounts_match(settings, expected)
