@@ -6,7 +6,9 @@
 3. latency at a steady offered load: event append time to the append time of the
    transition or notification it caused;
 4. the pure engine alone, on one core, with the starter rules, 100 and 500 rules;
-5. peak RSS of the service (the soak, `make soak`, measures RSS over 10 minutes).
+5. peak RSS of the service (the soak, `make soak`, measures RSS over 10 minutes);
+6. the cost of scoring accounts: the same backlog drained again, by a fresh service whose
+   rule set has no `accounts` section (a new database and consumer group, same input topic).
 It exits non-zero if the service lost or double-counted an event (checked against the pure
 engine's replay of the same events).
 """
@@ -36,11 +38,14 @@ from tqdm import tqdm
 from bench.engine_bench import RULE_COUNTS, measure
 from bench.harness import Infra, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
+from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
+from services.db import create_engine, migrate
 from services.embedded import free_port
 from services.kafka import ensure_topics
+from services.rulesets import activate, publish
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -223,8 +228,48 @@ def latencies(outputs: list[tuple[dict[str, Any], int]], stamps: dict[str, int])
     return result
 
 
+def without_accounts() -> RuleSetDocument:
+    """The starter rule set without its `accounts` section: leads scored, accounts not."""
+    return starter_document().model_copy(update={"accounts": None})
+
+
+async def drain_without_accounts(infra: Infra, settings: Settings, total: int) -> float:
+    """Drain the backlog again with accounts not scored; returns events/s."""
+    other = (await infra.fresh_database(settings, "bench_without_accounts")).with_changes(
+        consumer_group=f"{settings.consumer_group}-without-accounts",
+        topic_transitions=f"{settings.topic_transitions}-without-accounts",
+        topic_account_transitions=f"{settings.topic_account_transitions}-without-accounts",
+        topic_notifications=f"{settings.topic_notifications}-without-accounts",
+        topic_dlq=f"{settings.topic_dlq}-without-accounts",
+        http_port=free_port(),
+    )
+    assert other.database_url is not None
+    url = other.database_url.get_secret_value()
+    engine = create_engine(url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    pg = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        async with pg.transaction():
+            version = await publish(pg, without_accounts(), by="bench", comment="no accounts")
+            await activate(pg, version, by="bench")
+    finally:
+        await pg.close()
+    service = start_service(other, RESULTS / "service-without-accounts.log")
+    try:
+        await wait_ready(other.http_port, service)
+        seconds = await wait_drained(other, total, "drain backlog, accounts not scored")
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+    return total / seconds
+
+
 async def check(settings: Settings, docs: list[Any]) -> dict[str, Any]:
-    """Compare the database with the pure engine's replay: lost or double-counted events."""
+    """Compare the database with the pure engine's replay: lost or double-counted events,
+    and the account roll-ups (which do not depend on arrival order)."""
     expected = replay_documents(Engine(starter_ruleset()), docs, now=time.time())
     per_lead = Counter(expected.ws.canonical(lead) for lead in expected.scored_for)
     assert settings.database_url is not None
@@ -239,8 +284,20 @@ async def check(settings: Settings, docs: list[Any]) -> dict[str, Any]:
         leads = {
             r["lead_id"]: r for r in await conn.fetch("SELECT lead_id, fit, engagement FROM leads")
         }
+        accounts = {
+            r["account_id"]: r
+            for r in await conn.fetch("SELECT account_id, fit, engagement, coverage FROM accounts")
+        }
     finally:
         await conn.close()
+    wrong_accounts = [
+        account_id
+        for account_id, account in expected.ws.accounts.items()
+        if account_id not in accounts
+        or abs(accounts[account_id]["engagement"] - account.engagement) > 1e-6
+        or accounts[account_id]["coverage"] != account.coverage
+        or accounts[account_id]["fit"] != account.fit
+    ]
     stitched = {d.get("userId") for d in docs if isinstance(d, dict) and d.get("anonymousId")}
     wrong_counts = [
         lead
@@ -262,7 +319,9 @@ async def check(settings: Settings, docs: list[Any]) -> dict[str, Any]:
         "expected": sum(per_lead.values()),
         "leads_with_wrong_event_count": len(wrong_counts),
         "leads_with_wrong_score": len(wrong_scores),
-        "examples": (wrong_counts + wrong_scores)[:5],
+        "accounts": len(expected.ws.accounts),
+        "accounts_with_wrong_rollup": len(wrong_accounts),
+        "examples": (wrong_counts + wrong_scores + wrong_accounts)[:5],
     }
 
 
@@ -306,6 +365,12 @@ def table(result: dict[str, Any]) -> str:
             f"{lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms",
         ),
         ("latency max", "<= 1,000 ms", f"{lat.get('max')} ms"),
+        (
+            "end to end, accounts not scored",
+            "cost of accounts <= 15%",
+            f"{result.get('end_to_end_events_per_s_without_accounts', 0):,} ev/s "
+            f"(accounts cost {result.get('accounts_throughput_cost', 0):.1%})",
+        ),
         ("intake (parse, validate)", "", f"{engine.get('parse_events_per_s', 0):,} ev/s"),
         *[
             (
@@ -326,6 +391,11 @@ def table(result: dict[str, Any]) -> str:
             "0",
             f"{check['leads_with_wrong_event_count']} leads wrong "
             f"({check['events_scored']:,} of {check['expected']:,} scored)",
+        ),
+        (
+            "account roll-ups unlike the replay",
+            "0",
+            f"{check['accounts_with_wrong_rollup']} of {check['accounts']} accounts",
         ),
     ]
     width = max(len(r[0]) for r in rows)
@@ -410,6 +480,11 @@ async def run(args: argparse.Namespace) -> int:
         service.send_signal(signal.SIGTERM)
         service.wait(30)
         sampling.cancel()
+        without = await drain_without_accounts(infra, settings, len(docs))
+        result["end_to_end_events_per_s_without_accounts"] = round(without)
+        result["accounts_throughput_cost"] = round(
+            1 - result["end_to_end_events_per_s"] / without, 3
+        )
         result["engine"] = measure(docs)
     finally:
         if service is not None and service.poll() is None:
@@ -420,7 +495,11 @@ async def run(args: argparse.Namespace) -> int:
     print(table(result))
     print(f"(also in {RESULTS / f'bench-{stamp}.json'})")
     check_result = result["check"]
-    if check_result["leads_with_wrong_event_count"] or check_result["leads_with_wrong_score"]:
+    if (
+        check_result["leads_with_wrong_event_count"]
+        or check_result["leads_with_wrong_score"]
+        or check_result["accounts_with_wrong_rollup"]
+    ):
         print("FAILED: the pipeline lost or double-counted events", file=sys.stderr)
         return 1
     return 0

@@ -11,6 +11,7 @@ from schemas.records import (
     AccountScore,
     AccountStage,
     AccountTransitionRecord,
+    MemberShare,
     Score,
     Signal,
     TransitionRecord,
@@ -204,11 +205,22 @@ class Rejected(BaseModel):
     detail: str
 
 
+class SimulatedAccount(BaseModel):
+    account_id: str
+    stage: AccountStage
+    score: AccountScore
+    roles_covered: list[str]
+    roles_missing: list[str]
+    top_members: list[MemberShare]
+
+
 class SimulationResult(BaseModel):
     ruleset_version: int
     leads: list[SimulatedLead]
     transitions: list[dict[str, Any]]
     notifications: list[dict[str, Any]]
+    accounts: list[SimulatedAccount]
+    account_transitions: list[dict[str, Any]]
     rejected: list[Rejected]
     duplicates: list[int]
 
@@ -309,6 +321,14 @@ class Rejection(BaseModel):
     count: int
 
 
+class AccountFunnel(BaseModel):
+    """Accounts entering each stage in the window, time in stage, and conversion to the next
+    stage (engaged -> mqa -> opportunity -> customer)."""
+
+    stages: dict[str, StageFigures]
+    conversion: list[Conversion]
+
+
 class FunnelReport(BaseModel):
     since: datetime
     until: datetime
@@ -316,6 +336,7 @@ class FunnelReport(BaseModel):
     conversion: list[Conversion]
     sla: SlaFigures
     rejections: list[Rejection]
+    accounts: AccountFunnel
 
 
 class SegmentBatch(BaseModel):

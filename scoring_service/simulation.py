@@ -13,8 +13,8 @@ import orjson
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Replay, Workspace, score_event
-from scoring_service.state import Account, LeadState
-from stage_router.records import NotificationDoc, TransitionDoc, score_doc
+from scoring_service.state import Account, LeadState, Member
+from stage_router.records import AccountTransitionDoc, NotificationDoc, TransitionDoc, score_doc
 
 STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified")
 
@@ -46,6 +46,7 @@ def simulate(
     trajectories: dict[str, list[dict[str, Any]]] = {}
     transitions: list[TransitionDoc] = []
     notifications: list[NotificationDoc] = []
+    account_transitions: list[AccountTransitionDoc] = []
     rejected: list[dict[str, Any]] = []
     duplicates: list[int] = []
     for index, doc in enumerate(docs):
@@ -88,6 +89,8 @@ def simulate(
         )
         transitions.extend(scored.effects.transitions)
         notifications.extend(scored.effects.notifications)
+        notifications.extend(scored.effects.account_notifications)  # type: ignore[arg-type]
+        account_transitions.extend(scored.effects.account_transitions)
     leads = [
         {
             "lead_id": lead_id,
@@ -102,9 +105,32 @@ def simulate(
         "leads": leads,
         "transitions": transitions,
         "notifications": notifications,
+        "accounts": _accounts_explained(engine, ws),
+        "account_transitions": account_transitions,
         "rejected": rejected,
         "duplicates": duplicates,
     }
+
+
+def _accounts_explained(engine: Engine, ws: Workspace) -> list[dict[str, Any]]:
+    """Where each account the journey touched ends, with its committee explained."""
+    scorer = engine.accounts
+    if scorer is None:
+        return []
+    result = []
+    for account_id, account in sorted(ws.accounts.items()):
+        score, covered, missing, members = scorer.explain(account)
+        result.append(
+            {
+                "account_id": account_id,
+                "stage": account.stage,
+                "score": score,
+                "roles_covered": covered,
+                "roles_missing": missing,
+                "top_members": members,
+            }
+        )
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,17 +140,40 @@ class Outcome:
     stage: str
     total: float
     rule_points: dict[str, float]
+    # What the lead brings its account (engagement, clock, committee role), if it has one.
+    member: Member | None = None
 
 
 def replay_lead(
     engine: Engine, lead_id: str, history: list[Event], account: Account | None, *, now: float
 ) -> Outcome:
-    """A lead's stored history from an empty start, under `engine`'s rule set."""
-    state = LeadState(lead_id=lead_id)
+    """A lead's stored history from an empty start, under `engine`'s rule set. The account
+    is read (its traits), never changed: the replay scores a scratch copy."""
+    state = LeadState(lead_id=lead_id, account_id=account.account_id if account else None)
+    scratch = Account(account.account_id, account.traits, account.version) if account else None
     for event in history:
-        engine.apply_event(state, event, account, now=now)
+        engine.apply_event(state, event, scratch, now=now)
     _, signals = engine.explain(state)
-    return Outcome(state.stage, state.total, {s["rule_id"]: s["contribution"] for s in signals})
+    member = (
+        (state.engagement, state.as_of, state.committee_role)
+        if scratch is not None and state.account_id == scratch.account_id and state.as_of
+        else None
+    )
+    return Outcome(
+        state.stage, state.total, {s["rule_id"]: s["contribution"] for s in signals}, member
+    )
+
+
+def account_stage_earned(engine: Engine, account: Account) -> str:
+    """The stage scoring alone gives an account with these members: target, engaged or mqa."""
+    scorer = engine.accounts
+    if scorer is None:
+        return "target"
+    scorer.score(account)
+    spec = scorer.spec
+    if account.total >= spec.mqa_threshold and scorer.required_covered(account):
+        return "mqa"
+    return "engaged" if account.engagement >= spec.engaged_threshold else "target"
 
 
 @dataclass
@@ -145,9 +194,25 @@ class ImpactReport:
     examples: list[dict[str, Any]] = field(default_factory=list)
     rule_points: dict[str, list[float]] = field(default_factory=dict)
     rule_leads: Counter[str] = field(default_factory=Counter)
+    # Per account: (traits, version) and its members' outcome under each version. Grows with
+    # the accounts' members (three numbers each), not with their events.
+    accounts: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    members_active: dict[str, dict[str, Member]] = field(default_factory=dict)
+    members_candidate: dict[str, dict[str, Member]] = field(default_factory=dict)
+    account_summary: dict[str, Any] | None = None
 
-    def add(self, lead_id: str, active: Outcome, candidate: Outcome) -> None:
+    def add(
+        self, lead_id: str, active: Outcome, candidate: Outcome, account: Account | None = None
+    ) -> None:
         self.leads += 1
+        if account is not None:
+            self.accounts.setdefault(account.account_id, (account.traits, account.version))
+            if active.member is not None:
+                self.members_active.setdefault(account.account_id, {})[lead_id] = active.member
+            if candidate.member is not None:
+                self.members_candidate.setdefault(account.account_id, {})[lead_id] = (
+                    candidate.member
+                )
         self.stages_active[active.stage] += 1
         self.stages_candidate[candidate.stage] += 1
         differences: dict[str, float] = {}
@@ -177,6 +242,42 @@ class ImpactReport:
                     }
                 )
 
+    def judge_accounts(self, active: Engine, candidate: Engine) -> None:
+        """Each account's stage under both versions, from its members' replayed outcomes:
+        how many accounts would reach mqa under the candidate."""
+        stages: dict[str, Counter[str]] = {"active": Counter(), "candidate": Counter()}
+        moved: list[dict[str, Any]] = []
+        for account_id, (traits, version) in sorted(self.accounts.items()):
+            earned = {}
+            for name, engine, members in (
+                ("active", active, self.members_active),
+                ("candidate", candidate, self.members_candidate),
+            ):
+                account = Account(account_id, traits, version)
+                account.members = dict(members.get(account_id, {}))
+                account.as_of = max((m[1] for m in account.members.values()), default=None)
+                earned[name] = (account_stage_earned(engine, account), round(account.total, 2))
+                stages[name][earned[name][0]] += 1
+            if earned["active"][0] != earned["candidate"][0] and len(moved) < self.max_examples:
+                moved.append(
+                    {
+                        "account_id": account_id,
+                        "active": {"stage": earned["active"][0], "total": earned["active"][1]},
+                        "candidate": {
+                            "stage": earned["candidate"][0],
+                            "total": earned["candidate"][1],
+                        },
+                    }
+                )
+        self.account_summary = {
+            "accounts": len(self.accounts),
+            "stages": {
+                stage: {"active": stages["active"][stage], "candidate": stages["candidate"][stage]}
+                for stage in ("target", "engaged", "mqa")
+            },
+            "moved_examples": moved,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         rules: list[dict[str, Any]] = [
             {
@@ -204,6 +305,7 @@ class ImpactReport:
             "moved": self.moved,
             "moved_examples": self.examples,
             "rules": rules,
+            "accounts": self.account_summary,
         }
 
 

@@ -19,15 +19,19 @@ from services import store
 
 FUNNEL = ("mql", "sal", "sql", "opportunity", "customer")
 NEXT = dict(pairwise(FUNNEL))
+ACCOUNT_FUNNEL = ("engaged", "mqa", "opportunity", "customer")
+ACCOUNT_NEXT = dict(pairwise(ACCOUNT_FUNNEL))
 
 # Time in stage: from entering a stage to the lead's next transition. One pass over the
 # transitions since `since`, sorted by lead, instead of a lookup per transition.
+# The same questions of leads (`transitions`, by lead_id) and accounts (`account_transitions`,
+# by account_id): {table} and {who} are filled in from those two pairs only.
 STAGE_QUERY = """
 WITH ordered AS (
     SELECT to_stage, occurred_at,
-           lead(occurred_at) OVER (PARTITION BY lead_id ORDER BY occurred_at, transition_id)
+           lead(occurred_at) OVER (PARTITION BY {who} ORDER BY occurred_at, transition_id)
                AS left_at
-    FROM transitions WHERE occurred_at >= $1
+    FROM {table} WHERE occurred_at >= $1
 ), entered AS MATERIALIZED (
     SELECT to_stage, extract(epoch FROM left_at - occurred_at) AS seconds
     FROM ordered WHERE occurred_at < $2
@@ -41,12 +45,12 @@ FROM entered GROUP BY to_stage
 
 CONVERSION_QUERY = """
 SELECT e.to_stage AS from_stage,
-       count(DISTINCT e.lead_id) AS entered,
-       count(DISTINCT e.lead_id) FILTER (WHERE EXISTS (
-           SELECT 1 FROM transitions n
-           WHERE n.lead_id = e.lead_id AND n.to_stage = v.next_stage
+       count(DISTINCT e.{who}) AS entered,
+       count(DISTINCT e.{who}) FILTER (WHERE EXISTS (
+           SELECT 1 FROM {table} n
+           WHERE n.{who} = e.{who} AND n.to_stage = v.next_stage
              AND n.occurred_at >= e.occurred_at)) AS converted
-FROM transitions e
+FROM {table} e
 JOIN unnest($3::text[], $4::text[]) AS v(stage, next_stage) ON v.stage = e.to_stage
 WHERE e.occurred_at >= $1 AND e.occurred_at < $2
 GROUP BY e.to_stage
@@ -75,17 +79,35 @@ def _seconds(value: Any) -> float | None:
     return round(float(value), 3) if value is not None else None
 
 
-async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime) -> dict[str, Any]:
-    stage_rows = {r["to_stage"]: r for r in await pg.fetch(STAGE_QUERY, since, until)}
+async def _stages_and_conversion(
+    pg: asyncpg.Connection,
+    since: datetime,
+    until: datetime,
+    *,
+    accounts: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Entries, time in stage and conversion to the next stage, of leads or accounts."""
+    table, who = ("account_transitions", "account_id") if accounts else ("transitions", "lead_id")
+    funnel, following = (ACCOUNT_FUNNEL, ACCOUNT_NEXT) if accounts else (FUNNEL, NEXT)
+    stage_rows = {
+        r["to_stage"]: r
+        for r in await pg.fetch(STAGE_QUERY.format(table=table, who=who), since, until)
+    }
     conversion_rows = {
         r["from_stage"]: r
-        for r in await pg.fetch(CONVERSION_QUERY, since, until, list(NEXT), list(NEXT.values()))
+        for r in await pg.fetch(
+            CONVERSION_QUERY.format(table=table, who=who),
+            since,
+            until,
+            list(following),
+            list(following.values()),
+        )
     }
-    sla = await pg.fetchrow(SLA_QUERY, since, until)
-    assert sla is not None  # aggregates without GROUP BY: always one row
-    rejections = await pg.fetch(REJECTIONS_QUERY, since, until)
     stages = {}
-    for stage in (*FUNNEL, "recycled", "disqualified"):
+    for stage in (
+        *funnel,
+        *(("target", "disqualified") if accounts else ("recycled", "disqualified")),
+    ):
         row = stage_rows.get(stage)
         stages[stage] = {
             "entered": row["entered"] if row else 0,
@@ -93,7 +115,7 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
             "p90_seconds_in_stage": _seconds(row["p90_seconds"]) if row else None,
         }
     conversion = []
-    for stage, next_stage in NEXT.items():
+    for stage, next_stage in following.items():
         row = conversion_rows.get(stage)
         entered, converted = (row["entered"], row["converted"]) if row else (0, 0)
         conversion.append(
@@ -105,6 +127,17 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
                 "rate": round(converted / entered, 4) if entered else None,
             }
         )
+    return stages, conversion
+
+
+async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime) -> dict[str, Any]:
+    stages, conversion = await _stages_and_conversion(pg, since, until, accounts=False)
+    account_stages, account_conversion = await _stages_and_conversion(
+        pg, since, until, accounts=True
+    )
+    sla = await pg.fetchrow(SLA_QUERY, since, until)
+    assert sla is not None  # aggregates without GROUP BY: always one row
+    rejections = await pg.fetch(REJECTIONS_QUERY, since, until)
     due = sla["in_time"] + sla["late"] + sla["unanswered"]
     return {
         "since": since,
@@ -122,6 +155,7 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
             "median_follow_up_seconds": _seconds(sla["median_follow_up_seconds"]),
         },
         "rejections": [{"reason": r["reason"], "count": r["count"]} for r in rejections],
+        "accounts": {"stages": account_stages, "conversion": account_conversion},
     }
 
 

@@ -157,11 +157,13 @@ async def impact_report(
                 lead_id,
                 replay_lead(active_engine, lead_id, events, account, now=now),
                 replay_lead(candidate_engine, lead_id, events, account, now=now),
+                account,
             )
             await asyncio.sleep(0)  # one lead at a time, then live scoring gets a turn
         await ctx.advance(len(ids))
         last = ids[-1]
         await asyncio.sleep((time.perf_counter() - chunk_started) * IMPACT_REST_RATIO)
+    report.judge_accounts(active_engine, candidate_engine)
     result = report.to_dict()
     result["days"] = days
     return result
