@@ -44,6 +44,14 @@ def _once_each(records: list[Any], id_key: str) -> dict[str, dict[str, Any]]:
     return {key: versions[0] for key, versions in copies.items()}
 
 
+async def _ready(settings) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.http_port}") as http:
+            return (await http.get("/readyz")).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 @pytest.mark.slow
 async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(settings, tmp_path):
     """Four people of one account over two weeks of event time, one step at a time (so the
@@ -53,6 +61,7 @@ async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(sett
     log = tmp_path / "service.log"
     service = start_service(settings, log)
     try:
+        await wait_for(lambda: _ready(settings), timeout=60, what="the service ready")
         for n, step in enumerate(steps[:10]):
             await produce(settings, [step])
             await wait_for(lambda n=n: drained(settings, n + 1), timeout=60, what=f"step {n}")
@@ -61,6 +70,7 @@ async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(sett
         service.send_signal(signal.SIGKILL)
         service.wait(10)
         service = start_service(settings, log)
+        await wait_for(lambda: _ready(settings), timeout=60, what="the service ready again")
         await wait_for(lambda: drained(settings, 11), timeout=90, what="recovery")
         for n, step in enumerate(steps[11:], start=11):
             await produce(settings, [step])
@@ -133,7 +143,9 @@ async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(sett
 @pytest.mark.slow
 async def test_two_instances_scoring_members_of_one_account_lose_no_contribution(settings):
     # Twelve companies for 600 people: fifty members each, spread over every partition.
-    docs = list(generate(events=8_000, leads=600, seed=21, anonymous_share=0.2, accounts=12))
+    # Everyone identified: an anonymous visitor's traits and their later identified ones
+    # travel on different partitions, and which lands last is not fixed by the input.
+    docs = list(generate(events=8_000, leads=600, seed=21, accounts=12))
     settings = settings.with_changes(batch_max_records=200)
     first = await RunningService(bootstrap(settings)).start()
     second = await RunningService(bootstrap(settings)).start()
