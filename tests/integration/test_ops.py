@@ -93,8 +93,9 @@ def test_alert_rules_pass_promtool_and_link_the_runbook():
         "LeadscoreBrokerLostLog",
         "LeadscoreOutboxRecordsFailed",
         "LeadscoreLoopRestarting",
+        "LeadscoreNoAccountTransitions",
     } < names
-    assert len(names) == 9
+    assert len(names) == 10
 
 
 def test_dashboard_queries_name_real_metrics(admin_container):
