@@ -13,6 +13,7 @@ import pytest
 
 from bench.harness import start_service
 from bench.workload import generate
+from scoring_service.ruleset_files import starter_document
 from services.bootstrap import bootstrap
 from services.embedded import free_port
 from tests.committee import ACCOUNT, committee_journey
@@ -26,7 +27,14 @@ from tests.conftest import (
     replay,
     wait_for,
 )
+from tests.integration.test_admin_api import wait_job
 from tests.integration.test_rule_changes import split_between
+
+
+def starter_with_required(roles: list[str]) -> dict[str, Any]:
+    doc = starter_document().model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["accounts"]["coverage"]["required"] = roles
+    return doc
 
 
 def _without_emitted_at(record: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +90,18 @@ async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(sett
             history = (await http.get(f"/v1/accounts/{ACCOUNT}/history")).json()
             eve = (await http.get("/v1/leads/u-eve")).json()
             metrics = (await http.get("/metrics")).text
+            # The admin tools see accounts too.
+            simulated = (await http.post("/v1/rulesets/1/simulate", json={"events": steps})).json()
+            funnel = (
+                await http.get(
+                    "/v1/funnel",
+                    params={"since": "2026-11-01T00:00:00Z", "until": "2026-12-01T00:00:00Z"},
+                )
+            ).json()
+            stricter = starter_with_required(["economic_buyer", "champion", "validator"])
+            version = (await http.post("/v1/rulesets", json=stricter)).json()["version"]
+            started = await http.post(f"/v1/rulesets/{version}/impact", json={"days": 3650})
+            impact = await wait_job(http, started.json()["job_id"])
     finally:
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0, log.read_text()[-3000:]
@@ -138,6 +158,22 @@ async def test_a_buying_committee_qualifies_its_account_once_despite_a_kill(sett
     assert eve["committee_role"] == "economic_buyer"
     assert eve["account_score"] == account["score"]["total"]
     assert 'leadscore_account_transitions_total{to_stage="mqa"}' in metrics
+    [journey_account] = simulated["accounts"]
+    assert (journey_account["account_id"], journey_account["stage"]) == (ACCOUNT, "mqa")
+    assert [t["to_stage"] for t in simulated["account_transitions"]] == ["engaged", "mqa"]
+    assert funnel["accounts"]["stages"]["engaged"]["entered"] == 1
+    assert funnel["accounts"]["stages"]["mqa"]["entered"] == 1
+    assert funnel["accounts"]["conversion"][0] == {
+        "from": "engaged",
+        "to": "mqa",
+        "entered": 1,
+        "converted": 1,
+        "rate": 1.0,
+    }
+    # Requiring a validator too, nobody of Haulers' committee covers it: no mqa.
+    assert impact["status"] == "succeeded", impact
+    assert impact["result"]["accounts"]["stages"]["mqa"] == {"active": 1, "candidate": 0}
+    assert impact["result"]["accounts"]["moved_examples"][0]["account_id"] == ACCOUNT
 
 
 @pytest.mark.slow
