@@ -22,7 +22,7 @@ from typing import Any
 from scoring_service.rules import CompiledAccountRules, CompiledRuleSet, lookup
 from scoring_service.state import Account, LeadState
 from stage_router import records
-from stage_router.accounts import automatic_account_move, follow_lead
+from stage_router.accounts import automatic_account_move
 from stage_router.lifecycle import Move
 
 # The trait a CRM sets to name a person's committee role; it overrides the role's conditions.
@@ -161,18 +161,9 @@ class AccountScorer:
 
     # -- stages --------------------------------------------------------------------------
 
-    def route(
-        self,
-        account: Account,
-        transitions: list[records.AccountTransitionDoc],
-        notifications: list[records.AccountNotificationDoc],
-        *,
-        caused_by: str | None,
-        at: float,
-        now: float,
-        reason: str | None = None,
-    ) -> None:
-        """Move the account if its score and committee have earned a stage."""
+    def earned(self, account: Account, reason: str | None = None) -> Move | None:
+        """The stage the account's score and committee have earned, if it is a move up
+        (`reason` replaces the usual one, as re-scoring does)."""
         move = automatic_account_move(
             stage=account.stage,
             engagement=account.engagement,
@@ -181,30 +172,9 @@ class AccountScorer:
             mqa_threshold=self.spec.mqa_threshold,
             required_covered=self.required_covered(account),
         )
-        if move is not None:
-            if reason is not None:
-                move = Move(move.to_stage, reason)
-            self.move(
-                account, move, transitions, notifications, caused_by=caused_by, at=at, now=now
-            )
-
-    def follow(
-        self,
-        account: Account,
-        lead_stage: str,
-        transitions: list[records.AccountTransitionDoc],
-        notifications: list[records.AccountNotificationDoc],
-        *,
-        caused_by: str | None,
-        at: float,
-        now: float,
-    ) -> None:
-        """A member lead's opportunity or win carries the account along."""
-        move = follow_lead(account.stage, lead_stage)
-        if move is not None:
-            self.move(
-                account, move, transitions, notifications, caused_by=caused_by, at=at, now=now
-            )
+        if move is not None and reason is not None:
+            return Move(move.to_stage, reason)
+        return move
 
     def move(
         self,

@@ -19,6 +19,7 @@ from scoring_service.intake import Event
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.state import AS_OF, HITS, IGNORED, LAST_SEEN, VALUE, Account, LeadState
 from stage_router import records
+from stage_router.accounts import follow_lead
 from stage_router.lifecycle import (
     LEAD,
     MQL,
@@ -362,14 +363,11 @@ class Engine:
             now=now,
         )
         if scorer is not None and member_of is not None:
-            scorer.route(
-                member_of,
-                effects.account_transitions,
-                effects.account_notifications,
-                caused_by=event.message_id,
-                at=event.ts,
-                now=now,
-            )
+            earned = scorer.earned(member_of)
+            if earned is not None:
+                self._move_account(
+                    member_of, earned, effects, caused_by=event.message_id, at=event.ts, now=now
+                )
         return effects
 
     def account_follows(
@@ -390,12 +388,34 @@ class Engine:
         if scorer is None or account is None or account.account_id != state.account_id:
             return
         scorer.sync(account, state)
-        transitions, notifications = effects.account_transitions, effects.account_notifications
-        scorer.follow(
-            account, state.stage, transitions, notifications, caused_by=caused_by, at=at, now=now
-        )
-        scorer.route(
-            account, transitions, notifications, caused_by=caused_by, at=at, now=now, reason=reason
+        # A member's opportunity or win first, then whatever the score has earned (judged
+        # after the first: an opportunity is past anything a score earns).
+        followed = follow_lead(account.stage, state.stage)
+        if followed is not None:
+            self._move_account(account, followed, effects, caused_by=caused_by, at=at, now=now)
+        earned = scorer.earned(account, reason)
+        if earned is not None:
+            self._move_account(account, earned, effects, caused_by=caused_by, at=at, now=now)
+
+    def _move_account(
+        self,
+        account: Account,
+        move: Move,
+        effects: Effects,
+        *,
+        caused_by: str | None,
+        at: float,
+        now: float,
+    ) -> None:
+        assert self.accounts is not None
+        self.accounts.move(
+            account,
+            move,
+            effects.account_transitions,
+            effects.account_notifications,
+            caused_by=caused_by,
+            at=at,
+            now=now,
         )
 
     def route(

@@ -170,10 +170,8 @@ def account_stage_earned(engine: Engine, account: Account) -> str:
     if scorer is None:
         return "target"
     scorer.score(account)
-    spec = scorer.spec
-    if account.total >= spec.mqa_threshold and scorer.required_covered(account):
-        return "mqa"
-    return "engaged" if account.engagement >= spec.engaged_threshold else "target"
+    move = scorer.earned(account)
+    return move.to_stage if move is not None else "target"
 
 
 @dataclass

@@ -264,57 +264,40 @@ def test_the_account_score_does_not_depend_on_the_order_member_events_arrive_in(
 # -- the account's stages -------------------------------------------------------------------
 
 
-def test_scoring_moves_an_account_up_to_mqa_and_never_down():
+def _move(stage: str, engagement: float, total: float, covered: bool) -> tuple[str, str] | None:
     move = automatic_account_move(
-        stage="target",
-        engagement=5,
-        total=40,
+        stage=stage,
+        engagement=engagement,
+        total=total,
         engaged_threshold=10,
         mqa_threshold=80,
-        required_covered=True,
+        required_covered=covered,
     )
-    assert move is None
-    move = automatic_account_move(
-        stage="target",
-        engagement=12,
-        total=40,
-        engaged_threshold=10,
-        mqa_threshold=80,
-        required_covered=True,
-    )
-    assert move is not None and (move.to_stage, move.reason) == ("engaged", "engaged")
-    # Over the mqa threshold but a required role is missing: engaged only.
-    move = automatic_account_move(
-        stage="target",
-        engagement=50,
-        total=90,
-        engaged_threshold=10,
-        mqa_threshold=80,
-        required_covered=False,
-    )
-    assert move is not None and move.to_stage == "engaged"
-    # Both hold: straight to mqa in one move.
-    move = automatic_account_move(
-        stage="target",
-        engagement=50,
-        total=90,
-        engaged_threshold=10,
-        mqa_threshold=80,
-        required_covered=True,
-    )
-    assert move is not None and (move.to_stage, move.reason) == ("mqa", "qualified")
-    for stage in ("mqa", "opportunity", "customer", "disqualified"):
-        assert (
-            automatic_account_move(
-                stage=stage,
-                engagement=0,
-                total=1000,
-                engaged_threshold=10,
-                mqa_threshold=80,
-                required_covered=True,
-            )
-            is None
-        )
+    return (move.to_stage, move.reason) if move is not None else None
+
+
+@pytest.mark.parametrize(
+    ("stage", "engagement", "total", "covered", "expected"),
+    [
+        ("target", 5, 40, True, None),
+        ("target", 12, 40, True, ("engaged", "engaged")),
+        # Over the mqa threshold but a required role is missing: engaged only.
+        ("target", 50, 90, False, ("engaged", "engaged")),
+        # Both hold: straight to mqa in one move.
+        ("target", 50, 90, True, ("mqa", "qualified")),
+        ("engaged", 50, 90, True, ("mqa", "qualified")),
+        ("engaged", 50, 90, False, None),
+        # Never down, and never past mqa by score alone.
+        ("mqa", 0, 0, False, None),
+        ("opportunity", 0, 1000, True, None),
+        ("customer", 0, 1000, True, None),
+        ("disqualified", 100, 1000, True, None),
+    ],
+)
+def test_scoring_moves_an_account_up_to_mqa_and_never_down(
+    stage, engagement, total, covered, expected
+):
+    assert _move(stage, engagement, total, covered) == expected
 
 
 def test_account_feedback_follows_the_table_and_leads_carry_their_account():
