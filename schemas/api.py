@@ -400,3 +400,21 @@ class AccountHistory(BaseModel):
 
     account_id: str
     transitions: list[AccountTransitionRecord]
+
+
+class AccountFeedbackBody(BaseModel):
+    """Sales' word on an account: opportunity, won, lost (back to target), disqualified,
+    reopened (a disqualified account back to target)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    feedback_id: str = Field(min_length=1, max_length=200)
+    outcome: Literal["opportunity", "won", "lost", "disqualified", "reopened"]
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class AccountFeedbackResult(BaseModel):
+    feedback_id: str
+    account_id: str
+    duplicate: bool = Field(description="true when this feedback_id was already applied")
+    transition: AccountTransitionRecord

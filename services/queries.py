@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 import asyncpg
+import orjson
 
 from scoring_service.state import Account, LeadState
 from services import store
@@ -339,3 +340,16 @@ async def account_transitions(pg: asyncpg.Connection, account_id: str) -> list[a
 
 async def leads(pg: asyncpg.Connection, lead_ids: list[str]) -> dict[str, LeadState]:
     return await store.load_leads(pg, lead_ids)
+
+
+async def account_transition_caused_by(
+    pg: asyncpg.Connection, account_id: str, caused_by: str
+) -> Any:
+    """The account's transition an earlier feedback with this id made, if any."""
+    text = await pg.fetchval(
+        "SELECT record::text FROM account_transitions WHERE account_id = $1 "
+        "AND record->>'caused_by' = $2",
+        account_id,
+        caused_by,
+    )
+    return orjson.loads(text) if text is not None else None

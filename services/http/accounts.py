@@ -12,7 +12,10 @@ from services import queries, rulesets
 from services.bootstrap import Container
 from services.db import driver
 from services.http.common import ERRORS, NOT_FOUND, ApiError, cursor_of, score_cursor, uncursor
-from stage_router.records import SignalDoc, account_score_doc
+from services.lead_transaction import LeadTransaction
+from stage_router.accounts import account_feedback_move
+from stage_router.lifecycle import IllegalFeedback
+from stage_router.records import AccountTransitionDoc, SignalDoc, account_score_doc
 
 # The engagement rules shown as an account's top signals.
 TOP_SIGNALS = 10
@@ -38,7 +41,7 @@ def _signals_across(members: list[list[SignalDoc]]) -> list[SignalDoc]:
     return ranked[:TOP_SIGNALS]
 
 
-def accounts_router(container: Container, Viewer: Any) -> APIRouter:
+def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["accounts"], responses=ERRORS)
     db = container.db
 
@@ -154,6 +157,59 @@ def accounts_router(container: Container, Viewer: Any) -> APIRouter:
         return {
             "account_id": account_id,
             "transitions": [orjson.loads(r["record"]) for r in rows],
+        }
+
+    @router.post(
+        "/accounts/{account_id}/feedback",
+        response_model=api.AccountFeedbackResult,
+        responses={
+            409: {"model": api.ErrorBody, "description": "a move the account table forbids"},
+            **NOT_FOUND,
+        },
+        tags=["sales handoff"],
+    )
+    async def account_feedback(
+        account_id: str, body: api.AccountFeedbackBody, who: Admin
+    ) -> dict[str, Any]:
+        """Sales' word on an account (idempotent on feedback_id): an opportunity opened or won
+        or lost, the account disqualified or reopened."""
+
+        async def work(tx: LeadTransaction) -> tuple[AccountTransitionDoc, bool]:
+            ws = await tx.lock_leads([], [account_id])
+            earlier = await queries.account_transition_caused_by(
+                tx.pg, account_id, body.feedback_id
+            )
+            if earlier is not None:
+                return earlier, True
+            account = ws.accounts.get(account_id)
+            if account is None:
+                raise ApiError(404, "account_not_found", f"no account {account_id!r}")
+            scorer = tx.engine.accounts
+            if scorer is None:
+                raise ApiError(409, "accounts_not_scored", "the active rule set scores no accounts")
+            try:
+                move = account_feedback_move(account.stage, body.outcome)
+            except IllegalFeedback as exc:
+                raise ApiError(409, "illegal_transition", str(exc)) from exc
+            scorer.move(
+                account,
+                move,
+                tx.effects.account_transitions,
+                tx.effects.account_notifications,
+                caused_by=body.feedback_id,
+                at=tx.now,
+                now=tx.now,
+                detail=body.reason or f"by {who.name}",
+            )
+            ws.changed_accounts.add(account_id)
+            return tx.effects.account_transitions[-1], False
+
+        transition, duplicate = await container.writer.run(work, writer="account-feedback")
+        return {
+            "feedback_id": body.feedback_id,
+            "account_id": account_id,
+            "duplicate": duplicate,
+            "transition": transition,
         }
 
     return router

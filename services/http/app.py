@@ -118,6 +118,6 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(operations_router(container))
     app.include_router(rulesets_router(container, Admin, Viewer))
     app.include_router(leads_router(container, Admin, Viewer))
-    app.include_router(accounts_router(container, Viewer))
+    app.include_router(accounts_router(container, Admin, Viewer))
     app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
     return app

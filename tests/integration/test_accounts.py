@@ -21,6 +21,8 @@ from tests.conftest import (
     RunningService,
     assert_accounts_match,
     assert_leads_match,
+    client_for,
+    db_fetch,
     drained,
     produce,
     read_all,
@@ -200,3 +202,50 @@ async def test_two_instances_scoring_members_of_one_account_lose_no_contribution
     expected = replay(docs)
     await assert_leads_match(settings, expected)
     await assert_accounts_match(settings, expected)
+
+
+async def test_account_feedback_follows_the_table_once_per_feedback_id(admin_container, settings):
+    await db_fetch(
+        settings,
+        "INSERT INTO accounts (account_id, traits, stage) VALUES ('acct-x', '{}', 'mqa')",
+    )
+    async with client_for(admin_container, "admin") as admin:
+        opened = await admin.post(
+            "/v1/accounts/acct-x/feedback", json={"feedback_id": "crm-1", "outcome": "opportunity"}
+        )
+        again = await admin.post(
+            "/v1/accounts/acct-x/feedback", json={"feedback_id": "crm-1", "outcome": "opportunity"}
+        )
+        refused = await admin.post(
+            "/v1/accounts/acct-x/feedback", json={"feedback_id": "crm-2", "outcome": "reopened"}
+        )
+        won = await admin.post(
+            "/v1/accounts/acct-x/feedback",
+            json={"feedback_id": "crm-3", "outcome": "won", "reason": "signed 3 years"},
+        )
+        unknown = await admin.post(
+            "/v1/accounts/nobody/feedback", json={"feedback_id": "crm-4", "outcome": "won"}
+        )
+        bad = await admin.post(
+            "/v1/accounts/acct-x/feedback", json={"feedback_id": "crm-5", "outcome": "maybe"}
+        )
+    async with client_for(admin_container, "viewer") as viewer:
+        forbidden = await viewer.post(
+            "/v1/accounts/acct-x/feedback", json={"feedback_id": "crm-6", "outcome": "lost"}
+        )
+        history = (await viewer.get("/v1/accounts/acct-x/history")).json()
+    assert opened.status_code == 200 and opened.json()["duplicate"] is False
+    transition = opened.json()["transition"]
+    assert (transition["from_stage"], transition["to_stage"], transition["reason"]) == (
+        "mqa",
+        "opportunity",
+        "sales_feedback",
+    )
+    assert again.json()["duplicate"] is True and again.json()["transition"] == transition
+    assert refused.status_code == 409 and refused.json()["error"] == "illegal_transition"
+    assert won.json()["transition"]["to_stage"] == "customer"
+    assert won.json()["transition"]["reason_detail"] == "signed 3 years"
+    assert unknown.status_code == 404 and unknown.json()["error"] == "account_not_found"
+    assert bad.status_code in (400, 422)
+    assert forbidden.status_code == 403
+    assert [t["transition_id"] for t in history["transitions"]] == ["acct-x:1", "acct-x:2"]
