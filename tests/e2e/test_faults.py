@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import orjson
 import psutil
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
@@ -31,6 +30,7 @@ from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from services.settings import Settings
 from tests.conftest import (
     assert_leads_match,
+    assert_transitions_as_replayed,
     committed,
     committed_at_least,
     drained,
@@ -101,17 +101,7 @@ async def assert_as_replayed(settings: Settings, docs: list) -> None:
 
 async def assert_output_whole(settings: Settings, expected: object) -> None:
     """Every expected transition is on the topic; copies are identical."""
-    transitions = expected.transitions  # type: ignore[attr-defined]
-    records = await read_all(settings, settings.topic_transitions, expect=len(transitions))
-    copies: dict[str, list[dict]] = {}
-    for record in records:
-        value = orjson.loads(record.value)
-        value.pop("emitted_at")
-        copies.setdefault(value["transition_id"], []).append(value)
-    assert set(copies) == {t["transition_id"] for t in transitions}
-    for t in transitions:
-        assert all(c == copies[t["transition_id"]][0] for c in copies[t["transition_id"]])
-        assert copies[t["transition_id"]][0] == {k: v for k, v in t.items() if k != "emitted_at"}
+    await assert_transitions_as_replayed(settings, expected)
 
 
 async def paced(settings: Settings, docs: list, *, per_second: int = 1000) -> None:
