@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.ruleset import RuleSetDocument
+from schemas.ruleset import AccountThresholds, RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.state import Account, LeadState
 from stage_router.accounts import (
     account_feedback_move,
@@ -390,3 +390,33 @@ def test_an_account_keeps_a_bounded_number_of_members():
     assert len(account.members) == accounts_module.MAX_MEMBERS
     # The least engaged went first.
     assert "u0" not in account.members and f"u{accounts_module.MAX_MEMBERS + 49}" in account.members
+
+
+def test_rescoring_under_a_version_that_qualifies_the_account_moves_it_with_reason_rescore():
+    strict = starter_document().model_copy(deep=True)
+    assert strict.accounts is not None
+    strict = strict.model_copy(
+        update={
+            "accounts": strict.accounts.model_copy(
+                update={"thresholds": AccountThresholds(engaged=10, mqa=1000)}
+            )
+        }
+    )
+    r = replay(Engine(compile_ruleset(strict, 1)), committee_journey())
+    account = r.ws.accounts[ACCOUNT]
+    assert account.stage == "engaged"
+    history: dict[str, list] = {}
+    for doc in committee_journey():
+        event = parsed(doc)
+        history.setdefault(r.ws.canonical(event.user_id or event.anonymous_id or ""), []).append(
+            event
+        )
+    starter = Engine(starter_ruleset())
+    moves = []
+    for lead_id, state in sorted(r.ws.leads.items()):
+        effects = starter.rescore(state, history[lead_id], account, now=NOW)
+        moves += [
+            (t["from_stage"], t["to_stage"], t["reason"]) for t in effects.account_transitions
+        ]
+    assert moves == [("engaged", "mqa", "rescore")]
+    assert account.ruleset_version == starter.rules.version and account.stage == "mqa"
