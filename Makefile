@@ -31,7 +31,7 @@ test: $(STAMP) tools ## Lint, type-check, check the layers, then the whole suite
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
 
 test-unit: $(STAMP) ## Run the pure unit tests only
 	$(PY) -m pytest tests/unit
