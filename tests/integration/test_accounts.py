@@ -268,3 +268,39 @@ async def test_account_feedback_follows_the_table_once_per_feedback_id(admin_con
     assert bad.status_code in (400, 422)
     assert forbidden.status_code == 403
     assert [t["transition_id"] for t in history["transitions"]] == ["acct-x:1", "acct-x:2"]
+
+
+async def test_accounts_page_by_score_and_id_with_stable_cursors(admin_container, settings):
+    await db_fetch(
+        settings,
+        "INSERT INTO accounts (account_id, traits, stage, fit, engagement, coverage, score, "
+        "roles_covered) SELECT 'acct-' || n, jsonb_build_object('name', 'Co ' || n), "
+        "CASE WHEN n % 2 = 0 THEN 'mqa' ELSE 'engaged' END, 10, n * 10, 0, 10 + n * 10, "
+        "CASE WHEN n % 3 = 0 THEN ARRAY['economic_buyer'] ELSE ARRAY[]::text[] END "
+        "FROM generate_series(1, 7) AS n",
+    )
+    async with client_for(admin_container, "viewer") as viewer:
+        seen, cursor = [], None
+        while True:
+            params = {"sort": "-score", "limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = (await viewer.get("/v1/accounts", params=params)).json()
+            seen += [(a["account_id"], a["score"]["total"]) for a in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        by_id = (await viewer.get("/v1/accounts", params={"limit": 100})).json()
+        mqa = (await viewer.get("/v1/accounts", params={"stage": "mqa", "min_score": 45})).json()
+        no_buyer = (
+            await viewer.get("/v1/accounts", params={"role_missing": "economic_buyer"})
+        ).json()
+        bad_cursor = await viewer.get("/v1/accounts", params={"sort": "-score", "cursor": "x"})
+        bad_stage = await viewer.get("/v1/accounts", params={"stage": "lead"})
+        missing = await viewer.get("/v1/accounts/nobody")
+    assert [a for a, _ in seen] == [f"acct-{n}" for n in range(7, 0, -1)]
+    assert [t for _, t in seen] == [10 + n * 10 for n in range(7, 0, -1)]
+    assert [a["account_id"] for a in by_id["items"]] == [f"acct-{n}" for n in range(1, 8)]
+    assert [a["account_id"] for a in mqa["items"]] == ["acct-4", "acct-6"]
+    assert [a["account_id"] for a in no_buyer["items"]] == [f"acct-{n}" for n in (1, 2, 4, 5, 7)]
+    assert bad_cursor.status_code == 400 and bad_cursor.json()["error"] == "invalid_cursor"
+    assert bad_stage.status_code in (400, 422)
+    assert missing.status_code == 404 and missing.json()["error"] == "account_not_found"
