@@ -14,6 +14,7 @@ from schemas.records import (
     MemberShare,
     Score,
     Signal,
+    StorableText,
     TransitionRecord,
 )
 from schemas.ruleset import Stage
@@ -283,7 +284,9 @@ class StageChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stage: Stage
-    reason: str = Field(min_length=1, max_length=500, description="why, in words (audited)")
+    reason: StorableText = Field(
+        min_length=1, max_length=500, description="why, in words (audited)"
+    )
 
 
 class StageChangeResult(BaseModel):
@@ -408,9 +411,9 @@ class AccountFeedbackBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feedback_id: str = Field(min_length=1, max_length=200)
+    feedback_id: StorableText = Field(min_length=1, max_length=200)
     outcome: Literal["opportunity", "won", "lost", "disqualified", "reopened"]
-    reason: str | None = Field(default=None, max_length=500)
+    reason: StorableText | None = Field(default=None, max_length=500)
 
 
 class AccountFeedbackResult(BaseModel):

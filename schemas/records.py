@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from schemas.ruleset import Stage
+
+
+def _storable(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("contains a NUL character, which cannot be stored")
+    return text
+
+
+# Text a request or a record asks leadscore to keep: PostgreSQL cannot store NUL.
+StorableText = Annotated[str, AfterValidator(_storable)]
 
 TransitionReason = Literal[
     "threshold",
@@ -241,10 +251,10 @@ class FeedbackBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    feedback_id: str = Field(min_length=1, max_length=200)
+    feedback_id: StorableText = Field(min_length=1, max_length=200)
     outcome: FeedbackOutcome
-    reason: str | None = Field(default=None, max_length=500)
-    by: str | None = Field(default=None, max_length=200)
+    reason: StorableText | None = Field(default=None, max_length=500)
+    by: StorableText | None = Field(default=None, max_length=200)
     at: AwareDatetime | None = None
 
     @model_validator(mode="after")

@@ -348,7 +348,9 @@ class Engine:
         state.ruleset_version = self.rules.version
         scorer = self.accounts
         member_of = (
-            account if account is not None and account.account_id == state.account_id else None
+            account
+            if scorer is not None and account is not None and account.account_id == state.account_id
+            else None
         )
         if scorer is not None and member_of is not None:
             # The account's score first, so the lead's records carry the one this event made.

@@ -155,9 +155,8 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
         if account is None and engine.accounts is not None:
             account = ws.accounts[state.account_id] = Account(state.account_id)
     engine.apply_event(state, event, account, now=now, effects=effects)
+    # (A scored account is written back with its changed members: LeadTransaction.flush.)
     ws.changed_leads.add(lead_id)
-    if engine.accounts is not None and state.account_id:
-        ws.changed_accounts.add(state.account_id)
     return ScoredEvent(event, lead_id, effects, merged, state.held)
 
 

@@ -14,8 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from schemas.ruleset import (
-    AccountRules,
-    AccountThresholds,
+    CommitteeRole,
     Operators,
     Rule,
     RuleSetDocument,
@@ -420,7 +419,8 @@ class CompiledAccountRules:
     owner_trait: tuple[str, ...]
 
 
-_NO_ACCOUNTS = AccountRules(thresholds=AccountThresholds(engaged=0, mqa=0))
+def _roles(document: RuleSetDocument) -> list[CommitteeRole]:
+    return document.accounts.roles if document.accounts is not None else []
 
 
 def _compile_accounts(document: RuleSetDocument) -> CompiledAccountRules | None:
@@ -581,7 +581,7 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
             for item in items
         )
         # A committee role judged on the account's traits is refreshed with fit.
-        or any(role.when.reads_account() for role in (document.accounts or _NO_ACCOUNTS).roles),
+        or any(role.when.reads_account() for role in _roles(document)),
         by_id={r.id: r for r in compiled},
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},

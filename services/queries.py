@@ -294,35 +294,29 @@ async def account_page(
     role_missing: str | None,
     limit: int,
 ) -> list[asyncpg.Record]:
-    """Accounts in id order, or by score highest first (ties by id), after the cursor's
-    (score, id), filtered by stage, minimum score and a committee role not covered."""
-    score, last_id = after if after is not None else (None, after_id)
+    """Accounts in id order after `after_id`, or by score highest first (ties by id) after
+    the (score, id) of `after`, filtered by stage, minimum score and a role not covered."""
     filters = (
-        "AND ($3::text IS NULL OR stage = $3) "
-        "AND ($4::float8 IS NULL OR score >= $4) "
-        "AND ($5::text IS NULL OR NOT ($5 = ANY(roles_covered))) "
+        "($1::text IS NULL OR stage = $1) "
+        "AND ($2::float8 IS NULL OR score >= $2) "
+        "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered))) "
     )
+    common = (stage, min_score, role_missing, limit)
     if by_score:
+        score, last_id = after if after is not None else (None, "")
         return await pg.fetch(
-            f"SELECT {ACCOUNT_SUMMARY} FROM accounts "
-            "WHERE ($1::float8 IS NULL OR score < $1 OR (score = $1 AND account_id > $2)) "
-            f"{filters} ORDER BY score DESC, account_id LIMIT $6",
+            f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE {filters}"
+            "AND ($5::float8 IS NULL OR score < $5 OR (score = $5 AND account_id > $6)) "
+            "ORDER BY score DESC, account_id LIMIT $4",
+            *common,
             score,
             last_id,
-            stage,
-            min_score,
-            role_missing,
-            limit,
         )
     return await pg.fetch(
-        f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE $1::float8 IS NULL "
-        f"AND account_id > $2 {filters} ORDER BY account_id LIMIT $6",
-        None,
-        last_id,
-        stage,
-        min_score,
-        role_missing,
-        limit,
+        f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE {filters}AND account_id > $5 "
+        "ORDER BY account_id LIMIT $4",
+        *common,
+        after_id,
     )
 
 

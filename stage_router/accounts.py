@@ -21,7 +21,6 @@ MQA: Final = "mqa"
 OPPORTUNITY: Final = "opportunity"
 CUSTOMER: Final = "customer"
 DISQUALIFIED: Final = "disqualified"
-ACCOUNT_STAGES: Final = (TARGET, ENGAGED, MQA, OPPORTUNITY, CUSTOMER, DISQUALIFIED)
 
 ACCOUNT_RANK: Final[dict[str, int]] = {TARGET: 0, ENGAGED: 1, MQA: 2, OPPORTUNITY: 3, CUSTOMER: 4}
 

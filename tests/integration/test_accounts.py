@@ -304,3 +304,39 @@ async def test_accounts_page_by_score_and_id_with_stable_cursors(admin_container
     assert bad_cursor.status_code == 400 and bad_cursor.json()["error"] == "invalid_cursor"
     assert bad_stage.status_code in (400, 422)
     assert missing.status_code == 404 and missing.json()["error"] == "account_not_found"
+
+
+async def test_hostile_account_requests_get_a_4xx_in_words(admin_container, settings):
+    await db_fetch(
+        settings, "INSERT INTO accounts (account_id, traits, stage) VALUES ('acct-h', '{}', 'mqa')"
+    )
+    async with client_for(admin_container, "admin") as admin:
+        answers = [
+            await admin.get("/v1/accounts", params={"min_score": "lots"}),
+            await admin.get("/v1/accounts", params={"role_missing": "x" * 41}),
+            await admin.get("/v1/accounts", params={"limit": 10**9}),
+            await admin.get("/v1/accounts", params={"sort": "score"}),
+            await admin.get("/v1/accounts", params={"cursor": "%ED%A0%80"}),
+            await admin.get("/v1/accounts/acct-h%00"),
+            await admin.get("/v1/accounts/" + "a" * 5000),
+            await admin.post(
+                "/v1/accounts/acct-h/feedback", json={"feedback_id": "f\u0000", "outcome": "won"}
+            ),
+            await admin.post(
+                "/v1/accounts/acct-h/feedback",
+                json={"feedback_id": "f1", "outcome": "won", "reason": "r" * 501},
+            ),
+            await admin.post(
+                "/v1/accounts/acct-h/feedback", json={"feedback_id": 7, "outcome": ["won"]}
+            ),
+            await admin.post(
+                "/v1/accounts/acct-h/feedback",
+                json={"feedback_id": "f2", "outcome": "won", "extra": {"a": [[[[1]]]]}},
+            ),
+        ]
+    for answer in answers:
+        assert 400 <= answer.status_code < 500, (answer.request.url, answer.text)
+        assert set(answer.json()) <= {"error", "detail"} and answer.json()["error"]
+    # Nothing was applied: the account is still where it was.
+    [row] = await db_fetch(settings, "SELECT stage, seq FROM accounts WHERE account_id = 'acct-h'")
+    assert (row["stage"], row["seq"]) == ("mqa", 0)

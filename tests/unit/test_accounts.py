@@ -420,3 +420,26 @@ def test_rescoring_under_a_version_that_qualifies_the_account_moves_it_with_reas
         ]
     assert moves == [("engaged", "mqa", "rescore")]
     assert account.ruleset_version == starter.rules.version and account.stage == "mqa"
+
+
+def test_hostile_traits_neither_raise_nor_leak_into_records():
+    engine = engine_with(SMALL | {"thresholds": {"engaged": 1, "mqa": 1}})
+    docs = [
+        identify(
+            {"title": ["CEO"], "committee_role": {"role": "economic_buyer"}}, user="u1", when=at(0)
+        ),
+        group(
+            "acme",
+            {"owner": "x" * 10_000, "name": 42, "employees": "many"},
+            user="u1",
+            when=at(0, seconds=1),
+        ),
+        identify({"title": "CEO", "committee_role": "  Economic-Buyer "}, user="u1", when=at(1)),
+        page("/pricing", user="u1", when=at(1, seconds=1)),
+    ]
+    r = replay(engine, docs)
+    assert r.ws.leads["u1"].committee_role == "economic_buyer"
+    [notice] = r.account_notifications
+    assert len(notice["owner"]) == 200
+    assert notice["profile"]["name"] is None  # a number is not a name
+    assert r.ws.accounts["acme"].fit == 0  # "many" employees is no size
