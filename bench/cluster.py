@@ -1,5 +1,7 @@
 """Scale-out on one machine: several service processes in one consumer group share the
-topic's partitions; one is killed mid-stream and the others take its partitions over.
+topic's partitions and publish their records at the same time (the outbox relay works by
+lane, so no instance waits for another's relay); one is killed mid-stream and the others take
+its partitions over.
 
     make demo-cluster          (3 processes, 6 partitions, 30,000 events)
 """
@@ -16,14 +18,55 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 
 from bench.harness import Infra, committed, outbox_pending, produce, start_service
 from bench.workload import generate
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.simulation import replay_documents
+from services.embedded import free_port
 from services.kafka import ensure_topics
 from services.settings import Settings
+
+
+class PublishWatch:
+    """Samples each instance's published-records counter (its /metrics) several times a
+    second: in how many windows did every running instance publish something?"""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.totals: list[float] = [0.0] * len(ports)
+        self.running = [True] * len(ports)
+        self.windows = 0
+        self.windows_all_published = 0
+        self.most_at_once = 0
+
+    async def _total(self, client: httpx.AsyncClient, port: int) -> float | None:
+        try:
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        except httpx.HTTPError:
+            return None
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("leadscore_outbox_published_total{")
+        )
+
+    async def run(self, every: float = 0.25) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                totals = await asyncio.gather(*(self._total(client, p) for p in self.ports))
+                rose = 0
+                for n, total in enumerate(totals):
+                    if total is None or not self.running[n]:
+                        continue
+                    rose += total > self.totals[n]
+                    self.totals[n] = total
+                self.windows += 1
+                self.most_at_once = max(self.most_at_once, rose)
+                self.windows_all_published += rose == sum(self.running)
+                await asyncio.sleep(every)
 
 
 async def scale_out(
@@ -38,8 +81,14 @@ async def scale_out(
     """Run `processes` instances, kill one with SIGKILL once `kill_at` of the events are
     scored, wait for the rest to finish, and compare every lead with a single replay."""
     await ensure_topics(settings)
-    members = [start_service(settings, log_dir / f"instance-{n}.log") for n in range(processes)]
+    ports = [free_port() for _ in range(processes)]
+    members = [
+        start_service(settings.with_changes(http_port=port), log_dir / f"instance-{n}.log")
+        for n, port in enumerate(ports)
+    ]
     say(f"started {processes} instances: pids {[m.pid for m in members]}")
+    watch = PublishWatch(ports)
+    watching = asyncio.create_task(watch.run())
     try:
         feeding = asyncio.create_task(produce(settings, docs))
         while await committed(settings) < kill_at * len(docs):
@@ -47,7 +96,13 @@ async def scale_out(
         victim = members[0]
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
+        watch.running[0] = False
+        publishing = dict(windows=watch.windows, all_published=watch.windows_all_published)
         killed_at = await committed(settings)
+        say(
+            f"before the kill, all {processes} instances published in "
+            f"{publishing['all_published']} of {publishing['windows']} quarter-second windows"
+        )
         say(f"killed instance 0 (pid {victim.pid}) after {killed_at:,} events")
         sent = await feeding
         started = time.monotonic()
@@ -57,6 +112,7 @@ async def scale_out(
             await asyncio.sleep(0.2)
         say(f"the other {processes - 1} instances drained all {sent:,} events")
     finally:
+        watching.cancel()
         for member in members:
             if member.poll() is None:
                 member.send_signal(signal.SIGTERM)
@@ -87,6 +143,11 @@ async def scale_out(
     return {
         "events": sent,
         "killed_after": killed_at,
+        # Before the kill: sampling windows, and those in which every instance published.
+        "windows_before_kill": publishing["windows"],
+        "windows_all_instances_published": publishing["all_published"],
+        "most_instances_publishing_in_one_window": watch.most_at_once,
+        "published_by_instance": [round(t) for t in watch.totals],
         "leads": len(expected.ws.leads),
         "leads_in_database": len(rows),
         "leads_different": different[:10],

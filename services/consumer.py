@@ -573,8 +573,9 @@ class EventHandler:
             events.append(event)
         lead_ids, account_ids = ids_to_load(events)
         ws = await tx.lock_leads(lead_ids, account_ids)
-        # The dedup rows belong to the leads named, so they are claimed under their locks.
-        new = await store.claim_new(tx.pg, [(e.raw_id, e.message_id) for e in events])
+        # The dedup keys belong to the leads named, so they are checked under their locks
+        # (and stored with the history rows, in this transaction).
+        new = await store.unseen(tx.pg, [(e.raw_id, e.message_id) for e in events])
         report.duplicates += len(events) - len(new)
         events = [e for e in events if (e.raw_id, e.message_id) in new]
         report.scored = len(events)

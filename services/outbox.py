@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 import asyncpg
@@ -36,9 +37,12 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Only one relay publishes at a time across all instances: publishing in id order is what
-# keeps each lead's records in order on the topic.
-RELAY_LOCK = 0x1EAD0B0C5
+# The outbox has OUTBOX_LANES lanes (by record key, computed by the database: migration
+# 0009). One relay at a time publishes a lane, in id order, under the lane's advisory lock:
+# that keeps each key's records in order on its topic, while relays in other instances
+# publish the other lanes at the same time.
+OUTBOX_LANES = 16
+RELAY_LOCK = 0x1EAD0B0C5  # lane n's lock is RELAY_LOCK + n
 # Back-off while the broker is away: quick first retries, then a steady few seconds.
 BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # Sent rows are deleted in chunks this size, so cleaning up never holds long locks.
@@ -77,53 +81,69 @@ class OutboxRelay:
         self.wake = asyncio.Event()
         self._last_purge = 0.0
         self._last_gauges = 0.0
+        self._first_lane = random.randrange(OUTBOX_LANES)
 
     def notify(self) -> None:
         """Called after each committed batch: there is probably something to publish."""
         self.wake.set()
 
     async def publish_once(self) -> int:
-        """Publish one chunk of pending records; returns how many were published.
+        """One pass over the lanes with pending records: one chunk from each lane no other
+        relay is publishing. Returns how many records were published or set aside.
 
         Records the broker refuses for good are marked failed and counted; the first
-        record that fails for now (broker away) ends the chunk: it and everything after it
-        stay pending (those already sent go out again under the same ids, which the output
-        contract allows) and PublishFailed tells the loop to back off.
+        record that fails for now (broker away) ends the pass: it and everything after it
+        in its lane stay pending (those already sent go out again under the same ids,
+        which the output contract allows) and PublishFailed tells the loop to back off.
         """
         async with self.db.connect() as conn:
             pg = await driver(conn)
-            async with pg.transaction():
-                if not await pg.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
-                    return 0
-                rows = await pg.fetch(
-                    "SELECT id, topic, key, value, headers::text AS headers FROM outbox "
-                    "WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT $1",
-                    self.settings.outbox_batch,
-                )
-                if not rows:
-                    return 0
-                results = await self._send_in_order(rows)
-                sent: list[int] = []
-                refused: list[tuple[int, str, BaseException]] = []
-                retry: BaseException | None = None
-                for row, result in zip(rows, results, strict=True):
-                    if not isinstance(result, BaseException):
-                        sent.append(row["id"])
-                    elif isinstance(result, REFUSED_FOR_GOOD):
-                        refused.append((row["id"], row["topic"], result))
-                    else:
-                        retry = result
-                        break
+            lanes = await pg.fetch(
+                "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE EXISTS (SELECT 1 FROM "
+                "outbox WHERE lane = n AND sent_at IS NULL AND failed_at IS NULL)",
+                OUTBOX_LANES,
+            )
+            pending = [row["n"] for row in lanes]
+            # Each relay starts its pass at another lane, so relays rarely meet on one.
+            self._first_lane = (self._first_lane + 1) % OUTBOX_LANES
+            pending.sort(key=lambda n: (n - self._first_lane) % OUTBOX_LANES)
+            total = 0
+            for lane in pending:
+                total += await self._publish_lane(pg, lane)
+        return total
+
+    async def _publish_lane(self, pg: asyncpg.Connection, lane: int) -> int:
+        async with pg.transaction():
+            if not await pg.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK + lane):
+                return 0  # another instance's relay is publishing this lane
+            rows = await pg.fetch(
+                "SELECT id, topic, key, value, headers::text AS headers FROM outbox "
+                "WHERE lane = $1 AND sent_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT $2",
+                lane,
+                self.settings.outbox_batch,
+            )
+            if not rows:
+                return 0
+            results = await self._send_in_order(rows)
+            sent: list[int] = []
+            refused: list[tuple[int, str, BaseException]] = []
+            retry: BaseException | None = None
+            for row, result in zip(rows, results, strict=True):
+                if not isinstance(result, BaseException):
+                    sent.append(row["id"])
+                elif isinstance(result, REFUSED_FOR_GOOD):
+                    refused.append((row["id"], row["topic"], result))
+                else:
+                    retry = result
+                    break
+            await pg.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent)
+            if refused:
                 await pg.execute(
-                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent
+                    "UPDATE outbox SET failed_at = now(), error = e FROM "
+                    "unnest($1::bigint[], $2::text[]) AS f(id, e) WHERE outbox.id = f.id",
+                    [r[0] for r in refused],
+                    [f"{type(r[2]).__name__}: {r[2]}"[:500] for r in refused],
                 )
-                if refused:
-                    await pg.execute(
-                        "UPDATE outbox SET failed_at = now(), error = e FROM "
-                        "unnest($1::bigint[], $2::text[]) AS f(id, e) WHERE outbox.id = f.id",
-                        [r[0] for r in refused],
-                        [f"{type(r[2]).__name__}: {r[2]}"[:500] for r in refused],
-                    )
         published = set(sent)  # a chunk holds thousands of rows: no list lookups per row
         for row in rows:
             if row["id"] in published:
@@ -232,8 +252,8 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 continue
-            if published >= self.settings.outbox_batch:
-                continue  # more is waiting
+            if published:
+                continue  # more may be waiting (a full chunk, or a lane another relay held)
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait(

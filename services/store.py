@@ -107,20 +107,20 @@ async def stored_fingerprints(pg: asyncpg.Connection, topic: str) -> dict[int, t
     return {r["partition"]: (r["next_offset"], r["last_crc"]) for r in rows}
 
 
-async def claim_new(
-    pg: asyncpg.Connection, keys: Sequence[tuple[str, str]]
-) -> set[tuple[str, str]]:
-    """Record (raw lead id, messageId) pairs as processed; return the ones not seen before."""
+async def unseen(pg: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (raw lead id, messageId) pairs not scored before. The key of an event scored is
+    stored in its history row (`save_history`, same transaction; a unique index); keys from
+    before that are in `processed_events`."""
     if not keys:
         return set()
     rows = await pg.fetch(
-        "INSERT INTO processed_events (raw_id, message_id) "
-        "SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING "
-        "RETURNING raw_id, message_id",
+        "SELECT k.r, k.m FROM unnest($1::text[], $2::text[]) AS k(r, m) "
+        "WHERE EXISTS (SELECT 1 FROM lead_events e WHERE e.raw_id = k.r AND e.message_id = k.m) "
+        "OR EXISTS (SELECT 1 FROM processed_events p WHERE p.raw_id = k.r AND p.message_id = k.m)",
         [k[0] for k in keys],
         [k[1] for k in keys],
     )
-    return {(r["raw_id"], r["message_id"]) for r in rows}
+    return set(keys) - {(r["r"], r["m"]) for r in rows}
 
 
 async def lock_keys(pg: asyncpg.Connection, keys: Iterable[str]) -> None:
@@ -246,7 +246,7 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
             """
             INSERT INTO leads (lead_id, stage, stage_entered_at, account_id, traits, fit,
                                engagement, as_of, seq, ruleset_version, scoring)
-            SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::jsonb
+            SELECT l, s, se, a, t::json, f, e, ao, q, v, sc::json
             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
                         $6::float8[], $7::float8[], $8::timestamptz[], $9::int[], $10::int[],
                         $11::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc)
@@ -331,8 +331,11 @@ async def save_history(
     if ws.merged_leads:
         merged = [m for m in ws.new_links if m in ws.merged_leads]
         await pg.execute(
+            # The ANY() gives the planner the index on lead_id (a join on unnest alone is
+            # planned as a scan of the whole history).
             "UPDATE lead_events e SET lead_id = m.target "
-            "FROM unnest($1::text[], $2::text[]) AS m(source, target) WHERE e.lead_id = m.source",
+            "FROM unnest($1::text[], $2::text[]) AS m(source, target) "
+            "WHERE e.lead_id = m.source AND e.lead_id = ANY($1::text[])",
             merged,
             [ws.canonical(m) for m in merged],
         )
@@ -341,11 +344,11 @@ async def save_history(
     await pg.execute(
         """
         INSERT INTO lead_events (lead_id, message_id, type, occurred_at, event, hits, points,
-                                 ruleset_version, held)
-        SELECT l, m, t, o, e::jsonb, h::jsonb, p, $8, hd
+                                 ruleset_version, held, raw_id)
+        SELECT l, m, t, o, e::json, h::json, p, $8, hd, r
         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::float8[], $9::text[])
-             WITH ORDINALITY AS u(l, m, t, o, e, h, p, hd, n)
+                    $6::text[], $7::float8[], $9::text[], $10::text[])
+             WITH ORDINALITY AS u(l, m, t, o, e, h, p, hd, r, n)
         ORDER BY n
         """,
         # The lead each event counts for once the batch is done: an anonymous lead merged
@@ -359,6 +362,8 @@ async def save_history(
         [sum(h.points for h in s.effects.hits) for s in scored],
         ruleset_version,
         [s.held for s in scored],
+        # The dedup key (with message_id): this row is what marks the event as seen.
+        [s.event.raw_id for s in scored],
     )
 
 
@@ -384,7 +389,7 @@ async def rewrite_history_hits(
     if not rows:
         return
     await pg.execute(
-        "UPDATE lead_events e SET hits = u.h::jsonb, points = u.p, ruleset_version = $4, "
+        "UPDATE lead_events e SET hits = u.h::json, points = u.p, ruleset_version = $4, "
         "superseded = false "
         "FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS u(i, h, p) WHERE e.id = u.i",
         [row_id for row_id, _ in rows],
