@@ -4,8 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
+# The pure core compiled by mypyc (C extensions next to the sources). Where compiling fails
+# (no C compiler), the same code runs interpreted; stage_router/compiled.py explains the switch.
+CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accounts.py \
+	scoring_service/state.py scoring_service/intake.py scoring_service/pipeline.py \
+	stage_router/lifecycle.py stage_router/records.py stage_router/accounts.py
+COMPILED := .leadscore/compiled-core
+
 .DEFAULT_GOAL := help
-.PHONY: help install tools run send test test-unit lint typecheck bench bench-funnel bench-impact demo-cluster soak clean
+.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-funnel bench-impact demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,7 +26,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the service with its test tools
 
-run: $(STAMP) ## Start the service (embedded broker and database unless configured otherwise)
+$(COMPILED): $(STAMP) $(CORE) schemas/*.py
+	@mkdir -p .leadscore
+	@echo "compiling the pure core with mypyc (log: .leadscore/mypyc.log)"
+	@if $(VENV)/bin/mypyc $(CORE) >.leadscore/mypyc.log 2>&1; then touch $@; else \
+	  echo "mypyc failed (see .leadscore/mypyc.log): the core runs interpreted"; \
+	  rm -f scoring_service/*.so stage_router/*.so; touch $@; fi
+
+compile: $(COMPILED) ## Compile the pure core with mypyc (run, test and bench do it when needed)
+
+run: $(COMPILED) ## Start the service (embedded broker and database unless configured otherwise)
 	$(PY) -m services.main
 
 tools: ## Debian's prometheus package (promtool and the server) for the operations tests
@@ -27,13 +43,15 @@ tools: ## Debian's prometheus package (promtool and the server) for the operatio
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	   --no-install-recommends prometheus >/dev/null)
 
-test: $(STAMP) tools ## Lint, type-check, check the layers, then the whole suite (real broker and database)
+test: $(COMPILED) tools ## Lint, type-check, check the layers, the whole suite, the unit tests interpreted
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest --durations=15
+	LEADSCORE_EXPECT_COMPILED=$$(ls scoring_service/engine.*.so >/dev/null 2>&1 && echo 1) \
+	  $(PY) -m pytest --durations=15
+	LEADSCORE_INTERPRETED=1 $(PY) -m pytest -q tests/unit
 
-test-unit: $(STAMP) ## Run the pure unit tests only
+test-unit: $(COMPILED) ## Run the pure unit tests only
 	$(PY) -m pytest tests/unit
 
 lint: $(STAMP) ## ruff, mypy --strict and the import layers (import-linter)
@@ -44,23 +62,23 @@ lint: $(STAMP) ## ruff, mypy --strict and the import layers (import-linter)
 typecheck: $(STAMP) ## mypy --strict over schemas, scoring_service, stage_router, services
 	$(PY) -m mypy
 
-bench: $(STAMP) ## Benchmarks: ceiling, end to end, latency at 2,000 ev/s, engine, RSS (~5 min)
+bench: $(COMPILED) ## Benchmarks: ceiling, end to end, latency at 2,000 ev/s, engine, RSS (~5 min)
 	$(PY) -m bench.run
 
-bench-funnel: $(STAMP) ## The funnel report on 1,000,000 transitions
+bench-funnel: $(COMPILED) ## The funnel report on 1,000,000 transitions
 	$(PY) -m bench.funnel_bench
 
-bench-impact: $(STAMP) ## How much an impact job slows live scoring
+bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000
 
-demo-cluster: $(STAMP) ## Three instances share six partitions; one is killed; scores still match
+demo-cluster: $(COMPILED) ## Three instances share six partitions; one is killed; scores still match
 	$(PY) -m bench.cluster
 
-soak: $(STAMP) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end (use a real Kafka)
+soak: $(COMPILED) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end (use a real Kafka)
 	$(PY) -m bench.run --events 20000 --seconds 600
 
-send: $(STAMP) ## Send the example journey (examples/journey.jsonl) to a running service
+send: $(COMPILED) ## Send the example journey (examples/journey.jsonl) to a running service
 	$(VENV)/bin/leadscore send examples/journey.jsonl
 
-clean: ## Remove the virtual environment and local data
-	rm -rf $(VENV) .leadscore
+clean: ## Remove the virtual environment, local data and compiled modules
+	rm -rf $(VENV) .leadscore build *__mypyc*.so scoring_service/*.so stage_router/*.so
