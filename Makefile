@@ -62,7 +62,7 @@ lint: $(STAMP) ## ruff, mypy --strict and the import layers (import-linter)
 typecheck: $(STAMP) ## mypy --strict over schemas, scoring_service, stage_router, services
 	$(PY) -m mypy
 
-bench: $(COMPILED) ## Benchmarks: ceiling, end to end, latency at 2,000 ev/s, engine, RSS (~5 min)
+bench: $(COMPILED) ## Benchmarks: ceiling, end to end, 5 min at 2,000 ev/s, engine, RSS, before/after (~9 min)
 	$(PY) -m bench.run
 
 bench-funnel: $(COMPILED) ## The funnel report on 1,000,000 transitions
@@ -74,8 +74,8 @@ bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 demo-cluster: $(COMPILED) ## Three instances share six partitions; one is killed; scores still match
 	$(PY) -m bench.cluster
 
-soak: $(COMPILED) ## 10 minutes at 2,000 ev/s: RSS after warm-up and at the end (use a real Kafka)
-	$(PY) -m bench.run --events 20000 --seconds 600
+soak: $(COMPILED) ## 8 minutes at 1,000 ev/s: RSS and p99 must not drift (end vs warm-up, last vs first minute)
+	$(PY) -m bench.run --soak --events 20000 --rate 1000 --seconds 480
 
 send: $(COMPILED) ## Send the example journey (examples/journey.jsonl) to a running service
 	$(VENV)/bin/leadscore send examples/journey.jsonl

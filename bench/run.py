@@ -35,6 +35,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm
 
+import scoring_service.engine
 from bench.engine_bench import RULE_COUNTS, measure
 from bench.harness import Infra, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
@@ -47,9 +48,11 @@ from services.embedded import free_port
 from services.kafka import ensure_topics
 from services.rulesets import activate, publish
 from services.settings import Settings
+from stage_router.compiled import is_compiled
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
+BASELINE = ROOT / "bench" / "baseline.json"
 
 
 async def produce_all(settings: Settings, docs: list[Any], label: str) -> dict[str, int]:
@@ -110,6 +113,12 @@ async def raw_ceiling(settings: Settings, total: int) -> float:
         return total / (time.perf_counter() - started)
     finally:
         await consumer.stop()
+
+
+async def rss_after(sampler: RssSampler, seconds: float) -> int:
+    """The service's RSS `seconds` from now (after the steady load's warm-up)."""
+    await asyncio.sleep(seconds)
+    return sampler.last
 
 
 class RssSampler:
@@ -213,8 +222,10 @@ async def read_outputs(settings: Settings) -> list[tuple[dict[str, Any], int]]:
         await consumer.stop()
 
 
-def latencies(outputs: list[tuple[dict[str, Any], int]], stamps: dict[str, int]) -> list[float]:
-    """Milliseconds from each event's append to each output record it caused."""
+def latencies(
+    outputs: list[tuple[dict[str, Any], int]], stamps: dict[str, int]
+) -> list[tuple[int, float]]:
+    """(append time of the event, milliseconds from it to each output record it caused)."""
     cause = {v["transition_id"]: v["caused_by"] for v, _ in outputs if "transition_id" in v}
     result = []
     for value, appended in outputs:
@@ -224,8 +235,40 @@ def latencies(outputs: list[tuple[dict[str, Any], int]], stamps: dict[str, int])
             else cause.get(value["notification_id"].rsplit(":", 1)[0])
         )
         if message in stamps:
-            result.append(float(appended - stamps[message]))
+            result.append((stamps[message], float(appended - stamps[message])))
     return result
+
+
+def latency_summary(
+    samples: list[tuple[int, float]], rate: float, seconds: float
+) -> dict[str, Any]:
+    """Percentiles over the whole steady load, and p99 of its first and last minute (whose
+    drift the soak judges)."""
+    if not samples:
+        return {"samples": 0}
+    lat = [ms for _, ms in samples]
+    start = min(t for t, _ in samples)
+    end = max(t for t, _ in samples)
+    first = [ms for t, ms in samples if t < start + 60_000]
+    last = [ms for t, ms in samples if t > end - 60_000]
+    summary = {
+        "offered_events_per_s": rate,
+        "seconds": seconds,
+        "samples": len(lat),
+        "p50": percentile(lat, 0.5),
+        "p95": percentile(lat, 0.95),
+        "p99": percentile(lat, 0.99),
+        "max": max(lat),
+        "mean": round(statistics.mean(lat), 1),
+        "over_1s": sum(ms > 1000 for ms in lat),
+    }
+    if seconds >= 120:
+        summary["p99_first_minute"] = percentile(first, 0.99)
+        summary["p99_last_minute"] = percentile(last, 0.99)
+        summary["p99_drift"] = round(
+            summary["p99_last_minute"] / summary["p99_first_minute"] - 1, 3
+        )
+    return summary
 
 
 def without_accounts() -> RuleSetDocument:
@@ -351,59 +394,92 @@ def start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
 
 
 def table(result: dict[str, Any]) -> str:
-    """The figures against the targets, one line each."""
+    """The figures against the targets, one line each, beside the baseline's (`before`)."""
     lat = result.get("latency_ms", {})
     engine = result.get("engine", {})
     check = result["check"]
+    before = result.get("before", {})
+
+    def was(key: str, unit: str = "ev/s") -> str:
+        value = before.get(key)
+        return "" if value is None else f"{value:,} {unit}"
+
     rows = [
-        ("raw ceiling (aiokafka + orjson)", "", f"{result['ceiling_events_per_s']:,} ev/s"),
+        (
+            "raw ceiling (aiokafka + orjson)",
+            "",
+            was("ceiling_events_per_s"),
+            f"{result['ceiling_events_per_s']:,} ev/s",
+        ),
         (
             "end to end, one process",
-            ">= 20,000 ev/s",
+            ">= 25,000 ev/s",
+            was("end_to_end_events_per_s"),
             f"{result['end_to_end_events_per_s']:,} ev/s "
             f"({result['end_to_end_share_of_ceiling']:.1%} of ceiling)",
         ),
         (
-            f"latency p50/p95/p99 at {lat.get('offered_events_per_s', 0):,.0f} ev/s",
+            f"latency p50/p95/p99, {lat.get('seconds', 0):.0f} s at "
+            f"{lat.get('offered_events_per_s', 0):,.0f} ev/s",
             "p99 <= 100 ms",
+            "/".join(str(before.get(f"latency_ms.{q}")) for q in ("p50", "p95", "p99")) + " ms",
             f"{lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms",
         ),
-        ("latency max", "<= 1,000 ms", f"{lat.get('max')} ms"),
+        (
+            "latency max (records over 1 s)",
+            "<= 1,000 ms",
+            was("latency_ms.max", "ms"),
+            f"{lat.get('max')} ms ({lat.get('over_1s')})",
+        ),
         (
             "end to end, accounts not scored",
-            "cost of accounts <= 15%",
+            "accounts cost <= 15%",
+            "",
             f"{result.get('end_to_end_events_per_s_without_accounts', 0):,} ev/s "
             f"(accounts cost {result.get('accounts_throughput_cost', 0):.1%})",
         ),
-        ("intake (parse, validate)", "", f"{engine.get('parse_events_per_s', 0):,} ev/s"),
+        (
+            "intake (parse, validate)",
+            ">= 300,000 ev/s",
+            was("engine.parse_events_per_s"),
+            f"{engine.get('parse_events_per_s', 0):,} ev/s",
+        ),
         *[
             (
-                f"engine, {n} rules",
+                f"engine, {n} rules" + (" (compiled)" if result.get("compiled_core") else ""),
                 ">= 150,000 ev/s" if n == RULE_COUNTS[0] else "linear in rules",
+                was(f"engine.score_events_per_s_{n}_rules"),
                 f"{engine.get(f'score_events_per_s_{n}_rules', 0):,} ev/s",
             )
             for n in RULE_COUNTS
         ],
         (
             "RSS after backlog / peak / end",
-            "end within 10% of start",
+            "",
+            was("rss_peak_mb", "MB peak"),
             f"{result.get('rss_after_backlog_mb')} / {result.get('rss_peak_mb')} / "
             f"{result.get('rss_end_mb')} MB",
         ),
         (
             "events lost or double-counted",
             "0",
+            "",
             f"{check['leads_with_wrong_event_count']} leads wrong "
             f"({check['events_scored']:,} of {check['expected']:,} scored)",
         ),
         (
             "account roll-ups unlike the replay",
             "0",
+            "",
             f"{check['accounts_with_wrong_rollup']} of {check['accounts']} accounts",
         ),
     ]
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(f"{name:<{width}}  {target:<24}  {value}" for name, target, value in rows)
+    rows.insert(0, ("", "target", "before", "now"))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{name:<{widths[0]}}  {target:<{widths[1]}}  {old:<{widths[2]}}  {now}"
+        for name, target, old, now in rows
+    )
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -461,31 +537,26 @@ async def run(args: argparse.Namespace) -> int:
                 days=args.seconds / 86400 / 4,
             )
         )
+        warmed = asyncio.create_task(rss_after(sampler, min(60.0, args.seconds / 2)))
         stamps = await steady_load(settings, steady, args.rate)
+        result["rss_after_warmup_mb"] = round(await warmed / 2**20, 1)
         await wait_drained(settings, len(docs) + len(steady), "drain steady load")
-        lat = latencies(await read_outputs(settings), stamps)
-        result["latency_ms"] = (
-            {
-                "offered_events_per_s": args.rate,
-                "seconds": args.seconds,
-                "samples": len(lat),
-                "p50": percentile(lat, 0.5),
-                "p95": percentile(lat, 0.95),
-                "p99": percentile(lat, 0.99),
-                "max": max(lat),
-                "mean": round(statistics.mean(lat), 1),
-            }
-            if lat
-            else {"samples": 0}
+        result["latency_ms"] = latency_summary(
+            latencies(await read_outputs(settings), stamps), args.rate, args.seconds
         )
         result["rss_peak_mb"] = round(sampler.peak / 2**20, 1)
         result["rss_end_mb"] = round(sampler.last / 2**20, 1)
         result["rss_growth_since_backlog"] = round(
             sampler.last / 2**20 / result["rss_after_backlog_mb"] - 1, 3
         )
+        result["rss_growth_after_warmup"] = round(
+            result["rss_end_mb"] / result["rss_after_warmup_mb"] - 1, 3
+        )
         service.send_signal(signal.SIGTERM)
         service.wait(30)
         sampling.cancel()
+        if args.soak:
+            return finish(result, stamp, soak=True)
         without = await drain_without_accounts(infra, settings, len(docs))
         result["end_to_end_events_per_s_without_accounts"] = round(without)
         result["accounts_throughput_cost"] = round(
@@ -496,10 +567,19 @@ async def run(args: argparse.Namespace) -> int:
         if service is not None and service.poll() is None:
             service.kill()
         infra.stop()
+    return finish(result, stamp)
+
+
+def finish(result: dict[str, Any], stamp: str, *, soak: bool = False) -> int:
+    """Save the figures (with the baseline's, for before/after), print the table, and fail
+    when events were lost or double-counted, or a soak target was missed."""
+    result["before"] = before_figures()
+    result["compiled_core"] = is_compiled(scoring_service.engine)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"bench-{stamp}.json").write_text(json.dumps(result, indent=2))
-    print(table(result))
-    print(f"(also in {RESULTS / f'bench-{stamp}.json'})")
+    name = "soak" if soak else "bench"
+    (RESULTS / f"{name}-{stamp}.json").write_text(json.dumps(result, indent=2))
+    print(soak_table(result) if soak else table(result))
+    print(f"(also in {RESULTS / f'{name}-{stamp}.json'})")
     check_result = result["check"]
     if (
         check_result["leads_with_wrong_event_count"]
@@ -508,7 +588,67 @@ async def run(args: argparse.Namespace) -> int:
     ):
         print("FAILED: the pipeline lost or double-counted events", file=sys.stderr)
         return 1
+    if soak and (
+        abs(result["rss_growth_after_warmup"]) > 0.10
+        or result["latency_ms"].get("p99_drift", 0) > 0.20
+    ):
+        print("FAILED: memory or latency drifted during the soak", file=sys.stderr)
+        return 1
     return 0
+
+
+def before_figures() -> dict[str, Any]:
+    """The headline figures of bench/baseline.json: the run before the performance work of
+    November 2026 (same workload, same machine), for the table's `before` column."""
+    base = json.loads(BASELINE.read_text())
+    return {key: value for key, value in flat(base).items() if key in HEADLINE}
+
+
+# The keys (flattened with dots) that the table compares with the baseline.
+HEADLINE = (
+    "end_to_end_events_per_s",
+    "ceiling_events_per_s",
+    "end_to_end_share_of_ceiling",
+    "latency_ms.p50",
+    "latency_ms.p95",
+    "latency_ms.p99",
+    "latency_ms.max",
+    "engine.parse_events_per_s",
+    *(f"engine.score_events_per_s_{n}_rules" for n in RULE_COUNTS),
+    "rss_peak_mb",
+)
+
+
+def flat(doc: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def soak_table(result: dict[str, Any]) -> str:
+    lat = result["latency_ms"]
+    rows = [
+        (
+            f"RSS after warm-up / end ({lat['seconds']:.0f} s at "
+            f"{lat['offered_events_per_s']:,.0f} ev/s)",
+            "end within 10%",
+            f"{result['rss_after_warmup_mb']} / {result['rss_end_mb']} MB "
+            f"({result['rss_growth_after_warmup']:+.1%})",
+        ),
+        (
+            "latency p99 first / last minute",
+            "last within 20%",
+            f"{lat.get('p99_first_minute')} / {lat.get('p99_last_minute')} ms "
+            f"({lat.get('p99_drift', 0):+.1%})",
+        ),
+        ("latency p50/p95/p99/max", "", f"{lat['p50']}/{lat['p95']}/{lat['p99']}/{lat['max']} ms"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{name:<{width}}  {target:<16}  {value}" for name, target, value in rows)
 
 
 def main() -> None:
@@ -518,7 +658,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--leads", type=int, default=20_000)
     parser.add_argument("--rate", type=float, default=2000, help="steady load, events/s")
-    parser.add_argument("--seconds", type=float, default=60, help="steady load duration")
+    parser.add_argument("--seconds", type=float, default=300, help="steady load duration")
+    parser.add_argument(
+        "--soak", action="store_true", help="judge RSS and p99 drift; skip the other parts"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--accounts", type=int, default=2_000, help="companies the people work for (10 each)"
