@@ -537,18 +537,30 @@ async def run(args: argparse.Namespace) -> int:
                 days=args.seconds / 86400 / 4,
             )
         )
+        # The steady load goes to a topic of its own, read by a restarted service (same
+        # database, same leads): the embedded broker's fetches slow down as one topic grows
+        # past about 600,000 records, and the backlog already holds 200,000. The restarted
+        # deadline watcher also finds the backlog's overdue follow-ups and breaches them
+        # while live events arrive, the tail case.
+        backlog_peak = sampler.peak
+        service.send_signal(signal.SIGTERM)
+        service.wait(30)
+        sampling.cancel()
+        live = settings.with_changes(topic_events=f"{settings.topic_events}-live")
+        await ensure_topics(live)
+        service = start_service(live, RESULTS / f"service-{stamp}-live.log")
+        sampler = RssSampler(service.pid)
+        sampling = asyncio.create_task(sampler.run())
+        await wait_ready(live.http_port, service)
         warmed = asyncio.create_task(rss_after(sampler, min(60.0, args.seconds / 2)))
-        stamps = await steady_load(settings, steady, args.rate)
+        stamps = await steady_load(live, steady, args.rate)
         result["rss_after_warmup_mb"] = round(await warmed / 2**20, 1)
-        await wait_drained(settings, len(docs) + len(steady), "drain steady load")
+        await wait_drained(live, len(steady), "drain steady load")
         result["latency_ms"] = latency_summary(
-            latencies(await read_outputs(settings), stamps), args.rate, args.seconds
+            latencies(await read_outputs(live), stamps), args.rate, args.seconds
         )
-        result["rss_peak_mb"] = round(sampler.peak / 2**20, 1)
+        result["rss_peak_mb"] = round(max(backlog_peak, sampler.peak) / 2**20, 1)
         result["rss_end_mb"] = round(sampler.last / 2**20, 1)
-        result["rss_growth_since_backlog"] = round(
-            sampler.last / 2**20 / result["rss_after_backlog_mb"] - 1, 3
-        )
         result["rss_growth_after_warmup"] = round(
             result["rss_end_mb"] / result["rss_after_warmup_mb"] - 1, 3
         )
