@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
+import os
+import socket
 import time
+import uuid
 
 import asyncpg
 import orjson
@@ -39,10 +41,18 @@ log = logging.getLogger(__name__)
 
 # The outbox has OUTBOX_LANES lanes (by record key, computed by the database: migration
 # 0009). One relay at a time publishes a lane, in id order, under the lane's advisory lock:
-# that keeps each key's records in order on its topic, while relays in other instances
-# publish the other lanes at the same time.
+# that keeps each key's records in order on its topic. The lanes are shared out among the
+# live relays (each registers in `outbox_relays` and takes every n-th lane by its rank), so
+# relays in several instances publish at the same time, each one chunk per pass with one
+# wait for the broker's acknowledgements. While the membership changes two relays may both
+# think a lane theirs; the lane lock lets one of them have it.
 OUTBOX_LANES = 16
 RELAY_LOCK = 0x1EAD0B0C5  # lane n's lock is RELAY_LOCK + n
+# A relay counts as live while it registered this recently; it registers every second.
+RELAY_TTL_SECONDS = 5
+# A lane whose oldest pending record waited this long is taken by any relay that can: its
+# owner may be dead (killed before its registration expired) or stuck.
+ORPHANED_SECONDS = 2.0
 # Back-off while the broker is away: quick first retries, then a steady few seconds.
 BACKOFF = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 # Sent rows are deleted in chunks this size, so cleaning up never holds long locks.
@@ -81,69 +91,97 @@ class OutboxRelay:
         self.wake = asyncio.Event()
         self._last_purge = 0.0
         self._last_gauges = 0.0
-        self._first_lane = random.randrange(OUTBOX_LANES)
+        # Unique per process; the rank among live relays decides which lanes are this one's.
+        self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._lanes: list[int] = []
+        self._lanes_at = 0.0
 
     def notify(self) -> None:
         """Called after each committed batch: there is probably something to publish."""
         self.wake.set()
 
+    async def my_lanes(self, pg: asyncpg.Connection) -> list[int]:
+        """The lanes this relay publishes: every n-th by its rank among the n live relays
+        (registered within RELAY_TTL_SECONDS); refreshed once a second."""
+        now = time.monotonic()
+        if now - self._lanes_at < 1.0 and self._lanes:
+            return self._lanes
+        live = await pg.fetch(
+            "WITH me AS (INSERT INTO outbox_relays (relay_id, seen_at) VALUES ($1, now()) "
+            "ON CONFLICT (relay_id) DO UPDATE SET seen_at = now()) "
+            "SELECT relay_id FROM outbox_relays "
+            "WHERE seen_at > now() - make_interval(secs => $2) OR relay_id = $1 "
+            "ORDER BY relay_id",
+            self.relay_id,
+            RELAY_TTL_SECONDS,
+        )
+        ids = sorted({r["relay_id"] for r in live} | {self.relay_id})
+        rank, count = ids.index(self.relay_id), len(ids)
+        self._lanes = [lane for lane in range(OUTBOX_LANES) if lane % count == rank % count]
+        self._lanes_at = now
+        return self._lanes
+
     async def publish_once(self) -> int:
-        """One pass over the lanes with pending records: one chunk from each lane no other
-        relay is publishing. Returns how many records were published or set aside.
+        """Publish one chunk of this relay's lanes (those no other relay holds right now),
+        in id order; returns how many records were published or set aside.
 
         Records the broker refuses for good are marked failed and counted; the first
-        record that fails for now (broker away) ends the pass: it and everything after it
-        in its lane stay pending (those already sent go out again under the same ids,
-        which the output contract allows) and PublishFailed tells the loop to back off.
+        record that fails for now (broker away) ends the chunk: it and everything after it
+        stay pending (those already sent go out again under the same ids, which the output
+        contract allows) and PublishFailed tells the loop to back off.
         """
         async with self.db.connect() as conn:
             pg = await driver(conn)
-            lanes = await pg.fetch(
-                "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE EXISTS (SELECT 1 FROM "
-                "outbox WHERE lane = n AND sent_at IS NULL AND failed_at IS NULL)",
+            lanes = await self.my_lanes(pg)
+            orphaned = await pg.fetch(
+                "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE n <> ALL($2::int[]) AND "
+                "(SELECT created_at FROM outbox WHERE lane = n AND sent_at IS NULL "
+                "AND failed_at IS NULL ORDER BY id LIMIT 1) < now() - make_interval(secs => $3)",
                 OUTBOX_LANES,
+                lanes,
+                ORPHANED_SECONDS,
             )
-            pending = [row["n"] for row in lanes]
-            # Each relay starts its pass at another lane, so relays rarely meet on one.
-            self._first_lane = (self._first_lane + 1) % OUTBOX_LANES
-            pending.sort(key=lambda n: (n - self._first_lane) % OUTBOX_LANES)
-            total = 0
-            for lane in pending:
-                total += await self._publish_lane(pg, lane)
-        return total
-
-    async def _publish_lane(self, pg: asyncpg.Connection, lane: int) -> int:
-        async with pg.transaction():
-            if not await pg.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK + lane):
-                return 0  # another instance's relay is publishing this lane
-            rows = await pg.fetch(
-                "SELECT id, topic, key, value, headers::text AS headers FROM outbox "
-                "WHERE lane = $1 AND sent_at IS NULL AND failed_at IS NULL ORDER BY id LIMIT $2",
-                lane,
-                self.settings.outbox_batch,
-            )
-            if not rows:
-                return 0
-            results = await self._send_in_order(rows)
-            sent: list[int] = []
-            refused: list[tuple[int, str, BaseException]] = []
-            retry: BaseException | None = None
-            for row, result in zip(rows, results, strict=True):
-                if not isinstance(result, BaseException):
-                    sent.append(row["id"])
-                elif isinstance(result, REFUSED_FOR_GOOD):
-                    refused.append((row["id"], row["topic"], result))
-                else:
-                    retry = result
-                    break
-            await pg.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent)
-            if refused:
-                await pg.execute(
-                    "UPDATE outbox SET failed_at = now(), error = e FROM "
-                    "unnest($1::bigint[], $2::text[]) AS f(id, e) WHERE outbox.id = f.id",
-                    [r[0] for r in refused],
-                    [f"{type(r[2]).__name__}: {r[2]}"[:500] for r in refused],
+            lanes = lanes + [r["n"] for r in orphaned]
+            async with pg.transaction():
+                held = await pg.fetch(
+                    "SELECT n FROM unnest($1::int[]) AS n "
+                    "WHERE pg_try_advisory_xact_lock($2::bigint + n)",
+                    lanes,
+                    RELAY_LOCK,
                 )
+                if not held:
+                    return 0
+                rows = await pg.fetch(
+                    "SELECT id, topic, key, value, headers::text AS headers FROM outbox "
+                    "WHERE lane = ANY($1::int[]) AND sent_at IS NULL AND failed_at IS NULL "
+                    "ORDER BY id LIMIT $2",
+                    [r["n"] for r in held],
+                    self.settings.outbox_batch,
+                )
+                if not rows:
+                    return 0
+                results = await self._send_in_order(rows)
+                sent: list[int] = []
+                refused: list[tuple[int, str, BaseException]] = []
+                retry: BaseException | None = None
+                for row, result in zip(rows, results, strict=True):
+                    if not isinstance(result, BaseException):
+                        sent.append(row["id"])
+                    elif isinstance(result, REFUSED_FOR_GOOD):
+                        refused.append((row["id"], row["topic"], result))
+                    else:
+                        retry = result
+                        break
+                await pg.execute(
+                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent
+                )
+                if refused:
+                    await pg.execute(
+                        "UPDATE outbox SET failed_at = now(), error = e FROM "
+                        "unnest($1::bigint[], $2::text[]) AS f(id, e) WHERE outbox.id = f.id",
+                        [r[0] for r in refused],
+                        [f"{type(r[2]).__name__}: {r[2]}"[:500] for r in refused],
+                    )
         published = set(sent)  # a chunk holds thousands of rows: no list lookups per row
         for row in rows:
             if row["id"] in published:
@@ -158,6 +196,18 @@ class OutboxRelay:
         if retry is not None:
             raise PublishFailed(f"{type(retry).__name__}: {retry}") from retry
         return len(sent) + len(refused)
+
+    async def join(self) -> list[int]:
+        """Register now (not at the next refresh) and return this relay's lanes."""
+        self._lanes_at = 0.0
+        async with self.db.connect() as conn:
+            return await self.my_lanes(await driver(conn))
+
+    async def leave(self) -> None:
+        """Unregister, so the other relays take this one's lanes at once (on shutdown)."""
+        async with self.db.connect() as conn:
+            pg = await driver(conn)
+            await pg.execute("DELETE FROM outbox_relays WHERE relay_id = $1", self.relay_id)
 
     async def _send_in_order(self, rows: list[asyncpg.Record]) -> list[object]:
         """Hand the records to the producer one after another (their order on each partition
@@ -220,6 +270,7 @@ class OutboxRelay:
                 self.settings.history_retention_days * 86400,
                 PURGE_CHUNK,
             )
+            await pg.execute("DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'")
             await pg.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at < now() - "
                 "make_interval(secs => $1) ORDER BY id LIMIT $2)",
@@ -252,8 +303,8 @@ class OutboxRelay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 continue
-            if published:
-                continue  # more may be waiting (a full chunk, or a lane another relay held)
+            if published >= self.settings.outbox_batch:
+                continue  # more is waiting
             waiter = asyncio.ensure_future(self.wake.wait())
             stopper = asyncio.ensure_future(stop.wait())
             await asyncio.wait(
@@ -265,6 +316,7 @@ class OutboxRelay:
             stopper.cancel()
         try:
             await asyncio.wait_for(self.drain(), timeout=10)
+            await self.leave()
         except (PublishFailed, *TRANSIENT) as exc:
             log.warning(
                 "stopping with records still in the outbox (%s); they go out on restart", exc

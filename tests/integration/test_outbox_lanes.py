@@ -93,6 +93,12 @@ async def test_two_relays_publish_at_once_and_every_key_stays_in_order(migrated)
     keys, per_key = 200, 25
     await enqueue(settings, keys=keys, per_key=per_key)
     async with relay(settings) as first, relay(settings) as second:
+        await first.join()
+        await second.join()
+        mine = await first.join()  # now it knows of the second one
+        theirs = await second.join()
+        assert sorted(mine + theirs) == list(range(OUTBOX_LANES))  # the lanes shared out
+        assert len(mine) == len(theirs)
         counts = await asyncio.gather(first.drain(), second.drain())
     assert sum(counts) == keys * per_key  # every record published once
     assert min(counts) > 0  # both relays published: neither waited for the other to finish
@@ -107,3 +113,21 @@ async def test_two_relays_publish_at_once_and_every_key_stays_in_order(migrated)
         assert values == sorted(values)  # each key's records in the order they were written
         assert set(values) == set(range(per_key))
 
+
+async def test_the_lanes_of_a_relay_that_died_are_taken_over(migrated):
+    settings = migrated
+    # A relay killed a moment ago: still registered, so it keeps its share of the lanes.
+    await db_fetch(
+        settings, "INSERT INTO outbox_relays (relay_id, seen_at) VALUES ('~dead', now())"
+    )
+    await enqueue(settings, keys=64, per_key=2)
+    async with relay(settings) as mine:
+        lanes = await mine.join()
+        assert 0 < len(lanes) < OUTBOX_LANES  # the dead one's share is not among them
+        await mine.drain()
+        left = await db_fetch(settings, "SELECT DISTINCT lane FROM outbox WHERE sent_at IS NULL")
+        assert {r["lane"] for r in left} and not {r["lane"] for r in left} & set(lanes)
+        # Once its records have waited ORPHANED_SECONDS, any relay takes them.
+        await db_fetch(settings, "UPDATE outbox SET created_at = now() - interval '1 minute'")
+        await mine.drain()
+    assert await db_fetch(settings, "SELECT id FROM outbox WHERE sent_at IS NULL") == []
