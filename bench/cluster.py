@@ -41,6 +41,8 @@ class PublishWatch:
         self.windows = 0
         self.windows_all_published = 0
         self.most_at_once = 0
+        # Windows by how many instances published in them: {0: .., 1: .., 2: .., 3: ..}.
+        self.by_count: dict[int, int] = {}
 
     async def _total(self, client: httpx.AsyncClient, port: int) -> float | None:
         try:
@@ -65,6 +67,7 @@ class PublishWatch:
                     self.totals[n] = total
                 self.windows += 1
                 self.most_at_once = max(self.most_at_once, rose)
+                self.by_count[rose] = self.by_count.get(rose, 0) + 1
                 self.windows_all_published += rose == sum(self.running)
                 await asyncio.sleep(every)
 
@@ -97,11 +100,16 @@ async def scale_out(
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         watch.running[0] = False
-        publishing = dict(windows=watch.windows, all_published=watch.windows_all_published)
+        publishing = dict(
+            windows=watch.windows,
+            all_published=watch.windows_all_published,
+            by_count=dict(sorted(watch.by_count.items())),
+        )
         killed_at = await committed(settings)
         say(
             f"before the kill, all {processes} instances published in "
-            f"{publishing['all_published']} of {publishing['windows']} quarter-second windows"
+            f"{publishing['all_published']} of {publishing['windows']} quarter-second windows "
+            f"(windows by instances publishing: {publishing['by_count']})"
         )
         say(f"killed instance 0 (pid {victim.pid}) after {killed_at:,} events")
         sent = await feeding
@@ -146,6 +154,7 @@ async def scale_out(
         # Before the kill: sampling windows, and those in which every instance published.
         "windows_before_kill": publishing["windows"],
         "windows_all_instances_published": publishing["all_published"],
+        "windows_by_instances_publishing": publishing["by_count"],
         "most_instances_publishing_in_one_window": watch.most_at_once,
         "published_by_instance": [round(t) for t in watch.totals],
         "leads": len(expected.ws.leads),

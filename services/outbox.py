@@ -31,7 +31,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnsupportedForMessageFormatError,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.db import UNAVAILABLE, driver
 from services.metrics import Metrics
@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # think a lane theirs; the lane lock lets one of them have it.
 OUTBOX_LANES = 16
 RELAY_LOCK = 0x1EAD0B0C5  # lane n's lock is RELAY_LOCK + n
+# Every transaction that adds outbox rows notifies this channel at its commit
+# (store.enqueue); each relay listens, so records for its lanes that another instance wrote
+# go out at once instead of at the next poll.
+CHANNEL = "leadscore_outbox"
 # A relay counts as live while it registered this recently; it registers every second.
 RELAY_TTL_SECONDS = 5
 # A lane whose oldest pending record waited this long is taken by any relay that can: its
@@ -95,6 +99,8 @@ class OutboxRelay:
         self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lanes: list[int] = []
         self._lanes_at = 0.0
+        self._listener: AsyncConnection | None = None
+        self._listen_tried = 0.0
 
     def notify(self) -> None:
         """Called after each committed batch: there is probably something to publish."""
@@ -278,13 +284,45 @@ class OutboxRelay:
                 PURGE_CHUNK,
             )
 
+    async def listen(self) -> None:
+        """Hold a connection that LISTENs on CHANNEL and wakes the relay; without one (the
+        database away) the relay polls every `outbox_poll_seconds`, and tries again later."""
+        if self._listener is not None and not self._listener.closed:
+            pg = await driver(self._listener)
+            if not pg.is_closed():
+                return
+            await self._stop_listening()
+        if time.monotonic() - self._listen_tried < 5.0:
+            return
+        self._listen_tried = time.monotonic()
+        try:
+            self._listener = await self.db.connect()
+            pg = await driver(self._listener)
+            await pg.add_listener(CHANNEL, lambda *_: self.wake.set())
+        except (OSError, *UNAVAILABLE) as exc:
+            log.warning("cannot listen for outbox commits (%s); polling meanwhile", exc)
+            await self._stop_listening()
+
+    async def _stop_listening(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop`, then drain what is left (when the broker is there)."""
+        try:
+            await self._run(stop)
+        finally:
+            await self._stop_listening()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             self.wake.clear()
             now = time.monotonic()
             try:
+                await self.listen()
                 # Gauges first, so they stay true while publishing fails.
                 if now - self._last_gauges >= 1.0:
                     self._last_gauges = now

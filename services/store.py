@@ -246,7 +246,7 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
             """
             INSERT INTO leads (lead_id, stage, stage_entered_at, account_id, traits, fit,
                                engagement, as_of, seq, ruleset_version, scoring)
-            SELECT l, s, se, a, t::json, f, e, ao, q, v, sc::json
+            SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::json
             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
                         $6::float8[], $7::float8[], $8::timestamptz[], $9::int[], $10::int[],
                         $11::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc)
@@ -345,7 +345,7 @@ async def save_history(
         """
         INSERT INTO lead_events (lead_id, message_id, type, occurred_at, event, hits, points,
                                  ruleset_version, held, raw_id)
-        SELECT l, m, t, o, e::json, h::json, p, $8, hd, r
+        SELECT l, m, t, o, e::jsonb, h::json, p, $8, hd, r
         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
                     $6::text[], $7::float8[], $9::text[], $10::text[])
              WITH ORDINALITY AS u(l, m, t, o, e, h, p, hd, r, n)
@@ -436,12 +436,17 @@ async def enqueue(pg: asyncpg.Connection, rows: Sequence[OutboxRow]) -> None:
     if not rows:
         return
     await pg.execute(
+        # The notification reaches every relay at commit (services/outbox.py: CHANNEL).
         """
-        INSERT INTO outbox (topic, key, value, record_id, headers)
-        SELECT t, k, v, r, h::jsonb
-        FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[])
-             WITH ORDINALITY AS u(t, k, v, r, h, n)
-        ORDER BY n
+        WITH added AS (
+            INSERT INTO outbox (topic, key, value, record_id, headers)
+            SELECT t, k, v, r, h::jsonb
+            FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[])
+                 WITH ORDINALITY AS u(t, k, v, r, h, n)
+            ORDER BY n
+            RETURNING 1
+        )
+        SELECT pg_notify('leadscore_outbox', '') WHERE EXISTS (SELECT 1 FROM added)
         """,
         [r.topic for r in rows],
         [r.key for r in rows],

@@ -5,11 +5,13 @@ The messageId dedup key moves into the scored-history row (`lead_events.raw_id` 
 `processed_events` row. `processed_events` stays, read only, for the keys stored before this
 upgrade; duplicates are recognised for as long as history is kept (400 days by default).
 
-The state columns the service alone reads and writes whole (traits and
-the scoring document) become `json`, which PostgreSQL stores as the text it was given, instead
-of `jsonb`, which it parses into a binary form on every write and prints back on every read;
-nothing queries inside them. The index on the total is dropped: `leads_by_score` (total
-descending, then id) serves the same queries, and every lead update paid for both.
+What the service alone writes and reads back whole, and builds itself (a lead's scoring
+document, an event's rule hits), becomes `json`, which PostgreSQL stores as the text it was
+given, instead of `jsonb`, which it parses into a binary form on every write and prints back
+on every read; nothing queries inside them. Traits and event documents, which carry what
+senders wrote, stay `jsonb`: its refusal of NUL is a second line of defence behind intake.
+The index on the total is dropped: `leads_by_score` (total descending, then id) serves the
+same queries, and every lead update paid for both.
 
 Revision ID: 0010
 Revises: 0009
@@ -27,16 +29,13 @@ def upgrade() -> None:
     op.execute("ALTER TABLE lead_events ADD COLUMN raw_id text")
     op.execute("CREATE UNIQUE INDEX lead_events_dedup ON lead_events (raw_id, message_id)")
     op.execute(
-        "ALTER TABLE lead_events ALTER COLUMN event TYPE json USING event::json, "
+        "ALTER TABLE lead_events "
         "ALTER COLUMN hits DROP DEFAULT, ALTER COLUMN hits TYPE json USING hits::json, "
         "ALTER COLUMN hits SET DEFAULT '[]'"
     )
     op.execute("DROP INDEX leads_total")
     op.execute(
-        "ALTER TABLE leads ALTER COLUMN traits DROP DEFAULT, "
-        "ALTER COLUMN traits TYPE json USING traits::json, "
-        "ALTER COLUMN traits SET DEFAULT '{}', "
-        "ALTER COLUMN scoring DROP DEFAULT, "
+        "ALTER TABLE leads ALTER COLUMN scoring DROP DEFAULT, "
         "ALTER COLUMN scoring TYPE json USING scoring::json, "
         "ALTER COLUMN scoring SET DEFAULT '{}'"
     )
@@ -44,16 +43,13 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        "ALTER TABLE leads ALTER COLUMN traits DROP DEFAULT, "
-        "ALTER COLUMN traits TYPE jsonb USING traits::jsonb, "
-        "ALTER COLUMN traits SET DEFAULT '{}', "
-        "ALTER COLUMN scoring DROP DEFAULT, "
+        "ALTER TABLE leads ALTER COLUMN scoring DROP DEFAULT, "
         "ALTER COLUMN scoring TYPE jsonb USING scoring::jsonb, "
         "ALTER COLUMN scoring SET DEFAULT '{}'"
     )
     op.execute("CREATE INDEX leads_total ON leads ((fit + engagement))")
     op.execute(
-        "ALTER TABLE lead_events ALTER COLUMN event TYPE jsonb USING event::jsonb, "
+        "ALTER TABLE lead_events "
         "ALTER COLUMN hits DROP DEFAULT, ALTER COLUMN hits TYPE jsonb USING hits::jsonb, "
         "ALTER COLUMN hits SET DEFAULT '[]'"
     )
