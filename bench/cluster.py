@@ -3,7 +3,7 @@ topic's partitions and publish their records at the same time (the outbox relay 
 lane, so no instance waits for another's relay); one is killed mid-stream and the others take
 its partitions over.
 
-    make demo-cluster          (3 processes, 6 partitions, 30,000 events)
+    make demo-cluster          (3 processes, 6 partitions, 60,000 events)
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 
 from bench.harness import Infra, committed, outbox_pending, produce, start_service
+from bench.run import wait_ready
 from bench.workload import generate
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import starter_ruleset
@@ -91,8 +92,12 @@ async def scale_out(
     ]
     say(f"started {processes} instances: pids {[m.pid for m in members]}")
     watch = PublishWatch(ports)
-    watching = asyncio.create_task(watch.run())
+    watching: asyncio.Task[None] | None = None
     try:
+        # Every instance ready (and in the group) before the first event, so the windows
+        # counted are ones in which all of them could publish.
+        await asyncio.gather(*(wait_ready(port, m) for port, m in zip(ports, members, strict=True)))
+        watching = asyncio.create_task(watch.run())
         feeding = asyncio.create_task(produce(settings, docs))
         while await committed(settings) < kill_at * len(docs):
             await asyncio.sleep(0.05)
@@ -120,7 +125,8 @@ async def scale_out(
             await asyncio.sleep(0.2)
         say(f"the other {processes - 1} instances drained all {sent:,} events")
     finally:
-        watching.cancel()
+        if watching is not None:
+            watching.cancel()
         for member in members:
             if member.poll() is None:
                 member.send_signal(signal.SIGTERM)
@@ -167,8 +173,8 @@ async def scale_out(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--processes", type=int, default=3)
-    parser.add_argument("--events", type=int, default=30_000)
-    parser.add_argument("--leads", type=int, default=1_500)
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--leads", type=int, default=3_000)
     args = parser.parse_args()
     infra = Infra()
     try:
@@ -178,7 +184,7 @@ async def main() -> None:
             settings,
             docs,
             processes=args.processes,
-            kill_at=0.3,
+            kill_at=0.6,
             log_dir=Path(tempfile.mkdtemp(prefix="leadscore-cluster-")),
         )
     finally:
