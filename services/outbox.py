@@ -116,14 +116,15 @@ class OutboxRelay:
             "WITH me AS (INSERT INTO outbox_relays (relay_id, seen_at) VALUES ($1, now()) "
             "ON CONFLICT (relay_id) DO UPDATE SET seen_at = now()) "
             "SELECT relay_id FROM outbox_relays "
-            "WHERE seen_at > now() - make_interval(secs => $2) OR relay_id = $1 "
+            "WHERE seen_at > now() - make_interval(secs => $2) "
             "ORDER BY relay_id",
             self.relay_id,
             RELAY_TTL_SECONDS,
         )
+        # The statement does not see its own insert (one snapshot): this relay is added here.
         ids = sorted({r["relay_id"] for r in live} | {self.relay_id})
         rank, count = ids.index(self.relay_id), len(ids)
-        self._lanes = [lane for lane in range(OUTBOX_LANES) if lane % count == rank % count]
+        self._lanes = [lane for lane in range(OUTBOX_LANES) if lane % count == rank]
         self._lanes_at = now
         return self._lanes
 
