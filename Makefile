@@ -40,10 +40,11 @@ compile: $(COMPILED) ## Compile the pure core with mypyc (run, test and bench do
 run: $(COMPILED) ## Start the service (embedded broker and database unless configured otherwise)
 	$(PY) -m services.main
 
-tools: ## Debian's prometheus package (promtool and the server) for the operations tests
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+tools: ## Debian's prometheus (operations tests) and chromium (console browser tests)
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	  command -v chromium >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	   --no-install-recommends prometheus >/dev/null)
+	   --no-install-recommends prometheus chromium >/dev/null)
 
 test: $(COMPILED) tools ## Lint, type-check, check the layers, the whole suite, the unit tests interpreted
 	$(PY) -m ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 
@@ -44,3 +45,30 @@ def diff_documents(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             {k: v for k, v in new.items() if k != "rules"},
         ),
     }
+
+
+# One row of a side-by-side view: how the two sides relate ("same", "changed", "removed",
+# "added"), then each side's line number and text (None where that side has no line).
+SideBySideRow = tuple[str, int | None, str | None, int | None, str | None]
+
+
+def side_by_side(old: str, new: str) -> list[SideBySideRow]:
+    """Two texts aligned line by line for reading next to each other: unchanged lines face
+    each other, a replaced block pairs its lines in order, the rest face an empty cell."""
+    before, after = old.splitlines(), new.splitlines()
+    rows: list[SideBySideRow] = []
+    matcher = difflib.SequenceMatcher(a=before, b=after, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            rows.extend(
+                ("same", i + 1, before[i], j + 1, after[j])
+                for i, j in zip(range(i1, i2), range(j1, j2), strict=True)
+            )
+            continue
+        for k in range(max(i2 - i1, j2 - j1)):
+            i, j = i1 + k, j1 + k
+            left = (i + 1, before[i]) if i < i2 else (None, None)
+            right = (j + 1, after[j]) if j < j2 else (None, None)
+            kind = "changed" if i < i2 and j < j2 else ("removed" if i < i2 else "added")
+            rows.append((kind, *left, *right))
+    return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from typing import Any
 
@@ -134,3 +135,49 @@ def starter_document() -> RuleSetDocument:
 
 def starter_ruleset(version: int = 1) -> CompiledRuleSet:
     return compile_ruleset(starter_document(), version)
+
+
+def problem_lines(text: str, problems: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Each problem with `line`: the 1-based line of the YAML the location names (or of the
+    nearest enclosing node that exists), the line a syntax error was found on, or None.
+    For editors that show problems where they are."""
+    lines: dict[str, int] = {}
+    syntax_line: int | None = None
+    try:
+        _check_yaml_events(text)  # no aliases: walking shared nodes could never end
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RuleSetInvalid:
+        root = None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        syntax_line = mark.line + 1 if mark is not None else None
+        root = None
+    except yaml.YAMLError:
+        root = None
+    if root is not None:
+        _node_lines(root, "", lines)
+    located: list[dict[str, Any]] = []
+    for problem in problems:
+        loc = problem["loc"]
+        line = syntax_line if loc == "document" else None
+        while line is None and loc and loc != "document":
+            line = lines.get(loc)
+            loc = _PARENT.sub("", loc)
+        located.append({**problem, "line": line})
+    return located
+
+
+_PARENT = re.compile(r"(\.[^.\[]*|\[\d+\])$")
+
+
+def _node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            name = f"{path}.{key.value}" if path else str(key.value)
+            lines[name] = key.start_mark.line + 1
+            _node_lines(value, name, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            name = f"{path}[{index}]"
+            lines[name] = item.start_mark.line + 1
+            _node_lines(item, name, lines)

@@ -153,6 +153,6 @@ def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaCons
         fetch_max_wait_ms=max(settings.batch_timeout_ms, 1),
         # A batch must finish well within this, or the group evicts the consumer.
         max_poll_interval_ms=300_000,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=3_000,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 300),
     )

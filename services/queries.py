@@ -178,6 +178,17 @@ async def activation(pg: asyncpg.Connection) -> asyncpg.Record | None:
     return await pg.fetchrow("SELECT activated_by, activated_at FROM active_ruleset")
 
 
+async def previous_active(pg: asyncpg.Connection, current: int) -> int | None:
+    """The version that was live before `current` was last activated (what a roll-back
+    goes back to), as the activation's audit entry recorded it."""
+    value = await pg.fetchval(
+        "SELECT detail->>'previous' FROM audit_log WHERE action = 'ruleset.activate' "
+        "AND target = $1 ORDER BY id DESC LIMIT 1",
+        str(current),
+    )
+    return int(value) if value is not None and value.isdigit() else None
+
+
 async def audit_page(pg: asyncpg.Connection, *, before: int, limit: int) -> list[asyncpg.Record]:
     """Audit entries with ids below `before`, newest first."""
     return await pg.fetch(
@@ -254,6 +265,15 @@ async def lead_page_by_score(
 
 async def lead(pg: asyncpg.Connection, lead_id: str) -> LeadState | None:
     return (await store.load_leads(pg, [lead_id])).get(lead_id)
+
+
+async def open_handoff(pg: asyncpg.Connection, lead_id: str) -> asyncpg.Record | None:
+    """The lead's open follow-up deadline, if sales has one to meet."""
+    return await pg.fetchrow(
+        "SELECT stage, owner, entered_at, respond_by FROM handoffs "
+        "WHERE lead_id = $1 AND status = 'open' ORDER BY respond_by LIMIT 1",
+        lead_id,
+    )
 
 
 async def lead_events(pg: asyncpg.Connection, lead_id: str, *, limit: int) -> list[asyncpg.Record]:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # Real Kafka supports it; the embedded broker (Tansu) has no idempotent producer, so it is
     # opt-in.
     kafka_enable_idempotence: bool = False
+    # How long the broker waits for a silent consumer before giving its partitions to the
+    # others: a killed instance's partitions wait this long (heartbeats go at a third of it).
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
 
     outbox_batch: int = Field(default=2000, ge=1, le=100_000)
     # The relay is woken by every commit; this poll only catches work from other instances.
@@ -70,6 +73,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     # CPU-heavy requests (simulation, rule-set validation) get this long on a worker thread.
     request_cpu_seconds: float = Field(default=5.0, gt=0, le=600)
+    # The web console's sessions (README: Web console). The key signs session cookies; unset,
+    # each process makes a random one (sign-ins then last until a restart, and instances behind
+    # one address need the same key). A session ends after this many hours however active.
+    console_secret: SecretStr | None = None
+    console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
+    # Send the cookie over HTTPS only: set it wherever the console is reached through TLS.
+    console_secure_cookie: bool = False
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("kafka_bootstrap")

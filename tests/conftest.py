@@ -54,6 +54,11 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 @pytest.fixture
 async def settings(infra: Infra) -> Settings:
     """Settings for one test: its own database, topics and consumer group."""
+    return await fresh_settings(infra)
+
+
+async def fresh_settings(infra: Infra) -> Settings:
+    """Settings with a database, topics and a consumer group no one else uses."""
     n = next(_names)
     return Settings(
         kafka_bootstrap=infra.broker.bootstrap,

@@ -41,6 +41,111 @@ def _signals_across(members: list[list[SignalDoc]]) -> list[SignalDoc]:
     return ranked[:TOP_SIGNALS]
 
 
+# What the API's routes and the console's pages both read, as plain functions of the container.
+
+
+async def account_list(
+    container: Container,
+    *,
+    stage: str | None,
+    min_score: float | None,
+    role_missing: str | None,
+    cursor: str | None,
+    limit: int,
+    sort: str,
+) -> dict[str, Any]:
+    """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
+    stage, minimum score, and a committee role they have not covered (`role_missing=
+    economic_buyer`: the accounts to find a budget owner in)."""
+    db = container.db
+    by_score = sort == "-score"
+    after = score_cursor(cursor) if by_score else None
+    async with db.connect() as conn:
+        rows = await queries.account_page(
+            await driver(conn),
+            after=after,
+            after_id=uncursor(cursor) if not by_score else "",
+            by_score=by_score,
+            stage=stage,
+            min_score=min_score,
+            role_missing=role_missing,
+            limit=limit,
+        )
+    items = [
+        {
+            "account_id": r["account_id"],
+            "name": r["name"],
+            "stage": r["stage"],
+            "score": account_score_doc(r["fit"], r["engagement"], r["coverage"]),
+            "roles_covered": list(r["roles_covered"]),
+            "member_count": r["member_count"],
+            "updated_at": r["updated_at"],
+        }
+        for r in rows
+    ]
+    next_cursor = None
+    if len(rows) == limit:
+        last = rows[-1]
+        next_cursor = cursor_of(
+            orjson.dumps([last["score"], last["account_id"]]).decode()
+            if by_score
+            else last["account_id"]
+        )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def account_detail(container: Container, account_id: str) -> dict[str, Any]:
+    """An account's score and its parts, its stage, its members with their roles and
+    shares, the committee roles covered and missing, and the top signals across members."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        account = await queries.account(pg, account_id)
+        if account is None:
+            raise ApiError(404, "account_not_found", f"no account {account_id!r}")
+        version = await rulesets.active_version(pg) or account.ruleset_version
+        engine = await container.rules.engine_for(pg, version)
+        leads = await queries.leads(pg, list(account.members))
+    scorer = engine.accounts
+    if scorer is not None:
+        score, covered, missing, counted = scorer.explain(account)
+        required = list(scorer.spec.required)
+    else:
+        score = account_score_doc(account.fit, account.engagement, account.coverage)
+        covered, missing, counted, required = list(account.covered), [], [], []
+    shares = {m["lead_id"]: m["contribution"] for m in counted}
+    members = sorted(
+        (
+            {
+                "lead_id": lead_id,
+                "role": role,
+                "stage": leads[lead_id].stage if lead_id in leads else None,
+                "engagement": round(engagement, 2),
+                "counted": shares.get(lead_id, 0.0),
+                "last_activity_at": iso(as_of),
+            }
+            for lead_id, (engagement, as_of, role) in account.members.items()
+        ),
+        key=lambda m: (-m["counted"], -m["engagement"], m["lead_id"]),  # type: ignore[operator]
+    )
+    name = account.traits.get("name")
+    return {
+        "account_id": account.account_id,
+        "name": name if isinstance(name, str) else None,
+        "stage": account.stage,
+        "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
+        "score": score,
+        "score_as_of": iso(account.as_of) if account.as_of else None,
+        "fit_rules": account.fit_rules,
+        "roles_covered": covered,
+        "roles_missing": missing,
+        "roles_required": required,
+        "members": members,
+        "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
+        "ruleset_version": account.ruleset_version,
+    }
+
+
 def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["accounts"], responses=ERRORS)
     db = container.db
@@ -58,91 +163,21 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
         stage, minimum score, and a committee role they have not covered (`role_missing=
         economic_buyer`: the accounts to find a budget owner in)."""
-        by_score = sort == "-score"
-        after = score_cursor(cursor) if by_score else None
-        async with db.connect() as conn:
-            rows = await queries.account_page(
-                await driver(conn),
-                after=after,
-                after_id=uncursor(cursor) if not by_score else "",
-                by_score=by_score,
-                stage=stage,
-                min_score=min_score,
-                role_missing=role_missing,
-                limit=limit,
-            )
-        items = [
-            {
-                "account_id": r["account_id"],
-                "name": r["name"],
-                "stage": r["stage"],
-                "score": account_score_doc(r["fit"], r["engagement"], r["coverage"]),
-                "roles_covered": list(r["roles_covered"]),
-                "member_count": r["member_count"],
-                "updated_at": r["updated_at"],
-            }
-            for r in rows
-        ]
-        next_cursor = None
-        if len(rows) == limit:
-            last = rows[-1]
-            next_cursor = cursor_of(
-                orjson.dumps([last["score"], last["account_id"]]).decode()
-                if by_score
-                else last["account_id"]
-            )
-        return {"items": items, "next_cursor": next_cursor}
+        return await account_list(
+            container,
+            stage=stage,
+            min_score=min_score,
+            role_missing=role_missing,
+            cursor=cursor,
+            limit=limit,
+            sort=sort,
+        )
 
     @router.get("/accounts/{account_id}", response_model=api.AccountPublic, responses=NOT_FOUND)
     async def get_account(account_id: str, _: Viewer) -> dict[str, Any]:
         """An account's score and its parts, its stage, its members with their roles and
         shares, the committee roles covered and missing, and the top signals across members."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            account = await queries.account(pg, account_id)
-            if account is None:
-                raise ApiError(404, "account_not_found", f"no account {account_id!r}")
-            version = await rulesets.active_version(pg) or account.ruleset_version
-            engine = await container.rules.engine_for(pg, version)
-            leads = await queries.leads(pg, list(account.members))
-        scorer = engine.accounts
-        if scorer is not None:
-            score, covered, missing, counted = scorer.explain(account)
-            required = list(scorer.spec.required)
-        else:
-            score = account_score_doc(account.fit, account.engagement, account.coverage)
-            covered, missing, counted, required = list(account.covered), [], [], []
-        shares = {m["lead_id"]: m["contribution"] for m in counted}
-        members = sorted(
-            (
-                {
-                    "lead_id": lead_id,
-                    "role": role,
-                    "stage": leads[lead_id].stage if lead_id in leads else None,
-                    "engagement": round(engagement, 2),
-                    "counted": shares.get(lead_id, 0.0),
-                    "last_activity_at": iso(as_of),
-                }
-                for lead_id, (engagement, as_of, role) in account.members.items()
-            ),
-            key=lambda m: (-m["counted"], -m["engagement"], m["lead_id"]),  # type: ignore[operator]
-        )
-        name = account.traits.get("name")
-        return {
-            "account_id": account.account_id,
-            "name": name if isinstance(name, str) else None,
-            "stage": account.stage,
-            "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
-            "score": score,
-            "score_as_of": iso(account.as_of) if account.as_of else None,
-            "fit_rules": account.fit_rules,
-            "roles_covered": covered,
-            "roles_missing": missing,
-            "roles_required": required,
-            "members": members,
-            "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
-            "ruleset_version": account.ruleset_version,
-        }
+        return await account_detail(container, account_id)
 
     @router.get(
         "/accounts/{account_id}/history", response_model=api.AccountHistory, responses=NOT_FOUND

@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
+from services.console.app import console_app
 from services.db import UNAVAILABLE
 from services.http.accounts import accounts_router
 from services.http.common import (
@@ -120,4 +121,6 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(leads_router(container, Admin, Viewer))
     app.include_router(accounts_router(container, Admin, Viewer))
     app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
+    # The web console: same process, same port, same tokens (services/console).
+    app.mount("/console", console_app(container, tokens, "/console"))
     return app

@@ -27,10 +27,167 @@ from services.lead_transaction import LeadTransaction
 from stage_router.lifecycle import IllegalMove
 from stage_router.records import TransitionDoc, account_score_doc, score_doc
 
+# What the API's routes and the console's pages both read, as plain functions of the container.
+
+
+async def lead_page(
+    container: Container,
+    *,
+    stage: str | None,
+    min_score: float | None,
+    cursor: str | None,
+    limit: int,
+    sort: str,
+) -> dict[str, Any]:
+    """Leads in id order, or by total score, highest first (`sort=-score`, a work queue),
+    filtered by stage and minimum total score. The cursor is the last (score and) id
+    seen, so pages stay stable while leads change."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        if sort == "-score":
+            rows = await queries.lead_page_by_score(
+                pg,
+                after=score_cursor(cursor),
+                stage=stage,
+                min_score=min_score,
+                limit=limit,
+            )
+        else:
+            rows = await queries.lead_page(
+                pg, after=uncursor(cursor), stage=stage, min_score=min_score, limit=limit
+            )
+    items = [
+        {
+            "lead_id": r["lead_id"],
+            "stage": r["stage"],
+            "account_id": r["account_id"],
+            "score": score_doc(r["fit"], r["engagement"]),
+            "last_event_at": r["as_of"],
+            "updated_at": r["updated_at"],
+        }
+        for r in rows
+    ]
+    next_cursor = None
+    if len(rows) == limit:
+        last = rows[-1]
+        next_cursor = cursor_of(
+            orjson.dumps([last["total"], last["lead_id"]]).decode()
+            if sort == "-score"
+            else last["lead_id"]
+        )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def lead_detail(container: Container, lead_id: str) -> dict[str, Any]:
+    """A lead's stage, its score as of now and the signals that explain it."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        state = await queries.lead(pg, await queries.canonical_lead_id(pg, lead_id))
+        if state is None:
+            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+        version = await rulesets.active_version(pg) or state.ruleset_version
+        engine = await container.rules.engine_for(pg, version)
+        account = await queries.account(pg, state.account_id) if state.account_id else None
+    now = time.time()
+    score, signals = engine.explain(state, at=now)
+    return {
+        "lead_id": state.lead_id,
+        "stage": state.stage,
+        "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
+        "account_id": state.account_id,
+        "score": score,
+        "score_as_of": iso(now),
+        "last_event_at": iso(state.as_of) if state.as_of else None,
+        "signals": signals,
+        "ruleset_version": state.ruleset_version,
+        "held": state.held,
+        "committee_role": state.committee_role if engine.accounts else None,
+        "account_score": (
+            account_score_doc(account.fit, account.engagement, account.coverage)["total"]
+            if account is not None and engine.accounts
+            else None
+        ),
+    }
+
+
+async def lead_history(container: Container, lead_id: str, limit: int) -> dict[str, Any]:
+    """Every scored event (its rule hits, points and what they add to the score now)
+    and every transition, oldest first, with the score they explain."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        resolved = await queries.canonical_lead_id(pg, lead_id)
+        state = await queries.lead(pg, resolved)
+        events = await queries.lead_events(pg, resolved, limit=limit)
+        stored = await queries.lead_transitions(pg, resolved)
+        if state is None:
+            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+        engine = await container.rules.engine_for(
+            pg, await rulesets.active_version(pg) or state.ruleset_version
+        )
+    hits = [orjson.loads(r["hits"]) for r in events]
+    shares, unlisted = engine.history_shares(
+        state,
+        [
+            (
+                r["occurred_at"].timestamp(),
+                sum(h[1] for h in event_hits if h[2]),
+                r["superseded"],
+            )
+            for r, event_hits in zip(events, hits, strict=True)
+        ],
+    )
+    score, signals = engine.explain(state)
+    return {
+        "lead_id": resolved,
+        "score": score,
+        "score_as_of": iso(state.as_of) if state.as_of else None,
+        "signals": signals,
+        "unlisted_contribution": unlisted,
+        "events": [
+            {
+                **{
+                    k: r[k]
+                    for k in (
+                        "message_id",
+                        "type",
+                        "occurred_at",
+                        "points",
+                        "ruleset_version",
+                        "scored_at",
+                        "held",
+                        "superseded",
+                    )
+                },
+                "contribution": share,
+                "hits": [{"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits],
+            }
+            for r, event_hits, share in zip(events, hits, shares, strict=True)
+        ],
+        "transitions": [orjson.loads(r["record"]) for r in stored],
+    }
+
+
+async def funnel_figures(
+    container: Container, since: datetime | None, until: datetime | None
+) -> dict[str, Any]:
+    """Leads entering each stage, conversion between stages, time in stage, SLA
+    compliance and rejections by reason, for transitions in [since, until)."""
+    db = container.db
+    until = until or datetime.now(UTC)
+    since = since or until - timedelta(days=30)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ApiError(422, "invalid_request", "since and until need a UTC offset")
+    if since >= until:
+        raise ApiError(422, "invalid_request", "since must be before until")
+    async with db.connect() as conn:
+        return await queries.funnel_report(await driver(conn), since, until)
+
 
 def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["leads"], responses=ERRORS)
-    db = container.db
 
     @router.get("/leads", response_model=api.LeadPage)
     async def list_leads(
@@ -44,72 +201,14 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         """Leads in id order, or by total score, highest first (`sort=-score`, a work queue),
         filtered by stage and minimum total score. The cursor is the last (score and) id
         seen, so pages stay stable while leads change."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            if sort == "-score":
-                rows = await queries.lead_page_by_score(
-                    pg,
-                    after=score_cursor(cursor),
-                    stage=stage,
-                    min_score=min_score,
-                    limit=limit,
-                )
-            else:
-                rows = await queries.lead_page(
-                    pg, after=uncursor(cursor), stage=stage, min_score=min_score, limit=limit
-                )
-        items = [
-            {
-                "lead_id": r["lead_id"],
-                "stage": r["stage"],
-                "account_id": r["account_id"],
-                "score": score_doc(r["fit"], r["engagement"]),
-                "last_event_at": r["as_of"],
-                "updated_at": r["updated_at"],
-            }
-            for r in rows
-        ]
-        next_cursor = None
-        if len(rows) == limit:
-            last = rows[-1]
-            next_cursor = cursor_of(
-                orjson.dumps([last["total"], last["lead_id"]]).decode()
-                if sort == "-score"
-                else last["lead_id"]
-            )
-        return {"items": items, "next_cursor": next_cursor}
+        return await lead_page(
+            container, stage=stage, min_score=min_score, cursor=cursor, limit=limit, sort=sort
+        )
 
     @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
     async def get_lead(lead_id: str, _: Viewer) -> dict[str, Any]:
         """A lead's stage, its score as of now and the signals that explain it."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            state = await queries.lead(pg, await queries.canonical_lead_id(pg, lead_id))
-            if state is None:
-                raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
-            version = await rulesets.active_version(pg) or state.ruleset_version
-            engine = await container.rules.engine_for(pg, version)
-            account = await queries.account(pg, state.account_id) if state.account_id else None
-        now = time.time()
-        score, signals = engine.explain(state, at=now)
-        return {
-            "lead_id": state.lead_id,
-            "stage": state.stage,
-            "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
-            "account_id": state.account_id,
-            "score": score,
-            "score_as_of": iso(now),
-            "last_event_at": iso(state.as_of) if state.as_of else None,
-            "signals": signals,
-            "ruleset_version": state.ruleset_version,
-            "held": state.held,
-            "committee_role": state.committee_role if engine.accounts else None,
-            "account_score": (
-                account_score_doc(account.fit, account.engagement, account.coverage)["total"]
-                if account is not None and engine.accounts
-                else None
-            ),
-        }
+        return await lead_detail(container, lead_id)
 
     @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)
     async def history(
@@ -117,60 +216,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """Every scored event (its rule hits, points and what they add to the score now)
         and every transition, oldest first, with the score they explain."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            resolved = await queries.canonical_lead_id(pg, lead_id)
-            state = await queries.lead(pg, resolved)
-            events = await queries.lead_events(pg, resolved, limit=limit)
-            stored = await queries.lead_transitions(pg, resolved)
-            if state is None:
-                raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
-            engine = await container.rules.engine_for(
-                pg, await rulesets.active_version(pg) or state.ruleset_version
-            )
-        hits = [orjson.loads(r["hits"]) for r in events]
-        shares, unlisted = engine.history_shares(
-            state,
-            [
-                (
-                    r["occurred_at"].timestamp(),
-                    sum(h[1] for h in event_hits if h[2]),
-                    r["superseded"],
-                )
-                for r, event_hits in zip(events, hits, strict=True)
-            ],
-        )
-        score, signals = engine.explain(state)
-        return {
-            "lead_id": resolved,
-            "score": score,
-            "score_as_of": iso(state.as_of) if state.as_of else None,
-            "signals": signals,
-            "unlisted_contribution": unlisted,
-            "events": [
-                {
-                    **{
-                        k: r[k]
-                        for k in (
-                            "message_id",
-                            "type",
-                            "occurred_at",
-                            "points",
-                            "ruleset_version",
-                            "scored_at",
-                            "held",
-                            "superseded",
-                        )
-                    },
-                    "contribution": share,
-                    "hits": [
-                        {"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits
-                    ],
-                }
-                for r, event_hits, share in zip(events, hits, shares, strict=True)
-            ],
-            "transitions": [orjson.loads(r["record"]) for r in stored],
-        }
+        return await lead_history(container, lead_id, limit)
 
     @router.post(
         "/leads/{lead_id}/feedback",
@@ -262,13 +308,6 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """Leads entering each stage, conversion between stages, time in stage, SLA
         compliance and rejections by reason, for transitions in [since, until)."""
-        until = until or datetime.now(UTC)
-        since = since or until - timedelta(days=30)
-        if since.tzinfo is None or until.tzinfo is None:
-            raise ApiError(422, "invalid_request", "since and until need a UTC offset")
-        if since >= until:
-            raise ApiError(422, "invalid_request", "since must be before until")
-        async with db.connect() as conn:
-            return await queries.funnel_report(await driver(conn), since, until)
+        return await funnel_figures(container, since, until)
 
     return router

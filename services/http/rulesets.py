@@ -41,15 +41,148 @@ def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str,
     return body
 
 
+async def _fetch_version(pg: Any, version: int) -> Any:
+    row = await queries.ruleset_version(pg, version)
+    if row is None:
+        raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
+    return row
+
+
+# What the API's routes and the console's pages both do, as plain functions of the container.
+
+
+async def publish_ruleset(
+    container: Container, body: bytes, *, by: str, comment: str | None
+) -> dict[str, Any]:
+    """Validate a rule set (JSON or YAML) and store it as a new immutable version."""
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        # Validation compiles every rule: CPU work, kept off the event loop.
+        document = await asyncio.to_thread(load_document, body)
+    except RuleSetInvalid as exc:
+        raise ApiError(422, "invalid_ruleset", exc.problems) from exc
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            version = await rulesets.publish(pg, document, by=by, comment=comment)
+            await rulesets.record_audit(
+                pg,
+                actor=by,
+                action="ruleset.publish",
+                target=str(version),
+                detail={"name": document.name, "comment": comment},
+            )
+            row = await _fetch_version(pg, version)
+        active = await rulesets.active_version(pg)
+    return _ruleset_row(row, active, True)
+
+
+async def ruleset_list(container: Container) -> list[dict[str, Any]]:
+    """Every published version, newest first."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        rows = await queries.ruleset_versions(pg)
+        active = await rulesets.active_version(pg)
+    return [_ruleset_row(r, active, False) for r in rows]
+
+
+async def ruleset_detail(container: Container, version: int | None) -> dict[str, Any]:
+    """One version with its document; None means the active one."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        active = await rulesets.active_version(pg)
+        if version is None:
+            if active is None:
+                raise ApiError(404, "no_active_ruleset", "no rule set is active")
+            version = active
+        return _ruleset_row(await _fetch_version(pg, version), active, True)
+
+
+async def ruleset_diff(container: Container, a: int, b: int) -> dict[str, Any]:
+    """Rules added, removed and changed (field by field) from version a to version b."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        old, new = await _fetch_version(pg, a), await _fetch_version(pg, b)
+    changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
+    return {"from_version": a, "to_version": b, **changes}
+
+
+async def activate_version(
+    container: Container, version: int, *, by: str, rescore: bool = False
+) -> dict[str, Any]:
+    """Make a version live for every instance at once; rolling back is activating an older
+    one. With `rescore`, a job re-scores every lead under it."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            await _fetch_version(pg, version)
+            previous = await rulesets.active_version(pg)
+            await rulesets.activate(pg, version, by=by)
+            await rulesets.record_audit(
+                pg,
+                actor=by,
+                action="ruleset.activate",
+                target=str(version),
+                # What was live before: the console's roll-back goes back to it.
+                detail={"rescore": rescore, "previous": previous},
+            )
+        row = await queries.activation(pg)
+    job = None
+    if rescore:
+        job = await container.jobs.submit(
+            "rescore",
+            {"version": version},
+            by=by,
+            work=lambda ctx: replays.rescore_all(ctx, writer=container.writer, version=version),
+        )
+    return {"version": version, **dict(row or {}), "rescore_job": job}
+
+
+async def run_simulation(
+    container: Container, version: int, events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Score `events` from an empty start under a version; writes nothing. Runs on a worker
+    thread with a time budget (422 `too_expensive` past it)."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        await _fetch_version(pg, version)
+        document = await rulesets.load_version(pg, version)
+    budget = container.settings.request_cpu_seconds
+
+    def work() -> dict[str, Any]:
+        return simulate(Engine(document), events, now=time.time(), budget_seconds=budget)
+
+    try:
+        return await asyncio.to_thread(work)
+    except BudgetExceeded as exc:
+        raise ApiError(422, "too_expensive", f"simulation over its time budget: {exc}") from exc
+
+
+async def start_impact(container: Container, version: int, *, by: str, days: float) -> str:
+    """Start a job replaying the last `days` of history under `version` and the active one."""
+    async with container.db.connect() as conn:
+        await _fetch_version(await driver(conn), version)
+    return await container.jobs.submit(
+        "impact",
+        {"version": version, "days": days},
+        by=by,
+        work=lambda ctx: replays.impact_report(
+            ctx, db=container.db, rules=container.rules, candidate=version, days=days
+        ),
+    )
+
+
+async def job_detail(container: Container, job_id: str) -> dict[str, Any]:
+    job = await get_job(container.db, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"there is no job {job_id!r}")
+    return job
+
+
 def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["rule sets"], responses=ERRORS)
     db = container.db
-
-    async def fetch_version(pg: Any, version: int) -> Any:
-        row = await queries.ruleset_version(pg, version)
-        if row is None:
-            raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
-        return row
 
     @router.post(
         "/rulesets",
@@ -79,90 +212,32 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         if declared > MAX_DOCUMENT_BYTES:
             raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
         body = await request.body()
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
-        try:
-            # Validation compiles every rule: CPU work, kept off the event loop.
-            document = await asyncio.to_thread(load_document, body)
-        except RuleSetInvalid as exc:
-            raise ApiError(422, "invalid_ruleset", exc.problems) from exc
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                version = await rulesets.publish(pg, document, by=who.name, comment=comment)
-                await rulesets.record_audit(
-                    pg,
-                    actor=who.name,
-                    action="ruleset.publish",
-                    target=str(version),
-                    detail={"name": document.name, "comment": comment},
-                )
-                row = await fetch_version(pg, version)
-            active = await rulesets.active_version(pg)
-        return _ruleset_row(row, active, True)
+        return await publish_ruleset(container, body, by=who.name, comment=comment)
 
     @router.get("/rulesets", response_model=list[api.RuleSetSummary])
     async def list_rulesets(_: Viewer) -> list[dict[str, Any]]:
         """Every published version, newest first."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            rows = await queries.ruleset_versions(pg)
-            active = await rulesets.active_version(pg)
-        return [_ruleset_row(r, active, False) for r in rows]
+        return await ruleset_list(container)
 
     @router.get("/rulesets/active", response_model=api.RuleSetPublic, responses=NOT_FOUND)
     async def get_active(_: Viewer) -> dict[str, Any]:
         """The version live scoring uses now."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            active = await rulesets.active_version(pg)
-            if active is None:
-                raise ApiError(404, "no_active_ruleset", "no rule set is active")
-            return _ruleset_row(await fetch_version(pg, active), active, True)
+        return await ruleset_detail(container, None)
 
     @router.get("/rulesets/{version}", response_model=api.RuleSetPublic, responses=NOT_FOUND)
     async def get_version(version: Version, _: Viewer) -> dict[str, Any]:
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            return _ruleset_row(
-                await fetch_version(pg, version), await rulesets.active_version(pg), True
-            )
+        return await ruleset_detail(container, version)
 
     @router.get("/rulesets/{a}/diff/{b}", response_model=api.RuleSetDiff, responses=NOT_FOUND)
     async def diff(a: Version, b: Version, _: Viewer) -> dict[str, Any]:
         """Rules added, removed and changed (field by field) from version a to version b."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            old, new = await fetch_version(pg, a), await fetch_version(pg, b)
-        changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
-        return {"from_version": a, "to_version": b, **changes}
+        return await ruleset_diff(container, a, b)
 
     @router.post("/rulesets/{version}/activate", response_model=api.Activation, responses=NOT_FOUND)
     async def activate(version: Version, who: Admin, rescore: bool = False) -> dict[str, Any]:
         """Make a version live for every instance at once; rolling back is activating an
         older one. With `rescore=true`, a job re-scores every lead under it."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                await fetch_version(pg, version)
-                await rulesets.activate(pg, version, by=who.name)
-                await rulesets.record_audit(
-                    pg,
-                    actor=who.name,
-                    action="ruleset.activate",
-                    target=str(version),
-                    detail={"rescore": rescore},
-                )
-            row = await queries.activation(pg)
-        job = None
-        if rescore:
-            job = await container.jobs.submit(
-                "rescore",
-                {"version": version},
-                by=who.name,
-                work=lambda ctx: replays.rescore_all(ctx, writer=container.writer, version=version),
-            )
-        return {"version": version, **dict(row or {}), "rescore_job": job}
+        return await activate_version(container, version, by=who.name, rescore=rescore)
 
     @router.post(
         "/rulesets/{version}/simulate", response_model=api.SimulationResult, responses=NOT_FOUND
@@ -172,19 +247,7 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """Score the given events from an empty start under a version; writes nothing.
         Runs on a worker thread with a time budget (422 `too_expensive` past it)."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            await fetch_version(pg, version)
-            document = await rulesets.load_version(pg, version)
-        budget = container.settings.request_cpu_seconds
-
-        def work() -> dict[str, Any]:
-            return simulate(Engine(document), body.events, now=time.time(), budget_seconds=budget)
-
-        try:
-            return await asyncio.to_thread(work)
-        except BudgetExceeded as exc:
-            raise ApiError(422, "too_expensive", f"simulation over its time budget: {exc}") from exc
+        return await run_simulation(container, version, body.events)
 
     @router.post(
         "/rulesets/{version}/impact",
@@ -197,25 +260,13 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     ) -> dict[str, Any]:
         """Start a job replaying the last N days under this version and the active one."""
         days = (body or api.ImpactRequest()).days
-        async with db.connect() as conn:
-            await fetch_version(await driver(conn), version)
-        job = await container.jobs.submit(
-            "impact",
-            {"version": version, "days": days},
-            by=who.name,
-            work=lambda ctx: replays.impact_report(
-                ctx, db=db, rules=container.rules, candidate=version, days=days
-            ),
-        )
+        job = await start_impact(container, version, by=who.name, days=days)
         return {"job_id": job, "status_url": f"/v1/jobs/{job}"}
 
     @router.get("/jobs/{job_id}", response_model=api.JobPublic, responses=NOT_FOUND, tags=["jobs"])
     async def job_status(job_id: str, _: Viewer) -> dict[str, Any]:
         """A background job's progress and, when finished, its result."""
-        job = await get_job(db, job_id)
-        if job is None:
-            raise ApiError(404, "job_not_found", f"there is no job {job_id!r}")
-        return job
+        return await job_detail(container, job_id)
 
     @router.get("/audit", response_model=api.AuditPage, tags=["audit"])
     async def audit(

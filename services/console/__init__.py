@@ -1,0 +1,1 @@
+"""The web console: rules, leads, accounts and the pipeline for people, at /console."""
