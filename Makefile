@@ -14,7 +14,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-funnel bench-impact demo-cluster soak clean
+.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-console bench-funnel bench-impact demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench: $(COMPILED) ## Benchmarks: ceiling, end to end, 5 min at 2,000 ev/s, engi
 
 bench-funnel: $(COMPILED) ## The funnel report on 1,000,000 transitions
 	$(PY) -m bench.funnel_bench
+
+bench-console: $(COMPILED) ## Server time of every console page on 20,000 leads (target < 300 ms)
+	$(PY) -m bench.console_bench
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000

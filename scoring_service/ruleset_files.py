@@ -160,9 +160,11 @@ def problem_lines(text: str, problems: list[dict[str, str]]) -> list[dict[str, A
     for problem in problems:
         loc = problem["loc"]
         line = syntax_line if loc == "document" else None
-        while line is None and loc and loc != "document":
+        while line is None and loc:
             line = lines.get(loc)
-            loc = _PARENT.sub("", loc)
+            parent = _PARENT.sub("", loc)
+            # A top-level name has no parent: stop there (the document has no line).
+            loc = parent if parent != loc else ""
         located.append({**problem, "line": line})
     return located
 

@@ -44,17 +44,29 @@ SELECT to_stage,
 FROM entered GROUP BY to_stage
 """
 
+# Conversion: of the leads (accounts) entering a stage in the window, those that reached the
+# next stage at or after their first entry, at any time since. Two grouped scans and a hash
+# join: a correlated EXISTS per entry was planned on the stage index and took 280 ms on the
+# benchmark's 20,000 leads.
 CONVERSION_QUERY = """
-SELECT e.to_stage AS from_stage,
-       count(DISTINCT e.{who}) AS entered,
-       count(DISTINCT e.{who}) FILTER (WHERE EXISTS (
-           SELECT 1 FROM {table} n
-           WHERE n.{who} = e.{who} AND n.to_stage = v.next_stage
-             AND n.occurred_at >= e.occurred_at)) AS converted
-FROM {table} e
-JOIN unnest($3::text[], $4::text[]) AS v(stage, next_stage) ON v.stage = e.to_stage
-WHERE e.occurred_at >= $1 AND e.occurred_at < $2
-GROUP BY e.to_stage
+WITH entries AS (
+    SELECT e.{who} AS who, e.to_stage AS from_stage, v.next_stage,
+           min(e.occurred_at) AS first_at
+    FROM {table} e
+    JOIN unnest($3::text[], $4::text[]) AS v(stage, next_stage) ON v.stage = e.to_stage
+    WHERE e.occurred_at >= $1 AND e.occurred_at < $2
+    GROUP BY 1, 2, 3
+), reached AS (
+    SELECT {who} AS who, to_stage, max(occurred_at) AS last_at
+    FROM {table} WHERE to_stage = ANY($4::text[]) AND occurred_at >= $1
+    GROUP BY 1, 2
+)
+SELECT en.from_stage,
+       count(*) AS entered,
+       count(*) FILTER (WHERE r.last_at >= en.first_at) AS converted
+FROM entries en
+LEFT JOIN reached r ON r.who = en.who AND r.to_stage = en.next_stage
+GROUP BY en.from_stage
 """
 
 SLA_QUERY = """

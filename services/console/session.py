@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from services.auth import AuthError, Principal, authenticate, is_loopback
@@ -47,10 +48,16 @@ def check_csrf(session: dict[str, Any], offered: str | None) -> None:
 class Sessions:
     """Signs people in and tells who a request comes from."""
 
-    def __init__(self, tokens: dict[str, Principal], lifetime_seconds: float) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, Principal],
+        lifetime_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.tokens = tokens
         self.known = set(tokens.values())
         self.lifetime = lifetime_seconds
+        self.clock = clock
 
     def open_without_sign_in(self, client_host: str | None) -> bool:
         """With no tokens configured the API trusts loopback, and so does the console."""
@@ -63,7 +70,7 @@ class Sessions:
         except AuthError as exc:
             raise Forbidden(_sign_in_refusal(exc)) from exc
         session.clear()  # a fresh session: nothing from before sign-in carries over
-        session.update({"name": principal.name, "role": principal.role, "since": int(time.time())})
+        session.update({"name": principal.name, "role": principal.role, "since": int(self.clock())})
         csrf_token(session)
         return principal
 
@@ -75,7 +82,7 @@ class Sessions:
         if not isinstance(name, str) or not isinstance(role, str) or not isinstance(since, int):
             return None
         principal = Principal(name, role)
-        if principal not in self.known or time.time() - since > self.lifetime:
+        if principal not in self.known or self.clock() - since > self.lifetime:
             session.clear()
             return None
         return principal

@@ -12,7 +12,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
 from services.bootstrap import Container
-from services.console.app import console_app
 from services.db import UNAVAILABLE
 from services.http.accounts import accounts_router
 from services.http.common import (
@@ -121,6 +120,9 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(leads_router(container, Admin, Viewer))
     app.include_router(accounts_router(container, Admin, Viewer))
     app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
-    # The web console: same process, same port, same tokens (services/console).
+    # The web console: same process, same port, same tokens. Imported here because the
+    # console's pages call this package's routers' functions.
+    from services.console.app import console_app
+
     app.mount("/console", console_app(container, tokens, "/console"))
     return app

@@ -61,6 +61,7 @@ class Console:
     browser: Browser
     axe: Axe
     violations: dict[str, list[str]]
+    foreign: list[str]
 
     async def check(self, page: Page, name: str) -> None:
         """Screenshot the page, and record axe-core's serious and critical findings."""
@@ -75,12 +76,16 @@ class Console:
         self.violations[name] = found
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def console(infra: Infra) -> AsyncIterator[Console]:
-    """A scored stream behind a running service, its HTTP server, and a browser."""
+def prepare() -> None:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: `make tools` installs Debian's chromium")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def console(infra: Infra) -> AsyncIterator[Console]:
+    """A scored stream behind a running service, its HTTP server, and a browser."""
+    prepare()
     settings = token_settings(await fresh_settings(infra))
     service = await RunningService(bootstrap(settings)).start()
     docs = list(generate(events=EVENTS, leads=LEADS, seed=3, recent=True, days=20))
@@ -101,7 +106,7 @@ async def console(infra: Infra) -> AsyncIterator[Console]:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            yield Console(f"http://127.0.0.1:{port}/console", browser, Axe(), {})
+            yield Console(f"http://127.0.0.1:{port}/console", browser, Axe(), {}, [])
         finally:
             await browser.close()
             server.should_exit = True
@@ -109,9 +114,19 @@ async def console(infra: Infra) -> AsyncIterator[Console]:
             await service.close()
 
 
-async def signed_in(console: Console, role: str) -> Page:
-    context = await console.browser.new_context(viewport={"width": 1280, "height": 900})
+async def signed_in(console: Console, role: str, **device: Any) -> Page:
+    context = await console.browser.new_context(
+        **(device or {"viewport": {"width": 1280, "height": 900}})
+    )
     page = await context.new_page()
+    # Offline: every request the pages make goes to the service itself.
+    origin = console.url.removesuffix("/console")
+    page.on(
+        "request",
+        lambda request: (
+            console.foreign.append(request.url) if not request.url.startswith(origin) else None
+        ),
+    )
     await page.goto(f"{console.url}/leads")
     await expect(page).to_have_url(re.compile(r"/console/signin"))  # sent to sign in first
     await page.get_by_label("API token").fill(TOKENS[role])
@@ -267,7 +282,32 @@ async def test_forms_need_the_sessions_csrf_token_and_sign_out_ends_the_session(
     await page.context.close()
 
 
+async def test_on_a_phone_the_pages_fit_the_screen(console: Console) -> None:
+    page = await signed_in(
+        console,
+        "viewer",
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    for name, path in [("phone-leads", "/leads"), ("phone-pipeline", "/pipeline")]:
+        await page.goto(f"{console.url}{path}")
+        # Wide tables scroll inside their own box; the page itself never scrolls sideways.
+        overflow = await page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0, (name, overflow)
+        await console.check(page, name)
+    await page.goto(f"{console.url}/leads")
+    await page.locator("table tbody tr td a").first.click()
+    await expect(page.get_by_role("heading", name="Why this score")).to_be_visible()
+    await console.check(page, "phone-lead")
+    await page.context.close()
+
+
 async def test_every_page_visited_has_no_serious_accessibility_violation(console: Any) -> None:
     """Runs after the journeys above (pytest keeps file order) and reads what they found."""
-    assert len(console.violations) >= 12, sorted(console.violations)
+    assert len(console.violations) >= 15, sorted(console.violations)
     assert {name: found for name, found in console.violations.items() if found} == {}
+    assert console.foreign == []  # nothing was loaded from anywhere but the service

@@ -1,0 +1,147 @@
+"""The console's pure parts: sessions, problem lines in YAML, the side-by-side diff, charts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scoring_service.diff import side_by_side
+from scoring_service.ruleset_files import RuleSetInvalid, load_document, problem_lines
+from services.auth import hash_token, parse_tokens
+from services.console.charts import bar_chart, grouped_bar_chart, line_chart
+from services.console.session import Forbidden, Sessions, check_csrf, csrf_token
+
+TOKENS = parse_tokens(
+    f"ann:admin:{hash_token('admin-secret')},vic:viewer:{hash_token('viewer-secret')}"
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_session_lasts_its_lifetime_however_active_then_ends():
+    clock = Clock()
+    sessions = Sessions(TOKENS, 3600, clock)
+    session: dict[str, object] = {"csrf": "from-before-sign-in"}
+    principal = sessions.sign_in(session, "viewer-secret", "10.0.0.8")
+    assert (principal.name, principal.role) == ("vic", "viewer")
+    assert session["csrf"] != "from-before-sign-in"  # a new session, a new CSRF token
+    clock.now += 3599
+    assert sessions.user(session, "10.0.0.8") == principal
+    clock.now += 2
+    assert sessions.user(session, "10.0.0.8") is None
+    assert session == {}
+
+
+def test_a_session_whose_token_is_no_longer_configured_is_refused():
+    session: dict[str, object] = {}
+    Sessions(TOKENS, 3600).sign_in(session, "admin-secret", "10.0.0.8")
+    only_viewer = parse_tokens(f"vic:viewer:{hash_token('viewer-secret')}")
+    assert Sessions(only_viewer, 3600).user(session, "10.0.0.8") is None
+
+
+def test_sign_in_refuses_unknown_tokens_and_remote_callers_without_tokens():
+    with pytest.raises(Forbidden, match="not one this service knows"):
+        Sessions(TOKENS, 3600).sign_in({}, "guess", "10.0.0.8")
+    with pytest.raises(Forbidden, match="only trusts its own machine"):
+        Sessions({}, 3600).sign_in({}, "", "10.0.0.8")
+    open_console = Sessions({}, 3600)
+    assert open_console.user({}, "127.0.0.1") is not None
+    assert open_console.user({}, "10.0.0.8") is None
+
+
+def test_csrf_tokens_must_match_the_sessions():
+    session: dict[str, object] = {}
+    token = csrf_token(session)
+    assert csrf_token(session) == token
+    check_csrf(session, token)
+    for offered in (None, "", token[:-1] + "x"):
+        with pytest.raises(Forbidden):
+            check_csrf(session, offered)
+    with pytest.raises(Forbidden):
+        check_csrf({}, token)
+
+
+def problems_of(text: str) -> list[dict[str, object]]:
+    with pytest.raises(RuleSetInvalid) as caught:
+        load_document(text)
+    return problem_lines(text, caught.value.problems)
+
+
+STARTER = (Path(__file__).parents[2] / "scoring_service" / "starter_ruleset.yaml").read_text(
+    "utf-8"
+)
+
+
+def test_each_problem_points_at_the_line_it_is_on():
+    lines = STARTER.splitlines()
+    target = next(n for n, line in enumerate(lines) if '"/blog*"}, points: 1,' in line)
+    lines[target] = lines[target].replace("points: 1,", "points: many,")
+    text = "\n".join(lines)
+    [problem] = problems_of(text)
+    assert problem["loc"].endswith(".points") and problem["line"] == target + 1
+
+
+def test_a_problem_in_a_missing_field_points_at_its_parent():
+    text = "name: x\nthresholds: {mql: 10, sal: 20}\nrules:\n  - id: a\n    category: engagement\n"
+    found = problems_of(text)
+    assert found and all(p["line"] == 4 for p in found if str(p["loc"]).startswith("rules[0]"))
+
+
+def test_top_level_problems_point_at_their_key_or_at_nothing():
+    found = {p["loc"]: p["line"] for p in problems_of("\ufffd\ufffd name: x\nrules: 3\n")}
+    assert found["rules"] == 2 and found["thresholds"] is None and found["name"] is None
+
+
+def test_a_syntax_error_points_at_its_line_and_aliases_are_not_walked():
+    [problem] = problems_of("name: x\nrules:\n  - id: [unclosed\n")
+    assert problem["line"] in (3, 4)
+    bomb = "a: &a [1, 2]\nb: [*a, *a]\n"
+    [problem] = problems_of(bomb)
+    assert problem["line"] is None and "anchors" in str(problem["msg"])
+
+
+def test_side_by_side_pairs_changed_lines_and_leaves_gaps_for_the_rest():
+    rows = side_by_side("a\nb\nc\nx\n", "a\nB\nc\n")
+    assert rows == [
+        ("same", 1, "a", 1, "a"),
+        ("changed", 2, "b", 2, "B"),
+        ("same", 3, "c", 3, "c"),
+        ("removed", 4, "x", None, None),
+    ]
+    assert side_by_side("", "new\n") == [("added", None, None, 1, "new")]
+
+
+def test_charts_escape_labels_and_describe_their_numbers():
+    svg = str(bar_chart("c", "Score <of> lead", [("<script>", 12.5), ("careers", -20)]))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    assert "12.50" in svg and "-20" in svg
+    assert re.search(r'<desc id="c-d">[^<]*careers: -20', svg)
+    negative = re.search(r'class="bar neg" x="([0-9.]+)"', svg)
+    positive = re.search(r'class="bar pos" x="([0-9.]+)"', svg)
+    assert negative and positive and float(negative.group(1)) < float(positive.group(1))
+    grouped = str(
+        grouped_bar_chart("g", "Stages", ["lead", "mql"], [("v1", [3, 1]), ("v2", [2, 2])])
+    )
+    assert grouped.count('class="bar s0"') == 3 and grouped.count('class="bar s1"') == 3
+    line = str(
+        line_chart("l", "Trajectory", [("#1", 0), ("#2", 15), ("#3", 45)], marks=[(2, "mql")])
+    )
+    assert line.count("<circle") == 3 and 'class="mark"' in line and ">mql</text>" in line
+
+
+def test_the_starter_rules_round_trip_through_the_editors_yaml():
+    from services.console.app import _yaml
+
+    document = load_document(STARTER).model_dump(mode="json")
+    assert load_document(_yaml(document)).model_dump(mode="json") == document
+    assert "null" not in _yaml(document)
+    assert yaml.safe_load(_yaml(document))["name"] == document["name"]
