@@ -83,7 +83,11 @@ async def main() -> None:
                     "seconds_best_of_3": round(min(timings), 3),
                     "mql_entered": report["stages"]["mql"]["entered"],
                 }
-            plan = await pg.fetch("EXPLAIN " + STAGE_QUERY, END - timedelta(days=30), END)
+            plan = await pg.fetch(
+                "EXPLAIN " + STAGE_QUERY.format(table="transitions", who="lead_id"),
+                END - timedelta(days=30),
+                END,
+            )
             results["plan"] = [r[0] for r in plan if "Scan" in r[0]]
         await engine.dispose()
     finally:

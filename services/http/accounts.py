@@ -11,7 +11,14 @@ from schemas.timefmt import iso
 from services import queries, rulesets
 from services.bootstrap import Container
 from services.db import driver
-from services.http.common import ERRORS, NOT_FOUND, ApiError, cursor_of, score_cursor, uncursor
+from services.http.common import (
+    ERRORS,
+    NOT_FOUND,
+    ApiError,
+    next_page_cursor,
+    score_cursor,
+    uncursor,
+)
 from services.lead_transaction import LeadTransaction
 from stage_router.accounts import account_feedback_move
 from stage_router.lifecycle import IllegalFeedback
@@ -83,14 +90,9 @@ async def account_list(
         }
         for r in rows
     ]
-    next_cursor = None
-    if len(rows) == limit:
-        last = rows[-1]
-        next_cursor = cursor_of(
-            orjson.dumps([last["score"], last["account_id"]]).decode()
-            if by_score
-            else last["account_id"]
-        )
+    next_cursor = next_page_cursor(
+        rows, limit, id_key="account_id", score_key="score", by_score=by_score
+    )
     return {"items": items, "next_cursor": next_cursor}
 
 

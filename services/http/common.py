@@ -163,6 +163,19 @@ def methods_for(app: FastAPI, path: str) -> set[str]:
     return allowed
 
 
+def next_page_cursor(
+    rows: list[Any], limit: int, *, id_key: str, score_key: str, by_score: bool
+) -> str | None:
+    """The cursor after the last row of a full page (None after a short, last page): the
+    last (score and) id, so pages stay stable while scores change."""
+    if len(rows) < limit:
+        return None
+    last = rows[-1]
+    if by_score:
+        return cursor_of(orjson.dumps([last[score_key], last[id_key]]).decode())
+    return cursor_of(last[id_key])
+
+
 def score_cursor(cursor: str | None) -> tuple[float, str] | None:
     """The (total, id) a score-ordered page continues after."""
     text = uncursor(cursor)

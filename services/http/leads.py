@@ -19,7 +19,7 @@ from services.http.common import (
     NOT_FOUND,
     ApiError,
     IsoDateTime,
-    cursor_of,
+    next_page_cursor,
     score_cursor,
     uncursor,
 )
@@ -68,14 +68,9 @@ async def lead_page(
         }
         for r in rows
     ]
-    next_cursor = None
-    if len(rows) == limit:
-        last = rows[-1]
-        next_cursor = cursor_of(
-            orjson.dumps([last["total"], last["lead_id"]]).decode()
-            if sort == "-score"
-            else last["lead_id"]
-        )
+    next_cursor = next_page_cursor(
+        rows, limit, id_key="lead_id", score_key="total", by_score=sort == "-score"
+    )
     return {"items": items, "next_cursor": next_cursor}
 
 
