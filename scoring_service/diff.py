@@ -72,3 +72,26 @@ def side_by_side(old: str, new: str) -> list[SideBySideRow]:
             kind = "changed" if i < i2 and j < j2 else ("removed" if i < i2 else "added")
             rows.append((kind, *left, *right))
     return rows
+
+
+def around_changes(rows: list[SideBySideRow], context: int = 3) -> list[SideBySideRow | int]:
+    """The rows within `context` lines of a change; each run of other unchanged rows becomes
+    its length (an int), for a view that says "N unchanged lines" instead of showing them."""
+    near = [False] * len(rows)
+    for index, row in enumerate(rows):
+        if row[0] != "same":
+            for k in range(max(0, index - context), min(len(rows), index + context + 1)):
+                near[k] = True
+    shown: list[SideBySideRow | int] = []
+    hidden = 0
+    for row, keep in zip(rows, near, strict=True):
+        if keep:
+            if hidden:
+                shown.append(hidden)
+                hidden = 0
+            shown.append(row)
+        else:
+            hidden += 1
+    if hidden:
+        shown.append(hidden)
+    return shown

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from schemas.ruleset import Stage
-from scoring_service.diff import side_by_side
+from scoring_service.diff import around_changes, side_by_side
 from scoring_service.ruleset_files import (
     MAX_DOCUMENT_BYTES,
     RuleSetInvalid,
@@ -349,12 +349,14 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         request: Request,
         version: Annotated[int, _VERSION],
         against: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+        full: bool = False,
     ) -> Response:
         user = user_of(request)
         base_version = await ruleset_detail(container, against)
         this = await ruleset_detail(container, version)
         changes = await ruleset_diff(container, base_version["version"], version)
-        rows = side_by_side(_yaml(base_version["document"]), _yaml(this["document"]))
+        every_row = side_by_side(_yaml(base_version["document"]), _yaml(this["document"]))
+        rows = every_row if full else around_changes(every_row)
         return page(
             request,
             "diff.html",
@@ -363,7 +365,9 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             new=this,
             changes=changes,
             rows=rows,
-            changed=sum(1 for row in rows if row[0] != "same"),
+            changed=sum(1 for row in every_row if row[0] != "same"),
+            full=full,
+            against=against,
         )
 
     @app.post("/rules/{version}/activate")
@@ -404,7 +408,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
                     f"trajectory-{n}",
                     f"Score of {lead['lead_id']} after each event",
                     [
-                        (f"#{s['index']} {s['type']}", s["score"]["total"])
+                        (f"#{s['index'] + 1} {s['type']}", s["score"]["total"])
                         for s in lead["trajectory"]
                     ],
                     marks=[
@@ -416,7 +420,19 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             }
             for n, lead in enumerate(result["leads"])
         ]
-        return page(request, "simulation.html", user, version=detail, result=result, leads=leads)
+        moves = {
+            t["transition_id"]: f"{t['from_stage']} → {t['to_stage']}"
+            for t in result["transitions"]
+        }
+        return page(
+            request,
+            "simulation.html",
+            user,
+            version=detail,
+            result=result,
+            leads=leads,
+            moves=moves,
+        )
 
     @app.post("/rules/{version}/impact")
     async def impact(request: Request, version: Annotated[int, _VERSION]) -> Response:

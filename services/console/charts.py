@@ -120,7 +120,7 @@ def line_chart(
 ) -> Markup:
     """A line through (label, value) points in order (a score after each event), with the
     points where something happened (a stage change) marked and named."""
-    height, left, right, top, bottom = 240, 56, 16, 16, 40
+    height, left, right, top, bottom = 250, 56, 24, 30, 40
     values = [v for _, v in points] or [0.0]
     low, high = min(0.0, *values), max(1.0, *values)
     span = high - low

@@ -172,6 +172,12 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     where = int(re.search(r"Line (\d+)", await problem.inner_text()).group(1))
     assert where == bad_line
     await expect(page.locator("#gutter li.bad")).to_have_text(str(where))
+    # The problem's button takes the cursor to its line.
+    await problem.get_by_role("button", name=f"Line {where}").click()
+    cursor_line = await editor.evaluate(
+        "el => el.value.slice(0, el.selectionStart).split('\\n').length"
+    )
+    assert cursor_line == where
     await console.check(page, "editor-problem")
 
     # Fixed: valid as typed, then published as version 2 with the reason kept.

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scoring_service.diff import side_by_side
+from scoring_service.diff import around_changes, side_by_side
 from scoring_service.ruleset_files import RuleSetInvalid, load_document, problem_lines
 from services.auth import hash_token, parse_tokens
 from services.console.charts import bar_chart, grouped_bar_chart, line_chart
@@ -145,3 +145,14 @@ def test_the_starter_rules_round_trip_through_the_editors_yaml():
     assert load_document(_yaml(document)).model_dump(mode="json") == document
     assert "null" not in _yaml(document)
     assert yaml.safe_load(_yaml(document))["name"] == document["name"]
+
+
+def test_around_changes_keeps_the_context_and_counts_the_rest():
+    old = "\n".join(f"line {n}" for n in range(1, 21))
+    new = old.replace("line 10", "line ten")
+    rows = around_changes(side_by_side(old, new), context=2)
+    assert rows[0] == 7  # lines 1-7 hidden; 8-9 and 11-12 are the context of line 10
+    shown = [row for row in rows if not isinstance(row, int)]
+    assert [row[1] for row in shown] == [8, 9, 10, 11, 12]
+    assert rows[-1] == 20 - 12
+    assert around_changes(side_by_side("a\nb\n", "a\nb\n")) == [2]
