@@ -248,6 +248,11 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
 
 async def test_a_viewer_sees_no_admin_controls_and_is_refused_anyway(console: Console) -> None:
     page = await signed_in(console, "viewer")
+    # The first Tab reaches "Skip to content", which moves on to the page's main part.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
+    await page.keyboard.press("Enter")
+    await expect(page).to_have_url(re.compile(r"#main$"))
     await page.get_by_role("link", name="Rules").click()
     await expect(page.get_by_role("heading", name="Rule sets")).to_be_visible()
     for name in ("Write a new version", "Activate", "Roll back"):
@@ -281,8 +286,10 @@ async def test_forms_need_the_sessions_csrf_token_and_sign_out_ends_the_session(
     await expect(page).to_have_url(re.compile(r"/console/signin"))
     await page.goto(f"{console.url}/rules")
     await expect(page).to_have_url(re.compile(r"/console/signin"))
-    await page.get_by_label("API token").fill("not-a-token")
-    await page.get_by_role("button", name="Sign in").click()
+    # By keyboard alone: the token field, Enter to send.
+    await page.get_by_label("API token").focus()
+    await page.keyboard.type("not-a-token")
+    await page.keyboard.press("Enter")
     await expect(page.get_by_role("alert")).to_contain_text("not one this service knows")
     await console.check(page, "signin")
     await page.context.close()

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from services.http import create_app
-from tests.conftest import TOKENS, client_for
+from tests.conftest import TOKENS, client_for, wait_for
 
 
 def console_client(container, host: str = "127.0.0.1") -> httpx.AsyncClient:
@@ -210,3 +210,20 @@ async def test_validation_of_oversized_or_undecodable_documents_answers_with_pro
             "/console/rules/validate", content=b"\xff\xfe name: x", headers={"x-csrf-token": csrf}
         )
         assert odd.status_code == 200 and odd.json()["valid"] is False
+
+
+async def test_the_console_address_and_a_rescoring_jobs_page(admin_container):
+    async with console_client(admin_container) as client:
+        await sign_in(client, "admin")
+        answer = await client.get("/console", follow_redirects=True)
+        assert answer.status_code == 200 and str(answer.url).endswith("/console/leads")
+        async with client_for(admin_container, "admin") as api:
+            started = await api.post("/v1/rulesets/1/activate", params={"rescore": "true"})
+            job = started.json()["rescore_job"]
+
+            async def finished() -> bool:
+                return (await api.get(f"/v1/jobs/{job}")).json()["status"] != "running"
+
+            await wait_for(finished, what="re-scoring job")
+        page = await client.get(f"/console/jobs/{job}")
+        assert page.status_code == 200 and "leads re-scored" in page.text, page.text[-2000:]
