@@ -158,6 +158,16 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     assert number(await page.locator("#contribution-sum").inner_text()) == total
     await console.check(page, "lead")
 
+    # Filtered by stage: a lead handed to sales shows its open follow-up deadline.
+    await page.goto(f"{console.url}/leads")
+    await page.get_by_label("Stage").select_option("sal")
+    await page.get_by_role("button", name="Show").click()
+    await expect(page.locator("table caption")).to_contain_text("in sal")
+    stages = await page.locator("table tbody tr td:nth-child(2)").all_inner_texts()
+    assert stages and set(stages) == {"sal"}
+    await page.locator("table tbody tr td a").first.click()
+    await expect(page.locator(".facts")).to_contain_text("owes a response for sal by")
+
     # The editor: a wrong value is reported at its line while typing, and nothing publishes.
     await page.get_by_role("link", name="Rules").click()
     await console.check(page, "rules")
