@@ -342,6 +342,63 @@ class FunnelReport(BaseModel):
     accounts: AccountFunnel
 
 
+class OutcomeFigures(BaseModel):
+    leads: int
+    share: float | None = Field(description="of the leads handed off")
+    median_seconds: float | None = Field(description="from the handoff to this outcome")
+
+
+class ScoreBand(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    decile: int | None = None
+    from_: float | None = Field(default=None, alias="from")
+    to: float | None = None
+    low: float | None = None
+    high: float | None = None
+    leads: int
+    qualified_share: float | None
+    won_share: float | None
+
+
+class ScoreBands(BaseModel):
+    deciles: list[ScoreBand]
+    fixed: list[ScoreBand]
+
+
+class RuleOutcome(BaseModel):
+    rule_id: str
+    won_leads_hit: int
+    lost_leads_hit: int
+    won_share_hit: float | None
+    lost_share_hit: float | None
+    lift: float | None = Field(
+        description="P(won | hit the rule before the handoff) / P(won), among won and lost leads"
+    )
+
+
+class MqlDefinition(BaseModel):
+    handed_off: int
+    sales_qualified: int
+    qualified_and_handed_off: int
+    missed: int = Field(description="leads sales qualified that the version never handed off")
+    precision: float | None
+    recall: float | None
+
+
+class ReviewReport(BaseModel):
+    """GET /v1/review: what sales did with the leads a version handed off in a window."""
+
+    version: int
+    since: datetime
+    until: datetime
+    handed_off: int
+    outcomes: dict[str, OutcomeFigures]
+    score_bands: ScoreBands
+    rules: list[RuleOutcome]
+    mql_definition: MqlDefinition
+
+
 class SegmentBatch(BaseModel):
     batch: list[dict[str, Any]] = Field(min_length=1, max_length=1000)
 

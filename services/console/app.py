@@ -34,7 +34,7 @@ from scoring_service.ruleset_files import (
     problem_lines,
 )
 from scoring_service.simulation import STAGES
-from services import queries
+from services import queries, rulesets
 from services.auth import Principal
 from services.bootstrap import Container
 from services.console import charts
@@ -54,6 +54,7 @@ from services.http.rulesets import (
     run_simulation,
     start_impact,
 )
+from services.review import review_report
 
 log = logging.getLogger(__name__)
 
@@ -553,6 +554,10 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         until = datetime.now(UTC)
         since = until - timedelta(days=WINDOWS[days])
         report = await funnel_figures(container, since, until)
+        async with container.db.connect() as conn:
+            pg = await driver(conn)
+            active = await rulesets.active_version(pg)
+            review = await review_report(pg, since, until, active) if active else None
         return page(
             request,
             "pipeline.html",
@@ -560,6 +565,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             report=report,
             days=days,
             windows=list(WINDOWS),
+            review=review,
             **_funnel_charts(report),
         )
 

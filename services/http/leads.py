@@ -24,6 +24,7 @@ from services.http.common import (
     uncursor,
 )
 from services.lead_transaction import LeadTransaction
+from services.review import review_report
 from stage_router.lifecycle import IllegalMove
 from stage_router.records import TransitionDoc, account_score_doc, score_doc
 
@@ -183,6 +184,7 @@ async def funnel_figures(
 
 def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["leads"], responses=ERRORS)
+    db = container.db
 
     @router.get("/leads", response_model=api.LeadPage)
     async def list_leads(
@@ -296,6 +298,40 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
 
         transition = await container.writer.run(work, writer="manual")
         return {"lead_id": transition["lead_id"], "transition": transition}
+
+    @router.get(
+        "/review",
+        response_model=api.ReviewReport,
+        response_model_by_alias=True,
+        responses=NOT_FOUND,
+        tags=["quarterly review"],
+    )
+    async def review(
+        _: Viewer,
+        since: IsoDateTime | None = None,
+        until: IsoDateTime | None = None,
+        version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    ) -> dict[str, Any]:
+        """For leads a version (by default the active one) handed to sales in [since, until)
+        (by default the last 90 days): the share sales accepted, qualified, converted, won and
+        lost and the median time to each; conversion by score band at handoff; per rule, hits
+        among won and lost leads and the lift; precision and recall of the handoff against
+        the leads sales qualified in the window."""
+        until = until or datetime.now(UTC)
+        since = since or until - timedelta(days=90)
+        if since.tzinfo is None or until.tzinfo is None:
+            raise ApiError(422, "invalid_request", "since and until need a UTC offset")
+        if since >= until:
+            raise ApiError(422, "invalid_request", "since must be before until")
+        async with db.connect() as conn:
+            pg = await driver(conn)
+            if version is None:
+                version = await rulesets.active_version(pg)
+                if version is None:
+                    raise ApiError(404, "no_active_ruleset", "no rule set is active")
+            elif await queries.ruleset_version(pg, version) is None:
+                raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
+            return await review_report(pg, since, until, version)
 
     @router.get("/funnel", response_model=api.FunnelReport, tags=["sales handoff"])
     async def funnel(
