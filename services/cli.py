@@ -135,6 +135,40 @@ def cmd_impact(args: argparse.Namespace) -> None:
     print(json.dumps(job["result"], indent=2))
 
 
+def cmd_review(args: argparse.Namespace) -> None:
+    params = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
+    if args.version is not None:
+        params["version"] = str(args.version)
+    body = _call("GET", "/v1/review", params=params)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    lines = [
+        f"version {body['version']}: {body['handed_off']} leads handed off "
+        f"from {body['since']} to {body['until']}"
+    ]
+    for outcome, figures in body["outcomes"].items():
+        median = figures["median_seconds"]
+        after = "" if median is None else f", median {median / 3600:.1f} h after the handoff"
+        lines.append(f"  {outcome}: {figures['leads']} ({share(figures['share'])}{after})")
+    mql = body["mql_definition"]
+    lines.append(
+        f"against the {mql['sales_qualified']} leads sales qualified: precision "
+        f"{share(mql['precision'])}, recall {share(mql['recall'])}, {mql['missed']} missed"
+    )
+    for rule in body["rules"][:10]:
+        lift = "-" if rule["lift"] is None else f"{rule['lift']:.2f}"
+        lines.append(
+            f"  rule {rule['rule_id']}: lift {lift} (won leads {rule['won_leads_hit']}, "
+            f"lost leads {rule['lost_leads_hit']})"
+        )
+    print("\n".join(lines))
+
+
 def cmd_job(args: argparse.Namespace) -> None:
     print(json.dumps(_call("GET", f"/v1/jobs/{args.job_id}"), indent=2))
 
@@ -231,6 +265,12 @@ def parser() -> argparse.ArgumentParser:
     sim.add_argument("events", help="JSON lines, one Segment event each")
     sim.add_argument("--json", action="store_true", help="print the full result as JSON")
     sim.set_defaults(func=cmd_simulate)
+    review = commands.add_parser("review", help="what sales did with a version's handoffs")
+    review.add_argument("--since", help="ISO-8601 with offset (default: 90 days ago)")
+    review.add_argument("--until", help="ISO-8601 with offset (default: now)")
+    review.add_argument("--version", type=int, help="default: the active version")
+    review.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    review.set_defaults(func=cmd_review)
     job = commands.add_parser("jobs", help="show a background job")
     job.add_argument("job_id")
     job.set_defaults(func=cmd_job)

@@ -85,3 +85,41 @@ async def test_publish_diff_activate_through_the_api(admin_container, tmp_path):
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_the_review_report_from_the_command_line(admin_container):
+    from services.db import driver
+    from tests.integration.test_review import SINCE, UNTIL, plant
+
+    async with admin_container.db.connect() as conn:
+        await plant(await driver(conn))
+    port = free_port()
+    server = QuietServer(
+        uvicorn.Config(
+            create_app(admin_container),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    env = {"LEADSCORE_API_URL": f"http://127.0.0.1:{port}", "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
+    try:
+        await wait_for(lambda: server.started, what="server")
+        window = ["--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]
+        code, out = await leadscore("review", *window, env=env)
+        assert code == 0, out
+        lines = out.splitlines()
+        assert lines[0].startswith("version 1: 5 leads handed off from 2026-10-01")
+        assert "  accepted: 4 (80.0%, median 1.0 h after the handoff)" in lines
+        assert "  converted: 0 (0.0%)" in lines
+        assert (
+            "against the 5 leads sales qualified: precision 60.0%, recall 60.0%, 2 missed" in lines
+        )
+        assert lines[-3] == "  rule demo-request: lift 2.00 (won leads 1, lost leads 0)"
+        code, out = await leadscore("review", "--version", "9", env=env)
+        assert code == 1 and "404 ruleset_not_found" in out
+    finally:
+        server.should_exit = True
+        await serving
