@@ -5,7 +5,7 @@ limits, typed path and query values, and opaque page cursors."""
 
 import base64
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -174,6 +174,20 @@ def next_page_cursor(
     if by_score:
         return cursor_of(orjson.dumps([last[score_key], last[id_key]]).decode())
     return cursor_of(last[id_key])
+
+
+def time_window(
+    since: datetime | None, until: datetime | None, *, default_days: float
+) -> tuple[datetime, datetime]:
+    """A report's [since, until): until defaults to now, since to `default_days` before it;
+    both need a UTC offset and since must come first (422 otherwise)."""
+    until = until or datetime.now(UTC)
+    since = since or until - timedelta(days=default_days)
+    if since.tzinfo is None or until.tzinfo is None:
+        raise ApiError(422, "invalid_request", "since and until need a UTC offset")
+    if since >= until:
+        raise ApiError(422, "invalid_request", "since must be before until")
+    return since, until
 
 
 def score_cursor(cursor: str | None) -> tuple[float, str] | None:

@@ -1,7 +1,7 @@
 """Leads: lists, a lead's score explained, its history, sales feedback, the funnel."""
 
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -21,6 +21,7 @@ from services.http.common import (
     IsoDateTime,
     next_page_cursor,
     score_cursor,
+    time_window,
     uncursor,
 )
 from services.lead_transaction import LeadTransaction
@@ -172,12 +173,7 @@ async def funnel_figures(
     """Leads entering each stage, conversion between stages, time in stage, SLA
     compliance and rejections by reason, for transitions in [since, until)."""
     db = container.db
-    until = until or datetime.now(UTC)
-    since = since or until - timedelta(days=30)
-    if since.tzinfo is None or until.tzinfo is None:
-        raise ApiError(422, "invalid_request", "since and until need a UTC offset")
-    if since >= until:
-        raise ApiError(422, "invalid_request", "since must be before until")
+    since, until = time_window(since, until, default_days=30)
     async with db.connect() as conn:
         return await queries.funnel_report(await driver(conn), since, until)
 
@@ -317,12 +313,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         lost and the median time to each; conversion by score band at handoff; per rule, hits
         among won and lost leads and the lift; precision and recall of the handoff against
         the leads sales qualified in the window."""
-        until = until or datetime.now(UTC)
-        since = since or until - timedelta(days=90)
-        if since.tzinfo is None or until.tzinfo is None:
-            raise ApiError(422, "invalid_request", "since and until need a UTC offset")
-        if since >= until:
-            raise ApiError(422, "invalid_request", "since must be before until")
+        since, until = time_window(since, until, default_days=90)
         async with db.connect() as conn:
             pg = await driver(conn)
             if version is None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import uvicorn
@@ -34,6 +36,28 @@ async def leadscore(*args: str, env: dict[str, str] | None = None) -> tuple[int,
     return process.returncode or 0, output.decode()
 
 
+@contextlib.asynccontextmanager
+async def api_server(container) -> AsyncIterator[str]:
+    """The real app of `container` on a free port; yields its address."""
+    port = free_port()
+    server = QuietServer(
+        uvicorn.Config(
+            create_app(container),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started, what="server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
 async def test_offline_validate_and_simulate(tmp_path):
     code, out = await leadscore("rules", "validate", "scoring_service/starter_ruleset.yaml")
     assert code == 0 and "valid rule set 'starter' with 19 rules" in out
@@ -54,20 +78,8 @@ async def test_offline_validate_and_simulate(tmp_path):
 
 
 async def test_publish_diff_activate_through_the_api(admin_container, tmp_path):
-    port = free_port()
-    server = QuietServer(
-        uvicorn.Config(
-            create_app(admin_container),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    env = {"LEADSCORE_API_URL": f"http://127.0.0.1:{port}", "LEADSCORE_API_TOKEN": TOKENS["admin"]}
-    try:
-        await wait_for(lambda: server.started, what="server")
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["admin"]}
         rules = tmp_path / "rules.yaml"
         rules.write_text(yaml.safe_dump(with_rule_points("pricing-page", 20)))
         code, out = await leadscore("rules", "publish", str(rules), "--comment", "q4", env=env)
@@ -82,9 +94,6 @@ async def test_publish_diff_activate_through_the_api(admin_container, tmp_path):
         viewer = {**env, "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
         code, out = await leadscore("rules", "activate", "1", env=viewer)
         assert code == 1 and "403 forbidden" in out
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_the_review_report_from_the_command_line(admin_container):
@@ -93,20 +102,8 @@ async def test_the_review_report_from_the_command_line(admin_container):
 
     async with admin_container.db.connect() as conn:
         await plant(await driver(conn))
-    port = free_port()
-    server = QuietServer(
-        uvicorn.Config(
-            create_app(admin_container),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    env = {"LEADSCORE_API_URL": f"http://127.0.0.1:{port}", "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
-    try:
-        await wait_for(lambda: server.started, what="server")
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
         window = ["--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]
         code, out = await leadscore("review", *window, env=env)
         assert code == 0, out
@@ -120,6 +117,3 @@ async def test_the_review_report_from_the_command_line(admin_container):
         assert lines[-3] == "  rule demo-request: lift 2.00 (won leads 1, lost leads 0)"
         code, out = await leadscore("review", "--version", "9", env=env)
         assert code == 1 and "404 ruleset_not_found" in out
-    finally:
-        server.should_exit = True
-        await serving
