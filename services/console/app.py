@@ -194,14 +194,20 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             words.get(exc.status_code, str(exc.detail)),
         )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
+    async def _expected(request: Request, exc: Exception) -> Response:
         if isinstance(exc, MALFORMED):
             return error_page(request, 400, "Cannot use that", "The request could not be stored.")
-        if isinstance(exc, UNAVAILABLE):
-            return error_page(
-                request, 503, "The database is away", "The database is unavailable; try again."
-            )
+        return error_page(
+            request, 503, "The database is away", "The database is unavailable; try again."
+        )
+
+    # Registered by class, these are answered where they happen; only the catch-all below
+    # goes through Starlette's last-resort middleware, which re-raises after answering.
+    for kind in (*MALFORMED, *UNAVAILABLE):
+        app.add_exception_handler(kind, _expected)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.error(
             "unexpected error in console %s %s", request.method, request.url.path, exc_info=exc
         )

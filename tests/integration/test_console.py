@@ -227,3 +227,32 @@ async def test_the_console_address_and_a_rescoring_jobs_page(admin_container):
             await wait_for(finished, what="re-scoring job")
         page = await client.get(f"/console/jobs/{job}")
         assert page.status_code == 200 and "leads re-scored" in page.text, page.text[-2000:]
+
+
+async def test_with_the_database_away_pages_say_so_and_come_back(settings):
+    """The database stops answering (here: its address refuses connections), then returns."""
+    from pydantic import SecretStr
+
+    from services import db, rulesets
+    from services.bootstrap import bootstrap
+    from services.embedded import free_port
+
+    away = settings.model_copy(
+        update={"database_url": SecretStr(f"postgresql://nobody@127.0.0.1:{free_port()}/x")}
+    )
+    container = bootstrap(away)
+    try:
+        async with console_client(container) as client:
+            for path in ("/console/leads", "/console/rules", "/console/pipeline"):
+                assert_words_not_trace(await client.get(path), 503, "database is unavailable")
+    finally:
+        await container.close()
+    container = bootstrap(settings)
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        await rulesets.ensure_starter(await db.driver(conn))
+    try:
+        async with console_client(container) as client:
+            assert (await client.get("/console/rules")).status_code == 200
+    finally:
+        await container.close()
