@@ -142,11 +142,34 @@ class RuleSetPublic(RuleSetSummary):
     document: dict[str, Any]
 
 
+class ChallengerPromoted(BaseModel):
+    leads: int = Field(description="leads that took the challenger's scores")
+    moved: int = Field(description="leads whose stage changed (transitions, reason rescore)")
+
+
 class Activation(BaseModel):
     version: int
     activated_by: str
     activated_at: datetime
     rescore_job: str | None = Field(description="id of the re-scoring job, with ?rescore=true")
+    challenger: ChallengerPromoted | None = Field(
+        default=None, description="set when the version activated was the challenger"
+    )
+
+
+class ChallengerStatus(BaseModel):
+    version: int
+    started_by: str
+    started_at: datetime
+    warmed_at: datetime | None = Field(
+        description="when every lead that existed at the start had been replayed under it"
+    )
+    leads_warm: int = Field(description="leads with challenger state")
+    leads_live: int
+
+
+class ChallengerStarted(ChallengerStatus):
+    warm_up_job: str
 
 
 class FieldChange(BaseModel):
@@ -238,7 +261,7 @@ class JobProgress(BaseModel):
 
 class JobPublic(BaseModel):
     id: str
-    kind: Literal["rescore", "impact"]
+    kind: Literal["rescore", "impact", "challenger-warm-up"]
     status: Literal["running", "succeeded", "failed"]
     params: dict[str, Any]
     progress: JobProgress

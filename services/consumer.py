@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import ids_to_load, score_event
-from services import kafka, store
+from services import challenger, kafka, store
 from services.db import UNAVAILABLE, driver
 from services.lead_transaction import LeadTransaction, LeadWriter, backoff
 from services.settings import Settings
@@ -579,6 +579,10 @@ class EventHandler:
         report.duplicates += len(events) - len(new)
         events = [e for e in events if (e.raw_id, e.message_id) in new]
         report.scored = len(events)
+        if tx.challenger is not None and events:
+            # Opened before live scoring changes the working set: the challenger starts
+            # from the same links and the same leads.
+            tx.shadow = await challenger.open_shadow(tx.pg, tx.challenger, ws, tx.now)
         for event in events:
             try:
                 scored = score_event(ws, tx.engine, event, now=tx.now)
@@ -586,6 +590,8 @@ class EventHandler:
                 raise PoisonRecord(event, exc) from exc
             tx.scored.append(scored)
             tx.effects.extend(scored.effects)
+            if tx.shadow is not None:
+                tx.shadow.score(event, tx.now)
 
     def count(self, report: BatchReport[None]) -> None:
         pass

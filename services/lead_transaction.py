@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from scoring_service.engine import Effects, Engine
 from scoring_service.pipeline import ScoredEvent, Workspace
 from services import store
+from services.challenger import Shadow, save_shadow
 from services.db import driver
 from services.metrics import Metrics
 from services.rulesets import ActiveRules
@@ -94,6 +95,10 @@ class LeadTransaction:
     engine: Engine
     settings: Settings
     now: float
+    # The challenger version's engine when one runs (services/challenger.py), and its
+    # working set once a writer that scores events has opened it.
+    challenger: Engine | None = None
+    shadow: Shadow | None = None
     ws: Workspace = field(default_factory=Workspace)
     effects: Effects = field(default_factory=Effects)
     scored: list[ScoredEvent] = field(default_factory=list)
@@ -180,6 +185,8 @@ class LeadTransaction:
                     account_transitions_topic=self.settings.topic_account_transitions,
                 )
             )
+        if self.shadow is not None:
+            await save_shadow(self.pg, self.shadow)
         await store.enqueue(self.pg, self.outbox)
         for topic, (next_offsets, fingerprints) in self._offsets.items():
             await store.save_offsets(self.pg, topic, next_offsets, fingerprints)
@@ -227,6 +234,11 @@ class LeadWriter:
                 continue
             self.on_commit()
             self.metrics.count_records(tx.effects)
+            if tx.shadow is not None:
+                self.metrics.challenger_events.labels("failed").inc(tx.shadow.errors)
+                self.metrics.challenger_events.labels("scored").inc(
+                    len(tx.scored) - tx.shadow.errors
+                )
             return result
 
     async def _once(
@@ -240,8 +252,14 @@ class LeadWriter:
             async with pg.transaction():
                 if not self.settings.synchronous_commit:
                     await pg.execute("SET LOCAL synchronous_commit TO off")
-                engine = await self.rules.engine(pg)
-                tx = LeadTransaction(pg=pg, engine=engine, settings=self.settings, now=now)
+                engine, challenger_engine = await self.rules.engines(pg)
+                tx = LeadTransaction(
+                    pg=pg,
+                    engine=engine,
+                    settings=self.settings,
+                    now=now,
+                    challenger=challenger_engine,
+                )
                 result = await work(tx)
                 await tx.flush()
         return tx, result

@@ -105,6 +105,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.challenger_events = Counter(
+            "leadscore_challenger_events_total",
+            "Live events the challenger version scored, and those it failed on (it misses "
+            "them; live scoring is not affected).",
+            ["result"],
+            registry=r,
+        )
         self.batch_retries = Counter(
             "leadscore_batch_retries_total",
             "Batches rolled back and retried (lock conflicts, database errors).",

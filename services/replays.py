@@ -10,13 +10,11 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.engine import Hit
-from scoring_service.intake import Event, event_from_doc
 from scoring_service.simulation import ImpactReport, replay_lead
-from services import store
+from services import challenger, store
 from services.db import driver
 from services.jobs import JobContext, JobFailed
 from services.lead_transaction import LeadTransaction, LeadWriter
@@ -28,25 +26,6 @@ IMPACT_CHUNK = 500
 # After each chunk the impact job rests as long as the chunk took: it then uses at most about
 # half of the process, and live scoring keeps the rest (see the README's measured factor).
 IMPACT_REST_RATIO = 1.0
-
-
-async def _history(
-    pg: Any, lead_ids: list[str], since: Any = None
-) -> dict[str, list[tuple[int, Event]]]:
-    """Each lead's stored events, oldest first, with their `lead_events` row ids."""
-    rows = await pg.fetch(
-        "SELECT id, lead_id, event::text AS event FROM lead_events "
-        "WHERE lead_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR occurred_at >= $2) "
-        "ORDER BY lead_id, id",
-        lead_ids,
-        since,
-    )
-    history: dict[str, list[tuple[int, Event]]] = {}
-    for row in rows:
-        history.setdefault(row["lead_id"], []).append(
-            (row["id"], event_from_doc(orjson.loads(row["event"]), row["lead_id"]))
-        )
-    return history
 
 
 async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
@@ -73,7 +52,7 @@ async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> d
         if not ids:
             return ids, 0
         ws = await tx.lock_leads(ids)
-        history = await _history(tx.pg, ids)
+        history = await store.load_history(tx.pg, ids)
         rewritten: list[tuple[int, list[Hit]]] = []
         for lead_id in ids:
             state = ws.leads.get(lead_id)
@@ -145,7 +124,7 @@ async def impact_report(
             ]
             if not ids:
                 break
-            history = await _history(pg, ids, since)
+            history = await store.load_history(pg, ids, since)
             leads = await store.load_leads(pg, ids)
             accounts = await store.load_accounts(
                 pg, [s.account_id for s in leads.values() if s.account_id]
@@ -167,3 +146,41 @@ async def impact_report(
     result = report.to_dict()
     result["days"] = days
     return result
+
+
+async def warm_challenger(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
+    """Replay every lead the challenger has no state for under it, in lead transactions (the
+    consumer's locks: a lead's events wait, then find it warm), then mark it warmed."""
+    async with writer.db.connect() as conn:
+        pg = await driver(conn)
+        await ctx.set_total(int(await pg.fetchval("SELECT count(*) FROM leads")))
+    last = ""
+
+    async def chunk(tx: LeadTransaction) -> list[str]:
+        if tx.challenger is None or tx.challenger.rules.version != version:
+            raise JobFailed(f"version {version} is no longer the challenger; stopped")
+        ids = [
+            r["lead_id"]
+            for r in await tx.pg.fetch(
+                "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
+                last,
+                RESCORE_CHUNK,
+            )
+        ]
+        if ids:
+            ws = await tx.lock_leads(ids)
+            tx.shadow = await challenger.open_shadow(tx.pg, tx.challenger, ws, tx.now)
+        else:
+            await tx.pg.execute(
+                "UPDATE challenger SET warmed_at = now() WHERE id = 1 AND version = $1", version
+            )
+        return ids
+
+    while True:
+        ids = await writer.run(chunk, writer="challenger-warm-up")
+        if not ids:
+            break
+        await ctx.advance(len(ids))
+        last = ids[-1]
+        await asyncio.sleep(0)
+    return {"version": version, "leads": ctx.done}

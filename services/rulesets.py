@@ -105,6 +105,7 @@ class ActiveRules:
 
     def __init__(self, on_change: Callable[[int], None] = lambda version: None) -> None:
         self._engine: Engine | None = None
+        self._challenger: Engine | None = None
         self._on_change = on_change
 
     async def engine(self, pg: asyncpg.Connection) -> Engine:
@@ -115,14 +116,26 @@ class ActiveRules:
         activation finishes under the old version, and every one that starts after it uses
         the new one, on every instance, at once.
         """
-        version = await pg.fetchval(
-            "SELECT (SELECT version FROM active_ruleset WHERE id = 1) "
+        return (await self.engines(pg))[0]
+
+    async def engines(self, pg: asyncpg.Connection) -> tuple[Engine, Engine | None]:
+        """The active engine and the challenger's, if one runs; as `engine`, under the
+        shared lock (starting or stopping a challenger takes it exclusively too)."""
+        row = await pg.fetchrow(
+            "SELECT (SELECT version FROM active_ruleset WHERE id = 1) AS active, "
+            "(SELECT version FROM challenger WHERE id = 1) AS challenger "
             "FROM pg_advisory_xact_lock_shared($1)",
             RULESET_LOCK,
         )
-        if version is None:
+        if row is None or row["active"] is None:
             raise NoActiveRuleSet("no active rule set")
-        return await self.engine_for(pg, int(version))
+        active = await self.engine_for(pg, int(row["active"]))
+        if row["challenger"] is None:
+            return active, None
+        challenger = self._challenger
+        if challenger is None or challenger.rules.version != row["challenger"]:
+            challenger = self._challenger = Engine(await load_version(pg, int(row["challenger"])))
+        return active, challenger
 
     async def engine_for(self, pg: asyncpg.Connection, version: int) -> Engine:
         """The engine of `version`: the cached one when it is that version (reads that

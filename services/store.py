@@ -15,7 +15,7 @@ import asyncpg
 import orjson
 
 from scoring_service.engine import QUEUE_PREFIX, Effects, Hit
-from scoring_service.intake import event_doc
+from scoring_service.intake import Event, event_doc, event_from_doc
 from scoring_service.pipeline import MAX_LINK_HOPS, ScoredEvent, Workspace
 from scoring_service.state import Account, LeadState
 from stage_router.records import (
@@ -197,9 +197,12 @@ def lead_from_row(row: Any) -> LeadState:
     return state
 
 
-async def load_leads(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, LeadState]:
+async def load_leads(
+    pg: asyncpg.Connection, ids: Sequence[str], *, table: str = "leads"
+) -> dict[str, LeadState]:
+    """Leads by id; `table` is `challenger_leads` for a challenger's own state."""
     rows = await pg.fetch(
-        f"SELECT {LEAD_COLUMNS} FROM leads WHERE lead_id = ANY($1::text[])", list(ids)
+        f"SELECT {LEAD_COLUMNS} FROM {table} WHERE lead_id = ANY($1::text[])", list(ids)
     )
     return {r["lead_id"]: lead_from_row(r) for r in rows}
 
@@ -229,46 +232,20 @@ def account_from_row(row: Any) -> Account:
     return account
 
 
-async def load_accounts(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, Account]:
+async def load_accounts(
+    pg: asyncpg.Connection, ids: Sequence[str], *, table: str = "accounts"
+) -> dict[str, Account]:
     if not ids:
         return {}
     rows = await pg.fetch(
-        f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY($1::text[])", list(ids)
+        f"SELECT {ACCOUNT_COLUMNS} FROM {table} WHERE account_id = ANY($1::text[])", list(ids)
     )
     return {r["account_id"]: account_from_row(r) for r in rows}
 
 
 async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
     """Write back what a batch changed: leads, merged-away leads, links, accounts."""
-    leads = [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads]
-    if leads:
-        await pg.execute(
-            """
-            INSERT INTO leads (lead_id, stage, stage_entered_at, account_id, traits, fit,
-                               engagement, as_of, seq, ruleset_version, scoring)
-            SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::json
-            FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
-                        $6::float8[], $7::float8[], $8::timestamptz[], $9::int[], $10::int[],
-                        $11::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc)
-            ON CONFLICT (lead_id) DO UPDATE SET
-                stage = EXCLUDED.stage, stage_entered_at = EXCLUDED.stage_entered_at,
-                account_id = EXCLUDED.account_id, traits = EXCLUDED.traits,
-                fit = EXCLUDED.fit, engagement = EXCLUDED.engagement, as_of = EXCLUDED.as_of,
-                seq = EXCLUDED.seq, ruleset_version = EXCLUDED.ruleset_version,
-                scoring = EXCLUDED.scoring, updated_at = now()
-            """,
-            [s.lead_id for s in leads],
-            [s.stage for s in leads],
-            [_ts(s.stage_entered_at) for s in leads],
-            [s.account_id for s in leads],
-            [orjson.dumps(s.traits).decode() for s in leads],
-            [s.fit for s in leads],
-            [s.engagement for s in leads],
-            [_ts(s.as_of) for s in leads],
-            [s.seq for s in leads],
-            [s.ruleset_version for s in leads],
-            [orjson.dumps(s.to_doc()).decode() for s in leads],
-        )
+    await save_leads(pg, [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads])
     if ws.merged_leads:
         await pg.execute("DELETE FROM leads WHERE lead_id = ANY($1::text[])", list(ws.merged_leads))
     if ws.new_links:
@@ -284,14 +261,50 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
         await save_accounts(pg, accounts)
 
 
-async def save_accounts(pg: asyncpg.Connection, accounts: Sequence[Account]) -> None:
+async def save_leads(
+    pg: asyncpg.Connection, leads: Sequence[LeadState], *, table: str = "leads"
+) -> None:
+    if not leads:
+        return
     await pg.execute(
-        """
-        INSERT INTO accounts (account_id, traits, version, stage, stage_entered_at, seq, as_of,
+        f"""
+        INSERT INTO {table} (lead_id, stage, stage_entered_at, account_id, traits, fit,
+                           engagement, as_of, seq, ruleset_version, scoring)
+        SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::json
+        FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                    $6::float8[], $7::float8[], $8::timestamptz[], $9::int[], $10::int[],
+                    $11::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc)
+        ON CONFLICT (lead_id) DO UPDATE SET
+            stage = EXCLUDED.stage, stage_entered_at = EXCLUDED.stage_entered_at,
+            account_id = EXCLUDED.account_id, traits = EXCLUDED.traits,
+            fit = EXCLUDED.fit, engagement = EXCLUDED.engagement, as_of = EXCLUDED.as_of,
+            seq = EXCLUDED.seq, ruleset_version = EXCLUDED.ruleset_version,
+            scoring = EXCLUDED.scoring, updated_at = now()
+        """,
+        [s.lead_id for s in leads],
+        [s.stage for s in leads],
+        [_ts(s.stage_entered_at) for s in leads],
+        [s.account_id for s in leads],
+        [orjson.dumps(s.traits).decode() for s in leads],
+        [s.fit for s in leads],
+        [s.engagement for s in leads],
+        [_ts(s.as_of) for s in leads],
+        [s.seq for s in leads],
+        [s.ruleset_version for s in leads],
+        [orjson.dumps(s.to_doc()).decode() for s in leads],
+    )
+
+
+async def save_accounts(
+    pg: asyncpg.Connection, accounts: Sequence[Account], *, table: str = "accounts"
+) -> None:
+    await pg.execute(
+        f"""
+        INSERT INTO {table} (account_id, traits, version, stage, stage_entered_at, seq, as_of,
                               fit, engagement, coverage, score, roles_covered, member_count,
                               ruleset_version, scoring)
         SELECT a, t::jsonb, v, st, se, q, ao, f, e, c, f + e + c,
-               coalesce(string_to_array(nullif(rc, ''), ','), '{}'), mc, rv, sc::jsonb
+               coalesce(string_to_array(nullif(rc, ''), ','), '{{}}'), mc, rv, sc::jsonb
         FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
                     $6::int[], $7::timestamptz[], $8::float8[], $9::float8[], $10::float8[],
                     $11::text[], $12::int[], $13::int[], $14::text[])
@@ -365,6 +378,25 @@ async def save_history(
         # The dedup key (with message_id): this row is what marks the event as seen.
         [s.event.raw_id for s in scored],
     )
+
+
+async def load_history(
+    pg: Any, lead_ids: list[str], since: Any = None
+) -> dict[str, list[tuple[int, Event]]]:
+    """Each lead's stored events, oldest first, with their `lead_events` row ids."""
+    rows = await pg.fetch(
+        "SELECT id, lead_id, event::text AS event FROM lead_events "
+        "WHERE lead_id = ANY($1::text[]) AND ($2::timestamptz IS NULL OR occurred_at >= $2) "
+        "ORDER BY lead_id, id",
+        lead_ids,
+        since,
+    )
+    history: dict[str, list[tuple[int, Event]]] = {}
+    for row in rows:
+        history.setdefault(row["lead_id"], []).append(
+            (row["id"], event_from_doc(orjson.loads(row["event"]), row["lead_id"]))
+        )
+    return history
 
 
 async def supersede_history(pg: asyncpg.Connection, transitions: Sequence[TransitionDoc]) -> None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from schemas import api
 from schemas.records import FeedbackBody, FeedbackRecord
 from schemas.timefmt import iso
-from services import queries, rulesets
+from services import challenger, queries, rulesets
 from services.bootstrap import Container
 from services.db import driver
 from services.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
@@ -76,17 +76,38 @@ async def lead_page(
     return {"items": items, "next_cursor": next_cursor}
 
 
-async def lead_detail(container: Container, lead_id: str) -> dict[str, Any]:
-    """A lead's stage, its score as of now and the signals that explain it."""
+async def lead_detail(
+    container: Container, lead_id: str, version: int | None = None
+) -> dict[str, Any]:
+    """A lead's stage, its score as of now and the signals that explain it; with `version`
+    the challenger's, under that version (its own state, which nothing published)."""
     db = container.db
     async with db.connect() as conn:
         pg = await driver(conn)
-        state = await queries.lead(pg, await queries.canonical_lead_id(pg, lead_id))
+        resolved = await queries.canonical_lead_id(pg, lead_id)
+        active = await rulesets.active_version(pg)
+        if version is None or version == active:
+            state = await queries.lead(pg, resolved)
+            account = (
+                await queries.account(pg, state.account_id) if state and state.account_id else None
+            )
+        else:
+            current = await challenger.running(pg)
+            if current is None or current.version != version:
+                raise ApiError(
+                    404,
+                    "version_not_scoring",
+                    f"version {version} is neither the active version nor the challenger",
+                )
+            state = await challenger.lead_state(pg, resolved)
+            account = (
+                (await challenger.account_states(pg, [state.account_id])).get(state.account_id)
+                if state and state.account_id
+                else None
+            )
         if state is None:
             raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
-        version = await rulesets.active_version(pg) or state.ruleset_version
-        engine = await container.rules.engine_for(pg, version)
-        account = await queries.account(pg, state.account_id) if state.account_id else None
+        engine = await container.rules.engine_for(pg, version or active or state.ruleset_version)
     now = time.time()
     score, signals = engine.explain(state, at=now)
     return {
@@ -199,9 +220,14 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         )
 
     @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
-    async def get_lead(lead_id: str, _: Viewer) -> dict[str, Any]:
-        """A lead's stage, its score as of now and the signals that explain it."""
-        return await lead_detail(container, lead_id)
+    async def get_lead(
+        lead_id: str,
+        _: Viewer,
+        version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    ) -> dict[str, Any]:
+        """A lead's stage, its score as of now and the signals that explain it. With
+        `version` set to the challenger's, the challenger's own view of the lead."""
+        return await lead_detail(container, lead_id, version)
 
     @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)
     async def history(

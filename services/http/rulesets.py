@@ -13,7 +13,7 @@ from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import BudgetExceeded, simulate
-from services import queries, replays, rulesets
+from services import challenger, queries, replays, rulesets, store
 from services.bootstrap import Container
 from services.db import driver
 from services.http.common import (
@@ -113,21 +113,28 @@ async def activate_version(
 ) -> dict[str, Any]:
     """Make a version live for every instance at once; rolling back is activating an older
     one. With `rescore`, a job re-scores every lead under it."""
+    promoted: dict[str, Any] | None = None
     async with container.db.connect() as conn:
         pg = await driver(conn)
         async with pg.transaction():
             await _fetch_version(pg, version)
             previous = await rulesets.active_version(pg)
             await rulesets.activate(pg, version, by=by)
+            current = await challenger.running(pg)
+            if current is not None and current.version == version:
+                promoted = await _promote_challenger(container, pg, version)
+                rescore = False  # its state is already this version's
             await rulesets.record_audit(
                 pg,
                 actor=by,
                 action="ruleset.activate",
                 target=str(version),
                 # What was live before: the console's roll-back goes back to it.
-                detail={"rescore": rescore, "previous": previous},
+                detail={"rescore": rescore, "previous": previous, "challenger": promoted},
             )
         row = await queries.activation(pg)
+    if promoted is not None:
+        container.writer.on_commit()  # the relay publishes the moves' records now
     job = None
     if rescore:
         job = await container.jobs.submit(
@@ -136,7 +143,84 @@ async def activate_version(
             by=by,
             work=lambda ctx: replays.rescore_all(ctx, writer=container.writer, version=version),
         )
-    return {"version": version, **dict(row or {}), "rescore_job": job}
+    return {"version": version, **dict(row or {}), "rescore_job": job, "challenger": promoted}
+
+
+async def _promote_challenger(container: Container, pg: Any, version: int) -> dict[str, Any]:
+    """The challenger's state becomes the live one, in the activation's transaction."""
+    engine = await container.rules.engine_for(pg, version)
+    try:
+        effects, leads = await challenger.promote(pg, engine, now=time.time())
+    except challenger.ChallengerRefused as exc:
+        raise ApiError(409, exc.code, exc.message) from exc
+    settings = container.settings
+    rows = await store.record_effects(
+        pg,
+        effects,
+        queues=engine.rules.queues,
+        transitions_topic=settings.topic_transitions,
+        notifications_topic=settings.topic_notifications,
+        account_transitions_topic=settings.topic_account_transitions,
+    )
+    await store.enqueue(pg, rows)
+    container.metrics.count_records(effects)
+    return {"leads": leads, "moved": len(effects.transitions)}
+
+
+async def challenger_status(container: Container) -> dict[str, Any] | None:
+    """The running challenger, with its warm-up progress; None when none runs."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        current = await challenger.running(pg)
+        if current is None:
+            return None
+        warm, live = await challenger.warm_progress(pg)
+    return {
+        "version": current.version,
+        "started_by": current.started_by,
+        "started_at": current.started_at,
+        "warmed_at": current.warmed_at,
+        "leads_warm": warm,
+        "leads_live": live,
+    }
+
+
+async def start_challenge(container: Container, version: int, *, by: str) -> dict[str, Any]:
+    """Make a version the challenger, and start the job that warms it."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            await _fetch_version(pg, version)
+            try:
+                await challenger.start(pg, version, by=by)
+            except challenger.ChallengerRefused as exc:
+                raise ApiError(409, exc.code, exc.message) from exc
+            await rulesets.record_audit(
+                pg, actor=by, action="ruleset.challenge", target=str(version), detail=None
+            )
+    job = await container.jobs.submit(
+        "challenger-warm-up",
+        {"version": version},
+        by=by,
+        work=lambda ctx: replays.warm_challenger(ctx, writer=container.writer, version=version),
+    )
+    status = await challenger_status(container)
+    assert status is not None
+    return {**status, "warm_up_job": job}
+
+
+async def stop_challenge(container: Container, version: int, *, by: str) -> None:
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            await _fetch_version(pg, version)
+            try:
+                await challenger.stop(pg, version)
+            except challenger.ChallengerRefused as exc:
+                raise ApiError(409, exc.code, exc.message) from exc
+            await rulesets.record_audit(
+                pg, actor=by, action="ruleset.challenge.stop", target=str(version), detail=None
+            )
 
 
 async def run_simulation(
@@ -238,6 +322,32 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         """Make a version live for every instance at once; rolling back is activating an
         older one. With `rescore=true`, a job re-scores every lead under it."""
         return await activate_version(container, version, by=who.name, rescore=rescore)
+
+    @router.get("/challenger", response_model=api.ChallengerStatus | None)
+    async def get_challenger(_: Viewer) -> dict[str, Any] | None:
+        """The version being tried on live traffic next to the active one (null if none)."""
+        return await challenger_status(container)
+
+    @router.post(
+        "/rulesets/{version}/challenge",
+        status_code=201,
+        response_model=api.ChallengerStarted,
+        responses={**NOT_FOUND, 409: {"model": api.ErrorBody}},
+    )
+    async def challenge(version: Version, who: Admin) -> dict[str, Any]:
+        """Score every live event under this version too, into its own state: no records,
+        no deadlines, no routing. One challenger at a time (409 otherwise). A job replays
+        the leads that already exist under it; activating it later is immediate."""
+        return await start_challenge(container, version, by=who.name)
+
+    @router.delete(
+        "/rulesets/{version}/challenge",
+        status_code=204,
+        responses={**NOT_FOUND, 409: {"model": api.ErrorBody}},
+    )
+    async def stop(version: Version, who: Admin) -> None:
+        """Stop the challenger and drop its state (its stage changes stay for the review)."""
+        await stop_challenge(container, version, by=who.name)
 
     @router.post(
         "/rulesets/{version}/simulate", response_model=api.SimulationResult, responses=NOT_FOUND
