@@ -9,11 +9,13 @@ import pytest
 
 from bench.harness import start_service
 from bench.workload import generate, lead_key
+from schemas.ruleset import RuleSetDocument
 from tests.conftest import (
     assert_leads_match,
     assert_transitions_as_replayed,
     committed,
     committed_at_least,
+    db_fetch,
     drained,
     produce,
     replay,
@@ -57,3 +59,61 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
     expected = replay(docs)
     await assert_leads_match(settings, expected)
     await assert_transitions_as_replayed(settings, expected)
+
+
+@pytest.mark.slow
+async def test_kill_9_while_a_challenger_runs_changes_neither_state(settings, tmp_path):
+    """The challenger's state is written in the batch's transaction: a kill loses and
+    doubles nothing of it either."""
+    from services import challenger, db, rulesets
+    from services.bootstrap import bootstrap
+    from tests.integration.test_challenger import (
+        assert_state_equals,
+        candidate_document,
+        challenger_rows,
+        replay_under,
+    )
+
+    container = bootstrap(settings)
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        pg = await db.driver(conn)
+        await rulesets.ensure_starter(pg)
+        async with pg.transaction():
+            version = await rulesets.publish(
+                pg, RuleSetDocument.model_validate(candidate_document()), by="test"
+            )
+            await challenger.start(pg, version, by="test")
+    await container.close()
+
+    docs = list(generate(events=8_000, leads=400, seed=9))
+    log = tmp_path / "service.log"
+    first = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
+    try:
+        feeding = asyncio.create_task(produce(settings, docs, key=lead_key))
+        await wait_for(lambda: committed_at_least(settings, 2_000), timeout=120)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        await feeding
+        assert await committed(settings) < len(docs), "the kill should land mid-stream"
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
+    try:
+        await wait_for(lambda: drained(settings, len(docs)), timeout=180, what="drain")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, log.read_text()[-3000:]
+
+    expected = replay(docs)
+    await assert_leads_match(settings, expected)
+    await assert_transitions_as_replayed(settings, expected)
+    theirs = replay_under(candidate_document(), version, docs)
+    assert_state_equals(await challenger_rows(settings), theirs)
+    stored = await db_fetch(
+        settings,
+        "SELECT count(*) AS n FROM challenger_transitions WHERE ruleset_version = $1",
+        version,
+    )
+    assert stored[0]["n"] == len(theirs.transitions)
