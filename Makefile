@@ -14,7 +14,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-console bench-funnel bench-impact demo-cluster soak clean
+.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-challenger bench-console bench-funnel bench-impact demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-funnel: $(COMPILED) ## The funnel report on 1,000,000 transitions
 
 bench-console: $(COMPILED) ## Server time of every console page on 20,000 leads (target < 300 ms)
 	$(PY) -m bench.console_bench
+
+bench-challenger: $(COMPILED) ## A challenger's cost: the same backlog drained without and with one (target < 1.6x)
+	$(PY) -m bench.run --challenger-only --events 100000 --leads 10000 --accounts 1000
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000

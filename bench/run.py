@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,11 @@ from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
+from services import challenger
 from services.db import create_engine, migrate
 from services.embedded import free_port
 from services.kafka import ensure_topics
-from services.rulesets import activate, publish
+from services.rulesets import activate, ensure_starter, publish
 from services.settings import Settings
 from stage_router.compiled import is_compiled
 
@@ -288,14 +290,21 @@ def without_accounts() -> RuleSetDocument:
     return starter_document().model_copy(update={"accounts": None})
 
 
-async def drain_without_accounts(infra: Infra, settings: Settings, total: int) -> float:
-    """Drain the backlog again with accounts not scored; returns events/s."""
-    other = (await infra.fresh_database(settings, "bench_without_accounts")).with_changes(
-        consumer_group=f"{settings.consumer_group}-without-accounts",
-        topic_transitions=f"{settings.topic_transitions}-without-accounts",
-        topic_account_transitions=f"{settings.topic_account_transitions}-without-accounts",
-        topic_notifications=f"{settings.topic_notifications}-without-accounts",
-        topic_dlq=f"{settings.topic_dlq}-without-accounts",
+async def drain_variant(
+    infra: Infra,
+    settings: Settings,
+    total: int,
+    name: str,
+    prepare: Callable[[asyncpg.Connection], Awaitable[None]],
+) -> float:
+    """Drain the backlog again on a database of its own, prepared by `prepare` (rules
+    published and activated, a challenger started); returns events/s."""
+    other = (await infra.fresh_database(settings, f"bench_{name.replace('-', '_')}")).with_changes(
+        consumer_group=f"{settings.consumer_group}-{name}",
+        topic_transitions=f"{settings.topic_transitions}-{name}",
+        topic_account_transitions=f"{settings.topic_account_transitions}-{name}",
+        topic_notifications=f"{settings.topic_notifications}-{name}",
+        topic_dlq=f"{settings.topic_dlq}-{name}",
         http_port=free_port(),
     )
     assert other.database_url is not None
@@ -308,18 +317,47 @@ async def drain_without_accounts(infra: Infra, settings: Settings, total: int) -
     pg = await asyncpg.connect(url.replace("+asyncpg", ""))
     try:
         async with pg.transaction():
-            version = await publish(pg, without_accounts(), by="bench", comment="no accounts")
-            await activate(pg, version, by="bench")
+            await prepare(pg)
     finally:
         await pg.close()
-    service = start_service(other, RESULTS / "service-without-accounts.log")
+    service = start_service(other, RESULTS / f"service-{name}.log")
     try:
         await wait_ready(other.http_port, service)
-        seconds = await wait_drained(other, total, "drain backlog, accounts not scored")
+        seconds = await wait_drained(other, total, f"drain backlog, {name}")
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(30)
     return total / seconds
+
+
+async def drain_without_accounts(infra: Infra, settings: Settings, total: int) -> float:
+    """Drain the backlog again with accounts not scored; returns events/s."""
+
+    async def prepare(pg: asyncpg.Connection) -> None:
+        version = await publish(pg, without_accounts(), by="bench", comment="no accounts")
+        await activate(pg, version, by="bench")
+
+    return await drain_variant(infra, settings, total, "without-accounts", prepare)
+
+
+def challenger_document() -> RuleSetDocument:
+    """A candidate as a quarterly review would try one: other points for pricing visits."""
+    doc = starter_document().model_dump(mode="json", by_alias=True)
+    for rule in doc["rules"]:
+        if rule["id"] == "pricing-page":
+            rule["points"] = 30
+    return RuleSetDocument.model_validate(doc)
+
+
+async def drain_with_challenger(infra: Infra, settings: Settings, total: int) -> float:
+    """Drain the backlog again with a challenger scoring next to the starter rules."""
+
+    async def prepare(pg: asyncpg.Connection) -> None:
+        await ensure_starter(pg)
+        version = await publish(pg, challenger_document(), by="bench", comment="challenger")
+        await challenger.start(pg, version, by="bench")
+
+    return await drain_variant(infra, settings, total, "with-challenger", prepare)
 
 
 async def check(settings: Settings, docs: list[Any]) -> dict[str, Any]:
@@ -449,6 +487,13 @@ def table(result: dict[str, Any]) -> str:
             "",
             f"{result.get('end_to_end_events_per_s_without_accounts', 0):,} ev/s "
             f"(accounts cost {result.get('accounts_throughput_cost', 0):.1%})",
+        ),
+        (
+            "end to end, with a challenger",
+            "cost < 1.6x",
+            "",
+            f"{result.get('end_to_end_events_per_s_with_challenger', 0):,} ev/s "
+            f"({result.get('challenger_cost_factor', 0)}x the time per event)",
         ),
         (
             "intake (parse, validate)",
@@ -586,12 +631,60 @@ async def run(args: argparse.Namespace) -> int:
         result["accounts_throughput_cost"] = round(
             1 - result["end_to_end_events_per_s"] / without, 3
         )
+        with_challenger = await drain_with_challenger(infra, settings, len(docs))
+        result["end_to_end_events_per_s_with_challenger"] = round(with_challenger)
+        # Seconds per event with a challenger over seconds per event without (target < 1.6).
+        result["challenger_cost_factor"] = round(
+            result["end_to_end_events_per_s"] / with_challenger, 3
+        )
         result["engine"] = measure(docs)
     finally:
         if service is not None and service.poll() is None:
             service.kill()
         infra.stop()
     return finish(result, stamp)
+
+
+async def challenger_cost(args: argparse.Namespace) -> int:
+    """Only the challenger's cost: the same backlog drained by a service without and with a
+    challenger, each on a database of its own (`make bench-challenger`)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    infra = Infra()
+    settings = await infra.fresh_database(infra.settings(Settings(), f"bench-{stamp}"), "bench")
+    await ensure_topics(settings)
+    try:
+        docs = list(
+            generate(
+                events=args.events,
+                leads=args.leads,
+                seed=args.seed,
+                anonymous_share=0.3,
+                duplicate_share=0.03,
+                accounts=args.accounts,
+                recent=True,
+            )
+        )
+        await produce_all(settings, docs, "produce backlog")
+
+        async def starter_only(pg: asyncpg.Connection) -> None:
+            await ensure_starter(pg)
+
+        without = await drain_variant(infra, settings, len(docs), "no-challenger", starter_only)
+        with_one = await drain_with_challenger(infra, settings, len(docs))
+    finally:
+        infra.stop()
+    result = {
+        "when": stamp,
+        "events": len(docs),
+        "leads": args.leads,
+        "events_per_s_without_challenger": round(without),
+        "events_per_s_with_challenger": round(with_one),
+        "challenger_cost_factor": round(without / with_one, 3),
+    }
+    path = RESULTS / f"challenger-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
 
 
 def finish(result: dict[str, Any], stamp: str, *, soak: bool = False) -> int:
@@ -691,7 +784,11 @@ def main() -> None:
         "--accounts", type=int, default=2_000, help="companies the people work for (10 each)"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the service's drain")
-    sys.exit(asyncio.run(run(parser.parse_args())))
+    parser.add_argument(
+        "--challenger-only", action="store_true", help="only the challenger's cost per event"
+    )
+    args = parser.parse_args()
+    sys.exit(asyncio.run(challenger_cost(args) if args.challenger_only else run(args)))
 
 
 if __name__ == "__main__":
