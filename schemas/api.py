@@ -157,6 +157,43 @@ class Activation(BaseModel):
     )
 
 
+class ProposeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime | None = Field(
+        default=None, description="handoffs from (default: a year before until)"
+    )
+    until: datetime | None = Field(default=None, description="handoffs before (default: now)")
+    target: Literal["won", "qualified"] = Field(
+        default="won", description="learn won vs lost, or qualified vs rejected"
+    )
+    seed: int = Field(default=0, ge=0, le=2**31 - 1, description="the held-out split's seed")
+
+
+class ProposedRule(BaseModel):
+    rule_id: str
+    old_points: float
+    new_points: float
+
+
+class ProposalPublic(BaseModel):
+    version: int = Field(description="the new, inactive version")
+    source_version: int
+    since: datetime
+    until: datetime
+    target: str
+    seed: int
+    comment: str
+    rules: list[ProposedRule]
+    unchanged: list[str] = Field(description="rules no decided lead hit: points kept")
+    samples: int
+    good_outcomes: int
+    trained_on: int
+    held_out: int
+    auc_old: float = Field(description="held-out AUC of the source version's points")
+    auc_proposed: float = Field(description="held-out AUC of the proposed points")
+
+
 class ChallengerStatus(BaseModel):
     version: int
     started_by: str

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 OUTCOMES = ("accepted", "qualified", "converted", "won", "lost")
 # Fixed score bands at handoff: [low, high) with the last open-ended.
@@ -27,7 +28,9 @@ WITH cohort AS (
     WHERE ruleset_version = $3 AND from_stage IN ('lead', 'recycled')
       AND to_stage = ANY($4::text[]) AND occurred_at >= $1 AND occurred_at < $2
     ORDER BY lead_id, occurred_at, transition_id
-), outcomes AS (
+), outcomes AS MATERIALIZED (
+    -- Materialised: computed once. Inlined into a join, a planner without statistics yet
+    -- (a freshly filled table) re-ran it for every lead of the cohort.
     SELECT c.lead_id, f.outcome, min(f.at) AS first_at
     FROM cohort c
     JOIN feedback f ON f.lead_id = c.lead_id AND f.result = 'applied' AND f.at >= c.handed_at
@@ -108,6 +111,55 @@ SELECT (SELECT count(*) FROM cohort) AS handed_off,
        (SELECT count(*) FROM qualified q JOIN cohort c USING (lead_id)) AS both
 """
 )
+
+
+# One row per decided lead of the cohort: whether the outcome was the good one ($6), and per
+# rule its hits before the handoff (engagement: counted hits; fit: 1 when the lead matches).
+SAMPLES_QUERY = (
+    COHORT
+    + """
+, decided AS (
+    SELECT c.lead_id, c.handed_at, bool_or(o.outcome = $6) AS good
+    FROM cohort c JOIN outcomes o USING (lead_id)
+    GROUP BY c.lead_id, c.handed_at
+), engagement AS (
+    SELECT d.lead_id, h.value ->> 0 AS rule_id, count(*)::float8 AS hits
+    FROM decided d
+    JOIN lead_events e ON e.lead_id = d.lead_id AND e.occurred_at <= d.handed_at
+    CROSS JOIN LATERAL json_array_elements(e.hits) AS h(value)
+    WHERE (h.value ->> 2)::boolean
+    GROUP BY d.lead_id, h.value ->> 0
+), fit AS (
+    SELECT d.lead_id, f.rule_id, 1.0::float8 AS hits
+    FROM decided d JOIN leads l USING (lead_id)
+    CROSS JOIN LATERAL json_array_elements_text(l.scoring -> 'fit_rules') AS f(rule_id)
+), hit AS (
+    SELECT * FROM engagement UNION ALL SELECT * FROM fit
+)
+SELECT d.lead_id, d.good,
+       coalesce(json_object_agg(h.rule_id, h.hits) FILTER (WHERE h.rule_id IS NOT NULL),
+                '{}')::text AS hits
+FROM decided d LEFT JOIN hit h USING (lead_id)
+GROUP BY d.lead_id, d.good
+ORDER BY d.lead_id
+LIMIT $7
+"""
+)
+# (good outcome, the bad one) a proposal can learn from.
+TARGETS = {"won": ("won", "lost"), "qualified": ("qualified", "rejected")}
+MAX_SAMPLES = 200_000
+
+
+async def outcome_samples(
+    pg: asyncpg.Connection, since: datetime, until: datetime, version: int, target: str
+) -> list[tuple[str, bool, dict[str, float]]]:
+    """(lead, good outcome?, hits per rule) for each lead `version` handed off in the window
+    that sales decided on (won or lost; or qualified or rejected)."""
+    good, bad = TARGETS[target]
+    rows = await pg.fetch(
+        SAMPLES_QUERY, since, until, version, list(PAST_LEAD), [good, bad], good, MAX_SAMPLES
+    )
+    return [(r["lead_id"], bool(r["good"]), orjson.loads(r["hits"])) for r in rows]
 
 
 def _ratio(part: int, whole: int) -> float | None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -9,11 +10,12 @@ from fastapi import APIRouter, Query, Request
 
 from schemas import api
 from schemas.ruleset import RuleSetDocument
+from scoring_service import weights
 from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import BudgetExceeded, simulate
-from services import challenger, queries, replays, rulesets, store
+from services import challenger, queries, replays, review, rulesets, store
 from services.bootstrap import Container
 from services.db import driver
 from services.http.common import (
@@ -23,6 +25,7 @@ from services.http.common import (
     Version,
     cursor_of,
     int_cursor,
+    time_window,
 )
 from services.jobs import get_job
 
@@ -165,6 +168,65 @@ async def _promote_challenger(container: Container, pg: Any, version: int) -> di
     await store.enqueue(pg, rows)
     container.metrics.count_records(effects)
     return {"leads": leads, "moved": len(effects.transitions)}
+
+
+async def propose_version(
+    container: Container,
+    version: int,
+    *,
+    by: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    target: str = "won",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit points to the outcomes of the leads `version` handed off in the window and
+    publish them as a new, inactive version (scoring_service/weights.py)."""
+    since, until = time_window(since, until, default_days=365)
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        row = await _fetch_version(pg, version)
+        samples = await review.outcome_samples(pg, since, until, version, target)
+    document = orjson.loads(row["document"])
+    old_points = {rule["id"]: float(rule.get("points", 0.0)) for rule in document["rules"]}
+
+    def fit() -> weights.Proposal:
+        return weights.propose_points(
+            [weights.Sample(lead, hits, good) for lead, good, hits in samples],
+            old_points,
+            seed=seed,
+        )
+
+    try:
+        proposal = await asyncio.to_thread(fit)
+    except weights.TooFewOutcomes as exc:
+        raise ApiError(422, "too_few_outcomes", str(exc)) from exc
+    window = f"{since.date().isoformat()} to {until.date().isoformat()}"
+    text = weights.comment(proposal, source=version, window=window, target=target)
+    proposed = RuleSetDocument.model_validate(
+        weights.with_points(document, {r: new for r, (_, new) in proposal.points.items()})
+    )
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            new_version = await rulesets.publish(pg, proposed, by=by, comment=text)
+            await rulesets.record_audit(
+                pg,
+                actor=by,
+                action="ruleset.propose",
+                target=str(new_version),
+                detail={"source": version, "target": target, "seed": seed, "window": window},
+            )
+    return {
+        "version": new_version,
+        "source_version": version,
+        "since": since,
+        "until": until,
+        "target": target,
+        "seed": seed,
+        "comment": text,
+        **proposal.to_dict(),
+    }
 
 
 async def challenger_status(container: Container) -> dict[str, Any] | None:
@@ -348,6 +410,31 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     async def stop(version: Version, who: Admin) -> None:
         """Stop the challenger and drop its state (its stage changes stay for the review)."""
         await stop_challenge(container, version, by=who.name)
+
+    @router.post(
+        "/rulesets/{version}/propose",
+        status_code=201,
+        response_model=api.ProposalPublic,
+        responses={**NOT_FOUND, 422: {"model": api.ErrorBody}},
+    )
+    async def propose(
+        version: Version, who: Admin, body: api.ProposeRequest | None = None
+    ) -> dict[str, Any]:
+        """Fit this version's rule points to sales outcomes (won/lost, or qualified/
+        rejected) of the leads it handed off in a window, with an L2-regularised logistic
+        regression; publish the rounded points as a new, inactive version whose comment
+        records the window, the held-out AUC and each rule's old and new points. 422
+        `too_few_outcomes` when the window holds too few decided leads."""
+        request = body or api.ProposeRequest()
+        return await propose_version(
+            container,
+            version,
+            by=who.name,
+            since=request.since,
+            until=request.until,
+            target=request.target,
+            seed=request.seed,
+        )
 
     @router.post(
         "/rulesets/{version}/simulate", response_model=api.SimulationResult, responses=NOT_FOUND
