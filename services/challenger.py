@@ -28,7 +28,7 @@ from datetime import datetime
 
 import asyncpg
 
-from scoring_service.engine import Effects, Engine
+from scoring_service.engine import Effects, Engine, Hit
 from scoring_service.intake import Event
 from scoring_service.pipeline import Workspace, score_event
 from scoring_service.state import Account, LeadState
@@ -96,6 +96,10 @@ async def start(pg: asyncpg.Connection, version: int, *, by: str) -> None:
             f"version {current.version} is already the challenger (one at a time); stop it first",
         )
     await _clear_state(pg)
+    # A run before this one (of any version) left its hits on the history.
+    await pg.execute(
+        "UPDATE lead_events SET challenger_hits = NULL WHERE challenger_hits IS NOT NULL"
+    )
     # A second run of the same version starts its record of stage changes afresh.
     await pg.execute("DELETE FROM challenger_transitions WHERE ruleset_version = $1", version)
     await pg.execute(
@@ -123,6 +127,8 @@ class Shadow:
 
     engine: Engine
     ws: Workspace
+    # Per live event scored in this transaction, in order: what the challenger's rules hit.
+    hits: list[list[Hit]] = field(default_factory=list)
     transitions: list[TransitionDoc] = field(default_factory=list)
     account_transitions: list[AccountTransitionDoc] = field(default_factory=list)
     errors: int = 0
@@ -135,12 +141,16 @@ class Shadow:
         """Score one live event under the challenger. A defect here must not cost the live
         event anything: it is logged and counted, and the challenger misses the event."""
         try:
-            self.collect(score_event(self.ws, self.engine, event, now=now).effects)
+            effects = score_event(self.ws, self.engine, event, now=now).effects
         except Exception:
+            self.hits.append([])
             self.errors += 1
             log.exception(
                 "the challenger (version %d) failed on an event", self.engine.rules.version
             )
+            return
+        self.collect(effects)
+        self.hits.append(effects.hits)
 
 
 async def open_shadow(
@@ -167,18 +177,23 @@ async def _warm(pg: asyncpg.Connection, shadow: Shadow, lead_ids: list[str], now
     """Replay each lead's stored history under the challenger, from an empty start."""
     history = await store.load_history(pg, lead_ids)
     ws, engine = shadow.ws, shadow.engine
+    replayed: list[tuple[int, list[Hit]]] = []
     for lead_id in lead_ids:
         state = LeadState(lead_id=lead_id)
-        for _, event in history.get(lead_id, []):
+        for row_id, event in history.get(lead_id, []):
             account_id = event.group_id if event.type == "group" else state.account_id
             account = ws.accounts.get(account_id or "")
             try:
-                shadow.collect(engine.apply_event(state, event, account, now=now))
+                effects = engine.apply_event(state, event, account, now=now)
             except Exception:
                 shadow.errors += 1
                 log.exception("the challenger failed replaying lead %r", lead_id)
+                continue
+            shadow.collect(effects)
+            replayed.append((row_id, effects.hits))
         ws.leads[lead_id] = state
         ws.changed_leads.add(lead_id)
+    await store.save_challenger_hits(pg, replayed)
 
 
 async def save_shadow(pg: asyncpg.Connection, shadow: Shadow) -> None:
@@ -277,6 +292,14 @@ async def promote(pg: asyncpg.Connection, engine: Engine, *, now: float) -> tupl
         f"score = c.score, roles_covered = c.roles_covered, member_count = c.member_count, "
         f"as_of = c.as_of, scoring = c.scoring, ruleset_version = c.ruleset_version, "
         f"updated_at = now() FROM {ACCOUNTS} c WHERE c.account_id = a.account_id"
+    )
+    # The history explains the new scores: each event's hits become the challenger's.
+    await pg.execute(
+        "UPDATE lead_events SET hits = challenger_hits, ruleset_version = $1, "
+        "points = (SELECT coalesce(sum((h ->> 1)::float8), 0) "
+        "          FROM json_array_elements(challenger_hits) AS h), "
+        "challenger_hits = NULL WHERE challenger_hits IS NOT NULL",
+        version,
     )
     effects = Effects()
     if moving:

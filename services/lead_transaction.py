@@ -174,7 +174,13 @@ class LeadTransaction:
                     and s.account_id in self.ws.accounts
                 )
             await store.save_workspace(self.pg, self.ws)
-            await store.save_history(self.pg, self.engine.rules.version, self.scored, self.ws)
+            await store.save_history(
+                self.pg,
+                self.engine.rules.version,
+                self.scored,
+                self.ws,
+                self.shadow.hits if self.shadow is not None and self.shadow.hits else None,
+            )
             self.outbox.extend(
                 await store.record_effects(
                     self.pg,

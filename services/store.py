@@ -337,7 +337,11 @@ async def save_accounts(
 
 
 async def save_history(
-    pg: asyncpg.Connection, ruleset_version: int, scored: Sequence[ScoredEvent], ws: Workspace
+    pg: asyncpg.Connection,
+    ruleset_version: int,
+    scored: Sequence[ScoredEvent],
+    ws: Workspace,
+    challenger_hits: Sequence[Sequence[Hit]] | None = None,
 ) -> None:
     """Keep every scored event with its rule hits: the lead's history, replayed by
     simulations, impact reports and re-scoring. Merged leads' history moves with them."""
@@ -357,11 +361,11 @@ async def save_history(
     await pg.execute(
         """
         INSERT INTO lead_events (lead_id, message_id, type, occurred_at, event, hits, points,
-                                 ruleset_version, held, raw_id)
-        SELECT l, m, t, o, e::jsonb, h::json, p, $8, hd, r
+                                 ruleset_version, held, raw_id, challenger_hits)
+        SELECT l, m, t, o, e::jsonb, h::json, p, $8, hd, r, ch::json
         FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::float8[], $9::text[], $10::text[])
-             WITH ORDINALITY AS u(l, m, t, o, e, h, p, hd, r, n)
+                    $6::text[], $7::float8[], $9::text[], $10::text[], $11::text[])
+             WITH ORDINALITY AS u(l, m, t, o, e, h, p, hd, r, ch, n)
         ORDER BY n
         """,
         # The lead each event counts for once the batch is done: an anonymous lead merged
@@ -377,6 +381,10 @@ async def save_history(
         [s.held for s in scored],
         # The dedup key (with message_id): this row is what marks the event as seen.
         [s.event.raw_id for s in scored],
+        # What a challenger's rules hit on the same event (the outcome report's rule table).
+        [_hits_json(h) for h in challenger_hits]
+        if challenger_hits is not None
+        else [None] * len(scored),
     )
 
 
@@ -410,6 +418,19 @@ async def supersede_history(pg: asyncpg.Connection, transitions: Sequence[Transi
             "UPDATE lead_events SET superseded = true "
             "WHERE lead_id = ANY($1::text[]) AND NOT superseded",
             recycled,
+        )
+
+
+async def save_challenger_hits(
+    pg: asyncpg.Connection, rows: Sequence[tuple[int, Sequence[Hit]]]
+) -> None:
+    """A challenger's hits on stored events it replayed (by `lead_events.id`)."""
+    if rows:
+        await pg.execute(
+            "UPDATE lead_events e SET challenger_hits = u.h::json "
+            "FROM unnest($1::bigint[], $2::text[]) AS u(i, h) WHERE e.id = u.i",
+            [row_id for row_id, _ in rows],
+            [_hits_json(hits) for _, hits in rows],
         )
 
 

@@ -141,6 +141,12 @@ async def test_challenger_scores_alongside_publishes_nothing_and_activates_warm(
             unknown = await admin.get(f"/v1/leads/{lead_id}", params={"version": 999})
             assert (unknown.status_code, unknown.json()["error"]) == (404, "version_not_scoring")
 
+            # Every stored event has the challenger's hits too, warmed ones included.
+            unhit = await db_fetch(
+                settings, "SELECT count(*) AS n FROM lead_events WHERE challenger_hits IS NULL"
+            )
+            assert unhit[0]["n"] == 0
+
             activated = await admin.post(f"/v1/rulesets/{version}/activate")
             assert activated.status_code == 200, activated.text
             assert activated.json()["challenger"] == {
@@ -170,6 +176,9 @@ async def test_challenger_scores_alongside_publishes_nothing_and_activates_warm(
         }
         assert rescored == differing
         assert not await db_fetch(settings, "SELECT 1 FROM challenger_leads LIMIT 1")
+        # The history now explains the new scores: its hits are the challenger's.
+        versions = await db_fetch(settings, "SELECT DISTINCT ruleset_version FROM lead_events")
+        assert [r["ruleset_version"] for r in versions] == [version]
     finally:
         await running.close()
 

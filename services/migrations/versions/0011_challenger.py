@@ -2,8 +2,9 @@
 
 `challenger` holds the one version being tried (at most one row). Its state per lead and per
 account has the live tables' columns; its stage changes are kept (never published) for the
-outcome report. `warmed_at` says every lead that existed when it started has been replayed
-under it, so activating it needs no replay.
+outcome report, and each scored event's hits under it in `lead_events.challenger_hits`.
+`warmed_at` says every lead that existed when it started has been replayed under it, so
+activating it needs no replay.
 
 Revision ID: 0011
 Revises: 0010
@@ -55,7 +56,8 @@ def upgrade() -> None:
             occurred_at     timestamptz NOT NULL
         );
         CREATE INDEX challenger_account_transitions_by_time
-            ON challenger_account_transitions (ruleset_version, occurred_at)
+            ON challenger_account_transitions (ruleset_version, occurred_at);
+        ALTER TABLE lead_events ADD COLUMN challenger_hits json
         """
     ):
         op.execute(statement)
@@ -64,6 +66,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for statement in _statements(
         """
+        ALTER TABLE lead_events DROP COLUMN challenger_hits;
         DROP TABLE challenger_account_transitions;
         DROP TABLE challenger_transitions;
         DROP TABLE challenger_accounts;
