@@ -446,10 +446,30 @@ class MqlDefinition(BaseModel):
     recall: float | None
 
 
+class AccountOutcome(BaseModel):
+    accounts: int = Field(description="MQAs with a member lead that had this outcome after")
+    share: float | None
+
+
+class AccountReview(BaseModel):
+    """The same for accounts: those the version moved to `mqa` in the window."""
+
+    mqa: int
+    outcomes: dict[str, AccountOutcome]
+    sales_qualified: int = Field(description="accounts with a member sales qualified")
+    qualified_and_mqa: int
+    missed: int = Field(description="accounts with a qualified member that never reached mqa")
+    precision: float | None
+    recall: float | None
+
+
 class ReviewReport(BaseModel):
     """GET /v1/review: what sales did with the leads a version handed off in a window."""
 
     version: int
+    scored_by: Literal["live", "challenger"] = Field(
+        description="`challenger`: computed on the stages the challenger gave the same leads"
+    )
     since: datetime
     until: datetime
     handed_off: int
@@ -457,6 +477,11 @@ class ReviewReport(BaseModel):
     score_bands: ScoreBands
     rules: list[RuleOutcome]
     mql_definition: MqlDefinition
+    accounts: AccountReview
+    compared_with: ReviewReport | None = Field(
+        default=None,
+        description="for a challenger: the active version's report over the same window",
+    )
 
 
 class SegmentBatch(BaseModel):

@@ -24,7 +24,7 @@ PAST_LEAD = ("mql", "sal", "sql", "opportunity", "customer")
 COHORT = """
 WITH cohort AS (
     SELECT DISTINCT ON (lead_id) lead_id, occurred_at AS handed_at, score_total AS score
-    FROM transitions
+    FROM {transitions}
     WHERE ruleset_version = $3 AND from_stage IN ('lead', 'recycled')
       AND to_stage = ANY($4::text[]) AND occurred_at >= $1 AND occurred_at < $2
     ORDER BY lead_id, occurred_at, transition_id
@@ -87,7 +87,7 @@ RULE_QUERY = (
     SELECT DISTINCT d.lead_id, d.won, h.value ->> 0 AS rule_id
     FROM decided d
     JOIN lead_events e ON e.lead_id = d.lead_id AND e.occurred_at <= d.handed_at
-    CROSS JOIN LATERAL json_array_elements(e.hits) AS h(value)
+    CROSS JOIN LATERAL json_array_elements(e.{hits}) AS h(value)
     WHERE (h.value ->> 2)::boolean
 )
 SELECT rule_id,
@@ -113,6 +113,53 @@ SELECT (SELECT count(*) FROM cohort) AS handed_off,
 )
 
 
+# Accounts (MQA): those the version first moved to `mqa` in the window; their outcomes are
+# their member leads' feedback at or after that; "qualified" accounts for precision and recall
+# are those with a member sales qualified in the window.
+ACCOUNT_QUERY = """
+WITH mqa AS (
+    SELECT DISTINCT ON (account_id) account_id, occurred_at AS at
+    FROM {account_transitions}
+    WHERE ruleset_version = $3 AND to_stage = 'mqa' AND occurred_at >= $1 AND occurred_at < $2
+    ORDER BY account_id, occurred_at
+), member_outcomes AS MATERIALIZED (
+    SELECT DISTINCT m.account_id, f.outcome
+    FROM mqa m
+    JOIN leads l ON l.account_id = m.account_id
+    JOIN feedback f ON f.lead_id = l.lead_id AND f.result = 'applied' AND f.at >= m.at
+    WHERE f.outcome IN ('qualified', 'won', 'lost')
+), qualified AS MATERIALIZED (
+    SELECT DISTINCT l.account_id
+    FROM feedback f JOIN leads l USING (lead_id)
+    WHERE f.outcome = 'qualified' AND f.result = 'applied' AND f.at >= $1 AND f.at < $2
+      AND l.account_id IS NOT NULL
+)
+SELECT (SELECT count(*) FROM mqa) AS mqa,
+       (SELECT count(*) FROM member_outcomes WHERE outcome = 'qualified') AS qualified,
+       (SELECT count(*) FROM member_outcomes WHERE outcome = 'won') AS won,
+       (SELECT count(*) FROM member_outcomes WHERE outcome = 'lost') AS lost,
+       (SELECT count(*) FROM qualified) AS sales_qualified,
+       (SELECT count(*) FROM qualified JOIN mqa USING (account_id)) AS both
+"""
+LIVE = {
+    "{transitions}": "transitions",
+    "{account_transitions}": "account_transitions",
+    "{hits}": "hits",
+}
+CHALLENGER = {
+    "{transitions}": "challenger_transitions",
+    "{account_transitions}": "challenger_account_transitions",
+    "{hits}": "challenger_hits",
+}
+
+
+def _sql(query: str, challenger: bool) -> str:
+    """The query over the live version's records, or over a challenger's own."""
+    for name, table in (CHALLENGER if challenger else LIVE).items():
+        query = query.replace(name, table)
+    return query
+
+
 # One row per decided lead of the cohort: whether the outcome was the good one ($6), and per
 # rule its hits before the handoff (engagement: counted hits; fit: 1 when the lead matches).
 SAMPLES_QUERY = (
@@ -126,7 +173,7 @@ SAMPLES_QUERY = (
     SELECT d.lead_id, h.value ->> 0 AS rule_id, count(*)::float8 AS hits
     FROM decided d
     JOIN lead_events e ON e.lead_id = d.lead_id AND e.occurred_at <= d.handed_at
-    CROSS JOIN LATERAL json_array_elements(e.hits) AS h(value)
+    CROSS JOIN LATERAL json_array_elements(e.{hits}) AS h(value)
     WHERE (h.value ->> 2)::boolean
     GROUP BY d.lead_id, h.value ->> 0
 ), fit AS (
@@ -157,7 +204,14 @@ async def outcome_samples(
     that sales decided on (won or lost; or qualified or rejected)."""
     good, bad = TARGETS[target]
     rows = await pg.fetch(
-        SAMPLES_QUERY, since, until, version, list(PAST_LEAD), [good, bad], good, MAX_SAMPLES
+        _sql(SAMPLES_QUERY, False),
+        since,
+        until,
+        version,
+        list(PAST_LEAD),
+        [good, bad],
+        good,
+        MAX_SAMPLES,
     )
     return [(r["lead_id"], bool(r["good"]), orjson.loads(r["hits"])) for r in rows]
 
@@ -167,13 +221,20 @@ def _ratio(part: int, whole: int) -> float | None:
 
 
 async def review_report(
-    pg: asyncpg.Connection, since: datetime, until: datetime, version: int
+    pg: asyncpg.Connection,
+    since: datetime,
+    until: datetime,
+    version: int,
+    *,
+    challenger: bool = False,
 ) -> dict[str, Any]:
+    """The report for `version`; with `challenger`, computed on the stages the challenger
+    gave the same leads (its own transitions and hits), not the live ones."""
     args = (since, until, version, list(PAST_LEAD), list(OUTCOMES))
-    precision = await pg.fetchrow(PRECISION_QUERY, *args)
+    precision = await pg.fetchrow(_sql(PRECISION_QUERY, challenger), *args)
     assert precision is not None  # aggregates without GROUP BY: always one row
     handed_off = int(precision["handed_off"])
-    outcome_rows = {r["outcome"]: r for r in await pg.fetch(OUTCOME_QUERY, *args)}
+    outcome_rows = {r["outcome"]: r for r in await pg.fetch(_sql(OUTCOME_QUERY, challenger), *args)}
     outcomes = {
         outcome: {
             "leads": int(row["leads"]) if row else 0,
@@ -188,7 +249,7 @@ async def review_report(
         for row in [outcome_rows.get(outcome)]
     }
     bands: dict[str, list[dict[str, Any]]] = {"deciles": [], "fixed": []}
-    for row in await pg.fetch(BAND_QUERY, *args, list(BANDS)):
+    for row in await pg.fetch(_sql(BAND_QUERY, challenger), *args, list(BANDS)):
         leads = int(row["leads"])
         figures = {
             "leads": leads,
@@ -207,7 +268,7 @@ async def review_report(
     bands["deciles"].sort(key=lambda b: b["decile"])
     bands["fixed"].sort(key=lambda b: -1.0 if b["from"] is None else b["from"])
     rules = []
-    for row in await pg.fetch(RULE_QUERY, *args):
+    for row in await pg.fetch(_sql(RULE_QUERY, challenger), *args):
         won_with, lost_with = int(row["won_with"]), int(row["lost_with"])
         won_all, lost_all = int(row["won_all"]), int(row["lost_all"])
         base = won_all / (won_all + lost_all) if won_all + lost_all else None
@@ -225,8 +286,13 @@ async def review_report(
         )
     rules.sort(key=lambda r: (-(r["lift"] or 0.0), r["rule_id"]))
     qualified, both = int(precision["qualified"]), int(precision["both"])
+    accounts = await pg.fetchrow(_sql(ACCOUNT_QUERY, challenger), since, until, version)
+    assert accounts is not None
+    mqa, account_qualified = int(accounts["mqa"]), int(accounts["sales_qualified"])
+    account_both = int(accounts["both"])
     return {
         "version": version,
+        "scored_by": "challenger" if challenger else "live",
         "since": since,
         "until": until,
         "handed_off": handed_off,
@@ -240,5 +306,20 @@ async def review_report(
             "missed": qualified - both,
             "precision": _ratio(both, handed_off),
             "recall": _ratio(both, qualified),
+        },
+        "accounts": {
+            "mqa": mqa,
+            "outcomes": {
+                outcome: {
+                    "accounts": int(accounts[outcome]),
+                    "share": _ratio(int(accounts[outcome]), mqa),
+                }
+                for outcome in ("qualified", "won", "lost")
+            },
+            "sales_qualified": account_qualified,
+            "qualified_and_mqa": account_both,
+            "missed": account_qualified - account_both,
+            "precision": _ratio(account_both, mqa),
+            "recall": _ratio(account_both, account_qualified),
         },
     }

@@ -338,7 +338,8 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         (by default the last 90 days): the share sales accepted, qualified, converted, won and
         lost and the median time to each; conversion by score band at handoff; per rule, hits
         among won and lost leads and the lift; precision and recall of the handoff against
-        the leads sales qualified in the window."""
+        the leads sales qualified in the window; the same for accounts (MQA). For the
+        running challenger, the report on its own stages, with the active version's."""
         since, until = time_window(since, until, default_days=90)
         async with db.connect() as conn:
             pg = await driver(conn)
@@ -348,7 +349,14 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
                     raise ApiError(404, "no_active_ruleset", "no rule set is active")
             elif await queries.ruleset_version(pg, version) is None:
                 raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
-            return await review_report(pg, since, until, version)
+            running = await challenger.running(pg)
+            active = await rulesets.active_version(pg)
+            if running is None or running.version != version or active is None:
+                return await review_report(pg, since, until, version)
+            # A challenger: its own stages over the same leads, next to the active version.
+            report = await review_report(pg, since, until, version, challenger=True)
+            report["compared_with"] = await review_report(pg, since, until, active)
+            return report
 
     @router.get("/funnel", response_model=api.FunnelReport, tags=["sales handoff"])
     async def funnel(

@@ -16,6 +16,7 @@ from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents
 from services.bootstrap import bootstrap
 from services.challenger import SCORING_STAGES
+from services.review import PAST_LEAD
 from tests.conftest import (
     RunningService,
     client_for,
@@ -59,6 +60,17 @@ def assert_state_equals(rows: dict[str, Any], replay: Replay, *, stages: bool = 
             assert (row["stage"], row["seq"]) == (state.stage, state.seq), lead_id
         assert abs(row["fit"] - state.fit) < 1e-9, lead_id
         assert abs(row["engagement"] - state.engagement) < 1e-6, lead_id
+
+
+def handed_off(replay: Replay) -> int:
+    """Leads the replay moved past `lead` (the review's cohort)."""
+    return len(
+        {
+            t["lead_id"]
+            for t in replay.transitions
+            if t["from_stage"] in ("lead", "recycled") and t["to_stage"] in PAST_LEAD
+        }
+    )
 
 
 async def outbox_records(settings) -> int:
@@ -140,6 +152,16 @@ async def test_challenger_scores_alongside_publishes_nothing_and_activates_warm(
             assert (await admin.get(f"/v1/leads/{lead_id}")).json()["stage"] != theirs
             unknown = await admin.get(f"/v1/leads/{lead_id}", params={"version": 999})
             assert (unknown.status_code, unknown.json()["error"]) == (404, "version_not_scoring")
+
+            # The review of the challenger: its own handoffs over the same leads, next to
+            # the active version's.
+            review = (await admin.get("/v1/review", params={"version": version})).json()
+            assert review["scored_by"] == "challenger"
+            assert review["handed_off"] == handed_off(challenger)
+            assert review["compared_with"]["version"] == 1
+            assert review["compared_with"]["scored_by"] == "live"
+            assert review["compared_with"]["handed_off"] == handed_off(live)
+            assert review["handed_off"] != review["compared_with"]["handed_off"]
 
             # Every stored event has the challenger's hits too, warmed ones included.
             unhit = await db_fetch(

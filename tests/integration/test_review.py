@@ -192,3 +192,51 @@ async def test_the_review_endpoint_for_viewers_with_its_refusals(admin_container
             assert (answer.status_code, answer.json()["error"]) == (status, code), params
     async with client_for(admin_container) as anonymous:  # tokens configured, none given
         assert (await anonymous.get("/v1/review", params=window)).status_code == 401
+
+
+async def test_the_account_side_counts_mqas_and_their_members_outcomes(admin_container):
+    async with admin_container.db.connect() as conn:
+        pg = await driver(conn)
+        for n, (account, at) in enumerate(
+            [("acme", SINCE + DAY), ("bolt", SINCE + 2 * DAY), ("core", SINCE - 3 * DAY)]
+        ):
+            await pg.execute(
+                "INSERT INTO account_transitions (transition_id, account_id, seq, from_stage, "
+                "to_stage, reason, ruleset_version, score_total, occurred_at, emitted_at, "
+                "record) VALUES ($1, $2, 1, 'engaged', 'mqa', 'qualified', 1, 90, $3, $3, '{}')",
+                f"{account}:{n}",
+                account,
+                at,
+            )
+        for lead, account in [("m1", "acme"), ("m2", "acme"), ("m3", "bolt"), ("m4", "dune")]:
+            await pg.execute(
+                "INSERT INTO leads (lead_id, stage, account_id) VALUES ($1, 'sal', $2)",
+                lead,
+                account,
+            )
+        feedback = [
+            ("m1", "qualified", SINCE + 3 * DAY),
+            ("m2", "won", SINCE + 9 * DAY),
+            ("m3", "lost", SINCE + 4 * DAY),
+            ("m3", "qualified", SINCE + HOUR),  # before bolt's MQA: not its outcome
+            ("m4", "qualified", SINCE + 5 * DAY),  # dune never reached mqa: a miss
+        ]
+        for n, (lead, outcome, at) in enumerate(feedback):
+            await pg.execute(
+                "INSERT INTO feedback (feedback_id, lead_id, outcome, at, result) "
+                "VALUES ($1, $2, $3, $4, 'applied')",
+                f"g{n}",
+                lead,
+                outcome,
+                at,
+            )
+        accounts = (await review_report(pg, SINCE, UNTIL, 1))["accounts"]
+    assert accounts["mqa"] == 2  # acme and bolt; core's was before the window
+    assert {k: (v["accounts"], v["share"]) for k, v in accounts["outcomes"].items()} == {
+        "qualified": (1, 0.5),
+        "won": (1, 0.5),
+        "lost": (1, 0.5),
+    }
+    # Qualified in the window: acme (m1), bolt (m3, an hour in) and dune (m4).
+    assert (accounts["sales_qualified"], accounts["qualified_and_mqa"]) == (3, 2)
+    assert (accounts["missed"], accounts["precision"], accounts["recall"]) == (1, 1.0, 0.6667)
