@@ -49,7 +49,7 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
         except ValueError:
             body = {"error": "http_error", "detail": response.text}
         raise CliError(_describe_error(response.status_code, body))
-    return response.json()
+    return response.json() if response.content else None
 
 
 def _describe_error(status: int, body: dict[str, Any]) -> str:
@@ -135,6 +135,51 @@ def cmd_impact(args: argparse.Namespace) -> None:
     print(json.dumps(job["result"], indent=2))
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _review_lines(body: dict[str, Any]) -> list[str]:
+    """One version's outcome report in words."""
+    own = " (the challenger's own stages)" if body["scored_by"] == "challenger" else ""
+    lines = [
+        f"version {body['version']}{own}: {body['handed_off']} leads handed off "
+        f"from {body['since']} to {body['until']}"
+    ]
+    for outcome, figures in body["outcomes"].items():
+        median = figures["median_seconds"]
+        after = "" if median is None else f", median {median / 3600:.1f} h after the handoff"
+        lines.append(f"  {outcome}: {figures['leads']} ({_share(figures['share'])}{after})")
+    mql = body["mql_definition"]
+    lines.append(
+        f"  against the {mql['sales_qualified']} leads sales qualified: precision "
+        f"{_share(mql['precision'])}, recall {_share(mql['recall'])}, {mql['missed']} missed"
+    )
+    for band in body["score_bands"]["fixed"]:
+        upper = "+" if band["to"] is None else f"-{band['to']:g}"
+        lower = "below" if band["from"] is None else f"{band['from']:g}"
+        lines.append(
+            f"  score {lower}{upper}: {band['leads']} leads, qualified "
+            f"{_share(band['qualified_share'])}, won {_share(band['won_share'])}"
+        )
+    for rule in body["rules"][:10]:
+        lift = "-" if rule["lift"] is None else f"{rule['lift']:.2f}"
+        lines.append(
+            f"  rule {rule['rule_id']}: lift {lift} (won leads {rule['won_leads_hit']}, "
+            f"lost leads {rule['lost_leads_hit']})"
+        )
+    accounts = body["accounts"]
+    outcomes = ", ".join(
+        f"{k} {v['accounts']} ({_share(v['share'])})" for k, v in accounts["outcomes"].items()
+    )
+    lines.append(
+        f"  accounts: {accounts['mqa']} reached mqa; members {outcomes}; precision "
+        f"{_share(accounts['precision'])}, recall {_share(accounts['recall'])}, "
+        f"{accounts['missed']} missed"
+    )
+    return lines
+
+
 def cmd_review(args: argparse.Namespace) -> None:
     params = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
     if args.version is not None:
@@ -143,30 +188,42 @@ def cmd_review(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(body, indent=2))
         return
-
-    def share(value: float | None) -> str:
-        return "-" if value is None else f"{value * 100:.1f}%"
-
-    lines = [
-        f"version {body['version']}: {body['handed_off']} leads handed off "
-        f"from {body['since']} to {body['until']}"
-    ]
-    for outcome, figures in body["outcomes"].items():
-        median = figures["median_seconds"]
-        after = "" if median is None else f", median {median / 3600:.1f} h after the handoff"
-        lines.append(f"  {outcome}: {figures['leads']} ({share(figures['share'])}{after})")
-    mql = body["mql_definition"]
-    lines.append(
-        f"against the {mql['sales_qualified']} leads sales qualified: precision "
-        f"{share(mql['precision'])}, recall {share(mql['recall'])}, {mql['missed']} missed"
-    )
-    for rule in body["rules"][:10]:
-        lift = "-" if rule["lift"] is None else f"{rule['lift']:.2f}"
-        lines.append(
-            f"  rule {rule['rule_id']}: lift {lift} (won leads {rule['won_leads_hit']}, "
-            f"lost leads {rule['lost_leads_hit']})"
-        )
+    lines = _review_lines(body)
+    if body.get("compared_with"):
+        lines += ["", "next to the active version:", *_review_lines(body["compared_with"])]
     print("\n".join(lines))
+
+
+def cmd_challenge(args: argparse.Namespace) -> None:
+    if args.stop:
+        _call("DELETE", f"/v1/rulesets/{args.version}/challenge")
+        print(f"version {args.version} is no longer the challenger; its state is dropped")
+        return
+    body = _call("POST", f"/v1/rulesets/{args.version}/challenge")
+    print(
+        f"version {body['version']} now scores every live event next to the active version "
+        f"(nothing published); warming {body['leads_live']} existing leads: "
+        f"leadscore jobs {body['warm_up_job']}"
+    )
+
+
+def cmd_propose(args: argparse.Namespace) -> None:
+    request: dict[str, Any] = {"target": args.target, "seed": args.seed}
+    request.update({k: v for k, v in (("since", args.since), ("until", args.until)) if v})
+    body = _call("POST", f"/v1/rulesets/{args.version}/propose", json=request)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return
+    print(
+        f"published version {body['version']} (inactive), fitted on {body['samples']} leads "
+        f"({body['good_outcomes']} {body['target']}); held-out AUC on {body['held_out']} leads: "
+        f"{body['auc_old']:.3f} (version {body['source_version']}) -> "
+        f"{body['auc_proposed']:.3f} (proposed)"
+    )
+    for rule in body["rules"]:
+        print(f"  {rule['rule_id']}: {rule['old_points']:g} -> {rule['new_points']:g}")
+    if body["unchanged"]:
+        print(f"  kept (no decided lead hit them): {', '.join(body['unchanged'])}")
 
 
 def cmd_job(args: argparse.Namespace) -> None:
@@ -271,6 +328,22 @@ def parser() -> argparse.ArgumentParser:
     review.add_argument("--version", type=int, help="default: the active version")
     review.add_argument("--json", action="store_true", help="print the whole report as JSON")
     review.set_defaults(func=cmd_review)
+    challenge = commands.add_parser(
+        "challenge", help="score live events under a version too, publishing nothing"
+    )
+    challenge.add_argument("version", type=int)
+    challenge.add_argument("--stop", action="store_true", help="stop it and drop its state")
+    challenge.set_defaults(func=cmd_challenge)
+    propose = commands.add_parser(
+        "propose", help="fit a version's points to sales outcomes; publish them as a new one"
+    )
+    propose.add_argument("version", type=int)
+    propose.add_argument("--since", help="handoffs from (ISO-8601 with offset; default a year)")
+    propose.add_argument("--until", help="handoffs before (default: now)")
+    propose.add_argument("--target", choices=["won", "qualified"], default="won")
+    propose.add_argument("--seed", type=int, default=0, help="the held-out split's seed")
+    propose.add_argument("--json", action="store_true", help="print the full result as JSON")
+    propose.set_defaults(func=cmd_propose)
     job = commands.add_parser("jobs", help="show a background job")
     job.add_argument("job_id")
     job.set_defaults(func=cmd_job)

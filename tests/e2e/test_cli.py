@@ -112,8 +112,43 @@ async def test_the_review_report_from_the_command_line(admin_container):
         assert "  accepted: 4 (80.0%, median 1.0 h after the handoff)" in lines
         assert "  converted: 0 (0.0%)" in lines
         assert (
-            "against the 5 leads sales qualified: precision 60.0%, recall 60.0%, 2 missed" in lines
+            "  against the 5 leads sales qualified: precision 60.0%, recall 60.0%, 2 missed"
+            in lines
         )
-        assert lines[-3] == "  rule demo-request: lift 2.00 (won leads 1, lost leads 0)"
+        assert "  rule demo-request: lift 2.00 (won leads 1, lost leads 0)" in lines
+        assert "  score 50-75: 1 leads, qualified 100.0%, won 100.0%" in lines
+        assert lines[-1].startswith("  accounts: 0 reached mqa")
         code, out = await leadscore("review", "--version", "9", env=env)
         assert code == 1 and "404 ruleset_not_found" in out
+
+
+async def test_propose_challenge_and_review_side_by_side(admin_container):
+    from services.db import driver
+    from tests.integration.test_proposal import SINCE, UNTIL, plant_outcomes
+
+    async with admin_container.db.connect() as conn:
+        await plant_outcomes(await driver(conn), leads=300, seed=4)
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["admin"]}
+        window = ["--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]
+        code, out = await leadscore("propose", "1", *window, "--seed", "5", env=env)
+        assert code == 0, out
+        lines = out.splitlines()
+        assert lines[0].startswith("published version 2 (inactive), fitted on 300 leads")
+        assert "held-out AUC on 90 leads" in lines[0]
+        assert any(line.startswith("  pricing-page: 15 -> ") for line in lines)
+        code, out = await leadscore("challenge", "2", env=env)
+        assert code == 0, out
+        assert out.startswith("version 2 now scores every live event next to the active")
+        code, out = await leadscore("challenge", "2", env=env)
+        assert code == 1 and "409 challenger_running" in out
+        code, out = await leadscore("review", "--version", "2", *window, env=env)
+        assert code == 0, out
+        assert out.startswith("version 2 (the challenger's own stages): 0 leads handed off")
+        assert "next to the active version:" in out
+        assert "version 1: 300 leads handed off" in out
+        code, out = await leadscore("challenge", "2", "--stop", env=env)
+        assert code == 0 and "no longer the challenger" in out
+        few = ["--since", "2020-01-01T00:00:00Z", "--until", "2020-02-01T00:00:00Z"]
+        code, out = await leadscore("propose", "1", *few, env=env)
+        assert code == 1 and "422 too_few_outcomes: 0 decided leads" in out
