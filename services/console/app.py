@@ -34,7 +34,7 @@ from scoring_service.ruleset_files import (
     problem_lines,
 )
 from scoring_service.simulation import STAGES
-from services import queries, rulesets
+from services import challenger, queries, rulesets
 from services.auth import Principal
 from services.bootstrap import Container
 from services.console import charts
@@ -46,13 +46,17 @@ from services.http.common import MALFORMED, ApiError
 from services.http.leads import funnel_figures, lead_detail, lead_history, lead_page
 from services.http.rulesets import (
     activate_version,
+    challenger_status,
     job_detail,
+    propose_version,
     publish_ruleset,
     ruleset_detail,
     ruleset_diff,
     ruleset_list,
     run_simulation,
+    start_challenge,
     start_impact,
+    stop_challenge,
 )
 from services.review import review_report
 
@@ -267,7 +271,13 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             async with container.db.connect() as conn:
                 previous = await queries.previous_active(await driver(conn), active)
         return page(
-            request, "rules.html", user, versions=versions, active=active, previous=previous
+            request,
+            "rules.html",
+            user,
+            versions=versions,
+            active=active,
+            previous=previous,
+            challenger=await challenger_status(container),
         )
 
     @app.get("/rules/new")
@@ -347,6 +357,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             "version.html",
             user,
             version=detail,
+            challenger=await challenger_status(container),
             text=_yaml(detail["document"]),
             journeys=list(JOURNEYS),
         )
@@ -383,6 +394,49 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         await activate_version(container, version, by=user.name)
         what = "Rolled back to" if form.get("rollback") else "Activated"
         return to("/rules", notice=f"{what} version {version}: live scoring uses it now.")
+
+    @app.post("/rules/{version}/challenge")
+    async def challenge(request: Request, version: Annotated[int, _VERSION]) -> Response:
+        user, form = await posted(request, admin=True)
+        if form.get("stop"):
+            await stop_challenge(container, version, by=user.name)
+            return to(f"/rules/{version}", notice=f"Version {version} is no longer the challenger.")
+        started = await start_challenge(container, version, by=user.name)
+        return to(
+            "/rules",
+            notice=f"Version {version} now scores every live event next to the active version "
+            f"and publishes nothing; {started['leads_live']} existing leads are being replayed "
+            "under it.",
+        )
+
+    @app.post("/rules/{version}/propose")
+    async def propose(request: Request, version: Annotated[int, _VERSION]) -> Response:
+        user, form = await posted(request, admin=True)
+        raw, target = form.get("days"), form.get("target")
+        try:
+            days = float(raw) if isinstance(raw, str) else 365.0
+        except ValueError:
+            days = -1.0
+        if not 0 < days <= 3650:
+            raise ApiError(422, "invalid_request", "Days must be a number from 1 to 3650.")
+        if target not in ("won", "qualified"):
+            raise ApiError(422, "invalid_request", "Learn from won or qualified outcomes.")
+        until = datetime.now(UTC)
+        result = await propose_version(
+            container,
+            version,
+            by=user.name,
+            since=until - timedelta(days=days),
+            until=until,
+            target=target,
+        )
+        return to(
+            f"/rules/{result['version']}",
+            notice=f"Proposed version {result['version']} from {result['samples']} decided "
+            f"leads: held-out AUC {result['auc_old']:.3f} (version {version}) -> "
+            f"{result['auc_proposed']:.3f}. Judge it with an impact report or as a challenger "
+            "before activating it.",
+        )
 
     @app.post("/rules/{version}/simulate")
     async def simulate(request: Request, version: Annotated[int, _VERSION]) -> Response:
@@ -564,6 +618,12 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             pg = await driver(conn)
             active = await rulesets.active_version(pg)
             review = await review_report(pg, since, until, active) if active else None
+            running = await challenger.running(pg)
+            challenger_review = (
+                await review_report(pg, since, until, running.version, challenger=True)
+                if running is not None
+                else None
+            )
         return page(
             request,
             "pipeline.html",
@@ -572,6 +632,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             days=days,
             windows=list(WINDOWS),
             review=review,
+            challenger_review=challenger_review,
             **_funnel_charts(report),
         )
 

@@ -256,3 +256,52 @@ async def test_with_the_database_away_pages_say_so_and_come_back(settings):
             assert (await client.get("/console/rules")).status_code == 200
     finally:
         await container.close()
+
+
+async def test_a_challenger_started_compared_and_stopped_from_the_console(admin_container):
+    from tests.integration.test_admin_api import with_rule_points
+
+    async with client_for(admin_container, "admin") as api:
+        version = (await api.post("/v1/rulesets", json=with_rule_points("blog", 9))).json()[
+            "version"
+        ]
+    async with console_client(admin_container) as client:
+        await sign_in(client, "admin")
+        page = await client.get(f"/console/rules/{version}")
+        assert f"Make version {version} the challenger" in page.text
+        started = await client.post(
+            f"/console/rules/{version}/challenge", data={"csrf": csrf_of(page.text)}
+        )
+        assert started.status_code == 303
+        rules = await client.get(started.headers["location"])
+        assert f'Challenger: <a href="/console/rules/{version}">version {version}</a>' in rules.text
+        assert "publishes nothing" in rules.text  # the notice
+        # One at a time: a second one is refused in words.
+        again = await client.post("/console/rules/1/challenge", data={"csrf": csrf_of(rules.text)})
+        assert_words_not_trace(again, 409, "is the active version")
+        pipeline = await client.get("/console/pipeline")
+        assert pipeline.status_code == 200 and 'id="review-challenger"' in pipeline.text
+        assert "(challenger)</th>" in pipeline.text
+        stopped = await client.post(
+            f"/console/rules/{version}/challenge",
+            data={"csrf": csrf_of(rules.text), "stop": "1"},
+        )
+        assert stopped.status_code == 303
+        assert "No challenger" in (await client.get("/console/rules")).text
+        # Too few outcomes to propose anything: said in words.
+        refused = await client.post(
+            "/console/rules/1/propose",
+            data={"csrf": csrf_of(rules.text), "days": "30", "target": "won"},
+        )
+        assert_words_not_trace(refused, 422, "0 decided leads")
+        wrong = await client.post(
+            "/console/rules/1/propose",
+            data={"csrf": csrf_of(rules.text), "days": "30", "target": "maybe"},
+        )
+        assert_words_not_trace(wrong, 422, "won or qualified")
+    async with console_client(admin_container) as viewer:
+        await sign_in(viewer, "viewer")
+        csrf = csrf_of((await viewer.get("/console/rules/1")).text)
+        for path in (f"/console/rules/{version}/challenge", "/console/rules/1/propose"):
+            answer = await viewer.post(path, data={"csrf": csrf, "days": "30", "target": "won"})
+            assert_words_not_trace(answer, 403, "viewer role")
