@@ -14,7 +14,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-challenger bench-console bench-funnel bench-impact demo-cluster soak clean
+.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-challenger bench-console bench-funnel bench-impact review-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench-console: $(COMPILED) ## Server time of every console page on 20,000 leads 
 
 bench-challenger: $(COMPILED) ## A challenger's cost: the same backlog drained without and with one (target < 1.6x)
 	$(PY) -m bench.run --challenger-only --events 100000 --leads 10000 --accounts 1000
+
+review-demo: $(COMPILED) ## One quarterly review on a generated history with planted outcomes (README)
+	$(PY) -m bench.review_demo
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000

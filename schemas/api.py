@@ -185,7 +185,7 @@ class ProposalPublic(BaseModel):
     seed: int
     comment: str
     rules: list[ProposedRule]
-    unchanged: list[str] = Field(description="rules no decided lead hit: points kept")
+    unchanged: list[str] = Field(description="rules fewer than 10 decided leads hit: points kept")
     samples: int
     good_outcomes: int
     trained_on: int

@@ -7,7 +7,8 @@ Each lead handed to sales is one sample: per rule, how often it hit before the h
 are turned into whole points on the rule set's own scale: they are multiplied by one factor
 chosen so the proposed points have the same total size (sum of absolute points) as the
 old points of the same rules, so the thresholds keep their meaning. Rules no sample hit keep
-their points: there is nothing to learn about them.
+their points: there is nothing to learn about them (nor about a rule fewer than 10 decided
+leads hit: its weight would be noise).
 
 The fit is judged on leads it did not see: a seeded, stratified split keeps 30% aside, and
 the AUC (the chance a good lead outranks a bad one) of the old and the proposed points is
@@ -24,6 +25,8 @@ from typing import Any
 # Below these the fit says more about chance than about the rules.
 MIN_SAMPLES = 40
 MIN_PER_CLASS = 10
+# A rule hit by fewer decided leads keeps its points: a weight from a handful is noise.
+MIN_RULE_LEADS = 10
 HELD_OUT_SHARE = 0.3
 # Inverse strength of the L2 penalty: smaller pulls coefficients harder toward 0.
 REGULARISATION_C = 1.0
@@ -43,7 +46,7 @@ class Sample:
 @dataclass(frozen=True, slots=True)
 class Proposal:
     points: dict[str, tuple[float, float]]  # rule id -> (old points, proposed points)
-    unchanged: list[str]  # rules no sample hit: kept as they were
+    unchanged: list[str]  # rules too few samples hit: kept as they were
     samples: int
     good: int
     trained_on: int
@@ -86,7 +89,9 @@ def propose_points(
             f"{len(samples)} decided leads ({good} good, {bad} bad): a proposal needs at "
             f"least {MIN_SAMPLES}, with {MIN_PER_CLASS} of each outcome"
         )
-    seen = sorted(r for r in old_points if any(s.hits.get(r) for s in samples))
+    seen = sorted(
+        r for r in old_points if sum(1 for s in samples if s.hits.get(r)) >= MIN_RULE_LEADS
+    )
     if not seen:
         raise TooFewOutcomes("no decided lead hit any rule of this version")
     x = np.array([[float(s.hits.get(r, 0.0)) for r in seen] for s in samples])

@@ -96,6 +96,12 @@ def cmd_activate(args: argparse.Namespace) -> None:
         params={"rescore": "true"} if args.rescore else {},
     )
     print(f"version {body['version']} is active")
+    promoted = body.get("challenger")
+    if promoted:
+        print(
+            f"it was the challenger: {promoted['leads']} leads took its scores, "
+            f"{promoted['moved']} moved to the stage it gave them (transitions, reason rescore)"
+        )
     if body.get("rescore_job"):
         print(f"re-scoring: job {body['rescore_job']} (leadscore jobs {body['rescore_job']})")
 
@@ -223,7 +229,7 @@ def cmd_propose(args: argparse.Namespace) -> None:
     for rule in body["rules"]:
         print(f"  {rule['rule_id']}: {rule['old_points']:g} -> {rule['new_points']:g}")
     if body["unchanged"]:
-        print(f"  kept (no decided lead hit them): {', '.join(body['unchanged'])}")
+        print(f"  kept (fewer than 10 decided leads hit them): {', '.join(body['unchanged'])}")
 
 
 def cmd_job(args: argparse.Namespace) -> None:

@@ -94,8 +94,9 @@ def test_alert_rules_pass_promtool_and_link_the_runbook():
         "LeadscoreOutboxRecordsFailed",
         "LeadscoreLoopRestarting",
         "LeadscoreNoAccountTransitions",
+        "LeadscoreChallengerFailing",
     } < names
-    assert len(names) == 10
+    assert len(names) == 11
 
 
 def test_dashboard_queries_name_real_metrics(admin_container):
