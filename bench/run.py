@@ -544,6 +544,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def backlog(args: argparse.Namespace) -> list[Any]:
+    """The backlog a drain is measured on: the site's mix, a third anonymous at first."""
+    return list(
+        generate(
+            events=args.events,
+            leads=args.leads,
+            seed=args.seed,
+            anonymous_share=0.3,
+            duplicate_share=0.03,
+            malformed_share=0.01,
+            accounts=args.accounts,
+            # Recent event times: follow-up deadlines lie ahead, as on a live site.
+            recent=True,
+        )
+    )
+
+
 async def run(args: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     infra = Infra()
@@ -553,19 +570,7 @@ async def run(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"when": stamp, "events": args.events, "leads": args.leads}
     service: subprocess.Popen[bytes] | None = None
     try:
-        docs = list(
-            generate(
-                events=args.events,
-                leads=args.leads,
-                seed=args.seed,
-                anonymous_share=0.3,
-                duplicate_share=0.03,
-                malformed_share=0.01,
-                accounts=args.accounts,
-                # Recent event times: follow-up deadlines lie ahead, as on a live site.
-                recent=True,
-            )
-        )
+        docs = backlog(args)
         await produce_all(settings, docs, "produce backlog")
         result["ceiling_events_per_s"] = round(await raw_ceiling(settings, len(docs)))
 
@@ -653,17 +658,7 @@ async def challenger_cost(args: argparse.Namespace) -> int:
     settings = await infra.fresh_database(infra.settings(Settings(), f"bench-{stamp}"), "bench")
     await ensure_topics(settings)
     try:
-        docs = list(
-            generate(
-                events=args.events,
-                leads=args.leads,
-                seed=args.seed,
-                anonymous_share=0.3,
-                duplicate_share=0.03,
-                accounts=args.accounts,
-                recent=True,
-            )
-        )
+        docs = backlog(args)
         await produce_all(settings, docs, "produce backlog")
 
         async def starter_only(pg: asyncpg.Connection) -> None:

@@ -28,6 +28,16 @@ IMPACT_CHUNK = 500
 IMPACT_REST_RATIO = 1.0
 
 
+async def _next_leads(pg: Any, after: str) -> list[str]:
+    """The next chunk of lead ids after `after`, in id order (keyset paging)."""
+    rows = await pg.fetch(
+        "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
+        after,
+        RESCORE_CHUNK,
+    )
+    return [r["lead_id"] for r in rows]
+
+
 async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
     """Recompute every lead under `version`; leads that now cross a threshold move forward."""
     async with writer.db.connect() as conn:
@@ -41,14 +51,7 @@ async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> d
         takes: events for these leads wait, then build on the re-scored state), replayed."""
         if tx.engine.rules.version != version:
             raise JobFailed(f"version {tx.engine.rules.version} was activated meanwhile; stopped")
-        ids = [
-            r["lead_id"]
-            for r in await tx.pg.fetch(
-                "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
-                last,
-                RESCORE_CHUNK,
-            )
-        ]
+        ids = await _next_leads(tx.pg, last)
         if not ids:
             return ids, 0
         ws = await tx.lock_leads(ids)
@@ -159,14 +162,7 @@ async def warm_challenger(ctx: JobContext, *, writer: LeadWriter, version: int) 
     async def chunk(tx: LeadTransaction) -> list[str]:
         if tx.challenger is None or tx.challenger.rules.version != version:
             raise JobFailed(f"version {version} is no longer the challenger; stopped")
-        ids = [
-            r["lead_id"]
-            for r in await tx.pg.fetch(
-                "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
-                last,
-                RESCORE_CHUNK,
-            )
-        ]
+        ids = await _next_leads(tx.pg, last)
         if ids:
             ws = await tx.lock_leads(ids)
             tx.shadow = await challenger.open_shadow(tx.pg, tx.challenger, ws, tx.now)

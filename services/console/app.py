@@ -412,13 +412,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     @app.post("/rules/{version}/propose")
     async def propose(request: Request, version: Annotated[int, _VERSION]) -> Response:
         user, form = await posted(request, admin=True)
-        raw, target = form.get("days"), form.get("target")
-        try:
-            days = float(raw) if isinstance(raw, str) else 365.0
-        except ValueError:
-            days = -1.0
-        if not 0 < days <= 3650:
-            raise ApiError(422, "invalid_request", "Days must be a number from 1 to 3650.")
+        days, target = _days(form, 365.0), form.get("target")
         if target not in ("won", "qualified"):
             raise ApiError(422, "invalid_request", "Learn from won or qualified outcomes.")
         until = datetime.now(UTC)
@@ -498,14 +492,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     @app.post("/rules/{version}/impact")
     async def impact(request: Request, version: Annotated[int, _VERSION]) -> Response:
         user, form = await posted(request, admin=True)
-        raw = form.get("days")
-        try:
-            days = float(raw) if isinstance(raw, str) else 30.0
-        except ValueError:
-            days = -1.0
-        if not 0 < days <= 3650:
-            raise ApiError(422, "invalid_request", "Days must be a number from 1 to 3650.")
-        job = await start_impact(container, version, by=user.name, days=days)
+        job = await start_impact(container, version, by=user.name, days=_days(form, 30.0))
         return to(f"/jobs/{job}")
 
     @app.get("/jobs/{job_id}")
@@ -645,6 +632,18 @@ _TITLES = {404: "Not found", 409: "Cannot do that now", 413: "Too large", 422: "
 _VERSION = Path(ge=1, le=2**31 - 1)
 _ID = Path(min_length=1, max_length=512)
 _JOB_ID = Path(min_length=1, max_length=100)
+
+
+def _days(form: Any, default: float) -> float:
+    """A form's `days` field: a number of days from 1 to 3650 (422 in words otherwise)."""
+    raw = form.get("days")
+    try:
+        days = float(raw) if isinstance(raw, str) else default
+    except ValueError:
+        days = -1.0
+    if not 0 < days <= 3650:
+        raise ApiError(422, "invalid_request", "Days must be a number from 1 to 3650.")
+    return days
 
 
 def _random_secret() -> str:

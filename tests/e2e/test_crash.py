@@ -26,17 +26,16 @@ from tests.conftest import (
 SMALL_BATCHES = "300"
 
 
-@pytest.mark.slow
-async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
-    docs = list(generate(events=20_000, leads=1_000, seed=5))
-    log = tmp_path / "service.log"
+async def kill_mid_stream_then_drain(settings, docs, log, *, kill_after: int) -> None:
+    """Feed `docs` to a service process, kill -9 it once `kill_after` events are committed,
+    start another and wait until it has drained everything."""
     first = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
     try:
         feeding = asyncio.create_task(produce(settings, docs, key=lead_key))
         await wait_for(
-            lambda: committed_at_least(settings, 4_000),
+            lambda: committed_at_least(settings, kill_after),
             timeout=120,
-            what="the first 4,000 events scored",
+            what=f"the first {kill_after:,} events scored",
         )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
@@ -56,6 +55,11 @@ async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
         second.send_signal(signal.SIGTERM)
         assert second.wait(30) == 0, log.read_text()[-3000:]
 
+
+@pytest.mark.slow
+async def test_kill_9_mid_stream_then_restart(settings, tmp_path):
+    docs = list(generate(events=20_000, leads=1_000, seed=5))
+    await kill_mid_stream_then_drain(settings, docs, tmp_path / "service.log", kill_after=4_000)
     expected = replay(docs)
     await assert_leads_match(settings, expected)
     await assert_transitions_as_replayed(settings, expected)
@@ -87,25 +91,7 @@ async def test_kill_9_while_a_challenger_runs_changes_neither_state(settings, tm
     await container.close()
 
     docs = list(generate(events=8_000, leads=400, seed=9))
-    log = tmp_path / "service.log"
-    first = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
-    try:
-        feeding = asyncio.create_task(produce(settings, docs, key=lead_key))
-        await wait_for(lambda: committed_at_least(settings, 2_000), timeout=120)
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
-        await feeding
-        assert await committed(settings) < len(docs), "the kill should land mid-stream"
-    finally:
-        if first.poll() is None:
-            first.kill()
-    second = start_service(settings, log, LEADSCORE_BATCH_MAX_RECORDS=SMALL_BATCHES)
-    try:
-        await wait_for(lambda: drained(settings, len(docs)), timeout=180, what="drain")
-    finally:
-        second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0, log.read_text()[-3000:]
-
+    await kill_mid_stream_then_drain(settings, docs, tmp_path / "service.log", kill_after=2_000)
     expected = replay(docs)
     await assert_leads_match(settings, expected)
     await assert_transitions_as_replayed(settings, expected)
