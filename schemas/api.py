@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.records import (
     AccountScore,
@@ -160,10 +160,10 @@ class Activation(BaseModel):
 class ProposeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = Field(
+    since: AwareDatetime | None = Field(
         default=None, description="handoffs from (default: a year before until)"
     )
-    until: datetime | None = Field(default=None, description="handoffs before (default: now)")
+    until: AwareDatetime | None = Field(default=None, description="handoffs before (default: now)")
     target: Literal["won", "qualified"] = Field(
         default="won", description="learn won vs lost, or qualified vs rejected"
     )

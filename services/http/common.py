@@ -182,7 +182,10 @@ def time_window(
     """A report's [since, until): until defaults to now, since to `default_days` before it;
     both need a UTC offset and since must come first (422 otherwise)."""
     until = until or datetime.now(UTC)
-    since = since or until - timedelta(days=default_days)
+    try:
+        since = since or until - timedelta(days=default_days)
+    except OverflowError as exc:  # an `until` in the first year of the calendar
+        raise ApiError(422, "invalid_request", "until is too early for a default since") from exc
     if since.tzinfo is None or until.tzinfo is None:
         raise ApiError(422, "invalid_request", "since and until need a UTC offset")
     if since >= until:

@@ -101,8 +101,15 @@ async def test_a_proposal_needs_enough_outcomes(admin_container):
         assert refused.status_code == 422
         assert refused.json()["error"] == "too_few_outcomes"
         assert "25 decided leads" in refused.json()["detail"]
-        wrong = await admin.post("/v1/rulesets/1/propose", json={"target": "maybe"})
-        assert wrong.status_code == 422
+        for body in (
+            {"target": "maybe"},
+            {"since": "2026-07-01T00:00:00"},  # no offset
+            {"until": "0001-01-01T00:00:00Z"},  # no room for the default since
+            {"seed": -1},
+            {"since": "2026-10-01T00:00:00Z", "until": "2026-07-01T00:00:00Z"},
+        ):
+            wrong = await admin.post("/v1/rulesets/1/propose", json=body)
+            assert wrong.status_code == 422, (body, wrong.text)
         missing = await admin.post("/v1/rulesets/9/propose", json=WINDOW)
         assert missing.status_code == 404
     async with client_for(admin_container, "viewer") as viewer:
