@@ -205,6 +205,11 @@ class ChallengerStatus(BaseModel):
     leads_live: int
 
 
+class ChallengerStopped(BaseModel):
+    version: int
+    stopped_by: str
+
+
 class ChallengerStarted(ChallengerStatus):
     warm_up_job: str
 

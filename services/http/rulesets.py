@@ -404,12 +404,13 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
 
     @router.delete(
         "/rulesets/{version}/challenge",
-        status_code=204,
+        response_model=api.ChallengerStopped,
         responses={**NOT_FOUND, 409: {"model": api.ErrorBody}},
     )
-    async def stop(version: Version, who: Admin) -> None:
+    async def stop(version: Version, who: Admin) -> dict[str, Any]:
         """Stop the challenger and drop its state (its stage changes stay for the review)."""
         await stop_challenge(container, version, by=who.name)
+        return {"version": version, "stopped_by": who.name}
 
     @router.post(
         "/rulesets/{version}/propose",

@@ -215,7 +215,9 @@ async def test_challenger_requests_are_checked(admin_container):
         assert (not_running.status_code, not_running.json()["error"]) == (409, "not_challenger")
         version = (await admin.post("/v1/rulesets", json=candidate_document())).json()["version"]
         assert (await admin.post(f"/v1/rulesets/{version}/challenge")).status_code == 201
-        assert (await admin.delete(f"/v1/rulesets/{version}/challenge")).status_code == 204
+        stopped = await admin.delete(f"/v1/rulesets/{version}/challenge")
+        assert stopped.status_code == 200
+        assert stopped.json() == {"version": version, "stopped_by": "admin-user"}
         assert (await admin.get("/v1/challenger")).json() is None
     async with client_for(admin_container, "viewer") as viewer:
         refused = await viewer.post(f"/v1/rulesets/{version}/challenge")
