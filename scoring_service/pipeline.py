@@ -47,6 +47,17 @@ class Workspace:
             lead_id = target
         return lead_id
 
+    def note_member_accounts(self) -> None:
+        """Mark the accounts of the changed leads changed too: whatever a writer did to a
+        member (scored, recycled, moved on), its account mirrored, so it is written back."""
+        self.changed_accounts.update(
+            s.account_id
+            for i in self.changed_leads
+            if (s := self.leads.get(i)) is not None
+            and s.account_id is not None
+            and s.account_id in self.accounts
+        )
+
     def lead(self, lead_id: str) -> LeadState:
         state = self.leads.get(lead_id)
         if state is None:

@@ -200,11 +200,7 @@ async def save_shadow(pg: asyncpg.Connection, shadow: Shadow) -> None:
     """Write what the challenger changed: its lead and account state, its stage changes."""
     ws, version = shadow.ws, shadow.engine.rules.version
     if shadow.engine.accounts is not None:
-        ws.changed_accounts.update(
-            s.account_id
-            for i in ws.changed_leads
-            if (s := ws.leads.get(i)) is not None and s.account_id in ws.accounts
-        )
+        ws.note_member_accounts()
     await store.save_leads(
         pg, [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads], table=LEADS
     )

@@ -164,15 +164,7 @@ class LeadTransaction:
         """Write what the transaction changed and decided; the caller's commit follows."""
         if self._step >= _LEADS:
             if self.engine.accounts is not None:
-                # Whatever a writer did to a member (scored, recycled, moved on) its account
-                # mirrored; each is written back with the leads.
-                self.ws.changed_accounts.update(
-                    s.account_id
-                    for i in self.ws.changed_leads
-                    if (s := self.ws.leads.get(i)) is not None
-                    and s.account_id is not None
-                    and s.account_id in self.ws.accounts
-                )
+                self.ws.note_member_accounts()
             await store.save_workspace(self.pg, self.ws)
             await store.save_history(
                 self.pg,

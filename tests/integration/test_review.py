@@ -15,6 +15,20 @@ DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 
 
+async def insert_feedback(pg, rows, *, prefix: str, refused_last: bool = False) -> None:
+    """(lead, outcome, at) rows as sales feedback, applied (the last one refused if asked)."""
+    for n, (lead, outcome, at) in enumerate(rows):
+        await pg.execute(
+            "INSERT INTO feedback (feedback_id, lead_id, outcome, at, result) "
+            "VALUES ($1, $2, $3, $4, $5)",
+            f"{prefix}{n}",
+            lead,
+            outcome,
+            at,
+            "refused" if refused_last and n == len(rows) - 1 else "applied",
+        )
+
+
 async def plant(pg) -> None:
     """Five leads handed off under version 1 in October, one under version 2, one before
     October, one never; their feedback; the rules they hit (and some that do not count)."""
@@ -65,16 +79,7 @@ async def plant(pg) -> None:
         ("e1", "qualified", SINCE + 7 * DAY),  # qualified, never handed off: a miss
         ("a4", "won", handed["a4"] + DAY),  # refused: not applied, does not count
     ]
-    for n, (lead, outcome, at) in enumerate(feedback):
-        await pg.execute(
-            "INSERT INTO feedback (feedback_id, lead_id, outcome, at, result) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            f"f{n}",
-            lead,
-            outcome,
-            at,
-            "refused" if n == len(feedback) - 1 else "applied",
-        )
+    await insert_feedback(pg, feedback, prefix="f", refused_last=True)
     hits = [
         ("b1", handed["b1"] - HOUR, [["demo-request", 30, True]]),
         ("a2", handed["a2"] - HOUR, [["pricing-page", 15, True], ["careers-page", -20, False]]),
@@ -221,15 +226,7 @@ async def test_the_account_side_counts_mqas_and_their_members_outcomes(admin_con
             ("m3", "qualified", SINCE + HOUR),  # before bolt's MQA: not its outcome
             ("m4", "qualified", SINCE + 5 * DAY),  # dune never reached mqa: a miss
         ]
-        for n, (lead, outcome, at) in enumerate(feedback):
-            await pg.execute(
-                "INSERT INTO feedback (feedback_id, lead_id, outcome, at, result) "
-                "VALUES ($1, $2, $3, $4, 'applied')",
-                f"g{n}",
-                lead,
-                outcome,
-                at,
-            )
+        await insert_feedback(pg, feedback, prefix="g")
         accounts = (await review_report(pg, SINCE, UNTIL, 1))["accounts"]
     assert accounts["mqa"] == 2  # acme and bolt; core's was before the window
     assert {k: (v["accounts"], v["share"]) for k, v in accounts["outcomes"].items()} == {
