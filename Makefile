@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the service with its test tools
 
-$(COMPILED): $(STAMP) $(CORE) schemas/*.py Makefile
+$(COMPILED): $(STAMP) $(CORE) schemas/*.py build_core.py Makefile
 	@mkdir -p .leadscore
 	@echo "compiling the pure core with mypyc (log: .leadscore/mypyc.log)"
-	@if $(VENV)/bin/mypyc $(CORE) >.leadscore/mypyc.log 2>&1; then touch $@; else \
+	@if $(PY) build_core.py $(CORE) >.leadscore/mypyc.log 2>&1; then touch $@; else \
 	  echo "mypyc failed (see .leadscore/mypyc.log): the core runs interpreted"; \
 	  rm -f scoring_service/*.so stage_router/*.so; touch $@; fi
 

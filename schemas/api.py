@@ -495,6 +495,32 @@ class SegmentBatch(BaseModel):
 
 class Accepted(BaseModel):
     accepted: int = Field(description="events the broker acknowledged")
+    # Segment's tracking API answers {"success": true}; its SDKs and RudderStack's read 200.
+    success: bool = True
+
+
+class ConsoleSession(BaseModel):
+    """A signed-in console session (no secret: the id only names it)."""
+
+    id: str = Field(description="names the session for ending it; not its cookie")
+    token_name: str
+    role: str
+    client: str | None = Field(description="the address it signed in from")
+    user_agent: str | None
+    created_at: datetime
+    last_seen_at: datetime = Field(description="its latest request (to within a minute)")
+    expires_at: datetime = Field(description="idle timeout or absolute lifetime, the sooner")
+    token_configured: bool = Field(
+        description="false: its token left the configuration; it ends at its next request"
+    )
+
+
+class ConsoleSessionList(BaseModel):
+    items: list[ConsoleSession]
+
+
+class SessionsEnded(BaseModel):
+    ended: int = Field(description="how many sessions ended")
 
 
 class AccountMember(BaseModel):

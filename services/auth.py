@@ -2,11 +2,13 @@
 
 Tokens are configured as SHA-256 hashes, never in clear: `LEADSCORE_API_TOKENS` holds
 comma-separated `name:role:sha256hex` entries (`leadscore token` makes one). With none
-configured, the API trusts requests from loopback only, with every role.
+configured, the API trusts requests from loopback only, with every role (and
+services/http/guards.py keeps other sites' pages in a local browser from using that).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -83,19 +85,45 @@ def is_loopback(host: str | None) -> bool:
 def authenticate(
     tokens: dict[str, Principal], authorization: str | None, client_host: str | None
 ) -> Principal:
-    """The caller behind an Authorization header, or AuthError (401)."""
+    """The caller behind an Authorization header, or AuthError (401).
+
+    `Bearer <token>` for every role. Tracking SDKs (Segment's, RudderStack's) send their write
+    key as the HTTP Basic user name with an empty password: `Basic` is taken for ingest tokens
+    only, so a viewer's or admin's token never travels that way by mistake and still works."""
     if not tokens:
         if is_loopback(client_host):
             return Principal("loopback", "local")
         raise AuthError(401, "unauthorized", "no API tokens are configured: loopback only")
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    scheme, _, credentials = (authorization or "").partition(" ")
+    basic = scheme.lower() == "basic"
+    if basic:
+        token = _basic_user(credentials)
+    elif scheme.lower() == "bearer":
+        token = credentials.strip()
+    else:
+        token = ""
+    if not token:
         raise AuthError(401, "unauthorized", "missing bearer token")
-    digest = hash_token(token.strip())
+    digest = hash_token(token)
     for known, principal in tokens.items():
         if hmac.compare_digest(known, digest):
+            if basic and principal.role != "ingest":
+                raise AuthError(
+                    401, "unauthorized", "HTTP Basic is for ingest tokens; send Bearer <token>"
+                )
             return principal
     raise AuthError(401, "unauthorized", "unknown token")
+
+
+def _basic_user(credentials: str) -> str:
+    """The user name of HTTP Basic credentials (`base64(user:password)`), or ''."""
+    if len(credentials) > 1000:
+        return ""
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode()
+    except (ValueError, UnicodeError):
+        return ""
+    return decoded.partition(":")[0].strip()
 
 
 def authorize(principal: Principal, needed: str) -> Principal:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.records import FeedbackRecord
 from scoring_service.intake import Event
 from services import db, kafka, rulesets
+from services.auth import Principal, parse_tokens
 from services.consumer import EventHandler, TopicConsumer
 from services.feedback import FeedbackBatch, FeedbackHandler
 from services.jobs import Jobs
@@ -21,6 +22,7 @@ from services.lead_transaction import LeadWriter
 from services.metrics import Metrics
 from services.outbox import OutboxRelay
 from services.rulesets import ActiveRules
+from services.sessions import ConsoleSessions
 from services.settings import Settings
 from services.sla import SlaWatcher
 from services.supervisor import Supervisor
@@ -45,6 +47,9 @@ class Container:
     feedback: TopicConsumer[FeedbackRecord, FeedbackBatch]
     sla: SlaWatcher
     supervisor: Supervisor
+    # The configured API tokens ({sha256: who}); empty: the API trusts loopback only.
+    tokens: dict[str, Principal]
+    sessions: ConsoleSessions
     started: bool = field(default=False)
 
     async def start(self) -> None:
@@ -112,6 +117,8 @@ def bootstrap(
         writer=writer,
         consumer=kafka.make_consumer(settings, group_suffix="-feedback"),
     )
+    secret = settings.api_tokens.get_secret_value() if settings.api_tokens else None
+    tokens = parse_tokens(secret)
     return Container(
         settings=settings,
         db=engine,
@@ -126,4 +133,11 @@ def bootstrap(
         feedback=feedback,
         sla=SlaWatcher(settings=settings, writer=writer),
         supervisor=Supervisor(metrics),
+        tokens=tokens,
+        sessions=ConsoleSessions(
+            engine,
+            tokens,
+            idle_seconds=settings.console_idle_minutes * 60,
+            lifetime_seconds=settings.console_session_hours * 3600,
+        ),
     )

@@ -73,13 +73,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     # CPU-heavy requests (simulation, rule-set validation) get this long on a worker thread.
     request_cpu_seconds: float = Field(default=5.0, gt=0, le=600)
-    # The web console's sessions (README: Web console). The key signs session cookies; unset,
-    # each process makes a random one (sign-ins then last until a restart, and instances behind
-    # one address need the same key). A session ends after this many hours however active.
-    console_secret: SecretStr | None = None
+    # The web console's sessions (README: Web console) live in PostgreSQL: a session ends when
+    # it has been idle this long, and after `console_session_hours` however active.
+    console_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
     console_session_hours: float = Field(default=8.0, gt=0, le=24 * 30)
     # Send the cookie over HTTPS only: set it wherever the console is reached through TLS.
     console_secure_cookie: bool = False
+    # Host names the service answers to (README: Security), comma-separated; `.example.com`
+    # admits its subdomains, `*` any name. The loopback names, the listening address and IP
+    # literals are always admitted; any other Host gets 421, so a DNS-rebinding page (a
+    # foreign name resolved to this machine) can neither read nor write.
+    allowed_hosts: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("kafka_bootstrap")

@@ -329,7 +329,7 @@ def client_for(
 
     headers = {"Authorization": f"Bearer {TOKENS[role]}"} if role else {}
     transport = httpx.ASGITransport(app=create_app(container), client=(host, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://leadscore", headers=headers)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost", headers=headers)
 
 
 @pytest.fixture

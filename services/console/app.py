@@ -23,7 +23,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.sessions import SessionMiddleware
 
 from schemas.ruleset import Stage
 from scoring_service.diff import around_changes, side_by_side
@@ -39,7 +38,18 @@ from services.auth import Principal
 from services.bootstrap import Container
 from services.console import charts
 from services.console.journeys import JOURNEYS
-from services.console.session import Forbidden, Sessions, SignInNeeded, check_csrf, csrf_token
+from services.console.session import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    Forbidden,
+    SignInNeeded,
+    Visitor,
+    anonymous,
+    check_csrf,
+    client_of,
+    sign_in_refusal,
+    visitor_of,
+)
 from services.db import UNAVAILABLE, driver
 from services.http.accounts import account_detail, account_list
 from services.http.common import MALFORMED, ApiError
@@ -59,6 +69,7 @@ from services.http.rulesets import (
     stop_challenge,
 )
 from services.review import review_report
+from services.sessions import SignInRefused
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +82,11 @@ TIMELINE_EVENTS = 200
 WINDOWS = {"7": 7, "30": 30, "90": 90, "365": 365}
 
 
-def console_app(container: Container, tokens: dict[str, Principal], prefix: str) -> FastAPI:
+def console_app(container: Container, prefix: str) -> FastAPI:
     """The console for one running instance, to be mounted at `prefix`."""
     settings = container.settings
-    sessions = Sessions(tokens, settings.console_session_hours * 3600)
+    sessions = container.sessions
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
-    secret = settings.console_secret.get_secret_value() if settings.console_secret else None
-    app.add_middleware(
-        SessionMiddleware,
-        secret_key=secret or _random_secret(),
-        session_cookie="leadscore_console",
-        max_age=int(settings.console_session_hours * 3600),
-        path=prefix,
-        same_site="strict",
-        https_only=settings.console_secure_cookie,
-    )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     env = templates.env
@@ -101,7 +102,12 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     @app.middleware("http")
     async def headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Any:
         started = time.perf_counter()
+        # Made here, so that what the page learns about its visitor is seen below.
+        request.state.visitor, request.state.looked_up = None, False
         response = await call_next(request)
+        visitor = request.state.visitor
+        if isinstance(visitor, Visitor) and visitor.new_csrf_cookie:
+            set_cookie(response, CSRF_COOKIE, visitor.csrf, max_age=None)
         # Server-Timing lets anyone (and the benchmark) read the time spent here.
         response.headers["Server-Timing"] = f"app;dur={(time.perf_counter() - started) * 1000:.1f}"
         response.headers["Content-Security-Policy"] = (
@@ -114,27 +120,36 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             response.headers["Cache-Control"] = "no-store"
         return response
 
-    def client(request: Request) -> str | None:
-        return request.client.host if request.client else None
+    def set_cookie(response: Response, name: str, value: str, *, max_age: int | None) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=max_age,
+            path=prefix,
+            httponly=True,
+            samesite="strict",
+            secure=settings.console_secure_cookie,
+        )
 
-    def user_of(request: Request) -> Principal:
-        user = sessions.user(request.session, client(request))
+    async def user_of(request: Request) -> Principal:
+        user = (await visitor_of(request, sessions)).user
         if user is None:
             raise SignInNeeded()
         return user
 
-    def admin_of(request: Request) -> Principal:
-        user = user_of(request)
+    async def admin_of(request: Request) -> Principal:
+        user = await user_of(request)
         if not user.may("admin"):
-            raise Forbidden("Only admins may change rules. Your token has the viewer role.")
+            raise Forbidden("Only admins may do this. Your token has the viewer role.")
         return user
 
     async def posted(request: Request, *, admin: bool) -> tuple[Principal, Any]:
         """A form post: who sent it (admins only where `admin`), its fields, CSRF checked."""
-        user = admin_of(request) if admin else user_of(request)
+        user = await admin_of(request) if admin else await user_of(request)
         form = await request.form(max_files=0, max_fields=20)
         offered = form.get("csrf")
-        check_csrf(request.session, offered if isinstance(offered, str) else None)
+        visitor = await visitor_of(request, sessions)
+        check_csrf(visitor, offered if isinstance(offered, str) else None)
         return user, form
 
     def page(
@@ -146,8 +161,8 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
             {
                 "user": user,
                 "is_admin": user is not None and user.may("admin"),
-                "csrf": csrf_token(request.session),
-                "open_console": sessions.open_without_sign_in(client(request)),
+                "csrf": anonymous(request, sessions).csrf,
+                "open_console": anonymous(request, sessions).open_console,
                 "notice": request.query_params.get("notice"),
                 **context,
             },
@@ -161,7 +176,8 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     # -- errors, in words ----------------------------------------------------------------------
 
     def error_page(request: Request, status: int, title: str, detail: str) -> HTMLResponse:
-        user = sessions.user(request.session, client(request))
+        # The visitor as far as this request got (the database may be what failed).
+        user = anonymous(request, sessions).user
         return page(request, "error.html", user, status, title=title, detail=detail)
 
     @app.exception_handler(SignInNeeded)
@@ -226,7 +242,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
 
     @app.get("/", include_in_schema=False)
     async def home(request: Request) -> Response:
-        user_of(request)
+        await user_of(request)
         return to("/leads")
 
     @app.get("/signin")
@@ -237,33 +253,75 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     async def signin(request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=5)
         offered, token, after = form.get("csrf"), form.get("token"), form.get("next")
-        check_csrf(request.session, offered if isinstance(offered, str) else None)
+        visitor = anonymous(request, sessions)
+        check_csrf(visitor, offered if isinstance(offered, str) else None)
+        target = _local_path(after if isinstance(after, str) else "", prefix) or f"{prefix}/leads"
+        if visitor.open_console:  # nothing to sign in to
+            return RedirectResponse(target, 303)
         if not isinstance(token, str) or not token.strip() or len(token) > 200:
-            if not sessions.open_without_sign_in(client(request)):
-                return page(
-                    request, "signin.html", None, 400, problem="Paste your API token.", next=""
-                )
-            token = ""
+            return page(request, "signin.html", None, 400, problem="Paste your API token.", next="")
         try:
-            sessions.sign_in(request.session, token.strip(), client(request))
-        except Forbidden as exc:
-            return page(request, "signin.html", None, 401, problem=exc.detail, next="")
-        target = _local_path(after if isinstance(after, str) else "", prefix)
-        return RedirectResponse(target or f"{prefix}/leads", 303)
+            secret, session = await sessions.sign_in(
+                token.strip(),
+                client=client_of(request),
+                user_agent=request.headers.get("user-agent"),
+            )
+        except SignInRefused as exc:
+            problem = sign_in_refusal(exc.reason)
+            return page(request, "signin.html", None, 401, problem=problem, next="")
+        log.info("console sign-in by %s (%s)", session.principal.name, session.principal.role)
+        response = RedirectResponse(target, 303)
+        lifetime = int(settings.console_session_hours * 3600)
+        set_cookie(response, SESSION_COOKIE, secret, max_age=lifetime)
+        return response
 
     @app.post("/signout")
     async def signout(request: Request) -> Response:
         form = await request.form(max_files=0, max_fields=5)
         offered = form.get("csrf")
-        check_csrf(request.session, offered if isinstance(offered, str) else None)
-        request.session.clear()
-        return to("/signin")
+        visitor = await visitor_of(request, sessions)
+        check_csrf(visitor, offered if isinstance(offered, str) else None)
+        await sessions.sign_out(request.cookies.get(SESSION_COOKIE, ""))
+        response = to("/signin")
+        response.delete_cookie(SESSION_COOKIE, path=prefix)
+        return response
+
+    # -- sessions (admins) ----------------------------------------------------------------------
+
+    @app.get("/sessions")
+    async def sessions_page(request: Request) -> Response:
+        user = await admin_of(request)
+        mine = (await visitor_of(request, sessions)).session
+        return page(
+            request,
+            "sessions.html",
+            user,
+            sessions=await sessions.listing(),
+            mine=mine.id if mine else None,
+            idle_minutes=settings.console_idle_minutes,
+            lifetime_hours=settings.console_session_hours,
+        )
+
+    @app.post("/sessions/{session_id}/end")
+    async def end_session(request: Request, session_id: Annotated[str, _SESSION_ID]) -> Response:
+        user, _ = await posted(request, admin=True)
+        ended = await sessions.end(session_id, by=user.name)
+        return to("/sessions", notice="Session ended." if ended else "That session had ended.")
+
+    @app.post("/sessions/end-token")
+    async def end_token_sessions(request: Request) -> Response:
+        user, form = await posted(request, admin=True)
+        name = form.get("token_name")
+        if not isinstance(name, str) or not 0 < len(name) <= 200:
+            raise ApiError(422, "invalid_request", "Name the token whose sessions to end.")
+        ended = await sessions.end_all(token_name=name, by=user.name)
+        return to("/sessions", notice=f"Ended {ended} session(s) of token {name}.")
 
     # -- rules ---------------------------------------------------------------------------------
 
     @app.get("/rules")
     async def rules(request: Request) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         versions = await ruleset_list(container)
         active = next((v["version"] for v in versions if v["active"]), None)
         previous = None
@@ -284,7 +342,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     async def editor(
         request: Request, start: Annotated[int | None, Query(ge=1)] = None
     ) -> Response:
-        user = admin_of(request)
+        user = await admin_of(request)
         source = await ruleset_detail(container, start)
         return page(
             request,
@@ -299,8 +357,8 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
     @app.post("/rules/validate")
     async def validate(request: Request) -> Response:
         """For the editor's validation as you type: the problems, each with its line."""
-        admin_of(request)
-        check_csrf(request.session, request.headers.get("x-csrf-token"))
+        await admin_of(request)
+        check_csrf(await visitor_of(request, sessions), request.headers.get("x-csrf-token"))
         body = await request.body()
         if len(body) > MAX_DOCUMENT_BYTES:
             return JSONResponse(
@@ -350,7 +408,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
 
     @app.get("/rules/{version}")
     async def version_page(request: Request, version: Annotated[int, _VERSION]) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         detail = await ruleset_detail(container, version)
         return page(
             request,
@@ -369,7 +427,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         against: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
         full: bool = False,
     ) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         base_version = await ruleset_detail(container, against)
         this = await ruleset_detail(container, version)
         changes = await ruleset_diff(container, base_version["version"], version)
@@ -497,14 +555,14 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
 
     @app.get("/jobs/{job_id}")
     async def job(request: Request, job_id: Annotated[str, _JOB_ID]) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         detail = await job_detail(container, job_id)
         figures = _impact_charts(detail["result"]) if detail["kind"] == "impact" else {}
         return page(request, "job.html", user, job=detail, **figures)
 
     @app.get("/jobs/{job_id}/progress")
     async def job_progress(request: Request, job_id: Annotated[str, _JOB_ID]) -> Response:
-        user_of(request)
+        await user_of(request)
         detail = await job_detail(container, job_id)
         return JSONResponse({"status": detail["status"], **detail["progress"]})
 
@@ -517,7 +575,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         sort: Annotated[str, Query(pattern="^(-score|id)$")] = "-score",
         cursor: Annotated[str | None, Query(max_length=400)] = None,
     ) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         listing = await lead_page(
             container, stage=stage, min_score=None, cursor=cursor, limit=PAGE_SIZE, sort=sort
         )
@@ -525,7 +583,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
 
     @app.get("/leads/{lead_id:path}")
     async def lead(request: Request, lead_id: Annotated[str, _ID]) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         detail = await lead_detail(container, lead_id)
         history = await lead_history(container, detail["lead_id"], TIMELINE_EVENTS)
         async with container.db.connect() as conn:
@@ -558,7 +616,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         sort: Annotated[str, Query(pattern="^(-score|id)$")] = "-score",
         cursor: Annotated[str | None, Query(max_length=400)] = None,
     ) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         listing = await account_list(
             container,
             stage=stage,
@@ -580,7 +638,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
 
     @app.get("/accounts/{account_id:path}")
     async def account(request: Request, account_id: Annotated[str, _ID]) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         detail = await account_detail(container, account_id)
         members_chart = charts.bar_chart(
             "members",
@@ -597,7 +655,7 @@ def console_app(container: Container, tokens: dict[str, Principal], prefix: str)
         request: Request,
         days: Annotated[str, Query(pattern="^(7|30|90|365)$")] = "30",
     ) -> Response:
-        user = user_of(request)
+        user = await user_of(request)
         until = datetime.now(UTC)
         since = until - timedelta(days=WINDOWS[days])
         report = await funnel_figures(container, since, until)
@@ -632,6 +690,7 @@ _TITLES = {404: "Not found", 409: "Cannot do that now", 413: "Too large", 422: "
 _VERSION = Path(ge=1, le=2**31 - 1)
 _ID = Path(min_length=1, max_length=512)
 _JOB_ID = Path(min_length=1, max_length=100)
+_SESSION_ID = Path(pattern=r"^[0-9a-f]{64}$")
 
 
 def _days(form: Any, default: float) -> float:
@@ -644,12 +703,6 @@ def _days(form: Any, default: float) -> float:
     if not 0 < days <= 3650:
         raise ApiError(422, "invalid_request", "Days must be a number from 1 to 3650.")
     return days
-
-
-def _random_secret() -> str:
-    import secrets
-
-    return secrets.token_urlsafe(32)
 
 
 def _local_path(target: str, prefix: str) -> str:

@@ -1,20 +1,24 @@
-"""Who is using the console: sign-in with an API token, the session, CSRF tokens.
+"""Who is using the console: the signed-in session (services/sessions.py keeps them), or the
+trusted local user when no tokens are configured, and the CSRF token their forms carry.
 
-The session is Starlette's signed cookie (itsdangerous): HttpOnly, SameSite=strict, expiring
-after an idle period, and holding only the token's name and role, when it signed in, and the
-CSRF token its forms carry. Every request checks the name and role against the configured
-tokens, so a token taken out of the configuration ends its sessions at the next restart.
+A signed-in user's CSRF token is their session's. Before sign-in (the sign-in form) and on
+the open local console, it is a random value in a cookie of its own that forms must repeat
+(double submit): a page of another site can neither read the cookie nor, with
+SameSite=Strict, have the browser send it.
 """
 
 from __future__ import annotations
 
-import hmac
 import secrets
-import time
-from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
 
-from services.auth import AuthError, Principal, authenticate, is_loopback
+from starlette.requests import Request
+
+from services.auth import Principal, is_loopback
+from services.sessions import ConsoleSessions, Session, same_secret
+
+SESSION_COOKIE = "leadscore_console"
+CSRF_COOKIE = "leadscore_csrf"
 
 
 class SignInNeeded(Exception):
@@ -27,69 +31,69 @@ class Forbidden(Exception):
         self.detail = detail
 
 
-def csrf_token(session: dict[str, Any]) -> str:
-    """The session's CSRF token, made on first use (the sign-in form has one too)."""
-    token = session.get("csrf")
-    if not isinstance(token, str):
-        token = secrets.token_urlsafe(24)
-        session["csrf"] = token
-    return token
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """One request's user (None: not signed in), their session, and their CSRF token."""
+
+    user: Principal | None
+    session: Session | None
+    csrf: str
+    # The console is open to this caller without sign-in (no tokens, loopback).
+    open_console: bool
+    # The CSRF cookie is new: the response must set it.
+    new_csrf_cookie: bool
 
 
-def check_csrf(session: dict[str, Any], offered: str | None) -> None:
-    expected = session.get("csrf")
-    if not isinstance(expected, str) or not offered or not hmac.compare_digest(expected, offered):
+def open_without_sign_in(tokens: dict[str, Principal], client_host: str | None) -> bool:
+    """With no tokens configured the API trusts loopback, and so does the console."""
+    return not tokens and is_loopback(client_host)
+
+
+def client_of(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+async def visitor_of(request: Request, sessions: ConsoleSessions) -> Visitor:
+    """Who sent `request`: its session looked up once per request."""
+    if getattr(request.state, "looked_up", False):
+        return anonymous(request, sessions)
+    visitor = anonymous(request, sessions)
+    if not visitor.open_console:
+        session = await sessions.current(request.cookies.get(SESSION_COOKIE, ""))
+        if session is not None:
+            visitor = Visitor(session.principal, session, session.csrf, False, False)
+    request.state.visitor = visitor
+    request.state.looked_up = True
+    return visitor
+
+
+def anonymous(request: Request, sessions: ConsoleSessions) -> Visitor:
+    """The visitor as far as this request has got: its session if one was looked up, else
+    the local user of an open console or nobody, with the CSRF token from its cookie (or a
+    new one, which the response then sets)."""
+    known = getattr(request.state, "visitor", None)
+    if isinstance(known, Visitor):
+        return known
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    fresh = not (16 <= len(cookie) <= 64)
+    csrf = secrets.token_urlsafe(24) if fresh else cookie
+    opened = open_without_sign_in(sessions.tokens, client_of(request))
+    user = Principal("loopback", "local") if opened else None
+    request.state.visitor = Visitor(user, None, csrf, opened, fresh)
+    return request.state.visitor  # type: ignore[no-any-return]
+
+
+def check_csrf(visitor: Visitor, offered: str | None) -> None:
+    if visitor.new_csrf_cookie or not same_secret(visitor.csrf, offered):
         raise Forbidden(
             "This form has expired or did not come from this console. Reload the page and "
             "try again."
         )
 
 
-class Sessions:
-    """Signs people in and tells who a request comes from."""
-
-    def __init__(
-        self,
-        tokens: dict[str, Principal],
-        lifetime_seconds: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.tokens = tokens
-        self.known = set(tokens.values())
-        self.lifetime = lifetime_seconds
-        self.clock = clock
-
-    def open_without_sign_in(self, client_host: str | None) -> bool:
-        """With no tokens configured the API trusts loopback, and so does the console."""
-        return not self.tokens and is_loopback(client_host)
-
-    def sign_in(self, session: dict[str, Any], token: str, client_host: str | None) -> Principal:
-        """Check the token as the API would; a new session (new CSRF token) on success."""
-        try:
-            principal = authenticate(self.tokens, f"Bearer {token}", client_host)
-        except AuthError as exc:
-            raise Forbidden(_sign_in_refusal(exc)) from exc
-        session.clear()  # a fresh session: nothing from before sign-in carries over
-        session.update({"name": principal.name, "role": principal.role, "since": int(self.clock())})
-        csrf_token(session)
-        return principal
-
-    def user(self, session: dict[str, Any], client_host: str | None) -> Principal | None:
-        if self.open_without_sign_in(client_host):
-            csrf_token(session)
-            return Principal("loopback", "local")
-        name, role, since = session.get("name"), session.get("role"), session.get("since")
-        if not isinstance(name, str) or not isinstance(role, str) or not isinstance(since, int):
-            return None
-        principal = Principal(name, role)
-        if principal not in self.known or self.clock() - since > self.lifetime:
-            session.clear()
-            return None
-        return principal
-
-
-def _sign_in_refusal(exc: AuthError) -> str:
-    if exc.detail.startswith("no API tokens"):
+def sign_in_refusal(reason: str) -> str:
+    """The sign-in page's words for a refused token."""
+    if reason.startswith("no API tokens"):
         return (
             "This service has no API tokens configured, so it only trusts its own machine. "
             "Open the console from the machine the service runs on, or configure tokens."

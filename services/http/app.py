@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.auth import AuthError, Principal, authenticate, authorize, parse_tokens
+from services.auth import AuthError, Principal, authenticate, authorize
 from services.bootstrap import Container
 from services.db import UNAVAILABLE
 from services.http.accounts import accounts_router
@@ -19,12 +19,15 @@ from services.http.common import (
     MALFORMED,
     ApiError,
     RequestLimits,
+    error_body,
     methods_for,
 )
+from services.http.guards import AllowedHosts, BrowserGuard, DocumentedContentTypes
 from services.http.ingest import ingest_router
 from services.http.leads import leads_router
 from services.http.operations import operations_router
 from services.http.rulesets import rulesets_router
+from services.http.sessions import sessions_router
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +35,26 @@ log = logging.getLogger(__name__)
 def create_app(container: Container) -> FastAPI:
     """The app for one running instance; every route reads `container`, nothing global."""
     settings = container.settings
-    tokens = parse_tokens(settings.api_tokens.get_secret_value() if settings.api_tokens else None)
+    tokens = container.tokens
     app = FastAPI(
         title="leadscore",
         version="0.2.0",
         description=(
-            "Real-time lead scoring. Authenticate with `Authorization: Bearer <token>`; roles "
-            "are admin (rule changes), viewer (reads) and ingest (events). Errors are "
-            '`{"error": code, "detail": ...}`.'
+            "Real-time lead scoring. Authenticate with `Authorization: Bearer <token>` (the "
+            "intake also takes an ingest token as the HTTP Basic user name, as tracking SDKs "
+            "send their write key); roles are admin (rule changes), viewer (reads) and ingest "
+            '(events). Errors are `{"error": code, "detail": ...}`.'
         ),
         responses=COMMON,
     )
     app.state.container = container
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
+    # Added last, so it runs first: a foreign Host is refused before anything else is read.
+    app.add_middleware(
+        BrowserGuard,
+        hosts=AllowedHosts(settings.allowed_hosts, settings.http_host),
+        content_types=DocumentedContentTypes(app.openapi),
+    )
 
     def role(needed: str) -> Callable[[Request], Principal]:
         def dependency(request: Request) -> Principal:
@@ -61,22 +71,28 @@ def create_app(container: Container) -> FastAPI:
     Viewer = Annotated[Principal, Depends(role("viewer"))]
 
     @app.exception_handler(AuthError)
-    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+    async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(
-            {"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers
+            error_body(request.url.path, exc.code, exc.detail),
+            status_code=exc.status,
+            headers=headers,
         )
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_body(request.url.path, exc.code, exc.detail), status_code=exc.status
+        )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [
             {"loc": ".".join(str(p) for p in err["loc"]), "msg": err["msg"]} for err in exc.errors()
         ]
-        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
+        return JSONResponse(
+            error_body(request.url.path, "invalid_request", problems), status_code=422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -91,8 +107,9 @@ def create_app(container: Container) -> FastAPI:
             # Starlette names only the first route that matched the path; list them all.
             allowed = methods_for(app, request.url.path)
             headers = {"Allow": ", ".join(sorted(allowed))}
+        code = codes.get(exc.status_code, "http_error")
         return JSONResponse(
-            {"error": codes.get(exc.status_code, "http_error"), "detail": exc.detail},
+            error_body(request.url.path, code, exc.detail),
             status_code=exc.status_code,
             headers=headers,
         )
@@ -100,29 +117,30 @@ def create_app(container: Container) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, MALFORMED):
+            detail = f"cannot store or encode: {exc}"[:300]
             return JSONResponse(
-                {"error": "invalid_request", "detail": f"cannot store or encode: {exc}"[:300]},
-                status_code=400,
+                error_body(request.url.path, "invalid_request", detail), status_code=400
             )
         if isinstance(exc, UNAVAILABLE):
             return JSONResponse(
-                {"error": "unavailable", "detail": "the database is unavailable; retry"},
+                error_body(request.url.path, "unavailable", "the database is unavailable; retry"),
                 status_code=503,
                 headers={"Retry-After": "5"},
             )
         log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(
-            {"error": "internal_error", "detail": type(exc).__name__}, status_code=500
+            error_body(request.url.path, "internal_error", type(exc).__name__), status_code=500
         )
 
     app.include_router(operations_router(container))
     app.include_router(rulesets_router(container, Admin, Viewer))
     app.include_router(leads_router(container, Admin, Viewer))
     app.include_router(accounts_router(container, Admin, Viewer))
+    app.include_router(sessions_router(container, Admin))
     app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
     # The web console: same process, same port, same tokens. Imported here because the
     # console's pages call this package's routers' functions.
     from services.console.app import console_app
 
-    app.mount("/console", console_app(container, tokens, "/console"))
+    app.mount("/console", console_app(container, "/console"))
     return app

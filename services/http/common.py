@@ -5,6 +5,7 @@ limits, typed path and query values, and opaque page cursors."""
 
 import base64
 import re
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 COMMON: dict[int | str, dict[str, Any]] = {
     400: {"model": api.ErrorBody, "description": "malformed request (text, encoding, nesting)"},
     413: {"model": api.ErrorBody, "description": "body larger than the configured limit"},
+    415: {"model": api.ErrorBody, "description": "a body encoding or media type not taken"},
+    421: {"model": api.ErrorBody, "description": "a Host name this service does not answer to"},
     422: {"model": api.ErrorBody, "description": "the request does not validate"},
     503: {"model": api.ErrorBody, "description": "the database is unavailable; retry"},
 }
@@ -83,62 +86,27 @@ def int_cursor(cursor: str | None, default: int) -> int:
     return value
 
 
-class RequestLimits:
-    """ASGI middleware: a body size limit on every request (413), and no NUL in the path or
-    query (400), checked before any route runs."""
-
-    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
-        query = scope.get("query_string", b"")
-        if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in query or b"\x00" in query:
-            await _send_error(send, 400, "invalid_request", "NUL in the path or query")
-            return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        limit = self.max_body_bytes
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
-            return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Any:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge(limit)
-            return message
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_error(send, 413, "too_large", f"the body limit is {limit} bytes")
+# The Segment-compatible intake (services/http/ingest.py).
+SEGMENT_CALLS = ("track", "page", "identify", "group", "alias")
+INGEST_PATHS = frozenset({"/v1/batch", *(f"/v1/{kind}" for kind in SEGMENT_CALLS)})
+# Content encodings a request body may come in: tracking SDKs gzip their batches.
+GZIP = (b"gzip", b"x-gzip")
 
 
-class _BodyTooLarge(StarletteHTTPException):
-    """Raised while the body is read, so FastAPI passes it on (as it does HTTP errors)."""
+def error_body(path: str, code: str, detail: Any) -> dict[str, Any]:
+    """Every error's body: `{"error": code, "detail": ...}`. On the intake, also `code` and
+    `message`, the fields Segment's and RudderStack's SDKs read from an error (without them
+    they report a KeyError instead of the reason)."""
+    body = {"error": code, "detail": detail}
+    if path in INGEST_PATHS:
+        message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
+        body.update(code=code, message=message)
+    return body
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the body limit is {limit} bytes")
 
-
-async def _send_error(send: Any, status: int, code: str, detail: str) -> None:
-    body = orjson.dumps({"error": code, "detail": detail})
+async def send_error(send: Any, path: str, status: int, code: str, detail: str) -> None:
+    """An error in the API's shape, sent by middleware before any route ran."""
+    body = orjson.dumps(error_body(path, code, detail))
     await send(
         {
             "type": "http.response.start",
@@ -150,6 +118,108 @@ async def _send_error(send: Any, status: int, code: str, detail: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class RequestLimits:
+    """ASGI middleware: a body size limit on every request (413), and no NUL in the path or
+    query (400), checked before any route runs. A gzip body is inflated as it is read and the
+    limit applies to what it inflates to, so a compression bomb is refused after at most
+    `max_body_bytes` of output, never inflated whole."""
+
+    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        raw_path = scope.get("raw_path") or path.encode("utf-8", "surrogateescape")
+        query = scope.get("query_string", b"")
+        if b"%00" in raw_path or b"\x00" in raw_path or b"%00" in query or b"\x00" in query:
+            await send_error(send, path, 400, "invalid_request", "NUL in the path or query")
+            return
+        headers = {key.lower(): value for key, value in scope.get("headers") or []}
+        declared = headers.get(b"content-length")
+        limit = self.max_body_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await send_error(send, path, 413, "too_large", f"the body limit is {limit} bytes")
+            return
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"identity", *GZIP):
+            await send_error(
+                send,
+                path,
+                415,
+                "unsupported_encoding",
+                "bodies may be sent as they are or with Content-Encoding: gzip",
+            )
+            return
+        inflating = encoding in GZIP
+        if inflating:  # what the app reads is the inflated body, of another length
+            scope = {
+                **scope,
+                "headers": [
+                    (key, value)
+                    for key, value in scope["headers"]
+                    if key.lower() not in (b"content-encoding", b"content-length")
+                ],
+            }
+        inflater = zlib.decompressobj(wbits=31)  # 31: a gzip header and trailer
+        received = produced = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal received, produced
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            body = message.get("body", b"")
+            received += len(body)
+            if received > limit:
+                raise _BodyTooLarge(limit)
+            if not inflating:
+                return message
+            try:
+                # At most one byte more than the limit allows: enough to know it is over.
+                body = inflater.decompress(body, limit - produced + 1)
+            except zlib.error as exc:
+                raise _BadBody("the gzip body is corrupt") from exc
+            produced += len(body)
+            if produced > limit:
+                raise _BodyTooLarge(limit)
+            if not message.get("more_body", False) and (
+                not inflater.eof or inflater.unused_data
+            ):
+                raise _BadBody("the gzip body is truncated or has data after its end")
+            return {**message, "body": body}
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except (_BodyTooLarge, _BadBody) as exc:
+            if not started:
+                code = "too_large" if exc.status_code == 413 else "invalid_request"
+                await send_error(send, path, exc.status_code, code, str(exc.detail))
+
+
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised while the body is read, so FastAPI passes it on (as it does HTTP errors)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body limit is {limit} bytes")
+
+
+class _BadBody(StarletteHTTPException):
+    """A gzip body that does not inflate (400)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(400, detail)
 
 
 def methods_for(app: FastAPI, path: str) -> set[str]:

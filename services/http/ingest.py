@@ -11,14 +11,14 @@ from fastapi import APIRouter
 from schemas import api
 from scoring_service.intake import Rejection, parse_event
 from services.bootstrap import Container
-from services.http.common import (
-    ERRORS,
-    ApiError,
-)
+from services.http.common import ERRORS, SEGMENT_CALLS, ApiError
 
 
 def ingest_router(container: Container, Ingest: Any) -> APIRouter:
-    """Segment-compatible HTTP intake: events are validated, then published to lead-events."""
+    """Segment-compatible HTTP intake: events are validated, then published to lead-events.
+
+    It answers 200 `{"accepted": n, "success": true}` as Segment's tracking API does: the
+    Segment and RudderStack SDKs treat anything else as a failure."""
     router = APIRouter(prefix="/v1", tags=["ingest"], responses=ERRORS)
     settings = container.settings
 
@@ -44,12 +44,12 @@ def ingest_router(container: Container, Ingest: Any) -> APIRouter:
             futures.append(
                 await container.producer.send(settings.topic_events, value, key=str(key).encode())
             )
-        await asyncio.gather(*futures)  # 202 only once the broker acknowledged them all
-        return {"accepted": len(events)}
+        await asyncio.gather(*futures)  # 200 only once the broker acknowledged them all
+        return {"accepted": len(events), "success": True}
 
     @router.post(
         "/batch",
-        status_code=202,
+        status_code=200,
         response_model=api.Accepted,
         responses={422: {"model": api.ErrorBody}},
     )
@@ -64,12 +64,12 @@ def ingest_router(container: Container, Ingest: Any) -> APIRouter:
         single.__doc__ = f"A Segment {kind} call."
         return single
 
-    for kind in ("track", "page", "identify", "group", "alias"):
+    for kind in SEGMENT_CALLS:
         router.add_api_route(
             f"/{kind}",
             single_call(kind),
             methods=["POST"],
-            status_code=202,
+            status_code=200,
             response_model=api.Accepted,
             responses={422: {"model": api.ErrorBody}},
             name=f"ingest_{kind}",

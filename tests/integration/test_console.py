@@ -14,7 +14,7 @@ from tests.conftest import TOKENS, client_for, wait_for
 
 def console_client(container, host: str = "127.0.0.1") -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=create_app(container), client=(host, 50000))
-    return httpx.AsyncClient(transport=transport, base_url="http://leadscore")
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost")
 
 
 def csrf_of(html: str) -> str:

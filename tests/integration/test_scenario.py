@@ -217,7 +217,7 @@ async def test_journey_to_sal_exact_records(service, settings):
 
     app = create_app(service.container)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://test"
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost"
     ) as client:
         for lead_id in ("u-42", "a-77"):  # the anonymous id now reads the identified lead
             body = (await client.get(f"/v1/leads/{lead_id}")).json()

@@ -1,7 +1,9 @@
-"""The console's pure parts: sessions, problem lines in YAML, the side-by-side diff, charts."""
+"""The console's and the HTTP edge's pure parts: CSRF, HTTP Basic, Host and Origin checks,
+problem lines in YAML, the side-by-side diff, charts."""
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -10,64 +12,90 @@ import yaml
 
 from scoring_service.diff import around_changes, side_by_side
 from scoring_service.ruleset_files import RuleSetInvalid, load_document, problem_lines
-from services.auth import hash_token, parse_tokens
+from services.auth import AuthError, authenticate, hash_token, parse_tokens
 from services.console.charts import bar_chart, grouped_bar_chart, line_chart
-from services.console.session import Forbidden, Sessions, check_csrf, csrf_token
+from services.console.session import Forbidden, Visitor, check_csrf
+from services.http.guards import AllowedHosts, cross_origin_refusal
 
 TOKENS = parse_tokens(
-    f"ann:admin:{hash_token('admin-secret')},vic:viewer:{hash_token('viewer-secret')}"
+    f"ann:admin:{hash_token('admin-secret')},vic:viewer:{hash_token('viewer-secret')},"
+    f"sdk:ingest:{hash_token('write-key')}"
 )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+def visitor(csrf: str, *, new_cookie: bool = False) -> Visitor:
+    return Visitor(None, None, csrf, False, new_cookie)
 
 
-def test_a_session_lasts_its_lifetime_however_active_then_ends():
-    clock = Clock()
-    sessions = Sessions(TOKENS, 3600, clock)
-    session: dict[str, object] = {"csrf": "from-before-sign-in"}
-    principal = sessions.sign_in(session, "viewer-secret", "10.0.0.8")
-    assert (principal.name, principal.role) == ("vic", "viewer")
-    assert session["csrf"] != "from-before-sign-in"  # a new session, a new CSRF token
-    clock.now += 3599
-    assert sessions.user(session, "10.0.0.8") == principal
-    clock.now += 2
-    assert sessions.user(session, "10.0.0.8") is None
-    assert session == {}
-
-
-def test_a_session_whose_token_is_no_longer_configured_is_refused():
-    session: dict[str, object] = {}
-    Sessions(TOKENS, 3600).sign_in(session, "admin-secret", "10.0.0.8")
-    only_viewer = parse_tokens(f"vic:viewer:{hash_token('viewer-secret')}")
-    assert Sessions(only_viewer, 3600).user(session, "10.0.0.8") is None
-
-
-def test_sign_in_refuses_unknown_tokens_and_remote_callers_without_tokens():
-    with pytest.raises(Forbidden, match="not one this service knows"):
-        Sessions(TOKENS, 3600).sign_in({}, "guess", "10.0.0.8")
-    with pytest.raises(Forbidden, match="only trusts its own machine"):
-        Sessions({}, 3600).sign_in({}, "", "10.0.0.8")
-    open_console = Sessions({}, 3600)
-    assert open_console.user({}, "127.0.0.1") is not None
-    assert open_console.user({}, "10.0.0.8") is None
-
-
-def test_csrf_tokens_must_match_the_sessions():
-    session: dict[str, object] = {}
-    token = csrf_token(session)
-    assert csrf_token(session) == token
-    check_csrf(session, token)
+def test_csrf_tokens_must_match_the_visitors():
+    token = "a-random-csrf-token-of-the-session"
+    check_csrf(visitor(token), token)
     for offered in (None, "", token[:-1] + "x"):
         with pytest.raises(Forbidden):
-            check_csrf(session, offered)
+            check_csrf(visitor(token), offered)
+    # A CSRF cookie made for this very response cannot vouch for a form sent before it.
     with pytest.raises(Forbidden):
-        check_csrf({}, token)
+        check_csrf(visitor(token, new_cookie=True), token)
+
+
+def basic(user: str, password: str = "") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_http_basic_carries_ingest_tokens_only_and_bearer_carries_every_role():
+    assert authenticate(TOKENS, basic("write-key"), "10.0.0.8").role == "ingest"
+    assert authenticate(TOKENS, "Bearer write-key", "10.0.0.8").role == "ingest"
+    assert authenticate(TOKENS, "Bearer admin-secret", "10.0.0.8").role == "admin"
+    with pytest.raises(AuthError, match="Basic is for ingest tokens"):
+        authenticate(TOKENS, basic("admin-secret"), "10.0.0.8")
+    for refused in (basic("guess"), "Basic !!!", "Basic " + "A" * 2000, basic(""), "Digest x"):
+        with pytest.raises(AuthError) as caught:
+            authenticate(TOKENS, refused, "10.0.0.8")
+        assert caught.value.status == 401
+    # No tokens configured: loopback is trusted whatever it sends, others are refused.
+    assert authenticate({}, basic("anything"), "127.0.0.1").role == "local"
+    with pytest.raises(AuthError, match="loopback only"):
+        authenticate({}, basic("anything"), "10.0.0.8")
+
+
+def test_allowed_hosts_are_loopback_the_listening_address_ip_literals_and_the_configured():
+    default = AllowedHosts("", "127.0.0.1")
+    for host in ("localhost", "LOCALHOST.:8000", "127.0.0.1:8000", "[::1]:8000", "10.2.3.4"):
+        assert default.admits(host), host
+    for host in (
+        "attacker.example:8000",
+        "localhost.attacker.example",
+        "",
+        None,
+        "[::1",
+        "localhost:80:80",
+        "localhost:x",
+        "a" * 400,
+    ):
+        assert not default.admits(host), host
+    configured = AllowedHosts("leadscore.internal, .example.com", "0.0.0.0")
+    assert configured.admits("leadscore.internal:8000") and configured.admits("0.0.0.0")
+    assert configured.admits("crm.example.com") and not configured.admits("example.org")
+    assert AllowedHosts("*", "127.0.0.1").admits("anything.example")
+
+
+def test_a_write_from_another_origin_is_told_apart_from_the_services_own_pages():
+    def refusal(**headers: str) -> str | None:
+        return cross_origin_refusal(
+            {k.replace("_", "-").encode(): v.encode() for k, v in headers.items()}
+        )
+
+    assert refusal(host="127.0.0.1:8000") is None  # a program: no Origin
+    assert refusal(host="127.0.0.1:8000", origin="http://127.0.0.1:8000") is None
+    assert refusal(host="localhost", origin="https://localhost:443") is None
+    assert refusal(host="127.0.0.1:8000", sec_fetch_site="same-origin") is None
+    assert refusal(host="127.0.0.1:8000", sec_fetch_site="none") is None
+    assert "evil.example" in (refusal(host="127.0.0.1:8000", origin="http://evil.example") or "")
+    # Another port of the same machine is another origin (and the same site).
+    assert refusal(host="127.0.0.1:8000", origin="http://127.0.0.1:9000")
+    assert refusal(host="127.0.0.1:8000", origin="null")
+    assert refusal(host="127.0.0.1:8000", sec_fetch_site="same-site")
+    assert refusal(host="127.0.0.1:8000", sec_fetch_site="cross-site")
 
 
 def problems_of(text: str) -> list[dict[str, object]]:
