@@ -239,7 +239,10 @@ def _parse_event(raw: bytes, *, now: float, fallback_ts: float | None) -> Event 
         event.event_name = doc["event"].casefold()
         event.properties = doc.get("properties") or _EMPTY
     elif event_type == "identify":
-        event.traits = doc.get("traits") or {}
+        # RudderStack's SDKs send an identify's traits in context.traits only (the spec's
+        # place for the user's traits on any call); Segment's send them at the top.
+        traits = doc.get("traits") or (context.get("traits") if context else None)
+        event.traits = traits if isinstance(traits, dict) else {}
     elif event_type == "group":
         event.group_id = _text(doc["groupId"])
         event.traits = doc.get("traits") or {}

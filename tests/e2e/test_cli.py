@@ -9,6 +9,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import uvicorn
 import yaml
 
@@ -152,3 +153,49 @@ async def test_propose_challenge_and_review_side_by_side(admin_container):
         few = ["--since", "2020-01-01T00:00:00Z", "--until", "2020-02-01T00:00:00Z"]
         code, out = await leadscore("propose", "1", *few, env=env)
         assert code == 1 and "422 too_few_outcomes: 0 decided leads" in out
+
+
+@pytest.mark.parametrize("build", ["as built", "interpreted"])
+async def test_the_installed_command_runs_from_any_directory(tmp_path, build):
+    # The entry point pip installed, run from a folder that is not the repository, with
+    # nothing on PYTHONPATH: the packages (and the compiled core, where built) must be found
+    # the way the installation says.
+    command = Path(sys.executable).parent / "leadscore"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if build == "interpreted":
+        env["LEADSCORE_INTERPRETED"] = "1"
+    journey = tmp_path / "journey.jsonl"
+    journey.write_bytes((ROOT / "examples" / "journey.jsonl").read_bytes())
+
+    async def run(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            str(command),
+            *args,
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await process.communicate()
+        return process.returncode or 0, output.decode()
+
+    code, out = await run("--help")
+    assert code == 0 and "usage: leadscore" in out, out
+    code, out = await run("token", "ci", "viewer")
+    assert code == 0 and "ci:viewer:" in out, out
+    code, out = await run(
+        "simulate", str(ROOT / "scoring_service/starter_ruleset.yaml"), "journey.jsonl"
+    )
+    assert code == 0 and "u-42: mql -> sal (trigger demo-request)" in out, out
+    probe = (
+        "import scoring_service.engine as e, stage_router.compiled as c; print(c.is_compiled(e))"
+    )
+    python = Path(sys.executable)
+    process = await asyncio.create_subprocess_exec(
+        str(python), "-c", probe, cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE
+    )
+    compiled = (await process.communicate())[0].decode().strip()
+    if build == "interpreted":
+        assert compiled == "False"
+    elif os.environ.get("LEADSCORE_EXPECT_COMPILED"):  # make test, after make compile
+        assert compiled == "True"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import tracemalloc
+import zlib
+
+import orjson
 import pytest
 
 from services.bootstrap import bootstrap
@@ -92,3 +97,68 @@ async def test_a_simulation_over_its_time_budget_stops_with_422(admin_container)
     finally:
         await container.close()
     assert response.status_code == 422 and response.json()["error"] == "too_expensive"
+
+
+def gzipped(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+async def test_a_gzip_body_is_inflated_and_checked_like_a_plain_one(admin_container):
+    # One bad event among good ones: the 422 names it, so the body was read inflated.
+    events = [
+        {"type": "track", "messageId": f"g{i}", "userId": "u", "event": "x"} for i in range(3)
+    ]
+    events[1]["timestamp"] = "not a time"
+    body = gzipped(orjson.dumps({"batch": events, "sentAt": "2026-12-01T00:00:00Z"}))
+    async with client_for(admin_container, "ingest") as client:
+        answer = await client.post(
+            "/v1/batch",
+            content=body,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()
+    assert [p["index"] for p in error["detail"]] == [1]
+    # What Segment's and RudderStack's SDKs read from an error.
+    assert error["code"] == "invalid_events" and "invalid_timestamp" in error["message"]
+
+
+async def test_a_gzip_bomb_gets_413_without_being_inflated_in_memory(admin_container):
+    # 64 MiB of zeros in about 64 KiB: compressed chunk by chunk, never held whole here.
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zero = bytes(1024 * 1024)
+    bomb = b"".join(deflate.compress(zero) for _ in range(64)) + deflate.flush()
+    assert len(bomb) < admin_container.settings.max_body_bytes
+    async with client_for(admin_container, "ingest") as client:
+        tracemalloc.start()
+        try:
+            answer = await client.post(
+                "/v1/batch",
+                content=bomb,
+                headers={"content-type": "application/json", "content-encoding": "gzip"},
+            )
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert answer.status_code == 413 and answer.json()["code"] == "too_large"
+    # The limit is 1 MiB: what was inflated stayed within a few times that, not 64 MiB.
+    assert peak < 8 * 1024 * 1024, peak
+
+
+async def test_corrupt_or_unknown_encodings_are_refused_in_words(admin_container):
+    good = gzipped(b'{"batch": []}')
+    cases = [
+        ("gzip", b"this is not gzip", 400, "corrupt"),
+        ("gzip", good[:-6], 400, "truncated"),
+        ("gzip", good + b"trailing", 400, "after its end"),
+        ("br", b"\x00\x01", 415, "gzip"),
+    ]
+    async with client_for(admin_container, "ingest") as client:
+        for encoding, body, status, words in cases:
+            answer = await client.post(
+                "/v1/batch",
+                content=body,
+                headers={"content-type": "application/json", "content-encoding": encoding},
+            )
+            assert answer.status_code == status, (encoding, answer.text)
+            assert words in answer.json()["detail"], answer.text

@@ -72,6 +72,28 @@ def test_page_path_fallbacks(doc, path):
     assert isinstance(event, Event) and event.path == path
 
 
+@pytest.mark.parametrize(
+    "doc,traits",
+    [
+        ({"traits": {"title": "Owner"}}, {"title": "Owner"}),
+        # RudderStack's SDK: the traits only in context.traits.
+        ({"context": {"traits": {"title": "CFO"}}}, {"title": "CFO"}),
+        (
+            {"traits": {"title": "Owner"}, "context": {"traits": {"title": "CFO"}}},
+            {"title": "Owner"},
+        ),
+        ({"context": {"traits": "not an object"}}, {}),
+        ({}, {}),
+    ],
+)
+def test_identify_traits_come_from_the_top_else_from_context(doc, traits):
+    raw = orjson.dumps(
+        {"type": "identify", "messageId": "m", "userId": "u", "timestamp": GOOD["timestamp"], **doc}
+    )
+    event = parse_event(raw, now=NOW)
+    assert isinstance(event, Event) and event.traits == traits
+
+
 def test_missing_timestamp_takes_the_broker_time():
     raw = orjson.dumps({k: v for k, v in GOOD.items() if k != "timestamp"})
     event = parse_event(raw, now=NOW, fallback_ts=1_790_000_000.0)
