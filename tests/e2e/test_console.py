@@ -292,10 +292,19 @@ async def test_forms_need_the_sessions_csrf_token_and_sign_out_ends_the_session(
     assert answer.status == 403 and "expired or did not come from this console" in (
         await answer.text()
     )
+    copied = [c for c in await page.context.cookies() if c["name"] == "leadscore_console"]
+    assert copied, "no session cookie"
     await page.get_by_role("button", name="Sign out").click()
     await expect(page).to_have_url(re.compile(r"/console/signin"))
     await page.goto(f"{console.url}/rules")
     await expect(page).to_have_url(re.compile(r"/console/signin"))
+    # The cookie copied before sign-out, presented by another browser: refused too.
+    elsewhere = await console.browser.new_context()
+    await elsewhere.add_cookies(copied)  # type: ignore[arg-type]
+    replay = await elsewhere.new_page()
+    await replay.goto(f"{console.url}/rules")
+    await expect(replay).to_have_url(re.compile(r"/console/signin"))
+    await elsewhere.close()
     # By keyboard alone: the token field, Enter to send.
     await page.get_by_label("API token").focus()
     await page.keyboard.type("not-a-token")
