@@ -227,10 +227,14 @@ def methods_for(app: FastAPI, path: str) -> set[str]:
     route whose path matched, and FastAPI's included routers hide the rest)."""
     allowed: set[str] = set()
     for template, operations in app.openapi()["paths"].items():
-        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
-        if re.fullmatch(pattern, path):
+        if path_pattern(template).fullmatch(path):
             allowed |= {method.upper() for method in operations}
     return allowed
+
+
+def path_pattern(template: str) -> re.Pattern[str]:
+    """The paths an OpenAPI path template (`/v1/leads/{lead_id}`) stands for."""
+    return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
 
 
 def next_page_cursor(

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from services.http.common import send_error
+from services.http.common import path_pattern, send_error
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Sec-Fetch-Site values a request from this service's own pages (or typed by hand) has.
@@ -130,7 +130,7 @@ class DocumentedContentTypes:
         paths: Iterable[tuple[str, dict[str, Any]]],
     ) -> Iterable[tuple[re.Pattern[str], str, frozenset[str]]]:
         for template, operations in paths:
-            pattern = re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
+            pattern = path_pattern(template)
             for verb, operation in operations.items():
                 content = (operation.get("requestBody") or {}).get("content") or {}
                 yield pattern, verb.upper(), frozenset(content)
