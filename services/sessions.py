@@ -115,7 +115,7 @@ class ConsoleSessions:
                     hash_token(token),
                     session.csrf,
                     client,
-                    (user_agent or "")[:MAX_USER_AGENT] or None,
+                    _printable(user_agent),
                     now,
                 )
                 await pg.execute(
@@ -228,6 +228,13 @@ class ConsoleSessions:
             now - timedelta(seconds=self.idle_seconds),
             now - timedelta(seconds=self.lifetime_seconds),
         )
+
+
+def _printable(user_agent: str | None) -> str | None:
+    """The User-Agent as kept: cut to its limit, without the control characters (NUL among
+    them, which PostgreSQL refuses) a hostile client may put in a header."""
+    kept = "".join(ch for ch in (user_agent or "")[:MAX_USER_AGENT] if ch.isprintable())
+    return kept or None
 
 
 def same_secret(expected: str, offered: str | None) -> bool:

@@ -5,8 +5,6 @@ the service. Nothing they send changes anything; the service's own console still
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +12,6 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest_asyncio
-import uvicorn
 from playwright.async_api import async_playwright, expect
 from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
@@ -24,8 +21,8 @@ from services import db, rulesets
 from services.bootstrap import bootstrap
 from services.embedded import free_port
 from services.http import create_app
-from services.main import QuietServer
 from tests.conftest import Infra, db_fetch, fresh_settings, wait_for
+from tests.e2e.test_cli import serving
 from tests.e2e.test_console import CHROMIUM, CHROMIUM_ARGS, prepare
 
 EVIL_PAGE = """<!doctype html><html><body><p id="done">working</p>
@@ -49,20 +46,6 @@ EVIL_PAGE = """<!doctype html><html><body><p id="done">working</p>
   document.getElementById("done").textContent = "done: " + results.join(",");
 }})();
 </script></body></html>"""
-
-
-@contextlib.asynccontextmanager
-async def serving(app, port: int) -> AsyncIterator[None]:
-    server = QuietServer(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started, what="HTTP server")
-        yield
-    finally:
-        server.should_exit = True
-        await task
 
 
 @pytest_asyncio.fixture(loop_scope="session")

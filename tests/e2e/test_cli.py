@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -38,25 +39,26 @@ async def leadscore(*args: str, env: dict[str, str] | None = None) -> tuple[int,
 
 
 @contextlib.asynccontextmanager
+async def serving(app: Any, port: int) -> AsyncIterator[None]:
+    """`app` on a real HTTP server at 127.0.0.1:`port` while the block runs."""
+    server = QuietServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        await wait_for(lambda: server.started, what="HTTP server")
+        yield
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
 async def api_server(container) -> AsyncIterator[str]:
     """The real app of `container` on a free port; yields its address."""
     port = free_port()
-    server = QuietServer(
-        uvicorn.Config(
-            create_app(container),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    try:
-        await wait_for(lambda: server.started, what="server")
+    async with serving(create_app(container), port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_offline_validate_and_simulate(tmp_path):

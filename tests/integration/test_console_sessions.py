@@ -133,6 +133,8 @@ async def test_an_admin_lists_and_ends_one_session_or_all_of_a_tokens_and_it_is_
 
 async def test_the_console_page_ends_a_session_and_every_session_of_a_token(admin_container):
     async with console_client(admin_container, host="10.9.8.7") as viewer:
+        # A hostile browser name: control characters dropped, markup shown as text.
+        viewer.headers["User-Agent"] = "<script>alert(1)</script>\x00\x07Bot"
         viewer_cookie = cookie_value(await sign_in(viewer, "viewer"))
     async with console_client(admin_container) as admin:
         await sign_in(admin, "admin")
@@ -140,6 +142,8 @@ async def test_the_console_page_ends_a_session_and_every_session_of_a_token(admi
         assert (
             page.status_code == 200 and "viewer-user" in page.text and "this session" in page.text
         )
+        assert "<script>alert" not in page.text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;Bot" in page.text
         csrf = csrf_of(page.text)
         target = session_id(viewer_cookie)
         answer = await admin.post(f"/console/sessions/{target}/end", data={"csrf": csrf})
