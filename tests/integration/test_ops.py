@@ -185,7 +185,8 @@ async def test_prometheus_scrapes_the_running_service(service, settings, tmp_pat
                             f"http://127.0.0.1:{web}/api/v1/query", params={"query": expr}
                         )
                     ).json()
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):
+                    # Not up yet, or still starting: Prometheus answers in plain text then.
                     return []
             return body.get("data", {}).get("result", [])
 
