@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.workload import lead_key
 from services.bootstrap import Container, bootstrap
-from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.embedded import Broker, EmbeddedPostgres, EmbeddedTansu, embedded_broker, free_port
 from services.settings import Settings
 
 
@@ -27,7 +28,8 @@ class Infra:
 
     def __init__(self) -> None:
         self.postgres: EmbeddedPostgres | None = None
-        self.broker: EmbeddedBroker | None = None
+        self.broker: Broker | None = None
+        self.folder = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
 
     def settings(self, base: Settings, name: str) -> Settings:
         updates: dict[str, Any] = {
@@ -40,12 +42,18 @@ class Infra:
             "consumer_group": f"{name}-group",
         }
         if base.kafka_bootstrap is None:
-            self.broker = self.broker or EmbeddedBroker(free_port()).start()
+            self.broker = self.broker or embedded_broker(
+                self.folder,
+                free_port(),
+                kind=base.embedded_broker_kind,
+                log_file=self.folder / "broker.log",
+            )
             updates["kafka_bootstrap"] = self.broker.bootstrap
+            if isinstance(self.broker, EmbeddedTansu):
+                updates["kafka_enable_idempotence"] = False
         if base.database_url is None:
             if self.postgres is None:
-                folder = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
-                self.postgres = EmbeddedPostgres(folder / "pg", cleanup="delete").start()
+                self.postgres = EmbeddedPostgres(self.folder / "pg", cleanup="delete").start()
             updates["database_url"] = self.postgres.database_url()
         return base.with_changes(**updates)
 
@@ -66,6 +74,7 @@ class Infra:
     def stop(self) -> None:
         if self.broker:
             self.broker.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class InProcessService:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,6 +212,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         self._log_checked = 0.0
         self._lag_checked = 0.0
         self.batches = 0
+        self.topic_ids = kafka.TopicIds(consumer._client)
 
     @property
     def engine(self) -> Engine | None:
@@ -240,14 +242,29 @@ class TopicConsumer(Generic[Item, Outcome]):
 
     async def check_log(self, partitions: set[int]) -> set[int]:
         """Find partitions whose log on the broker is not the one scored (the broker lost its
-        log: the embedded one keeps it in memory only). The record before each stored offset
-        must still be there with the fingerprint stored with the offset.
+        log, or the topic was created again); returns them.
+
+        Kafka says it by the topic's id: another id than the one stored with the offsets is
+        another log. Where the broker gives no ids (the Tansu fallback keeps its log in memory
+        only), the record before each stored offset must still be there with the fingerprint
+        stored with the offset.
 
         For a lost partition the stored offset goes back to the start of the new log, so
         every event on it is scored (the dedup table drops those seen before); the outbox's
         retained records are published again, as the output topics were lost with it.
         """
         self._log_checked = time.monotonic()
+        try:
+            current = await self.topic_ids.current(self.topic)
+        except KafkaError as exc:  # TopicMissing included: the next batch's check handles it
+            log.warning("%s: could not ask the broker for the topic's id (%s)", self.topic, exc)
+            return set()
+        if current is not None:
+            async with self.db.connect() as conn:
+                stored_ids = await store.stored_log_ids(await driver(conn), self.topic)
+            if stored_ids - {current}:
+                return set(await self.start_new_log(current))
+            return set()
         async with self.db.connect() as conn:
             fingerprints = await store.stored_fingerprints(await driver(conn), self.topic)
         wanted = {p: fingerprints[p] for p in partitions if p in fingerprints}
@@ -276,12 +293,37 @@ class TopicConsumer(Generic[Item, Outcome]):
                 await store.lock_offsets(pg, self.topic, sorted(lost))
                 await store.save_offsets(pg, self.topic, lost, dict.fromkeys(lost))
                 if self.topic == self.settings.topic_events:
-                    republished = await pg.execute(
-                        "UPDATE outbox SET sent_at = NULL WHERE sent_at IS NOT NULL"
-                    )
-                    log.warning("outbox records queued to publish again: %s", republished)
+                    republished = await store.publish_outbox_again(pg)
+                    log.warning("outbox records queued to publish again: %d", republished)
         self.on_commit()
         return set(lost)
+
+    async def start_new_log(self, log_id: uuid.UUID) -> list[int]:
+        """A batch came from a new log of the topic (its id changed): the broker lost its log,
+        or the topic was created again. Every partition starts again from the new log's
+        beginning (events seen before are dropped by the dedup keys), and the retained
+        outbox is published again, as the output topics were lost with the log."""
+        await kafka.ensure_topics(self.settings)
+        async with self.db.connect() as conn:
+            pg = await driver(conn)
+            async with pg.transaction():
+                reset = await store.start_new_log(pg, self.topic, log_id)
+                republished = 0
+                if reset and self.topic == self.settings.topic_events:
+                    republished = await store.publish_outbox_again(pg)
+        if reset:
+            log.warning(
+                "%s is a new log (topic id %s; the broker lost its log or the topic was created "
+                "again): partitions %s start again from its beginning, %d outbox records are "
+                "published again",
+                self.topic,
+                log_id,
+                reset,
+                republished,
+            )
+            self.metrics.log_lost.labels(self.topic).inc(len(reset))
+        self.on_commit()
+        return reset
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; the batch in hand is finished and committed first.
@@ -303,12 +345,24 @@ class TopicConsumer(Generic[Item, Outcome]):
                     timeout_ms=250, max_records=self.settings.batch_max_records
                 )
                 if batch:
+                    # Asked after the fetch: if the topic has this id now, it had it when
+                    # the records were read (a new log gets a new id, never an old one).
+                    log_id = await self.topic_ids.current(self.topic)
                     async with self.batch_lock:
-                        await self.process(batch, stop)
+                        await self.process(batch, stop, log_id=log_id)
                 await self._update_lag()
                 if time.monotonic() - self._log_checked >= self.settings.log_check_seconds:
                     await self._recheck_log()
                 failures = 0
+            except store.LogReplaced as exc:
+                await self.start_new_log(exc.log_id)
+                needs_resync = True
+            except kafka.TopicMissing:
+                # Deleted, or lost with the broker's log: create it again; the records in
+                # hand cannot be placed, so they are read again from the stored offsets.
+                log.warning("%s does not exist on the broker; creating it again", self.topic)
+                await kafka.ensure_topics(self.settings)
+                needs_resync = True
             except OffsetOutOfRangeError as exc:
                 log.warning("%s: offsets out of range (%s); checking the log", self.topic, exc)
                 await self._out_of_range(exc)
@@ -322,6 +376,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                 needs_resync = True
             except KafkaError as exc:
                 failures = await self._wait_out(exc, failures, stop)
+                needs_resync = True  # a batch in hand, if any, was not scored
 
     async def _wait_out(self, exc: BaseException, failures: int, stop: asyncio.Event) -> int:
         delay = backoff(failures)
@@ -399,11 +454,16 @@ class TopicConsumer(Generic[Item, Outcome]):
             self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(high - position, 0))
 
     async def process(
-        self, batch: dict[TopicPartition, list[ConsumerRecord]], stop: asyncio.Event | None = None
+        self,
+        batch: dict[TopicPartition, list[ConsumerRecord]],
+        stop: asyncio.Event | None = None,
+        *,
+        log_id: uuid.UUID | None = None,
     ) -> BatchReport[Outcome]:
-        """Score one batch with retries; only returns once it is committed (or stopping)."""
+        """Score one batch with retries; only returns once it is committed (or stopping).
+        `log_id` is the topic's id the batch was read under (None: not checked)."""
         now = self.clock()
-        return await self.process_parsed(self.parse_batch(batch, now), now, stop)
+        return await self.process_parsed(self.parse_batch(batch, now), now, stop, log_id=log_id)
 
     def parse_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]], now: float) -> Parsed:
         return {
@@ -412,12 +472,17 @@ class TopicConsumer(Generic[Item, Outcome]):
         }
 
     async def process_parsed(
-        self, parsed: Parsed, now: float, stop: asyncio.Event | None = None
+        self,
+        parsed: Parsed,
+        now: float,
+        stop: asyncio.Event | None = None,
+        *,
+        log_id: uuid.UUID | None = None,
     ) -> BatchReport[Outcome]:
         """Commit a parsed batch, then publish and count; raises DatabaseUnavailable when the
         database cannot be reached (the caller re-reads from the stored offsets)."""
         started = time.perf_counter()
-        reports = await self._commit(parsed, now)
+        reports = await self._commit(parsed, now, log_id)
         report = reports[0]
         for extra in reports[1:]:
             report.merge(extra)
@@ -433,19 +498,23 @@ class TopicConsumer(Generic[Item, Outcome]):
         self.batches += 1
         return report
 
-    async def _commit(self, parsed: Parsed, now: float) -> list[BatchReport[Outcome]]:
+    async def _commit(
+        self, parsed: Parsed, now: float, log_id: uuid.UUID | None = None
+    ) -> list[BatchReport[Outcome]]:
         """One transaction for the batch if possible (the writer retries lock conflicts). A
         record whose processing raises goes to the DLQ as `processing_error`; a batch the
         database refuses is halved until the refused records are alone, and those go to
         the DLQ too."""
         while True:
             try:
-                return [await self._transaction(parsed, now)]
+                return [await self._transaction(parsed, now, log_id)]
             except UNAVAILABLE as exc:
                 # What the batch builds on may be gone with the database: the caller goes
                 # back to the offsets the database holds before continuing.
                 self.metrics.batch_retries.labels(type(exc).__name__).inc()
                 raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            except store.LogReplaced:
+                raise  # not the records' fault: the consumer starts the new log
             except PoisonRecord as exc:
                 log.warning("a record failed to process (%s); sending it to the DLQ", exc)
                 parsed = _reject(parsed, exc.item, _failure(exc.error))
@@ -453,15 +522,15 @@ class TopicConsumer(Generic[Item, Outcome]):
                 if not isinstance(exc, REFUSED):
                     # Not about the data (permissions, a missing table): wait, don't discard.
                     raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
-                return await self._isolate(parsed, now, exc)
+                return await self._isolate(parsed, now, exc, log_id)
             except Exception as exc:
                 # Encoding a record's state for the database failed, or applying it did: the
                 # data's fault as far as anyone can tell. Systematic defects show as a DLQ
                 # rate by `processing_error` (alerted on), never as a stopped pipeline.
-                return await self._isolate(parsed, now, exc)
+                return await self._isolate(parsed, now, exc, log_id)
 
     async def _isolate(
-        self, parsed: Parsed, now: float, exc: BaseException
+        self, parsed: Parsed, now: float, exc: BaseException, log_id: uuid.UUID | None
     ) -> list[BatchReport[Outcome]]:
         items = [v for records in parsed.values() for _, v in records]
         self.metrics.batch_retries.labels(type(exc).__name__).inc()
@@ -470,10 +539,10 @@ class TopicConsumer(Generic[Item, Outcome]):
                 # Not even its DLQ copy can be stored: wait (visibly) rather than drop it.
                 raise DatabaseUnavailable(f"cannot store a DLQ record: {exc}") from exc
             log.warning("the database refused a record (%s); sending it to the DLQ", exc)
-            return await self._commit(_reject(parsed, items[0], _failure(exc)), now)
+            return await self._commit(_reject(parsed, items[0], _failure(exc)), now, log_id)
         log.info("the database refused a batch of %d (%s); splitting it", len(items), exc)
         first, second = _split(parsed)
-        return [*await self._commit(first, now), *await self._commit(second, now)]
+        return [*await self._commit(first, now, log_id), *await self._commit(second, now, log_id)]
 
     def count(self, report: BatchReport[Outcome], elapsed: float, total: int) -> None:
         """Metrics of one committed batch."""
@@ -496,12 +565,16 @@ class TopicConsumer(Generic[Item, Outcome]):
             # Expected after a rebalance took the partition away; the database has the truth.
             log.info("Kafka offset commit skipped: %s", exc)
 
-    async def _transaction(self, parsed: Parsed, now: float) -> BatchReport[Outcome]:
+    async def _transaction(
+        self, parsed: Parsed, now: float, log_id: uuid.UUID | None
+    ) -> BatchReport[Outcome]:
         return await self.writer.run(
-            lambda tx: self._apply(tx, parsed), writer=self.handler.loop, now=now
+            lambda tx: self._apply(tx, parsed, log_id), writer=self.handler.loop, now=now
         )
 
-    async def _apply(self, tx: LeadTransaction, parsed: Parsed) -> BatchReport[Outcome]:
+    async def _apply(
+        self, tx: LeadTransaction, parsed: Parsed, log_id: uuid.UUID | None
+    ) -> BatchReport[Outcome]:
         """Inside the transaction: fence, send rejections to the DLQ, let the handler apply
         the rest, record where the partitions' work now ends."""
         report: BatchReport[Outcome] = BatchReport()
@@ -520,7 +593,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                 )
             )
 
-        stored = await tx.lock_partitions(self.topic, sorted(parsed))
+        stored = await tx.lock_partitions(self.topic, sorted(parsed), log_id)
         valid: list[tuple[ConsumerRecord, Item]] = []
         for partition, items in parsed.items():
             start = stored.get(partition, 0)
@@ -540,7 +613,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                     valid.append((record, result))
         if valid:
             await self.handler.apply(tx, valid, report, dead_letter)
-        tx.save_offsets(self.topic, report.next_offsets, report.fingerprints)
+        tx.save_offsets(self.topic, report.next_offsets, report.fingerprints, log_id)
         return report
 
 

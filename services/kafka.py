@@ -6,11 +6,30 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 import zlib
+from io import BytesIO
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, OffsetOutOfRangeError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    IncompatibleBrokerVersion,
+    KafkaError,
+    OffsetOutOfRangeError,
+    TopicAlreadyExistsError,
+)
+from aiokafka.protocol.abstract import AbstractType
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import (
+    Boolean,
+    CompactArray,
+    CompactString,
+    Int16,
+    Int32,
+    Schema,
+    TaggedFields,
+)
 
 from services.settings import Settings
 
@@ -36,6 +55,139 @@ async def ensure_topics(settings: Settings) -> None:
             log.info("created topics %s with %d partitions", missing, settings.topic_partitions)
     finally:
         await admin.close()
+
+
+# -- topic ids: which log a topic name stands for now ---------------------------------------
+#
+# Kafka gives every topic a random id when it is created (KIP-516), so a broker that came back
+# without its log, or a topic deleted and created again, answers with a new id for the same
+# name. aiokafka 0.14 speaks Metadata up to v5, which has no ids; v12 (Kafka 3.1 and later)
+# has them. The request and answer below are Kafka's Metadata v12 schema, field for field.
+
+
+class _Uuid(AbstractType[uuid.UUID | None]):  # type: ignore[misc]
+    @classmethod
+    def encode(cls, value: uuid.UUID | None) -> bytes:
+        return (value or uuid.UUID(int=0)).bytes
+
+    @classmethod
+    def decode(cls, data: BytesIO) -> uuid.UUID | None:
+        raw = data.read(16)
+        if len(raw) != 16:
+            raise ValueError("Buffer underrun decoding a UUID")
+        value = uuid.UUID(bytes=raw)
+        return None if value.int == 0 else value  # all zeros: the broker has no id for it
+
+
+class _MetadataResponseV12(Response):  # type: ignore[misc]
+    API_KEY = 3
+    API_VERSION = 12
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "brokers",
+            CompactArray(
+                ("node_id", Int32),
+                ("host", CompactString("utf-8")),
+                ("port", Int32),
+                ("rack", CompactString("utf-8")),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("cluster_id", CompactString("utf-8")),
+        ("controller_id", Int32),
+        (
+            "topics",
+            CompactArray(
+                ("error_code", Int16),
+                ("name", CompactString("utf-8")),
+                ("topic_id", _Uuid),
+                ("is_internal", Boolean),
+                (
+                    "partitions",
+                    CompactArray(
+                        ("error_code", Int16),
+                        ("partition_index", Int32),
+                        ("leader_id", Int32),
+                        ("leader_epoch", Int32),
+                        ("replica_nodes", CompactArray(Int32)),
+                        ("isr_nodes", CompactArray(Int32)),
+                        ("offline_replicas", CompactArray(Int32)),
+                        ("tags", TaggedFields),
+                    ),
+                ),
+                ("topic_authorized_operations", Int32),
+                ("tags", TaggedFields),
+            ),
+        ),
+        ("tags", TaggedFields),
+    )
+
+
+class _MetadataRequestV12(RequestStruct):  # type: ignore[misc]
+    FLEXIBLE_VERSION = True
+    API_KEY = 3
+    API_VERSION = 12
+    RESPONSE_TYPE = _MetadataResponseV12
+    SCHEMA = Schema(
+        (
+            "topics",
+            CompactArray(
+                ("topic_id", _Uuid), ("name", CompactString("utf-8")), ("tags", TaggedFields)
+            ),
+        ),
+        ("allow_auto_topic_creation", Boolean),
+        ("include_topic_authorized_operations", Boolean),
+        ("tags", TaggedFields),
+    )
+
+
+class _TopicIdsRequest(Request[_MetadataRequestV12]):  # type: ignore[misc]
+    API_KEY = 3
+
+    def __init__(self, topics: list[str]) -> None:
+        self._topics = topics
+
+    def build(self, request_struct_class: type[_MetadataRequestV12]) -> _MetadataRequestV12:
+        return request_struct_class([(None, t, {}) for t in self._topics], False, False, {})
+
+
+class TopicIds:
+    """Asks the broker for topics' ids over a client's connection (one small request)."""
+
+    # Error code 3: the topic does not exist (now).
+    UNKNOWN_TOPIC = 3
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.supported = True  # until the broker says otherwise (Tansu has no v12)
+
+    async def current(self, topic: str) -> uuid.UUID | None:
+        """The topic's id now; None where the broker cannot say (no v12, no ids). Raises
+        `TopicMissing` when the topic does not exist."""
+        if not self.supported:
+            return None
+        node = self.client.get_random_node()
+        if node is None:
+            raise KafkaError("no broker known to ask for topic ids")
+        try:
+            answer = await self.client.send(node, _TopicIdsRequest([topic]))
+        except (IncompatibleBrokerVersion, NotImplementedError):
+            log.warning("the broker has no Metadata v12 (topic ids); relying on fingerprints")
+            self.supported = False
+            return None
+        for error_code, name, topic_id, *_ in answer.topics:
+            if name == topic:
+                if error_code == self.UNKNOWN_TOPIC:
+                    raise TopicMissing(topic)
+                if error_code:
+                    raise KafkaError(f"metadata for {topic}: error {error_code}")
+                return topic_id  # type: ignore[no-any-return]
+        raise TopicMissing(topic)
+
+
+class TopicMissing(KafkaError):  # type: ignore[misc]
+    """The topic does not exist on the broker (now): its log was lost, or it was deleted."""
 
 
 # How long the fingerprint check waits for the records it asked for. A healthy broker answers
@@ -155,4 +307,9 @@ def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaCons
         max_poll_interval_ms=300_000,
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 300),
+        group_instance_id=(
+            settings.kafka_group_instance_id + group_suffix
+            if settings.kafka_group_instance_id
+            else None
+        ),
     )

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -104,15 +105,20 @@ class LeadTransaction:
     scored: list[ScoredEvent] = field(default_factory=list)
     outbox: list[store.OutboxRow] = field(default_factory=list)
     locked: set[str] = field(default_factory=set)
-    _offsets: dict[str, tuple[dict[int, int], dict[int, int | None]]] = field(default_factory=dict)
+    _offsets: dict[str, tuple[dict[int, int], dict[int, int | None], uuid.UUID | None]] = field(
+        default_factory=dict
+    )
     _step: int = _OPEN
 
-    async def lock_partitions(self, topic: str, partitions: Sequence[int]) -> dict[int, int]:
-        """Step 2: lock the partitions' offset rows; returns each one's stored next offset."""
+    async def lock_partitions(
+        self, topic: str, partitions: Sequence[int], log_id: uuid.UUID | None = None
+    ) -> dict[int, int]:
+        """Step 2: lock the partitions' offset rows; returns each one's stored next offset
+        (raises store.LogReplaced when they belong to another log than `log_id`)."""
         if self._step > _OPEN:
             raise LockOrderError("partition offsets are locked before any lead")
         self._step = _PARTITIONS
-        return await store.lock_offsets(self.pg, topic, sorted(partitions))
+        return await store.lock_offsets(self.pg, topic, sorted(partitions), log_id)
 
     async def lock_leads(
         self, lead_ids: Iterable[str], account_ids: Iterable[str] = ()
@@ -153,12 +159,16 @@ class LeadTransaction:
         return self.ws
 
     def save_offsets(
-        self, topic: str, next_offsets: dict[int, int], fingerprints: dict[int, int | None]
+        self,
+        topic: str,
+        next_offsets: dict[int, int],
+        fingerprints: dict[int, int | None],
+        log_id: uuid.UUID | None = None,
     ) -> None:
         """Where a consumer's work ends, written with everything else at the end."""
         if self._step < _PARTITIONS and next_offsets:
             raise LockOrderError("offsets are saved only for partitions locked first")
-        self._offsets[topic] = (next_offsets, fingerprints)
+        self._offsets[topic] = (next_offsets, fingerprints, log_id)
 
     async def flush(self) -> None:
         """Write what the transaction changed and decided; the caller's commit follows."""
@@ -186,8 +196,8 @@ class LeadTransaction:
         if self.shadow is not None:
             await save_shadow(self.pg, self.shadow)
         await store.enqueue(self.pg, self.outbox)
-        for topic, (next_offsets, fingerprints) in self._offsets.items():
-            await store.save_offsets(self.pg, topic, next_offsets, fingerprints)
+        for topic, (next_offsets, fingerprints, log_id) in self._offsets.items():
+            await store.save_offsets(self.pg, topic, next_offsets, fingerprints, log_id)
 
 
 class LeadWriter:

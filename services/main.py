@@ -14,7 +14,7 @@ import orjson
 import uvicorn
 
 from services.bootstrap import bootstrap
-from services.embedded import EmbeddedBroker, EmbeddedPostgres
+from services.embedded import Broker, EmbeddedPostgres, EmbeddedTansu, embedded_broker
 from services.http import create_app
 from services.logs import configure_logging
 from services.settings import Settings
@@ -32,7 +32,7 @@ class QuietServer(uvicorn.Server):
 
 def with_embedded_infrastructure(
     settings: Settings,
-) -> tuple[Settings, EmbeddedBroker | None, EmbeddedPostgres | None]:
+) -> tuple[Settings, Broker | None, EmbeddedPostgres | None]:
     """Start an embedded broker and/or database for what the environment leaves unset."""
     broker = database = None
     updates: dict[str, object] = {}
@@ -41,10 +41,17 @@ def with_embedded_infrastructure(
         database = EmbeddedPostgres(settings.data_dir / "postgres").start()
         updates["database_url"] = database.database_url()
     if settings.embedded_broker:
-        broker = EmbeddedBroker(settings.embedded_broker_port).start(
-            log_file=settings.data_dir / "broker.log"
+        broker = embedded_broker(
+            settings.data_dir,
+            settings.embedded_broker_port,
+            kind=settings.embedded_broker_kind,
+            log_file=settings.data_dir / "broker.log",
         )
         updates["kafka_bootstrap"] = broker.bootstrap
+        if settings.kafka_group_instance_id is None:
+            updates["kafka_group_instance_id"] = "leadscore-local"  # one instance on this box
+        if isinstance(broker, EmbeddedTansu):
+            updates["kafka_enable_idempotence"] = False
     if updates:
         settings = settings.with_changes(**updates)
     return settings, broker, database

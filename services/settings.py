@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # Local state of `make run`: embedded PostgreSQL data and the broker's pid file.
     data_dir: Path = Path(".leadscore")
     embedded_broker_port: int = Field(default=9092, ge=1, le=65535)
+    # Which embedded broker: Apache Kafka (needs Java 17+), or Tansu (memory only; the
+    # fallback where there is no Java, README: Embedded broker).
+    embedded_broker_kind: Literal["kafka", "tansu"] = "kafka"
 
     # API tokens as name:role:sha256hex entries (see services/auth.py); unset = loopback only.
     api_tokens: SecretStr | None = None
@@ -45,12 +48,18 @@ class Settings(BaseSettings):
     batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
     # Producer batching: a few ms of linger gathers records without hurting latency.
     producer_linger_ms: int = Field(default=2, ge=0, le=1000)
-    # Real Kafka supports it; the embedded broker (Tansu) has no idempotent producer, so it is
-    # opt-in.
-    kafka_enable_idempotence: bool = False
+    # The relay's producer numbers its batches, so a send retried after a lost answer is not
+    # written twice. Tansu (the no-Java fallback) has no idempotent producer: off there.
+    kafka_enable_idempotence: bool = True
     # How long the broker waits for a silent consumer before giving its partitions to the
     # others: a killed instance's partitions wait this long (heartbeats go at a third of it).
     kafka_session_timeout_ms: int = Field(default=10_000, ge=1_000, le=300_000)
+    # Static group membership (KIP-345): an instance that restarts under the same id within
+    # the session timeout gets its partitions back at once, instead of the group waiting for
+    # the dead member's session to run out and rebalancing twice. Give each instance its own
+    # stable id (a StatefulSet pod name; deploy/ sets it); two live instances with one id
+    # fence each other. `make run` with the embedded broker uses "leadscore-local".
+    kafka_group_instance_id: str | None = Field(default=None, min_length=1, max_length=200)
 
     outbox_batch: int = Field(default=2000, ge=1, le=100_000)
     # The relay is woken by every commit; this poll only catches work from other instances.

@@ -1,5 +1,5 @@
-"""Shared fixtures: one real embedded PostgreSQL and one real Tansu broker per test session,
-a fresh database and fresh topics per test."""
+"""Shared fixtures: one real embedded PostgreSQL and one real Apache Kafka broker per test
+session (Tansu where there is no Java 17+), a fresh database and fresh topics per test."""
 
 from __future__ import annotations
 
@@ -20,16 +20,20 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
 from services.bootstrap import Container, bootstrap
-from services.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from services.embedded import Broker, EmbeddedKafka, EmbeddedPostgres, embedded_broker, free_port
 from services.settings import Settings
 
 _names = itertools.count(1)
 
 
 class Infra:
-    def __init__(self, postgres: EmbeddedPostgres, broker: EmbeddedBroker) -> None:
+    def __init__(self, postgres: EmbeddedPostgres, broker: Broker) -> None:
         self.postgres = postgres
         self.broker = broker
+
+    @property
+    def is_kafka(self) -> bool:
+        return isinstance(self.broker, EmbeddedKafka)
 
     async def new_database(self) -> str:
         name = f"t{os.getpid()}_{next(_names)}"
@@ -44,17 +48,38 @@ class Infra:
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     postgres = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
-    broker = EmbeddedBroker(free_port()).start(
-        log_file=Path(tmp_path_factory.mktemp("broker")) / "log"
+    home = Path(tmp_path_factory.mktemp("broker"))
+    broker = embedded_broker(
+        home,
+        free_port(),
+        kind=os.environ.get("LEADSCORE_EMBEDDED_BROKER_KIND", "kafka"),
+        log_file=home / "broker.log",
     )
     yield Infra(postgres, broker)
     broker.stop()
 
 
 @pytest.fixture
-async def settings(infra: Infra) -> Settings:
+async def settings(infra: Infra) -> AsyncIterator[Settings]:
     """Settings for one test: its own database, topics and consumer group."""
-    return await fresh_settings(infra)
+    settings = await fresh_settings(infra)
+    yield settings
+    await delete_topics(settings)
+
+
+async def delete_topics(settings: Settings) -> None:
+    """A test's topics go with it: a broker holding thousands of partitions slows down."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [t for t in settings.all_topics() if t in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
 
 
 async def fresh_settings(infra: Infra) -> Settings:
@@ -72,6 +97,7 @@ async def fresh_settings(infra: Infra) -> Settings:
         consumer_group=f"leadscore-{n}",
         http_port=0,
         outbox_poll_seconds=0.1,
+        kafka_enable_idempotence=infra.is_kafka,
     )
 
 

@@ -4,6 +4,7 @@ raises, a record PostgreSQL refuses, a record the broker refuses, a DLQ copy too
 from __future__ import annotations
 
 import orjson
+from aiokafka.errors import MessageSizeTooLargeError
 
 import services.consumer as consumer_module
 from bench.workload import generate, lead_key
@@ -95,10 +96,35 @@ async def test_the_outbox_sets_aside_a_record_the_broker_refuses_and_the_rest_fl
 
 async def test_a_dlq_copy_over_the_record_limit_is_stored_truncated(service, settings):
     big = b'{"type": "track", "pad": "' + b"x" * (1200 * 1024) + b'"}'
-    await produce(settings, [big])
+    # Kafka refuses records over 1 MiB by default; the input topic here was set to take
+    # them, the output topics were not (the service's max_record_bytes stays below 1 MiB).
+    await allow_large_records(settings, settings.topic_events, 2 * 1024 * 1024)
+
+    async def accepted() -> bool:  # the new limit reaches the partitions a moment later
+        try:
+            await produce(settings, [big])
+            return True
+        except MessageSizeTooLargeError:
+            return False
+
+    await wait_for(accepted, what="the topic to take a 1.2 MB record")
     [record] = await read_all(settings, settings.topic_dlq, expect=1)
     headers = {k: v.decode() for k, v in record.headers}
     assert headers["error"] == "too_large"
     assert headers["truncated_from_bytes"] == str(len(big))
     assert len(record.value) < settings.max_record_bytes
     assert big.startswith(record.value)
+
+
+async def allow_large_records(settings, topic: str, max_bytes: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": str(max_bytes)})]
+        )
+    finally:
+        await admin.close()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+
 import orjson
+import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from bench.workload import generate, lead_key
 from scoring_service.state import HITS
+from services import store
 from services.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
@@ -157,6 +161,48 @@ async def test_a_consumer_that_lost_its_partition_is_fenced(service, settings):
     )
     assert (report.stale, report.scored) == (1, 0)
     assert (await lead_row(settings, "u1"))["engagement"] == 10
+
+
+async def test_a_batch_read_from_a_new_log_is_refused_and_the_new_log_starts_over(
+    service, settings, infra
+):
+    """A record at the old offsets of a topic that has a new id (the broker lost its log)
+    is not scored as if it came after what was done: the partitions start the new log."""
+    if not infra.is_kafka:
+        pytest.skip("Tansu gives no topic ids (its fallback is the fingerprint check)")
+    await produce(settings, [track("Email Replied", user="u1", when=at(0))], key=lambda _: b"k")
+    await wait_for(lambda: drained(settings, 1))
+    [row] = await db_fetch(
+        settings, "SELECT partition, topic_id FROM consumer_offsets WHERE next_offset = 1"
+    )
+    scorer = service.container.scorer
+    assert row["topic_id"] == await scorer.topic_ids.current(settings.topic_events)
+    from_new_log = ConsumerRecord(
+        settings.topic_events,
+        row["partition"],
+        1,
+        0,
+        0,
+        b"k",
+        orjson.dumps(track("Email Replied", user="u1", when=at(1))),
+        None,
+        0,
+        0,
+        [],
+    )
+    new_id = uuid.uuid4()
+    batch = {TopicPartition(settings.topic_events, row["partition"]): [from_new_log]}
+    with pytest.raises(store.LogReplaced):
+        await scorer.process(batch, log_id=new_id)
+    assert (await lead_row(settings, "u1"))["engagement"] == 10  # not scored
+    assert await scorer.start_new_log(new_id) == [row["partition"]]
+    rows = await db_fetch(
+        settings,
+        "SELECT DISTINCT next_offset, topic_id FROM consumer_offsets WHERE topic = $1",
+        settings.topic_events,
+    )
+    assert [(r["next_offset"], r["topic_id"]) for r in rows] == [(0, new_id)]
+    assert await scorer.start_new_log(new_id) == []  # a second instance finds it done
 
 
 async def test_stitched_identities_keep_every_event(service, settings):
