@@ -86,8 +86,8 @@ bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 demo-cluster: $(COMPILED) ## Three instances share six partitions; one is killed; scores still match
 	$(PY) -m bench.cluster
 
-soak: $(COMPILED) ## 8 minutes at 1,000 ev/s: RSS and p99 must not drift (end vs warm-up, last vs first minute)
-	$(PY) -m bench.run --soak --events 20000 --rate 1000 --seconds 480
+soak: $(COMPILED) ## 60 minutes at 1,000 ev/s: RSS and p99 must not drift (end vs warm-up, last vs first 10 minutes)
+	$(PY) -m bench.run --soak --events 20000 --rate 1000 --seconds 3600
 
 send: $(COMPILED) ## Send the example journey (examples/journey.jsonl) to a running service
 	$(VENV)/bin/leadscore send examples/journey.jsonl

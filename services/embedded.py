@@ -117,6 +117,14 @@ def find_java() -> str:
     return java
 
 
+def java_available() -> bool:
+    try:
+        find_java()
+    except (NoJava, OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
 def kafka_jars(cache: Path) -> Path:
     """The folder of Kafka's jars, resolved by Maven from the pinned pom on first use (about
     45 MB from Maven Central; later starts reuse them). A changed pom resolves again."""
@@ -214,7 +222,13 @@ class EmbeddedKafka:
     def __post_init__(self) -> None:
         self.home = self.home.resolve()
         if self.controller_port is None:
-            self.controller_port = self.port + 1 if self.port == 9092 else free_port()
+            # The controller's address is written into the log when it is formatted (the
+            # KRaft voter set), so a log keeps the port it was made with.
+            saved = self.home / "controller.port"
+            if saved.exists():
+                self.controller_port = int(saved.read_text())
+            else:
+                self.controller_port = self.port + 1 if self.port == 9092 else free_port()
 
     @property
     def bootstrap(self) -> str:
@@ -238,6 +252,7 @@ class EmbeddedKafka:
         (self.home / "log4j2.properties").write_text(LOG4J)
         classpath = f"{libs}/*"
         if not (self.log_dir / "meta.properties").exists():
+            (self.home / "controller.port").write_text(str(self.controller_port))
             # A new cluster: format the log folder once (KRaft keeps its own metadata there).
             formatted = subprocess.run(
                 [
