@@ -14,7 +14,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools run send test test-unit lint typecheck bench bench-challenger bench-console bench-funnel bench-impact review-demo demo-cluster soak clean
+.PHONY: help install compile tools kafka run send test test-unit lint typecheck bench bench-challenger bench-console bench-funnel bench-impact bench-restart review-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,14 +37,21 @@ $(COMPILED): $(STAMP) $(CORE) schemas/*.py build_core.py Makefile
 
 compile: $(COMPILED) ## Compile the pure core with mypyc (run, test and bench do it when needed)
 
-run: $(COMPILED) ## Start the service (embedded broker and database unless configured otherwise)
+run: $(COMPILED) ## Start the service (embedded Apache Kafka and PostgreSQL unless configured otherwise)
 	$(PY) -m services.main
 
-tools: ## Debian's prometheus (operations tests) and chromium (console browser tests)
+# Debian's packages the tests use: prometheus (operations tests), chromium (console browser
+# tests), and a Java runtime with Maven for the embedded Apache Kafka (its jars come from
+# Maven Central on first start; services/embedded-kafka/pom.xml).
+tools: ## Debian's prometheus, chromium, and Java 17 with Maven (the embedded Apache Kafka)
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
-	  command -v chromium >/dev/null || \
+	  command -v chromium >/dev/null && command -v java >/dev/null && \
+	  command -v mvn >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	   --no-install-recommends prometheus chromium >/dev/null)
+	   --no-install-recommends prometheus chromium openjdk-17-jre-headless maven >/dev/null)
+
+kafka: $(STAMP) ## Resolve the embedded Apache Kafka's jars with Maven (run, test and bench do it when needed)
+	$(PY) -c "from services.embedded import kafka_jars, PROJECT_ROOT; print(kafka_jars(PROJECT_ROOT / '.leadscore'))"
 
 test: $(COMPILED) tools ## Lint, type-check, check the layers, the whole suite, the unit tests interpreted
 	$(PY) -m ruff check .
@@ -82,6 +89,9 @@ review-demo: $(COMPILED) ## One quarterly review on a generated history with pla
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000
+
+bench-restart: $(COMPILED) ## Seconds from a restart after kill -9 to ready and to work, static vs dynamic membership
+	$(PY) -m bench.restart
 
 demo-cluster: $(COMPILED) ## Three instances share six partitions; one is killed; scores still match
 	$(PY) -m bench.cluster

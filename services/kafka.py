@@ -198,7 +198,8 @@ FINGERPRINT_WAIT_SECONDS = 3.0
 async def lost_partitions(
     settings: Settings, topic: str, fingerprints: dict[int, tuple[int, int]]
 ) -> dict[int, int]:
-    """Partitions of `topic` whose log is not the one the fingerprints were taken from.
+    """Partitions of `topic` whose log is not the one the fingerprints were taken from: the
+    lost-log check where the broker gives no topic ids (the Tansu fallback).
 
     `fingerprints` maps partition -> (next offset, CRC-32 of the record before it). A
     partition's log is lost when that record is out of range (the log ends before it) or
@@ -220,7 +221,8 @@ async def lost_partitions(
         if not tps:
             return dict.fromkeys(fingerprints, 0)  # the topic (or those partitions) is gone
         probe.assign(list(tps))
-        # End offsets are not used: the embedded broker reports them a record batch short.
+        # End offsets are not used: Tansu (the only broker this check runs for: Kafka has topic
+        # ids) reports them a record batch short.
         begins = await probe.beginning_offsets(list(tps))
         lost: dict[int, int] = {}
         pending: set[TopicPartition] = set()
@@ -249,7 +251,7 @@ async def lost_partitions(
                 probe.pause(tp)
         if pending:
             # No record where one must be. Real Kafka would have said "out of range"; the
-            # embedded broker returns nothing. Its end offsets run a batch short, so only an
+            # Tansu fallback returns nothing. Its end offsets run a batch short, so only an
             # end before the stored offset, with the record missing too, counts as lost.
             ends = await probe.end_offsets(list(pending))
             for tp in pending:

@@ -69,6 +69,7 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_memory)
     await container.start()
     server = QuietServer(
         uvicorn.Config(
@@ -108,6 +109,24 @@ async def serve(settings: Settings) -> int:
         return 1
     log.info("stopped cleanly")
     return 0
+
+
+def log_memory() -> None:
+    """SIGUSR1: where the Python heap is, for a process whose memory grows. Start the service
+    with PYTHONTRACEMALLOC=10 for the allocation sites (deploy/RUNBOOK.md, Memory growing)."""
+    import tracemalloc
+
+    if not tracemalloc.is_tracing():
+        log.warning("memory: start with PYTHONTRACEMALLOC=10 to see allocation sites")
+        return
+    snapshot = tracemalloc.take_snapshot()
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    log.warning("memory: %.1f MB traced; the largest allocation sites:", total / 2**20)
+    for stat in snapshot.statistics("traceback")[:15]:
+        frames = " <- ".join(
+            f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in stat.traceback[:4]
+        )
+        log.warning("memory: %.1f MB in %d blocks at %s", stat.size / 2**20, stat.count, frames)
 
 
 def tune_garbage_collector() -> None:
