@@ -172,10 +172,16 @@ class TopicIds:
             raise KafkaError("no broker known to ask for topic ids")
         try:
             answer = await self.client.send(node, _TopicIdsRequest([topic]))
-        except (IncompatibleBrokerVersion, NotImplementedError):
+        except NotImplementedError:
+            # The broker named its Metadata versions, and v12 is not among them (Tansu).
             log.warning("the broker has no Metadata v12 (topic ids); relying on fingerprints")
             self.supported = False
             return None
+        except IncompatibleBrokerVersion as exc:
+            # aiokafka raises this when the connection does not know the broker's API versions
+            # (its ApiVersions answer was empty: a broker still starting). Giving up on ids
+            # here would open the fence for good; a transient error is asked again instead.
+            raise KafkaError(f"the broker's API versions are not known yet ({exc})") from exc
         for error_code, name, topic_id, *_ in answer.topics:
             if name == topic:
                 if error_code == self.UNKNOWN_TOPIC:
