@@ -304,6 +304,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         beginning (events seen before are dropped by the dedup keys), and the retained
         outbox is published again, as the output topics were lost with the log."""
         await kafka.ensure_topics(self.settings)
+        await self._know_the_topic()
         async with self.db.connect() as conn:
             pg = await driver(conn)
             async with pg.transaction():
@@ -362,6 +363,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                 # hand cannot be placed, so they are read again from the stored offsets.
                 log.warning("%s does not exist on the broker; creating it again", self.topic)
                 await kafka.ensure_topics(self.settings)
+                await self._know_the_topic()
                 needs_resync = True
             except OffsetOutOfRangeError as exc:
                 log.warning("%s: offsets out of range (%s); checking the log", self.topic, exc)
@@ -413,11 +415,21 @@ class TopicConsumer(Generic[Item, Outcome]):
         """The periodic check: topics exist, and the assigned partitions' log is the same."""
         self._log_checked = time.monotonic()
         await kafka.ensure_topics(self.settings)
+        await self._know_the_topic()
         assigned = {tp.partition for tp in self.consumer.assignment()}
         async with self.batch_lock:
             lost = await self.check_log(assigned)
             if lost:
                 await self._resync()
+
+    async def _know_the_topic(self) -> None:
+        """Refresh the consumer's metadata now where it has no partitions of the topic (it was
+        created again after the last refresh): the group assigns only partitions its members
+        know of, so until then this consumer would be assigned nothing of it."""
+        if not self.consumer.partitions_for_topic(self.topic):
+            # A broker away leaves the update pending; the next check asks again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.consumer._client.force_metadata_update(), 10)
 
     async def _resync(self) -> None:
         """Go back to the offsets the database holds: records fetched ahead, and batches the

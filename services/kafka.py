@@ -313,6 +313,11 @@ def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaCons
         fetch_max_wait_ms=max(settings.batch_timeout_ms, 1),
         # A batch must finish well within this, or the group evicts the consumer.
         max_poll_interval_ms=300_000,
+        # The group is assigned the partitions this consumer's metadata knows of. A topic
+        # created again (a broker back without its log) is unknown to it until the next
+        # refresh, and until then nothing of it is assigned: refresh as often as the log is
+        # checked, not every five minutes (aiokafka's default).
+        metadata_max_age_ms=int(settings.log_check_seconds * 1000),
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=max(settings.kafka_session_timeout_ms // 3, 300),
         group_instance_id=(
