@@ -38,11 +38,11 @@ $(COMPILED): $(STAMP) $(CORE) schemas/*.py build_core.py Makefile
 compile: $(COMPILED) ## Compile the pure core with mypyc (run, test and bench do it when needed)
 
 run: $(COMPILED) ## Start the service (embedded Apache Kafka and PostgreSQL unless configured otherwise)
-	$(PY) -m services.main
+	$(PY) -m services.runtime
 
 # Debian's packages the tests use: prometheus (operations tests), chromium (console browser
 # tests), and a Java runtime with Maven for the embedded Apache Kafka (its jars come from
-# Maven Central on first start; services/embedded-kafka/pom.xml).
+# Maven Central on first start; services/runtime/embedded-kafka/pom.xml).
 tools: ## Debian's prometheus, chromium, and Java 17 with Maven (the embedded Apache Kafka)
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && \
 	  command -v chromium >/dev/null && command -v java >/dev/null && \
@@ -51,7 +51,7 @@ tools: ## Debian's prometheus, chromium, and Java 17 with Maven (the embedded Ap
 	   --no-install-recommends prometheus chromium openjdk-17-jre-headless maven >/dev/null)
 
 kafka: $(STAMP) ## Resolve the embedded Apache Kafka's jars with Maven (run, test and bench do it when needed)
-	$(PY) -c "from services.embedded import kafka_jars, PROJECT_ROOT; print(kafka_jars(PROJECT_ROOT / '.leadscore'))"
+	$(PY) -c "from services.runtime.embedded import kafka_jars, PROJECT_ROOT; print(kafka_jars(PROJECT_ROOT / '.leadscore'))"
 
 test: $(COMPILED) tools ## Lint, type-check, check the layers, the whole suite, the unit tests interpreted
 	$(PY) -m ruff check .

@@ -26,8 +26,8 @@ from bench.workload import generate
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.simulation import replay_documents
-from services.embedded import free_port
-from services.kafka import ensure_topics
+from services.adapters.kafka import ensure_topics
+from services.runtime.embedded import free_port
 from services.settings import Settings
 
 

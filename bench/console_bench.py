@@ -25,7 +25,7 @@ import yaml
 
 from bench.harness import Infra, produce, start_service, wait_committed
 from bench.workload import generate
-from services.embedded import free_port
+from services.runtime.embedded import free_port
 from services.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -13,7 +13,7 @@ from scoring_service.intake import Event, parse_event
 from scoring_service.pipeline import Workspace, score_batch
 from scoring_service.rules import compile_ruleset
 from scoring_service.ruleset_files import starter_document
-from services.main import tune_garbage_collector
+from services.runtime.main import tune_garbage_collector
 
 
 def ruleset_with(total_rules: int) -> Engine:

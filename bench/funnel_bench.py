@@ -15,9 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.harness import Infra
-from services import db
-from services.db import driver
-from services.queries import STAGE_QUERY, funnel_report
+from services.adapters.postgres import db
+from services.adapters.postgres.db import driver
+from services.reports.queries import STAGE_QUERY, funnel_report
 from services.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -18,8 +18,15 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.workload import lead_key
-from services.bootstrap import Container, bootstrap
-from services.embedded import Broker, EmbeddedPostgres, EmbeddedTansu, embedded_broker, free_port
+from services.app.container import Container
+from services.runtime.bootstrap import bootstrap
+from services.runtime.embedded import (
+    Broker,
+    EmbeddedPostgres,
+    EmbeddedTansu,
+    embedded_broker,
+    free_port,
+)
 from services.settings import Settings
 
 
@@ -144,11 +151,11 @@ async def wait_committed(settings: Settings, total: int, timeout: float = 600) -
 
 
 def start_service(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-    """The service as its own process (`python -m services.main`), pointed at `settings`."""
+    """The service as its own process (`python -m services.runtime`), pointed at `settings`."""
     root = Path(__file__).resolve().parents[1]
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.main"],
+            [sys.executable, "-m", "services.runtime"],
             cwd=root,
             env=service_env(settings, **extra_env),
             stdout=out,

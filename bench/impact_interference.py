@@ -13,8 +13,8 @@ from pathlib import Path
 
 from bench.harness import Infra, InProcessService, produce, wait_committed
 from bench.workload import generate
-from services.jobs import Jobs
-from services.replays import impact_report
+from services.pipeline.jobs import Jobs
+from services.pipeline.replays import impact_report
 from services.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

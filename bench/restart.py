@@ -22,8 +22,8 @@ import httpx
 
 from bench.harness import Infra, committed, produce, start_service
 from bench.workload import generate
-from services.embedded import free_port
-from services.kafka import ensure_topics
+from services.adapters.kafka import ensure_topics
+from services.runtime.embedded import free_port
 from services.settings import Settings
 
 RESULTS = Path(__file__).resolve().parent / "results"

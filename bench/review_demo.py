@@ -31,8 +31,8 @@ from aiokafka import AIOKafkaProducer
 from bench.harness import Infra, start_service
 from bench.run import RESULTS, ROOT, produce_all, wait_drained, wait_ready
 from bench.workload import generate
-from services.embedded import free_port
-from services.kafka import ensure_topics
+from services.adapters.kafka import ensure_topics
+from services.runtime.embedded import free_port
 from services.settings import Settings
 
 DAYS = 120
@@ -135,7 +135,7 @@ def leadscore(transcript: list[str], url: str, *args: str) -> str:
     """Run the command line as an admin would, and keep what it said."""
     shown = " ".join(a if " " not in a else f"'{a}'" for a in args)
     result = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.runtime.cli", *args],
         cwd=ROOT,
         env={**os.environ, "LEADSCORE_API_URL": url},
         capture_output=True,

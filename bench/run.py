@@ -48,11 +48,11 @@ from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
-from services import challenger
-from services.db import create_engine, migrate
-from services.embedded import free_port
-from services.kafka import ensure_topics
-from services.rulesets import activate, ensure_starter, publish
+from services.adapters.kafka import ensure_topics
+from services.adapters.postgres.db import create_engine, migrate
+from services.adapters.postgres.rulesets import activate, ensure_starter, publish
+from services.pipeline import challenger
+from services.runtime.embedded import free_port
 from services.settings import Settings
 from stage_router.compiled import is_compiled
 

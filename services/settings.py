@@ -122,12 +122,10 @@ class Settings(BaseSettings):
         return Settings.model_validate({**self.model_dump(), **changes})
 
     def output_topics(self) -> list[str]:
-        return [
-            self.topic_transitions,
-            self.topic_account_transitions,
-            self.topic_notifications,
-            self.topic_dlq,
-        ]
+        """Every topic leadscore writes: the outputs' (services/outputs.py), then the DLQ."""
+        from services.outputs import output_topics  # the table names these settings
+
+        return [*output_topics(self), self.topic_dlq]
 
     def all_topics(self) -> list[str]:
         return [self.topic_events, *self.output_topics(), self.topic_feedback]

@@ -19,8 +19,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
-from services.bootstrap import Container, bootstrap
-from services.embedded import Broker, EmbeddedKafka, EmbeddedPostgres, embedded_broker, free_port
+from services.app.container import Container
+from services.runtime.bootstrap import bootstrap
+from services.runtime.embedded import (
+    Broker,
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    embedded_broker,
+    free_port,
+)
 from services.settings import Settings
 
 _names = itertools.count(1)
@@ -361,7 +368,7 @@ def client_for(
 @pytest.fixture
 async def admin_container(settings: Settings) -> AsyncIterator[Container]:
     """The API's container on a migrated database with the starter rules, without Kafka."""
-    from services import db, rulesets
+    from services.adapters.postgres import db, rulesets
 
     container = bootstrap(token_settings(settings))
     await db.migrate(container.db)

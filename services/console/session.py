@@ -1,4 +1,4 @@
-"""Who is using the console: the signed-in session (services/sessions.py keeps them), or the
+"""Who is using the console: the signed-in session (services/app/sessions.py keeps them), or the
 trusted local user when no tokens are configured, and the CSRF token their forms carry.
 
 A signed-in user's CSRF token is their session's. Before sign-in (the sign-in form) and on
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from services.app.sessions import ConsoleSessions, Session, same_secret
 from services.auth import Principal, is_loopback
-from services.sessions import ConsoleSessions, Session, same_secret
 
 SESSION_COOKIE = "leadscore_console"
 CSRF_COOKIE = "leadscore_csrf"

@@ -1,156 +1,19 @@
-"""Accounts: lists, an account's score and buying committee explained, its history."""
+"""Accounts: lists, an account's score and buying committee explained, its history, sales'
+word on an account. Each route parses the request and calls a use case (services/app)."""
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Query
 
 from schemas import api
 from schemas.records import AccountStage
-from schemas.timefmt import iso
-from services import queries, rulesets
-from services.bootstrap import Container
-from services.db import driver
-from services.http.common import (
-    ERRORS,
-    NOT_FOUND,
-    ApiError,
-    next_page_cursor,
-    score_cursor,
-    uncursor,
-)
-from services.lead_transaction import LeadTransaction
-from stage_router.accounts import account_feedback_move
-from stage_router.lifecycle import IllegalFeedback
-from stage_router.records import AccountTransitionDoc, SignalDoc, account_score_doc
-
-# The engagement rules shown as an account's top signals.
-TOP_SIGNALS = 10
-
-
-def _signals_across(members: list[list[SignalDoc]]) -> list[SignalDoc]:
-    """Each engagement rule's contributions summed over the members, largest first."""
-    summed: dict[str, SignalDoc] = {}
-    for signals in members:
-        for signal in signals:
-            if signal["category"] != "engagement":
-                continue
-            seen = summed.get(signal["rule_id"])
-            if seen is None:
-                summed[signal["rule_id"]] = dict(signal)  # type: ignore[assignment]
-                continue
-            seen["hits"] += signal["hits"]
-            seen["ignored"] += signal["ignored"]
-            seen["contribution"] = round(seen["contribution"] + signal["contribution"], 2)
-            if (signal["last_seen"] or "") > (seen["last_seen"] or ""):
-                seen["last_seen"] = signal["last_seen"]
-    ranked = sorted(summed.values(), key=lambda s: (-abs(s["contribution"]), s["rule_id"]))
-    return ranked[:TOP_SIGNALS]
-
-
-# What the API's routes and the console's pages both read, as plain functions of the container.
-
-
-async def account_list(
-    container: Container,
-    *,
-    stage: str | None,
-    min_score: float | None,
-    role_missing: str | None,
-    cursor: str | None,
-    limit: int,
-    sort: str,
-) -> dict[str, Any]:
-    """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
-    stage, minimum score, and a committee role they have not covered (`role_missing=
-    economic_buyer`: the accounts to find a budget owner in)."""
-    db = container.db
-    by_score = sort == "-score"
-    after = score_cursor(cursor) if by_score else None
-    async with db.connect() as conn:
-        rows = await queries.account_page(
-            await driver(conn),
-            after=after,
-            after_id=uncursor(cursor) if not by_score else "",
-            by_score=by_score,
-            stage=stage,
-            min_score=min_score,
-            role_missing=role_missing,
-            limit=limit,
-        )
-    items = [
-        {
-            "account_id": r["account_id"],
-            "name": r["name"],
-            "stage": r["stage"],
-            "score": account_score_doc(r["fit"], r["engagement"], r["coverage"]),
-            "roles_covered": list(r["roles_covered"]),
-            "member_count": r["member_count"],
-            "updated_at": r["updated_at"],
-        }
-        for r in rows
-    ]
-    next_cursor = next_page_cursor(
-        rows, limit, id_key="account_id", score_key="score", by_score=by_score
-    )
-    return {"items": items, "next_cursor": next_cursor}
-
-
-async def account_detail(container: Container, account_id: str) -> dict[str, Any]:
-    """An account's score and its parts, its stage, its members with their roles and
-    shares, the committee roles covered and missing, and the top signals across members."""
-    db = container.db
-    async with db.connect() as conn:
-        pg = await driver(conn)
-        account = await queries.account(pg, account_id)
-        if account is None:
-            raise ApiError(404, "account_not_found", f"no account {account_id!r}")
-        version = await rulesets.active_version(pg) or account.ruleset_version
-        engine = await container.rules.engine_for(pg, version)
-        leads = await queries.leads(pg, list(account.members))
-    scorer = engine.accounts
-    if scorer is not None:
-        score, covered, missing, counted = scorer.explain(account)
-        required = list(scorer.spec.required)
-    else:
-        score = account_score_doc(account.fit, account.engagement, account.coverage)
-        covered, missing, counted, required = list(account.covered), [], [], []
-    shares = {m["lead_id"]: m["contribution"] for m in counted}
-    members = sorted(
-        (
-            {
-                "lead_id": lead_id,
-                "role": role,
-                "stage": leads[lead_id].stage if lead_id in leads else None,
-                "engagement": round(engagement, 2),
-                "counted": shares.get(lead_id, 0.0),
-                "last_activity_at": iso(as_of),
-            }
-            for lead_id, (engagement, as_of, role) in account.members.items()
-        ),
-        key=lambda m: (-m["counted"], -m["engagement"], m["lead_id"]),  # type: ignore[operator]
-    )
-    name = account.traits.get("name")
-    return {
-        "account_id": account.account_id,
-        "name": name if isinstance(name, str) else None,
-        "stage": account.stage,
-        "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
-        "score": score,
-        "score_as_of": iso(account.as_of) if account.as_of else None,
-        "fit_rules": account.fit_rules,
-        "roles_covered": covered,
-        "roles_missing": missing,
-        "roles_required": required,
-        "members": members,
-        "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
-        "ruleset_version": account.ruleset_version,
-    }
+from services.app import accounts
+from services.app.container import Container
+from services.http.common import ERRORS, NOT_FOUND
 
 
 def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["accounts"], responses=ERRORS)
-    db = container.db
 
     @router.get("/accounts", response_model=api.AccountPage)
     async def list_accounts(
@@ -165,7 +28,7 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
         stage, minimum score, and a committee role they have not covered (`role_missing=
         economic_buyer`: the accounts to find a budget owner in)."""
-        return await account_list(
+        return await accounts.account_list(
             container,
             stage=stage,
             min_score=min_score,
@@ -179,22 +42,14 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     async def get_account(account_id: str, _: Viewer) -> dict[str, Any]:
         """An account's score and its parts, its stage, its members with their roles and
         shares, the committee roles covered and missing, and the top signals across members."""
-        return await account_detail(container, account_id)
+        return await accounts.account_detail(container, account_id)
 
     @router.get(
         "/accounts/{account_id}/history", response_model=api.AccountHistory, responses=NOT_FOUND
     )
     async def account_history(account_id: str, _: Viewer) -> dict[str, Any]:
         """The account's stage changes, oldest first, as published."""
-        async with db.connect() as conn:
-            pg = await driver(conn)
-            rows = await queries.account_transitions(pg, account_id)
-            if not rows and await queries.account(pg, account_id) is None:
-                raise ApiError(404, "account_not_found", f"no account {account_id!r}")
-        return {
-            "account_id": account_id,
-            "transitions": [orjson.loads(r["record"]) for r in rows],
-        }
+        return await accounts.account_history(container, account_id)
 
     @router.post(
         "/accounts/{account_id}/feedback",
@@ -211,42 +66,6 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         """Sales' word on an account (idempotent on feedback_id): an opportunity opened or won
         or lost, the account disqualified or reopened."""
 
-        async def work(tx: LeadTransaction) -> tuple[AccountTransitionDoc, bool]:
-            ws = await tx.lock_leads([], [account_id])
-            earlier = await queries.account_transition_caused_by(
-                tx.pg, account_id, body.feedback_id
-            )
-            if earlier is not None:
-                return earlier, True
-            account = ws.accounts.get(account_id)
-            if account is None:
-                raise ApiError(404, "account_not_found", f"no account {account_id!r}")
-            scorer = tx.engine.accounts
-            if scorer is None:
-                raise ApiError(409, "accounts_not_scored", "the active rule set scores no accounts")
-            try:
-                move = account_feedback_move(account.stage, body.outcome)
-            except IllegalFeedback as exc:
-                raise ApiError(409, "illegal_transition", str(exc)) from exc
-            scorer.move(
-                account,
-                move,
-                tx.effects.account_transitions,
-                tx.effects.account_notifications,
-                caused_by=body.feedback_id,
-                at=tx.now,
-                now=tx.now,
-                detail=body.reason or f"by {who.name}",
-            )
-            ws.changed_accounts.add(account_id)
-            return tx.effects.account_transitions[-1], False
-
-        transition, duplicate = await container.writer.run(work, writer="account-feedback")
-        return {
-            "feedback_id": body.feedback_id,
-            "account_id": account_id,
-            "duplicate": duplicate,
-            "transition": transition,
-        }
+        return await accounts.account_feedback(container, account_id, body, by=who.name)
 
     return router

@@ -10,18 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.adapters.postgres.errors import UNAVAILABLE
+from services.app.container import Container
+from services.app.errors import MALFORMED, ApiError
 from services.auth import AuthError, Principal, authenticate, authorize
-from services.bootstrap import Container
-from services.db import UNAVAILABLE
 from services.http.accounts import accounts_router
-from services.http.common import (
-    COMMON,
-    MALFORMED,
-    ApiError,
-    RequestLimits,
-    error_body,
-    methods_for,
-)
+from services.http.common import COMMON, RequestLimits, error_body, methods_for
 from services.http.guards import AllowedHosts, BrowserGuard, DocumentedContentTypes
 from services.http.ingest import ingest_router
 from services.http.leads import leads_router

@@ -3,13 +3,11 @@ limits, typed path and query values, and opaque page cursors."""
 # No "from __future__ import annotations" in this package: FastAPI must see the role
 # dependencies (built inside create_app) as real objects, not as strings to resolve.
 
-import base64
 import re
 import zlib
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
-import asyncpg
 import orjson
 from fastapi import FastAPI, Path
 from pydantic import BeforeValidator
@@ -43,47 +41,11 @@ def _iso_only(value: Any) -> Any:
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 # Rule-set versions are PostgreSQL integers.
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
-# What the request contained could not be stored or encoded (NUL, lone surrogates, depth).
-MALFORMED = (UnicodeError, asyncpg.DataError, RecursionError, orjson.JSONEncodeError)
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": api.ErrorBody}}
 # Each readiness check gets this long, and they run side by side: /readyz answers in under 2 s
 # even when the database or the broker hangs.
 READY_CHECK_SECONDS = 1.5
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: Any = None) -> None:
-        self.status, self.code, self.detail = status, code, detail
-
-
-def cursor_of(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode()
-
-
-def uncursor(cursor: str | None) -> str:
-    if not cursor:
-        return ""
-    try:
-        text = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeError) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    if "\x00" in text:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return text
-
-
-def int_cursor(cursor: str | None, default: int) -> int:
-    text = uncursor(cursor)
-    if not text:
-        return default
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    if not 0 < value <= 2**62:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return value
 
 
 # The Segment-compatible intake (services/http/ingest.py).
@@ -189,9 +151,7 @@ class RequestLimits:
             produced += len(body)
             if produced > limit:
                 raise _BodyTooLarge(limit)
-            if not message.get("more_body", False) and (
-                not inflater.eof or inflater.unused_data
-            ):
+            if not message.get("more_body", False) and (not inflater.eof or inflater.unused_data):
                 raise _BadBody("the gzip body is truncated or has data after its end")
             return {**message, "body": body}
 
@@ -235,47 +195,3 @@ def methods_for(app: FastAPI, path: str) -> set[str]:
 def path_pattern(template: str) -> re.Pattern[str]:
     """The paths an OpenAPI path template (`/v1/leads/{lead_id}`) stands for."""
     return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
-
-
-def next_page_cursor(
-    rows: list[Any], limit: int, *, id_key: str, score_key: str, by_score: bool
-) -> str | None:
-    """The cursor after the last row of a full page (None after a short, last page): the
-    last (score and) id, so pages stay stable while scores change."""
-    if len(rows) < limit:
-        return None
-    last = rows[-1]
-    if by_score:
-        return cursor_of(orjson.dumps([last[score_key], last[id_key]]).decode())
-    return cursor_of(last[id_key])
-
-
-def time_window(
-    since: datetime | None, until: datetime | None, *, default_days: float
-) -> tuple[datetime, datetime]:
-    """A report's [since, until): until defaults to now, since to `default_days` before it;
-    both need a UTC offset and since must come first (422 otherwise)."""
-    until = until or datetime.now(UTC)
-    try:
-        since = since or until - timedelta(days=default_days)
-    except OverflowError as exc:  # an `until` in the first year of the calendar
-        raise ApiError(422, "invalid_request", "until is too early for a default since") from exc
-    if since.tzinfo is None or until.tzinfo is None:
-        raise ApiError(422, "invalid_request", "since and until need a UTC offset")
-    if since >= until:
-        raise ApiError(422, "invalid_request", "since must be before until")
-    return since, until
-
-
-def score_cursor(cursor: str | None) -> tuple[float, str] | None:
-    """The (total, id) a score-ordered page continues after."""
-    text = uncursor(cursor)
-    if not text:
-        return None
-    try:
-        total, key = orjson.loads(text)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    if not isinstance(total, int | float) or isinstance(total, bool) or not isinstance(key, str):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return float(total), key

@@ -7,8 +7,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import api
-from services import kafka
-from services.bootstrap import Container
+from services.adapters import kafka
+from services.app.container import Container
 from services.http.common import (
     READY_CHECK_SECONDS,
 )

@@ -5,8 +5,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from schemas import api
-from services.bootstrap import Container
-from services.http.common import ERRORS, NOT_FOUND, ApiError
+from services.app.container import Container
+from services.app.errors import ApiError
+from services.http.common import ERRORS, NOT_FOUND
 
 _SESSION_ID = Path(pattern=r"^[0-9a-f]{64}$", description="a session id as listed")
 
@@ -21,9 +22,7 @@ def sessions_router(container: Container, Admin: Any) -> APIRouter:
         return {"items": await sessions.listing()}
 
     @router.delete("/{session_id}", response_model=api.SessionsEnded, responses=NOT_FOUND)
-    async def end_session(
-        session_id: Annotated[str, _SESSION_ID], admin: Admin
-    ) -> dict[str, Any]:
+    async def end_session(session_id: Annotated[str, _SESSION_ID], admin: Admin) -> dict[str, Any]:
         """End one session now (its next request needs a new sign-in); audited."""
         if not await sessions.end(session_id, by=admin.name):
             raise ApiError(404, "session_not_found", "there is no such session")

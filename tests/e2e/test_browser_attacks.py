@@ -17,10 +17,10 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from services import db, rulesets
-from services.bootstrap import bootstrap
-from services.embedded import free_port
+from services.adapters.postgres import db, rulesets
 from services.http import create_app
+from services.runtime.bootstrap import bootstrap
+from services.runtime.embedded import free_port
 from tests.conftest import Infra, db_fetch, fresh_settings, wait_for
 from tests.e2e.test_cli import serving
 from tests.e2e.test_console import CHROMIUM, CHROMIUM_ARGS, prepare

@@ -14,9 +14,9 @@ import pytest
 import uvicorn
 import yaml
 
-from services.embedded import free_port
 from services.http import create_app
-from services.main import QuietServer
+from services.runtime.embedded import free_port
+from services.runtime.main import QuietServer
 from tests.conftest import TOKENS, wait_for
 from tests.integration.test_admin_api import with_rule_points
 
@@ -27,7 +27,7 @@ async def leadscore(*args: str, env: dict[str, str] | None = None) -> tuple[int,
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "services.runtime.cli",
         *args,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
@@ -100,7 +100,7 @@ async def test_publish_diff_activate_through_the_api(admin_container, tmp_path):
 
 
 async def test_the_review_report_from_the_command_line(admin_container):
-    from services.db import driver
+    from services.adapters.postgres.db import driver
     from tests.integration.test_review import SINCE, UNTIL, plant
 
     async with admin_container.db.connect() as conn:
@@ -126,7 +126,7 @@ async def test_the_review_report_from_the_command_line(admin_container):
 
 
 async def test_propose_challenge_and_review_side_by_side(admin_container):
-    from services.db import driver
+    from services.adapters.postgres.db import driver
     from tests.integration.test_proposal import SINCE, UNTIL, plant_outcomes
 
     async with admin_container.db.connect() as conn:

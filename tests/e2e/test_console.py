@@ -23,10 +23,10 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bench.workload import generate, lead_key
-from services.bootstrap import bootstrap
-from services.embedded import free_port
 from services.http import create_app
-from services.main import QuietServer
+from services.runtime.bootstrap import bootstrap
+from services.runtime.embedded import free_port
+from services.runtime.main import QuietServer
 from tests.conftest import (
     TOKENS,
     Infra,

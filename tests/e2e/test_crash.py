@@ -61,8 +61,9 @@ async def test_kill_9_mid_stream_then_restart_with_a_challenger_running(settings
     """Nothing lost or counted twice, in the live state or in a challenger's: the
     challenger's state is written in the batch's transaction. (The ten-kill fault test
     covers the same without a challenger.)"""
-    from services import challenger, db, rulesets
-    from services.bootstrap import bootstrap
+    from services.adapters.postgres import db, rulesets
+    from services.pipeline import challenger
+    from services.runtime.bootstrap import bootstrap
     from tests.integration.test_challenger import (
         assert_state_equals,
         candidate_document,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.workload import generate, lead_key
-from services.embedded import EmbeddedKafka, free_port, java_available
+from services.runtime.embedded import EmbeddedKafka, free_port, java_available
 from services.settings import Settings
 from tests.conftest import produce, wait_for
 from tests.e2e.test_faults import answering, metrics_of
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 def start_run(
     data_dir: Path, broker_port: int, http_port: int, log: Path
 ) -> subprocess.Popen[bytes]:
-    """`python -m services.main` as `make run` starts it: no broker, no database configured."""
+    """`python -m services.runtime` as `make run` starts it: no broker, no database configured."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEADSCORE_")}
     env.update(
         {
@@ -39,7 +39,7 @@ def start_run(
     )
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.main"], cwd=ROOT, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", "services.runtime"], cwd=ROOT, env=env, stdout=out, stderr=out
         )
 
 

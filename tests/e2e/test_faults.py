@@ -27,8 +27,14 @@ from hypothesis import strategies as st
 
 from bench.harness import start_service
 from bench.workload import generate, lead_key
-from services import kafka
-from services.embedded import Broker, EmbeddedKafka, EmbeddedPostgres, embedded_broker, free_port
+from services.adapters import kafka
+from services.runtime.embedded import (
+    Broker,
+    EmbeddedKafka,
+    EmbeddedPostgres,
+    embedded_broker,
+    free_port,
+)
 from services.settings import Settings
 from tests.conftest import (
     assert_leads_match,

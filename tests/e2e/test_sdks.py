@@ -13,7 +13,7 @@ import pytest
 from rudderstack.analytics import Client as RudderStackClient
 from segment.analytics import Client as SegmentClient
 
-from services.bootstrap import bootstrap
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import (
     TOKENS,
     Infra,

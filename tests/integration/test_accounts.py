@@ -14,8 +14,8 @@ import pytest
 from bench.harness import start_service
 from bench.workload import generate
 from scoring_service.ruleset_files import starter_document
-from services.bootstrap import bootstrap
-from services.embedded import free_port
+from services.runtime.bootstrap import bootstrap
+from services.runtime.embedded import free_port
 from tests.committee import ACCOUNT, committee_journey
 from tests.conftest import (
     RunningService,

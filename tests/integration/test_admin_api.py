@@ -48,7 +48,7 @@ async def test_roles_and_tokens(admin_container):
 
 
 async def test_without_tokens_only_loopback_is_trusted(settings):
-    from services.bootstrap import bootstrap
+    from services.runtime.bootstrap import bootstrap
 
     container = bootstrap(settings)
     try:

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services import db, rulesets
-from services.bootstrap import Container, bootstrap
+from services.adapters.postgres import db, rulesets
+from services.app.container import Container
 from services.http import create_app
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import client_for, db_fetch
 from tests.integration.test_console import csrf_of
 

@@ -14,9 +14,9 @@ from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents
-from services.bootstrap import bootstrap
-from services.challenger import SCORING_STAGES
-from services.review import PAST_LEAD
+from services.pipeline.challenger import SCORING_STAGES
+from services.reports.review import PAST_LEAD
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
     client_for,

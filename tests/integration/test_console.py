@@ -98,8 +98,8 @@ async def test_forms_without_the_sessions_csrf_token_are_refused(admin_container
 
 
 async def test_without_tokens_loopback_needs_no_sign_in_and_others_are_refused(settings):
-    from services import db, rulesets
-    from services.bootstrap import bootstrap
+    from services.adapters.postgres import db, rulesets
+    from services.runtime.bootstrap import bootstrap
 
     container = bootstrap(settings)  # no API tokens configured
     await db.migrate(container.db)
@@ -233,9 +233,9 @@ async def test_with_the_database_away_pages_say_so_and_come_back(settings):
     """The database stops answering (here: its address refuses connections), then returns."""
     from pydantic import SecretStr
 
-    from services import db, rulesets
-    from services.bootstrap import bootstrap
-    from services.embedded import free_port
+    from services.adapters.postgres import db, rulesets
+    from services.runtime.bootstrap import bootstrap
+    from services.runtime.embedded import free_port
 
     away = settings.model_copy(
         update={"database_url": SecretStr(f"postgresql://nobody@127.0.0.1:{free_port()}/x")}

@@ -7,8 +7,8 @@ import re
 
 import httpx
 
-from services.bootstrap import bootstrap
-from services.sessions import session_id
+from services.app.sessions import session_id
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import TOKENS, FakeClock, client_for, db_fetch, token_settings
 from tests.integration.test_console import console_client, csrf_of, sign_in
 
@@ -164,7 +164,7 @@ async def test_the_console_page_ends_a_session_and_every_session_of_a_token(admi
 
 
 async def test_a_restart_keeps_sessions_and_a_removed_token_ends_its_own(settings):
-    from services import db
+    from services.adapters.postgres import db
 
     with_tokens = token_settings(settings)
     first = bootstrap(with_tokens)

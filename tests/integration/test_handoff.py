@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.bootstrap import bootstrap
+from services.runtime.bootstrap import bootstrap
 from stage_router.lifecycle import FEEDBACK_MOVES
 from tests.conftest import (
     RunningService,

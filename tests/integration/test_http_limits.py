@@ -9,7 +9,7 @@ import zlib
 import orjson
 import pytest
 
-from services.bootstrap import bootstrap
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import client_for
 
 

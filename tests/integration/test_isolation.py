@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from aiokafka.errors import MessageSizeTooLargeError
 
-import services.consumer as consumer_module
+import services.pipeline.event_handler as event_handler_module
 from bench.workload import generate, lead_key
 from scoring_service import intake
 from tests.conftest import db_fetch, drained, produce, read_all, replay, wait_for
@@ -25,14 +25,14 @@ async def dlq_codes(settings, expect: int) -> list[str]:
 async def test_an_event_whose_scoring_raises_goes_to_the_dlq_and_the_batch_goes_on(
     service, settings, monkeypatch
 ):
-    real = consumer_module.score_event
+    real = event_handler_module.score_event
 
     def failing_for_boom(ws, engine, event, *, now):
         if event.message_id == "boom":
             raise ZeroDivisionError("injected fault")
         return real(ws, engine, event, now=now)
 
-    monkeypatch.setattr(consumer_module, "score_event", failing_for_boom)
+    monkeypatch.setattr(event_handler_module, "score_event", failing_for_boom)
     docs = [track("Email Replied", user=f"u{i}", when=at(0)) for i in range(20)]
     docs.insert(7, track("Email Replied", user="victim", when=at(0), message_id="boom"))
     await produce(settings, docs, key=lambda _: b"one-partition")

@@ -1,6 +1,6 @@
 """Every writer at once over the same few hundred leads: the event consumer, the deadline
 watcher working through a backlog of due deadlines, sales feedback over HTTP and on its
-topic, and re-scoring jobs. With one lock order (services/lead_transaction.py) PostgreSQL
+topic, and re-scoring jobs. With one lock order (services/pipeline/lead_transaction.py) PostgreSQL
 detects no deadlock, no transaction is retried for a lock conflict, and the scores end up
 what a pure replay of the events gives."""
 
@@ -16,8 +16,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from bench.workload import generate
-from services.bootstrap import bootstrap
-from services.lead_transaction import RETRYABLE
+from services.pipeline.lead_transaction import RETRYABLE
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import (
     FakeClock,
     RunningService,

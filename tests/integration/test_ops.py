@@ -14,9 +14,9 @@ import orjson
 import uvicorn
 import yaml
 
-from services.embedded import free_port
 from services.http import create_app
-from services.main import QuietServer
+from services.runtime.embedded import free_port
+from services.runtime.main import QuietServer
 from services.settings import Settings
 from tests.conftest import drained, produce, wait_for
 from tests.factories import at, page, track

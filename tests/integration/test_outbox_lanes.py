@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 import asyncpg
 import pytest
 
-from services import db, kafka
+from services.adapters import kafka
+from services.adapters.postgres import db
 from services.metrics import Metrics
-from services.outbox import OUTBOX_LANES, RELAY_LOCK, OutboxRelay
+from services.pipeline.relay import OUTBOX_LANES, RELAY_LOCK, OutboxRelay
 from services.settings import Settings
 from tests.conftest import db_fetch, read_all
 

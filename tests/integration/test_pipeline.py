@@ -11,8 +11,8 @@ from aiokafka.structs import ConsumerRecord
 
 from bench.workload import generate, lead_key
 from scoring_service.state import HITS
-from services import store
-from services.bootstrap import bootstrap
+from services.adapters.postgres import offset_store
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
     assert_leads_match,
@@ -192,7 +192,7 @@ async def test_a_batch_read_from_a_new_log_is_refused_and_the_new_log_starts_ove
     )
     new_id = uuid.uuid4()
     batch = {TopicPartition(settings.topic_events, row["partition"]): [from_new_log]}
-    with pytest.raises(store.LogReplaced):
+    with pytest.raises(offset_store.LogReplaced):
         await scorer.process(batch, log_id=new_id)
     assert (await lead_row(settings, "u1"))["engagement"] == 10  # not scored
     assert await scorer.start_new_log(new_id) == [row["partition"]]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from services.db import driver
+from services.adapters.postgres.db import driver
 from tests.conftest import client_for
 
 SINCE = datetime(2026, 7, 1, tzinfo=UTC)

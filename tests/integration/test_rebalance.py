@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from bench.workload import generate, lead_key
-from services.bootstrap import bootstrap
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
     assert_leads_match,

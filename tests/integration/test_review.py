@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from services.db import driver
-from services.review import review_report
+from services.adapters.postgres.db import driver
+from services.reports.review import review_report
 
 SINCE = datetime(2026, 10, 1, tzinfo=UTC)
 UNTIL = datetime(2026, 11, 1, tzinfo=UTC)

@@ -13,7 +13,7 @@ from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
 from scoring_service.state import HITS
-from services.bootstrap import bootstrap
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import (
     RunningService,
     client_for,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.workload import generate, lead_key
-from services import kafka
-from services.bootstrap import bootstrap
+from services.adapters import kafka
+from services.runtime.bootstrap import bootstrap
 from tests.conftest import RunningService, db_fetch, produce, wait_for
 
 

@@ -167,7 +167,7 @@ def test_charts_escape_labels_and_describe_their_numbers():
 
 
 def test_the_starter_rules_round_trip_through_the_editors_yaml():
-    from services.console.app import _yaml
+    from services.console.formats import as_yaml as _yaml
 
     document = load_document(STARTER).model_dump(mode="json")
     assert load_document(_yaml(document)).model_dump(mode="json") == document

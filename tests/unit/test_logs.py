@@ -7,7 +7,7 @@ import logging
 
 import orjson
 
-from services.logs import configure_logging
+from services.runtime.logs import configure_logging
 
 
 def lines_logged(level: str, emit) -> list[dict]:

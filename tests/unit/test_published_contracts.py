@@ -33,8 +33,8 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.simulation import replay_documents
-from services.asyncapi import build_document, render
-from services.consumer import DeadLetter
+from services.adapters.asyncapi import build_document, render
+from services.pipeline.batches import DeadLetter
 from services.settings import Settings
 from stage_router import records
 from tests.hostile import hostile_message
@@ -92,7 +92,7 @@ def test_the_document_names_every_topic_the_settings_know():
 
 
 def test_the_document_is_what_the_models_generate():
-    """After changing a model: python -m services.asyncapi > docs/asyncapi.yaml"""
+    """After changing a model: python -m services.adapters.asyncapi > docs/asyncapi.yaml"""
     assert published() == build_document()
     assert DOCUMENT.read_text() == render(build_document())
 
@@ -193,9 +193,9 @@ def test_records_and_dead_letters_of_hostile_input_validate(raws):
 
 
 async def test_the_openapi_document_in_docs_is_what_the_app_serves():
-    """After changing a route: python -m services.http.openapi > docs/openapi.json"""
-    from services.http.openapi import build_openapi
-    from services.http.openapi import render as render_openapi
+    """After changing a route: python -m services.runtime.openapi > docs/openapi.json"""
+    from services.runtime.openapi import build_openapi
+    from services.runtime.openapi import render as render_openapi
 
     served = await build_openapi()
     path = DOCUMENT.parent / "openapi.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.metrics import Metrics
-from services.supervisor import Supervisor
+from services.pipeline.supervisor import Supervisor
 
 
 def quick(metrics: Metrics, **kw: object) -> Supervisor:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiokafka.errors import IncompatibleBrokerVersion, KafkaError
 
-from services.kafka import TopicIds, TopicMissing
+from services.adapters.kafka import TopicIds, TopicMissing
 
 
 class _Client:

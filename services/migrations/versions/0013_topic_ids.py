@@ -3,7 +3,7 @@
 An offset means something only in the log it was read from. A broker that comes back without
 its log, or a topic deleted and created again, keeps the name but gets a new id: a batch read
 under another id than the stored one is from a new log, and the consumer starts that log from
-its beginning instead of at the old offsets (services/consumer.py). NULL where the broker
+its beginning instead of at the old offsets (services/pipeline/consumer.py). NULL where the broker
 gives no ids (the Tansu fallback) or before the first batch.
 
 Revision ID: 0013

@@ -1,0 +1,63 @@
+"""The database: engine, the driver connection for batched statements, and migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from services.adapters.postgres.errors import UNAVAILABLE
+
+__all__ = ["UNAVAILABLE", "create_engine", "driver", "migrate"]
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# Held while migrating, so instances starting together do not race each other.
+MIGRATION_LOCK = 0x1EAD5C03E
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Accept plain libpq URLs too (postgresql://...): the driver is always asyncpg."""
+    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    raise ValueError("LEADSCORE_DATABASE_URL must be a postgresql:// URL")
+
+
+def create_engine(url: str, *, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(sqlalchemy_url(url), pool_size=pool_size, pool_pre_ping=True)
+
+
+async def driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under an SQLAlchemy one, for array-at-once statements."""
+    raw = await conn.get_raw_connection()
+    return raw.driver_connection  # type: ignore[return-value]
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def _upgrade(connection: Connection) -> None:
+    command.upgrade(_alembic_config(connection), "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the latest revision."""
+    async with engine.connect() as conn:
+        pg = await driver(conn)
+        await pg.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+        finally:
+            await pg.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+    log.info("database schema is up to date")

@@ -1,0 +1,89 @@
+"""Stored rule-set versions: publishing, activation, reading the active one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import orjson
+
+from schemas.ruleset import RuleSetDocument
+from scoring_service.rules import CompiledRuleSet, compile_ruleset
+from scoring_service.ruleset_files import starter_document
+
+log = logging.getLogger(__name__)
+# Batches hold it shared while scoring; activation holds it exclusively to switch versions.
+RULESET_LOCK = 0x1EAD5E7
+
+
+async def publish(
+    pg: asyncpg.Connection, document: RuleSetDocument, *, by: str, comment: str | None = None
+) -> int:
+    """Store a new immutable version (N + 1) and return its number."""
+    return int(
+        await pg.fetchval(
+            "INSERT INTO rulesets (version, name, document, published_by, comment) "
+            "SELECT coalesce(max(version), 0) + 1, $1, $2::jsonb, $3, $4 FROM rulesets "
+            "RETURNING version",
+            document.name,
+            orjson.dumps(document.model_dump(mode="json", by_alias=True)).decode(),
+            by,
+            comment,
+        )
+    )
+
+
+async def activate(pg: asyncpg.Connection, version: int, *, by: str) -> None:
+    """Make `version` the live one. Run inside a transaction: the lock waits for batches in
+    flight and is held until the switch commits."""
+    await pg.execute("SELECT pg_advisory_xact_lock($1)", RULESET_LOCK)
+    await pg.execute(
+        "INSERT INTO active_ruleset (id, version, activated_by) VALUES (1, $1, $2) "
+        "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "
+        "activated_by = EXCLUDED.activated_by, activated_at = now()",
+        version,
+        by,
+    )
+
+
+async def ensure_starter(pg: asyncpg.Connection) -> None:
+    """A fresh install publishes and activates the starter rule set as version 1."""
+    async with pg.transaction():
+        # Serialise instances starting together on an empty database.
+        await pg.execute("LOCK TABLE rulesets IN EXCLUSIVE MODE")
+        if await pg.fetchval("SELECT count(*) FROM rulesets"):
+            return
+        version = await publish(pg, starter_document(), by="leadscore", comment="starter rules")
+        await activate(pg, version, by="leadscore")
+        log.info("published and activated the starter rule set as version %d", version)
+
+
+async def active_version(pg: asyncpg.Connection) -> int | None:
+    value = await pg.fetchval("SELECT version FROM active_ruleset WHERE id = 1")
+    return int(value) if value is not None else None
+
+
+async def load_version(pg: asyncpg.Connection, version: int) -> CompiledRuleSet:
+    text = await pg.fetchval("SELECT document::text FROM rulesets WHERE version = $1", version)
+    if text is None:
+        raise LookupError(f"rule set version {version} does not exist")
+    return compile_ruleset(RuleSetDocument.model_validate(orjson.loads(text)), version)
+
+
+async def record_audit(
+    pg: asyncpg.Connection,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any] | None,
+) -> None:
+    """Append to the audit log, in the caller's transaction (with the change it records)."""
+    await pg.execute(
+        "INSERT INTO audit_log (actor, action, target, detail) VALUES ($1, $2, $3, $4::jsonb)",
+        actor,
+        action,
+        target,
+        orjson.dumps(detail).decode() if detail is not None else None,
+    )

@@ -1,0 +1,182 @@
+"""Accounts: pages, an account's score and buying committee explained, its history, and
+sales' word on an account. Shared by the HTTP API and the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from schemas import api
+from schemas.timefmt import iso
+from services.adapters.postgres import rulesets
+from services.adapters.postgres.db import driver
+from services.app.container import Container
+from services.app.errors import ApiError
+from services.app.paging import next_page_cursor, score_cursor, uncursor
+from services.pipeline import manual_moves
+from services.pipeline.lead_transaction import LeadTransaction
+from services.reports import queries
+from stage_router.records import AccountTransitionDoc, SignalDoc, account_score_doc
+
+# The engagement rules shown as an account's top signals.
+TOP_SIGNALS = 10
+
+
+def _signals_across(members: list[list[SignalDoc]]) -> list[SignalDoc]:
+    """Each engagement rule's contributions summed over the members, largest first."""
+    summed: dict[str, SignalDoc] = {}
+    for signals in members:
+        for signal in signals:
+            if signal["category"] != "engagement":
+                continue
+            seen = summed.get(signal["rule_id"])
+            if seen is None:
+                summed[signal["rule_id"]] = dict(signal)  # type: ignore[assignment]
+                continue
+            seen["hits"] += signal["hits"]
+            seen["ignored"] += signal["ignored"]
+            seen["contribution"] = round(seen["contribution"] + signal["contribution"], 2)
+            if (signal["last_seen"] or "") > (seen["last_seen"] or ""):
+                seen["last_seen"] = signal["last_seen"]
+    ranked = sorted(summed.values(), key=lambda s: (-abs(s["contribution"]), s["rule_id"]))
+    return ranked[:TOP_SIGNALS]
+
+
+async def account_list(
+    container: Container,
+    *,
+    stage: str | None,
+    min_score: float | None,
+    role_missing: str | None,
+    cursor: str | None,
+    limit: int,
+    sort: str,
+) -> dict[str, Any]:
+    """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
+    stage, minimum score, and a committee role they have not covered (`role_missing=
+    economic_buyer`: the accounts to find a budget owner in)."""
+    db = container.db
+    by_score = sort == "-score"
+    after = score_cursor(cursor) if by_score else None
+    async with db.connect() as conn:
+        rows = await queries.account_page(
+            await driver(conn),
+            after=after,
+            after_id=uncursor(cursor) if not by_score else "",
+            by_score=by_score,
+            stage=stage,
+            min_score=min_score,
+            role_missing=role_missing,
+            limit=limit,
+        )
+    items = [
+        {
+            "account_id": r["account_id"],
+            "name": r["name"],
+            "stage": r["stage"],
+            "score": account_score_doc(r["fit"], r["engagement"], r["coverage"]),
+            "roles_covered": list(r["roles_covered"]),
+            "member_count": r["member_count"],
+            "updated_at": r["updated_at"],
+        }
+        for r in rows
+    ]
+    next_cursor = next_page_cursor(
+        rows, limit, id_key="account_id", score_key="score", by_score=by_score
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def account_detail(container: Container, account_id: str) -> dict[str, Any]:
+    """An account's score and its parts, its stage, its members with their roles and
+    shares, the committee roles covered and missing, and the top signals across members."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        account = await queries.account(pg, account_id)
+        if account is None:
+            raise ApiError(404, "account_not_found", f"no account {account_id!r}")
+        version = await rulesets.active_version(pg) or account.ruleset_version
+        engine = await container.rules.engine_for(pg, version)
+        leads = await queries.leads(pg, list(account.members))
+    scorer = engine.accounts
+    if scorer is not None:
+        score, covered, missing, counted = scorer.explain(account)
+        required = list(scorer.spec.required)
+    else:
+        score = account_score_doc(account.fit, account.engagement, account.coverage)
+        covered, missing, counted, required = list(account.covered), [], [], []
+    shares = {m["lead_id"]: m["contribution"] for m in counted}
+    members = sorted(
+        (
+            {
+                "lead_id": lead_id,
+                "role": role,
+                "stage": leads[lead_id].stage if lead_id in leads else None,
+                "engagement": round(engagement, 2),
+                "counted": shares.get(lead_id, 0.0),
+                "last_activity_at": iso(as_of),
+            }
+            for lead_id, (engagement, as_of, role) in account.members.items()
+        ),
+        key=lambda m: (-m["counted"], -m["engagement"], m["lead_id"]),  # type: ignore[operator]
+    )
+    name = account.traits.get("name")
+    return {
+        "account_id": account.account_id,
+        "name": name if isinstance(name, str) else None,
+        "stage": account.stage,
+        "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
+        "score": score,
+        "score_as_of": iso(account.as_of) if account.as_of else None,
+        "fit_rules": account.fit_rules,
+        "roles_covered": covered,
+        "roles_missing": missing,
+        "roles_required": required,
+        "members": members,
+        "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
+        "ruleset_version": account.ruleset_version,
+    }
+
+
+async def account_history(container: Container, account_id: str) -> dict[str, Any]:
+    """The account's stage changes, oldest first, as published."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        rows = await queries.account_transitions(pg, account_id)
+        if not rows and await queries.account(pg, account_id) is None:
+            raise ApiError(404, "account_not_found", f"no account {account_id!r}")
+    return {
+        "account_id": account_id,
+        "transitions": [orjson.loads(r["record"]) for r in rows],
+    }
+
+
+async def account_feedback(
+    container: Container, account_id: str, body: api.AccountFeedbackBody, *, by: str
+) -> dict[str, Any]:
+    """Sales' word on an account (idempotent on feedback_id), in a lead transaction."""
+
+    async def work(tx: LeadTransaction) -> tuple[AccountTransitionDoc, bool]:
+        try:
+            return await manual_moves.account_feedback(
+                tx,
+                account_id,
+                feedback_id=body.feedback_id,
+                outcome=body.outcome,
+                reason=body.reason,
+                by=by,
+            )
+        except manual_moves.NotFound as exc:
+            raise ApiError(404, exc.code, exc.message) from exc
+        except manual_moves.Refused as exc:
+            raise ApiError(409, exc.code, exc.message) from exc
+
+    transition, duplicate = await container.writer.run(work, writer="account-feedback")
+    return {
+        "feedback_id": body.feedback_id,
+        "account_id": account_id,
+        "duplicate": duplicate,
+        "transition": transition,
+    }

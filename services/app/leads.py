@@ -1,0 +1,289 @@
+"""Leads: pages, a lead's score explained, its history, sales feedback, a stage set by hand,
+the funnel and the outcome review. Shared by the HTTP API and the console."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from schemas.records import FeedbackBody, FeedbackRecord
+from schemas.ruleset import Stage
+from schemas.timefmt import iso
+from services.adapters.postgres import rulesets
+from services.adapters.postgres.db import driver
+from services.app.container import Container
+from services.app.errors import ApiError
+from services.app.paging import next_page_cursor, score_cursor, time_window, uncursor
+from services.pipeline import challenger, manual_moves
+from services.pipeline.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
+from services.pipeline.lead_transaction import LeadTransaction
+from services.reports import queries
+from services.reports.review import review_report
+from stage_router.records import TransitionDoc, account_score_doc, score_doc
+
+
+async def lead_page(
+    container: Container,
+    *,
+    stage: str | None,
+    min_score: float | None,
+    cursor: str | None,
+    limit: int,
+    sort: str,
+) -> dict[str, Any]:
+    """Leads in id order, or by total score, highest first (`sort=-score`, a work queue),
+    filtered by stage and minimum total score. The cursor is the last (score and) id
+    seen, so pages stay stable while leads change."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        if sort == "-score":
+            rows = await queries.lead_page_by_score(
+                pg,
+                after=score_cursor(cursor),
+                stage=stage,
+                min_score=min_score,
+                limit=limit,
+            )
+        else:
+            rows = await queries.lead_page(
+                pg, after=uncursor(cursor), stage=stage, min_score=min_score, limit=limit
+            )
+    items = [
+        {
+            "lead_id": r["lead_id"],
+            "stage": r["stage"],
+            "account_id": r["account_id"],
+            "score": score_doc(r["fit"], r["engagement"]),
+            "last_event_at": r["as_of"],
+            "updated_at": r["updated_at"],
+        }
+        for r in rows
+    ]
+    next_cursor = next_page_cursor(
+        rows, limit, id_key="lead_id", score_key="total", by_score=sort == "-score"
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def lead_detail(
+    container: Container, lead_id: str, version: int | None = None
+) -> dict[str, Any]:
+    """A lead's stage, its score as of now and the signals that explain it; with `version`
+    the challenger's, under that version (its own state, which nothing published)."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        resolved = await queries.canonical_lead_id(pg, lead_id)
+        active = await rulesets.active_version(pg)
+        if version is None or version == active:
+            state = await queries.lead(pg, resolved)
+            account = (
+                await queries.account(pg, state.account_id) if state and state.account_id else None
+            )
+        else:
+            current = await challenger.running(pg)
+            if current is None or current.version != version:
+                raise ApiError(
+                    404,
+                    "version_not_scoring",
+                    f"version {version} is neither the active version nor the challenger",
+                )
+            state = await challenger.lead_state(pg, resolved)
+            account = (
+                (await challenger.account_states(pg, [state.account_id])).get(state.account_id)
+                if state and state.account_id
+                else None
+            )
+        if state is None:
+            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+        engine = await container.rules.engine_for(pg, version or active or state.ruleset_version)
+    now = time.time()
+    score, signals = engine.explain(state, at=now)
+    return {
+        "lead_id": state.lead_id,
+        "stage": state.stage,
+        "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
+        "account_id": state.account_id,
+        "score": score,
+        "score_as_of": iso(now),
+        "last_event_at": iso(state.as_of) if state.as_of else None,
+        "signals": signals,
+        "ruleset_version": state.ruleset_version,
+        "held": state.held,
+        "committee_role": state.committee_role if engine.accounts else None,
+        "account_score": (
+            account_score_doc(account.fit, account.engagement, account.coverage)["total"]
+            if account is not None and engine.accounts
+            else None
+        ),
+    }
+
+
+async def lead_history(container: Container, lead_id: str, limit: int) -> dict[str, Any]:
+    """Every scored event (its rule hits, points and what they add to the score now)
+    and every transition, oldest first, with the score they explain."""
+    db = container.db
+    async with db.connect() as conn:
+        pg = await driver(conn)
+        resolved = await queries.canonical_lead_id(pg, lead_id)
+        state = await queries.lead(pg, resolved)
+        events = await queries.lead_events(pg, resolved, limit=limit)
+        stored = await queries.lead_transitions(pg, resolved)
+        if state is None:
+            raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
+        engine = await container.rules.engine_for(
+            pg, await rulesets.active_version(pg) or state.ruleset_version
+        )
+    hits = [orjson.loads(r["hits"]) for r in events]
+    shares, unlisted = engine.history_shares(
+        state,
+        [
+            (
+                r["occurred_at"].timestamp(),
+                sum(h[1] for h in event_hits if h[2]),
+                r["superseded"],
+            )
+            for r, event_hits in zip(events, hits, strict=True)
+        ],
+    )
+    score, signals = engine.explain(state)
+    return {
+        "lead_id": resolved,
+        "score": score,
+        "score_as_of": iso(state.as_of) if state.as_of else None,
+        "signals": signals,
+        "unlisted_contribution": unlisted,
+        "events": [
+            {
+                **{
+                    k: r[k]
+                    for k in (
+                        "message_id",
+                        "type",
+                        "occurred_at",
+                        "points",
+                        "ruleset_version",
+                        "scored_at",
+                        "held",
+                        "superseded",
+                    )
+                },
+                "contribution": share,
+                "hits": [{"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits],
+            }
+            for r, event_hits, share in zip(events, hits, shares, strict=True)
+        ],
+        "transitions": [orjson.loads(r["record"]) for r in stored],
+    }
+
+
+async def funnel_figures(
+    container: Container, since: datetime | None, until: datetime | None
+) -> dict[str, Any]:
+    """Leads entering each stage, conversion between stages, time in stage, SLA
+    compliance and rejections by reason, for transitions in [since, until)."""
+    db = container.db
+    since, until = time_window(since, until, default_days=30)
+    async with db.connect() as conn:
+        return await queries.funnel_report(await driver(conn), since, until)
+
+
+async def record_feedback(
+    container: Container, lead_id: str, body: FeedbackBody, *, by: str
+) -> dict[str, Any]:
+    """Record a sales outcome (idempotent on feedback_id), in a lead transaction."""
+    item = FeedbackRecord.model_validate(
+        {**body.model_dump(), "lead_id": lead_id, "at": body.at or datetime.now(UTC)}
+    )
+    if item.by is None:
+        item = item.model_copy(update={"by": by})
+    batch = await container.writer.run(
+        lambda tx: apply_feedback(tx, [item]), writer="feedback-http"
+    )
+    count_feedback(container.metrics, batch)
+    [result] = batch.results
+    if result.result == UNKNOWN_LEAD:
+        raise ApiError(404, "lead_not_found", result.detail)
+    if result.result == REFUSED:
+        raise ApiError(409, "illegal_transition", result.detail)
+    return {
+        "feedback_id": result.feedback_id,
+        "lead_id": result.lead_id,
+        "outcome": result.outcome,
+        "result": result.result,
+        "duplicate": result.duplicate,
+        "transition": result.transition,
+    }
+
+
+async def set_stage(
+    container: Container, lead_id: str, stage: Stage, *, reason: str, by: str
+) -> dict[str, Any]:
+    """Set a lead's stage by hand: a transition with reason `manual`, audited."""
+
+    async def work(tx: LeadTransaction) -> TransitionDoc:
+        try:
+            return await manual_moves.set_stage(tx, lead_id, stage=stage, reason=reason, by=by)
+        except manual_moves.NotFound as exc:
+            raise ApiError(404, exc.code, exc.message) from exc
+        except manual_moves.Refused as exc:
+            raise ApiError(409, exc.code, exc.message) from exc
+
+    transition = await container.writer.run(work, writer="manual")
+    return {"lead_id": transition["lead_id"], "transition": transition}
+
+
+async def review(
+    container: Container,
+    since: datetime | None,
+    until: datetime | None,
+    version: int | None,
+) -> dict[str, Any]:
+    """The outcome review of `version` (the active one by default) for [since, until); for
+    the running challenger, its own stages next to the active version's."""
+    since, until = time_window(since, until, default_days=90)
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        if version is None:
+            version = await rulesets.active_version(pg)
+            if version is None:
+                raise ApiError(404, "no_active_ruleset", "no rule set is active")
+        elif await queries.ruleset_version(pg, version) is None:
+            raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
+        running = await challenger.running(pg)
+        active = await rulesets.active_version(pg)
+        if running is None or running.version != version or active is None:
+            return await review_report(pg, since, until, version)
+        # A challenger: its own stages over the same leads, next to the active version.
+        report = await review_report(pg, since, until, version, challenger=True)
+        report["compared_with"] = await review_report(pg, since, until, active)
+        return report
+
+
+async def open_handoff(container: Container, lead_id: str) -> asyncpg.Record | None:
+    """The lead's handoff to sales that is still waiting for an answer, if any."""
+    async with container.db.connect() as conn:
+        return await queries.open_handoff(await driver(conn), lead_id)
+
+
+async def pipeline_reviews(
+    container: Container, since: datetime, until: datetime
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The active version's outcome review for [since, until) and, while one runs, the
+    challenger's on its own stages (None where there is no such version)."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        active = await rulesets.active_version(pg)
+        review_of_active = await review_report(pg, since, until, active) if active else None
+        running = await challenger.running(pg)
+        review_of_challenger = (
+            await review_report(pg, since, until, running.version, challenger=True)
+            if running is not None
+            else None
+        )
+    return review_of_active, review_of_challenger

@@ -1,0 +1,336 @@
+"""Rule sets: publish, read, diff, activate (and promote a challenger), propose weights,
+run a challenger, simulate, impact reports, their jobs and the audit trail. Shared by the HTTP
+API, the console and the CLI (through the API)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from schemas.ruleset import RuleSetDocument
+from scoring_service import weights
+from scoring_service.diff import diff_documents
+from scoring_service.engine import Engine
+from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
+from scoring_service.simulation import BudgetExceeded, simulate
+from services.adapters.postgres import outbox_store, rulesets
+from services.adapters.postgres.db import driver
+from services.app.container import Container
+from services.app.errors import ApiError
+from services.app.paging import cursor_of, int_cursor, time_window
+from services.pipeline import challenger, replays
+from services.pipeline.effects import record_effects
+from services.pipeline.jobs import get_job
+from services.reports import queries, review
+
+
+def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str, Any]:
+    body = {
+        "version": row["version"],
+        "name": row["name"],
+        "published_by": row["published_by"],
+        "published_at": row["published_at"],
+        "comment": row["comment"],
+        "active": row["version"] == active,
+    }
+    if with_document:
+        body["document"] = orjson.loads(row["document"])
+    return body
+
+
+async def _fetch_version(pg: Any, version: int) -> Any:
+    row = await queries.ruleset_version(pg, version)
+    if row is None:
+        raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
+    return row
+
+
+# What the API's routes and the console's pages both do, as plain functions of the container.
+
+
+async def publish_ruleset(
+    container: Container, body: bytes, *, by: str, comment: str | None
+) -> dict[str, Any]:
+    """Validate a rule set (JSON or YAML) and store it as a new immutable version."""
+    if len(body) > MAX_DOCUMENT_BYTES:
+        raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        # Validation compiles every rule: CPU work, kept off the event loop.
+        document = await asyncio.to_thread(load_document, body)
+    except RuleSetInvalid as exc:
+        raise ApiError(422, "invalid_ruleset", exc.problems) from exc
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            version = await rulesets.publish(pg, document, by=by, comment=comment)
+            await rulesets.record_audit(
+                pg,
+                actor=by,
+                action="ruleset.publish",
+                target=str(version),
+                detail={"name": document.name, "comment": comment},
+            )
+            row = await _fetch_version(pg, version)
+        active = await rulesets.active_version(pg)
+    return _ruleset_row(row, active, True)
+
+
+async def ruleset_list(container: Container) -> list[dict[str, Any]]:
+    """Every published version, newest first."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        rows = await queries.ruleset_versions(pg)
+        active = await rulesets.active_version(pg)
+    return [_ruleset_row(r, active, False) for r in rows]
+
+
+async def ruleset_detail(container: Container, version: int | None) -> dict[str, Any]:
+    """One version with its document; None means the active one."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        active = await rulesets.active_version(pg)
+        if version is None:
+            if active is None:
+                raise ApiError(404, "no_active_ruleset", "no rule set is active")
+            version = active
+        return _ruleset_row(await _fetch_version(pg, version), active, True)
+
+
+async def ruleset_diff(container: Container, a: int, b: int) -> dict[str, Any]:
+    """Rules added, removed and changed (field by field) from version a to version b."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        old, new = await _fetch_version(pg, a), await _fetch_version(pg, b)
+    changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
+    return {"from_version": a, "to_version": b, **changes}
+
+
+async def activate_version(
+    container: Container, version: int, *, by: str, rescore: bool = False
+) -> dict[str, Any]:
+    """Make a version live for every instance at once; rolling back is activating an older
+    one. With `rescore`, a job re-scores every lead under it."""
+    promoted: dict[str, Any] | None = None
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            await _fetch_version(pg, version)
+            previous = await rulesets.active_version(pg)
+            await rulesets.activate(pg, version, by=by)
+            current = await challenger.running(pg)
+            if current is not None and current.version == version:
+                promoted = await _promote_challenger(container, pg, version)
+                rescore = False  # its state is already this version's
+            await rulesets.record_audit(
+                pg,
+                actor=by,
+                action="ruleset.activate",
+                target=str(version),
+                # What was live before: the console's roll-back goes back to it.
+                detail={"rescore": rescore, "previous": previous, "challenger": promoted},
+            )
+        row = await queries.activation(pg)
+    if promoted is not None:
+        container.writer.on_commit()  # the relay publishes the moves' records now
+    job = None
+    if rescore:
+        job = await container.jobs.submit(
+            "rescore",
+            {"version": version},
+            by=by,
+            work=lambda ctx: replays.rescore_all(ctx, writer=container.writer, version=version),
+        )
+    return {"version": version, **dict(row or {}), "rescore_job": job, "challenger": promoted}
+
+
+async def _promote_challenger(container: Container, pg: Any, version: int) -> dict[str, Any]:
+    """The challenger's state becomes the live one, in the activation's transaction."""
+    engine = await container.rules.engine_for(pg, version)
+    try:
+        effects, leads = await challenger.promote(pg, engine, now=time.time())
+    except challenger.ChallengerRefused as exc:
+        raise ApiError(409, exc.code, exc.message) from exc
+    rows = await record_effects(
+        pg, effects, queues=engine.rules.queues, settings=container.settings
+    )
+    await outbox_store.enqueue(pg, rows)
+    container.metrics.count_records(effects)
+    return {"leads": leads, "moved": len(effects.transitions)}
+
+
+async def propose_version(
+    container: Container,
+    version: int,
+    *,
+    by: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    target: str = "won",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Fit points to the outcomes of the leads `version` handed off in the window and
+    publish them as a new, inactive version (scoring_service/weights.py)."""
+    since, until = time_window(since, until, default_days=365)
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        row = await _fetch_version(pg, version)
+        samples = await review.outcome_samples(pg, since, until, version, target)
+    document = orjson.loads(row["document"])
+    old_points = {rule["id"]: float(rule.get("points", 0.0)) for rule in document["rules"]}
+
+    def fit() -> weights.Proposal:
+        return weights.propose_points(
+            [weights.Sample(lead, hits, good) for lead, good, hits in samples],
+            old_points,
+            seed=seed,
+        )
+
+    try:
+        proposal = await asyncio.to_thread(fit)
+    except weights.TooFewOutcomes as exc:
+        raise ApiError(422, "too_few_outcomes", str(exc)) from exc
+    window = f"{since.date().isoformat()} to {until.date().isoformat()}"
+    text = weights.comment(proposal, source=version, window=window, target=target)
+    proposed = RuleSetDocument.model_validate(
+        weights.with_points(document, {r: new for r, (_, new) in proposal.points.items()})
+    )
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            new_version = await rulesets.publish(pg, proposed, by=by, comment=text)
+            await rulesets.record_audit(
+                pg,
+                actor=by,
+                action="ruleset.propose",
+                target=str(new_version),
+                detail={"source": version, "target": target, "seed": seed, "window": window},
+            )
+    return {
+        "version": new_version,
+        "source_version": version,
+        "since": since,
+        "until": until,
+        "target": target,
+        "seed": seed,
+        "comment": text,
+        **proposal.to_dict(),
+    }
+
+
+async def challenger_status(container: Container) -> dict[str, Any] | None:
+    """The running challenger, with its warm-up progress; None when none runs."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        current = await challenger.running(pg)
+        if current is None:
+            return None
+        warm, live = await challenger.warm_progress(pg)
+    return {
+        "version": current.version,
+        "started_by": current.started_by,
+        "started_at": current.started_at,
+        "warmed_at": current.warmed_at,
+        "leads_warm": warm,
+        "leads_live": live,
+    }
+
+
+async def start_challenge(container: Container, version: int, *, by: str) -> dict[str, Any]:
+    """Make a version the challenger, and start the job that warms it."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            await _fetch_version(pg, version)
+            try:
+                await challenger.start(pg, version, by=by)
+            except challenger.ChallengerRefused as exc:
+                raise ApiError(409, exc.code, exc.message) from exc
+            await rulesets.record_audit(
+                pg, actor=by, action="ruleset.challenge", target=str(version), detail=None
+            )
+    job = await container.jobs.submit(
+        "challenger-warm-up",
+        {"version": version},
+        by=by,
+        work=lambda ctx: replays.warm_challenger(ctx, writer=container.writer, version=version),
+    )
+    status = await challenger_status(container)
+    assert status is not None
+    return {**status, "warm_up_job": job}
+
+
+async def stop_challenge(container: Container, version: int, *, by: str) -> None:
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        async with pg.transaction():
+            await _fetch_version(pg, version)
+            try:
+                await challenger.stop(pg, version)
+            except challenger.ChallengerRefused as exc:
+                raise ApiError(409, exc.code, exc.message) from exc
+            await rulesets.record_audit(
+                pg, actor=by, action="ruleset.challenge.stop", target=str(version), detail=None
+            )
+
+
+async def run_simulation(
+    container: Container, version: int, events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Score `events` from an empty start under a version; writes nothing. Runs on a worker
+    thread with a time budget (422 `too_expensive` past it)."""
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        await _fetch_version(pg, version)
+        document = await rulesets.load_version(pg, version)
+    budget = container.settings.request_cpu_seconds
+
+    def work() -> dict[str, Any]:
+        return simulate(Engine(document), events, now=time.time(), budget_seconds=budget)
+
+    try:
+        return await asyncio.to_thread(work)
+    except BudgetExceeded as exc:
+        raise ApiError(422, "too_expensive", f"simulation over its time budget: {exc}") from exc
+
+
+async def start_impact(container: Container, version: int, *, by: str, days: float) -> str:
+    """Start a job replaying the last `days` of history under `version` and the active one."""
+    async with container.db.connect() as conn:
+        await _fetch_version(await driver(conn), version)
+    return await container.jobs.submit(
+        "impact",
+        {"version": version, "days": days},
+        by=by,
+        work=lambda ctx: replays.impact_report(
+            ctx, db=container.db, rules=container.rules, candidate=version, days=days
+        ),
+    )
+
+
+async def job_detail(container: Container, job_id: str) -> dict[str, Any]:
+    job = await get_job(container.db, job_id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"there is no job {job_id!r}")
+    return job
+
+
+async def audit_page(container: Container, cursor: str | None, limit: int) -> dict[str, Any]:
+    """Every rule-set change and activation, newest first."""
+    before = int_cursor(cursor, 2**62)
+    async with container.db.connect() as conn:
+        rows = await queries.audit_page(await driver(conn), before=before, limit=limit)
+    items = [
+        {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows
+    ]
+    next_cursor = cursor_of(str(rows[-1]["id"])) if len(rows) == limit else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def previous_active_version(container: Container, current: int) -> int | None:
+    """The version that was active before `current` (what a rollback would go back to)."""
+    async with container.db.connect() as conn:
+        return await queries.previous_active(await driver(conn), current)

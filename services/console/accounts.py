@@ -1,0 +1,63 @@
+"""Accounts: the list (by score, by a committee role missing) and an account's page."""
+# No "from __future__ import annotations": FastAPI must see the parameter types.
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+
+from services.app.accounts import account_detail, account_list
+from services.console import charts
+from services.console.pages import ID_IN_PATH, PAGE_SIZE, PagesDep
+
+log = logging.getLogger(__name__)
+
+
+router = APIRouter()
+
+
+@router.get("/accounts")
+async def accounts(
+    request: Request,
+    ui: PagesDep,
+    stage: Annotated[
+        str | None, Query(pattern="^(target|engaged|mqa|opportunity|customer|disqualified)$")
+    ] = None,
+    role_missing: Annotated[str | None, Query(max_length=40)] = None,
+    sort: Annotated[str, Query(pattern="^(-score|id)$")] = "-score",
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> Response:
+    user = await ui.user_of(request)
+    listing = await account_list(
+        ui.container,
+        stage=stage,
+        min_score=None,
+        role_missing=role_missing or None,
+        cursor=cursor,
+        limit=PAGE_SIZE,
+        sort=sort,
+    )
+    return ui.page(
+        request,
+        "accounts.html",
+        user,
+        listing=listing,
+        stage=stage,
+        sort=sort,
+        role_missing=role_missing,
+    )
+
+
+@router.get("/accounts/{account_id:path}")
+async def account(
+    request: Request, ui: PagesDep, account_id: Annotated[str, ID_IN_PATH]
+) -> Response:
+    user = await ui.user_of(request)
+    detail = await account_detail(ui.container, account_id)
+    members_chart = charts.bar_chart(
+        "members",
+        f"How much each member adds to {detail['account_id']}",
+        [(m["lead_id"], m["counted"]) for m in detail["members"][:20]],
+        unit=" pts",
+    )
+    return ui.page(request, "account.html", user, account=detail, members_chart=members_chart)

@@ -1,0 +1,91 @@
+"""Leads: the work queue (by score) and a lead's page (its score explained, its timeline)."""
+# No "from __future__ import annotations": FastAPI must see the parameter types.
+
+import logging
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from schemas.ruleset import Stage
+from services.app.leads import (
+    lead_detail,
+    lead_history,
+    lead_page,
+    open_handoff,
+)
+from services.console import charts
+from services.console.pages import ID_IN_PATH, PAGE_SIZE, PagesDep
+
+log = logging.getLogger(__name__)
+
+TIMELINE_EVENTS = 200
+
+router = APIRouter()
+
+
+@router.get("/leads")
+async def leads(
+    request: Request,
+    ui: PagesDep,
+    stage: Annotated[Stage | None, Query()] = None,
+    sort: Annotated[str, Query(pattern="^(-score|id)$")] = "-score",
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+) -> Response:
+    user = await ui.user_of(request)
+    listing = await lead_page(
+        ui.container, stage=stage, min_score=None, cursor=cursor, limit=PAGE_SIZE, sort=sort
+    )
+    return ui.page(request, "leads.html", user, listing=listing, stage=stage, sort=sort)
+
+
+@router.get("/leads/{lead_id:path}")
+async def lead(request: Request, ui: PagesDep, lead_id: Annotated[str, ID_IN_PATH]) -> Response:
+    user = await ui.user_of(request)
+    detail = await lead_detail(ui.container, lead_id)
+    history = await lead_history(ui.container, detail["lead_id"], TIMELINE_EVENTS)
+    handoff = await open_handoff(ui.container, detail["lead_id"])
+    signals = detail["signals"]
+    chart = charts.bar_chart(
+        "contributions",
+        f"What makes up the score of {detail['lead_id']}",
+        [(s["rule_id"], s["contribution"]) for s in signals],
+        unit=" pts",
+    )
+    return ui.page(
+        request,
+        "lead.html",
+        user,
+        lead=detail,
+        chart=chart,
+        handoff=handoff,
+        timeline=_timeline(history),
+        signal_sum=round(sum(s["contribution"] for s in signals), 2),
+    )
+
+
+def _timeline(history: dict[str, Any]) -> list[dict[str, Any]]:
+    """Events and transitions in one list, oldest first."""
+    items: list[dict[str, Any]] = [
+        {
+            "kind": "event",
+            "at": event["occurred_at"],
+            "title": event["type"],
+            "points": event["contribution"],
+            "hits": [h for h in event["hits"] if h["counted"]],
+            "superseded": event["superseded"],
+        }
+        for event in history["events"]
+    ]
+    for transition in history["transitions"]:
+        items.append(
+            {
+                "kind": "transition",
+                "at": datetime.fromisoformat(transition["occurred_at"].replace("Z", "+00:00")),
+                "title": f"{transition['from_stage']} → {transition['to_stage']}",
+                "reason": transition.get("reason"),
+                "detail": transition.get("reason_detail") or transition.get("rule_id"),
+            }
+        )
+    items.sort(key=lambda item: (item["at"], item["kind"] == "transition"))
+    return items

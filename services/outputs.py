@@ -1,0 +1,76 @@
+"""Every record leadscore writes to Kafka, in one table.
+
+Each row names the list of `Effects` that holds the records, the setting that names their
+topic, the field that keys them (their partition and outbox lane, so one lead's or one
+account's records stay in order) and the field that identifies them (a copy carries the same
+id, and consumers drop it). The lead transaction's flush and the challenger's promotion turn
+effects into outbox rows from it (services/pipeline/effects.py), the topic list and the
+AsyncAPI document read it. Adding an output topic: a row here, a topic setting, and the code
+that produces the effect.
+
+Dead letters are not effects (the consumer writes a refused message's own bytes); their topic
+is `topic_dlq`, listed with the outputs in `Settings.output_topics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from services.settings import Settings
+
+
+@dataclass(frozen=True)
+class Output:
+    effect: str  # the attribute of scoring_service.engine.Effects holding these records
+    topic_setting: str  # the Settings field naming the topic
+    key: str  # the record field that keys it
+    record_id: str  # the record field that identifies it
+    channel: str  # its channel in docs/asyncapi.yaml
+    message: str  # its message there (a model in schemas.records)
+
+    def topic(self, settings: Settings) -> str:
+        return str(getattr(settings, self.topic_setting))
+
+
+# In this order into the outbox: a lead's transition before the notification it caused.
+OUTPUTS = (
+    Output(
+        "transitions",
+        "topic_transitions",
+        "lead_id",
+        "transition_id",
+        "leadStatusTransitions",
+        "TransitionRecord",
+    ),
+    Output(
+        "notifications",
+        "topic_notifications",
+        "lead_id",
+        "notification_id",
+        "salesNotifications",
+        "NotificationRecord",
+    ),
+    Output(
+        "account_transitions",
+        "topic_account_transitions",
+        "account_id",
+        "transition_id",
+        "accountStatusTransitions",
+        "AccountTransitionRecord",
+    ),
+    Output(
+        "account_notifications",
+        "topic_notifications",
+        "account_id",
+        "notification_id",
+        "salesNotifications",
+        "AccountQualifiedRecord",
+    ),
+)
+
+
+def output_topics(settings: Settings) -> list[str]:
+    """The topics the outbox writes to, each once, in the table's order."""
+    return list(dict.fromkeys(output.topic(settings) for output in OUTPUTS))

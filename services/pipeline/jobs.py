@@ -1,0 +1,139 @@
+"""Background jobs (re-scoring, impact reports): a row in `jobs` with progress, and a task."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.adapters.postgres.db import driver
+
+log = logging.getLogger(__name__)
+# Progress is written at most this often: a job over a million leads should not spend its
+# time updating its own row.
+PROGRESS_INTERVAL = 0.5
+
+
+class JobFailed(Exception):
+    """A job that cannot go on, with a reason for the job's record."""
+
+
+class JobContext:
+    def __init__(self, db: AsyncEngine, job_id: str) -> None:
+        self.db = db
+        self.id = job_id
+        self.done = 0
+        self.total: int | None = None
+        self._written = 0.0
+
+    async def _write(self) -> None:
+        async with self.db.connect() as conn:
+            await (await driver(conn)).execute(
+                "UPDATE jobs SET done = $2, total = $3, updated_at = now() WHERE id = $1",
+                uuid.UUID(self.id),
+                self.done,
+                self.total,
+            )
+        self._written = time.monotonic()
+
+    async def set_total(self, total: int) -> None:
+        self.total = total
+        await self._write()
+
+    async def advance(self, count: int) -> None:
+        self.done += count
+        if time.monotonic() - self._written >= PROGRESS_INTERVAL:
+            await self._write()
+
+
+Work = Callable[[JobContext], Awaitable[dict[str, Any]]]
+
+
+class Jobs:
+    """Starts jobs in this process and records how they go."""
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def submit(self, kind: str, params: dict[str, Any], *, by: str, work: Work) -> str:
+        job_id = str(uuid.uuid4())
+        async with self.db.connect() as conn:
+            await (await driver(conn)).execute(
+                "INSERT INTO jobs (id, kind, status, params, created_by) "
+                "VALUES ($1, $2, 'running', $3::jsonb, $4)",
+                uuid.UUID(job_id),
+                kind,
+                orjson.dumps(params).decode(),
+                by,
+            )
+        self.tasks[job_id] = asyncio.create_task(self._run(job_id, work), name=f"job-{kind}")
+        return job_id
+
+    async def _run(self, job_id: str, work: Work) -> None:
+        ctx = JobContext(self.db, job_id)
+        status, result, error = "succeeded", None, None
+        try:
+            result = await work(ctx)
+        except asyncio.CancelledError:
+            status, error = "failed", "interrupted: the service stopped"
+        except JobFailed as exc:
+            status, error = "failed", str(exc)
+        except Exception as exc:
+            log.exception("job %s failed", job_id)
+            status, error = "failed", f"{type(exc).__name__}: {exc}"
+        async with self.db.connect() as conn:
+            await (await driver(conn)).execute(
+                "UPDATE jobs SET status = $2, result = $3::jsonb, error = $4, done = $5, "
+                "total = coalesce($6, total), updated_at = now(), finished_at = now() "
+                "WHERE id = $1",
+                uuid.UUID(job_id),
+                status,
+                orjson.dumps(result).decode() if result else None,
+                error,
+                ctx.done,
+                ctx.total,
+            )
+        self.tasks.pop(job_id, None)
+
+    async def wait(self, job_id: str) -> None:
+        task = self.tasks.get(job_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def close(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+
+
+async def get_job(db: AsyncEngine, job_id: str) -> dict[str, Any] | None:
+    try:
+        key = uuid.UUID(job_id)
+    except ValueError:
+        return None
+    async with db.connect() as conn:
+        row = await (await driver(conn)).fetchrow(
+            "SELECT id::text, kind, status, params::text, done, total, result::text, error, "
+            "created_by, created_at, updated_at, finished_at FROM jobs WHERE id = $1",
+            key,
+        )
+    if row is None:
+        return None
+    job = dict(row)
+    job["params"] = orjson.loads(job["params"])
+    job["result"] = orjson.loads(job["result"]) if job["result"] else None
+    total = job["total"]
+    job["progress"] = {
+        "done": job.pop("done"),
+        "total": total,
+        "fraction": round(row["done"] / total, 4) if total else None,
+    }
+    job.pop("total")
+    return job

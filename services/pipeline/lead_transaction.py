@@ -1,0 +1,288 @@
+"""The one way anything changes leads: a lead transaction (the unit of work).
+
+Every writer uses it: the event consumer, sales feedback (topic and HTTP), the follow-up
+deadline watcher, re-scoring, and any later one. A writer states which leads (and accounts)
+it touches; the transaction locks them in the global order below, loads the working set
+(the leads, the leads they were merged into, their accounts), lets the writer run the pure
+core on it, and then writes state, history, transitions, handoffs, outbox rows and
+partition offsets, committing once.
+
+Lock order, the same in every writer and every instance (a transaction only ever waits for
+a lock later in this list than every lock it holds, so no two can wait for each other):
+
+  1. the rule-set lock, shared (`ActiveRules.engine`; activation takes it exclusively);
+  2. the `consumer_offsets` rows of the batch's partitions, sorted by partition
+     (consumers only: `lock_partitions`);
+  3. advisory locks (`lock_leads`): a. on leads (`l:<id>`), in one statement in sorted
+     key order: the ids the writer names and every lead they were merged into; b. then on
+     accounts (`a:<id>`), in one statement in sorted order: the accounts named (group
+     calls) and, when the rule set scores accounts, the accounts of every lead locked
+     (a member's activity changes its account's roll-up). Every lead lock comes before
+     every account lock, in every writer;
+  4. rows that belong to those leads: `leads`, `identity_links`, `processed_events`,
+     `lead_events`, `transitions`, `handoffs`, `feedback`. Nobody writes such a row
+     without holding step 3's lock on its lead, so these row locks never wait for long
+     and never form a cycle (the deadline watcher reads due handoffs without locking,
+     takes step 3, then re-reads them);
+  5. `routing_cursors` rows, sorted by queue name (`record_store.assign_owners`);
+  6. outbox appends (no locks).
+
+A link written by another instance between reading the links and taking step 3 can point
+at a lead whose lock this transaction does not hold; that lock is only tried, never waited
+for, and the transaction is retried when it is busy (`LinkRaced`, counted as a retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from scoring_service.engine import Effects, Engine
+from scoring_service.pipeline import ScoredEvent, Workspace
+from services.adapters.postgres import (
+    history_store,
+    lead_store,
+    lock_store,
+    offset_store,
+    outbox_store,
+    record_store,
+    rulesets,
+)
+from services.adapters.postgres.db import driver
+from services.adapters.postgres.errors import CONFLICTS
+from services.metrics import Metrics
+from services.pipeline.active_rules import ActiveRules
+from services.pipeline.challenger import Shadow, save_shadow
+from services.pipeline.effects import record_effects
+from services.settings import Settings
+from stage_router.records import AccountTransitionDoc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LinkRaced(Exception):
+    """A lead this transaction must hold was linked to by another instance meanwhile and
+    its lock is busy; the transaction starts again."""
+
+
+class LockOrderError(RuntimeError):
+    """A writer asked for locks out of the documented order: a programming error."""
+
+
+# Lock conflicts resolve by rolling back and trying again. With the order above they should
+# not happen between leadscore's own writers; a DBA's session or an old instance may still
+# cause one.
+RETRYABLE = (*CONFLICTS, LinkRaced)
+# Back-off between attempts: start fast, settle at a few seconds.
+RETRY_DELAYS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before attempt `attempt + 1` (lock conflicts, outages)."""
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
+_OPEN, _PARTITIONS, _LEADS = 0, 1, 2
+
+
+@dataclass(slots=True)
+class LeadTransaction:
+    """One open transaction: the working set, what the writer decided, what to write."""
+
+    pg: asyncpg.Connection
+    engine: Engine
+    settings: Settings
+    now: float
+    # The challenger version's engine when one runs (services/pipeline/challenger.py), and its
+    # working set once a writer that scores events has opened it.
+    challenger: Engine | None = None
+    shadow: Shadow | None = None
+    ws: Workspace = field(default_factory=Workspace)
+    effects: Effects = field(default_factory=Effects)
+    scored: list[ScoredEvent] = field(default_factory=list)
+    outbox: list[outbox_store.OutboxRow] = field(default_factory=list)
+    locked: set[str] = field(default_factory=set)
+    _offsets: dict[str, tuple[dict[int, int], dict[int, int | None], uuid.UUID | None]] = field(
+        default_factory=dict
+    )
+    _step: int = _OPEN
+
+    async def lock_partitions(
+        self, topic: str, partitions: Sequence[int], log_id: uuid.UUID | None = None
+    ) -> dict[int, int]:
+        """Step 2: lock the partitions' offset rows; returns each one's stored next offset
+        (raises offset_store.LogReplaced when they belong to another log than `log_id`)."""
+        if self._step > _OPEN:
+            raise LockOrderError("partition offsets are locked before any lead")
+        self._step = _PARTITIONS
+        return await offset_store.lock_offsets(self.pg, topic, sorted(partitions), log_id)
+
+    async def lock_leads(
+        self, lead_ids: Iterable[str], account_ids: Iterable[str] = ()
+    ) -> Workspace:
+        """Step 3: lock the named leads, the leads they were merged into and the accounts
+        that will change, then load them all into `ws`. Once per transaction."""
+        if self._step >= _LEADS:
+            raise LockOrderError("leads are locked once per transaction, in one statement")
+        self._step = _LEADS
+        named = set(lead_ids)
+        accounts = set(account_ids)
+        # Links never change once written (the first one wins), so reading them before
+        # locking gives every target but those linked in the last moments.
+        links = await lead_store.load_links(self.pg, list(named))
+        wanted = named | set(links.values())
+        keys = [f"l:{i}" for i in wanted]
+        await lock_store.lock_keys(self.pg, keys)
+        self.locked = set(keys)
+        links = await lead_store.load_links(self.pg, list(named))
+        late = {f"l:{i}" for i in links.values()} - self.locked
+        if late:
+            if not await lock_store.try_lock_keys(self.pg, late):
+                raise LinkRaced(f"leads linked meanwhile are busy: {sorted(late)[:5]}")
+            self.locked |= late
+        self.ws = Workspace(links=links)
+        self.ws.leads = await lead_store.load_leads(
+            self.pg, [i[2:] for i in self.locked if i.startswith("l:")]
+        )
+        members_of = {s.account_id for s in self.ws.leads.values() if s.account_id}
+        if self.engine.accounts is not None:
+            # Scored accounts change with every member's activity: their locks too (3b).
+            accounts |= members_of
+        if accounts:
+            account_keys = [f"a:{i}" for i in accounts]
+            await lock_store.lock_keys(self.pg, account_keys)
+            self.locked.update(account_keys)
+        self.ws.accounts = await lead_store.load_accounts(self.pg, list(accounts | members_of))
+        return self.ws
+
+    async def audit(
+        self, *, actor: str, action: str, target: str | None, detail: dict[str, Any] | None
+    ) -> None:
+        """An audit entry, committed with the change it records."""
+        await rulesets.record_audit(
+            self.pg, actor=actor, action=action, target=target, detail=detail
+        )
+
+    async def account_transition_caused_by(
+        self, account_id: str, cause: str
+    ) -> AccountTransitionDoc | None:
+        """The account's transition an earlier feedback with this id made (idempotency)."""
+        return await record_store.account_transition_caused_by(self.pg, account_id, cause)
+
+    def save_offsets(
+        self,
+        topic: str,
+        next_offsets: dict[int, int],
+        fingerprints: dict[int, int | None],
+        log_id: uuid.UUID | None = None,
+    ) -> None:
+        """Where a consumer's work ends, written with everything else at the end."""
+        if self._step < _PARTITIONS and next_offsets:
+            raise LockOrderError("offsets are saved only for partitions locked first")
+        self._offsets[topic] = (next_offsets, fingerprints, log_id)
+
+    async def flush(self) -> None:
+        """Write what the transaction changed and decided; the caller's commit follows."""
+        if self._step >= _LEADS:
+            if self.engine.accounts is not None:
+                self.ws.note_member_accounts()
+            await lead_store.save_workspace(self.pg, self.ws)
+            await history_store.save_history(
+                self.pg,
+                self.engine.rules.version,
+                self.scored,
+                self.ws,
+                self.shadow.hits if self.shadow is not None and self.shadow.hits else None,
+            )
+            self.outbox.extend(
+                await record_effects(
+                    self.pg, self.effects, queues=self.engine.rules.queues, settings=self.settings
+                )
+            )
+        if self.shadow is not None:
+            await save_shadow(self.pg, self.shadow)
+        await outbox_store.enqueue(self.pg, self.outbox)
+        for topic, (next_offsets, fingerprints, log_id) in self._offsets.items():
+            await offset_store.save_offsets(self.pg, topic, next_offsets, fingerprints, log_id)
+
+
+class LeadWriter:
+    """Runs a writer's work in a lead transaction: commits once, retries lock conflicts,
+    wakes the outbox relay and counts the published records after each commit."""
+
+    def __init__(
+        self,
+        *,
+        db: AsyncEngine,
+        rules: ActiveRules,
+        settings: Settings,
+        metrics: Metrics,
+        on_commit: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.rules = rules
+        self.settings = settings
+        self.metrics = metrics
+        self.on_commit = on_commit
+        self.clock = clock
+
+    async def run(
+        self,
+        work: Callable[[LeadTransaction], Awaitable[T]],
+        *,
+        writer: str,
+        now: float | None = None,
+    ) -> T:
+        """`work` in one transaction, again from the start after a lock conflict. Any other
+        error rolls back and propagates (database outages included: callers wait them out)."""
+        attempt = 0
+        while True:
+            try:
+                tx, result = await self._once(work, now if now is not None else self.clock())
+            except RETRYABLE as exc:
+                self.metrics.batch_retries.labels(type(exc).__name__).inc()
+                log.info("%s: lock conflict (%s); trying again", writer, exc)
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            self.on_commit()
+            self.metrics.count_records(tx.effects)
+            if tx.shadow is not None:
+                self.metrics.challenger_events.labels("failed").inc(tx.shadow.errors)
+                self.metrics.challenger_events.labels("scored").inc(
+                    len(tx.scored) - tx.shadow.errors
+                )
+            return result
+
+    async def _once(
+        self, work: Callable[[LeadTransaction], Awaitable[T]], now: float
+    ) -> tuple[LeadTransaction, T]:
+        async with self.db.connect() as conn:
+            pg = await driver(conn)
+            # The commit waits for the disk (synchronous_commit stays on unless configured
+            # off): an acknowledged batch has had its records published and its Kafka
+            # offsets committed, so losing it in a database crash would lose events.
+            async with pg.transaction():
+                if not self.settings.synchronous_commit:
+                    await pg.execute("SET LOCAL synchronous_commit TO off")
+                engine, challenger_engine = await self.rules.engines(pg)
+                tx = LeadTransaction(
+                    pg=pg,
+                    engine=engine,
+                    settings=self.settings,
+                    now=now,
+                    challenger=challenger_engine,
+                )
+                result = await work(tx)
+                await tx.flush()
+        return tx, result

@@ -1,0 +1,128 @@
+"""Moves a person makes by hand: an admin setting a lead's stage, sales' word on an account.
+
+Each is the work of one lead transaction: it locks what it changes, asks the pure core for
+the move, keeps the effects and the audit entry in the same commit. They need only what
+`MoveTransaction` offers, so they are tested on an in-memory stand-in
+(tests/unit/test_manual_moves.py) as well as on the real database.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from scoring_service.engine import Effects, Engine
+from scoring_service.pipeline import Workspace
+from stage_router.accounts import account_feedback_move
+from stage_router.lifecycle import IllegalFeedback, IllegalMove
+from stage_router.records import AccountTransitionDoc, TransitionDoc
+
+
+class MoveTransaction(Protocol):
+    """What a manual move needs of its lead transaction (services/pipeline/lead_transaction.py)."""
+
+    engine: Engine
+    effects: Effects
+    now: float
+
+    async def lock_leads(self, lead_ids: Any, account_ids: Any = ()) -> Workspace: ...
+
+    async def audit(
+        self, *, actor: str, action: str, target: str | None, detail: dict[str, Any] | None
+    ) -> None: ...
+
+    async def account_transition_caused_by(
+        self, account_id: str, cause: str
+    ) -> AccountTransitionDoc | None: ...
+
+
+class NotFound(Exception):
+    """The lead or account named does not exist."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class Refused(Exception):
+    """The move is not one the lifecycle allows from where the lead or account stands."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+async def set_stage(
+    tx: MoveTransaction, lead_id: str, *, stage: str, reason: str, by: str
+) -> TransitionDoc:
+    """The lead to `stage` (any stage but its own), with reason `manual` and the words why;
+    its notifications and deadlines follow as for any other transition."""
+    ws = await tx.lock_leads([lead_id])
+    state = ws.leads.get(ws.canonical(lead_id))
+    if state is None:
+        raise NotFound("lead_not_found", f"no lead {lead_id!r}")
+    try:
+        effects = tx.engine.manual_move(
+            state,
+            to_stage=stage,
+            reason=reason,
+            caused_by=f"manual:{by}",
+            at=tx.now,
+            account=ws.accounts.get(state.account_id or ""),
+            now=tx.now,
+        )
+    except IllegalMove as exc:
+        raise Refused("illegal_transition", str(exc)) from exc
+    ws.changed_leads.add(state.lead_id)
+    tx.effects.extend(effects)
+    [transition] = effects.transitions
+    await tx.audit(
+        actor=by,
+        action="lead.stage",
+        target=state.lead_id,
+        detail={
+            "from": transition["from_stage"],
+            "to": transition["to_stage"],
+            "reason": reason,
+            "transition_id": transition["transition_id"],
+        },
+    )
+    return transition
+
+
+async def account_feedback(
+    tx: MoveTransaction,
+    account_id: str,
+    *,
+    feedback_id: str,
+    outcome: str,
+    reason: str | None,
+    by: str,
+) -> tuple[AccountTransitionDoc, bool]:
+    """Sales' word on an account; idempotent on `feedback_id` (the earlier transition comes
+    back, marked a duplicate)."""
+    ws = await tx.lock_leads([], [account_id])
+    earlier = await tx.account_transition_caused_by(account_id, feedback_id)
+    if earlier is not None:
+        return earlier, True
+    account = ws.accounts.get(account_id)
+    if account is None:
+        raise NotFound("account_not_found", f"no account {account_id!r}")
+    scorer = tx.engine.accounts
+    if scorer is None:
+        raise Refused("accounts_not_scored", "the active rule set scores no accounts")
+    try:
+        move = account_feedback_move(account.stage, outcome)
+    except IllegalFeedback as exc:
+        raise Refused("illegal_transition", str(exc)) from exc
+    scorer.move(
+        account,
+        move,
+        tx.effects.account_transitions,
+        tx.effects.account_notifications,
+        caused_by=feedback_id,
+        at=tx.now,
+        now=tx.now,
+        detail=reason or f"by {by}",
+    )
+    ws.changed_accounts.add(account_id)
+    return tx.effects.account_transitions[-1], False

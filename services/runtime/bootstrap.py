@@ -1,0 +1,78 @@
+"""One place that builds the object graph: for the process, the HTTP app and the tests."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.adapters import kafka
+from services.adapters.postgres import db
+from services.app.container import Container
+from services.app.sessions import ConsoleSessions
+from services.auth import parse_tokens
+from services.metrics import Metrics
+from services.pipeline.active_rules import ActiveRules
+from services.pipeline.consumer import TopicConsumer
+from services.pipeline.deadlines import SlaWatcher
+from services.pipeline.event_handler import EventHandler
+from services.pipeline.feedback import FeedbackHandler
+from services.pipeline.jobs import Jobs
+from services.pipeline.lead_transaction import LeadWriter
+from services.pipeline.relay import OutboxRelay
+from services.pipeline.supervisor import Supervisor
+from services.settings import Settings
+
+__all__ = ["Container", "bootstrap"]
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    producer: AIOKafkaProducer | None = None,
+    metrics: Metrics | None = None,
+) -> Container:
+    """Build (without connecting) the service for `settings`: the broker and database must be
+    configured by now (the entry point fills them in with embedded ones when unset)."""
+    if settings.kafka_bootstrap is None or settings.database_url is None:
+        raise ValueError("bootstrap() needs kafka_bootstrap and database_url")
+    engine = engine or db.create_engine(settings.database_url.get_secret_value())
+    producer = producer or kafka.make_producer(settings)
+    consumer = kafka.make_consumer(settings)
+    metrics = metrics or Metrics()
+    relay = OutboxRelay(settings=settings, db=engine, producer=producer, metrics=metrics)
+    # One active rule set and one writer for everything that changes leads.
+    rules = ActiveRules(on_change=metrics.ruleset_version.set)
+    writer = LeadWriter(
+        db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=relay.notify
+    )
+    scorer = TopicConsumer(handler=EventHandler(settings), writer=writer, consumer=consumer)
+    feedback = TopicConsumer(
+        handler=FeedbackHandler(settings, metrics),
+        writer=writer,
+        consumer=kafka.make_consumer(settings, group_suffix="-feedback"),
+    )
+    secret = settings.api_tokens.get_secret_value() if settings.api_tokens else None
+    tokens = parse_tokens(secret)
+    return Container(
+        settings=settings,
+        db=engine,
+        producer=producer,
+        consumer=consumer,
+        metrics=metrics,
+        rules=rules,
+        writer=writer,
+        scorer=scorer,
+        relay=relay,
+        jobs=Jobs(engine),
+        feedback=feedback,
+        sla=SlaWatcher(settings=settings, writer=writer),
+        supervisor=Supervisor(metrics),
+        tokens=tokens,
+        sessions=ConsoleSessions(
+            engine,
+            tokens,
+            idle_seconds=settings.console_idle_minutes * 60,
+            lifetime_seconds=settings.console_session_hours * 3600,
+        ),
+    )

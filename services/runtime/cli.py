@@ -1,0 +1,398 @@
+"""The `leadscore` command line: run the service, and administer rule sets.
+
+Rule-set commands talk to a running service (LEADSCORE_API_URL, default
+http://127.0.0.1:8000, with LEADSCORE_API_TOKEN as the bearer token), except `rules validate`
+and `simulate`, which work offline on files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from scoring_service.engine import Engine
+from scoring_service.rules import compile_ruleset
+from scoring_service.ruleset_files import RuleSetInvalid, load_document
+from scoring_service.simulation import simulate
+
+
+class CliError(Exception):
+    """A failure to report in one line, with a non-zero exit."""
+
+
+def _client() -> httpx.Client:
+    url = os.environ.get("LEADSCORE_API_URL", "http://127.0.0.1:8000")
+    token = os.environ.get("LEADSCORE_API_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    # Publishing and activating are quick; 30 s only guards against a hung server.
+    return httpx.Client(base_url=url, headers=headers, timeout=30)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    with _client() as client:
+        try:
+            response = client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise CliError(f"cannot reach the service at {client.base_url}: {exc}") from exc
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"error": "http_error", "detail": response.text}
+        raise CliError(_describe_error(response.status_code, body))
+    return response.json() if response.content else None
+
+
+def _describe_error(status: int, body: dict[str, Any]) -> str:
+    detail = body.get("detail")
+    if body.get("error") == "invalid_ruleset" and isinstance(detail, list):
+        return "invalid rule set:\n" + "\n".join(f"  {p['loc']}: {p['msg']}" for p in detail)
+    return f"{status} {body.get('error')}: {detail}"
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    try:
+        document = load_document(_read(args.file))
+    except RuleSetInvalid as exc:
+        raise CliError(
+            f"{args.file} is not a valid rule set:\n"
+            + "\n".join(f"  {p['loc']}: {p['msg']}" for p in exc.problems)
+        ) from exc
+    print(f"{args.file}: valid rule set {document.name!r} with {len(document.rules)} rules")
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    params = {"comment": args.comment} if args.comment else {}
+    body = _call(
+        "POST",
+        "/v1/rulesets",
+        content=_read(args.file),
+        params=params,
+        headers={"Content-Type": "application/yaml"},
+    )
+    print(f"published version {body['version']} ({body['name']})")
+
+
+def cmd_activate(args: argparse.Namespace) -> None:
+    body = _call(
+        "POST",
+        f"/v1/rulesets/{args.version}/activate",
+        params={"rescore": "true"} if args.rescore else {},
+    )
+    print(f"version {body['version']} is active")
+    promoted = body.get("challenger")
+    if promoted:
+        print(
+            f"it was the challenger: {promoted['leads']} leads took its scores, "
+            f"{promoted['moved']} moved to the stage it gave them (transitions, reason rescore)"
+        )
+    if body.get("rescore_job"):
+        print(f"re-scoring: job {body['rescore_job']} (leadscore jobs {body['rescore_job']})")
+
+
+def cmd_diff(args: argparse.Namespace) -> None:
+    body = _call("GET", f"/v1/rulesets/{args.a}/diff/{args.b}")
+    rules = body["rules"]
+    lines = [f"version {args.a} -> {args.b}"]
+    lines += [f"+ rule {r}" for r in rules["added"]]
+    lines += [f"- rule {r}" for r in rules["removed"]]
+    for rule in rules["changed"]:
+        for change in rule["changes"]:
+            lines.append(
+                f"~ rule {rule['id']}.{change['field']}: "
+                f"{json.dumps(change['from'])} -> {json.dumps(change['to'])}"
+            )
+    for change in body["settings"]:
+        lines.append(
+            f"~ {change['field']}: {json.dumps(change['from'])} -> {json.dumps(change['to'])}"
+        )
+    print("\n".join(lines) if len(lines) > 1 else f"versions {args.a} and {args.b} are the same")
+
+
+def cmd_impact(args: argparse.Namespace) -> None:
+    accepted = _call("POST", f"/v1/rulesets/{args.version}/impact", json={"days": args.days})
+    job_id = accepted["job_id"]
+    print(f"impact report: job {job_id}", file=sys.stderr)
+    while True:
+        job = _call("GET", f"/v1/jobs/{job_id}")
+        if job["status"] != "running":
+            break
+        progress = job["progress"]
+        print(f"  {progress['done']}/{progress['total'] or '?'} leads", file=sys.stderr)
+        time.sleep(1)
+    if job["status"] == "failed":
+        raise CliError(f"the impact job failed: {job['error']}")
+    print(json.dumps(job["result"], indent=2))
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def _review_lines(body: dict[str, Any]) -> list[str]:
+    """One version's outcome report in words."""
+    own = " (the challenger's own stages)" if body["scored_by"] == "challenger" else ""
+    lines = [
+        f"version {body['version']}{own}: {body['handed_off']} leads handed off "
+        f"from {body['since']} to {body['until']}"
+    ]
+    for outcome, figures in body["outcomes"].items():
+        median = figures["median_seconds"]
+        after = "" if median is None else f", median {median / 3600:.1f} h after the handoff"
+        lines.append(f"  {outcome}: {figures['leads']} ({_share(figures['share'])}{after})")
+    mql = body["mql_definition"]
+    lines.append(
+        f"  against the {mql['sales_qualified']} leads sales qualified: precision "
+        f"{_share(mql['precision'])}, recall {_share(mql['recall'])}, {mql['missed']} missed"
+    )
+    for band in body["score_bands"]["fixed"]:
+        upper = "+" if band["to"] is None else f"-{band['to']:g}"
+        lower = "below" if band["from"] is None else f"{band['from']:g}"
+        lines.append(
+            f"  score {lower}{upper}: {band['leads']} leads, qualified "
+            f"{_share(band['qualified_share'])}, won {_share(band['won_share'])}"
+        )
+    for rule in body["rules"][:10]:
+        lift = "-" if rule["lift"] is None else f"{rule['lift']:.2f}"
+        lines.append(
+            f"  rule {rule['rule_id']}: lift {lift} (won leads {rule['won_leads_hit']}, "
+            f"lost leads {rule['lost_leads_hit']})"
+        )
+    accounts = body["accounts"]
+    outcomes = ", ".join(
+        f"{k} {v['accounts']} ({_share(v['share'])})" for k, v in accounts["outcomes"].items()
+    )
+    lines.append(
+        f"  accounts: {accounts['mqa']} reached mqa; members {outcomes}; precision "
+        f"{_share(accounts['precision'])}, recall {_share(accounts['recall'])}, "
+        f"{accounts['missed']} missed"
+    )
+    return lines
+
+
+def cmd_review(args: argparse.Namespace) -> None:
+    params = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
+    if args.version is not None:
+        params["version"] = str(args.version)
+    body = _call("GET", "/v1/review", params=params)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return
+    lines = _review_lines(body)
+    if body.get("compared_with"):
+        lines += ["", "next to the active version:", *_review_lines(body["compared_with"])]
+    print("\n".join(lines))
+
+
+def cmd_challenge(args: argparse.Namespace) -> None:
+    if args.stop:
+        _call("DELETE", f"/v1/rulesets/{args.version}/challenge")
+        print(f"version {args.version} is no longer the challenger; its state is dropped")
+        return
+    body = _call("POST", f"/v1/rulesets/{args.version}/challenge")
+    print(
+        f"version {body['version']} now scores every live event next to the active version "
+        f"(nothing published); warming {body['leads_live']} existing leads: "
+        f"leadscore jobs {body['warm_up_job']}"
+    )
+
+
+def cmd_propose(args: argparse.Namespace) -> None:
+    request: dict[str, Any] = {"target": args.target, "seed": args.seed}
+    request.update({k: v for k, v in (("since", args.since), ("until", args.until)) if v})
+    body = _call("POST", f"/v1/rulesets/{args.version}/propose", json=request)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return
+    print(
+        f"published version {body['version']} (inactive), fitted on {body['samples']} leads "
+        f"({body['good_outcomes']} {body['target']}); held-out AUC on {body['held_out']} leads: "
+        f"{body['auc_old']:.3f} (version {body['source_version']}) -> "
+        f"{body['auc_proposed']:.3f} (proposed)"
+    )
+    for rule in body["rules"]:
+        print(f"  {rule['rule_id']}: {rule['old_points']:g} -> {rule['new_points']:g}")
+    if body["unchanged"]:
+        print(f"  kept (fewer than 10 decided leads hit them): {', '.join(body['unchanged'])}")
+
+
+def cmd_job(args: argparse.Namespace) -> None:
+    print(json.dumps(_call("GET", f"/v1/jobs/{args.job_id}"), indent=2))
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    try:
+        document = load_document(_read(args.rules))
+    except RuleSetInvalid as exc:
+        raise CliError(f"{args.rules} is not a valid rule set: {exc}") from exc
+    events: list[Any] = []
+    for line in _read(args.events).splitlines():
+        if line.strip():
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                events.append(line)  # reported as rejected, like the service would
+    result = simulate(Engine(compile_ruleset(document, 0)), events, now=time.time())
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    for lead in result["leads"]:
+        score = lead["score"]
+        print(
+            f"{lead['lead_id']}: {lead['stage']} (total {score['total']}, fit {score['fit']}, "
+            f"engagement {score['engagement']})"
+        )
+    for t in result["transitions"]:
+        why = t["reason"] + (f" {t['rule_id']}" if t["rule_id"] else "")
+        print(f"  {t['occurred_at']} {t['lead_id']}: {t['from_stage']} -> {t['to_stage']} ({why})")
+    for r in result["rejected"]:
+        print(f"  line {r['index'] + 1} rejected: {r['error']}: {r['detail']}")
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from services.auth import new_token
+
+    token, entry = new_token(args.name, args.role)
+    print(f"token (give it to the client; it is not stored): {token}")
+    print(f"add to LEADSCORE_API_TOKENS (comma-separated): {entry}")
+
+
+def cmd_send(args: argparse.Namespace) -> None:
+    from services.adapters.kafka import send_lines
+    from services.settings import Settings
+
+    count = asyncio.run(send_lines(_read(args.file).splitlines(), Settings()))
+    print(f"sent {count} events")
+
+
+def cmd_migrate(_: argparse.Namespace) -> None:
+    from services.adapters.postgres import db, rulesets
+    from services.settings import Settings
+
+    async def migrate() -> None:
+        settings = Settings()
+        if settings.database_url is None:
+            raise CliError("LEADSCORE_DATABASE_URL is not set")
+        engine = db.create_engine(settings.database_url.get_secret_value())
+        try:
+            await db.migrate(engine)
+            async with engine.connect() as conn:
+                await rulesets.ensure_starter(await db.driver(conn))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    print("database schema is up to date")
+
+
+def cmd_run(_: argparse.Namespace) -> None:
+    from services.runtime.main import run
+
+    run()
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="leadscore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = root.add_subparsers(dest="command")
+    commands.add_parser("run", help="run the service (the default)").set_defaults(func=cmd_run)
+    commands.add_parser("migrate", help="apply database migrations and exit").set_defaults(
+        func=cmd_migrate
+    )
+    send = commands.add_parser("send", help="produce a JSON-lines file of events to the topic")
+    send.add_argument("file")
+    send.set_defaults(func=cmd_send)
+    token = commands.add_parser("token", help="make an API token and its configuration entry")
+    token.add_argument("name")
+    token.add_argument("role", choices=["admin", "viewer", "ingest"])
+    token.set_defaults(func=cmd_token)
+    sim = commands.add_parser("simulate", help="score events under a rule-set file, offline")
+    sim.add_argument("rules")
+    sim.add_argument("events", help="JSON lines, one Segment event each")
+    sim.add_argument("--json", action="store_true", help="print the full result as JSON")
+    sim.set_defaults(func=cmd_simulate)
+    review = commands.add_parser("review", help="what sales did with a version's handoffs")
+    review.add_argument("--since", help="ISO-8601 with offset (default: 90 days ago)")
+    review.add_argument("--until", help="ISO-8601 with offset (default: now)")
+    review.add_argument("--version", type=int, help="default: the active version")
+    review.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    review.set_defaults(func=cmd_review)
+    challenge = commands.add_parser(
+        "challenge", help="score live events under a version too, publishing nothing"
+    )
+    challenge.add_argument("version", type=int)
+    challenge.add_argument("--stop", action="store_true", help="stop it and drop its state")
+    challenge.set_defaults(func=cmd_challenge)
+    propose = commands.add_parser(
+        "propose", help="fit a version's points to sales outcomes; publish them as a new one"
+    )
+    propose.add_argument("version", type=int)
+    propose.add_argument("--since", help="handoffs from (ISO-8601 with offset; default a year)")
+    propose.add_argument("--until", help="handoffs before (default: now)")
+    propose.add_argument("--target", choices=["won", "qualified"], default="won")
+    propose.add_argument("--seed", type=int, default=0, help="the held-out split's seed")
+    propose.add_argument("--json", action="store_true", help="print the full result as JSON")
+    propose.set_defaults(func=cmd_propose)
+    job = commands.add_parser("jobs", help="show a background job")
+    job.add_argument("job_id")
+    job.set_defaults(func=cmd_job)
+
+    rules = commands.add_parser("rules", help="rule-set versions").add_subparsers(
+        dest="rules_command", required=True
+    )
+    validate = rules.add_parser("validate", help="check a rule-set file, offline")
+    validate.add_argument("file")
+    validate.set_defaults(func=cmd_validate)
+    publish = rules.add_parser("publish", help="publish a file as a new version")
+    publish.add_argument("file")
+    publish.add_argument("--comment")
+    publish.set_defaults(func=cmd_publish)
+    activate = rules.add_parser("activate", help="make a version live (or roll back)")
+    activate.add_argument("version", type=int)
+    activate.add_argument("--rescore", action="store_true", help="re-score every lead")
+    activate.set_defaults(func=cmd_activate)
+    diff = rules.add_parser("diff", help="what changed between two versions")
+    diff.add_argument("a", type=int)
+    diff.add_argument("b", type=int)
+    diff.set_defaults(func=cmd_diff)
+    impact = rules.add_parser("impact", help="replay recent history under a version")
+    impact.add_argument("version", type=int)
+    impact.add_argument("--days", type=float, default=30)
+    impact.set_defaults(func=cmd_impact)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    func = getattr(args, "func", cmd_run)
+    try:
+        func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()
