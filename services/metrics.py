@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scoring_service.engine import Effects
+from services.outputs import OUTPUTS
 
 # A batch takes from about a millisecond (one event) to a few seconds (a full batch on a
 # busy database); buckets span that range.
@@ -35,14 +36,10 @@ class Metrics:
 
     def count_records(self, effects: Effects) -> None:
         """Count committed transition and notification records, of leads and accounts."""
-        for t in effects.transitions:
-            self.transitions.labels(t["from_stage"], t["to_stage"], t["reason"]).inc()
-        for n in effects.notifications:
-            self.notifications.labels(n["type"]).inc()
-        for a in effects.account_transitions:
-            self.account_transitions.labels(a["to_stage"]).inc()
-        for q in effects.account_notifications:
-            self.notifications.labels(q["type"]).inc()
+        for output in OUTPUTS:
+            counter, fields = getattr(self, output.metric), output.labels
+            for record in getattr(effects, output.effect):
+                counter.labels(*(record[f] for f in fields)).inc()
 
     def reason_label(self, reason: str | None) -> str:
         """A bounded label for a free-text reason: normalised, and capped in number."""

@@ -4,9 +4,9 @@ Each row names the list of `Effects` that holds the records, the setting that na
 topic, the field that keys them (their partition and outbox lane, so one lead's or one
 account's records stay in order) and the field that identifies them (a copy carries the same
 id, and consumers drop it). The lead transaction's flush and the challenger's promotion turn
-effects into outbox rows from it (services/pipeline/effects.py), the topic list and the
-AsyncAPI document read it. Adding an output topic: a row here, a topic setting, and the code
-that produces the effect.
+effects into outbox rows from it (services/pipeline/effects.py); the topic list, the metrics
+and the AsyncAPI document read it. Adding an output topic: a row here, a topic setting, and
+the code that produces the effect.
 
 Dead letters are not effects (the consumer writes a refused message's own bytes); their topic
 is `topic_dlq`, listed with the outputs in `Settings.output_topics`.
@@ -29,6 +29,8 @@ class Output:
     record_id: str  # the record field that identifies it
     channel: str  # its channel in docs/asyncapi.yaml
     message: str  # its message there (a model in schemas.records)
+    metric: str  # the Metrics counter that counts it after the commit
+    labels: tuple[str, ...]  # the record fields that label that counter
 
     def topic(self, settings: Settings) -> str:
         return str(getattr(settings, self.topic_setting))
@@ -43,6 +45,8 @@ OUTPUTS = (
         "transition_id",
         "leadStatusTransitions",
         "TransitionRecord",
+        "transitions",
+        ("from_stage", "to_stage", "reason"),
     ),
     Output(
         "notifications",
@@ -51,6 +55,8 @@ OUTPUTS = (
         "notification_id",
         "salesNotifications",
         "NotificationRecord",
+        "notifications",
+        ("type",),
     ),
     Output(
         "account_transitions",
@@ -59,6 +65,8 @@ OUTPUTS = (
         "transition_id",
         "accountStatusTransitions",
         "AccountTransitionRecord",
+        "account_transitions",
+        ("to_stage",),
     ),
     Output(
         "account_notifications",
@@ -67,6 +75,8 @@ OUTPUTS = (
         "notification_id",
         "salesNotifications",
         "AccountQualifiedRecord",
+        "notifications",
+        ("type",),
     ),
 )
 

@@ -7,16 +7,19 @@ answered, and the resulting transition and notifications written to the outbox.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
 from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.records import DeadLetterCode, FeedbackRecord
+from scoring_service.engine import Effects, Engine
 from scoring_service.intake import Rejection
-from services.adapters.postgres import record_store
+from scoring_service.pipeline import Workspace
+from services.adapters.postgres.record_store import FeedbackRow
 from services.metrics import Metrics
 from services.pipeline.batches import BatchReport
 from services.pipeline.lead_transaction import LeadTransaction
@@ -45,7 +48,25 @@ class FeedbackBatch:
     follow_ups: list[tuple[str, float, bool]] = field(default_factory=list)  # stage, s, in time
 
 
-async def apply_feedback(tx: LeadTransaction, items: list[FeedbackRecord]) -> FeedbackBatch:
+class FeedbackTransaction(Protocol):
+    """What applying feedback needs of its lead transaction (tested on an in-memory stand-in,
+    tests/unit/test_feedback_decisions.py)."""
+
+    engine: Engine
+    effects: Effects
+    now: float
+    ws: Workspace
+
+    async def lock_leads(self, lead_ids: Any, account_ids: Any = ()) -> Workspace: ...
+
+    async def stored_feedback(self, feedback_ids: Sequence[str]) -> Mapping[str, Any]: ...
+
+    async def answer_handoffs(self, answered: Sequence[tuple[str, str, float]]) -> list[Any]: ...
+
+    async def save_feedback(self, rows: Sequence[FeedbackRow]) -> None: ...
+
+
+async def apply_feedback(tx: FeedbackTransaction, items: list[FeedbackRecord]) -> FeedbackBatch:
     """Apply feedback in order inside the caller's lead transaction.
 
     The named leads are locked first (step 3 of the lock order), so the `feedback` and
@@ -53,17 +74,10 @@ async def apply_feedback(tx: LeadTransaction, items: list[FeedbackRecord]) -> Fe
     """
     batch = FeedbackBatch()
     await tx.lock_leads({i.lead_id for i in items})
-    ws = tx.ws
-    stored = {
-        r["feedback_id"]: r
-        for r in await tx.pg.fetch(
-            "SELECT feedback_id, lead_id, outcome, result, detail, transition_id FROM feedback "
-            "WHERE feedback_id = ANY($1::text[])",
-            [i.feedback_id for i in items],
-        )
-    }
+    stored = await tx.stored_feedback([i.feedback_id for i in items])
     fresh: list[FeedbackRecord] = []
     first_of: dict[str, FeedbackResult] = {}
+    repeats: list[tuple[int, FeedbackResult]] = []
     for item in items:
         if item.feedback_id in stored:
             row = stored[item.feedback_id]
@@ -78,17 +92,9 @@ async def apply_feedback(tx: LeadTransaction, items: list[FeedbackRecord]) -> Fe
                 )
             )
         elif item.feedback_id in first_of:
-            seen = first_of[item.feedback_id]
-            batch.results.append(
-                FeedbackResult(
-                    seen.feedback_id,
-                    seen.lead_id,
-                    seen.outcome,
-                    seen.result,
-                    seen.detail,
-                    duplicate=True,
-                )
-            )
+            # A repeat within the batch: answered as its first copy ends up (filled in below).
+            repeats.append((len(batch.results), first_of[item.feedback_id]))
+            batch.results.append(first_of[item.feedback_id])
         else:
             first_of[item.feedback_id] = FeedbackResult(
                 item.feedback_id, item.lead_id, item.outcome, UNKNOWN_LEAD, reason=item.reason
@@ -97,6 +103,27 @@ async def apply_feedback(tx: LeadTransaction, items: list[FeedbackRecord]) -> Fe
             batch.results.append(first_of[item.feedback_id])
     if not fresh:
         return batch
+    await _apply_fresh(tx, fresh, first_of, batch)
+    for index, first in repeats:
+        batch.results[index] = FeedbackResult(
+            first.feedback_id,
+            first.lead_id,
+            first.outcome,
+            first.result,
+            first.detail,
+            duplicate=True,
+        )
+    return batch
+
+
+async def _apply_fresh(
+    tx: FeedbackTransaction,
+    fresh: list[FeedbackRecord],
+    first_of: dict[str, FeedbackResult],
+    batch: FeedbackBatch,
+) -> None:
+    """Apply each first copy in order, answer the deadlines, record every outcome."""
+    ws = tx.ws
     answered: list[tuple[str, str, float]] = []
     for item in fresh:
         result = first_of[item.feedback_id]
@@ -126,28 +153,26 @@ async def apply_feedback(tx: LeadTransaction, items: list[FeedbackRecord]) -> Fe
         tx.effects.extend(effects)
     if answered:
         # Any applied feedback answers the lead's open follow-up deadline.
-        rows = await record_store.answer_handoffs(tx.pg, answered)
+        rows = await tx.answer_handoffs(answered)
         batch.follow_ups.extend((r["stage"], float(r["seconds"]), r["in_time"]) for r in rows)
-    await tx.pg.execute(
-        "INSERT INTO feedback (feedback_id, lead_id, outcome, reason, given_by, at, result, "
-        "detail, transition_id) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
-        "$4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[])",
-        [i.feedback_id for i in fresh],
-        [first_of[i.feedback_id].lead_id for i in fresh],
-        [i.outcome for i in fresh],
-        [i.reason for i in fresh],
-        [i.by for i in fresh],
-        [i.at for i in fresh],
-        [first_of[i.feedback_id].result for i in fresh],
-        [first_of[i.feedback_id].detail for i in fresh],
+    await tx.save_feedback(
         [
-            transition["transition_id"]
-            if (transition := first_of[i.feedback_id].transition)
-            else None
+            (
+                i.feedback_id,
+                first_of[i.feedback_id].lead_id,
+                i.outcome,
+                i.reason,
+                i.by,
+                i.at,
+                first_of[i.feedback_id].result,
+                first_of[i.feedback_id].detail,
+                transition["transition_id"]
+                if (transition := first_of[i.feedback_id].transition)
+                else None,
+            )
             for i in fresh
-        ],
+        ]
     )
-    return batch
 
 
 def count_feedback(metrics: Metrics, batch: FeedbackBatch) -> None:

@@ -38,7 +38,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -177,6 +177,17 @@ class LeadTransaction:
     ) -> AccountTransitionDoc | None:
         """The account's transition an earlier feedback with this id made (idempotency)."""
         return await record_store.account_transition_caused_by(self.pg, account_id, cause)
+
+    async def stored_feedback(self, feedback_ids: Sequence[str]) -> Mapping[str, Any]:
+        """Feedback already recorded under these ids (a repeat is answered as before)."""
+        return await record_store.stored_feedback(self.pg, feedback_ids)
+
+    async def answer_handoffs(self, answered: Sequence[tuple[str, str, float]]) -> list[Any]:
+        """Mark the leads' open follow-up deadlines answered; each one's stage, seconds, in time."""
+        return await record_store.answer_handoffs(self.pg, answered)
+
+    async def save_feedback(self, rows: Sequence[record_store.FeedbackRow]) -> None:
+        await record_store.save_feedback(self.pg, rows)
 
     def save_offsets(
         self,

@@ -171,3 +171,30 @@ async def account_transition_caused_by(
         caused_by,
     )
     return orjson.loads(text) if text is not None else None
+
+
+async def stored_feedback(
+    pg: asyncpg.Connection, feedback_ids: Sequence[str]
+) -> dict[str, asyncpg.Record]:
+    """Feedback already applied (or refused) under these ids: a repeat is answered as before."""
+    return {
+        r["feedback_id"]: r
+        for r in await pg.fetch(
+            "SELECT feedback_id, lead_id, outcome, result, detail, transition_id FROM feedback "
+            "WHERE feedback_id = ANY($1::text[])",
+            list(feedback_ids),
+        )
+    }
+
+
+# A feedback row: id, lead, outcome, reason, by, at, result, detail, transition id.
+FeedbackRow = tuple[str, str, str, str | None, str | None, datetime, str, str | None, str | None]
+
+
+async def save_feedback(pg: asyncpg.Connection, rows: Sequence[FeedbackRow]) -> None:
+    await pg.execute(
+        "INSERT INTO feedback (feedback_id, lead_id, outcome, reason, given_by, at, result, "
+        "detail, transition_id) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+        "$4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[])",
+        *([row[n] for row in rows] for n in range(9)),
+    )
