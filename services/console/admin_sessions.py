@@ -23,7 +23,7 @@ async def sessions_page(request: Request, ui: PagesDep) -> Response:
     mine = (await visitor_of(request, ui.sessions)).session
     return ui.page(
         request,
-        "ui.sessions.html",
+        "sessions.html",
         user,
         sessions=await ui.sessions.listing(),
         mine=mine.id if mine else None,
