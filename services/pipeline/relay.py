@@ -100,6 +100,8 @@ class OutboxRelay:
         self.relay_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._lanes: list[int] = []
         self._lanes_at = 0.0
+        self._orphaned: list[int] = []
+        self._orphaned_at = 0.0
         self._listener: AsyncConnection | None = None
         self._listen_tried = 0.0
 
@@ -129,6 +131,24 @@ class OutboxRelay:
         self._lanes_at = now
         return self._lanes
 
+    async def orphaned_lanes(self, pg: asyncpg.Connection, mine: list[int]) -> list[int]:
+        """Other relays' lanes whose oldest pending record waited past ORPHANED_SECONDS (their
+        relay is gone or stuck); asked once a second, not on every publish: the question
+        looks at every lane, and the answer only matters after seconds."""
+        now = time.monotonic()
+        if now - self._orphaned_at >= 1.0:
+            rows = await pg.fetch(
+                "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE n <> ALL($2::int[]) AND "
+                "(SELECT created_at FROM outbox WHERE lane = n AND sent_at IS NULL "
+                "AND failed_at IS NULL ORDER BY id LIMIT 1) < now() - make_interval(secs => $3)",
+                OUTBOX_LANES,
+                mine,
+                ORPHANED_SECONDS,
+            )
+            self._orphaned = [r["n"] for r in rows]
+            self._orphaned_at = now
+        return [n for n in self._orphaned if n not in mine]
+
     async def publish_once(self) -> int:
         """Publish one chunk of this relay's lanes (those no other relay holds right now),
         in id order; returns how many records were published or set aside.
@@ -141,15 +161,7 @@ class OutboxRelay:
         async with self.db.connect() as conn:
             pg = await driver(conn)
             lanes = await self.my_lanes(pg)
-            orphaned = await pg.fetch(
-                "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE n <> ALL($2::int[]) AND "
-                "(SELECT created_at FROM outbox WHERE lane = n AND sent_at IS NULL "
-                "AND failed_at IS NULL ORDER BY id LIMIT 1) < now() - make_interval(secs => $3)",
-                OUTBOX_LANES,
-                lanes,
-                ORPHANED_SECONDS,
-            )
-            lanes = lanes + [r["n"] for r in orphaned]
+            lanes = lanes + await self.orphaned_lanes(pg, lanes)
             async with pg.transaction():
                 held = await pg.fetch(
                     "SELECT n FROM unnest($1::int[]) AS n "
