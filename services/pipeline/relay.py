@@ -131,12 +131,13 @@ class OutboxRelay:
         self._lanes_at = now
         return self._lanes
 
-    async def orphaned_lanes(self, pg: asyncpg.Connection, mine: list[int]) -> list[int]:
+    async def orphaned_lanes(
+        self, pg: asyncpg.Connection, mine: list[int], *, ask: bool
+    ) -> list[int]:
         """Other relays' lanes whose oldest pending record waited past ORPHANED_SECONDS (their
-        relay is gone or stuck); asked once a second, not on every publish: the question
-        looks at every lane, and the answer only matters after seconds."""
-        now = time.monotonic()
-        if now - self._orphaned_at >= 1.0:
+        relay is gone or stuck). With `ask` false, the last answer: the question looks at
+        every lane, and the relay's loop asks it once a second, not on every publish."""
+        if ask:
             rows = await pg.fetch(
                 "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE n <> ALL($2::int[]) AND "
                 "(SELECT created_at FROM outbox WHERE lane = n AND sent_at IS NULL "
@@ -146,10 +147,10 @@ class OutboxRelay:
                 ORPHANED_SECONDS,
             )
             self._orphaned = [r["n"] for r in rows]
-            self._orphaned_at = now
+            self._orphaned_at = time.monotonic()
         return [n for n in self._orphaned if n not in mine]
 
-    async def publish_once(self) -> int:
+    async def publish_once(self, *, look_for_orphans: bool = True) -> int:
         """Publish one chunk of this relay's lanes (those no other relay holds right now),
         in id order; returns how many records were published or set aside.
 
@@ -161,7 +162,7 @@ class OutboxRelay:
         async with self.db.connect() as conn:
             pg = await driver(conn)
             lanes = await self.my_lanes(pg)
-            lanes = lanes + await self.orphaned_lanes(pg, lanes)
+            lanes = lanes + await self.orphaned_lanes(pg, lanes, ask=look_for_orphans)
             async with pg.transaction():
                 held = await pg.fetch(
                     "SELECT n FROM unnest($1::int[]) AS n "
@@ -341,7 +342,7 @@ class OutboxRelay:
                 if now - self._last_gauges >= 1.0:
                     self._last_gauges = now
                     await self.update_gauges()
-                published = await self.publish_once()
+                published = await self.publish_once(look_for_orphans=now - self._orphaned_at >= 1.0)
                 failures = 0
                 if now - self._last_purge >= 60.0:
                     self._last_purge = now
