@@ -35,20 +35,20 @@ class MoveTransaction(Protocol):
     ) -> AccountTransitionDoc | None: ...
 
 
-class NotFound(Exception):
+class MoveProblem(Exception):
+    """Why a manual move was not made: a stable `code` and the `message` in words."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class NotFound(MoveProblem):
     """The lead or account named does not exist."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
-
-class Refused(Exception):
+class Refused(MoveProblem):
     """The move is not one the lifecycle allows from where the lead or account stands."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 async def set_stage(
