@@ -15,6 +15,7 @@ import os
 import socket
 import time
 import uuid
+from datetime import UTC, datetime
 
 import asyncpg
 import orjson
@@ -33,6 +34,7 @@ from aiokafka.errors import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from services.adapters.postgres import history_partitions
 from services.adapters.postgres.db import driver
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.metrics import Metrics
@@ -285,12 +287,20 @@ class OutboxRelay:
         """Forget published records, and scored history, after their retention periods."""
         async with self.db.connect() as conn:
             pg = await driver(conn)
-            await pg.execute(
-                "DELETE FROM lead_events WHERE id IN (SELECT id FROM lead_events "
-                "WHERE occurred_at < now() - make_interval(secs => $1) ORDER BY id LIMIT $2)",
-                self.settings.history_retention_days * 86400,
-                PURGE_CHUNK,
-            )
+            try:
+                # Whole months of history at once (postgres/history_partitions.py).
+                await history_partitions.maintain(
+                    pg,
+                    now=datetime.now(UTC),
+                    retention_days=self.settings.history_retention_days,
+                    chunk=PURGE_CHUNK,
+                )
+            except UNAVAILABLE:
+                raise
+            except asyncpg.PostgresError as exc:
+                # A lock not granted in time (a long report), say: the next run tries again.
+                self.metrics.loop_errors.labels("history_months", type(exc).__name__).inc()
+                log.warning("keeping the months of history failed (%s); trying again later", exc)
             await pg.execute("DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'")
             await pg.execute(
                 "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at < now() - "
