@@ -14,7 +14,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools kafka run send test test-unit lint typecheck bench bench-challenger bench-console bench-funnel bench-impact bench-restart review-demo demo-cluster soak clean
+.PHONY: help install compile tools kafka run send test test-unit lint typecheck bench bench-challenger bench-history bench-console bench-funnel bench-impact bench-restart review-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ review-demo: $(COMPILED) ## One quarterly review on a generated history with pla
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000
+
+bench-history: $(COMPILED) ## End to end on 0, 2M and 20M stored history rows (then 0 again): does cost grow with history?
+	$(PY) -m bench.history
 
 bench-restart: $(COMPILED) ## Seconds from a restart after kill -9 to ready and to work, static vs dynamic membership
 	$(PY) -m bench.restart

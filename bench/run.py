@@ -361,10 +361,13 @@ async def drain_variant(
     settings: Settings,
     total: int,
     name: str,
-    prepare: Callable[[asyncpg.Connection], Awaitable[None]],
+    prepare: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
+    *,
+    load: Callable[[str], Awaitable[None]] | None = None,
 ) -> float:
-    """Drain the backlog again on a database of its own, prepared by `prepare` (rules
-    published and activated, a challenger started); returns events/s."""
+    """Drain the backlog again on a database of its own, prepared by `prepare` in one
+    transaction (rules published and activated, a challenger started) or filled by `load`
+    (given the database's URL: history stored beforehand); returns events/s."""
     other = (await infra.fresh_database(settings, f"bench_{name.replace('-', '_')}")).with_changes(
         consumer_group=f"{settings.consumer_group}-{name}",
         topic_transitions=f"{settings.topic_transitions}-{name}",
@@ -380,12 +383,15 @@ async def drain_variant(
         await migrate(engine)
     finally:
         await engine.dispose()
-    pg = await asyncpg.connect(url.replace("+asyncpg", ""))
-    try:
-        async with pg.transaction():
-            await prepare(pg)
-    finally:
-        await pg.close()
+    if load is not None:
+        await load(url.replace("+asyncpg", ""))
+    if prepare is not None:
+        pg = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            async with pg.transaction():
+                await prepare(pg)
+        finally:
+            await pg.close()
     service = start_service(other, RESULTS / f"service-{name}.log")
     try:
         await wait_ready(other.http_port, service)
