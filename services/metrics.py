@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from scoring_service.engine import Effects
@@ -212,3 +214,14 @@ class Metrics:
             "Rule-set version this instance scores with.",
             registry=r,
         )
+
+
+def observe_many(histogram: Histogram, amount: float, times: int) -> None:
+    """`times` observations of one value, at the cost of one: a batch's time shared over its
+    events is the same value for each, and observing them one by one cost about 2% of the
+    service's CPU at full speed. Reaches into prometheus_client's Histogram (pinned in
+    pyproject.toml; tests/unit/test_metrics.py compares it with `observe`)."""
+    if times <= 0:
+        return
+    histogram._sum.inc(amount * times)
+    histogram._buckets[bisect_left(histogram._upper_bounds, amount)].inc(times)

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # A batch is what one database transaction scores. 2,000 records keep a transaction
     # well under a second on a small machine while amortising the round trips.
     batch_max_records: int = Field(default=2000, ge=1, le=100_000)
+    # Batches of lead events scored side by side, each lane on its own partitions (partition
+    # number modulo this): while one lane waits for the database, another scores. Per
+    # partition, order is kept; across partitions, lanes are like instances.
+    consumer_lanes: int = Field(default=3, ge=1, le=16)
     # How long to wait for a batch to fill: short, so a lone hot event is not held back.
     batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
     # Producer batching: a few ms of linger gathers records without hurting latency.

@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -39,6 +39,7 @@ from services.adapters import kafka
 from services.adapters.postgres import offset_store, outbox_store
 from services.adapters.postgres.db import driver
 from services.adapters.postgres.errors import DATABASE_ERROR, REFUSED, UNAVAILABLE
+from services.metrics import observe_many
 from services.pipeline.batches import (
     BatchReport,
     DatabaseUnavailable,
@@ -62,9 +63,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Let the batch in hand finish and commit before the partitions go elsewhere; a batch
-        # fetched ahead is now from an old assignment and will be dropped.
-        async with self.owner.batch_lock:
+        # Let the batches in hand finish and commit before the partitions go elsewhere; a
+        # batch fetched ahead is now from an old assignment and will be dropped.
+        async with self.owner.no_batch_in_hand():
             pass
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -82,6 +83,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         writer: LeadWriter,
         consumer: AIOKafkaConsumer,
         clock: Callable[[], float] = time.time,
+        lanes: int = 1,
     ) -> None:
         self.handler = handler
         self.writer = writer
@@ -91,7 +93,10 @@ class TopicConsumer(Generic[Item, Outcome]):
         self.consumer = consumer
         self.metrics = writer.metrics
         self.clock = clock
-        self.batch_lock = asyncio.Lock()
+        # Lanes score disjoint sets of partitions side by side (partition number modulo the
+        # lane count), so one lane's Python work overlaps another's database round trips.
+        self.lanes = lanes
+        self.lane_locks = [asyncio.Lock() for _ in range(self.lanes)]
         self._log_checked = 0.0
         self._lag_checked = 0.0
         self.batches = 0
@@ -104,6 +109,15 @@ class TopicConsumer(Generic[Item, Outcome]):
 
     def on_commit(self) -> None:
         self.writer.on_commit()
+
+    @contextlib.asynccontextmanager
+    async def no_batch_in_hand(self) -> AsyncIterator[None]:
+        """Hold every lane between batches (a rebalance, a changed log). Lanes hold only
+        their own lock, and this takes them in order, so nothing can wait in a cycle."""
+        async with contextlib.AsyncExitStack() as held:
+            for lock in self.lane_locks:
+                await held.enter_async_context(lock)
+            yield
 
     def subscribe(self) -> None:
         self.consumer.subscribe([self.topic], listener=_Rebalance(self))
@@ -215,6 +229,20 @@ class TopicConsumer(Generic[Item, Outcome]):
         Broker and database outages are waited out here, with back-off; only an unexpected
         error leaves this loop (and the supervisor restarts it).
         """
+        if self.lanes == 1:
+            await self._run_lane(stop, 0)
+            return
+        async with asyncio.TaskGroup() as lanes:
+            for lane in range(self.lanes):
+                lanes.create_task(self._run_lane(stop, lane))
+
+    def _partitions_of(self, lane: int) -> list[TopicPartition]:
+        return [tp for tp in self.consumer.assignment() if tp.partition % self.lanes == lane]
+
+    async def _run_lane(self, stop: asyncio.Event, lane: int) -> None:
+        """One lane's batch loop. Every lane seeks every assigned partition back to the stored
+        offsets when it resyncs: harmless to another lane, whose batch in hand is fenced by
+        the stored offsets when it commits, and whose next fetch starts where they say."""
         failures = 0
         # A restarted loop may have fetched past what it committed: start from the database.
         needs_resync = True
@@ -223,23 +251,32 @@ class TopicConsumer(Generic[Item, Outcome]):
                 if needs_resync:
                     await self._resync()
                     needs_resync = False
+                mine = self._partitions_of(lane) if self.lanes > 1 else []
+                if self.lanes > 1 and not mine:
+                    # Nothing assigned to this lane (fewer partitions than lanes, or between
+                    # assignments): look again shortly.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=0.25)
+                    continue
                 # getmany returns as soon as records are buffered; the timeout only bounds
                 # how long an idle consumer waits before checking `stop` again.
                 batch = await self.consumer.getmany(
-                    timeout_ms=250, max_records=self.settings.batch_max_records
+                    *mine, timeout_ms=250, max_records=self.settings.batch_max_records
                 )
                 if batch:
                     # Asked after the fetch: if the topic has this id now, it had it when
                     # the records were read (a new log gets a new id, never an old one).
                     log_id = await self.topic_ids.current(self.topic)
-                    async with self.batch_lock:
+                    async with self.lane_locks[lane]:
                         await self.process(batch, stop, log_id=log_id)
-                await self._update_lag()
-                if time.monotonic() - self._log_checked >= self.settings.log_check_seconds:
-                    await self._recheck_log()
+                if lane == 0:
+                    await self._update_lag()
+                    if time.monotonic() - self._log_checked >= self.settings.log_check_seconds:
+                        await self._recheck_log()
                 failures = 0
             except offset_store.LogReplaced as exc:
-                await self.start_new_log(exc.log_id)
+                async with self.no_batch_in_hand():
+                    await self.start_new_log(exc.log_id)
                 needs_resync = True
             except kafka.TopicMissing:
                 # Deleted, or lost with the broker's log: create it again; the records in
@@ -300,7 +337,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         await kafka.ensure_topics(self.settings)
         await self._know_the_topic()
         assigned = {tp.partition for tp in self.consumer.assignment()}
-        async with self.batch_lock:
+        async with self.no_batch_in_hand():
             lost = await self.check_log(assigned)
             if lost:
                 await self._resync()
@@ -445,9 +482,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         """Metrics of one committed batch."""
         self.metrics.batch_seconds.observe(elapsed)
         self.metrics.batch_size.observe(total)
-        per_event = elapsed / max(total, 1)
-        for _ in range(total):
-            self.metrics.event_seconds.observe(per_event)
+        observe_many(self.metrics.event_seconds, elapsed / max(total, 1), total)
         self.metrics.events.labels("scored").inc(report.scored)
         self.metrics.events.labels("duplicate").inc(report.duplicates)
         self.metrics.events.labels("invalid").inc(report.invalid)

@@ -46,7 +46,12 @@ def bootstrap(
     writer = LeadWriter(
         db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=relay.notify
     )
-    scorer = TopicConsumer(handler=EventHandler(settings), writer=writer, consumer=consumer)
+    scorer = TopicConsumer(
+        handler=EventHandler(settings),
+        writer=writer,
+        consumer=consumer,
+        lanes=settings.consumer_lanes,
+    )
     feedback = TopicConsumer(
         handler=FeedbackHandler(settings, metrics),
         writer=writer,
