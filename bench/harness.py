@@ -151,8 +151,9 @@ async def wait_committed(settings: Settings, total: int, timeout: float = 600) -
 
 
 def start_service(settings: Settings, log: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-    """The service as its own process (`python -m services.runtime`), pointed at `settings`."""
-    root = Path(__file__).resolve().parents[1]
+    """The service as its own process (`python -m services.runtime`), pointed at `settings`.
+    LEADSCORE_BENCH_TREE runs the service of another checkout (bench/ab.py compares two)."""
+    root = Path(os.environ.get("LEADSCORE_BENCH_TREE") or Path(__file__).resolve().parents[1])
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "services.runtime"],
