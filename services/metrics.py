@@ -74,6 +74,13 @@ class Metrics:
             buckets=EVENT_BUCKETS,
             registry=r,
         )
+        self.lead_cache = Counter(
+            "leadscore_lead_cache_total",
+            "Leads a lead transaction loaded: its in-memory copy still current (hit), or read "
+            "from the database (miss).",
+            ["result"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "leadscore_batch_size_events",
             "Records per batch.",

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # number modulo this): while one lane waits for the database, another scores. Per
     # partition, order is kept; across partitions, lanes are like instances.
     consumer_lanes: int = Field(default=3, ge=1, le=16)
+    # Leads kept in memory after a write, checked against their row version when met again
+    # (services/pipeline/lead_cache.py); 0 reads every lead from the database.
+    lead_cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
     # How long to wait for a batch to fill: short, so a lone hot event is not held back.
     batch_timeout_ms: int = Field(default=20, ge=0, le=10_000)
     # Producer batching: a few ms of linger gathers records without hurting latency.

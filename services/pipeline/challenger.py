@@ -280,7 +280,9 @@ async def promote(pg: asyncpg.Connection, engine: Engine, *, now: float) -> tupl
     ]
     taken = await pg.execute(
         f"UPDATE leads l SET fit = c.fit, engagement = c.engagement, as_of = c.as_of, "
-        f"scoring = c.scoring, ruleset_version = c.ruleset_version, updated_at = now() "
+        f"scoring = c.scoring, ruleset_version = c.ruleset_version, updated_at = now(), "
+        # Every write of a lead row raises its version (migration 0015: cached copies).
+        f"row_version = l.row_version + 1 "
         f"FROM {LEADS} c WHERE c.lead_id = l.lead_id"
     )
     await pg.execute(

@@ -62,6 +62,7 @@ from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.challenger import Shadow, save_shadow
 from services.pipeline.effects import record_effects
+from services.pipeline.lead_cache import LeadCache
 from services.settings import Settings
 from stage_router.records import AccountTransitionDoc
 
@@ -111,6 +112,12 @@ class LeadTransaction:
     scored: list[ScoredEvent] = field(default_factory=list)
     outbox: list[outbox_store.OutboxRow] = field(default_factory=list)
     locked: set[str] = field(default_factory=set)
+    # The writer's copies of leads it wrote before (services/pipeline/lead_cache.py), and the
+    # versions this transaction stored for the leads it wrote.
+    cache: LeadCache | None = None
+    saved_versions: dict[str, int] = field(default_factory=dict)
+    cache_hits: int = 0
+    cache_misses: int = 0
     _offsets: dict[str, tuple[dict[int, int], dict[int, int | None], uuid.UUID | None]] = field(
         default_factory=dict
     )
@@ -150,9 +157,14 @@ class LeadTransaction:
                 raise LinkRaced(f"leads linked meanwhile are busy: {sorted(late)[:5]}")
             self.locked |= late
         self.ws = Workspace(links=links)
-        self.ws.leads = await lead_store.load_leads(
-            self.pg, [i[2:] for i in self.locked if i.startswith("l:")]
-        )
+        lead_ids = [i[2:] for i in self.locked if i.startswith("l:")]
+        if self.cache is None:
+            self.ws.leads = await lead_store.load_leads(self.pg, lead_ids)
+        else:
+            known = self.cache.take(lead_ids)
+            self.ws.leads, _ = await lead_store.load_leads_known(self.pg, lead_ids, known)
+            self.cache_hits = sum(1 for i, (_, s) in known.items() if self.ws.leads.get(i) is s)
+            self.cache_misses = len(self.ws.leads) - self.cache_hits
         members_of = {s.account_id for s in self.ws.leads.values() if s.account_id}
         if self.engine.accounts is not None:
             # Scored accounts change with every member's activity: their locks too (3b).
@@ -206,7 +218,7 @@ class LeadTransaction:
         if self._step >= _LEADS:
             if self.engine.accounts is not None:
                 self.ws.note_member_accounts()
-            await lead_store.save_workspace(self.pg, self.ws)
+            self.saved_versions = await lead_store.save_workspace(self.pg, self.ws)
             await history_store.save_history(
                 self.pg,
                 self.engine.rules.version,
@@ -240,6 +252,7 @@ class LeadWriter:
         on_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.cache = LeadCache(settings.lead_cache_size) if settings.lead_cache_size else None
         self.db = db
         self.rules = rules
         self.settings = settings
@@ -266,6 +279,11 @@ class LeadWriter:
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
                 continue
+            if self.cache is not None:
+                # Committed: what it wrote is what is stored, at these versions.
+                self.cache.put(tx.ws.leads, tx.saved_versions)
+                self.metrics.lead_cache.labels("hit").inc(tx.cache_hits)
+                self.metrics.lead_cache.labels("miss").inc(tx.cache_misses)
             self.on_commit()
             self.metrics.count_records(tx.effects)
             if tx.shadow is not None:
@@ -293,6 +311,7 @@ class LeadWriter:
                     settings=self.settings,
                     now=now,
                     challenger=challenger_engine,
+                    cache=self.cache,
                 )
                 result = await work(tx)
                 await tx.flush()

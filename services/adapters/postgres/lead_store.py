@@ -7,7 +7,7 @@ changes, dedup keys, outbox rows and partition offsets commit together or not at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +76,32 @@ async def load_leads(
     return {r["lead_id"]: lead_from_row(r) for r in rows}
 
 
+async def load_leads_known(
+    pg: asyncpg.Connection, ids: Sequence[str], known: Mapping[str, tuple[int, LeadState]]
+) -> tuple[dict[str, LeadState], dict[str, int]]:
+    """Leads by id, where `known` holds copies (version, state) of some: a copy whose version
+    is still the stored one is used as it is, and the JSON documents (traits, scoring state)
+    come back only for the other rows. Returns the leads and their stored versions."""
+    ids = list(ids)
+    rows = await pg.fetch(
+        "SELECT l.lead_id, l.row_version, l.row_version = u.v AS unchanged, l.stage, "
+        "l.stage_entered_at, l.account_id, l.fit, l.engagement, l.as_of, l.seq, "
+        "l.ruleset_version, "
+        "CASE WHEN l.row_version = u.v THEN NULL ELSE l.traits::text END AS traits, "
+        "CASE WHEN l.row_version = u.v THEN NULL ELSE l.scoring::text END AS scoring "
+        "FROM unnest($1::text[], $2::bigint[]) AS u(id, v) JOIN leads l ON l.lead_id = u.id",
+        ids,
+        [known[i][0] if i in known else -1 for i in ids],
+    )
+    leads: dict[str, LeadState] = {}
+    versions: dict[str, int] = {}
+    for row in rows:
+        lead_id = row["lead_id"]
+        versions[lead_id] = row["row_version"]
+        leads[lead_id] = known[lead_id][1] if row["unchanged"] else lead_from_row(row)
+    return leads, versions
+
+
 ACCOUNT_COLUMNS = (
     "account_id, traits::text AS traits, version, stage, stage_entered_at, seq, as_of, fit, "
     "engagement, coverage, roles_covered, ruleset_version, scoring::text AS scoring"
@@ -112,9 +138,12 @@ async def load_accounts(
     return {r["account_id"]: account_from_row(r) for r in rows}
 
 
-async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
-    """Write back what a batch changed: leads, merged-away leads, links, accounts."""
-    await save_leads(pg, [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads])
+async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> dict[str, int]:
+    """Write back what a batch changed: leads, merged-away leads, links, accounts. Returns
+    the stored versions of the leads written."""
+    versions = await save_leads(
+        pg, [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads]
+    )
     if ws.merged_leads:
         await pg.execute("DELETE FROM leads WHERE lead_id = ANY($1::text[])", list(ws.merged_leads))
     if ws.new_links:
@@ -128,14 +157,16 @@ async def save_workspace(pg: asyncpg.Connection, ws: Workspace) -> None:
     accounts = [ws.accounts[i] for i in sorted(ws.changed_accounts) if i in ws.accounts]
     if accounts:
         await save_accounts(pg, accounts)
+    return versions
 
 
 async def save_leads(
     pg: asyncpg.Connection, leads: Sequence[LeadState], *, table: str = "leads"
-) -> None:
+) -> dict[str, int]:
+    """Insert or update the leads, raising each row's version; returns the versions."""
     if not leads:
-        return
-    await pg.execute(
+        return {}
+    rows = await pg.fetch(
         f"""
         INSERT INTO {table} (lead_id, stage, stage_entered_at, account_id, traits, fit,
                            engagement, as_of, seq, ruleset_version, scoring)
@@ -148,7 +179,9 @@ async def save_leads(
             account_id = EXCLUDED.account_id, traits = EXCLUDED.traits,
             fit = EXCLUDED.fit, engagement = EXCLUDED.engagement, as_of = EXCLUDED.as_of,
             seq = EXCLUDED.seq, ruleset_version = EXCLUDED.ruleset_version,
-            scoring = EXCLUDED.scoring, updated_at = now()
+            scoring = EXCLUDED.scoring, updated_at = now(),
+            row_version = {table}.row_version + 1
+        RETURNING lead_id, row_version
         """,
         [s.lead_id for s in leads],
         [s.stage for s in leads],
@@ -162,6 +195,7 @@ async def save_leads(
         [s.ruleset_version for s in leads],
         [orjson.dumps(s.to_doc()).decode() for s in leads],
     )
+    return {r["lead_id"]: r["row_version"] for r in rows}
 
 
 async def save_accounts(
