@@ -89,7 +89,10 @@ async def load_leads_known(
         "l.ruleset_version, "
         "CASE WHEN l.row_version = u.v THEN NULL ELSE l.traits::text END AS traits, "
         "CASE WHEN l.row_version = u.v THEN NULL ELSE l.scoring::text END AS scoring "
-        "FROM unnest($1::text[], $2::bigint[]) AS u(id, v) JOIN leads l ON l.lead_id = u.id",
+        # The ANY() gives the planner the primary key (a join on unnest alone is planned
+        # as a scan of every lead).
+        "FROM unnest($1::text[], $2::bigint[]) AS u(id, v) JOIN leads l ON l.lead_id = u.id "
+        "WHERE l.lead_id = ANY($1::text[])",
         ids,
         [known[i][0] if i in known else -1 for i in ids],
     )
