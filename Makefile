@@ -31,7 +31,10 @@ install: $(STAMP) ## Create .venv and install the service with its test tools
 $(COMPILED): $(STAMP) $(CORE) schemas/*.py build_core.py Makefile
 	@mkdir -p .leadscore
 	@echo "compiling the pure core with mypyc (log: .leadscore/mypyc.log)"
-	@if $(PY) build_core.py $(CORE) >.leadscore/mypyc.log 2>&1; then touch $@; else \
+	@# The touch: setuptools copies a module's unchanged shim with its old time, which would
+	@# look older than the edited source and send the whole package back to interpreted.
+	@if $(PY) build_core.py $(CORE) >.leadscore/mypyc.log 2>&1; then \
+	  touch scoring_service/*.so stage_router/*.so $@; else \
 	  echo "mypyc failed (see .leadscore/mypyc.log): the core runs interpreted"; \
 	  rm -f scoring_service/*.so stage_router/*.so; touch $@; fi
 
