@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # Batches of lead events scored side by side, each lane on its own partitions (partition
     # number modulo this): while one lane waits for the database, another scores. Per
     # partition, order is kept; across partitions, lanes are like instances.
-    consumer_lanes: int = Field(default=3, ge=1, le=16)
+    consumer_lanes: int = Field(default=1, ge=1, le=16)
     # Leads kept in memory after a write, checked against their row version when met again
     # (services/pipeline/lead_cache.py); 0 reads every lead from the database.
     lead_cache_size: int = Field(default=100_000, ge=0, le=10_000_000)
