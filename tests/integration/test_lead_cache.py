@@ -4,11 +4,27 @@ copy are never seen again."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
+from services.adapters.postgres import db, rulesets
 from services.app.container import Container
 from services.pipeline.lead_transaction import LeadTransaction
+from services.runtime.bootstrap import bootstrap
+from services.settings import Settings
 from tests.conftest import db_fetch
+
+
+@pytest.fixture
+async def cached(settings: Settings) -> AsyncIterator[Container]:
+    """A container whose writer keeps a lead cache, on a migrated database."""
+    container = bootstrap(settings.with_changes(lead_cache_size=1000))
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        await rulesets.ensure_starter(await db.driver(conn))
+    yield container
+    await container.close()
 
 
 async def _engagement_set(container: Container, value: float | None) -> tuple[float, bool]:
@@ -29,10 +45,8 @@ async def _engagement_set(container: Container, value: float | None) -> tuple[fl
     return found["engagement"], found["hit"]  # type: ignore[return-value]
 
 
-async def test_the_copy_is_used_only_while_the_row_is_unchanged(
-    admin_container: Container,
-) -> None:
-    container = admin_container
+async def test_the_copy_is_used_only_while_the_row_is_unchanged(cached: Container) -> None:
+    container = cached
     settings = container.settings
     assert container.writer.cache is not None
     assert await _engagement_set(container, 5.0) == (0.0, False)  # new lead
@@ -45,8 +59,8 @@ async def test_the_copy_is_used_only_while_the_row_is_unchanged(
     assert await _engagement_set(container, None) == (42.0, False)  # read back
 
 
-async def test_a_rolled_back_change_to_the_copy_is_never_seen(admin_container: Container) -> None:
-    container = admin_container
+async def test_a_rolled_back_change_to_the_copy_is_never_seen(cached: Container) -> None:
+    container = cached
     await _engagement_set(container, 5.0)
     await _engagement_set(container, 6.0)  # now cached at 6
 
