@@ -181,18 +181,28 @@ async def test_every_instance_scores_with_a_newly_activated_version(settings):
             ]
             await admin.post(f"/v1/rulesets/{version}/activate")
         before = (first.container.scorer.batches, second.container.scorer.batches)
-        docs = [
-            {
-                "type": "page",
-                "messageId": f"m{n}",
-                "userId": f"u{n}",
-                "timestamp": recent(),
-                "properties": {"path": "/blog/x"},
-            }
-            for n in range(200)
-        ]
-        await produce(settings, docs)
-        await wait_for(lambda: drained(settings, len(docs)))
+        produced = 0
+        # Rounds of 200 events until both instances have scored some: a rebalance after the
+        # split (the group settling) can hand one instance every partition for a while.
+        for round_ in range(10):
+            docs = [
+                {
+                    "type": "page",
+                    "messageId": f"m{round_}-{n}",
+                    "userId": f"u{n}",
+                    "timestamp": recent(),
+                    "properties": {"path": "/blog/x"},
+                }
+                for n in range(200)
+            ]
+            await produce(settings, docs)
+            produced += len(docs)
+            await wait_for(lambda: drained(settings, produced))  # noqa: B023 (awaited here)
+            if (
+                first.container.scorer.batches > before[0]
+                and second.container.scorer.batches > before[1]
+            ):
+                break
         # Both instances scored some of these, and every event counted 4 points (version 2).
         assert first.container.scorer.batches > before[0]
         assert second.container.scorer.batches > before[1]
