@@ -28,6 +28,7 @@ TransitionReason = Literal[
     "rescore",
     "merge",
     "manual",
+    "adjustment",
 ]
 FeedbackOutcome = Literal[
     "accepted",
@@ -85,6 +86,33 @@ class Score(BaseModel):
     engagement: float
 
 
+class ScoreEntry(BaseModel):
+    """One of a lead's scores (README: Several scores)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    total: float
+    fit: float
+    engagement: float
+    label: str | None = Field(
+        description="the grade (A-D, from fit) and level (1-3, from engagement), e.g. A1; "
+        "null when the score has no grade bands"
+    )
+
+
+SCORES_DESCRIPTION = (
+    "every score of the lead by name: `default` (the same as `score`) and the rule set's named ones"
+)
+QUALIFIED_BY_DESCRIPTION = (
+    "the scores that earned this stage (over their threshold, or a trigger counting for "
+    "them); empty for moves no score made"
+)
+LABEL_DESCRIPTION = (
+    "the lead's grade label: the default score's, else the first named score's that has grade "
+    "bands; null when no score has them"
+)
+
+
 class TransitionRecord(BaseModel):
     """A value on `lead-status-transitions`."""
 
@@ -114,6 +142,9 @@ class TransitionRecord(BaseModel):
         description="the account's total score at the moment (null without an account, or "
         "when the rule set does not score accounts)"
     )
+    scores: dict[str, ScoreEntry] = Field(description=SCORES_DESCRIPTION)
+    qualified_by: list[str] = Field(description=QUALIFIED_BY_DESCRIPTION)
+    label: str | None = Field(description=LABEL_DESCRIPTION)
 
 
 class Signal(BaseModel):
@@ -152,7 +183,10 @@ class NotificationRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     notification_id: str
-    type: Literal["promotion", "sla_breach"]
+    type: Literal["promotion", "sla_breach", "qualified"] = Field(
+        description="`qualified`: a further score reached, by its own threshold, a stage the "
+        "lead is already in (it moved there by another score): that score's sales hear of it"
+    )
     lead_id: str
     stage: Stage
     priority: Literal["hot", "warm"]
@@ -167,6 +201,13 @@ class NotificationRecord(BaseModel):
     occurred_at: datetime
     committee_role: str | None
     account_score: float | None
+    scores: dict[str, ScoreEntry] = Field(description=SCORES_DESCRIPTION)
+    qualified_by: list[str] = Field(description=QUALIFIED_BY_DESCRIPTION)
+    label: str | None = Field(description=LABEL_DESCRIPTION)
+    signals_by_score: dict[str, list[Signal]] = Field(
+        description="the named scores' signals, each list adding up to its score as `signals` "
+        "does to the default one (empty with one score)"
+    )
 
 
 AccountStage = Literal["target", "engaged", "mqa", "opportunity", "customer", "disqualified"]

@@ -230,6 +230,14 @@ class Limit(BaseModel):
     window_days: float = Field(gt=0, le=3650)
 
 
+# Several scores per lead (README: Several scores): the default one and up to
+# MAX_SCORES - 1 named ones, e.g. one per product line.
+DEFAULT_SCORE = "default"
+MAX_SCORES = 25
+_SCORE_ID = r"^[a-z][a-z0-9_]{0,39}$"
+ScoreName = Annotated[str, Field(pattern=_SCORE_ID)]
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -237,6 +245,9 @@ class Rule(BaseModel):
     category: Literal["fit", "engagement"]
     when: When
     points: float = Field(default=0.0, ge=-1000, le=1000)
+    # The scores the rule counts for; without it, the default score. A trigger promotes
+    # for these scores, and says so on its transition.
+    scores: list[ScoreName] | None = Field(default=None, min_length=1, max_length=MAX_SCORES)
     promote_to: PromotionStage | None = None
     disqualify: bool = False
     limit: Limit | None = None
@@ -361,6 +372,40 @@ def _requirement(value: str | When) -> str | When:
 
 
 Requirement = Annotated[str | When, AfterValidator(_requirement)]
+
+
+class Grades(BaseModel):
+    """Bands that grade a score: `fit` holds the least fit for A, B and C (below C is D),
+    `engagement` the least engagement for levels 1 and 2 (below 2 is 3). The label joins
+    them: A1 is the best fit and the most engaged, D3 the least of both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fit: tuple[float, float, float]
+    engagement: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _descending(self) -> Grades:
+        if not self.fit[0] >= self.fit[1] >= self.fit[2]:
+            raise ValueError("grades.fit lists the least fit for A, B, C: from high to low")
+        if not self.engagement[0] >= self.engagement[1]:
+            raise ValueError("grades.engagement lists the least for 1, 2: from high to low")
+        return self
+
+
+class NamedScore(BaseModel):
+    """A score beside the default one: its own thresholds, the queue its leads go to when it
+    qualifies them, and its grade bands."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    description: str | None = Field(default=None, max_length=500)
+    thresholds: Thresholds
+    queue: Annotated[str, Field(pattern=_QUEUE)] | None = None
+    grades: Grades | None = None
+
+
+MAX_QUALIFY_LENGTH = 500
 
 
 class Decay(BaseModel):
@@ -499,6 +544,16 @@ class RuleSetDocument(BaseModel):
     excluded_when: list[Exclusion] = Field(default_factory=list, max_length=MAX_EXCLUSIONS)
     # Accounts and their buying committees; without it, accounts are not scored.
     accounts: AccountRules | None = None
+    # Named scores beside the default one (whose thresholds are `thresholds`).
+    scores: dict[ScoreName, NamedScore] = Field(default_factory=dict, max_length=MAX_SCORES - 1)
+    # The default score's grade bands.
+    grades: Grades | None = None
+    # Per stage, which scores move a lead there: `any` (the default: any score over its own
+    # threshold), a score's name, or an expression such as `fleet or (warehouse and
+    # default)` or `fleet >= 60 or warehouse > 30`.
+    qualify: dict[RequirementStage, Annotated[str, Field(min_length=1, max_length=500)]] = Field(
+        default_factory=dict
+    )
 
     @field_validator("sla", mode="before")
     @classmethod
@@ -515,3 +570,117 @@ class RuleSetDocument(BaseModel):
                 raise ValueError(f"duplicate rule id {rule.id!r}")
             seen.add(rule.id)
         return self
+
+    def score_names(self) -> list[str]:
+        """The default score first, then the named ones as declared."""
+        return [DEFAULT_SCORE, *self.scores]
+
+    @model_validator(mode="after")
+    def _known_scores(self) -> RuleSetDocument:
+        names = self.score_names()
+        if DEFAULT_SCORE in self.scores:
+            raise ValueError(
+                f"scores: {DEFAULT_SCORE!r} is the default score (its thresholds are "
+                "`thresholds`, its grades `grades`); name the others"
+            )
+        for index, rule in enumerate(self.rules):
+            for name in rule.scores or ():
+                if name not in names:
+                    raise ValueError(
+                        f"rules[{index}] ({rule.id}) counts for score {name!r}, "
+                        f"not declared in scores ({', '.join(names)})"
+                    )
+        for name, score in self.scores.items():
+            if score.queue is not None and score.queue not in self.routing.queues:
+                raise ValueError(f"scores.{name}.queue is {score.queue!r}, not in routing.queues")
+        for stage, text in self.qualify.items():
+            try:
+                parse_qualification(text, names)
+            except ValueError as exc:
+                raise ValueError(f"qualify.{stage}: {exc}") from None
+        return self
+
+
+# -- qualification expressions -------------------------------------------------------------
+#
+# expression := term ("or" term)*;  term := factor ("and" factor)*
+# factor := "(" expression ")" | "any" | score [(">" | ">=") number]
+# A bare score holds when it reaches its own threshold for the stage; with a comparison,
+# when its total passes the number. Parsed into tuples the engine compiles:
+# ("or", parts) | ("and", parts) | ("score", name, op or None, number or None).
+
+Qualification = tuple[Any, ...]
+_TOKEN = re.compile(r"\s*(?:(\()|(\))|(>=|>)|(-?\d+(?:\.\d+)?)|([a-z][a-z0-9_]*)|(\S))")
+MAX_QUALIFY_TERMS = 50
+
+
+def parse_qualification(text: str, names: list[str]) -> Qualification:
+    """Parse a qualification expression over the score `names`, or raise ValueError
+    saying where it goes wrong."""
+    if len(text) > MAX_QUALIFY_LENGTH:
+        raise ValueError(f"longer than {MAX_QUALIFY_LENGTH} characters")
+    tokens: list[tuple[str, str, int]] = []
+    for match in _TOKEN.finditer(text):
+        kinds = ("(", ")", "op", "number", "word", "bad")
+        kind = next(k for k, group in zip(kinds, match.groups(), strict=True) if group)
+        value = next(group for group in match.groups() if group)
+        if kind == "bad":
+            raise ValueError(f"unexpected {value!r} at character {match.start(6) + 1}")
+        tokens.append((kind, value, match.start() + 1))
+    if len(tokens) > 4 * MAX_QUALIFY_TERMS:
+        raise ValueError(f"more than {MAX_QUALIFY_TERMS} terms")
+    position = 0
+
+    def peek() -> tuple[str, str, int] | None:
+        return tokens[position] if position < len(tokens) else None
+
+    def take() -> tuple[str, str, int]:
+        nonlocal position
+        token = peek()
+        if token is None:
+            raise ValueError("ends too early: a score name or '(' is missing")
+        position += 1
+        return token
+
+    def expression(depth: int) -> Qualification:
+        if depth > MAX_CONDITION_DEPTH:
+            raise ValueError(f"parentheses nest deeper than {MAX_CONDITION_DEPTH}")
+        parts = [term(depth)]
+        while (token := peek()) is not None and token[:2] == ("word", "or"):
+            take()
+            parts.append(term(depth))
+        return parts[0] if len(parts) == 1 else ("or", tuple(parts))
+
+    def term(depth: int) -> Qualification:
+        parts = [factor(depth)]
+        while (token := peek()) is not None and token[:2] == ("word", "and"):
+            take()
+            parts.append(factor(depth))
+        return parts[0] if len(parts) == 1 else ("and", tuple(parts))
+
+    def factor(depth: int) -> Qualification:
+        kind, value, at = take()
+        if kind == "(":
+            inner = expression(depth + 1)
+            if take()[0] != ")":
+                raise ValueError(f"'(' at character {at} is not closed")
+            return inner
+        if kind == "word" and value == "any":
+            return ("or", tuple(("score", name, None, None) for name in names))
+        if kind != "word" or value in ("and", "or"):
+            raise ValueError(f"expected a score name at character {at}, not {value!r}")
+        if value not in names:
+            raise ValueError(f"{value!r} (character {at}) is not a score: {', '.join(names)}")
+        following = peek()
+        if following is not None and following[0] == "op":
+            op = take()[1]
+            number_kind, number, number_at = take()
+            if number_kind != "number":
+                raise ValueError(f"expected a number at character {number_at}")
+            return ("score", value, op, float(number))
+        return ("score", value, None, None)
+
+    parsed = expression(0)
+    if (left := peek()) is not None:
+        raise ValueError(f"unexpected {left[1]!r} at character {left[2]}")
+    return parsed

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from schemas.ruleset import DEFAULT_SCORE
 from schemas.timefmt import iso
 from scoring_service.accounts import AccountScorer
 from scoring_service.intake import Event
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
+from scoring_service.scores import ADJUSTMENT_PREFIX, QUALIFIED_STAGES
 from scoring_service.state import AS_OF, HITS, IGNORED, LAST_SEEN, VALUE, Account, LeadState
 from stage_router import records
 from stage_router.accounts import follow_lead
@@ -32,6 +34,7 @@ from stage_router.lifecycle import (
     automatic_move,
     feedback_move,
     furthest_stage,
+    threshold_stage,
 )
 
 # Stages a lead can be recycled from (sales feedback `rejected`, or an expired SLA).
@@ -137,6 +140,14 @@ def _strongest(a: tuple[str, str] | None, b: tuple[str, str] | None) -> tuple[st
 QUEUE_PREFIX = records.QUEUE_PREFIX
 
 
+def lead_label(entries: Mapping[str, records.ScoreEntryDoc]) -> str | None:
+    """The lead's label: the default score's, else the first named score's that has one."""
+    for entry in entries.values():
+        if entry["label"] is not None:
+            return entry["label"]
+    return None
+
+
 class Engine:
     """Scores events for one active rule set."""
 
@@ -164,7 +175,8 @@ class Engine:
         matched: list[str] = []
         disqualify: str | None = None
         for rule in holding:
-            fit += rule.points
+            if rule.for_default:
+                fit += rule.points
             matched.append(rule.id)
             if rule.disqualify and disqualify is None:
                 disqualify = rule.id
@@ -212,7 +224,8 @@ class Engine:
         clock: float = state.as_of  # type: ignore[assignment]
         # Most events are the lead's latest: no decay to compute.
         gain = rule.points if ts == clock else rule.points * self.rules.decay_factor(clock - ts)
-        state.engagement += gain
+        if rule.for_default:
+            state.engagement += gain
         if signal is None:
             state.signals[rule.id] = [gain, clock, 1, 0, ts]
         else:
@@ -269,6 +282,12 @@ class Engine:
         """
         effects = Effects()
         fresh = LeadState(lead_id=state.lead_id, traits=state.traits, account_id=state.account_id)
+        # An admin's adjustments stand: kept as the points they added, as of when they did.
+        adjustments = {
+            signal_id: list(signal)
+            for signal_id, signal in state.signals.items()
+            if signal_id.startswith(ADJUSTMENT_PREFIX)
+        }
         for event in history:
             self._advance_clock(fresh, event.ts)
             hits: list[Hit] = []
@@ -276,6 +295,9 @@ class Engine:
             effects.hits.extend(hits)
             if hits_by_event is not None:
                 hits_by_event.append(hits)
+        for signal_id, signal in sorted(adjustments.items(), key=lambda item: item[1][AS_OF]):
+            self._advance_clock(fresh, signal[AS_OF])
+            self._add_adjustment(fresh, signal_id, signal)
         self.refresh_fit(fresh, account)
         state.fit, state.fit_rules, state.fit_key = fresh.fit, fresh.fit_rules, fresh.fit_key
         state.committee_role = fresh.committee_role
@@ -283,12 +305,10 @@ class Engine:
         state.counted, state.signals = fresh.counted, fresh.signals
         state.allowed = None  # judged again under this rule set
         state.ruleset_version = self.rules.version
+        reached, qualified_by = self.reached(state)
         move = automatic_move(
             stage=state.stage,
-            total=state.total,
-            mql_threshold=self.rules.mql_threshold,
-            sal_threshold=self.rules.sal_threshold,
-            sql_threshold=self.rules.sql_threshold,
+            reached=reached,
             allowed_rank=allowed_rank(state, self.rules, account.traits if account else None)[0],
             trigger=None,
             disqualify_rule=None,
@@ -302,6 +322,7 @@ class Engine:
                 occurred_at=now,
                 account=account,
                 now=now,
+                qualified_by=qualified_by,
             )
         self.account_follows(
             state, account, effects, caused_by=None, at=now, now=now, reason="rescore"
@@ -433,22 +454,15 @@ class Engine:
     ) -> None:
         """Ask the stage router for a move and turn it into records."""
         trigger = _strongest(state.pending_trigger, trigger)
+        reached, qualified_by = self.reached(state)
         if disqualify is None and trigger is None:
             # Only a threshold could move the lead: when none is newly crossed (the common
             # case), skip the stage router altogether.
-            total = state.total
-            sql = self.rules.sql_threshold
-            reachable = (
-                3
-                if sql is not None and total >= sql
-                else 2
-                if total >= self.rules.sal_threshold
-                else 1
-                if (total >= self.rules.mql_threshold)
-                else -1
-            )
+            reachable = RANK[reached] if reached is not None else -1
             if state.stage == "disqualified" or reachable <= RANK[state.stage]:
                 state.pending_trigger = None
+                if self.rules.book.several:
+                    self._notify_qualified(state, event, account, effects, now)
                 return
         if state.allowed is None:
             state.allowed = allowed_rank(state, self.rules, account.traits if account else None)
@@ -456,10 +470,7 @@ class Engine:
         decide = partial(
             automatic_move,
             stage=state.stage,
-            total=state.total,
-            mql_threshold=self.rules.mql_threshold,
-            sal_threshold=self.rules.sal_threshold,
-            sql_threshold=self.rules.sql_threshold,
+            reached=reached,
             trigger=trigger,
             disqualify_rule=disqualify,
         )
@@ -468,6 +479,10 @@ class Engine:
         wanted = decide() if why is not None else move
         state.held = why if wanted is not None and wanted != move else None
         if move is not None:
+            if move.reason == "trigger" and move.rule_id is not None:
+                qualified_by = list(self.rules.book.scores_of(move.rule_id))
+            elif move.reason != "threshold":
+                qualified_by = []
             self.move(
                 state,
                 move,
@@ -476,7 +491,10 @@ class Engine:
                 occurred_at=event.ts,
                 account=account,
                 now=now,
+                qualified_by=qualified_by,
             )
+        if self.rules.book.several:
+            self._notify_qualified(state, event, account, effects, now)
         # A trigger that could not be honoured (requirements, exclusions) waits for the traits.
         if (
             trigger is not None
@@ -498,8 +516,15 @@ class Engine:
         account: Account | None,
         now: float,
         detail: str | None = None,
+        qualified_by: list[str] | None = None,
     ) -> None:
-        """Apply a stage change and emit its transition (and notification) records."""
+        """Apply a stage change and emit its transition (and notification) records;
+        `qualified_by` names the scores that earned it (a threshold's, a trigger's)."""
+        book = self.rules.book
+        if book.several and qualified_by:
+            for name in qualified_by:
+                state.qualified[name] = move.to_stage
+        entries = self.score_entries(state)
         state.seq += 1
         transition = records.transition_record(
             lead_id=state.lead_id,
@@ -525,12 +550,15 @@ class Engine:
                 and account.account_id == state.account_id
                 else None
             ),
+            scores=entries,
+            qualified_by=qualified_by or [],
+            label=lead_label(entries),
         )
         state.stage = move.to_stage
         state.stage_entered_at = occurred_at
         effects.transitions.append(transition)
         account_traits = account.traits if account else None
-        queue = self.rules.queue_for(state.traits, account_traits)
+        queue = self.queue_for(state, account_traits, qualified_by or ())
         sla = self.rules.sla.get(move.to_stage)
         if move.to_stage in self.rules.notify_on:
             effects.notifications.append(
@@ -541,6 +569,7 @@ class Engine:
                     owner=QUEUE_PREFIX + queue,
                     sla_seconds=sla,
                     occurred_at=occurred_at,
+                    signals_by_score=self.named_explanations(state),
                 )
             )
         if sla:
@@ -642,18 +671,26 @@ class Engine:
         state.engagement = 0.0
         state.signals = {}
         state.pending_trigger = None
+        state.qualified = {}
 
     def explain(
-        self, state: LeadState, at: float | None = None
+        self, state: LeadState, at: float | None = None, score: str = DEFAULT_SCORE
     ) -> tuple[records.ScoreDoc, list[records.SignalDoc]]:
-        """The lead's score as of `at` (by default its clock, the latest event time) and
-        every signal's contribution to it; the contributions add up to the total."""
+        """A score of the lead (the default one unless named) as of `at` (by default its
+        clock, the latest event time) and every signal's contribution to it; the
+        contributions add up to the total."""
         clock = state.as_of
         later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
         signals: list[records.SignalDoc] = []
+        book = self.rules.book
+        several = book.several
+        engagement = 0.0
         for rule_id, (value, as_of, hits, ignored, last_seen) in state.signals.items():
+            if several and score not in book.scores_of(rule_id):
+                continue
             rule = self.rules.by_id.get(rule_id)
             decay = self.rules.decay_factor((clock or as_of) - as_of) * later
+            engagement += value * decay
             signals.append(
                 {
                     "rule_id": rule_id,
@@ -666,9 +703,11 @@ class Engine:
                     "last_seen": iso(last_seen),
                 }
             )
+        fit = 0.0
         for rule_id in state.fit_rules:
             rule = self.rules.by_id.get(rule_id)
-            if rule is not None:
+            if rule is not None and (not several or score in book.scores_of(rule_id)):
+                fit += rule.points
                 signals.append(
                     {
                         "rule_id": rule_id,
@@ -681,7 +720,215 @@ class Engine:
                         "last_seen": None,
                     }
                 )
-        return records.explanation(signals, state.fit, state.engagement * later)
+        if score == DEFAULT_SCORE:
+            # The running sums, exactly as every record of the default score shows them.
+            fit, engagement = state.fit, state.engagement * later
+        return records.explanation(signals, fit, engagement)
+
+    def named_explanations(
+        self, state: LeadState, at: float | None = None
+    ) -> dict[str, list[records.SignalDoc]]:
+        """The named scores' signals (empty when the rule set has only the default)."""
+        return {
+            score.name: self.explain(state, at, score.name)[1]
+            for score in self.rules.book.scores[1:]
+        }
+
+    # -- several scores ------------------------------------------------------------------
+
+    def score_parts(self, state: LeadState) -> dict[str, tuple[float, float]]:
+        """Each score's (fit, engagement) as of the lead's clock: the default score's from
+        the running sums, a named one's from the signals of the rules that count for it."""
+        book = self.rules.book
+        fit = {score.name: 0.0 for score in book.scores}
+        engagement = dict(fit)
+        if book.several:
+            for rule_id in state.fit_rules:
+                rule = self.rules.by_id.get(rule_id)
+                if rule is not None:
+                    for name in book.scores_of(rule_id):
+                        if name in fit:
+                            fit[name] += rule.points
+            clock = state.as_of
+            for signal_id, signal in state.signals.items():
+                value = signal[VALUE]
+                if clock is not None and signal[AS_OF] != clock:
+                    value *= self.rules.decay_factor(clock - signal[AS_OF])
+                for name in book.scores_of(signal_id):
+                    if name in engagement:
+                        engagement[name] += value
+        fit[DEFAULT_SCORE] = state.fit
+        engagement[DEFAULT_SCORE] = state.engagement
+        return {name: (fit[name], engagement[name]) for name in fit}
+
+    def reached(self, state: LeadState) -> tuple[str | None, list[str]]:
+        """The highest stage the lead's scores qualify it for, and the scores that did."""
+        book = self.rules.book
+        if not book.several:
+            reached = threshold_stage(
+                state.total,
+                self.rules.mql_threshold,
+                self.rules.sal_threshold,
+                self.rules.sql_threshold,
+            )
+            return reached, [DEFAULT_SCORE] if reached is not None else []
+        totals = {name: f + e for name, (f, e) in self.score_parts(state).items()}
+        return book.reached(totals)
+
+    def score_entries(self, state: LeadState) -> dict[str, records.ScoreEntryDoc]:
+        """Every score as published, with its grade label."""
+        entries: dict[str, records.ScoreEntryDoc] = {}
+        parts = self.score_parts(state)
+        for score in self.rules.book.scores:
+            f, e = parts[score.name]
+            doc = records.score_doc(f, e)
+            entries[score.name] = {
+                "total": doc["total"],
+                "fit": doc["fit"],
+                "engagement": doc["engagement"],
+                "label": score.label(doc["fit"], doc["engagement"]),
+            }
+        return entries
+
+    def queue_for(
+        self,
+        state: LeadState,
+        account_traits: Mapping[str, Any] | None,
+        qualified_by: Sequence[str] = (),
+    ) -> str:
+        """The first qualifying score's own queue, else the routing rules' pick."""
+        for name in qualified_by:
+            score = self.rules.book.by_name.get(name)
+            if score is not None and score.queue is not None:
+                return score.queue
+        return self.rules.queue_for(state.traits, account_traits)
+
+    def _notify_qualified(
+        self,
+        state: LeadState,
+        event: Event,
+        account: Account | None,
+        effects: Effects,
+        now: float,
+    ) -> None:
+        """A score that reaches, by its own threshold, a stage the lead is already in (it
+        moved there by another score) is told to that score's sales: one notification
+        per score and stage, no second move."""
+        if state.stage not in RECYCLABLE:
+            return
+        current = RANK[state.stage]
+        entries: dict[str, records.ScoreEntryDoc] | None = None
+        parts = self.score_parts(state)
+        for score in self.rules.book.scores:
+            f, e = parts[score.name]
+            for stage in QUALIFIED_STAGES:
+                least = score.threshold(stage)
+                if RANK[stage] > current or least is None or f + e < least:
+                    continue
+                before = state.qualified.get(score.name)
+                if before is not None and RANK[before] >= RANK[stage]:
+                    break
+                state.qualified[score.name] = stage
+                if stage in self.rules.notify_on:
+                    entries = entries or self.score_entries(state)
+                    account_traits = account.traits if account else None
+                    default = entries[DEFAULT_SCORE]
+                    effects.notifications.append(
+                        records.qualified_record(
+                            lead_id=state.lead_id,
+                            seq=state.seq,
+                            score_name=score.name,
+                            stage=stage,
+                            score={
+                                "total": default["total"],
+                                "fit": default["fit"],
+                                "engagement": default["engagement"],
+                            },
+                            scores=entries,
+                            label=lead_label(entries),
+                            signals=self.explain(state)[1],
+                            signals_by_score=self.named_explanations(state),
+                            profile_doc=records.profile(state.traits, account_traits),
+                            owner=QUEUE_PREFIX
+                            + self.queue_for(state, account_traits, (score.name,)),
+                            ruleset_version=self.rules.version,
+                            occurred_at=event.ts,
+                            committee_role=(
+                                state.committee_role if self.accounts is not None else None
+                            ),
+                            account_score=None,
+                        )
+                    )
+                break
+
+    # -- adjustments ---------------------------------------------------------------------
+
+    def _add_adjustment(self, state: LeadState, signal_id: str, signal: list[float]) -> None:
+        """Count an adjustment signal (points as of its moment) into the lead."""
+        clock = state.as_of if state.as_of is not None else signal[AS_OF]
+        value = signal[VALUE] * self.rules.decay_factor(clock - signal[AS_OF])
+        existing = state.signals.get(signal_id)
+        if existing is None:
+            state.signals[signal_id] = [value, clock, signal[HITS], 0, signal[LAST_SEEN]]
+        else:
+            existing[VALUE] = (
+                existing[VALUE] * self.rules.decay_factor(clock - existing[AS_OF]) + value
+            )
+            existing[AS_OF] = clock
+            existing[HITS] += signal[HITS]
+            existing[LAST_SEEN] = max(existing[LAST_SEEN], signal[LAST_SEEN])
+        if signal_id == ADJUSTMENT_PREFIX + DEFAULT_SCORE:
+            state.engagement += value
+
+    def adjust(
+        self,
+        state: LeadState,
+        *,
+        scores: Sequence[str],
+        operation: str,
+        value: float,
+        at: float,
+        caused_by: str,
+        detail: str,
+        account: Account | None,
+        now: float,
+    ) -> Effects:
+        """An admin sets (`set`) or changes (`add`) a lead's engagement in `scores`: kept as
+        an adjustment signal per score, so each score still adds up from its signals. When
+        the new scores earn a stage, the move is a transition with reason `adjustment`."""
+        effects = Effects()
+        self._advance_clock(state, at)
+        parts = self.score_parts(state)
+        for name in scores:
+            current = parts[name][1]
+            delta = value - current if operation == "set" else value
+            self._add_adjustment(
+                state, ADJUSTMENT_PREFIX + name, [delta, state.as_of or at, 1, 0, at]
+            )
+        reached, qualified_by = self.reached(state)
+        if state.allowed is None:
+            state.allowed = allowed_rank(state, self.rules, account.traits if account else None)
+        move = automatic_move(
+            stage=state.stage,
+            reached=reached,
+            trigger=None,
+            disqualify_rule=None,
+            allowed_rank=state.allowed[0],
+        )
+        if move is not None:
+            self.move(
+                state,
+                Move(move.to_stage, "adjustment"),
+                effects,
+                caused_by=caused_by,
+                occurred_at=at,
+                account=account,
+                now=now,
+                detail=detail,
+                qualified_by=qualified_by,
+            )
+        self.account_follows(state, account, effects, caused_by=caused_by, at=at, now=now)
+        return effects
 
     def history_shares(
         self, state: LeadState, events: Sequence[tuple[float, float, bool]]
@@ -746,6 +993,9 @@ class Engine:
         if target.account_id is None:
             target.account_id = source.account_id
         target.pending_trigger = _strongest(target.pending_trigger, source.pending_trigger)
+        for name, stage in source.qualified.items():
+            if RANK[stage] > RANK[target.qualified.get(name, LEAD)]:
+                target.qualified[name] = stage
         self.refresh_fit(target, account)
         stage = furthest_stage(target.stage, source.stage)
         if stage != target.stage:

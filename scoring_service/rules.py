@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from schemas.ruleset import (
+    DEFAULT_SCORE,
     CommitteeRole,
     Operators,
     Rule,
@@ -22,6 +23,7 @@ from schemas.ruleset import (
 )
 from schemas.timefmt import DAY
 from scoring_service.intake import Event
+from scoring_service.scores import ScoreBook, compile_scores
 
 Predicate = Callable[[Any], bool]
 # What a behavioural rule tests, when it is a single thing (the common case).
@@ -289,6 +291,9 @@ class CompiledRule:
     shape: str = MIXED
     # Conditions beyond the common ones above (context, all / any / not), checked last.
     extra: Condition | None = None
+    # Whether the rule counts for the default score (the running sum on the lead); the
+    # scores it counts for are in the rule set's ScoreBook.
+    for_default: bool = True
 
     def matches_behaviour(
         self,
@@ -368,6 +373,7 @@ def _compile_rule(rule: Rule) -> CompiledRule:
         properties=properties,
         trait=trait,
         extra=extra,
+        for_default=rule.scores is None or DEFAULT_SCORE in rule.scores,
     )
 
 
@@ -479,6 +485,8 @@ class CompiledRuleSet:
     # traits; else account changes never touch a lead's fit or what it is allowed.
     fit_reads_account: bool
     by_id: Mapping[str, CompiledRule]
+    # The scores (the default one and any named), and which stage each qualifies for.
+    book: ScoreBook
     # Behavioural rules that apply to every event of a type, and track rules by event name.
     by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
     by_track_name: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
@@ -586,4 +594,5 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},
         accounts=_compile_accounts(document),
+        book=compile_scores(document),
     )

@@ -98,6 +98,9 @@ class LeadState:
     allowed: tuple[int, str | None] | None = None
     # The person's role in their account's buying committee, judged with fit.
     committee_role: str | None = None
+    # With several scores: the highest stage each score has qualified the lead for (a move
+    # it made, or a notification that it qualified too); empty again when recycled.
+    qualified: dict[str, str] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -116,6 +119,8 @@ class LeadState:
             doc["held"] = self.held
         if self.committee_role is not None:
             doc["role"] = self.committee_role
+        if self.qualified:
+            doc["qualified"] = self.qualified
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -130,6 +135,7 @@ class LeadState:
         self.pending_trigger = (pending[0], pending[1]) if pending else None
         self.held = doc.get("held")
         self.committee_role = doc.get("role")
+        self.qualified = doc.get("qualified") or {}
 
 
 def _signal(entry: list[float]) -> list[float]:

@@ -83,34 +83,39 @@ def _capped(stage: str, allowed_rank: int) -> str | None:
     return best
 
 
+def threshold_stage(
+    total: float, mql_threshold: float, sal_threshold: float, sql_threshold: float | None
+) -> str | None:
+    """The highest stage one score's thresholds give `total`, if any."""
+    if sql_threshold is not None and total >= sql_threshold:
+        return SQL
+    return SAL if total >= sal_threshold else MQL if total >= mql_threshold else None
+
+
 def automatic_move(
     *,
     stage: str,
-    total: float,
-    mql_threshold: float,
-    sal_threshold: float,
+    reached: str | None,
     trigger: tuple[str, str] | None,
     disqualify_rule: str | None,
-    sql_threshold: float | None = None,
     allowed_rank: int = RANK[SQL],
 ) -> Move | None:
     """The one move scoring makes after an event, if any.
 
-    `trigger` is (stage, rule_id) of the strongest instant-promotion rule that has fired and
-    not yet been honoured. A jump (lead straight to sal) is a single move; an instant trigger
-    wins over a threshold when both fire; nothing moves a disqualified lead. `allowed_rank`
-    is the highest rank the lead's traits allow (exclusions and per-stage requirements): a
-    move, triggered or not, goes no higher, and without mql's requirements nothing moves.
+    `reached` is the highest stage the lead's scores qualify it for (threshold_stage for
+    one score; scoring_service.scores for several). `trigger` is (stage, rule_id) of the
+    strongest instant-promotion rule that has fired and not yet been honoured. A jump (lead
+    straight to sal) is a single move; an instant trigger wins over a threshold when both
+    fire; nothing moves a disqualified lead. `allowed_rank` is the highest rank the lead's
+    traits allow (exclusions and per-stage requirements): a move, triggered or not, goes no
+    higher, and without mql's requirements nothing moves.
     """
     if stage == DISQUALIFIED:
         return None
     if disqualify_rule is not None:
         return Move(DISQUALIFIED, "disqualified", disqualify_rule)
     current = RANK[stage]
-    if sql_threshold is not None and total >= sql_threshold:
-        by_threshold: str | None = SQL
-    else:
-        by_threshold = SAL if total >= sal_threshold else MQL if total >= mql_threshold else None
+    by_threshold = reached
     threshold_rank = RANK[by_threshold] if by_threshold else -1
     if trigger is not None and RANK[trigger[0]] > current and RANK[trigger[0]] >= threshold_rank:
         target = _capped(trigger[0], allowed_rank)

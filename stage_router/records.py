@@ -28,6 +28,15 @@ class ScoreDoc(TypedDict):
     engagement: float
 
 
+class ScoreEntryDoc(TypedDict):
+    """One of a lead's scores, with its grade label (None when it has no grade bands)."""
+
+    total: float
+    fit: float
+    engagement: float
+    label: str | None
+
+
 class TransitionDoc(TypedDict):
     """A value on `lead-status-transitions`."""
 
@@ -49,6 +58,11 @@ class TransitionDoc(TypedDict):
     # score at the moment (None when the rule set does not score accounts).
     committee_role: str | None
     account_score: float | None
+    # Every score by name (`default` is `score` again), the scores that made this move (a
+    # threshold crossed, a trigger's), and the lead's grade label.
+    scores: dict[str, ScoreEntryDoc]
+    qualified_by: list[str]
+    label: str | None
 
 
 class SignalDoc(TypedDict):
@@ -78,7 +92,8 @@ class NotificationDoc(TypedDict):
     """A value on `sales-notifications`."""
 
     notification_id: str
-    type: Literal["promotion", "sla_breach"]
+    # `qualified`: a further score reached a stage the lead is already in (no new move).
+    type: Literal["promotion", "sla_breach", "qualified"]
     lead_id: str
     stage: str
     priority: Literal["hot", "warm"]
@@ -91,6 +106,11 @@ class NotificationDoc(TypedDict):
     occurred_at: str
     committee_role: str | None
     account_score: float | None
+    scores: dict[str, ScoreEntryDoc]
+    qualified_by: list[str]
+    label: str | None
+    # The named scores' explanations (the default score's is `signals`).
+    signals_by_score: dict[str, list[SignalDoc]]
 
 
 class AccountScoreDoc(TypedDict):
@@ -186,6 +206,9 @@ def transition_record(
     reason_detail: str | None = None,
     committee_role: str | None = None,
     account_score: float | None = None,
+    scores: dict[str, ScoreEntryDoc] | None = None,
+    qualified_by: list[str] | None = None,
+    label: str | None = None,
 ) -> TransitionDoc:
     return {
         "transition_id": f"{lead_id}:{seq}",
@@ -203,6 +226,9 @@ def transition_record(
         "emitted_at": iso(emitted_at),
         "committee_role": committee_role,
         "account_score": account_score,
+        "scores": scores if scores is not None else {"default": {**score, "label": None}},
+        "qualified_by": qualified_by or [],
+        "label": label,
     }
 
 
@@ -348,6 +374,8 @@ def breach_record(
     ruleset_version: int,
     committee_role: str | None = None,
     account_score: float | None = None,
+    scores: dict[str, ScoreEntryDoc] | None = None,
+    label: str | None = None,
 ) -> NotificationDoc:
     """The notification that a handoff's follow-up deadline passed unanswered."""
     return {
@@ -365,6 +393,10 @@ def breach_record(
         "occurred_at": iso(respond_by),
         "committee_role": committee_role,
         "account_score": account_score,
+        "scores": scores if scores is not None else {"default": {**score, "label": None}},
+        "qualified_by": [],
+        "label": label,
+        "signals_by_score": {},
     }
 
 
@@ -376,6 +408,7 @@ def promotion_record(
     owner: str,
     sla_seconds: float | None,
     occurred_at: float,
+    signals_by_score: dict[str, list[SignalDoc]] | None = None,
 ) -> NotificationDoc:
     """The sales notification for entering a stage listed in `notify_on`."""
     stage = transition["to_stage"]
@@ -394,4 +427,50 @@ def promotion_record(
         "occurred_at": iso(occurred_at),
         "committee_role": transition["committee_role"],
         "account_score": transition["account_score"],
+        "scores": transition["scores"],
+        "qualified_by": transition["qualified_by"],
+        "label": transition["label"],
+        "signals_by_score": signals_by_score or {},
+    }
+
+
+def qualified_record(
+    *,
+    lead_id: str,
+    seq: int,
+    score_name: str,
+    stage: str,
+    score: ScoreDoc,
+    scores: dict[str, ScoreEntryDoc],
+    label: str | None,
+    signals: list[SignalDoc],
+    signals_by_score: dict[str, list[SignalDoc]],
+    profile_doc: ProfileDoc,
+    owner: str,
+    ruleset_version: int,
+    occurred_at: float,
+    committee_role: str | None,
+    account_score: float | None,
+) -> NotificationDoc:
+    """A further score qualified a lead for a stage it is already in: sales of that score
+    hear of it (the lead does not move again)."""
+    return {
+        "notification_id": f"{lead_id}:{seq}:qualified:{score_name}",
+        "type": "qualified",
+        "lead_id": lead_id,
+        "stage": stage,
+        "priority": "hot" if RANK.get(stage, 0) >= RANK[SAL] else "warm",
+        "score": score,
+        "signals": signals,
+        "profile": profile_doc,
+        "owner": owner,
+        "respond_by": None,
+        "ruleset_version": ruleset_version,
+        "occurred_at": iso(occurred_at),
+        "committee_role": committee_role,
+        "account_score": account_score,
+        "scores": scores,
+        "qualified_by": [score_name],
+        "label": label,
+        "signals_by_score": signals_by_score,
     }

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from stage_router.lifecycle import FEEDBACK_MOVES, IllegalFeedback, automatic_move, feedback_move
+from stage_router.lifecycle import (
+    FEEDBACK_MOVES,
+    IllegalFeedback,
+    automatic_move,
+    feedback_move,
+    threshold_stage,
+)
 
 STAGES = ["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified"]
 
@@ -12,9 +18,7 @@ STAGES = ["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "d
 def decide(stage="lead", total=0.0, met=True, trigger=None, disqualify=None):
     return automatic_move(
         stage=stage,
-        total=total,
-        mql_threshold=50,
-        sal_threshold=90,
+        reached=threshold_stage(total, 50, 90, None),
         allowed_rank=3 if met else 0,
         trigger=trigger,
         disqualify_rule=disqualify,

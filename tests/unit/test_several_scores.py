@@ -1,0 +1,278 @@
+"""Several scores per lead (one per product line), grades, and adjustments with a reason, as
+journeys through the pure pipeline."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from schemas.ruleset import RuleSetDocument
+from scoring_service.engine import Engine
+from scoring_service.intake import Event, parse_event
+from scoring_service.rules import compile_ruleset
+from scoring_service.simulation import replay_documents
+from tests.factories import at, identify, page, track
+
+NOW = time.time()
+LINES = ["default", "fleet", "warehouse"]
+GRADES = {"fit": [30, 20, 10], "engagement": [60, 30]}
+RULES: list[dict[str, Any]] = [
+    {
+        "id": "vp",
+        "category": "fit",
+        "points": 10,
+        "scores": LINES,
+        "when": {"trait": "title", "words_any": ["vp"]},
+    },
+    {
+        "id": "fleet-page",
+        "category": "engagement",
+        "points": 20,
+        "scores": ["fleet"],
+        "when": {"path": "/fleet*"},
+    },
+    {
+        "id": "warehouse-page",
+        "category": "engagement",
+        "points": 20,
+        "scores": ["warehouse"],
+        "when": {"path": "/warehouse*"},
+    },
+    {
+        "id": "pricing",
+        "category": "engagement",
+        "points": 10,
+        "scores": LINES,
+        "when": {"path": "/pricing*"},
+    },
+    {
+        "id": "warehouse-demo",
+        "category": "engagement",
+        "points": 5,
+        "scores": ["warehouse"],
+        "promote_to": "sal",
+        "when": {"event": "Warehouse Demo Requested"},
+    },
+]
+
+
+PRICING_ONLY = {k: v for k, v in RULES[3].items() if k != "scores"}
+
+
+def document(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "two product lines",
+        "thresholds": {"mql": 50, "sal": 100},
+        "notify_on": ["mql", "sal"],
+        "scores": {
+            "fleet": {"thresholds": {"mql": 40, "sal": 90}, "queue": "fleet", "grades": GRADES},
+            "warehouse": {"thresholds": {"mql": 40, "sal": 90}, "queue": "warehouse"},
+        },
+        "grades": GRADES,
+        "routing": {
+            "default_queue": "sdr",
+            "queues": {
+                "sdr": {"owners": ["s1"]},
+                "fleet": {"owners": ["f1"]},
+                "warehouse": {"owners": ["w1"]},
+            },
+        },
+        "rules": RULES,
+        **overrides,
+    }
+
+
+def engine_of(**overrides: Any) -> Engine:
+    return Engine(compile_ruleset(RuleSetDocument.model_validate(document(**overrides)), 1))
+
+
+def feed(replay: Any, docs: list[dict[str, Any]]) -> None:
+    events = [parse_event(orjson.dumps(doc), now=NOW) for doc in docs]
+    assert all(isinstance(e, Event) for e in events)
+    replay.feed(events, now=NOW)
+
+
+def adds_up(notification: dict[str, Any]) -> None:
+    """Every named score's signals add up to it, fit and engagement, to the cent."""
+    for name, signals in notification["signals_by_score"].items():
+        entry = notification["scores"][name]
+        for category in ("fit", "engagement"):
+            total = sum(s["contribution"] for s in signals if s["category"] == category)
+            assert round(total, 2) == entry[category], (name, category)
+    default = notification["scores"]["default"]
+    assert round(sum(s["contribution"] for s in notification["signals"]), 2) == default["total"]
+
+
+def test_a_lead_ready_for_fleet_becomes_mql_by_fleet_and_later_qualifies_for_warehouse_too():
+    engine = engine_of()
+    replay = replay_documents(
+        engine,
+        [
+            identify({"title": "VP Logistics", "email": "v@acme.example"}, user="u", when=at(0)),
+            page("/fleet/telematics", user="u", when=at(0, hours=1)),
+            page("/fleet/pricing-calculator", user="u", when=at(0, hours=2)),
+        ],
+        now=NOW,
+    )
+    [mql] = replay.transitions
+    assert (mql["to_stage"], mql["reason"], mql["qualified_by"]) == ("mql", "threshold", ["fleet"])
+    assert mql["scores"]["fleet"]["total"] == 50 and mql["scores"]["warehouse"]["total"] == 10
+    assert mql["scores"]["default"] == {**mql["score"], "label": "C3"}
+    [told] = replay.notifications
+    assert told["owner"] == "queue:fleet" and told["qualified_by"] == ["fleet"]
+    assert told["scores"]["fleet"]["label"] == "C2"  # fit 10 (C), engagement 40 (2)
+    adds_up(told)
+    lead = replay.ws.leads["u"]
+    assert lead.total == 10  # the default score: fleet pages do not count for it
+
+    # Warehouse pages: that score qualifies too: its sales hear of it, no second mql.
+    feed(
+        replay,
+        [
+            page("/warehouse/racking", user="u", when=at(0, hours=3)),
+            page("/warehouse/wms", user="u", when=at(0, hours=4)),
+        ],
+    )
+    assert len(replay.transitions) == 1
+    qualified = replay.notifications[-1]
+    assert (qualified["type"], qualified["stage"], qualified["owner"]) == (
+        "qualified",
+        "mql",
+        "queue:warehouse",
+    )
+    assert qualified["qualified_by"] == ["warehouse"]
+    assert qualified["scores"]["warehouse"]["total"] == 50
+    adds_up(qualified)
+    # Once per score and stage.
+    feed(replay, [page("/warehouse/x", user="u", when=at(0, hours=5))])
+    assert len(replay.notifications) == 2
+
+
+def test_a_trigger_promotes_for_its_own_scores_and_sends_the_lead_to_their_queue():
+    engine = engine_of()
+    replay = replay_documents(
+        engine, [track("Warehouse Demo Requested", user="u", when=at(0))], now=NOW
+    )
+    [sal] = replay.transitions
+    assert (sal["to_stage"], sal["reason"], sal["qualified_by"]) == (
+        "sal",
+        "trigger",
+        ["warehouse"],
+    )
+    assert replay.notifications[0]["owner"] == "queue:warehouse"
+
+
+def test_a_qualification_expression_decides_which_scores_move_the_lead():
+    engine = engine_of(qualify={"mql": "fleet >= 60 or (warehouse and default)"})
+    docs = [
+        identify({"title": "VP"}, user="u", when=at(0)),
+        page("/fleet/a", user="u", when=at(0, hours=1)),
+        page("/fleet/b", user="u", when=at(0, hours=2)),
+    ]
+    replay = replay_documents(engine, docs, now=NOW)
+    assert replay.transitions == []  # fleet is 50: over its threshold, not over 60
+    feed(replay, [page("/pricing", user="u", when=at(0, hours=3))])
+    [mql] = replay.transitions
+    assert mql["qualified_by"] == ["fleet"] and mql["scores"]["fleet"]["total"] == 60
+
+
+def test_one_score_rule_sets_keep_their_records_with_the_default_score_named():
+    engine = Engine(
+        compile_ruleset(
+            RuleSetDocument.model_validate(
+                {"name": "one", "thresholds": {"mql": 20, "sal": 90}, "rules": [PRICING_ONLY]}
+            ),
+            1,
+        )
+    )
+    replay = replay_documents(
+        engine, [page("/pricing", user="u", when=at(0, hours=h)) for h in (0, 1)], now=NOW
+    )
+    [mql] = replay.transitions
+    assert mql["scores"] == {"default": {**mql["score"], "label": None}}
+    assert mql["qualified_by"] == ["default"] and mql["label"] is None
+    assert replay.notifications[0]["signals_by_score"] == {}
+
+
+def test_an_annual_reset_sets_engagement_to_zero_and_the_reason_is_on_the_move():
+    engine = engine_of()
+    replay = replay_documents(
+        engine,
+        [page("/fleet/a", user="u", when=at(0)), page("/pricing", user="u", when=at(0, hours=2))],
+        now=NOW,
+    )
+    lead = replay.ws.leads["u"]
+    assert engine.score_parts(lead)["fleet"] == (0.0, 30.0)
+    assert replay.transitions == []
+    effects = engine.adjust(
+        lead,
+        scores=LINES,
+        operation="set",
+        value=0.0,
+        at=lead.as_of or 0.0,
+        caused_by="adjust:admin",
+        detail="annual_reset",
+        account=None,
+        now=NOW,
+    )
+    assert effects.transitions == []
+    assert {name: parts[1] for name, parts in engine.score_parts(lead).items()} == {
+        name: 0.0 for name in LINES
+    }
+    score, signals = engine.explain(lead, score="fleet")
+    assert score["engagement"] == 0.0
+    assert round(sum(s["contribution"] for s in signals), 2) == 0.0
+    assert "adjust:fleet" in {s["rule_id"] for s in signals}
+    # An add that earns a stage moves the lead, with the reason on the transition.
+    effects = engine.adjust(
+        lead,
+        scores=["warehouse"],
+        operation="add",
+        value=45.0,
+        at=lead.as_of or 0.0,
+        caused_by="adjust:admin",
+        detail="event attended",
+        account=None,
+        now=NOW,
+    )
+    [move] = effects.transitions
+    assert (move["to_stage"], move["reason"], move["reason_detail"]) == (
+        "mql",
+        "adjustment",
+        "event attended",
+    )
+    assert move["qualified_by"] == ["warehouse"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rules": [{**RULES[1], "scores": ["fleet2"]}]}, "rules[0] (fleet-page) counts for score"),
+        ({"qualify": {"mql": "fleet or"}}, "qualify.mql: ends too early"),
+        ({"qualify": {"sal": "fleet > x"}}, "qualify.sal: expected a number"),
+        ({"qualify": {"mql": "trucks"}}, "'trucks' (character 1) is not a score"),
+        ({"scores": {"default": {"thresholds": {"mql": 1, "sal": 2}}}}, "is the default score"),
+        (
+            {
+                "scores": {
+                    "fleet": {"thresholds": {"mql": 1, "sal": 2}, "queue": "nowhere"},
+                    "warehouse": {"thresholds": {"mql": 1, "sal": 2}},
+                }
+            },
+            "scores.fleet.queue is 'nowhere'",
+        ),
+        ({"grades": {"fit": [10, 20, 30], "engagement": [2, 1]}}, "from high to low"),
+        (
+            {"scores": {f"s{i}": {"thresholds": {"mql": 1, "sal": 2}} for i in range(25)}},
+            "at most 24 items",
+        ),
+    ],
+)
+def test_score_declarations_are_validated_with_located_errors(change, message):
+    with pytest.raises(ValidationError) as caught:
+        RuleSetDocument.model_validate(document(**change))
+    assert message in str(caught.value)
