@@ -13,6 +13,7 @@ from schemas.records import (
     AccountTransitionRecord,
     MemberShare,
     Score,
+    ScoreEntry,
     Signal,
     StorableText,
     TransitionRecord,
@@ -71,6 +72,20 @@ class LeadPublic(BaseModel):
     account_score: float | None = Field(
         default=None, description="the account's total score (as of its latest member event)"
     )
+    scores: dict[str, ScoreEntry] = Field(
+        default_factory=dict,
+        description="every score by name, as of now: `default` (the same as `score`) and the "
+        "rule set's named ones",
+    )
+    label: str | None = Field(default=None, description="the lead's grade label, e.g. A1")
+    signals_by_score: dict[str, list[Signal]] = Field(
+        default_factory=dict,
+        description="the named scores' signals (each adds up to its score, as `signals` does)",
+    )
+    qualified: dict[str, Stage] = Field(
+        default_factory=dict,
+        description="with several scores: the highest stage each score has qualified the lead for",
+    )
 
 
 class LeadSummary(BaseModel):
@@ -78,6 +93,12 @@ class LeadSummary(BaseModel):
     stage: Stage
     account_id: str | None
     score: Score = Field(description="as of the lead's latest event (not decayed to now)")
+    scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="each score's total by name, as of the lead's latest event (with several "
+        "scores or grade bands; empty otherwise)",
+    )
+    label: str | None = Field(default=None, description="the lead's grade label, e.g. A1")
     last_event_at: datetime | None
     updated_at: datetime
 
@@ -113,6 +134,16 @@ class ScoredEventPublic(BaseModel):
     )
 
 
+class AdjustmentEntry(BaseModel):
+    at: datetime
+    by: str
+    scores: list[str]
+    operation: Literal["set", "add"]
+    value: float
+    reason: str
+    transition_id: str | None
+
+
 class LeadHistory(BaseModel):
     """A lead's log. The events' contributions, `unlisted_contribution` and the fit signals
     add up to `score.total`, to the cent."""
@@ -127,6 +158,14 @@ class LeadHistory(BaseModel):
     )
     events: list[ScoredEventPublic]
     transitions: list[TransitionRecord]
+    adjusted_contribution: float = Field(
+        default=0.0,
+        description="what admins' adjustments of the default score add to it now (each one is "
+        "in `adjustments`)",
+    )
+    adjustments: list[AdjustmentEntry] = Field(
+        default_factory=list, description="adjustments of the lead's scores, oldest first"
+    )
 
 
 class RuleSetSummary(BaseModel):
@@ -352,6 +391,31 @@ class StageChange(BaseModel):
     reason: StorableText = Field(
         min_length=1, max_length=500, description="why, in words (audited)"
     )
+
+
+class Adjustment(BaseModel):
+    """An admin sets (`set`) or changes (`add`) a lead's engagement in one score (`score`)
+    or in all of them (no `score`), with the reason why."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    score: str | None = Field(
+        default=None, max_length=40, description="the score's name; all scores when left out"
+    )
+    operation: Literal["set", "add"]
+    value: float = Field(ge=-10_000, le=10_000, allow_inf_nan=False)
+    reason: StorableText = Field(
+        min_length=1,
+        max_length=500,
+        description="why: annual_reset, bot_activity, opportunity_lost, or words (audited, "
+        "on the transition it makes and in the lead's explanation)",
+    )
+
+
+class AdjustmentResult(BaseModel):
+    lead_id: str
+    scores: dict[str, ScoreEntry] = Field(description="the lead's scores after the adjustment")
+    transition: TransitionRecord | None = Field(description="the move it earned, if any")
 
 
 class StageChangeResult(BaseModel):

@@ -407,6 +407,44 @@ class NamedScore(BaseModel):
 
 MAX_QUALIFY_LENGTH = 500
 
+# Crawlers and scripts that visit pages like people do: their events are counted, not scored.
+# Names, not "bot" alone: "Cubot" is a phone maker whose browsers say so.
+DEFAULT_BOT_AGENTS = (
+    "googlebot",
+    "bingbot",
+    "yandexbot",
+    "baiduspider",
+    "duckduckbot",
+    "slurp",
+    "applebot",
+    "ahrefsbot",
+    "semrushbot",
+    "mj12bot",
+    "petalbot",
+    "gptbot",
+    "facebookexternalhit",
+    "linkedinbot",
+    "twitterbot",
+    "headlesschrome",
+    "python-requests",
+    "curl/",
+    "wget/",
+    "crawler",
+    "spider",
+)
+
+
+class Bots(BaseModel):
+    """Events whose `context.userAgent` contains any of `user_agents` (ignoring case) are
+    counted (leadscore_events_consumed_total{result="bot"}) and neither scored nor stored;
+    an empty list turns the filter off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_agents: list[Annotated[str, Field(min_length=2, max_length=MAX_PATTERN_LENGTH)]] = Field(
+        default_factory=lambda: list(DEFAULT_BOT_AGENTS), max_length=MAX_WORDS
+    )
+
 
 class Decay(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -544,6 +582,7 @@ class RuleSetDocument(BaseModel):
     excluded_when: list[Exclusion] = Field(default_factory=list, max_length=MAX_EXCLUSIONS)
     # Accounts and their buying committees; without it, accounts are not scored.
     accounts: AccountRules | None = None
+    bots: Bots = Bots()
     # Named scores beside the default one (whose thresholds are `thresholds`).
     scores: dict[ScoreName, NamedScore] = Field(default_factory=dict, max_length=MAX_SCORES - 1)
     # The default score's grade bands.

@@ -327,6 +327,7 @@ class Engine:
         self.account_follows(
             state, account, effects, caused_by=None, at=now, now=now, reason="rescore"
         )
+        self.note_scores(state)
         return effects
 
     # -- events --------------------------------------------------------------------------
@@ -391,7 +392,19 @@ class Engine:
                 self._move_account(
                     member_of, earned, effects, caused_by=event.message_id, at=event.ts, now=now
                 )
+        if self.rules.book.listed:
+            self.note_scores(state)
         return effects
+
+    def note_scores(self, state: LeadState) -> None:
+        """Keep each score's total and the label on the lead (for lists), or clear them
+        when the rule set has one score and no grades."""
+        if not self.rules.book.listed:
+            state.totals = state.label = None
+            return
+        entries = self.score_entries(state)
+        state.totals = {name: entry["total"] for name, entry in entries.items()}
+        state.label = lead_label(entries)
 
     def account_follows(
         self,
@@ -525,6 +538,9 @@ class Engine:
             for name in qualified_by:
                 state.qualified[name] = move.to_stage
         entries = self.score_entries(state)
+        if book.listed:
+            state.totals = {name: entry["total"] for name, entry in entries.items()}
+            state.label = lead_label(entries)
         state.seq += 1
         transition = records.transition_record(
             lead_id=state.lead_id,
@@ -736,9 +752,12 @@ class Engine:
 
     # -- several scores ------------------------------------------------------------------
 
-    def score_parts(self, state: LeadState) -> dict[str, tuple[float, float]]:
-        """Each score's (fit, engagement) as of the lead's clock: the default score's from
-        the running sums, a named one's from the signals of the rules that count for it."""
+    def score_parts(
+        self, state: LeadState, at: float | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """Each score's (fit, engagement) as of `at` (by default the lead's clock): the
+        default score's from the running sums, a named one's from the signals of the rules
+        that count for it."""
         book = self.rules.book
         fit = {score.name: 0.0 for score in book.scores}
         engagement = dict(fit)
@@ -759,7 +778,9 @@ class Engine:
                         engagement[name] += value
         fit[DEFAULT_SCORE] = state.fit
         engagement[DEFAULT_SCORE] = state.engagement
-        return {name: (fit[name], engagement[name]) for name in fit}
+        clock = state.as_of
+        later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
+        return {name: (fit[name], engagement[name] * later) for name in fit}
 
     def reached(self, state: LeadState) -> tuple[str | None, list[str]]:
         """The highest stage the lead's scores qualify it for, and the scores that did."""
@@ -775,10 +796,13 @@ class Engine:
         totals = {name: f + e for name, (f, e) in self.score_parts(state).items()}
         return book.reached(totals)
 
-    def score_entries(self, state: LeadState) -> dict[str, records.ScoreEntryDoc]:
-        """Every score as published, with its grade label."""
+    def score_entries(
+        self, state: LeadState, at: float | None = None
+    ) -> dict[str, records.ScoreEntryDoc]:
+        """Every score as published (as of `at`, by default the lead's clock), with its
+        grade label."""
         entries: dict[str, records.ScoreEntryDoc] = {}
-        parts = self.score_parts(state)
+        parts = self.score_parts(state, at)
         for score in self.rules.book.scores:
             f, e = parts[score.name]
             doc = records.score_doc(f, e)
@@ -928,6 +952,7 @@ class Engine:
                 qualified_by=qualified_by,
             )
         self.account_follows(state, account, effects, caused_by=caused_by, at=at, now=now)
+        self.note_scores(state)
         return effects
 
     def history_shares(
@@ -997,6 +1022,8 @@ class Engine:
             if RANK[stage] > RANK[target.qualified.get(name, LEAD)]:
                 target.qualified[name] = stage
         self.refresh_fit(target, account)
+        if self.rules.book.listed:
+            self.note_scores(target)
         stage = furthest_stage(target.stage, source.stage)
         if stage != target.stage:
             self.move(

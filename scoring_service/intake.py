@@ -26,6 +26,8 @@ MAX_DEPTH = 32
 MAX_NODES = 5_000
 _SEGMENT = TypeAdapter(AnySegmentEvent)
 _EMPTY: dict[str, Any] = {}
+# Browsers' user agents are 100-300 characters; a crawler's name is near the start.
+MAX_USER_AGENT = 1000
 
 
 @dataclass(slots=True)
@@ -45,6 +47,8 @@ class Event:
     previous_id: str | None = None
     # The parts of Segment's context that rules can read (schemas.ruleset.CONTEXT_KEYS).
     context: dict[str, Any] | None = None
+    # context.userAgent, to tell crawlers from people (at most MAX_USER_AGENT characters).
+    user_agent: str | None = None
 
     @property
     def timestamp(self) -> str:
@@ -229,6 +233,9 @@ def _parse_event(raw: bytes, *, now: float, fallback_ts: float | None) -> Event 
         kept = {key: context[key] for key in CONTEXT_KEYS if key in context}
         if kept:
             event.context = kept
+        agent = context.get("userAgent")
+        if isinstance(agent, str):
+            event.user_agent = agent[:MAX_USER_AGENT]
     if event_type == "page":
         try:
             event.path = _page_path(doc)

@@ -171,6 +171,14 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
     return ScoredEvent(event, lead_id, effects, merged, state.held)
 
 
+def without_bots(engine: Engine, events: list[Event]) -> tuple[list[Event], int]:
+    """The events people sent, and how many the rule set's crawler list left out."""
+    if engine.rules.bot_agents is None:
+        return events, 0
+    kept = [event for event in events if not engine.rules.is_bot(event)]
+    return kept, len(events) - len(kept)
+
+
 def score_batch(
     ws: Workspace, engine: Engine, events: Iterable[Event], *, now: float
 ) -> list[ScoredEvent]:
@@ -194,7 +202,7 @@ class Replay:
     def feed(self, events: Iterable[Event], *, now: float) -> None:
         for event in events:
             key = (event.raw_id, event.message_id)
-            if key in self.seen:
+            if key in self.seen or self.engine.rules.is_bot(event):
                 continue
             self.seen.add(key)
             scored = score_event(self.ws, self.engine, event, now=now)

@@ -7,6 +7,7 @@ published pattern can never be made to backtrack.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -487,6 +488,8 @@ class CompiledRuleSet:
     by_id: Mapping[str, CompiledRule]
     # The scores (the default one and any named), and which stage each qualifies for.
     book: ScoreBook
+    # Matches a crawler's user agent (case-folded), None when the filter is off.
+    bot_agents: re.Pattern[str] | None
     # Behavioural rules that apply to every event of a type, and track rules by event name.
     by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
     by_track_name: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
@@ -506,6 +509,15 @@ class CompiledRuleSet:
             if test.holds(traits, account_traits):
                 return queue
         return self.default_queue
+
+    def is_bot(self, event: Event) -> bool:
+        """Was the event sent by a crawler the rule set names?"""
+        agent = event.user_agent
+        return (
+            agent is not None
+            and self.bot_agents is not None
+            and self.bot_agents.search(agent.casefold()) is not None
+        )
 
     def decay_factor(self, elapsed: float) -> float:
         """How much engagement earned `elapsed` seconds ago is worth now."""
@@ -595,4 +607,10 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         by_track_name={k: tuple(v) for k, v in by_name.items()},
         accounts=_compile_accounts(document),
         book=compile_scores(document),
+        # One pass over the agent for all names: literal alternatives, so linear in practice.
+        bot_agents=(
+            re.compile("|".join(re.escape(name.casefold()) for name in document.bots.user_agents))
+            if document.bots.user_agents
+            else None
+        ),
     )

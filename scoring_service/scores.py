@@ -114,6 +114,11 @@ class ScoreBook:
     def several(self) -> bool:
         return len(self.scores) > 1
 
+    @property
+    def listed(self) -> bool:
+        """Are scores and labels kept on the lead for lists (several scores, or grades)?"""
+        return self.several or any(score.fit_bands is not None for score in self.scores)
+
     def scores_of(self, signal_id: str) -> tuple[str, ...]:
         """The scores a signal counts for: its rule's, an adjustment's own score; a rule no
         longer in the rule set counted for the default score (as it did when it was)."""

@@ -101,6 +101,10 @@ class LeadState:
     # With several scores: the highest stage each score has qualified the lead for (a move
     # it made, or a notification that it qualified too); empty again when recycled.
     qualified: dict[str, str] = field(default_factory=dict)
+    # With several scores or grade bands: each score's total and the lead's label as of its
+    # clock, kept with the lead so lists can filter and sort by them.
+    totals: dict[str, float] | None = None
+    label: str | None = None
 
     @property
     def total(self) -> float:
@@ -121,6 +125,10 @@ class LeadState:
             doc["role"] = self.committee_role
         if self.qualified:
             doc["qualified"] = self.qualified
+        if self.totals is not None:
+            doc["totals"] = self.totals
+        if self.label is not None:
+            doc["label"] = self.label
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -136,6 +144,8 @@ class LeadState:
         self.held = doc.get("held")
         self.committee_role = doc.get("role")
         self.qualified = doc.get("qualified") or {}
+        self.totals = doc.get("totals")
+        self.label = doc.get("label")
 
 
 def _signal(entry: list[float]) -> list[float]:

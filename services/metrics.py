@@ -58,7 +58,7 @@ class Metrics:
         r = self.registry
         self.events = Counter(
             "leadscore_events_consumed_total",
-            "Events read from the input topic, by result (scored, duplicate, invalid).",
+            "Events read from the input topic, by result (scored, duplicate, invalid, bot).",
             ["result"],
             registry=r,
         )

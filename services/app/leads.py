@@ -10,9 +10,13 @@ from typing import Any
 import asyncpg
 import orjson
 
+from schemas.api import Adjustment
 from schemas.records import FeedbackBody, FeedbackRecord
-from schemas.ruleset import Stage
+from schemas.ruleset import DEFAULT_SCORE, Stage
 from schemas.timefmt import iso
+from scoring_service.engine import lead_label
+from scoring_service.scores import ADJUSTMENT_PREFIX
+from scoring_service.state import AS_OF, VALUE
 from services.adapters.postgres import rulesets
 from services.adapters.postgres.db import driver
 from services.app.container import Container
@@ -25,6 +29,9 @@ from services.reports import queries
 from services.reports.review import review_report
 from stage_router.records import TransitionDoc, account_score_doc, score_doc
 
+# What an adjustment's audit entry shows in the lead's history.
+ADJUSTMENT_FIELDS = ("scores", "operation", "value", "reason", "transition_id")
+
 
 async def lead_page(
     container: Container,
@@ -34,24 +41,37 @@ async def lead_page(
     cursor: str | None,
     limit: int,
     sort: str,
+    label: str | None = None,
 ) -> dict[str, Any]:
-    """Leads in id order, or by total score, highest first (`sort=-score`, a work queue),
-    filtered by stage and minimum total score. The cursor is the last (score and) id
-    seen, so pages stay stable while leads change."""
+    """Leads in id order, or by a score, highest first (`sort=-score` for the default
+    score, `-score:<name>` for a named one), filtered by stage, label and a minimum total
+    in that score. The cursor is the last (score and) id seen, so pages stay stable while
+    leads change."""
+    by_score = sort.startswith("-score")
+    score = sort.partition(":")[2] or None
+    if score == DEFAULT_SCORE:
+        score = None
     db = container.db
     async with db.connect() as conn:
         pg = await driver(conn)
-        if sort == "-score":
+        if by_score:
             rows = await queries.lead_page_by_score(
                 pg,
                 after=score_cursor(cursor),
                 stage=stage,
                 min_score=min_score,
                 limit=limit,
+                score=score,
+                label=label,
             )
         else:
             rows = await queries.lead_page(
-                pg, after=uncursor(cursor), stage=stage, min_score=min_score, limit=limit
+                pg,
+                after=uncursor(cursor),
+                stage=stage,
+                min_score=min_score,
+                limit=limit,
+                label=label,
             )
     items = [
         {
@@ -59,13 +79,15 @@ async def lead_page(
             "stage": r["stage"],
             "account_id": r["account_id"],
             "score": score_doc(r["fit"], r["engagement"]),
+            "scores": orjson.loads(r["totals"]) if r["totals"] else {},
+            "label": r["label"],
             "last_event_at": r["as_of"],
             "updated_at": r["updated_at"],
         }
         for r in rows
     ]
     next_cursor = next_page_cursor(
-        rows, limit, id_key="lead_id", score_key="total", by_score=sort == "-score"
+        rows, limit, id_key="lead_id", score_key="total", by_score=by_score
     )
     return {"items": items, "next_cursor": next_cursor}
 
@@ -104,7 +126,12 @@ async def lead_detail(
         engine = await container.rules.engine_for(pg, version or active or state.ruleset_version)
     now = time.time()
     score, signals = engine.explain(state, at=now)
+    entries = engine.score_entries(state, at=now)
     return {
+        "scores": entries,
+        "label": lead_label(entries),
+        "signals_by_score": engine.named_explanations(state, at=now),
+        "qualified": state.qualified,
         "lead_id": state.lead_id,
         "stage": state.stage,
         "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
@@ -134,23 +161,33 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
         state = await queries.lead(pg, resolved)
         events = await queries.lead_events(pg, resolved, limit=limit)
         stored = await queries.lead_transitions(pg, resolved)
+        adjustments = await queries.lead_adjustments(pg, resolved)
         if state is None:
             raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
         engine = await container.rules.engine_for(
             pg, await rulesets.active_version(pg) or state.ruleset_version
         )
     hits = [orjson.loads(r["hits"]) for r in events]
+    book = engine.rules.book
+    # The default score's share: hits of rules that count for it, and the adjustments of it
+    # (one part, as the lead keeps them: each is in `adjustments`, with who and why).
+    adjusted = state.signals.get(ADJUSTMENT_PREFIX + DEFAULT_SCORE)
+    clock = state.as_of or 0.0
     shares, unlisted = engine.history_shares(
         state,
         [
-            (
-                r["occurred_at"].timestamp(),
-                sum(h[1] for h in event_hits if h[2]),
-                r["superseded"],
-            )
-            for r, event_hits in zip(events, hits, strict=True)
+            *(
+                (
+                    r["occurred_at"].timestamp(),
+                    sum(h[1] for h in event_hits if h[2] and DEFAULT_SCORE in book.scores_of(h[0])),
+                    r["superseded"],
+                )
+                for r, event_hits in zip(events, hits, strict=True)
+            ),
+            (adjusted[AS_OF] if adjusted else clock, adjusted[VALUE] if adjusted else 0.0, False),
         ],
     )
+    adjusted_share = shares.pop()
     score, signals = engine.explain(state)
     return {
         "lead_id": resolved,
@@ -158,6 +195,15 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
         "score_as_of": iso(state.as_of) if state.as_of else None,
         "signals": signals,
         "unlisted_contribution": unlisted,
+        "adjusted_contribution": adjusted_share,
+        "adjustments": [
+            {
+                "at": r["at"],
+                "by": r["actor"],
+                **{k: v for k, v in orjson.loads(r["detail"]).items() if k in ADJUSTMENT_FIELDS},
+            }
+            for r in adjustments
+        ],
         "events": [
             {
                 **{
@@ -236,6 +282,30 @@ async def set_stage(
 
     transition = await container.writer.run(work, writer="manual")
     return {"lead_id": transition["lead_id"], "transition": transition}
+
+
+async def adjust(
+    container: Container, lead_id: str, body: Adjustment, *, by: str
+) -> dict[str, Any]:
+    """An adjustment of a lead's engagement, in a lead transaction (manual_moves.adjust)."""
+
+    async def work(tx: LeadTransaction) -> dict[str, Any]:
+        try:
+            return await manual_moves.adjust(
+                tx,
+                lead_id,
+                score=body.score,
+                operation=body.operation,
+                value=body.value,
+                reason=body.reason,
+                by=by,
+            )
+        except manual_moves.NotFound as exc:
+            raise ApiError(404, exc.code, exc.message) from exc
+        except manual_moves.Refused as exc:
+            raise ApiError(409, exc.code, exc.message) from exc
+
+    return await container.writer.run(work, writer="manual")
 
 
 async def review(

@@ -1,7 +1,7 @@
 """Leads: lists, a lead's score explained, its history, sales feedback, the funnel. Each
 route parses the request and calls a use case (services/app)."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -22,13 +22,21 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         min_score: float | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        sort: Literal["id", "-score"] = "id",
+        sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
+        label: Annotated[str | None, Query(pattern=r"^[A-D][1-3]$")] = None,
     ) -> dict[str, Any]:
-        """Leads in id order, or by total score, highest first (`sort=-score`, a work queue),
-        filtered by stage and minimum total score. The cursor is the last (score and) id
-        seen, so pages stay stable while leads change."""
+        """Leads in id order, or by total score, highest first (`sort=-score`, a work queue;
+        `sort=-score:fleet` by the named score `fleet`), filtered by stage, grade label
+        (`label=A1`) and minimum total in the score sorted by. The cursor is the last (score
+        and) id seen, so pages stay stable while leads change."""
         return await leads.lead_page(
-            container, stage=stage, min_score=min_score, cursor=cursor, limit=limit, sort=sort
+            container,
+            stage=stage,
+            min_score=min_score,
+            cursor=cursor,
+            limit=limit,
+            sort=sort,
+            label=label,
         )
 
     @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
@@ -78,6 +86,20 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         return await leads.set_stage(
             container, lead_id, body.stage, reason=body.reason, by=who.name
         )
+
+    @router.post(
+        "/leads/{lead_id}/adjustments",
+        response_model=api.AdjustmentResult,
+        responses={
+            409: {"model": api.ErrorBody, "description": "no such score in the active rule set"},
+            **NOT_FOUND,
+        },
+    )
+    async def adjust(lead_id: str, body: api.Adjustment, who: Admin) -> dict[str, Any]:
+        """Set or change a lead's engagement in one score or all (an annual reset, bot
+        activity, a lost opportunity), with the reason: audited, shown in the lead's
+        explanation and history; a stage it earns is a transition with reason `adjustment`."""
+        return await leads.adjust(container, lead_id, body, by=who.name)
 
     @router.get(
         "/review",

@@ -74,6 +74,8 @@ class BatchReport(Generic[Outcome]):
 
     scored: int = 0
     duplicates: int = 0
+    # Events from crawlers: counted, not scored (schemas.ruleset.Bots).
+    bots: int = 0
     invalid: int = 0
     stale: int = 0
     dlq_codes: list[str] = field(default_factory=list)
@@ -86,6 +88,7 @@ class BatchReport(Generic[Outcome]):
         """Add a later part of the same batch (one that was split) to this report."""
         self.scored += other.scored
         self.duplicates += other.duplicates
+        self.bots += other.bots
         self.invalid += other.invalid
         self.stale += other.stale
         self.dlq_codes.extend(other.dlq_codes)

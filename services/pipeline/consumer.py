@@ -486,6 +486,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         self.metrics.events.labels("scored").inc(report.scored)
         self.metrics.events.labels("duplicate").inc(report.duplicates)
         self.metrics.events.labels("invalid").inc(report.invalid)
+        if report.bots:
+            self.metrics.events.labels("bot").inc(report.bots)
 
     async def _commit_kafka(self, report: BatchReport[Outcome]) -> None:
         offsets = {TopicPartition(self.topic, p): o for p, o in report.next_offsets.items()}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from aiokafka.structs import ConsumerRecord
 
 from scoring_service.intake import Event, Rejection, parse_event
-from scoring_service.pipeline import ids_to_load, score_event
+from scoring_service.pipeline import ids_to_load, score_event, without_bots
 from services.adapters.postgres import history_store
 from services.pipeline import challenger
 from services.pipeline.batches import BatchReport, PoisonRecord
@@ -49,7 +49,9 @@ class EventHandler:
         # (and stored with the history rows, in this transaction).
         new = await history_store.unseen(tx.pg, [(e.raw_id, e.message_id) for e in events])
         report.duplicates += len(events) - len(new)
-        events = [e for e in events if (e.raw_id, e.message_id) in new]
+        events, report.bots = without_bots(
+            tx.engine, [e for e in events if (e.raw_id, e.message_id) in new]
+        )
         report.scored = len(events)
         if tx.challenger is not None and events:
             # Opened before live scoring changes the working set: the challenger starts

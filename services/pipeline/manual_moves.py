@@ -89,6 +89,62 @@ async def set_stage(
     return transition
 
 
+async def adjust(
+    tx: MoveTransaction,
+    lead_id: str,
+    *,
+    score: str | None,
+    operation: str,
+    value: float,
+    reason: str,
+    by: str,
+) -> dict[str, Any]:
+    """Set or change a lead's engagement in one score (or all), with the reason why: kept
+    as an adjustment signal per score, audited; a stage it earns is a transition with
+    reason `adjustment`. Returns the lead's scores after it, and that transition if any."""
+    ws = await tx.lock_leads([lead_id])
+    state = ws.leads.get(ws.canonical(lead_id))
+    if state is None:
+        raise NotFound("lead_not_found", f"no lead {lead_id!r}")
+    names = [s.name for s in tx.engine.rules.book.scores]
+    if score is not None and score not in names:
+        raise Refused(
+            "unknown_score", f"the active rule set has no score {score!r}: {', '.join(names)}"
+        )
+    scores = [score] if score is not None else names
+    before = tx.engine.score_entries(state)
+    effects = tx.engine.adjust(
+        state,
+        scores=scores,
+        operation=operation,
+        value=value,
+        at=tx.now,
+        caused_by=f"adjustment:{by}",
+        detail=reason,
+        account=ws.accounts.get(state.account_id or ""),
+        now=tx.now,
+    )
+    ws.changed_leads.add(state.lead_id)
+    tx.effects.extend(effects)
+    after = tx.engine.score_entries(state)
+    transition = effects.transitions[0] if effects.transitions else None
+    await tx.audit(
+        actor=by,
+        action="lead.adjust",
+        target=state.lead_id,
+        detail={
+            "scores": scores,
+            "operation": operation,
+            "value": value,
+            "reason": reason,
+            "engagement_before": {name: before[name]["engagement"] for name in scores},
+            "engagement_after": {name: after[name]["engagement"] for name in scores},
+            "transition_id": transition["transition_id"] if transition else None,
+        },
+    )
+    return {"lead_id": state.lead_id, "scores": after, "transition": transition}
+
+
 async def account_feedback(
     tx: MoveTransaction,
     account_id: str,

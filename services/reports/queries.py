@@ -223,6 +223,21 @@ async def canonical_lead_id(pg: asyncpg.Connection, lead_id: str) -> str:
     return lead_id
 
 
+# A lead's total in one score: the default one's columns, or a named one's total as the
+# engine kept it in the scoring document ($n is the score's name, a bind parameter).
+def _total_in(param: str) -> str:
+    return (
+        f"(CASE WHEN {param}::text IS NULL THEN fit + engagement "
+        f"ELSE coalesce((scoring->'totals'->>{param}::text)::float8, 0) END)"
+    )
+
+
+LIST_COLUMNS = (
+    "lead_id, stage, account_id, fit, engagement, as_of, updated_at, "
+    "scoring->'totals' AS totals, scoring->>'label' AS label"
+)
+
+
 async def lead_page(
     pg: asyncpg.Connection,
     *,
@@ -230,16 +245,22 @@ async def lead_page(
     stage: str | None,
     min_score: float | None,
     limit: int,
+    score: str | None = None,
+    label: str | None = None,
 ) -> list[asyncpg.Record]:
-    """Leads in id order after `after`, filtered by stage and minimum total score."""
+    """Leads in id order after `after`, filtered by stage, label and a minimum total in
+    `score` (by default the default score)."""
     return await pg.fetch(
-        "SELECT lead_id, stage, account_id, fit, engagement, as_of, updated_at "
+        f"SELECT {LIST_COLUMNS} "
         "FROM leads WHERE lead_id > $1 AND ($2::text IS NULL OR stage = $2) "
-        "AND ($3::float8 IS NULL OR fit + engagement >= $3) ORDER BY lead_id LIMIT $4",
+        f"AND ($3::float8 IS NULL OR {_total_in('$5')} >= $3) "
+        "AND ($6::text IS NULL OR scoring->>'label' = $6) ORDER BY lead_id LIMIT $4",
         after,
         stage,
         min_score,
         limit,
+        score,
+        label,
     )
 
 
@@ -250,27 +271,48 @@ async def lead_page_by_score(
     stage: str | None,
     min_score: float | None,
     limit: int,
+    score: str | None = None,
+    label: str | None = None,
 ) -> list[asyncpg.Record]:
-    """Leads by total score, highest first, ties by id, after the (total, id) of `after`.
+    """Leads by total score (the default one, or a named `score`), highest first, ties by
+    id, after the (total, id) of `after`.
 
     The total is the stored one (engagement as of each lead's last event), the value the
     index orders by; `total` is returned as PostgreSQL computed it, so a cursor made from it
     compares equal on the next page.
     """
     total, last_id = after if after is not None else (None, "")
+    if score is None and label is None:
+        # The default score: the expression the leads_by_score index orders by.
+        return await pg.fetch(
+            f"SELECT {LIST_COLUMNS}, fit + engagement AS total FROM leads "
+            "WHERE ($1::float8 IS NULL OR fit + engagement < $1 "
+            "       OR (fit + engagement = $1 AND lead_id > $2)) "
+            "AND ($3::text IS NULL OR stage = $3) "
+            "AND ($4::float8 IS NULL OR fit + engagement >= $4) "
+            "ORDER BY fit + engagement DESC, lead_id LIMIT $5",
+            total,
+            last_id,
+            stage,
+            min_score,
+            limit,
+        )
+    # A named score (or a label): no index orders by it, so the leads are sorted here.
+    in_score = _total_in("$6")
     return await pg.fetch(
-        "SELECT lead_id, stage, account_id, fit, engagement, as_of, updated_at, "
-        "fit + engagement AS total FROM leads "
-        "WHERE ($1::float8 IS NULL OR fit + engagement < $1 "
-        "       OR (fit + engagement = $1 AND lead_id > $2)) "
-        "AND ($3::text IS NULL OR stage = $3) "
-        "AND ($4::float8 IS NULL OR fit + engagement >= $4) "
-        "ORDER BY fit + engagement DESC, lead_id LIMIT $5",
+        f"SELECT * FROM (SELECT {LIST_COLUMNS}, {in_score} AS total FROM leads "
+        "WHERE ($3::text IS NULL OR stage = $3) "
+        "AND ($7::text IS NULL OR scoring->>'label' = $7)) l "
+        "WHERE ($1::float8 IS NULL OR total < $1 OR (total = $1 AND lead_id > $2)) "
+        "AND ($4::float8 IS NULL OR total >= $4) "
+        "ORDER BY total DESC, lead_id LIMIT $5",
         total,
         last_id,
         stage,
         min_score,
         limit,
+        score,
+        label,
     )
 
 
@@ -305,6 +347,20 @@ async def lead_transitions(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg
         "SELECT record::text AS record FROM transitions WHERE lead_id = $1 "
         "ORDER BY occurred_at, transition_id",
         lead_id,
+    )
+
+
+MAX_LISTED_ADJUSTMENTS = 1000
+
+
+async def lead_adjustments(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg.Record]:
+    """The adjustments made to the lead's scores (audit entries), oldest first; the latest
+    MAX_LISTED_ADJUSTMENTS."""
+    return await pg.fetch(
+        "SELECT * FROM (SELECT id, at, actor, detail::text AS detail FROM audit_log "
+        "WHERE action = 'lead.adjust' AND target = $1 ORDER BY id DESC LIMIT $2) a ORDER BY id",
+        lead_id,
+        MAX_LISTED_ADJUSTMENTS,
     )
 
 

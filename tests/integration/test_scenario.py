@@ -21,6 +21,15 @@ def score(fit: float, engagement: float) -> dict[str, float]:
     return {"total": round(fit + engagement, 2), "fit": fit, "engagement": engagement}
 
 
+def only_default(doc: dict) -> dict:
+    """The fields a rule set with one score and no grade bands gives every record."""
+    return {
+        "scores": {"default": {**doc, "label": None}},
+        "qualified_by": ["default"],
+        "label": None,
+    }
+
+
 TRAITS = {
     "email": "dana@trucking-co.com",
     "title": "Owner",
@@ -108,6 +117,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:15:00Z",
             "committee_role": "economic_buyer",  # an owner holds the budget
             "account_score": None,
+            # One score (the starter set's): the default one, by name; no grade bands.
+            **only_default(score(fit, at_mql)),
         },
         {
             "transition_id": "u-42:2",
@@ -124,6 +135,7 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:17:00Z",
             "committee_role": "economic_buyer",
             "account_score": account_score,
+            **only_default(score(fit, at_sal)),
         },
     ]
     profile = {"email": "dana@trucking-co.com", "title": "Owner", "company": "Trucking Co"}
@@ -188,6 +200,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:15:00Z",
             "committee_role": "economic_buyer",
             "account_score": None,
+            **only_default(score(fit, at_mql)),
+            "signals_by_score": {},
         },
         {
             "notification_id": "u-42:2:promotion",
@@ -208,6 +222,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:17:00Z",
             "committee_role": "economic_buyer",
             "account_score": account_score,
+            **only_default(score(fit, at_sal)),
+            "signals_by_score": {},
         },
     ]
     assert [r.key for r in await read_all(settings, settings.topic_transitions, expect=2)] == [

@@ -276,3 +276,33 @@ def test_score_declarations_are_validated_with_located_errors(change, message):
     with pytest.raises(ValidationError) as caught:
         RuleSetDocument.model_validate(document(**change))
     assert message in str(caught.value)
+
+
+GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+CHROME = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36"
+CUBOT = "Mozilla/5.0 (Linux; Android 11; CUBOT KINGKONG 5 Pro) Chrome/120.0 Mobile Safari/537.36"
+
+
+def test_a_crawlers_page_views_score_nothing_and_a_persons_do():
+    engine = engine_of()
+    replay = replay_documents(
+        engine,
+        [
+            page("/pricing", user="u", when=at(0), context={"userAgent": agent})
+            for agent in (GOOGLEBOT, GOOGLEBOT.upper(), CHROME, CUBOT)
+        ],
+        now=NOW,
+    )
+    assert replay.ws.leads["u"].total == 20  # Chrome's and the Cubot phone's views
+    assert replay.scored_for == ["u", "u"]
+
+
+def test_the_crawler_list_is_the_rule_sets_and_an_empty_list_turns_it_off():
+    named = engine_of(bots={"user_agents": ["chrome/131"]})
+    off = engine_of(bots={"user_agents": []})
+    docs = [
+        page("/pricing", user="u", when=at(0), context={"userAgent": a})
+        for a in (GOOGLEBOT, CHROME)
+    ]
+    assert replay_documents(named, docs, now=NOW).ws.leads["u"].total == 10
+    assert replay_documents(off, docs, now=NOW).ws.leads["u"].total == 20

@@ -1,0 +1,107 @@
+"""Several scores in the running service: a lead ready for fleet but not warehouse becomes
+MQL by fleet and goes to the fleet owners; later it qualifies for warehouse too (a second
+notification, no second MQL); a crawler's page views are counted and score nothing; an
+annual reset sets engagement to zero with the reason in the history."""
+
+from __future__ import annotations
+
+from tests.conftest import client_for, drained, produce, read_all, values, wait_for
+from tests.factories import at, identify, page
+from tests.unit.test_several_scores import CHROME, GOOGLEBOT, LINES, adds_up, document
+
+
+async def test_two_product_lines_through_kafka_the_api_and_the_history(service, settings):
+    async with client_for(service.container) as admin:
+        published = await admin.post("/v1/rulesets", json=document())
+        assert published.status_code == 201, published.text
+        version = published.json()["version"]
+        assert (await admin.post(f"/v1/rulesets/{version}/activate")).status_code == 200
+
+        people = {"userAgent": CHROME}
+        first = [
+            identify({"title": "VP Logistics"}, user="u", when=at(0), context=people),
+            page("/fleet/telematics", user="u", when=at(0, hours=1), context=people),
+            page("/fleet/routes", user="u", when=at(0, hours=2), context=people),
+            # A crawler following the same links: counted, not scored.
+            *[
+                page(
+                    f"/warehouse/{n}",
+                    user="u",
+                    when=at(0, hours=3),
+                    context={"userAgent": GOOGLEBOT},
+                )
+                for n in range(5)
+            ],
+        ]
+        await produce(settings, first)
+        await wait_for(lambda: drained(settings, len(first)), what="the first events")
+        lead = (await admin.get("/v1/leads/u")).json()
+        assert lead["stage"] == "mql" and lead["ruleset_version"] == version
+        assert lead["scores"]["fleet"]["total"] == 50 and lead["scores"]["warehouse"]["total"] == 10
+        assert lead["qualified"] == {"fleet": "mql"}
+        metrics = (await admin.get("/metrics")).text
+        assert 'leadscore_events_consumed_total{result="bot"} 5.0' in metrics
+
+        later = [
+            page("/warehouse/racking", user="u", when=at(0, hours=4), context=people),
+            page("/warehouse/wms", user="u", when=at(0, hours=5), context=people),
+        ]
+        await produce(settings, later)
+        await wait_for(lambda: drained(settings, len(first) + len(later)), what="the rest")
+
+        reset = await admin.post(
+            "/v1/leads/u/adjustments",
+            json={"operation": "set", "value": 0, "reason": "annual_reset"},
+        )
+        assert reset.status_code == 200, reset.text
+        assert {name: s["engagement"] for name, s in reset.json()["scores"].items()} == {
+            name: 0.0 for name in LINES
+        }
+        assert reset.json()["transition"] is None
+        unknown = await admin.post(
+            "/v1/leads/u/adjustments",
+            json={"score": "boats", "operation": "add", "value": 5, "reason": "x"},
+        )
+        assert (unknown.status_code, unknown.json()["error"]) == (409, "unknown_score")
+        for bad in (
+            {"operation": "double", "value": 1, "reason": "x"},
+            {"operation": "add", "value": 1e9, "reason": "x"},
+            {"operation": "add", "value": 1},
+        ):
+            assert (await admin.post("/v1/leads/u/adjustments", json=bad)).status_code == 422
+        missing = await admin.post(
+            "/v1/leads/nobody/adjustments", json={"operation": "add", "value": 1, "reason": "x"}
+        )
+        assert missing.status_code == 404
+
+        history = (await admin.get("/v1/leads/u/history")).json()
+        [entry] = history["adjustments"]
+        assert (entry["reason"], entry["operation"], entry["scores"]) == (
+            "annual_reset",
+            "set",
+            LINES,
+        )
+        # The events' shares, the adjustment's and the fit still add up to the default score.
+        events = sum(round(e["contribution"] * 100) for e in history["events"])
+        fit = sum(
+            round(s["contribution"] * 100) for s in history["signals"] if s["category"] == "fit"
+        )
+        adjusted = round(history["adjusted_contribution"] * 100)
+        assert events + fit + adjusted == round(history["score"]["total"] * 100)
+        assert history["score"]["engagement"] == 0
+        lead = (await admin.get("/v1/leads/u")).json()
+        adjusting = {s["rule_id"] for s in lead["signals_by_score"]["fleet"]}
+        assert "adjust:fleet" in adjusting
+        assert all(s["engagement"] == 0 for s in lead["scores"].values())
+
+    await wait_for(lambda: drained(settings, len(first) + len(later)), what="the outbox")
+    [transition] = values(await read_all(settings, settings.topic_transitions, expect=1))
+    assert (transition["to_stage"], transition["qualified_by"]) == ("mql", ["fleet"])
+    notifications = values(await read_all(settings, settings.topic_notifications, expect=2))
+    # Each to its score's team (the queue's owner in turn).
+    assert [(n["type"], n["owner"], n["qualified_by"]) for n in notifications] == [
+        ("promotion", "f1", ["fleet"]),
+        ("qualified", "w1", ["warehouse"]),
+    ]
+    for notification in notifications:
+        adds_up(notification)
