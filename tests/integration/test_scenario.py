@@ -21,12 +21,18 @@ def score(fit: float, engagement: float) -> dict[str, float]:
     return {"total": round(fit + engagement, 2), "fit": fit, "engagement": engagement}
 
 
-def only_default(doc: dict) -> dict:
-    """The fields a rule set with one score and no grade bands gives every record."""
+# The starter set's second product line: Dana's persona, size and country count for it
+# (15 + 10 + 5), the transport industry does not; no warehouse reading, so B3.
+WAREHOUSE = {"total": 30.0, "fit": 30.0, "engagement": 0.0, "label": "B3"}
+
+
+def by_score(doc: dict, label: str) -> dict:
+    """Both scores and the label; the default score alone qualified (the trigger counts
+    for it only)."""
     return {
-        "scores": {"default": {**doc, "label": None}},
+        "scores": {"default": {**doc, "label": label}, "warehouse": WAREHOUSE},
         "qualified_by": ["default"],
-        "label": None,
+        "label": label,
     }
 
 
@@ -117,8 +123,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:15:00Z",
             "committee_role": "economic_buyer",  # an owner holds the budget
             "account_score": None,
-            # One score (the starter set's): the default one, by name; no grade bands.
-            **only_default(score(fit, at_mql)),
+            # Fit 40 is an A, engagement 15 a 2.
+            **by_score(score(fit, at_mql), "A2"),
         },
         {
             "transition_id": "u-42:2",
@@ -135,7 +141,7 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:17:00Z",
             "committee_role": "economic_buyer",
             "account_score": account_score,
-            **only_default(score(fit, at_sal)),
+            **by_score(score(fit, at_sal), "A1"),
         },
     ]
     profile = {"email": "dana@trucking-co.com", "title": "Owner", "company": "Trucking Co"}
@@ -170,6 +176,7 @@ async def test_journey_to_sal_exact_records(service, settings):
         fit_signal("icp-size", "Company size in the ideal range (5-500)", 10),
         fit_signal("icp-country", "Company in North America", 5),
     ]
+    warehouse_signals = [fit_signals[0], fit_signals[2], fit_signals[3]]
     demo = {
         "rule_id": "demo-request",
         "description": "Requested a demo",
@@ -200,8 +207,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:15:00Z",
             "committee_role": "economic_buyer",
             "account_score": None,
-            **only_default(score(fit, at_mql)),
-            "signals_by_score": {},
+            **by_score(score(fit, at_mql), "A2"),
+            "signals_by_score": {"warehouse": warehouse_signals},
         },
         {
             "notification_id": "u-42:2:promotion",
@@ -222,8 +229,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "occurred_at": "2026-11-20T09:17:00Z",
             "committee_role": "economic_buyer",
             "account_score": account_score,
-            **only_default(score(fit, at_sal)),
-            "signals_by_score": {},
+            **by_score(score(fit, at_sal), "A1"),
+            "signals_by_score": {"warehouse": warehouse_signals},
         },
     ]
     assert [r.key for r in await read_all(settings, settings.topic_transitions, expect=2)] == [

@@ -161,3 +161,55 @@ def test_careers_pages_count_against_and_small_signals_add_up():
     candidate = journey(page("/careers", user="u", when=at(0))).ws.leads["u"]
     assert round(reader.engagement) == 4 * 5 + 2 * 5 + 8
     assert candidate.engagement == -20
+
+
+WAREHOUSE_DIRECTOR = {
+    "email": "sam@shelfco.example",
+    "title": "Director of Operations",
+    "company": {"name": "ShelfCo", "industry": "Wholesale", "employees": 120, "country": "CA"},
+}
+
+
+def test_the_second_line_a_wholesale_director_reading_about_warehouses_goes_to_that_team():
+    replay = journey(
+        identify(WAREHOUSE_DIRECTOR, user="u", when=at(0)),
+        page("/products/wms", user="u", when=at(0, hours=1)),
+        page("/warehouse/slotting", user="u", when=at(0, hours=2)),
+    )
+    lead = replay.ws.leads["u"]
+    # Not the transport line's industry: 30 of fit there; the warehouse line adds its own.
+    assert lead.total == 30
+    [mql] = replay.transitions
+    assert (mql["to_stage"], mql["qualified_by"]) == ("mql", ["warehouse"])
+    # 40 of fit and the first page: over 50 at once.
+    assert mql["scores"]["warehouse"] == {"total": 50, "fit": 40, "engagement": 10, "label": "A3"}
+    assert replay.notifications[0]["owner"] == "queue:warehouse"
+    # Its demo sends the lead to the warehouse team's sales at once.
+    replay.feed([parsed(track("Warehouse Demo Requested", user="u", when=at(0, hours=3)))], now=NOW)
+    sal = replay.transitions[-1]
+    assert (sal["to_stage"], sal["reason"], sal["qualified_by"]) == (
+        "sal",
+        "trigger",
+        ["warehouse"],
+    )
+    assert replay.notifications[-1]["owner"] == "queue:warehouse"
+
+
+def test_a_transport_lead_reading_the_warehouse_pages_qualifies_for_both_lines():
+    replay = journey(
+        identify(ICP_OWNER, user="u", when=at(0)),
+        page("/pricing", user="u", when=at(0, hours=1)),
+    )
+    [mql] = replay.transitions
+    assert mql["qualified_by"] == ["default"] and mql["label"] == "A2"
+    replay.feed(
+        [parsed(page(f"/warehouse/{n}", user="u", when=at(0, hours=2 + n))) for n in range(3)],
+        now=NOW,
+    )
+    assert len(replay.transitions) == 1  # no second mql
+    told = replay.notifications[-1]
+    assert (told["type"], told["qualified_by"], told["owner"]) == (
+        "qualified",
+        ["warehouse"],
+        "queue:warehouse",
+    )
