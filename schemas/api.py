@@ -288,6 +288,9 @@ class TrajectoryStep(BaseModel):
     occurred_at: datetime
     hits: list[Hit]
     score: Score
+    scores: dict[str, float] = Field(
+        default_factory=dict, description="each score's total after the event (several scores)"
+    )
     stage: Stage
     merged: str | None
     transitions: list[str]
@@ -301,6 +304,10 @@ class SimulatedLead(BaseModel):
         description="every rule behind the score, largest contribution first; the "
         "contributions add up to the total to the cent"
     )
+    scores: dict[str, ScoreEntry] = Field(default_factory=dict)
+    label: str | None = None
+    signals_by_score: dict[str, list[Signal]] = Field(default_factory=dict)
+    qualified: dict[str, Stage] = Field(default_factory=dict)
     trajectory: list[TrajectoryStep]
 
 
@@ -469,6 +476,14 @@ class FunnelReport(BaseModel):
     sla: SlaFigures
     rejections: list[Rejection]
     accounts: AccountFunnel
+    by_score: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="per stage (mql, sal, sql): entries in the window by the score that "
+        "qualified them (a move two scores made counts for both)",
+    )
+    by_label: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="per stage: entries by the lead's label at the move"
+    )
 
 
 class OutcomeFigures(BaseModel):
@@ -532,6 +547,16 @@ class AccountReview(BaseModel):
     recall: float | None
 
 
+class ScoreReview(BaseModel):
+    handed_off: int
+    qualified: int = Field(description="of those, leads sales qualified")
+    won: int
+    precision: float | None = Field(description="qualified / handed_off")
+    recall: float | None = Field(description="of every lead sales qualified in the window")
+    lift: float | None = Field(description="its leads' won share over every handed-off lead's")
+    fixed: list[ScoreBand] = Field(description="bands of this score's total at the handoff")
+
+
 class ReviewReport(BaseModel):
     """GET /v1/review: what sales did with the leads a version handed off in a window."""
 
@@ -544,6 +569,11 @@ class ReviewReport(BaseModel):
     handed_off: int
     outcomes: dict[str, OutcomeFigures]
     score_bands: ScoreBands
+    by_score: dict[str, ScoreReview] = Field(
+        default_factory=dict,
+        description="per score: the leads it qualified for the handoff (a move two scores made "
+        "counts for both), their outcomes, lift and bands of that score's total",
+    )
     rules: list[RuleOutcome]
     mql_definition: MqlDefinition
     accounts: AccountReview

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from scoring_service.engine import Engine
+from scoring_service.engine import Engine, lead_label
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Replay, Workspace, score_event
 from scoring_service.state import Account, LeadState, Member
@@ -25,7 +25,15 @@ class BudgetExceeded(Exception):
 
 def _explained(engine: Engine, state: LeadState) -> dict[str, Any]:
     score, signals = engine.explain(state)
-    return {"score": score, "signals": signals}
+    entries = engine.score_entries(state)
+    return {
+        "score": score,
+        "signals": signals,
+        "scores": entries,
+        "label": lead_label(entries),
+        "signals_by_score": engine.named_explanations(state),
+        "qualified": state.qualified,
+    }
 
 
 def simulate(
@@ -82,6 +90,11 @@ def simulate(
                     for h in scored.effects.hits
                 ],
                 "score": score_doc(state.fit, state.engagement),
+                "scores": (
+                    {n: e["total"] for n, e in engine.score_entries(state).items()}
+                    if engine.rules.book.several
+                    else {}
+                ),
                 "stage": state.stage,
                 "merged": scored.merged,
                 "transitions": [t["transition_id"] for t in scored.effects.transitions],
@@ -142,6 +155,9 @@ class Outcome:
     rule_points: dict[str, float]
     # What the lead brings its account (engagement, clock, committee role), if it has one.
     member: Member | None = None
+    # Each score's total, and the stage each score qualified the lead for.
+    totals: Mapping[str, float] = field(default_factory=dict)
+    qualified: Mapping[str, str] = field(default_factory=dict)
 
 
 def replay_lead(
@@ -160,7 +176,12 @@ def replay_lead(
         else None
     )
     return Outcome(
-        state.stage, state.total, {s["rule_id"]: s["contribution"] for s in signals}, member
+        state.stage,
+        state.total,
+        {s["rule_id"]: s["contribution"] for s in signals},
+        member,
+        {name: entry["total"] for name, entry in engine.score_entries(state).items()},
+        dict(state.qualified),
     )
 
 
@@ -198,6 +219,9 @@ class ImpactReport:
     members_active: dict[str, dict[str, Member]] = field(default_factory=dict)
     members_candidate: dict[str, dict[str, Member]] = field(default_factory=dict)
     account_summary: dict[str, Any] | None = None
+    # Per score: [sum of totals, leads] under each version, and leads it qualified (mql+).
+    score_sums: dict[str, list[float]] = field(default_factory=dict)
+    score_qualified: dict[str, Counter[str]] = field(default_factory=dict)
 
     def add(
         self, lead_id: str, active: Outcome, candidate: Outcome, account: Account | None = None
@@ -213,6 +237,15 @@ class ImpactReport:
                 )
         self.stages_active[active.stage] += 1
         self.stages_candidate[candidate.stage] += 1
+        for side, outcome in ((0, active), (2, candidate)):
+            for name, total in outcome.totals.items():
+                sums = self.score_sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
+                sums[side] += total
+                sums[side + 1] += 1
+            for name in outcome.qualified:
+                self.score_qualified.setdefault(name, Counter())[
+                    "active" if side == 0 else "candidate"
+                ] += 1
         differences: dict[str, float] = {}
         for rule_id in active.rule_points.keys() | candidate.rule_points.keys():
             before = active.rule_points.get(rule_id, 0.0)
@@ -304,6 +337,16 @@ class ImpactReport:
             "moved_examples": self.examples,
             "rules": rules,
             "accounts": self.account_summary,
+            # Per score (either version's): the mean total and the leads it qualified.
+            "scores": {
+                name: {
+                    "mean_active": round(sums[0] / sums[1], 2) if sums[1] else None,
+                    "mean_candidate": round(sums[2] / sums[3], 2) if sums[3] else None,
+                    "qualified_active": self.score_qualified.get(name, Counter())["active"],
+                    "qualified_candidate": self.score_qualified.get(name, Counter())["candidate"],
+                }
+                for name, sums in sorted(self.score_sums.items())
+            },
         }
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+import orjson
 
 from scoring_service.engine import Effects, Engine, Hit
 from scoring_service.intake import Event
@@ -216,10 +217,11 @@ async def save_shadow(pg: asyncpg.Connection, shadow: Shadow) -> None:
         await pg.execute(
             """
             INSERT INTO challenger_transitions (transition_id, lead_id, from_stage, to_stage,
-                reason, rule_id, ruleset_version, score_total, occurred_at)
-            SELECT $9::int || ':' || i, l, f, s, r, ru, $9::int, sc, o
+                reason, rule_id, ruleset_version, score_total, occurred_at, record)
+            SELECT $9::int || ':' || i, l, f, s, r, ru, $9::int, sc, o, rec::jsonb
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                        $6::text[], $7::float8[], $8::timestamptz[]) AS u(i, l, f, s, r, ru, sc, o)
+                        $6::text[], $7::float8[], $8::timestamptz[], $10::text[])
+                 AS u(i, l, f, s, r, ru, sc, o, rec)
             ON CONFLICT DO NOTHING
             """,
             [x["transition_id"] for x in t],
@@ -231,6 +233,11 @@ async def save_shadow(pg: asyncpg.Connection, shadow: Shadow) -> None:
             [x["score"]["total"] for x in t],
             [datetime.fromisoformat(x["occurred_at"]) for x in t],
             version,
+            # What the review per score reads, in the live records' shape.
+            [
+                orjson.dumps({"qualified_by": x["qualified_by"], "scores": x["scores"]}).decode()
+                for x in t
+            ],
         )
     if shadow.account_transitions:
         a = shadow.account_transitions

@@ -142,6 +142,36 @@ async def _stages_and_conversion(
     return stages, conversion
 
 
+# Entries into mql, sal and sql in the window by the score that qualified them (a move two
+# scores made counts for both), and by the lead's grade label at the move.
+BY_SCORE_QUERY = """
+SELECT t.to_stage, q.score, count(*) AS entries
+FROM transitions t, jsonb_array_elements_text(coalesce(t.record->'qualified_by', '[]')) q(score)
+WHERE t.occurred_at >= $1 AND t.occurred_at < $2 AND t.to_stage IN ('mql', 'sal', 'sql')
+GROUP BY 1, 2
+"""
+BY_LABEL_QUERY = """
+SELECT t.to_stage, t.record->>'label' AS label, count(*) AS entries
+FROM transitions t
+WHERE t.occurred_at >= $1 AND t.occurred_at < $2 AND t.to_stage IN ('mql', 'sal', 'sql')
+  AND t.record->>'label' IS NOT NULL
+GROUP BY 1, 2
+"""
+
+
+async def funnel_by_score(
+    pg: asyncpg.Connection, since: datetime, until: datetime
+) -> dict[str, dict[str, dict[str, int]]]:
+    """Per qualifying stage: entries by score, and entries by label."""
+    by_score: dict[str, dict[str, int]] = {}
+    for r in await pg.fetch(BY_SCORE_QUERY, since, until):
+        by_score.setdefault(r["to_stage"], {})[r["score"]] = r["entries"]
+    by_label: dict[str, dict[str, int]] = {}
+    for r in await pg.fetch(BY_LABEL_QUERY, since, until):
+        by_label.setdefault(r["to_stage"], {})[r["label"]] = r["entries"]
+    return {"by_score": by_score, "by_label": by_label}
+
+
 async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime) -> dict[str, Any]:
     stages, conversion = await _stages_and_conversion(pg, since, until, accounts=False)
     account_stages, account_conversion = await _stages_and_conversion(
@@ -168,6 +198,7 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
         },
         "rejections": [{"reason": r["reason"], "count": r["count"]} for r in rejections],
         "accounts": {"stages": account_stages, "conversion": account_conversion},
+        **await funnel_by_score(pg, since, until),
     }
 
 
@@ -234,7 +265,7 @@ def _total_in(param: str) -> str:
 
 LIST_COLUMNS = (
     "lead_id, stage, account_id, fit, engagement, as_of, updated_at, "
-    "scoring->'totals' AS totals, scoring->>'label' AS label"
+    "(scoring->'totals')::text AS totals, scoring->>'label' AS label"
 )
 
 

@@ -141,6 +141,33 @@ SELECT (SELECT count(*) FROM mqa) AS mqa,
        (SELECT count(*) FROM qualified) AS sales_qualified,
        (SELECT count(*) FROM qualified JOIN mqa USING (account_id)) AS both
 """
+# Per score: the leads of the cohort each score qualified (a move two scores made counts for
+# both), by fixed band of that score's total at the handoff, with what sales made of them.
+SCORE_QUERY = """
+WITH cohort AS (
+    SELECT DISTINCT ON (lead_id) lead_id, occurred_at AS handed_at, record
+    FROM {transitions}
+    WHERE ruleset_version = $3 AND from_stage IN ('lead', 'recycled')
+      AND to_stage = ANY($4::text[]) AND occurred_at >= $1 AND occurred_at < $2
+    ORDER BY lead_id, occurred_at, transition_id
+), per_score AS (
+    SELECT c.lead_id, c.handed_at, q.score,
+           (c.record->'scores'->q.score->>'total')::float8 AS total
+    FROM cohort c,
+         jsonb_array_elements_text(coalesce(c.record->'qualified_by', '[]'::jsonb)) q(score)
+), outcomes AS MATERIALIZED (
+    SELECT p.lead_id, p.score,
+           bool_or(f.outcome = 'qualified') AS qualified, bool_or(f.outcome = 'won') AS won
+    FROM per_score p
+    JOIN feedback f ON f.lead_id = p.lead_id AND f.result = 'applied' AND f.at >= p.handed_at
+    WHERE f.at >= $1
+    GROUP BY p.lead_id, p.score
+)
+SELECT p.score, width_bucket(p.total, $5::float8[]) AS band, count(*) AS leads,
+       count(*) FILTER (WHERE o.qualified) AS qualified, count(*) FILTER (WHERE o.won) AS won
+FROM per_score p LEFT JOIN outcomes o USING (lead_id, score)
+GROUP BY 1, 2
+"""
 LIVE = {
     "{transitions}": "transitions",
     "{account_transitions}": "account_transitions",
@@ -286,6 +313,34 @@ async def review_report(
         )
     rules.sort(key=lambda r: (-(r["lift"] or 0.0), r["rule_id"]))
     qualified, both = int(precision["qualified"]), int(precision["both"])
+    won_handed_off = int(outcomes["won"]["leads"] or 0)
+    by_score: dict[str, dict[str, Any]] = {}
+    for row in await pg.fetch(_sql(SCORE_QUERY, challenger), *args[:4], list(BANDS)):
+        entry = by_score.setdefault(
+            row["score"], {"handed_off": 0, "qualified": 0, "won": 0, "fixed": []}
+        )
+        leads, row_qualified, won = int(row["leads"]), int(row["qualified"]), int(row["won"])
+        entry["handed_off"] += leads
+        entry["qualified"] += row_qualified
+        entry["won"] += won
+        index = int(row["band"]) if row["band"] is not None else 0
+        entry["fixed"].append(
+            {
+                "from": BANDS[index - 1] if index >= 1 else None,
+                "to": BANDS[index] if index < len(BANDS) else None,
+                "leads": leads,
+                "qualified_share": _ratio(row_qualified, leads),
+                "won_share": _ratio(won, leads),
+            }
+        )
+    base = won_handed_off / handed_off if handed_off else None
+    for entry in by_score.values():
+        entry["fixed"].sort(key=lambda b: -1.0 if b["from"] is None else b["from"])
+        entry["precision"] = _ratio(entry["qualified"], entry["handed_off"])
+        entry["recall"] = _ratio(entry["qualified"], qualified)
+        won_share = entry["won"] / entry["handed_off"] if entry["handed_off"] else None
+        # How much likelier a lead this score handed off was won than any lead handed off.
+        entry["lift"] = round(won_share / base, 4) if won_share is not None and base else None
     accounts = await pg.fetchrow(_sql(ACCOUNT_QUERY, challenger), since, until, version)
     assert accounts is not None
     mqa, account_qualified = int(accounts["mqa"]), int(accounts["sales_qualified"])
@@ -298,6 +353,7 @@ async def review_report(
         "handed_off": handed_off,
         "outcomes": outcomes,
         "score_bands": bands,
+        "by_score": dict(sorted(by_score.items())),
         "rules": rules,
         "mql_definition": {
             "handed_off": handed_off,

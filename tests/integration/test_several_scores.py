@@ -33,8 +33,28 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
                 for n in range(5)
             ],
         ]
+        # Another lead, more of a warehouse reader.
+        first += [
+            page("/fleet/a", user="w", when=at(0, hours=1), context=people),
+            page("/warehouse/b", user="w", when=at(0, hours=2), context=people),
+        ]
         await produce(settings, first)
         await wait_for(lambda: drained(settings, len(first)), what="the first events")
+
+        async def listed(**params: str) -> list[str]:
+            answer = await admin.get("/v1/leads", params=params)
+            assert answer.status_code == 200, answer.text
+            return [item["lead_id"] for item in answer.json()["items"]]
+
+        assert await listed(sort="-score:fleet") == ["u", "w"]
+        assert await listed(sort="-score:warehouse") == ["w", "u"]
+        assert await listed(sort="-score:warehouse", min_score="15") == ["w"]
+        assert await listed(label="C3") == ["u"]  # the default score's: fit 10, engagement 0
+        assert await listed(sort="-score", label="D3") == ["w"]
+        for bad in ({"sort": "-score:Fleet"}, {"sort": "score"}, {"label": "E1"}):
+            assert (await admin.get("/v1/leads", params=bad)).status_code == 422
+        page_of_u = (await admin.get("/v1/leads", params={"label": "C3"})).json()["items"][0]
+        assert page_of_u["scores"] == {"default": 10.0, "fleet": 50.0, "warehouse": 10.0}
         lead = (await admin.get("/v1/leads/u")).json()
         assert lead["stage"] == "mql" and lead["ruleset_version"] == version
         assert lead["scores"]["fleet"]["total"] == 50 and lead["scores"]["warehouse"]["total"] == 10
@@ -73,6 +93,10 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
             "/v1/leads/nobody/adjustments", json={"operation": "add", "value": 1, "reason": "x"}
         )
         assert missing.status_code == 404
+
+        funnel = (await admin.get("/v1/funnel", params={"since": "2026-11-01T00:00:00Z"})).json()
+        assert funnel["by_score"] == {"mql": {"fleet": 1}}
+        assert funnel["by_label"] == {"mql": {"C3": 1}}
 
         history = (await admin.get("/v1/leads/u/history")).json()
         [entry] = history["adjustments"]

@@ -1,7 +1,9 @@
-"""The audit entries of a lead's score adjustments, found by lead.
+"""Several scores: adjustments found by lead, and the challenger's scores per transition.
 
 A lead's history lists the adjustments made to its scores (who, when, why) from the audit
-log; this partial index keeps that a lookup however long the log grows.
+log; a partial index keeps that a lookup however long the log grows. The challenger's
+transitions keep which scores qualified each move and every score's total (as the live
+transitions' records do), for the outcome review per score.
 
 Revision ID: 0016
 Revises: 0015
@@ -20,7 +22,9 @@ def upgrade() -> None:
         "CREATE INDEX audit_log_lead_adjustments ON audit_log (target, id) "
         "WHERE action = 'lead.adjust'"
     )
+    op.execute("ALTER TABLE challenger_transitions ADD COLUMN record jsonb")
 
 
 def downgrade() -> None:
+    op.execute("ALTER TABLE challenger_transitions DROP COLUMN record")
     op.execute("DROP INDEX audit_log_lead_adjustments")
