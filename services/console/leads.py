@@ -29,14 +29,33 @@ async def leads(
     request: Request,
     ui: PagesDep,
     stage: Annotated[Stage | None, Query()] = None,
-    sort: Annotated[str, Query(pattern="^(-score|id)$")] = "-score",
+    sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "-score",
+    label: Annotated[str | None, Query(pattern=r"^[A-D][1-3]$")] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Response:
     user = await ui.user_of(request)
     listing = await lead_page(
-        ui.container, stage=stage, min_score=None, cursor=cursor, limit=PAGE_SIZE, sort=sort
+        ui.container,
+        stage=stage,
+        min_score=None,
+        cursor=cursor,
+        limit=PAGE_SIZE,
+        sort=sort,
+        label=label,
     )
-    return ui.page(request, "leads.html", user, listing=listing, stage=stage, sort=sort)
+    # The scores the leads on the page have, to sort by any of them.
+    names = sorted({name for item in listing["items"] for name in item["scores"]} - {"default"})
+    return ui.page(
+        request,
+        "leads.html",
+        user,
+        listing=listing,
+        stage=stage,
+        sort=sort,
+        label=label,
+        score_names=names,
+        labels=[f"{g}{n}" for g in "ABCD" for n in "123"],
+    )
 
 
 @router.get("/leads/{lead_id:path}")
@@ -52,12 +71,24 @@ async def lead(request: Request, ui: PagesDep, lead_id: Annotated[str, ID_IN_PAT
         [(s["rule_id"], s["contribution"]) for s in signals],
         unit=" pts",
     )
+    scores = detail["scores"]
+    scores_chart = (
+        charts.bar_chart(
+            "scores",
+            f"The scores of {detail['lead_id']}",
+            [(name, entry["total"]) for name, entry in scores.items()],
+            unit=" pts",
+        )
+        if len(scores) > 1
+        else None
+    )
     return ui.page(
         request,
         "lead.html",
         user,
         lead=detail,
         chart=chart,
+        scores_chart=scores_chart,
         handoff=handoff,
         timeline=_timeline(history),
         signal_sum=round(sum(s["contribution"] for s in signals), 2),
@@ -85,7 +116,21 @@ def _timeline(history: dict[str, Any]) -> list[dict[str, Any]]:
                 "title": f"{transition['from_stage']} → {transition['to_stage']}",
                 "reason": transition.get("reason"),
                 "detail": transition.get("reason_detail") or transition.get("rule_id"),
+                # Several scores: which made the move ("default" alone says nothing new).
+                "by": ", ".join(
+                    name for name in transition.get("qualified_by") or () if name != "default"
+                ),
             }
         )
-    items.sort(key=lambda item: (item["at"], item["kind"] == "transition"))
+    for adjustment in history.get("adjustments", []):
+        items.append(
+            {
+                "kind": "adjustment",
+                "at": adjustment["at"],
+                "title": f"engagement {adjustment['operation']} {adjustment['value']:g}",
+                "reason": ", ".join(adjustment["scores"]),
+                "detail": adjustment["reason"],
+            }
+        )
+    items.sort(key=lambda item: (item["at"], item["kind"] != "event"))
     return items

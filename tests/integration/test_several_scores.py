@@ -94,6 +94,16 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
         )
         assert missing.status_code == 404
 
+        # The console: a bar and a row per score, the label, the score that qualified.
+        page_html = (await admin.get("/console/leads/u")).text
+        assert 'id="scores"' in page_html and 'id="label">C3<' in page_html
+        assert "(qualified by fleet)" in page_html and "Why warehouse is" in page_html
+        listing = (await admin.get("/console/leads", params={"sort": "-score:warehouse"})).text
+        assert "highest warehouse score first" in listing
+        assert listing.index(">w</a>") < listing.index(">u</a>")
+        refused = await admin.get("/console/leads", params={"sort": "-score:<b>"})
+        assert refused.status_code == 400 and "<b>" not in refused.text
+
         funnel = (await admin.get("/v1/funnel", params={"since": "2026-11-01T00:00:00Z"})).json()
         assert funnel["by_score"] == {"mql": {"fleet": 1}}
         assert funnel["by_label"] == {"mql": {"C3": 1}}
@@ -117,6 +127,8 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
         adjusting = {s["rule_id"] for s in lead["signals_by_score"]["fleet"]}
         assert "adjust:fleet" in adjusting
         assert all(s["engagement"] == 0 for s in lead["scores"].values())
+        timeline = (await admin.get("/console/leads/u")).text
+        assert "engagement set 0" in timeline and "annual_reset" in timeline
 
     await wait_for(lambda: drained(settings, len(first) + len(later)), what="the outbox")
     [transition] = values(await read_all(settings, settings.topic_transitions, expect=1))
