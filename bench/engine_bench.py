@@ -46,6 +46,21 @@ def ruleset_with(total_rules: int) -> Engine:
     return Engine(compile_ruleset(RuleSetDocument.model_validate(doc), 1))
 
 
+def one_score_document() -> RuleSetDocument:
+    """The starter set with one score: its second line's own rules, scores and grades
+    taken out, the shared rules counting for the default score alone (the starter set as it
+    was before it had two lines). Against it, what a second score costs."""
+    doc = starter_document().model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["rules"] = [
+        {k: v for k, v in rule.items() if k != "scores"}
+        for rule in doc["rules"]
+        if "default" in rule.get("scores", ["default"])
+    ]
+    for key in ("scores", "grades", "qualify"):
+        doc.pop(key, None)
+    return RuleSetDocument.model_validate(doc)
+
+
 def parse_all(raws: list[bytes], now: float) -> list[Event]:
     return [e for r in raws if isinstance(e := parse_event(r, now=now), Event)]
 
@@ -66,16 +81,29 @@ def measure(docs: list[Any], rule_counts: tuple[int, ...] = RULE_COUNTS) -> dict
         "events": len(events),
         "parse_events_per_s": round(len(raws) / parse_seconds),
     }
-    for count in rule_counts:
-        engine = ruleset_with(count)
+
+    def best_of_3(engine: Engine) -> float:
         best = float("inf")
         for _ in range(3):
             ws = Workspace()
             started = time.perf_counter()
             score_batch(ws, engine, events, now=now)
             best = min(best, time.perf_counter() - started)
+        return best
+
+    for count in rule_counts:
+        best = best_of_3(ruleset_with(count))
         results[f"score_events_per_s_{count}_rules"] = round(len(events) / best)
         results[f"parse_and_score_events_per_s_{count}_rules"] = round(
             len(events) / (best + parse_seconds)
         )
+    # Two scores (the starter set) against one, measured in turn: best of 3 each, twice.
+    one = Engine(compile_ruleset(one_score_document(), 1))
+    two = ruleset_with(0)
+    pairs = [(best_of_3(one), best_of_3(two)) for _ in range(2)]
+    one_s, two_s = min(p[0] for p in pairs), min(p[1] for p in pairs)
+    results["score_events_per_s_one_score"] = round(len(events) / one_s)
+    results["score_events_per_s_two_scores"] = round(len(events) / two_s)
+    # Seconds per event with two scores over seconds per event with one (target <= 1.2).
+    results["two_scores_cost_factor"] = round(two_s / one_s, 3)
     return results

@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm
 
 import scoring_service.engine
-from bench.engine_bench import RULE_COUNTS, measure
+from bench.engine_bench import RULE_COUNTS, measure, one_score_document
 from bench.harness import Infra, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
 from schemas.ruleset import RuleSetDocument
@@ -402,6 +402,16 @@ async def drain_variant(
     return total / seconds
 
 
+async def drain_with_one_score(infra: Infra, settings: Settings, total: int) -> float:
+    """Drain the backlog again with the starter set cut to one score; returns events/s."""
+
+    async def prepare(pg: asyncpg.Connection) -> None:
+        version = await publish(pg, one_score_document(), by="bench", comment="one score")
+        await activate(pg, version, by="bench")
+
+    return await drain_variant(infra, settings, total, "one-score", prepare)
+
+
 async def drain_without_accounts(infra: Infra, settings: Settings, total: int) -> float:
     """Drain the backlog again with accounts not scored; returns events/s."""
 
@@ -561,6 +571,21 @@ def table(result: dict[str, Any]) -> str:
             f"(accounts cost {result.get('accounts_throughput_cost', 0):.1%})",
         ),
         (
+            "end to end, the starter set cut to one score",
+            "two scores cost <= 1.2x",
+            "",
+            f"{result.get('end_to_end_events_per_s_one_score', 0):,} ev/s "
+            f"(two scores cost {result.get('two_scores_cost_factor', 0)}x)",
+        ),
+        (
+            "engine, one score / two scores (compiled)",
+            "two scores cost <= 1.2x",
+            "",
+            f"{engine.get('score_events_per_s_one_score', 0):,} / "
+            f"{engine.get('score_events_per_s_two_scores', 0):,} ev/s "
+            f"({engine.get('two_scores_cost_factor', 0)}x)",
+        ),
+        (
             "end to end, with a challenger",
             "cost < 1.6x",
             "",
@@ -714,6 +739,10 @@ async def run(args: argparse.Namespace) -> int:
         result["accounts_throughput_cost"] = round(
             1 - result["end_to_end_events_per_s"] / without, 3
         )
+        one_score = await drain_with_one_score(infra, settings, len(docs))
+        result["end_to_end_events_per_s_one_score"] = round(one_score)
+        # Seconds per event with the starter's two scores over seconds with one (<= 1.2).
+        result["two_scores_cost_factor"] = round(one_score / result["end_to_end_events_per_s"], 3)
         with_challenger = await drain_with_challenger(infra, settings, len(docs))
         result["end_to_end_events_per_s_with_challenger"] = round(with_challenger)
         # Seconds per event with a challenger over seconds per event without (target < 1.6).

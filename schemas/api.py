@@ -207,6 +207,12 @@ class ProposeRequest(BaseModel):
         default="won", description="learn won vs lost, or qualified vs rejected"
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1, description="the held-out split's seed")
+    score: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="fit only the rules that count for this score, on the leads it qualified "
+        "(default: every rule, every lead handed off)",
+    )
 
 
 class ProposedRule(BaseModel):
@@ -222,6 +228,7 @@ class ProposalPublic(BaseModel):
     until: datetime
     target: str
     seed: int
+    score: str | None = Field(default=None, description="the score whose rules were fitted")
     comment: str
     rules: list[ProposedRule]
     unchanged: list[str] = Field(description="rules fewer than 10 decided leads hit: points kept")

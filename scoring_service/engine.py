@@ -174,9 +174,13 @@ class Engine:
         fit = 0.0
         matched: list[str] = []
         disqualify: str | None = None
+        fit_by: dict[str, float] | None = {} if self.rules.book.several else None
         for rule in holding:
             if rule.for_default:
                 fit += rule.points
+            if fit_by is not None:
+                for name in rule.named:
+                    fit_by[name] = fit_by.get(name, 0.0) + rule.points
             matched.append(rule.id)
             if rule.disqualify and disqualify is None:
                 disqualify = rule.id
@@ -184,7 +188,11 @@ class Engine:
                 state.pending_trigger = _strongest(
                     state.pending_trigger, (rule.promote_to, rule.id)
                 )
+        if state.fit_key is None or state.fit_key[0] != self.rules.version:
+            # Another rule set: which score each signal counts for may have changed.
+            state.engagement_by = None
         state.fit = fit
+        state.fit_by = fit_by
         state.fit_rules = matched
         if self.accounts is not None:
             state.committee_role = self.accounts.role_of(
@@ -201,7 +209,12 @@ class Engine:
         if state.as_of is None:
             state.as_of = ts
         elif ts > state.as_of:
-            state.engagement *= self.rules.decay_factor(ts - state.as_of)
+            factor = self.rules.decay_factor(ts - state.as_of)
+            state.engagement *= factor
+            named = state.engagement_by
+            if named and factor != 1.0:
+                for name in named:
+                    named[name] *= factor
             state.as_of = ts
 
     def _count_hit(self, state: LeadState, rule: CompiledRule, ts: float) -> bool:
@@ -226,6 +239,10 @@ class Engine:
         gain = rule.points if ts == clock else rule.points * self.rules.decay_factor(clock - ts)
         if rule.for_default:
             state.engagement += gain
+        named = state.engagement_by
+        if named is not None:
+            for name in rule.named:
+                named[name] = named.get(name, 0.0) + gain
         if signal is None:
             state.signals[rule.id] = [gain, clock, 1, 0, ts]
         else:
@@ -303,6 +320,7 @@ class Engine:
         state.committee_role = fresh.committee_role
         state.engagement, state.as_of = fresh.engagement, fresh.as_of
         state.counted, state.signals = fresh.counted, fresh.signals
+        state.fit_by, state.engagement_by = fresh.fit_by, None  # derived when next read
         state.allowed = None  # judged again under this rule set
         state.ruleset_version = self.rules.version
         reached, qualified_by = self.reached(state)
@@ -392,8 +410,6 @@ class Engine:
                 self._move_account(
                     member_of, earned, effects, caused_by=event.message_id, at=event.ts, now=now
                 )
-        if self.rules.book.listed:
-            self.note_scores(state)
         return effects
 
     def note_scores(self, state: LeadState) -> None:
@@ -467,15 +483,17 @@ class Engine:
     ) -> None:
         """Ask the stage router for a move and turn it into records."""
         trigger = _strongest(state.pending_trigger, trigger)
-        reached, qualified_by = self.reached(state)
+        book = self.rules.book
+        totals = self.totals(state) if book.several else None
+        reached, qualified_by = book.reached(totals) if totals is not None else self.reached(state)
         if disqualify is None and trigger is None:
             # Only a threshold could move the lead: when none is newly crossed (the common
             # case), skip the stage router altogether.
             reachable = RANK[reached] if reached is not None else -1
             if state.stage == "disqualified" or reachable <= RANK[state.stage]:
                 state.pending_trigger = None
-                if self.rules.book.several:
-                    self._notify_qualified(state, event, account, effects, now)
+                if totals is not None:
+                    self._notify_qualified(state, totals, event, account, effects, now)
                 return
         if state.allowed is None:
             state.allowed = allowed_rank(state, self.rules, account.traits if account else None)
@@ -506,8 +524,8 @@ class Engine:
                 now=now,
                 qualified_by=qualified_by,
             )
-        if self.rules.book.several:
-            self._notify_qualified(state, event, account, effects, now)
+        if totals is not None:
+            self._notify_qualified(state, totals, event, account, effects, now)
         # A trigger that could not be honoured (requirements, exclusions) waits for the traits.
         if (
             trigger is not None
@@ -688,6 +706,7 @@ class Engine:
         state.signals = {}
         state.pending_trigger = None
         state.qualified = {}
+        state.engagement_by = None  # derived again: from no signals, zero
 
     def explain(
         self, state: LeadState, at: float | None = None, score: str = DEFAULT_SCORE
@@ -736,9 +755,13 @@ class Engine:
                         "last_seen": None,
                     }
                 )
+        # The running sums, exactly as every record of the score shows them: the signals
+        # are apportioned to them.
         if score == DEFAULT_SCORE:
-            # The running sums, exactly as every record of the default score shows them.
             fit, engagement = state.fit, state.engagement * later
+        elif several:
+            fit_by, engagement_by = self._named_sums(state)
+            fit, engagement = fit_by.get(score, 0.0), engagement_by.get(score, 0.0) * later
         return records.explanation(signals, fit, engagement)
 
     def named_explanations(
@@ -752,35 +775,47 @@ class Engine:
 
     # -- several scores ------------------------------------------------------------------
 
-    def score_parts(
-        self, state: LeadState, at: float | None = None
-    ) -> dict[str, tuple[float, float]]:
-        """Each score's (fit, engagement) as of `at` (by default the lead's clock): the
-        default score's from the running sums, a named one's from the signals of the rules
-        that count for it."""
+    def _named_sums(self, state: LeadState) -> tuple[dict[str, float], dict[str, float]]:
+        """The named scores' fit and engagement as of the lead's clock, derived from its fit
+        rules and signals when not kept yet (then kept up as hits come)."""
         book = self.rules.book
-        fit = {score.name: 0.0 for score in book.scores}
-        engagement = dict(fit)
-        if book.several:
+        if state.fit_by is None:
+            fit_by: dict[str, float] = {}
             for rule_id in state.fit_rules:
                 rule = self.rules.by_id.get(rule_id)
                 if rule is not None:
-                    for name in book.scores_of(rule_id):
-                        if name in fit:
-                            fit[name] += rule.points
+                    for name in rule.named:
+                        fit_by[name] = fit_by.get(name, 0.0) + rule.points
+            state.fit_by = fit_by
+        if state.engagement_by is None:
+            engagement_by: dict[str, float] = {}
             clock = state.as_of
             for signal_id, signal in state.signals.items():
                 value = signal[VALUE]
                 if clock is not None and signal[AS_OF] != clock:
                     value *= self.rules.decay_factor(clock - signal[AS_OF])
                 for name in book.scores_of(signal_id):
-                    if name in engagement:
-                        engagement[name] += value
-        fit[DEFAULT_SCORE] = state.fit
-        engagement[DEFAULT_SCORE] = state.engagement
+                    if name != DEFAULT_SCORE:
+                        engagement_by[name] = engagement_by.get(name, 0.0) + value
+            state.engagement_by = engagement_by
+        return state.fit_by, state.engagement_by
+
+    def score_parts(
+        self, state: LeadState, at: float | None = None
+    ) -> dict[str, tuple[float, float]]:
+        """Each score's (fit, engagement) as of `at` (by default the lead's clock): running
+        sums, the default score's on the lead, the named ones' in `fit_by` /
+        `engagement_by`."""
         clock = state.as_of
         later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
-        return {name: (fit[name], engagement[name] * later) for name in fit}
+        parts = {DEFAULT_SCORE: (state.fit, state.engagement * later)}
+        book = self.rules.book
+        if book.several:
+            fit_by, engagement_by = self._named_sums(state)
+            for score in book.scores[1:]:
+                name = score.name
+                parts[name] = (fit_by.get(name, 0.0), engagement_by.get(name, 0.0) * later)
+        return parts
 
     def reached(self, state: LeadState) -> tuple[str | None, list[str]]:
         """The highest stage the lead's scores qualify it for, and the scores that did."""
@@ -793,8 +828,18 @@ class Engine:
                 self.rules.sql_threshold,
             )
             return reached, [DEFAULT_SCORE] if reached is not None else []
-        totals = {name: f + e for name, (f, e) in self.score_parts(state).items()}
-        return book.reached(totals)
+        return book.reached(self.totals(state))
+
+    def totals(self, state: LeadState) -> dict[str, float]:
+        """Each score's total as of the lead's clock (the default one alone with one)."""
+        totals = {DEFAULT_SCORE: state.fit + state.engagement}
+        book = self.rules.book
+        if book.several:
+            fit_by, engagement_by = self._named_sums(state)
+            for score in book.scores[1:]:
+                name = score.name
+                totals[name] = fit_by.get(name, 0.0) + engagement_by.get(name, 0.0)
+        return totals
 
     def score_entries(
         self, state: LeadState, at: float | None = None
@@ -830,6 +875,7 @@ class Engine:
     def _notify_qualified(
         self,
         state: LeadState,
+        totals: Mapping[str, float],
         event: Event,
         account: Account | None,
         effects: Effects,
@@ -842,12 +888,13 @@ class Engine:
             return
         current = RANK[state.stage]
         entries: dict[str, records.ScoreEntryDoc] | None = None
-        parts = self.score_parts(state)
         for score in self.rules.book.scores:
-            f, e = parts[score.name]
+            total = totals[score.name]
+            if total < score.mql:
+                continue  # the common case: not even at its lowest threshold
             for stage in QUALIFIED_STAGES:
                 least = score.threshold(stage)
-                if RANK[stage] > current or least is None or f + e < least:
+                if RANK[stage] > current or least is None or total < least:
                     continue
                 before = state.qualified.get(score.name)
                 if before is not None and RANK[before] >= RANK[stage]:
@@ -901,8 +948,11 @@ class Engine:
             existing[AS_OF] = clock
             existing[HITS] += signal[HITS]
             existing[LAST_SEEN] = max(existing[LAST_SEEN], signal[LAST_SEEN])
-        if signal_id == ADJUSTMENT_PREFIX + DEFAULT_SCORE:
+        name = signal_id[len(ADJUSTMENT_PREFIX) :]
+        if name == DEFAULT_SCORE:
             state.engagement += value
+        elif state.engagement_by is not None:
+            state.engagement_by[name] = state.engagement_by.get(name, 0.0) + value
 
     def adjust(
         self,
@@ -1018,12 +1068,11 @@ class Engine:
         if target.account_id is None:
             target.account_id = source.account_id
         target.pending_trigger = _strongest(target.pending_trigger, source.pending_trigger)
+        target.engagement_by = None  # derived again from the merged signals
         for name, stage in source.qualified.items():
             if RANK[stage] > RANK[target.qualified.get(name, LEAD)]:
                 target.qualified[name] = stage
         self.refresh_fit(target, account)
-        if self.rules.book.listed:
-            self.note_scores(target)
         stage = furthest_stage(target.stage, source.stage)
         if stage != target.stage:
             self.move(

@@ -65,6 +65,17 @@ class Workspace:
         return state
 
 
+def note_scores(ws: Workspace, engine: Engine) -> None:
+    """Before the changed leads are written: each one's totals and label, for lists (once
+    per lead and batch, not per event)."""
+    if not engine.rules.book.listed:
+        return
+    for lead_id in ws.changed_leads:
+        state = ws.leads.get(lead_id)
+        if state is not None:
+            engine.note_scores(state)
+
+
 def ids_to_load(events: Iterable[Event]) -> tuple[set[str], set[str]]:
     """(every id a batch may name a lead by, every account id it names)."""
     lead_ids: set[str] = set()

@@ -292,9 +292,10 @@ class CompiledRule:
     shape: str = MIXED
     # Conditions beyond the common ones above (context, all / any / not), checked last.
     extra: Condition | None = None
-    # Whether the rule counts for the default score (the running sum on the lead); the
-    # scores it counts for are in the rule set's ScoreBook.
+    # Whether the rule counts for the default score (the running sum on the lead), and the
+    # named scores it counts for (their running sums, LeadState.engagement_by).
     for_default: bool = True
+    named: tuple[str, ...] = ()
 
     def matches_behaviour(
         self,
@@ -375,6 +376,7 @@ def _compile_rule(rule: Rule) -> CompiledRule:
         trait=trait,
         extra=extra,
         for_default=rule.scores is None or DEFAULT_SCORE in rule.scores,
+        named=tuple(name for name in rule.scores or () if name != DEFAULT_SCORE),
     )
 
 

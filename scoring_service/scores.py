@@ -109,6 +109,8 @@ class ScoreBook:
     qualify: Mapping[str, Qualifier]
     # Rule id -> the scores it counts for (every rule of the rule set is listed).
     rule_scores: Mapping[str, tuple[str, ...]]
+    # Every stage qualified by `any` score (the default): reached() takes a shortcut.
+    any_everywhere: bool = False
 
     @property
     def several(self) -> bool:
@@ -131,6 +133,22 @@ class ScoreBook:
 
     def reached(self, totals: Mapping[str, float]) -> tuple[str | None, list[str]]:
         """The highest stage the scores qualify a lead for, and the scores that did."""
+        if self.any_everywhere:
+            # The usual qualification, without walking expressions: the highest stage any
+            # score reaches by its own thresholds, and the scores that reach it.
+            best = -1
+            names: list[str] = []
+            for score in self.scores:
+                total = totals[score.name]
+                if total < score.mql:
+                    continue
+                sql = score.sql
+                rank = 3 if sql is not None and total >= sql else 2 if total >= score.sal else 1
+                if rank > best:
+                    best, names = rank, [score.name]
+                elif rank == best:
+                    names.append(score.name)
+            return (QUALIFIED_STAGES[3 - best] if best > 0 else None), names
         for stage in QUALIFIED_STAGES:
             holds, by = self.qualify[stage](totals, stage)
             if holds:
@@ -183,13 +201,16 @@ def compile_scores(document: Any) -> ScoreBook:
         )
     by_name = {score.name: score for score in compiled}
     qualify = {}
+    trees = []
     for stage in QUALIFIED_STAGES:
         text = document.qualify.get(stage)
         tree = parse_qualification(text, names) if text else any_score(names)
+        trees.append(tree)
         qualify[stage] = compile_qualification(tree, by_name)
     return ScoreBook(
         scores=tuple(compiled),
         by_name=by_name,
         qualify=qualify,
         rule_scores={rule.id: tuple(rule.scores or (DEFAULT_SCORE,)) for rule in document.rules},
+        any_everywhere=all(tree == any_score(names) for tree in trees),
     )

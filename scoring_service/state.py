@@ -105,6 +105,11 @@ class LeadState:
     # clock, kept with the lead so lists can filter and sort by them.
     totals: dict[str, float] | None = None
     label: str | None = None
+    # With several scores: the named scores' fit and engagement (as of `as_of`), running
+    # sums like `fit` and `engagement` are for the default score. None until derived from
+    # `fit_rules` and `signals` (a lead loaded without them, or after a merge or recycle).
+    fit_by: dict[str, float] | None = None
+    engagement_by: dict[str, float] | None = None
 
     @property
     def total(self) -> float:
@@ -129,6 +134,8 @@ class LeadState:
             doc["totals"] = self.totals
         if self.label is not None:
             doc["label"] = self.label
+        if self.engagement_by is not None:
+            doc["by_score"] = self.engagement_by
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -146,6 +153,7 @@ class LeadState:
         self.qualified = doc.get("qualified") or {}
         self.totals = doc.get("totals")
         self.label = doc.get("label")
+        self.engagement_by = doc.get("by_score")
 
 
 def _signal(entry: list[float]) -> list[float]:

@@ -47,6 +47,7 @@ async def lead_page(
     score, `-score:<name>` for a named one), filtered by stage, label and a minimum total
     in that score. The cursor is the last (score and) id seen, so pages stay stable while
     leads change."""
+    label = label or None  # a form's "any"
     by_score = sort.startswith("-score")
     score = sort.partition(":")[2] or None
     if score == DEFAULT_SCORE:

@@ -171,16 +171,24 @@ async def propose_version(
     until: datetime | None = None,
     target: str = "won",
     seed: int = 0,
+    score: str | None = None,
 ) -> dict[str, Any]:
     """Fit points to the outcomes of the leads `version` handed off in the window and
-    publish them as a new, inactive version (scoring_service/weights.py)."""
+    publish them as a new, inactive version (scoring_service/weights.py); with `score`, the
+    points of that score's rules, from the leads that score qualified."""
     since, until = time_window(since, until, default_days=365)
     async with container.db.connect() as conn:
         pg = await driver(conn)
         row = await _fetch_version(pg, version)
-        samples = await review.outcome_samples(pg, since, until, version, target)
-    document = orjson.loads(row["document"])
-    old_points = {rule["id"]: float(rule.get("points", 0.0)) for rule in document["rules"]}
+        document = orjson.loads(row["document"])
+        if score is not None and score not in ("default", *(document.get("scores") or {})):
+            raise ApiError(422, "unknown_score", f"version {version} has no score {score!r}")
+        samples = await review.outcome_samples(pg, since, until, version, target, score=score)
+    old_points = {
+        rule["id"]: float(rule.get("points", 0.0))
+        for rule in document["rules"]
+        if score is None or score in (rule.get("scores") or ["default"])
+    }
 
     def fit() -> weights.Proposal:
         return weights.propose_points(
@@ -207,7 +215,13 @@ async def propose_version(
                 actor=by,
                 action="ruleset.propose",
                 target=str(new_version),
-                detail={"source": version, "target": target, "seed": seed, "window": window},
+                detail={
+                    "source": version,
+                    "target": target,
+                    "seed": seed,
+                    "window": window,
+                    "score": score,
+                },
             )
     return {
         "version": new_version,
@@ -216,6 +230,7 @@ async def propose_version(
         "until": until,
         "target": target,
         "seed": seed,
+        "score": score,
         "comment": text,
         **proposal.to_dict(),
     }

@@ -23,7 +23,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
-        label: Annotated[str | None, Query(pattern=r"^[A-D][1-3]$")] = None,
+        label: Annotated[str | None, Query(pattern=r"^([A-D][1-3])?$")] = None,
     ) -> dict[str, Any]:
         """Leads in id order, or by total score, highest first (`sort=-score`, a work queue;
         `sort=-score:fleet` by the named score `fleet`), filtered by stage, grade label

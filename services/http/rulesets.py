@@ -122,6 +122,7 @@ def rulesets_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             until=request.until,
             target=request.target,
             seed=request.seed,
+            score=request.score,
         )
 
     @router.post(

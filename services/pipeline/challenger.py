@@ -31,7 +31,7 @@ import orjson
 
 from scoring_service.engine import Effects, Engine, Hit
 from scoring_service.intake import Event
-from scoring_service.pipeline import Workspace, score_event
+from scoring_service.pipeline import Workspace, note_scores, score_event
 from scoring_service.state import Account, LeadState
 from services.adapters.postgres import history_store, lead_store
 from services.adapters.postgres.rulesets import RULESET_LOCK, active_version
@@ -202,6 +202,7 @@ async def save_shadow(pg: asyncpg.Connection, shadow: Shadow) -> None:
     ws, version = shadow.ws, shadow.engine.rules.version
     if shadow.engine.accounts is not None:
         ws.note_member_accounts()
+    note_scores(ws, shadow.engine)
     await lead_store.save_leads(
         pg, [ws.leads[i] for i in sorted(ws.changed_leads) if i in ws.leads], table=LEADS
     )

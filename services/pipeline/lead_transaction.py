@@ -46,7 +46,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.engine import Effects, Engine
-from scoring_service.pipeline import ScoredEvent, Workspace
+from scoring_service.pipeline import ScoredEvent, Workspace, note_scores
 from services.adapters.postgres import (
     history_store,
     lead_store,
@@ -218,6 +218,7 @@ class LeadTransaction:
         if self._step >= _LEADS:
             if self.engine.accounts is not None:
                 self.ws.note_member_accounts()
+            note_scores(self.ws, self.engine)
             self.saved_versions = await lead_store.save_workspace(self.pg, self.ws)
             await history_store.save_history(
                 self.pg,

@@ -214,6 +214,9 @@ SELECT d.lead_id, d.good,
        coalesce(json_object_agg(h.rule_id, h.hits) FILTER (WHERE h.rule_id IS NOT NULL),
                 '{}')::text AS hits
 FROM decided d LEFT JOIN hit h USING (lead_id)
+WHERE $8::text IS NULL OR EXISTS (
+    SELECT 1 FROM transitions t
+    WHERE t.lead_id = d.lead_id AND t.ruleset_version = $3 AND t.record->'qualified_by' ? $8)
 GROUP BY d.lead_id, d.good
 ORDER BY d.lead_id
 LIMIT $7
@@ -225,10 +228,17 @@ MAX_SAMPLES = 200_000
 
 
 async def outcome_samples(
-    pg: asyncpg.Connection, since: datetime, until: datetime, version: int, target: str
+    pg: asyncpg.Connection,
+    since: datetime,
+    until: datetime,
+    version: int,
+    target: str,
+    *,
+    score: str | None = None,
 ) -> list[tuple[str, bool, dict[str, float]]]:
     """(lead, good outcome?, hits per rule) for each lead `version` handed off in the window
-    that sales decided on (won or lost; or qualified or rejected)."""
+    that sales decided on (won or lost; or qualified or rejected); with `score`, only the
+    leads that score qualified."""
     good, bad = TARGETS[target]
     rows = await pg.fetch(
         _sql(SAMPLES_QUERY, False),
@@ -239,6 +249,7 @@ async def outcome_samples(
         [good, bad],
         good,
         MAX_SAMPLES,
+        score,
     )
     return [(r["lead_id"], bool(r["good"]), orjson.loads(r["hits"])) for r in rows]
 

@@ -27,7 +27,7 @@ PLANTED = {
 INTERCEPT = -1.6
 
 
-async def plant_outcomes(pg, *, leads: int, seed: int) -> None:
+async def plant_outcomes(pg, *, leads: int, seed: int, qualified_by=("default",)) -> None:
     """`leads` handed off under version 1 in the window, each with random hits before the
     handoff, won or lost with the planted odds."""
     rnd = random.Random(seed)
@@ -46,9 +46,9 @@ async def plant_outcomes(pg, *, leads: int, seed: int) -> None:
         feedback.append((f"f-{lead}", lead, "won" if won else "lost", handed + timedelta(days=9)))
     await pg.executemany(
         "INSERT INTO transitions (transition_id, lead_id, from_stage, to_stage, reason, "
-        "ruleset_version, score_total, occurred_at, emitted_at) "
-        "VALUES ($1, $2, 'lead', 'mql', 'threshold', 1, 50, $3, $3)",
-        transitions,
+        "ruleset_version, score_total, occurred_at, emitted_at, record) "
+        "VALUES ($1, $2, 'lead', 'mql', 'threshold', 1, 50, $3, $3, $4::jsonb)",
+        [(*t, orjson.dumps({"qualified_by": list(qualified_by)}).decode()) for t in transitions],
     )
     await pg.executemany(
         "INSERT INTO lead_events (lead_id, message_id, type, occurred_at, event, hits, points, "
@@ -114,3 +114,26 @@ async def test_a_proposal_needs_enough_outcomes(admin_container):
         assert missing.status_code == 404
     async with client_for(admin_container, "viewer") as viewer:
         assert (await viewer.post("/v1/rulesets/1/propose", json=WINDOW)).status_code == 403
+
+
+async def test_a_proposal_per_score_fits_that_scores_rules_on_the_leads_it_qualified(
+    admin_container,
+):
+    async with admin_container.db.connect() as conn:
+        await plant_outcomes(await driver(conn), leads=600, seed=11)
+    async with client_for(admin_container, "admin") as admin:
+        default = await admin.post("/v1/rulesets/1/propose", json={**WINDOW, "score": "default"})
+        assert default.status_code == 201, default.text
+        fitted = {r["rule_id"] for r in default.json()["rules"]}
+        assert "webinar" in fitted and default.json()["score"] == "default"
+        # The warehouse line's own rules are not the default score's.
+        assert not {"warehouse-pages", "warehouse-demo", "warehouse-industry"} & (
+            fitted | set(default.json()["unchanged"])
+        )
+        # No lead here was qualified by the warehouse score: nothing to learn from.
+        warehouse = await admin.post(
+            "/v1/rulesets/1/propose", json={**WINDOW, "score": "warehouse"}
+        )
+        assert (warehouse.status_code, warehouse.json()["error"]) == (422, "too_few_outcomes")
+        unknown = await admin.post("/v1/rulesets/1/propose", json={**WINDOW, "score": "boats"})
+        assert (unknown.status_code, unknown.json()["error"]) == (422, "unknown_score")

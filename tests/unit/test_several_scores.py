@@ -306,3 +306,37 @@ def test_the_crawler_list_is_the_rule_sets_and_an_empty_list_turns_it_off():
     ]
     assert replay_documents(named, docs, now=NOW).ws.leads["u"].total == 10
     assert replay_documents(off, docs, now=NOW).ws.leads["u"].total == 20
+
+
+def test_the_running_sums_of_named_scores_equal_their_signals_after_a_long_workload():
+    import copy
+    import random
+
+    from bench.workload import generate
+    from scoring_service.ruleset_files import starter_ruleset
+
+    rnd = random.Random(5)
+    docs = []
+    for doc in generate(events=6000, leads=300, seed=9, days=90):
+        docs.append(doc)
+        if doc.get("type") == "page" and rnd.random() < 0.3:
+            # The warehouse line's pages too, so its score has engagement to keep.
+            extra = dict(doc, messageId=doc["messageId"] + "-w")
+            extra["properties"] = {"path": rnd.choice(["/warehouse/a", "/products/wms"])}
+            docs.append(extra)
+    engine = Engine(starter_ruleset())
+    replay = replay_documents(engine, docs, now=NOW)
+    checked = 0
+    for state in replay.ws.leads.values():
+        derived = copy.deepcopy(state)
+        derived.fit_by = derived.engagement_by = None
+        kept, fresh = engine.totals(state), engine.totals(derived)
+        assert kept.keys() == fresh.keys() == {"default", "warehouse"}
+        for name in kept:
+            assert abs(kept[name] - fresh[name]) < 1e-6, (state.lead_id, name)
+        checked += fresh["warehouse"] != 0
+    assert checked > 50
+    # Every named score's explanation adds up to it, as the default one's does.
+    for state in replay.ws.leads.values():
+        score, signals = engine.explain(state, score="warehouse")
+        assert round(sum(s["contribution"] for s in signals), 2) == score["total"]
