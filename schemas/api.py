@@ -645,6 +645,9 @@ class AccountPublic(BaseModel):
     stage_entered_at: datetime | None
     score: AccountScore
     score_as_of: datetime | None = Field(description="the account's clock: its latest member event")
+    scores: dict[str, AccountScore] = Field(
+        default_factory=dict, description="every score of the account by name"
+    )
     fit_rules: list[str]
     roles_covered: list[str]
     roles_missing: list[str]

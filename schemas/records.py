@@ -210,6 +210,11 @@ class NotificationRecord(BaseModel):
     )
 
 
+ACCOUNT_SCORES_DESCRIPTION = (
+    "every score of the account by name: `default` (the same as `score`) and the rule set's "
+    "named ones (fit from the account fit rules counting for it, engagement rolled up from the "
+    "members' engagement in it, the committee's coverage)"
+)
 AccountStage = Literal["target", "engaged", "mqa", "opportunity", "customer", "disqualified"]
 AccountTransitionReason = Literal["engaged", "qualified", "sales_feedback", "rescore", "manual"]
 
@@ -257,6 +262,7 @@ class AccountTransitionRecord(BaseModel):
     caused_by: str | None
     occurred_at: datetime
     emitted_at: datetime
+    scores: dict[str, AccountScore] = Field(description=ACCOUNT_SCORES_DESCRIPTION)
 
 
 class AccountProfile(BaseModel):
@@ -285,6 +291,7 @@ class AccountQualifiedRecord(BaseModel):
     owner: str
     ruleset_version: int
     occurred_at: datetime
+    scores: dict[str, AccountScore] = Field(description=ACCOUNT_SCORES_DESCRIPTION)
 
 
 class FeedbackBody(BaseModel):

@@ -486,6 +486,8 @@ class AccountFitRule(BaseModel):
     when: When
     points: float = Field(ge=-1000, le=1000)
     description: str | None = Field(default=None, max_length=500)
+    # The scores the rule counts for (default: the default score), as a lead rule's.
+    scores: list[ScoreName] | None = Field(default=None, min_length=1, max_length=MAX_SCORES)
 
     @field_validator("when")
     @classmethod
@@ -627,6 +629,13 @@ class RuleSetDocument(BaseModel):
                 if name not in names:
                     raise ValueError(
                         f"rules[{index}] ({rule.id}) counts for score {name!r}, "
+                        f"not declared in scores ({', '.join(names)})"
+                    )
+        for index, fit in enumerate(self.accounts.fit if self.accounts else ()):
+            for name in fit.scores or ():
+                if name not in names:
+                    raise ValueError(
+                        f"accounts.fit[{index}] ({fit.id}) counts for score {name!r}, "
                         f"not declared in scores ({', '.join(names)})"
                     )
         for name, score in self.scores.items():

@@ -19,6 +19,7 @@ import heapq
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.ruleset import DEFAULT_SCORE
 from scoring_service.rules import CompiledAccountRules, CompiledRuleSet, lookup
 from scoring_service.state import Account, LeadState
 from stage_router import records
@@ -65,17 +66,24 @@ class AccountScorer:
                 return role.id
         return None
 
-    def sync(self, account: Account, state: LeadState) -> None:
-        """Mirror a member's engagement, clock and role on its account, and rescore it."""
+    def sync(
+        self, account: Account, state: LeadState, named: Mapping[str, float] | None = None
+    ) -> None:
+        """Mirror a member's engagement (and its `named` scores' engagement), clock and role
+        on its account, and rescore it."""
         clock = state.as_of
         if clock is None:
             return
         entry = (state.engagement, clock, state.committee_role)
-        if account.members.get(state.lead_id) == entry and account.fit_key == self._fit_key(
-            account
+        if (
+            account.members.get(state.lead_id) == entry
+            and account.fit_key == self._fit_key(account)
+            and (named is None or account.members_by.get(state.lead_id) == named)
         ):
             return
         account.members[state.lead_id] = entry
+        if named is not None:
+            account.members_by[state.lead_id] = dict(named)
         if account.as_of is None or clock > account.as_of:
             account.as_of = clock
         if len(account.members) > MAX_MEMBERS:
@@ -84,6 +92,7 @@ class AccountScorer:
 
     def drop(self, account: Account, lead_id: str) -> None:
         """A member left the account (joined another, or was merged into another lead)."""
+        account.members_by.pop(lead_id, None)
         if account.members.pop(lead_id, None) is not None:
             self.score(account)
 
@@ -95,6 +104,7 @@ class AccountScorer:
             key=lambda item: (item[1][0] * decay(clock - item[1][1]), item[0]),
         )
         del account.members[least[0]]
+        account.members_by.pop(least[0], None)
 
     # -- the account's score ---------------------------------------------------------------
 
@@ -104,7 +114,7 @@ class AccountScorer:
     def refresh_fit(self, account: Account) -> None:
         traits = account.traits
         holding = [rule for rule in self.spec.fit if rule.holds(None, traits, traits)]
-        account.fit = sum(rule.points for rule in holding)
+        account.fit = sum(rule.points for rule in holding if DEFAULT_SCORE in rule.scores)
         account.fit_rules = [rule.id for rule in holding]
         account.fit_key = self._fit_key(account)
 
@@ -140,6 +150,39 @@ class AccountScorer:
         account.covered = [role for role in self.role_order if role in covered]
         account.coverage = sum(self.role_points[role] for role in account.covered)
         account.ruleset_version = self.rules.version
+
+    def score_docs(self, account: Account) -> dict[str, records.AccountScoreDoc]:
+        """Every score of the account: the default one's parts, and each named score's fit
+        (its account fit rules), engagement (the same roll-up over the members' engagement
+        in that score) and the committee's coverage (the roles are the account's)."""
+        docs = {
+            DEFAULT_SCORE: records.account_score_doc(
+                account.fit, account.engagement, account.coverage
+            )
+        }
+        book = self.rules.book
+        if not book.several:
+            return docs
+        spec = self.spec
+        clock = account.as_of or 0.0
+        decay = self.rules.decay_factor
+        holding = set(account.fit_rules)
+        for score in book.scores[1:]:
+            name = score.name
+            fit = sum(r.points for r in spec.fit if r.id in holding and name in r.scores)
+            values: list[tuple[float, str]] = []
+            for lead_id, (_, as_of, role) in account.members.items():
+                if role is None and spec.only_roles_count:
+                    continue
+                engagement = account.members_by.get(lead_id, {}).get(name, 0.0)
+                value = engagement if as_of == clock else engagement * decay(clock - as_of)
+                if value > 0:
+                    values.append((min(value, spec.member_cap), lead_id))
+            top = heapq.nlargest(spec.top_members, values, key=lambda c: (c[0], c[1]))
+            docs[name] = records.account_score_doc(
+                fit, sum(value for value, _ in top), account.coverage
+            )
+        return docs
 
     def required_covered(self, account: Account) -> bool:
         return all(role in account.covered for role in self.spec.required)
@@ -205,6 +248,7 @@ class AccountScorer:
             occurred_at=at,
             emitted_at=now,
             reason_detail=detail,
+            scores=self.score_docs(account),
         )
         account.stage = move.to_stage
         account.stage_entered_at = at

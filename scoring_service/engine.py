@@ -394,7 +394,7 @@ class Engine:
         )
         if scorer is not None and member_of is not None:
             # The account's score first, so the lead's records carry the one this event made.
-            scorer.sync(member_of, state)
+            scorer.sync(member_of, state, self._member_named(state))
         self.route(
             state,
             effects,
@@ -439,7 +439,7 @@ class Engine:
         scorer = self.accounts
         if scorer is None or account is None or account.account_id != state.account_id:
             return
-        scorer.sync(account, state)
+        scorer.sync(account, state, self._member_named(state))
         # A member's opportunity or win first, then whatever the score has earned (judged
         # after the first: an opportunity is past anything a score earns).
         followed = follow_lead(account.stage, state.stage)
@@ -774,6 +774,10 @@ class Engine:
         }
 
     # -- several scores ------------------------------------------------------------------
+
+    def _member_named(self, state: LeadState) -> dict[str, float] | None:
+        """What a member brings its account's named scores (None with one score)."""
+        return self._named_sums(state)[1] if self.rules.book.several else None
 
     def _named_sums(self, state: LeadState) -> tuple[dict[str, float], dict[str, float]]:
         """The named scores' fit and engagement as of the lead's clock, derived from its fit

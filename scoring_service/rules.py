@@ -408,6 +408,7 @@ class CompiledAccountFit:
     description: str
     points: float
     holds: Condition  # on (None, the account's traits, the account's traits)
+    scores: tuple[str, ...] = (DEFAULT_SCORE,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +446,13 @@ def _compile_accounts(document: RuleSetDocument) -> CompiledAccountRules | None:
         ),
         role_ids=frozenset(r.id for r in spec.roles),
         fit=tuple(
-            CompiledAccountFit(f.id, f.description or f.id, f.points, compile_condition(f.when))
+            CompiledAccountFit(
+                f.id,
+                f.description or f.id,
+                f.points,
+                compile_condition(f.when),
+                tuple(f.scores or (DEFAULT_SCORE,)),
+            )
             for f in spec.fit
         ),
         top_members=spec.rollup.top_members,

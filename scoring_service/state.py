@@ -39,6 +39,9 @@ class Account:
     coverage: float = 0.0
     covered: list[str] = field(default_factory=list)
     ruleset_version: int = 0
+    # With several scores: each member's named scores' engagement, as of its clock (as
+    # `members` keeps the default score's).
+    members_by: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -46,11 +49,14 @@ class Account:
 
     def to_doc(self) -> dict[str, Any]:
         """The scoring-private part of the account, for one JSON column."""
-        return {
+        doc: dict[str, Any] = {
             "members": self.members,
             "fit_rules": self.fit_rules,
             "fit_key": self.fit_key,
         }
+        if self.members_by:
+            doc["members_by"] = self.members_by
+        return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
         self.members = {
@@ -60,6 +66,7 @@ class Account:
         self.fit_rules = doc.get("fit_rules") or []
         key = doc.get("fit_key")
         self.fit_key = (key[0], key[1]) if key else None
+        self.members_by = doc.get("members_by") or {}
 
 
 @dataclass(slots=True)

@@ -145,6 +145,8 @@ class AccountTransitionDoc(TypedDict):
     caused_by: str | None
     occurred_at: str
     emitted_at: str
+    # Every score of the account by name (`default` is `score` again).
+    scores: dict[str, AccountScoreDoc]
 
 
 class AccountProfileDoc(TypedDict):
@@ -169,6 +171,7 @@ class AccountNotificationDoc(TypedDict):
     owner: str
     ruleset_version: int
     occurred_at: str
+    scores: dict[str, AccountScoreDoc]
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +261,7 @@ def account_transition_record(
     occurred_at: float,
     emitted_at: float,
     reason_detail: str | None = None,
+    scores: dict[str, AccountScoreDoc] | None = None,
 ) -> AccountTransitionDoc:
     return {
         "transition_id": f"{account_id}:{seq}",
@@ -274,6 +278,7 @@ def account_transition_record(
         "caused_by": caused_by,
         "occurred_at": iso(occurred_at),
         "emitted_at": iso(emitted_at),
+        "scores": scores if scores is not None else {"default": score},
     }
 
 
@@ -305,6 +310,7 @@ def account_qualified_record(
         "owner": owner,
         "ruleset_version": transition["ruleset_version"],
         "occurred_at": transition["occurred_at"],
+        "scores": transition["scores"],
     }
 
 

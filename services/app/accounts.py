@@ -128,6 +128,7 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
         "name": name if isinstance(name, str) else None,
         "stage": account.stage,
         "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
+        "scores": scorer.score_docs(account) if scorer is not None else {"default": score},
         "score": score,
         "score_as_of": iso(account.as_of) if account.as_of else None,
         "fit_rules": account.fit_rules,

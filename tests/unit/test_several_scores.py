@@ -340,3 +340,33 @@ def test_the_running_sums_of_named_scores_equal_their_signals_after_a_long_workl
     for state in replay.ws.leads.values():
         score, signals = engine.explain(state, score="warehouse")
         assert round(sum(s["contribution"] for s in signals), 2) == score["total"]
+
+
+def test_an_account_has_every_score_its_members_and_fit_rules_give_it():
+    from scoring_service.ruleset_files import starter_ruleset
+    from tests.factories import group
+
+    engine = Engine(starter_ruleset())
+    company = {"name": "ShelfCo", "industry": "Wholesale", "employees": 120, "country": "CA"}
+    docs: list[dict[str, Any]] = []
+    for n, title in enumerate(["Owner", "Head of Operations"]):
+        user = f"m{n}"
+        docs += [
+            identify({"title": title, "email": f"{user}@shelfco.example"}, user=user, when=at(0)),
+            group("acct-1", company, user=user, when=at(0, hours=1)),
+            *[
+                page(f"/warehouse/{k}", user=user, when=at(0, hours=2 + k), context={})
+                for k in range(3)
+            ],
+        ]
+    replay = replay_documents(engine, docs, now=NOW)
+    account = replay.ws.accounts["acct-1"]
+    scores = engine.accounts.score_docs(account)
+    # Size and country for both lines; the wholesale industry is the warehouse line's.
+    assert (scores["default"]["fit"], scores["warehouse"]["fit"]) == (15, 30)
+    assert scores["default"]["engagement"] == 0  # no reading for the transport line
+    # Two members, three pages each (decayed by the hours since): their warehouse engagement.
+    members = [engine.score_parts(replay.ws.leads[m])["warehouse"][1] for m in ("m0", "m1")]
+    assert 59 < scores["warehouse"]["engagement"] == round(sum(members), 2) <= 60
+    assert scores["warehouse"]["coverage"] == scores["default"]["coverage"]
+    assert all(t["scores"]["default"] == t["score"] for t in replay.account_transitions)
