@@ -144,6 +144,13 @@ class AdjustmentEntry(BaseModel):
     transition_id: str | None
 
 
+class ScoreHistory(BaseModel):
+    engagement: float
+    contributions: list[float]
+    unlisted_contribution: float
+    adjusted_contribution: float
+
+
 class LeadHistory(BaseModel):
     """A lead's log. The events' contributions, `unlisted_contribution` and the fit signals
     add up to `score.total`, to the cent."""
@@ -165,6 +172,11 @@ class LeadHistory(BaseModel):
     )
     adjustments: list[AdjustmentEntry] = Field(
         default_factory=list, description="adjustments of the lead's scores, oldest first"
+    )
+    by_score: dict[str, ScoreHistory] = Field(
+        default_factory=dict,
+        description="each named score's engagement shared the same way: `contributions[i]` is "
+        "the share of `events[i]`; with the unlisted and adjusted parts they add up to it",
     )
 
 

@@ -1010,19 +1010,24 @@ class Engine:
         return effects
 
     def history_shares(
-        self, state: LeadState, events: Sequence[tuple[float, float, bool]]
+        self,
+        state: LeadState,
+        events: Sequence[tuple[float, float, bool]],
+        score: str = DEFAULT_SCORE,
     ) -> tuple[list[float], float]:
-        """Each stored event's share of the lead's engagement as of its clock, to the cent,
-        and the share of events not listed (older than the page asked for, or past the
-        history's retention). `events` are (time, counted points, superseded): a superseded
-        event's points no longer count (the lead was recycled since)."""
+        """Each stored event's share of the lead's engagement in `score` (the default one
+        unless named) as of its clock, to the cent, and the share of events not listed
+        (older than the page asked for, or past the history's retention). `events` are
+        (time, counted points in that score, superseded): a superseded event's points no
+        longer count (the lead was recycled since)."""
         clock = state.as_of or 0.0
         exact = [
             0.0 if superseded else points * self.rules.decay_factor(clock - ts)
             for ts, points, superseded in events
         ]
-        engagement = records.score_doc(state.fit, state.engagement)["engagement"]
-        shares = records.apportion([*exact, state.engagement - sum(exact)], engagement)
+        fit, exact_engagement = self.score_parts(state)[score]
+        engagement = records.score_doc(fit, exact_engagement)["engagement"]
+        shares = records.apportion([*exact, exact_engagement - sum(exact)], engagement)
         return shares[:-1], shares[-1]
 
     # -- identity ------------------------------------------------------------------------

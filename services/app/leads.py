@@ -21,7 +21,13 @@ from services.adapters.postgres import rulesets
 from services.adapters.postgres.db import driver
 from services.app.container import Container
 from services.app.errors import ApiError
-from services.app.paging import next_page_cursor, score_cursor, time_window, uncursor
+from services.app.paging import (
+    label_cursor,
+    next_page_cursor,
+    score_cursor,
+    time_window,
+    uncursor,
+)
 from services.pipeline import challenger, manual_moves
 from services.pipeline.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
 from services.pipeline.lead_transaction import LeadTransaction
@@ -55,7 +61,11 @@ async def lead_page(
     db = container.db
     async with db.connect() as conn:
         pg = await driver(conn)
-        if by_score:
+        if sort == "label":
+            rows = await queries.lead_page_by_label(
+                pg, after=label_cursor(cursor), stage=stage, limit=limit
+            )
+        elif by_score:
             rows = await queries.lead_page_by_score(
                 pg,
                 after=score_cursor(cursor),
@@ -88,7 +98,11 @@ async def lead_page(
         for r in rows
     ]
     next_cursor = next_page_cursor(
-        rows, limit, id_key="lead_id", score_key="total", by_score=by_score
+        rows,
+        limit,
+        id_key="lead_id",
+        score_key="sort_label" if sort == "label" else "total",
+        by_score=by_score or sort == "label",
     )
     return {"items": items, "next_cursor": next_cursor}
 
@@ -170,25 +184,35 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
         )
     hits = [orjson.loads(r["hits"]) for r in events]
     book = engine.rules.book
-    # The default score's share: hits of rules that count for it, and the adjustments of it
-    # (one part, as the lead keeps them: each is in `adjustments`, with who and why).
-    adjusted = state.signals.get(ADJUSTMENT_PREFIX + DEFAULT_SCORE)
     clock = state.as_of or 0.0
-    shares, unlisted = engine.history_shares(
-        state,
-        [
-            *(
+
+    def shares_in(score: str) -> tuple[list[float], float, float]:
+        """Each event's share of `score`, the unlisted events' and the adjustments' (one part,
+        as the lead keeps them: each is in `adjustments`, with who and why)."""
+        adjusted = state.signals.get(ADJUSTMENT_PREFIX + score)
+        shares, unlisted = engine.history_shares(
+            state,
+            [
+                *(
+                    (
+                        r["occurred_at"].timestamp(),
+                        sum(h[1] for h in event_hits if h[2] and score in book.scores_of(h[0])),
+                        r["superseded"],
+                    )
+                    for r, event_hits in zip(events, hits, strict=True)
+                ),
                 (
-                    r["occurred_at"].timestamp(),
-                    sum(h[1] for h in event_hits if h[2] and DEFAULT_SCORE in book.scores_of(h[0])),
-                    r["superseded"],
-                )
-                for r, event_hits in zip(events, hits, strict=True)
-            ),
-            (adjusted[AS_OF] if adjusted else clock, adjusted[VALUE] if adjusted else 0.0, False),
-        ],
-    )
-    adjusted_share = shares.pop()
+                    adjusted[AS_OF] if adjusted else clock,
+                    adjusted[VALUE] if adjusted else 0.0,
+                    False,
+                ),
+            ],
+            score,
+        )
+        return shares[:-1], unlisted, shares[-1]
+
+    shares, unlisted, adjusted_share = shares_in(DEFAULT_SCORE)
+    named = {score.name: shares_in(score.name) for score in book.scores[1:]}
     score, signals = engine.explain(state)
     return {
         "lead_id": resolved,
@@ -197,6 +221,16 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
         "signals": signals,
         "unlisted_contribution": unlisted,
         "adjusted_contribution": adjusted_share,
+        # The named scores' engagement, shared the same way (events by index).
+        "by_score": {
+            name: {
+                "engagement": score_doc(*engine.score_parts(state)[name])["engagement"],
+                "contributions": parts[0],
+                "unlisted_contribution": parts[1],
+                "adjusted_contribution": parts[2],
+            }
+            for name, parts in named.items()
+        },
         "adjustments": [
             {
                 "at": r["at"],

@@ -71,6 +71,20 @@ def time_window(
     return since, until
 
 
+def label_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """The (label, id) a label-ordered page continues after."""
+    text = uncursor(cursor)
+    if not text:
+        return None
+    try:
+        label, key = orjson.loads(text)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
+    if not isinstance(label, str) or not isinstance(key, str) or len(label) > 2:
+        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
+    return label, key
+
+
 def score_cursor(cursor: str | None) -> tuple[float, str] | None:
     """The (total, id) a score-ordered page continues after."""
     text = uncursor(cursor)

@@ -29,7 +29,7 @@ async def leads(
     request: Request,
     ui: PagesDep,
     stage: Annotated[Stage | None, Query()] = None,
-    sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "-score",
+    sort: Annotated[str, Query(pattern=r"^(id|label|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "-score",
     label: Annotated[str | None, Query(pattern=r"^([A-D][1-3])?$")] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Response:

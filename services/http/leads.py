@@ -22,11 +22,12 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         min_score: float | None = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
+        sort: Annotated[str, Query(pattern=r"^(id|label|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
         label: Annotated[str | None, Query(pattern=r"^([A-D][1-3])?$")] = None,
     ) -> dict[str, Any]:
         """Leads in id order, or by total score, highest first (`sort=-score`, a work queue;
-        `sort=-score:fleet` by the named score `fleet`), filtered by stage, grade label
+        `sort=-score:fleet` by the named score `fleet`; `sort=label`: A1 first), filtered by
+        stage, grade label
         (`label=A1`) and minimum total in the score sorted by. The cursor is the last (score
         and) id seen, so pages stay stable while leads change."""
         return await leads.lead_page(

@@ -295,6 +295,28 @@ async def lead_page(
     )
 
 
+async def lead_page_by_label(
+    pg: asyncpg.Connection,
+    *,
+    after: tuple[str, str] | None,
+    stage: str | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Leads by grade label, best first (A1, A2, ... D3; leads without one last), ties by
+    id, after the (label, id) of `after`."""
+    label, last_id = after if after is not None else (None, "")
+    return await pg.fetch(
+        f"SELECT * FROM (SELECT {LIST_COLUMNS}, coalesce(scoring->>'label', 'Z') AS sort_label "
+        "FROM leads WHERE ($3::text IS NULL OR stage = $3)) l "
+        "WHERE $1::text IS NULL OR sort_label > $1 OR (sort_label = $1 AND lead_id > $2) "
+        "ORDER BY sort_label, lead_id LIMIT $4",
+        label,
+        last_id,
+        stage,
+        limit,
+    )
+
+
 async def lead_page_by_score(
     pg: asyncpg.Connection,
     *,

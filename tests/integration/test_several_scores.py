@@ -51,6 +51,10 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
         assert await listed(sort="-score:warehouse", min_score="15") == ["w"]
         assert await listed(label="C3") == ["u"]  # the default score's: fit 10, engagement 0
         assert await listed(sort="-score", label="D3") == ["w"]
+        assert await listed(sort="label") == ["u", "w"]  # C3 before D3
+        second = (await admin.get("/v1/leads", params={"sort": "label", "limit": "1"})).json()
+        assert second["items"][0]["lead_id"] == "u"
+        assert await listed(sort="label", cursor=second["next_cursor"]) == ["w"]
         for bad in ({"sort": "-score:Fleet"}, {"sort": "score"}, {"label": "E1"}):
             assert (await admin.get("/v1/leads", params=bad)).status_code == 422
         page_of_u = (await admin.get("/v1/leads", params={"label": "C3"})).json()["items"][0]
@@ -123,6 +127,15 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
         adjusted = round(history["adjusted_contribution"] * 100)
         assert events + fit + adjusted == round(history["score"]["total"] * 100)
         assert history["score"]["engagement"] == 0
+        # Each named score's history adds up to it the same way: events, the adjustment.
+        for name in ("fleet", "warehouse"):
+            part = history["by_score"][name]
+            assert len(part["contributions"]) == len(history["events"])
+            cents = sum(round(c * 100) for c in part["contributions"])
+            cents += round(part["unlisted_contribution"] * 100)
+            cents += round(part["adjusted_contribution"] * 100)
+            assert cents == round(part["engagement"] * 100) == 0, name
+            assert sum(part["contributions"]) > 0  # the pages' shares, which the reset offsets
         lead = (await admin.get("/v1/leads/u")).json()
         adjusting = {s["rule_id"] for s in lead["signals_by_score"]["fleet"]}
         assert "adjust:fleet" in adjusting
