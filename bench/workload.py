@@ -21,6 +21,9 @@ PAGES = (
         "/docs/api",
         "/features",
         "/about",
+        # The starter set's second product line.
+        "/products/wms",
+        "/warehouse/slotting",
     ]
 )
 TRACKS = ["Content Downloaded", "Email Link Clicked", "Webinar Attended", "Email Replied"] * 3 + [

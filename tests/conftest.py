@@ -348,6 +348,15 @@ async def assert_accounts_match(settings: Settings, expected: Any) -> None:
             stored = members[lead_id]
             assert abs(stored[0] - engagement) < 1e-6, (account_id, lead_id)
             assert stored[1:] == (as_of, role), (account_id, lead_id)
+        # Several scores: each member's named engagement as the replay has it.
+        stored_by = orjson.loads(row["s"]).get("members_by", {})
+        for lead_id, named in account.members_by.items():
+            for name, engagement in named.items():
+                assert abs(stored_by[lead_id].get(name, 0.0) - engagement) < 1e-6, (
+                    account_id,
+                    lead_id,
+                    name,
+                )
         assert abs(row["engagement"] - account.engagement) < 1e-6, account_id
         assert (row["fit"], row["coverage"], list(row["roles_covered"])) == (
             account.fit,

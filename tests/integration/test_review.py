@@ -237,3 +237,45 @@ async def test_the_account_side_counts_mqas_and_their_members_outcomes(admin_con
     # Qualified in the window: acme (m1), bolt (m3, an hour in) and dune (m4).
     assert (accounts["sales_qualified"], accounts["qualified_and_mqa"]) == (3, 2)
     assert (accounts["missed"], accounts["precision"], accounts["recall"]) == (1, 1.0, 0.6667)
+
+
+async def test_the_review_per_score_counts_the_leads_each_score_handed_off(admin_container):
+    async with admin_container.db.connect() as conn:
+        pg = await driver(conn)
+        await plant(pg)
+        # Which scores qualified each handoff, and each score's total at it.
+        qualified_by = {
+            "a1": {"default": 30.0},
+            "a2": {"default": 60.0},
+            "a3": {"warehouse": 80.0},
+            "a4": {"warehouse": 120.0},
+            "b1": {"default": 160.0, "warehouse": 160.0},
+        }
+        for lead, totals in qualified_by.items():
+            record = {
+                "qualified_by": list(totals),
+                "scores": {name: {"total": total} for name, total in totals.items()},
+            }
+            await pg.execute(
+                "UPDATE transitions SET record = $2::jsonb "
+                "WHERE lead_id = $1 AND from_stage <> 'mql'",
+                lead,
+                orjson.dumps(record).decode(),
+            )
+        report = await review_report(pg, SINCE, UNTIL, 1)
+    by_score = report["by_score"]
+    assert set(by_score) == {"default", "warehouse"}
+    # default: a1 lost, a2 qualified and won, b1 qualified and won; of the five leads sales
+    # qualified in October (a2, a4, b1, d1, e1), it found two; two of the five handed off
+    # were won, so its won share (2/3) is 1.67 times theirs.
+    default = by_score["default"]
+    assert (default["handed_off"], default["qualified"], default["won"]) == (3, 2, 2)
+    assert (default["precision"], default["recall"], default["lift"]) == (0.6667, 0.4, 1.6667)
+    warehouse = by_score["warehouse"]
+    assert (warehouse["handed_off"], warehouse["qualified"], warehouse["won"]) == (3, 2, 1)
+    assert (warehouse["precision"], warehouse["recall"], warehouse["lift"]) == (0.6667, 0.4, 0.8333)
+    assert [(b["from"], b["leads"], b["won_share"]) for b in warehouse["fixed"]] == [
+        (75.0, 1, 0.0),
+        (100.0, 1, 0.0),
+        (150.0, 1, 1.0),
+    ]

@@ -86,9 +86,11 @@ def _workload() -> tuple[Engine, Workspace, list, dict[str, list[tuple[float, fl
             continue
         scored = score_event(ws, engine, event, now=NOW)
         notifications.extend(scored.effects.notifications)
-        stored.append(
-            (scored.lead_id, event.ts, sum(h.points for h in scored.effects.hits if h.counted))
-        )
+        # The default score's points (the history shares each score's on its own).
+        default = [
+            h for h in scored.effects.hits if "default" in engine.rules.book.scores_of(h.rule_id)
+        ]
+        stored.append((scored.lead_id, event.ts, sum(h.points for h in default if h.counted)))
         lead = ws.leads[ws.canonical(scored.lead_id)]
         if lead.stage in ("mql", "sal") and rnd.random() < 0.05:
             engine.apply_feedback(

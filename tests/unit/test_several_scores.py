@@ -370,3 +370,32 @@ def test_an_account_has_every_score_its_members_and_fit_rules_give_it():
     assert 59 < scores["warehouse"]["engagement"] == round(sum(members), 2) <= 60
     assert scores["warehouse"]["coverage"] == scores["default"]["coverage"]
     assert all(t["scores"]["default"] == t["score"] for t in replay.account_transitions)
+
+
+def test_a_simulation_and_an_impact_report_read_every_score():
+    from scoring_service.simulation import ImpactReport, replay_lead, simulate
+
+    engine = engine_of()
+    docs = [
+        identify({"title": "VP"}, user="u", when=at(0)),
+        page("/fleet/a", user="u", when=at(0, hours=1)),
+        page("/fleet/b", user="u", when=at(0, hours=2)),
+    ]
+    result = simulate(engine, docs, now=NOW)
+    [lead] = result["leads"]
+    assert lead["scores"]["fleet"]["total"] == 50 and lead["qualified"] == {"fleet": "mql"}
+    assert [step["scores"]["fleet"] for step in lead["trajectory"]] == [10, 30, 50]
+    assert round(sum(s["contribution"] for s in lead["signals_by_score"]["fleet"]), 2) == 50
+    # An impact report: a candidate where only warehouse qualifies for mql holds the lead.
+    stricter = engine_of(qualify={"mql": "warehouse"})
+    events = [e for d in docs if isinstance(e := parse_event(orjson.dumps(d), now=NOW), Event)]
+    report = ImpactReport(active_version=1, candidate_version=2)
+    report.add(
+        "u",
+        replay_lead(engine, "u", events, None, now=NOW),
+        replay_lead(stricter, "u", events, None, now=NOW),
+    )
+    scores = report.to_dict()["scores"]
+    assert scores["fleet"]["mean_active"] == scores["fleet"]["mean_candidate"] == 50
+    assert (scores["fleet"]["qualified_active"], scores["fleet"]["qualified_candidate"]) == (1, 0)
+    assert report.to_dict()["moved"] == 1  # mql under the active version, lead under the other
