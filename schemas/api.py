@@ -444,6 +444,12 @@ class AdjustmentResult(BaseModel):
     transition: TransitionRecord | None = Field(description="the move it earned, if any")
 
 
+class AccountAdjustmentResult(BaseModel):
+    account_id: str
+    scores: dict[str, AccountScore] = Field(description="the account's scores after it")
+    transition: AccountTransitionRecord | None = Field(description="the move it earned, if any")
+
+
 class StageChangeResult(BaseModel):
     lead_id: str
     transition: TransitionRecord

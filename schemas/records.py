@@ -216,7 +216,9 @@ ACCOUNT_SCORES_DESCRIPTION = (
     "members' engagement in it, the committee's coverage)"
 )
 AccountStage = Literal["target", "engaged", "mqa", "opportunity", "customer", "disqualified"]
-AccountTransitionReason = Literal["engaged", "qualified", "sales_feedback", "rescore", "manual"]
+AccountTransitionReason = Literal[
+    "engaged", "qualified", "sales_feedback", "rescore", "manual", "adjustment"
+]
 
 
 class AccountScore(BaseModel):

@@ -32,6 +32,8 @@ NO_ROLE = frozenset({"none", "no_role", ""})
 # Members an account keeps track of. A bigger one (a million anonymous ids grouped into one
 # account, say) keeps its most engaged members: beyond this, the least engaged is dropped.
 MAX_MEMBERS = 1000
+# How an admin's adjustment shows among the parts of an account's engagement.
+ADJUSTED_MEMBER = "adjust:" + DEFAULT_SCORE
 
 
 def _role_key(value: str) -> str:
@@ -146,10 +148,32 @@ class AccountScorer:
         if account.fit_key != self._fit_key(account):
             self.refresh_fit(account)
         top, covered = self.counted_members(account)
-        account.engagement = sum(value for value, _ in top)
+        account.engagement = sum(value for value, _ in top) + self.adjusted(account, DEFAULT_SCORE)
         account.covered = [role for role in self.role_order if role in covered]
         account.coverage = sum(self.role_points[role] for role in account.covered)
         account.ruleset_version = self.rules.version
+
+    def adjusted(self, account: Account, score: str) -> float:
+        """What admins' adjustments add to the account's engagement in `score`, now."""
+        entry = account.adjusted.get(score)
+        if entry is None:
+            return 0.0
+        value, as_of = entry
+        return value * self.rules.decay_factor((account.as_of or as_of) - as_of)
+
+    def adjust(
+        self, account: Account, *, scores: list[str], operation: str, value: float, at: float
+    ) -> None:
+        """Set (`set`) or change (`add`) the account's engagement in `scores`: kept as an
+        adjustment the members' roll-up is added to, as of the account's clock."""
+        if account.as_of is None or at > account.as_of:
+            account.as_of = at
+        clock = account.as_of
+        current = self.score_docs(account)
+        for name in scores:
+            delta = value - current[name]["engagement"] if operation == "set" else value
+            account.adjusted[name] = [self.adjusted(account, name) + delta, clock]
+        self.score(account)
 
     def score_docs(self, account: Account) -> dict[str, records.AccountScoreDoc]:
         """Every score of the account: the default one's parts, and each named score's fit
@@ -180,7 +204,7 @@ class AccountScorer:
                     values.append((min(value, spec.member_cap), lead_id))
             top = heapq.nlargest(spec.top_members, values, key=lambda c: (c[0], c[1]))
             docs[name] = records.account_score_doc(
-                fit, sum(value for value, _ in top), account.coverage
+                fit, sum(value for value, _ in top) + self.adjusted(account, name), account.coverage
             )
         return docs
 
@@ -194,10 +218,18 @@ class AccountScorer:
         engagement, adding up to it to the cent)."""
         score = records.account_score_doc(account.fit, account.engagement, account.coverage)
         top, _ = self.counted_members(account)
-        shares = records.apportion([value for value, _ in top], score["engagement"])
+        adjusted = self.adjusted(account, DEFAULT_SCORE)
+        # An admin's adjustment is a part of its own (lead_id `adjust:default`), so the
+        # parts still add up to the engagement.
+        parts = [*top, (adjusted, ADJUSTED_MEMBER)] if adjusted else top
+        shares = records.apportion([value for value, _ in parts], score["engagement"])
         members: list[records.MemberDoc] = [
-            {"lead_id": lead_id, "role": account.members[lead_id][2], "contribution": share}
-            for (_, lead_id), share in zip(top, shares, strict=True)
+            {
+                "lead_id": lead_id,
+                "role": account.members[lead_id][2] if lead_id in account.members else None,
+                "contribution": share,
+            }
+            for (_, lead_id), share in zip(parts, shares, strict=True)
         ]
         missing = [role for role in self.role_order if role not in account.covered]
         return score, list(account.covered), missing, members

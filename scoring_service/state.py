@@ -42,6 +42,9 @@ class Account:
     # With several scores: each member's named scores' engagement, as of its clock (as
     # `members` keeps the default score's).
     members_by: dict[str, dict[str, float]] = field(default_factory=dict)
+    # Admins' adjustments of the account's engagement per score: [points, as of], decayed
+    # like engagement from that moment, added to the members' roll-up.
+    adjusted: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
@@ -56,6 +59,8 @@ class Account:
         }
         if self.members_by:
             doc["members_by"] = self.members_by
+        if self.adjusted:
+            doc["adjusted"] = self.adjusted
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -67,6 +72,7 @@ class Account:
         key = doc.get("fit_key")
         self.fit_key = (key[0], key[1]) if key else None
         self.members_by = doc.get("members_by") or {}
+        self.adjusted = doc.get("adjusted") or {}
 
 
 @dataclass(slots=True)

@@ -154,6 +154,30 @@ async def account_history(container: Container, account_id: str) -> dict[str, An
     }
 
 
+async def adjust(
+    container: Container, account_id: str, body: api.Adjustment, *, by: str
+) -> dict[str, Any]:
+    """An adjustment of an account's engagement (manual_moves.adjust_account)."""
+
+    async def work(tx: LeadTransaction) -> dict[str, Any]:
+        try:
+            return await manual_moves.adjust_account(
+                tx,
+                account_id,
+                score=body.score,
+                operation=body.operation,
+                value=body.value,
+                reason=body.reason,
+                by=by,
+            )
+        except manual_moves.NotFound as exc:
+            raise ApiError(404, exc.code, exc.message) from exc
+        except manual_moves.Refused as exc:
+            raise ApiError(409, exc.code, exc.message) from exc
+
+    return await container.writer.run(work, writer="account-feedback")
+
+
 async def account_feedback(
     container: Container, account_id: str, body: api.AccountFeedbackBody, *, by: str
 ) -> dict[str, Any]:

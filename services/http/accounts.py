@@ -68,4 +68,18 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
 
         return await accounts.account_feedback(container, account_id, body, by=who.name)
 
+    @router.post(
+        "/accounts/{account_id}/adjustments",
+        response_model=api.AccountAdjustmentResult,
+        responses={
+            409: {"model": api.ErrorBody, "description": "no such score, or accounts not scored"},
+            **NOT_FOUND,
+        },
+    )
+    async def adjust(account_id: str, body: api.Adjustment, who: Admin) -> dict[str, Any]:
+        """Set or change an account's engagement in one score or all, with the reason:
+        added to its members' roll-up (shown among them as `adjust:default`), audited; a
+        stage it earns is a transition with reason `adjustment`."""
+        return await accounts.adjust(container, account_id, body, by=who.name)
+
     return router

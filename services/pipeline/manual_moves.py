@@ -145,6 +145,67 @@ async def adjust(
     return {"lead_id": state.lead_id, "scores": after, "transition": transition}
 
 
+async def adjust_account(
+    tx: MoveTransaction,
+    account_id: str,
+    *,
+    score: str | None,
+    operation: str,
+    value: float,
+    reason: str,
+    by: str,
+) -> dict[str, Any]:
+    """Set or change an account's engagement in one score (or all), with the reason why:
+    added to its members' roll-up, audited; a stage it earns is a transition with reason
+    `adjustment`."""
+    ws = await tx.lock_leads([], [account_id])
+    account = ws.accounts.get(account_id)
+    if account is None:
+        raise NotFound("account_not_found", f"no account {account_id!r}")
+    scorer = tx.engine.accounts
+    if scorer is None:
+        raise Refused("accounts_not_scored", "the active rule set scores no accounts")
+    names = [s.name for s in tx.engine.rules.book.scores]
+    if score is not None and score not in names:
+        raise Refused(
+            "unknown_score", f"the active rule set has no score {score!r}: {', '.join(names)}"
+        )
+    scores = [score] if score is not None else names
+    before = scorer.score_docs(account)
+    scorer.adjust(account, scores=scores, operation=operation, value=value, at=tx.now)
+    ws.changed_accounts.add(account_id)
+    transition = None
+    earned = scorer.earned(account, "adjustment")
+    if earned is not None:
+        scorer.move(
+            account,
+            earned,
+            tx.effects.account_transitions,
+            tx.effects.account_notifications,
+            caused_by=f"adjustment:{by}",
+            at=tx.now,
+            now=tx.now,
+            detail=reason,
+        )
+        transition = tx.effects.account_transitions[-1]
+    after = scorer.score_docs(account)
+    await tx.audit(
+        actor=by,
+        action="account.adjust",
+        target=account_id,
+        detail={
+            "scores": scores,
+            "operation": operation,
+            "value": value,
+            "reason": reason,
+            "engagement_before": {name: before[name]["engagement"] for name in scores},
+            "engagement_after": {name: after[name]["engagement"] for name in scores},
+            "transition_id": transition["transition_id"] if transition else None,
+        },
+    )
+    return {"account_id": account_id, "scores": after, "transition": transition}
+
+
 async def account_feedback(
     tx: MoveTransaction,
     account_id: str,

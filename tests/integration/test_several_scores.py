@@ -6,7 +6,7 @@ annual reset sets engagement to zero with the reason in the history."""
 from __future__ import annotations
 
 from tests.conftest import client_for, drained, produce, read_all, values, wait_for
-from tests.factories import at, identify, page
+from tests.factories import at, group, identify, page
 from tests.unit.test_several_scores import CHROME, GOOGLEBOT, LINES, adds_up, document
 
 
@@ -154,3 +154,35 @@ async def test_two_product_lines_through_kafka_the_api_and_the_history(service, 
     ]
     for notification in notifications:
         adds_up(notification)
+
+
+async def test_an_accounts_engagement_is_adjusted_with_a_reason(service, settings):
+    company = {"name": "ShelfCo", "industry": "Wholesale", "employees": 120, "country": "CA"}
+    docs = [
+        identify({"title": "Owner", "email": "o@shelfco.example"}, user="m", when=at(0)),
+        group("acct-1", company, user="m", when=at(0, hours=1)),
+        page("/warehouse/a", user="m", when=at(0, hours=2)),
+    ]
+    await produce(settings, docs)
+    await wait_for(lambda: drained(settings, len(docs)), what="the member's events")
+    async with client_for(service.container) as admin:
+        adjusted = await admin.post(
+            "/v1/accounts/acct-1/adjustments",
+            json={"score": "warehouse", "operation": "add", "value": 25, "reason": "trade fair"},
+        )
+        assert adjusted.status_code == 200, adjusted.text
+        scores = adjusted.json()["scores"]
+        # The member's page, decayed to now (the adjustment moves the account's clock to
+        # it), and the 25 added.
+        member = (await admin.get("/v1/leads/m")).json()["scores"]["warehouse"]["engagement"]
+        assert 0 < member < 10 and scores["default"]["engagement"] == 0
+        assert abs(scores["warehouse"]["engagement"] - (member + 25)) <= 0.011
+        account = (await admin.get("/v1/accounts/acct-1")).json()
+        assert account["scores"]["warehouse"] == scores["warehouse"]
+        missing = await admin.post(
+            "/v1/accounts/nobody/adjustments", json={"operation": "add", "value": 1, "reason": "x"}
+        )
+        assert missing.status_code == 404
+        audit = (await admin.get("/v1/audit")).json()["items"]
+        [entry] = [a for a in audit if a["action"] == "account.adjust"]
+        assert entry["target"] == "acct-1" and entry["detail"]["reason"] == "trade fair"

@@ -399,3 +399,33 @@ def test_a_simulation_and_an_impact_report_read_every_score():
     assert scores["fleet"]["mean_active"] == scores["fleet"]["mean_candidate"] == 50
     assert (scores["fleet"]["qualified_active"], scores["fleet"]["qualified_candidate"]) == (1, 0)
     assert report.to_dict()["moved"] == 1  # mql under the active version, lead under the other
+
+
+def test_an_accounts_engagement_adjusted_per_score_still_adds_up():
+    from scoring_service.ruleset_files import starter_ruleset
+    from tests.factories import group
+
+    engine = Engine(starter_ruleset())
+    company = {"name": "ShelfCo", "industry": "Wholesale", "employees": 120, "country": "CA"}
+    docs = [
+        identify({"title": "Owner", "email": "o@shelfco.example"}, user="m", when=at(0)),
+        group("acct-1", company, user="m", when=at(0, hours=1)),
+        page("/warehouse/a", user="m", when=at(0, hours=2)),
+        page("/pricing", user="m", when=at(0, hours=2)),
+    ]
+    replay = replay_documents(engine, docs, now=NOW)
+    account = replay.ws.accounts["acct-1"]
+    scorer = engine.accounts
+    clock = account.as_of or 0.0
+    scorer.adjust(account, scores=["warehouse"], operation="set", value=0.0, at=clock)
+    scores = scorer.score_docs(account)
+    assert scores["warehouse"]["engagement"] == 0 and scores["default"]["engagement"] == 15
+    scorer.adjust(account, scores=["default"], operation="add", value=20.0, at=clock)
+    score, _, _, members = scorer.explain(account)
+    assert score["engagement"] == 35
+    assert {m["lead_id"]: m["contribution"] for m in members} == {"m": 15, "adjust:default": 20}
+    assert sum(m["contribution"] for m in members) == score["engagement"]
+    # The adjustment is kept with the account and decays like engagement.
+    restored = type(account)(account.account_id)
+    restored.load_doc(account.to_doc())
+    assert restored.adjusted == account.adjusted
