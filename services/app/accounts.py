@@ -13,6 +13,7 @@ from services.adapters.postgres import rulesets
 from services.adapters.postgres.db import driver
 from services.app.container import Container
 from services.app.errors import ApiError
+from services.app.manual import run_manual
 from services.app.paging import next_page_cursor, score_cursor, uncursor
 from services.pipeline import manual_moves
 from services.pipeline.lead_transaction import LeadTransaction
@@ -159,23 +160,10 @@ async def adjust(
 ) -> dict[str, Any]:
     """An adjustment of an account's engagement (manual_moves.adjust_account)."""
 
-    async def work(tx: LeadTransaction) -> dict[str, Any]:
-        try:
-            return await manual_moves.adjust_account(
-                tx,
-                account_id,
-                score=body.score,
-                operation=body.operation,
-                value=body.value,
-                reason=body.reason,
-                by=by,
-            )
-        except manual_moves.NotFound as exc:
-            raise ApiError(404, exc.code, exc.message) from exc
-        except manual_moves.Refused as exc:
-            raise ApiError(409, exc.code, exc.message) from exc
+    async def move(tx: LeadTransaction) -> dict[str, Any]:
+        return await manual_moves.adjust_account(tx, account_id, by=by, **body.model_dump())
 
-    return await container.writer.run(work, writer="account-feedback")
+    return await run_manual(container, move, writer="account-feedback")
 
 
 async def account_feedback(
@@ -183,22 +171,17 @@ async def account_feedback(
 ) -> dict[str, Any]:
     """Sales' word on an account (idempotent on feedback_id), in a lead transaction."""
 
-    async def work(tx: LeadTransaction) -> tuple[AccountTransitionDoc, bool]:
-        try:
-            return await manual_moves.account_feedback(
-                tx,
-                account_id,
-                feedback_id=body.feedback_id,
-                outcome=body.outcome,
-                reason=body.reason,
-                by=by,
-            )
-        except manual_moves.NotFound as exc:
-            raise ApiError(404, exc.code, exc.message) from exc
-        except manual_moves.Refused as exc:
-            raise ApiError(409, exc.code, exc.message) from exc
+    async def move(tx: LeadTransaction) -> tuple[AccountTransitionDoc, bool]:
+        return await manual_moves.account_feedback(
+            tx,
+            account_id,
+            feedback_id=body.feedback_id,
+            outcome=body.outcome,
+            reason=body.reason,
+            by=by,
+        )
 
-    transition, duplicate = await container.writer.run(work, writer="account-feedback")
+    transition, duplicate = await run_manual(container, move, writer="account-feedback")
     return {
         "feedback_id": body.feedback_id,
         "account_id": account_id,

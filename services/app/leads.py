@@ -21,6 +21,7 @@ from services.adapters.postgres import rulesets
 from services.adapters.postgres.db import driver
 from services.app.container import Container
 from services.app.errors import ApiError
+from services.app.manual import run_manual
 from services.app.paging import (
     label_cursor,
     next_page_cursor,
@@ -307,15 +308,10 @@ async def set_stage(
 ) -> dict[str, Any]:
     """Set a lead's stage by hand: a transition with reason `manual`, audited."""
 
-    async def work(tx: LeadTransaction) -> TransitionDoc:
-        try:
-            return await manual_moves.set_stage(tx, lead_id, stage=stage, reason=reason, by=by)
-        except manual_moves.NotFound as exc:
-            raise ApiError(404, exc.code, exc.message) from exc
-        except manual_moves.Refused as exc:
-            raise ApiError(409, exc.code, exc.message) from exc
+    async def move(tx: LeadTransaction) -> TransitionDoc:
+        return await manual_moves.set_stage(tx, lead_id, stage=stage, reason=reason, by=by)
 
-    transition = await container.writer.run(work, writer="manual")
+    transition = await run_manual(container, move, writer="manual")
     return {"lead_id": transition["lead_id"], "transition": transition}
 
 
@@ -324,23 +320,10 @@ async def adjust(
 ) -> dict[str, Any]:
     """An adjustment of a lead's engagement, in a lead transaction (manual_moves.adjust)."""
 
-    async def work(tx: LeadTransaction) -> dict[str, Any]:
-        try:
-            return await manual_moves.adjust(
-                tx,
-                lead_id,
-                score=body.score,
-                operation=body.operation,
-                value=body.value,
-                reason=body.reason,
-                by=by,
-            )
-        except manual_moves.NotFound as exc:
-            raise ApiError(404, exc.code, exc.message) from exc
-        except manual_moves.Refused as exc:
-            raise ApiError(409, exc.code, exc.message) from exc
+    async def move(tx: LeadTransaction) -> dict[str, Any]:
+        return await manual_moves.adjust(tx, lead_id, by=by, **body.model_dump())
 
-    return await container.writer.run(work, writer="manual")
+    return await run_manual(container, move, writer="manual")
 
 
 async def review(

@@ -4,6 +4,7 @@ as hostile input (a cursor this service did not give out is a 400, not a 500).""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -71,29 +72,28 @@ def time_window(
     return since, until
 
 
-def label_cursor(cursor: str | None) -> tuple[str, str] | None:
-    """The (label, id) a label-ordered page continues after."""
+def _pair_cursor(cursor: str | None, first_is: Callable[[Any], bool]) -> tuple[Any, str] | None:
+    """The (sort value, id) a page continues after, its value checked by `first_is`."""
     text = uncursor(cursor)
     if not text:
         return None
     try:
-        label, key = orjson.loads(text)
+        first, key = orjson.loads(text)
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    if not isinstance(label, str) or not isinstance(key, str) or len(label) > 2:
+    if not first_is(first) or not isinstance(key, str):
         raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return label, key
+    return first, key
+
+
+def label_cursor(cursor: str | None) -> tuple[str, str] | None:
+    """The (label, id) a label-ordered page continues after."""
+    return _pair_cursor(cursor, lambda label: isinstance(label, str) and len(label) <= 2)
 
 
 def score_cursor(cursor: str | None) -> tuple[float, str] | None:
     """The (total, id) a score-ordered page continues after."""
-    text = uncursor(cursor)
-    if not text:
-        return None
-    try:
-        total, key = orjson.loads(text)
-    except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out") from exc
-    if not isinstance(total, int | float) or isinstance(total, bool) or not isinstance(key, str):
-        raise ApiError(400, "invalid_cursor", "cursor is not one this API gave out")
-    return float(total), key
+    pair = _pair_cursor(
+        cursor, lambda total: isinstance(total, int | float) and not isinstance(total, bool)
+    )
+    return (float(pair[0]), pair[1]) if pair is not None else None

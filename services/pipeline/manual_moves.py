@@ -8,6 +8,7 @@ the move, keeps the effects and the audit entry in the same commit. They need on
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from scoring_service.engine import Effects, Engine
@@ -89,6 +90,37 @@ async def set_stage(
     return transition
 
 
+def _scores_named(engine: Engine, score: str | None) -> list[str]:
+    """The score an adjustment names, or every score when it names none."""
+    names = [s.name for s in engine.rules.book.scores]
+    if score is not None and score not in names:
+        raise Refused(
+            "unknown_score", f"the active rule set has no score {score!r}: {', '.join(names)}"
+        )
+    return [score] if score is not None else names
+
+
+def _adjustment_detail(
+    scores: list[str],
+    operation: str,
+    value: float,
+    reason: str,
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    transition: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """An adjustment's audit entry: what was asked, the engagement before and after."""
+    return {
+        "scores": scores,
+        "operation": operation,
+        "value": value,
+        "reason": reason,
+        "engagement_before": {name: before[name]["engagement"] for name in scores},
+        "engagement_after": {name: after[name]["engagement"] for name in scores},
+        "transition_id": transition["transition_id"] if transition else None,
+    }
+
+
 async def adjust(
     tx: MoveTransaction,
     lead_id: str,
@@ -106,12 +138,7 @@ async def adjust(
     state = ws.leads.get(ws.canonical(lead_id))
     if state is None:
         raise NotFound("lead_not_found", f"no lead {lead_id!r}")
-    names = [s.name for s in tx.engine.rules.book.scores]
-    if score is not None and score not in names:
-        raise Refused(
-            "unknown_score", f"the active rule set has no score {score!r}: {', '.join(names)}"
-        )
-    scores = [score] if score is not None else names
+    scores = _scores_named(tx.engine, score)
     before = tx.engine.score_entries(state)
     effects = tx.engine.adjust(
         state,
@@ -132,15 +159,7 @@ async def adjust(
         actor=by,
         action="lead.adjust",
         target=state.lead_id,
-        detail={
-            "scores": scores,
-            "operation": operation,
-            "value": value,
-            "reason": reason,
-            "engagement_before": {name: before[name]["engagement"] for name in scores},
-            "engagement_after": {name: after[name]["engagement"] for name in scores},
-            "transition_id": transition["transition_id"] if transition else None,
-        },
+        detail=_adjustment_detail(scores, operation, value, reason, before, after, transition),
     )
     return {"lead_id": state.lead_id, "scores": after, "transition": transition}
 
@@ -165,12 +184,7 @@ async def adjust_account(
     scorer = tx.engine.accounts
     if scorer is None:
         raise Refused("accounts_not_scored", "the active rule set scores no accounts")
-    names = [s.name for s in tx.engine.rules.book.scores]
-    if score is not None and score not in names:
-        raise Refused(
-            "unknown_score", f"the active rule set has no score {score!r}: {', '.join(names)}"
-        )
-    scores = [score] if score is not None else names
+    scores = _scores_named(tx.engine, score)
     before = scorer.score_docs(account)
     scorer.adjust(account, scores=scores, operation=operation, value=value, at=tx.now)
     ws.changed_accounts.add(account_id)
@@ -193,15 +207,7 @@ async def adjust_account(
         actor=by,
         action="account.adjust",
         target=account_id,
-        detail={
-            "scores": scores,
-            "operation": operation,
-            "value": value,
-            "reason": reason,
-            "engagement_before": {name: before[name]["engagement"] for name in scores},
-            "engagement_after": {name: after[name]["engagement"] for name in scores},
-            "transition_id": transition["transition_id"] if transition else None,
-        },
+        detail=_adjustment_detail(scores, operation, value, reason, before, after, transition),
     )
     return {"account_id": account_id, "scores": after, "transition": transition}
 
