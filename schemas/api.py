@@ -685,6 +685,10 @@ class AccountSummary(BaseModel):
     score: AccountScore
     roles_covered: list[str]
     member_count: int
+    scores: dict[str, float] = Field(
+        default_factory=dict,
+        description="each score's total when the account was last written (several scores)",
+    )
     updated_at: datetime
 
 

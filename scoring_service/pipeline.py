@@ -68,12 +68,20 @@ class Workspace:
 def note_scores(ws: Workspace, engine: Engine) -> None:
     """Before the changed leads are written: each one's totals and label, for lists (once
     per lead and batch, not per event)."""
-    if not engine.rules.book.listed:
+    book = engine.rules.book
+    if not book.listed:
         return
     for lead_id in ws.changed_leads:
         state = ws.leads.get(lead_id)
         if state is not None:
             engine.note_scores(state)
+    scorer = engine.accounts
+    if scorer is not None and book.several:
+        for account_id in ws.changed_accounts:
+            account = ws.accounts.get(account_id)
+            if account is not None:
+                docs = scorer.score_docs(account)
+                account.totals = {name: doc["total"] for name, doc in docs.items()}
 
 
 def ids_to_load(events: Iterable[Event]) -> tuple[set[str], set[str]]:

@@ -45,6 +45,8 @@ class Account:
     # Admins' adjustments of the account's engagement per score: [points, as of], decayed
     # like engagement from that moment, added to the members' roll-up.
     adjusted: dict[str, list[float]] = field(default_factory=dict)
+    # With several scores: each score's total when the account was last written (for lists).
+    totals: dict[str, float] | None = None
 
     @property
     def total(self) -> float:
@@ -61,6 +63,8 @@ class Account:
             doc["members_by"] = self.members_by
         if self.adjusted:
             doc["adjusted"] = self.adjusted
+        if self.totals is not None:
+            doc["totals"] = self.totals
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -73,6 +77,7 @@ class Account:
         self.fit_key = (key[0], key[1]) if key else None
         self.members_by = doc.get("members_by") or {}
         self.adjusted = doc.get("adjusted") or {}
+        self.totals = doc.get("totals")
 
 
 @dataclass(slots=True)

@@ -58,7 +58,10 @@ async def account_list(
     stage, minimum score, and a committee role they have not covered (`role_missing=
     economic_buyer`: the accounts to find a budget owner in)."""
     db = container.db
-    by_score = sort == "-score"
+    by_score = sort.startswith("-score")
+    score_name = sort.partition(":")[2] or None
+    if score_name == "default":
+        score_name = None
     after = score_cursor(cursor) if by_score else None
     async with db.connect() as conn:
         rows = await queries.account_page(
@@ -70,6 +73,7 @@ async def account_list(
             min_score=min_score,
             role_missing=role_missing,
             limit=limit,
+            score_name=score_name,
         )
     items = [
         {
@@ -79,12 +83,17 @@ async def account_list(
             "score": account_score_doc(r["fit"], r["engagement"], r["coverage"]),
             "roles_covered": list(r["roles_covered"]),
             "member_count": r["member_count"],
+            "scores": orjson.loads(r["totals"]) if r["totals"] else {},
             "updated_at": r["updated_at"],
         }
         for r in rows
     ]
     next_cursor = next_page_cursor(
-        rows, limit, id_key="account_id", score_key="score", by_score=by_score
+        rows,
+        limit,
+        id_key="account_id",
+        score_key="total" if score_name else "score",
+        by_score=by_score,
     )
     return {"items": items, "next_cursor": next_cursor}
 

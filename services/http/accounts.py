@@ -1,7 +1,7 @@
 """Accounts: lists, an account's score and buying committee explained, its history, sales'
 word on an account. Each route parses the request and calls a use case (services/app)."""
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -23,9 +23,10 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         role_missing: Annotated[str | None, Query(max_length=40)] = None,
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        sort: Literal["id", "-score"] = "id",
+        sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
     ) -> dict[str, Any]:
-        """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
+        """Accounts in id order, or by score, highest first (`sort=-score`; `-score:<name>`
+        by a named score), filtered by
         stage, minimum score, and a committee role they have not covered (`role_missing=
         economic_buyer`: the accounts to find a budget owner in)."""
         return await accounts.account_list(

@@ -419,7 +419,7 @@ async def lead_adjustments(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg
 
 ACCOUNT_SUMMARY = (
     "account_id, traits->>'name' AS name, stage, fit, engagement, coverage, score, "
-    "roles_covered, member_count, updated_at"
+    "roles_covered, member_count, updated_at, (scoring->'totals')::text AS totals"
 )
 
 
@@ -433,15 +433,32 @@ async def account_page(
     min_score: float | None,
     role_missing: str | None,
     limit: int,
+    score_name: str | None = None,
 ) -> list[asyncpg.Record]:
     """Accounts in id order after `after_id`, or by score highest first (ties by id) after
-    the (score, id) of `after`, filtered by stage, minimum score and a role not covered."""
+    the (score, id) of `after`, filtered by stage, minimum score and a role not covered;
+    with `score_name`, by that named score (as kept when the account was last written)."""
     filters = (
         "($1::text IS NULL OR stage = $1) "
         "AND ($2::float8 IS NULL OR score >= $2) "
         "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered))) "
     )
     common = (stage, min_score, role_missing, limit)
+    if by_score and score_name is not None:
+        total, last_id = after if after is not None else (None, "")
+        return await pg.fetch(
+            f"SELECT * FROM (SELECT {ACCOUNT_SUMMARY}, "
+            "coalesce((scoring->'totals'->>$7::text)::float8, 0) AS total FROM accounts "
+            "WHERE ($1::text IS NULL OR stage = $1) "
+            "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered)))) a "
+            "WHERE ($2::float8 IS NULL OR total >= $2) "
+            "AND ($5::float8 IS NULL OR total < $5 OR (total = $5 AND account_id > $6)) "
+            "ORDER BY total DESC, account_id LIMIT $4",
+            *common,
+            total,
+            last_id,
+            score_name,
+        )
     if by_score:
         score, last_id = after if after is not None else (None, "")
         return await pg.fetch(

@@ -179,6 +179,11 @@ async def test_an_accounts_engagement_is_adjusted_with_a_reason(service, setting
         assert abs(scores["warehouse"]["engagement"] - (member + 25)) <= 0.011
         account = (await admin.get("/v1/accounts/acct-1")).json()
         assert account["scores"]["warehouse"] == scores["warehouse"]
+        listed = (await admin.get("/v1/accounts", params={"sort": "-score:warehouse"})).json()
+        [item] = listed["items"]
+        assert item["scores"]["warehouse"] == scores["warehouse"]["total"]
+        refused = await admin.get("/v1/accounts", params={"sort": "-score:Bad"})
+        assert refused.status_code == 422
         missing = await admin.post(
             "/v1/accounts/nobody/adjustments", json={"operation": "add", "value": 1, "reason": "x"}
         )
