@@ -51,14 +51,21 @@ def one_score_document() -> RuleSetDocument:
     taken out, the shared rules counting for the default score alone (the starter set as it
     was before it had two lines). Against it, what a second score costs."""
     doc = starter_document().model_dump(mode="json", by_alias=True, exclude_none=True)
-    doc["rules"] = [
-        {k: v for k, v in rule.items() if k != "scores"}
-        for rule in doc["rules"]
-        if "default" in rule.get("scores", ["default"])
-    ]
+    doc["rules"] = default_only(doc["rules"])
+    if doc.get("accounts"):
+        doc["accounts"]["fit"] = default_only(doc["accounts"].get("fit", []))
     for key in ("scores", "grades", "qualify"):
         doc.pop(key, None)
     return RuleSetDocument.model_validate(doc)
+
+
+def default_only(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rules that count for the default score, without naming it."""
+    return [
+        {k: v for k, v in rule.items() if k != "scores"}
+        for rule in rules
+        if "default" in rule.get("scores", ["default"])
+    ]
 
 
 def parse_all(raws: list[bytes], now: float) -> list[Event]:

@@ -14,6 +14,7 @@ from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, parse_event
 from scoring_service.rules import compile_ruleset
+from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
 from tests.factories import at, identify, page, track
 
@@ -313,7 +314,6 @@ def test_the_running_sums_of_named_scores_equal_their_signals_after_a_long_workl
     import random
 
     from bench.workload import generate
-    from scoring_service.ruleset_files import starter_ruleset
 
     rnd = random.Random(5)
     docs = []
@@ -343,7 +343,6 @@ def test_the_running_sums_of_named_scores_equal_their_signals_after_a_long_workl
 
 
 def test_an_account_has_every_score_its_members_and_fit_rules_give_it():
-    from scoring_service.ruleset_files import starter_ruleset
     from tests.factories import group
 
     engine = Engine(starter_ruleset())
@@ -402,7 +401,6 @@ def test_a_simulation_and_an_impact_report_read_every_score():
 
 
 def test_an_accounts_engagement_adjusted_per_score_still_adds_up():
-    from scoring_service.ruleset_files import starter_ruleset
     from tests.factories import group
 
     engine = Engine(starter_ruleset())
@@ -429,3 +427,20 @@ def test_an_accounts_engagement_adjusted_per_score_still_adds_up():
     restored = type(account)(account.account_id)
     restored.load_doc(account.to_doc())
     assert restored.adjusted == account.adjusted
+
+
+def test_the_benchmarks_one_score_set_is_the_starter_without_its_second_line():
+    from bench.engine_bench import one_score_document
+
+    one = compile_ruleset(one_score_document(), 1)
+    starter = starter_ruleset()
+    assert not one.book.several and starter.book.several
+
+    # Every rule that counts for the default score stays, lead and account ones alike.
+    def counting_for_default(rules: Any) -> set[str]:
+        return {r.id for r in rules if "default" in (r.scores or ["default"])}
+
+    one_doc, starter_doc = one_score_document(), starter_document()
+    assert {r.id for r in one_doc.rules} == counting_for_default(starter_doc.rules)
+    assert one_doc.accounts is not None and starter_doc.accounts is not None
+    assert {r.id for r in one_doc.accounts.fit} == counting_for_default(starter_doc.accounts.fit)
