@@ -164,6 +164,38 @@ class Metrics:
             "Age of the oldest unpublished outbox record (0 when none).",
             registry=r,
         )
+        self.webhook_deliveries = Counter(
+            "leadscore_webhook_deliveries_total",
+            "Outbound deliveries by endpoint and result (delivered, retried, failed: set "
+            "aside after the retry window, skipped: older than what the CRM has).",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.webhook_seconds = Histogram(
+            "leadscore_webhook_request_seconds",
+            "Time of one outbound request, connection to answer, by endpoint.",
+            ["endpoint"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.webhook_pending = Gauge(
+            "leadscore_webhook_pending_deliveries",
+            "Deliveries waiting, by endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_failed = Gauge(
+            "leadscore_webhook_failed_deliveries",
+            "Deliveries set aside after their retry window, by endpoint (re-deliverable).",
+            ["endpoint"],
+            registry=r,
+        )
+        self.webhook_oldest = Gauge(
+            "leadscore_webhook_oldest_pending_age_seconds",
+            "Age of an endpoint's oldest waiting delivery (0 when none).",
+            ["endpoint"],
+            registry=r,
+        )
         self.outbox_published = Counter(
             "leadscore_outbox_published_total",
             "Records the relay published, by topic.",

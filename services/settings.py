@@ -103,6 +103,25 @@ class Settings(BaseSettings):
     allowed_hosts: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Outbound endpoints (README: Webhooks and CRM writers). Secrets and tokens are stored
+    # encrypted with this Fernet key; unset, a key is made in data_dir (one instance only).
+    secrets_key: SecretStr | None = None
+    # Endpoint URLs on loopback, private, link-local or other non-public addresses, and plain
+    # http, are refused unless allowed here (a test receiver on this machine, say).
+    outbound_allow_private: bool = False
+    outbound_allow_http: bool = False
+    # One request's whole exchange, connection to last byte.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Retries wait base * 2^(n-1), capped, with jitter; Retry-After within the cap.
+    webhook_backoff_seconds: float = Field(default=5.0, gt=0, le=3600)
+    webhook_backoff_cap_seconds: float = Field(default=3600.0, gt=0, le=86400)
+    # Requests in flight per endpoint and instance (each to a different lead or account).
+    webhook_concurrency: int = Field(default=8, ge=1, le=256)
+    # How often the dispatcher looks for work other instances queued (it is also woken by
+    # its own instance's commits).
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60)
+    webhook_max_endpoints: int = Field(default=50, ge=1, le=1000)
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _no_blank(cls, value: str | None) -> str | None:

@@ -16,6 +16,7 @@ from schemas.records import FeedbackRecord
 from scoring_service.intake import Event
 from services.adapters import kafka
 from services.adapters.postgres import db, rulesets
+from services.adapters.secrets import Vault
 from services.app.sessions import ConsoleSessions
 from services.auth import Principal
 from services.metrics import Metrics
@@ -27,6 +28,7 @@ from services.pipeline.jobs import Jobs
 from services.pipeline.lead_transaction import LeadWriter
 from services.pipeline.relay import OutboxRelay
 from services.pipeline.supervisor import Supervisor
+from services.pipeline.webhooks import Dispatcher
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,9 @@ class Container:
     writer: LeadWriter
     scorer: TopicConsumer[Event, None]
     relay: OutboxRelay
+    # Deliveries to webhook endpoints and CRM writers, and the key their secrets open with.
+    webhooks: Dispatcher
+    vault: Vault
     jobs: Jobs
     feedback: TopicConsumer[FeedbackRecord, FeedbackBatch]
     sla: SlaWatcher
@@ -69,11 +74,13 @@ class Container:
 
     def run(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """The instance's loops, until `stop`: event consumer, feedback consumer, deadline
-        watcher, and last the outbox relay (the HTTP API is served separately)."""
+        watcher, webhook dispatcher, and last the outbox relay (the HTTP API is served
+        separately)."""
         loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             "consumer": self.scorer.run,
             "feedback": self.feedback.run,
             "sla": self.sla.run,
+            "webhooks": self.webhooks.run,
             "relay": self.relay.run,
         }
         return [

@@ -22,6 +22,7 @@ from services.http.leads import leads_router
 from services.http.operations import operations_router
 from services.http.rulesets import rulesets_router
 from services.http.sessions import sessions_router
+from services.http.webhooks import webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(leads_router(container, Admin, Viewer))
     app.include_router(accounts_router(container, Admin, Viewer))
     app.include_router(sessions_router(container, Admin))
+    app.include_router(webhooks_router(container, Admin))
     app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
     # The web console: same process, same port, same tokens. Imported here because the
     # console's pages call this package's routers' functions.

@@ -18,6 +18,7 @@ from services.adapters.postgres import history_store, record_store
 from services.adapters.postgres.outbox_store import OutboxRow
 from services.outputs import OUTPUTS
 from services.settings import Settings
+from stage_router.deliveries import record_seq
 
 
 def outbox_rows(effects: Effects, settings: Settings) -> list[OutboxRow]:
@@ -28,8 +29,20 @@ def outbox_rows(effects: Effects, settings: Settings) -> list[OutboxRow]:
         if not records:
             continue
         topic, key, record_id = output.topic(settings), output.key, output.record_id
+        kind = output.effect
         rows.extend(
-            OutboxRow(topic, r[key].encode(), orjson.dumps(r), r[record_id]) for r in records
+            OutboxRow(
+                topic,
+                r[key].encode(),
+                orjson.dumps(r),
+                r[record_id],
+                kind=kind,
+                subject=r[key],
+                stage=r.get("to_stage") or r.get("stage"),
+                type=r.get("type"),
+                seq=record_seq(r[key], r[record_id]),
+            )
+            for r in records
         )
     return rows
 

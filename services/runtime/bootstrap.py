@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.adapters import kafka
 from services.adapters.postgres import db
+from services.adapters.secrets import Vault
 from services.app.container import Container
 from services.app.sessions import ConsoleSessions
 from services.auth import parse_tokens
@@ -20,6 +21,7 @@ from services.pipeline.jobs import Jobs
 from services.pipeline.lead_transaction import LeadWriter
 from services.pipeline.relay import OutboxRelay
 from services.pipeline.supervisor import Supervisor
+from services.pipeline.webhooks import Dispatcher
 from services.settings import Settings
 
 __all__ = ["Container", "bootstrap"]
@@ -41,10 +43,18 @@ def bootstrap(
     consumer = kafka.make_consumer(settings)
     metrics = metrics or Metrics()
     relay = OutboxRelay(settings=settings, db=engine, producer=producer, metrics=metrics)
+    vault = Vault(settings)
+    webhooks = Dispatcher(settings=settings, db=engine, metrics=metrics, vault=vault)
+
+    def committed() -> None:
+        """After every commit: the relay and the webhook dispatcher may have work."""
+        relay.notify()
+        webhooks.notify()
+
     # One active rule set and one writer for everything that changes leads.
     rules = ActiveRules(on_change=metrics.ruleset_version.set)
     writer = LeadWriter(
-        db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=relay.notify
+        db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=committed
     )
     scorer = TopicConsumer(
         handler=EventHandler(settings),
@@ -69,6 +79,8 @@ def bootstrap(
         writer=writer,
         scorer=scorer,
         relay=relay,
+        webhooks=webhooks,
+        vault=vault,
         jobs=Jobs(engine),
         feedback=feedback,
         sla=SlaWatcher(settings=settings, writer=writer),

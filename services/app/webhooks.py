@@ -1,0 +1,172 @@
+"""Outbound endpoints as admins manage them (API and console): create one (its signing
+secret shown once), change, pause, delete it, read its delivery log, re-deliver. Every
+change is audited; secrets and tokens are stored encrypted and never returned again."""
+
+from __future__ import annotations
+
+import secrets as random
+from datetime import datetime
+from typing import Any
+
+from schemas.webhooks import EndpointCreate, EndpointUpdate
+from services.adapters import outbound
+from services.adapters.postgres import webhook_store
+from services.adapters.postgres.db import driver
+from services.adapters.postgres.rulesets import record_audit
+from services.adapters.secrets import new_signing_secret
+from services.app.container import Container
+from services.app.errors import ApiError
+
+
+def check_url(container: Container, url: str) -> None:
+    """Refuse a URL the dispatcher would refuse (what DNS says is checked at delivery)."""
+    settings = container.settings
+    try:
+        outbound.target(
+            url,
+            allow_http=settings.outbound_allow_http,
+            allow_private=settings.outbound_allow_private,
+        )
+    except outbound.Refused as exc:
+        raise ApiError(422, "url_refused", str(exc)) from None
+
+
+def not_found() -> ApiError:
+    return ApiError(404, "endpoint_not_found", "there is no such endpoint")
+
+
+async def create_endpoint(container: Container, body: EndpointCreate, by: str) -> dict[str, Any]:
+    check_url(container, body.url)
+    secret = new_signing_secret() if body.kind == "webhook" else body.token
+    assert secret is not None  # the body's validation asks a CRM writer for its token
+    fields = body.model_dump(exclude={"token"})
+    endpoint_id = "ep_" + random.token_hex(8)
+    async with container.db.begin() as conn:
+        pg = await driver(conn)
+        if await webhook_store.count_endpoints(pg) >= container.settings.webhook_max_endpoints:
+            raise ApiError(
+                409,
+                "too_many_endpoints",
+                f"at most {container.settings.webhook_max_endpoints} endpoints",
+            )
+        row = await webhook_store.create_endpoint(
+            pg, endpoint_id, fields, container.vault.seal(secret), by
+        )
+        await record_audit(
+            pg,
+            actor=by,
+            action="endpoint.create",
+            target=endpoint_id,
+            detail={"kind": body.kind, "url": body.url, "records": body.records},
+        )
+    doc = webhook_store.endpoint_doc(row)
+    # The signing secret this once; a CRM token is the admin's own and never comes back.
+    doc["secret"] = secret if body.kind == "webhook" else None
+    return doc
+
+
+async def list_endpoints(container: Container) -> dict[str, Any]:
+    async with container.db.connect() as conn:
+        rows = await webhook_store.endpoints(await driver(conn))
+    return {"items": [webhook_store.endpoint_doc(r) for r in rows]}
+
+
+async def get_endpoint(container: Container, endpoint_id: str) -> dict[str, Any]:
+    async with container.db.connect() as conn:
+        row = await webhook_store.endpoint(await driver(conn), endpoint_id)
+    if row is None:
+        raise not_found()
+    return webhook_store.endpoint_doc(row)
+
+
+async def update_endpoint(
+    container: Container, endpoint_id: str, body: EndpointUpdate, by: str
+) -> dict[str, Any]:
+    changes = body.model_dump(exclude_unset=True)
+    if "url" in changes:
+        if changes["url"] is None:
+            raise ApiError(422, "invalid_request", "url: give a URL or leave it out")
+        check_url(container, changes["url"])
+    changes = {k: v for k, v in changes.items() if v is not None}
+    async with container.db.begin() as conn:
+        pg = await driver(conn)
+        current = await webhook_store.endpoint(pg, endpoint_id)
+        if current is None:
+            raise not_found()
+        if "mapping" in changes and current["kind"] == "webhook":
+            raise ApiError(422, "invalid_request", "mapping: a webhook has no mapping")
+        row = await webhook_store.update_endpoint(pg, endpoint_id, changes)
+        await record_audit(
+            pg, actor=by, action="endpoint.update", target=endpoint_id, detail=changes
+        )
+    assert row is not None
+    if not row["paused"]:
+        container.webhooks.notify()
+    return webhook_store.endpoint_doc(row)
+
+
+async def delete_endpoint(container: Container, endpoint_id: str, by: str) -> None:
+    async with container.db.begin() as conn:
+        pg = await driver(conn)
+        if not await webhook_store.delete_endpoint(pg, endpoint_id):
+            raise not_found()
+        await record_audit(pg, actor=by, action="endpoint.delete", target=endpoint_id, detail=None)
+
+
+async def delivery_log(
+    container: Container,
+    endpoint_id: str,
+    *,
+    state: str | None,
+    subject: str | None,
+    cursor: str | None,
+    limit: int,
+) -> dict[str, Any]:
+    """An endpoint's deliveries, newest first (the cursor is the last id seen)."""
+    if cursor is not None and not cursor.isdigit():
+        raise ApiError(400, "invalid_cursor", "the cursor is not one this list gave")
+    before = int(cursor) if cursor else None
+    async with container.db.connect() as conn:
+        pg = await driver(conn)
+        if await webhook_store.endpoint(pg, endpoint_id) is None:
+            raise not_found()
+        rows = await webhook_store.delivery_log(
+            pg, endpoint_id, state=state, subject=subject, before_id=before, limit=limit
+        )
+    items = [dict(r) for r in rows]
+    next_cursor = str(items[-1]["id"]) if len(items) == limit else None
+    return {"items": items, "next_cursor": next_cursor}
+
+
+async def redeliver(
+    container: Container,
+    endpoint_id: str,
+    *,
+    delivery_id: int | None,
+    failed_since: datetime | None,
+    by: str,
+) -> dict[str, Any]:
+    async with container.db.begin() as conn:
+        pg = await driver(conn)
+        if await webhook_store.endpoint(pg, endpoint_id) is None:
+            raise not_found()
+        if delivery_id is not None and not await webhook_store.has_delivery(
+            pg, endpoint_id, delivery_id
+        ):
+            raise ApiError(404, "delivery_not_found", "the endpoint has no such delivery")
+        queued = await webhook_store.redeliver(
+            pg, endpoint_id, delivery_id=delivery_id, failed_since=failed_since
+        )
+        await record_audit(
+            pg,
+            actor=by,
+            action="endpoint.redeliver",
+            target=endpoint_id,
+            detail={
+                "delivery_id": delivery_id,
+                "failed_since": failed_since.isoformat() if failed_since else None,
+                "queued": queued,
+            },
+        )
+    container.webhooks.notify()
+    return {"queued": queued}

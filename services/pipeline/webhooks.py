@@ -1,0 +1,421 @@
+"""The dispatcher: delivers queued records to webhook endpoints and CRM writers.
+
+Deliveries were queued in the writer's transaction (outbox_store.enqueue), so nothing a
+commit made is missed. Each endpoint is served by its own task: a slow or dead endpoint
+holds up nothing but itself, and never the Kafka relay. A task claims the first waiting
+delivery of each lead or account (one subject's records go out in order), sends them
+(several subjects at once, at most the endpoint's rate), and records each outcome:
+delivered; due again after exponential back-off with jitter (or the answer's Retry-After);
+or, past the endpoint's retry window, set aside as failed with the reason, until an admin
+re-delivers it. A claim is a lease: an instance killed mid-delivery leaves it to expire, and
+the record goes out again under the same webhook-id (at least once, as Kafka's output).
+
+CRM writers batch deliveries per request within the vendor's limit, and skip a record older
+than the newest move already written for its lead or account (a retry or a re-delivery
+never moves the CRM record backwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.adapters import outbound
+from services.adapters.postgres import webhook_store
+from services.adapters.postgres.db import driver
+from services.adapters.postgres.errors import UNAVAILABLE
+from services.adapters.secrets import SecretsUnreadable, Vault
+from services.metrics import Metrics
+from services.settings import Settings
+from stage_router import deliveries
+
+log = logging.getLogger(__name__)
+
+# Claims last this much longer than a request may take.
+LEASE_MARGIN_SECONDS = 30.0
+GAUGES_EVERY_SECONDS = 5.0
+PURGE_EVERY_SECONDS = 60.0
+PURGE_CHUNK = 10_000
+USER_AGENT = "leadscore-webhooks/1"
+
+
+class Pacer:
+    """At most `rate` request starts a second (per endpoint and instance)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self.next_at = 0.0
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        start = max(now, self.next_at)
+        self.next_at = start + self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: AsyncEngine,
+        metrics: Metrics,
+        vault: Vault,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self.vault = vault
+        self.client = client
+        self.wake = asyncio.Event()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self._gauges_at = 0.0
+        self._purged_at = 0.0
+
+    def notify(self) -> None:
+        """Called after each committed batch: deliveries may be waiting."""
+        self.wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        owns_client = self.client is None
+        if self.client is None:
+            self.client = httpx.AsyncClient(
+                headers={"user-agent": USER_AGENT}, trust_env=False, follow_redirects=False
+            )
+        try:
+            while not stop.is_set():
+                try:
+                    await self.start_due(stop)
+                    await self.housekeeping()
+                except UNAVAILABLE as exc:
+                    log.warning("webhook dispatcher: database unavailable (%s)", exc)
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.settings.webhook_poll_seconds):
+                        waits = {asyncio.ensure_future(self.wake.wait())}
+                        waits.add(asyncio.ensure_future(stop.wait()))
+                        try:
+                            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                        finally:
+                            for waiting in waits:
+                                waiting.cancel()
+        finally:
+            # Requests in flight get their timeout to finish; their outcome is recorded.
+            if self.tasks:
+                await asyncio.wait(
+                    list(self.tasks.values()), timeout=self.settings.webhook_timeout_seconds + 1
+                )
+                for task in self.tasks.values():
+                    task.cancel()
+            if owns_client and self.client is not None:
+                await self.client.aclose()
+                self.client = None
+
+    async def start_due(self, stop: asyncio.Event) -> None:
+        """A task for every endpoint with something due that has none running."""
+        async with self.db.connect() as conn:
+            due = await webhook_store.due_endpoints(await driver(conn))
+        for endpoint_id in due:
+            running = self.tasks.get(endpoint_id)
+            if running is None or running.done():
+                self.tasks[endpoint_id] = asyncio.create_task(
+                    self.serve(endpoint_id, stop), name=f"webhook:{endpoint_id}"
+                )
+
+    async def serve(self, endpoint_id: str, stop: asyncio.Event) -> None:
+        """Deliver an endpoint's due deliveries until none is left or the service stops."""
+        try:
+            async with self.db.connect() as conn:
+                row = await webhook_store.endpoint_with_secret(await driver(conn), endpoint_id)
+            if row is None or row["paused"]:
+                return
+            endpoint = EndpointView(row, self.vault)
+            pacer = Pacer(endpoint.rate)
+            while not stop.is_set():
+                claimed = await self.claim(endpoint)
+                if not claimed:
+                    return
+                await self.deliver(endpoint, claimed, pacer)
+        except UNAVAILABLE as exc:
+            log.warning("webhook %s: database unavailable (%s)", endpoint_id, exc)
+        except SecretsUnreadable as exc:
+            log.error("webhook %s: %s; its deliveries wait", endpoint_id, exc)
+        except Exception:
+            log.exception("webhook %s: delivery round failed", endpoint_id)
+
+    async def claim(self, endpoint: EndpointView) -> list[asyncpg.Record]:
+        limit = self.settings.webhook_concurrency * deliveries.BATCH_LIMITS[endpoint.kind]
+        lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
+        async with self.db.begin() as conn:
+            return await webhook_store.claim_heads(await driver(conn), endpoint.id, limit, lease)
+
+    async def deliver(
+        self, endpoint: EndpointView, claimed: Sequence[asyncpg.Record], pacer: Pacer
+    ) -> None:
+        if endpoint.kind == "webhook":
+            groups = [[row] for row in claimed]
+            skipped: list[dict[str, Any]] = []
+        else:
+            groups, skipped = await self.crm_groups(endpoint, claimed)
+        limit = asyncio.Semaphore(self.settings.webhook_concurrency)
+
+        async def one(group: list[asyncpg.Record]) -> list[dict[str, Any]]:
+            async with limit:
+                await pacer.wait()
+                return await self.attempt(endpoint, group)
+
+        outcomes = [o for batch in await asyncio.gather(*map(one, groups)) for o in batch]
+        outcomes.extend(skipped)
+        async with self.db.begin() as conn:
+            pg = await driver(conn)
+            await webhook_store.record_outcomes(pg, outcomes)
+            if endpoint.kind != "webhook":
+                written: dict[str, int] = {}
+                for row, outcome in zip(
+                    [r for g in groups for r in g], outcomes[: sum(map(len, groups))], strict=True
+                ):
+                    if outcome["state"] == "delivered":
+                        written[row["subject"]] = max(written.get(row["subject"], 0), row["seq"])
+                await webhook_store.note_written(pg, endpoint.id, written)
+        for outcome in outcomes:
+            if outcome["result"] is not None:
+                self.metrics.webhook_deliveries.labels(endpoint.id, outcome["result"]).inc()
+
+    async def crm_groups(
+        self, endpoint: EndpointView, claimed: Sequence[asyncpg.Record]
+    ) -> tuple[list[list[asyncpg.Record]], list[dict[str, Any]]]:
+        """Batches of at most the vendor's limit, without the records older than what the
+        CRM already has (outcome `skipped`) or with nothing to identify them by."""
+        async with self.db.connect() as conn:
+            newest = await webhook_store.newest_written(
+                await driver(conn), endpoint.id, {r["subject"] for r in claimed}
+            )
+        keep: list[asyncpg.Record] = []
+        later: list[dict[str, Any]] = []
+        identities: set[str] = set()
+        for row in claimed:
+            record = orjson.loads(row["payload"])
+            key = deliveries.identity(record, endpoint.mapping["id_from"])
+            if row["seq"] < newest.get(row["subject"], -1):
+                reason = f"older than move {newest[row['subject']]} already written"
+            elif key is None:
+                reason = f"the record has no {endpoint.mapping['id_from']} to upsert by"
+            elif key in identities:
+                # Two leads with one email, say: one CRM record, written once per request.
+                later.append({"id": row["id"], "state": "pending", "tried": 0, "result": None})
+                continue
+            else:
+                identities.add(key)
+                keep.append(row)
+                continue
+            later.append(
+                {
+                    "id": row["id"],
+                    "state": "skipped",
+                    "tried": 0,
+                    "reason": reason,
+                    "result": "skipped",
+                }
+            )
+        size = deliveries.BATCH_LIMITS[endpoint.kind]
+        return [keep[i : i + size] for i in range(0, len(keep), size)], later
+
+    async def attempt(
+        self, endpoint: EndpointView, group: Sequence[asyncpg.Record]
+    ) -> list[dict[str, Any]]:
+        """One request for `group`; an outcome per delivery, in the group's order."""
+        assert self.client is not None
+        try:
+            method, url, headers, body = endpoint.request(group)
+            answer = await outbound.send(
+                self.client,
+                method,
+                url,
+                headers=headers,
+                body=body,
+                timeout=self.settings.webhook_timeout_seconds,
+                allow_http=self.settings.outbound_allow_http,
+                allow_private=self.settings.outbound_allow_private,
+            )
+        except outbound.Refused as exc:
+            return [self.again(endpoint, row, reason=f"refused: {exc}") for row in group]
+        except (TimeoutError, httpx.TimeoutException):
+            return [self.again(endpoint, row, reason="timed out") for row in group]
+        except httpx.HTTPError as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:200]
+            return [self.again(endpoint, row, reason=reason) for row in group]
+        self.metrics.webhook_seconds.labels(endpoint.id).observe(answer.latency_ms / 1000)
+        seen: dict[str, Any] = {
+            "status": answer.status,
+            "latency": answer.latency_ms,
+            "response": answer.excerpt,
+        }
+        if 200 <= answer.status < 300:
+            failures = endpoint.failed_items(group, answer)
+            return [
+                self.again(endpoint, row, reason=failures[row["id"]], **seen)
+                if row["id"] in failures
+                else {"id": row["id"], "state": "delivered", "result": "delivered", **seen}
+                for row in group
+            ]
+        if 300 <= answer.status < 400:
+            where = answer.headers.get("location", "")[:200]
+            reason = f"HTTP {answer.status}: redirect to {where!r} not followed"
+        else:
+            reason = f"HTTP {answer.status}"
+        wait = None
+        if answer.status in (429, 503):
+            wait = deliveries.retry_after(answer.headers.get("retry-after"), datetime.now(UTC))
+        return [self.again(endpoint, row, reason=reason, wait=wait, **seen) for row in group]
+
+    def again(
+        self,
+        endpoint: EndpointView,
+        row: asyncpg.Record,
+        *,
+        reason: str,
+        wait: float | None = None,
+        **seen: Any,
+    ) -> dict[str, Any]:
+        """The outcome of a failed attempt: due again after back-off (or the answer's
+        Retry-After, within the cap), or set aside once that would pass the retry window."""
+        settings = self.settings
+        cap = settings.webhook_backoff_cap_seconds
+        delay = deliveries.retry_delay(
+            row["attempts"] + 1,
+            base=settings.webhook_backoff_seconds,
+            cap=cap,
+            jitter=random.random(),
+        )
+        if wait is not None:
+            delay = min(cap, max(wait, 0.0))
+        window_ends = row["retry_from"].timestamp() + endpoint.retry_hours * 3600
+        if time.time() + delay > window_ends:
+            log.warning(
+                "webhook %s: delivery %s set aside after %d attempts: %s",
+                endpoint.id,
+                row["id"],
+                row["attempts"] + 1,
+                reason,
+            )
+            return {
+                "id": row["id"],
+                "state": "failed",
+                "reason": reason,
+                "result": "failed",
+                **seen,
+            }
+        return {
+            "id": row["id"],
+            "state": "pending",
+            "due_in": delay,
+            "reason": reason,
+            "result": "retried",
+            **seen,
+        }
+
+    async def housekeeping(self) -> None:
+        """Backlog gauges every few seconds; done deliveries purged past retention."""
+        now = time.monotonic()
+        if now - self._gauges_at >= GAUGES_EVERY_SECONDS:
+            self._gauges_at = now
+            async with self.db.connect() as conn:
+                rows = await webhook_store.backlog(await driver(conn))
+            for row in rows:
+                self.metrics.webhook_pending.labels(row["id"]).set(row["pending"])
+                self.metrics.webhook_failed.labels(row["id"]).set(row["failed"])
+                self.metrics.webhook_oldest.labels(row["id"]).set(row["oldest_seconds"])
+        if now - self._purged_at >= PURGE_EVERY_SECONDS:
+            self._purged_at = now
+            async with self.db.begin() as conn:
+                await webhook_store.purge_done(
+                    await driver(conn), self.settings.outbox_retention_hours, PURGE_CHUNK
+                )
+
+
+class EndpointView:
+    """An endpoint as the dispatcher uses it: what to send, and how to read the answer."""
+
+    def __init__(self, row: asyncpg.Record, vault: Vault) -> None:
+        self.id: str = row["id"]
+        self.kind: str = row["kind"]
+        self.url: str = row["url"]
+        self.rate: float = row["rate_per_second"]
+        self.retry_hours: float = row["retry_hours"]
+        self.mapping: dict[str, Any] = orjson.loads(row["mapping"]) if row["mapping"] else {}
+        self._secret = vault.open(row["secret"])
+
+    def request(self, group: Sequence[asyncpg.Record]) -> tuple[str, str, dict[str, str], bytes]:
+        """Method, URL, headers and body of the request that delivers `group`."""
+        if self.kind == "webhook":
+            [row] = group
+            record = orjson.loads(row["payload"])
+            body = orjson.dumps(deliveries.envelope(row["kind"], record, row["queued_at"]))
+            headers = deliveries.signed_headers(
+                self._secret, row["record_id"], int(time.time()), body
+            )
+            return "POST", self.url, headers, body
+        mapping = self.mapping
+        items = []
+        for row in group:
+            record = orjson.loads(row["payload"])
+            key = deliveries.identity(record, mapping["id_from"])
+            assert key is not None  # crm_groups skipped the rest
+            items.append((key, deliveries.mapped_properties(record, mapping["properties"])))
+        headers = {
+            "authorization": f"Bearer {self._secret}",
+            "content-type": "application/json",
+        }
+        base = self.url.rstrip("/")
+        if self.kind == "hubspot":
+            body = orjson.dumps(deliveries.hubspot_batch(items, id_property=mapping["id_property"]))
+            return "POST", f"{base}/crm/v3/objects/{mapping['object']}/batch/upsert", headers, body
+        body = orjson.dumps(
+            deliveries.salesforce_batch(
+                items, sobject=mapping["object"], external_id=mapping["id_property"]
+            )
+        )
+        path = (
+            f"/services/data/{deliveries.SALESFORCE_API_VERSION}/composite/sobjects/"
+            f"{mapping['object']}/{mapping['id_property']}"
+        )
+        return "PATCH", base + path, headers, body
+
+    def failed_items(
+        self, group: Sequence[asyncpg.Record], answer: outbound.Answer
+    ) -> dict[int, str]:
+        """Deliveries a 2xx answer still says failed: Salesforce answers per record
+        (`success: false` with errors), in the request's order; HubSpot's 207 reports
+        errors for the batch, which is sent again whole (upserts are idempotent)."""
+        if self.kind == "salesforce":
+            try:
+                results = orjson.loads(answer.body)
+            except orjson.JSONDecodeError:
+                return {}
+            if not isinstance(results, list):
+                return {}
+            failed: dict[int, str] = {}
+            for row, result in zip(group, results, strict=False):
+                if isinstance(result, dict) and result.get("success") is False:
+                    errors = result.get("errors") or [{}]
+                    first = errors[0] if isinstance(errors[0], dict) else {}
+                    failed[row["id"]] = (
+                        f"Salesforce: {first.get('statusCode', '')} {first.get('message', '')}"
+                    )[:200]
+            return failed
+        if self.kind == "hubspot" and answer.status == 207:
+            return {row["id"]: "HubSpot: 207, some inputs failed" for row in group}
+        return {}
