@@ -19,7 +19,9 @@ import hmac
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, get_args
+
+from schemas.webhooks import IdentityField, MappableField
 
 # The kinds of record an endpoint can ask for, by the outputs' effect names
 # (services/outputs.py), and the type each has in the Standard Webhooks envelope.
@@ -34,25 +36,10 @@ SECRET_PREFIX = "whsec_"
 # sObject Collections 200 records.
 BATCH_LIMITS = {"webhook": 1, "hubspot": 100, "salesforce": 200}
 SALESFORCE_API_VERSION = "v62.0"
-# What a mapping may write: leadscore's fields, by the name an admin uses.
-MAPPABLE_FIELDS = (
-    "score",
-    "fit",
-    "engagement",
-    "stage",
-    "label",
-    "qualified_by",
-    "reason",
-    "top_signals",
-    "account_score",
-    "roles_missing",
-    "lead_id",
-    "account_id",
-    "ruleset_version",
-    "occurred_at",
-)
-# Where a CRM record's identity comes from.
-IDENTITY_FIELDS = ("lead_id", "account_id", "email", "domain")
+# What a mapping may write, and where a CRM record's identity comes from: the contract's
+# lists (schemas/webhooks.py).
+MAPPABLE_FIELDS: tuple[str, ...] = get_args(MappableField)
+IDENTITY_FIELDS: tuple[str, ...] = get_args(IdentityField)
 # Top signals as text: at most this many, and this long.
 TOP_SIGNALS = 3
 TEXT_LIMIT = 1000

@@ -52,8 +52,8 @@ def address_refusal(address: str) -> str | None:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_loopback:
-        return "loopback"
+    if ip.is_loopback or ip.is_unspecified:
+        return "loopback"  # 0.0.0.0 and :: reach this host
     if ip.is_link_local:
         return "link-local (cloud metadata lives here)"
     if ip.is_private:
