@@ -95,8 +95,10 @@ def test_alert_rules_pass_promtool_and_link_the_runbook():
         "LeadscoreLoopRestarting",
         "LeadscoreNoAccountTransitions",
         "LeadscoreChallengerFailing",
+        "LeadscoreWebhookDeliveriesFailed",
+        "LeadscoreWebhookBacklogOld",
     } < names
-    assert len(names) == 11
+    assert len(names) == 13
 
 
 def test_dashboard_queries_name_real_metrics(admin_container):
