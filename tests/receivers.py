@@ -36,6 +36,8 @@ class Receiver:
     secret: str | None = None
     token: str | None = None
     hang_seconds: float = 5.0
+    # Each accepted message takes this long to answer (so a kill lands mid-delivery).
+    answer_seconds: float = 0.0
     attempts: list[tuple[str, str]] = field(default_factory=list)  # (id, answer)
     bodies: dict[str, set[bytes]] = field(default_factory=dict)
     accepted: list[dict[str, Any]] = field(default_factory=list)
@@ -71,6 +73,8 @@ class Receiver:
             return Response(status_code=200)
         if answer == "redirect":
             return Response(status_code=302, headers={"Location": "http://169.254.169.254/"})
+        if self.answer_seconds:
+            await asyncio.sleep(self.answer_seconds)
         if message_id not in self.accepted_ids:
             self.accepted_ids.append(message_id)
             self.accepted.append(orjson.loads(body))
