@@ -31,6 +31,7 @@ from services.console import (
     pipeline,
     rules,
     signin,
+    webhooks,
 )
 from services.console.pages import Pages
 from services.console.session import CSRF_COOKIE, Forbidden, SignInNeeded, Visitor
@@ -148,7 +149,7 @@ def console_app(container: Container, prefix: str) -> FastAPI:
             "The console could not show this page. The error is in the service's log.",
         )
 
-    for pages_module in (signin, admin_sessions, rules, leads, accounts, pipeline):
+    for pages_module in (signin, admin_sessions, webhooks, rules, leads, accounts, pipeline):
         app.include_router(pages_module.router)
 
     return app

@@ -246,6 +246,17 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     await expect(page.get_by_role("heading", name="Buying committee")).to_be_visible()
     await console.check(page, "account")
 
+    # A webhook made in the console: its secret shown once, then its page and log.
+    await page.get_by_role("link", name="Webhooks").click()
+    await page.get_by_label("Name").fill("Slack bot")
+    await page.get_by_label("URL (https)").fill("https://hooks.example.com/leadscore")
+    await page.get_by_role("button", name="Make the webhook").click()
+    await expect(page.get_by_role("status")).to_contain_text("whsec_")
+    await console.check(page, "webhooks")
+    await page.get_by_role("link", name="Slack bot").click()
+    await expect(page.get_by_role("heading", name="Slack bot")).to_be_visible()
+    await console.check(page, "webhook")
+
     # Errors are words on a page: an unknown lead, a value the page cannot use.
     response = await page.goto(f"{console.url}/leads/no-such-lead")
     assert response is not None and response.status == 404

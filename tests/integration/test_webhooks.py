@@ -385,3 +385,55 @@ async def test_a_name_resolving_inside_and_a_redirect_are_refused_at_delivery(se
                 assert {answer for _, answer in receiver.attempts} == {"redirect"}
         finally:
             await running.close()
+
+
+async def test_the_console_makes_lists_pauses_and_shows_a_webhooks_log(admin_container):
+    from tests.integration.test_console import console_client, csrf_of, sign_in
+
+    async with console_client(admin_container) as browser:
+        await sign_in(browser, "admin")
+        page = await browser.get("/console/webhooks")
+        assert page.status_code == 200, page.text[:300]
+        csrf = csrf_of(page.text)
+        made = await browser.post(
+            "/console/webhooks",
+            data={
+                "csrf": csrf,
+                "name": "<script>alert(1)</script>",
+                "url": "https://hooks.example.com/in",
+                "record_transitions": "1",
+            },
+        )
+        assert made.status_code == 200, made.text[:300]
+        assert "whsec_" in made.text  # the secret, this once
+        assert "<script>alert(1)</script>" not in made.text
+        assert "&lt;script&gt;" in made.text
+        listed = await browser.get("/console/webhooks")
+        assert "whsec_" not in listed.text
+        [endpoint] = await webhooks_of(admin_container)
+        assert endpoint["records"] == ["transitions"]
+        paused = await browser.post(
+            f"/console/webhooks/{endpoint['id']}/pause", data={"csrf": csrf, "paused": "true"}
+        )
+        assert paused.status_code == 303
+        detail = await browser.get(f"/console/webhooks/{endpoint['id']}")
+        assert detail.status_code == 200 and "Resume" in detail.text
+        refused = await browser.post(
+            "/console/webhooks",
+            data={
+                "csrf": csrf,
+                "name": "inside",
+                "url": "https://10.0.0.1/x",
+                "record_transitions": "1",
+            },
+        )
+        assert refused.status_code == 422 and "private" in refused.text
+        nothing = await browser.post(
+            "/console/webhooks", data={"csrf": csrf, "name": "x", "url": "https://a.example"}
+        )
+        assert nothing.status_code == 422 and "records" in nothing.text
+
+
+async def webhooks_of(container) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    async with client_for(container, "admin") as admin:
+        return (await admin.get("/v1/webhooks")).json()["items"]
