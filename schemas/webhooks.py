@@ -219,3 +219,31 @@ class Redeliver(BaseModel):
 
 class Redelivered(BaseModel):
     queued: int
+
+
+class WebhookHeaders(BaseModel):
+    """The Standard Webhooks headers of every delivery."""
+
+    webhook_id: str = Field(
+        alias="webhook-id", description="the record's id: the same on every retry"
+    )
+    webhook_timestamp: str = Field(
+        alias="webhook-timestamp", description="Unix seconds of this attempt"
+    )
+    webhook_signature: str = Field(
+        alias="webhook-signature",
+        description="v1,<base64 HMAC-SHA256 of '<id>.<timestamp>.<body>' keyed by the secret>",
+    )
+
+
+class WebhookMessage(BaseModel):
+    """A delivery's body: one record as on its topic, typed and stamped."""
+
+    type: Literal[
+        "lead.transition", "lead.notification", "account.transition", "account.notification"
+    ]
+    timestamp: datetime = Field(description="when the record was queued (the same on retries)")
+    data: dict[str, object] = Field(
+        description="the record: TransitionRecord, NotificationRecord, "
+        "AccountTransitionRecord or AccountQualifiedRecord"
+    )

@@ -23,6 +23,7 @@ from schemas.records import (
     NotificationRecord,
     TransitionRecord,
 )
+from schemas.webhooks import WebhookHeaders, WebhookMessage
 from services.outputs import OUTPUTS
 from services.settings import Settings
 
@@ -40,6 +41,8 @@ def _schemas() -> dict[str, Any]:
         "AccountTransitionRecord": (AccountTransitionRecord, "serialization"),
         "AccountQualifiedRecord": (AccountQualifiedRecord, "serialization"),
         "DeadLetterHeaders": (DeadLetterHeaders, "serialization"),
+        "WebhookHeaders": (WebhookHeaders, "serialization"),
+        "WebhookMessage": (WebhookMessage, "serialization"),
     }
     schemas: dict[str, Any] = {}
     for name, (model, mode) in named.items():
@@ -122,6 +125,14 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "payload": {"description": "the refused message's original bytes"},
             "bindings": _key("the refused message's key"),
         },
+        "WebhookMessage": {
+            "name": "WebhookMessage",
+            "title": "A record delivered to a webhook endpoint, signed (Standard Webhooks)",
+            "contentType": "application/json",
+            "headers": {"$ref": REF.format(model="WebhookHeaders")},
+            "payload": {"$ref": REF.format(model="WebhookMessage")},
+            "bindings": {"http": {"method": "POST"}},
+        },
     }
     channels: dict[str, tuple[str, list[str], str]] = {
         "leadEvents": (settings.topic_events, ["SegmentEvent"], "Events to score"),
@@ -132,6 +143,12 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
         outputs = [o for o in OUTPUTS if o.channel == name]
         channels[name] = (outputs[0].topic(settings), [o.message for o in outputs], description)
     channels["deadLetters"] = (settings.topic_dlq, ["DeadLetter"], "Refused messages and why")
+    channels["webhooks"] = (
+        "{endpointUrl}",
+        ["WebhookMessage"],
+        "HTTP POSTs to each webhook endpoint an admin made (/v1/webhooks), at least once, "
+        "in order per lead and per account (docs/CONTRACTS.md, Outbound deliveries)",
+    )
     receives = {"leadEvents", "salesFeedback"}
     return {
         "asyncapi": "3.0.0",

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bench.workload import generate, lead_key
+from schemas.webhooks import WebhookMessage
 from services.runtime.bootstrap import bootstrap
 from tests.conftest import RunningService, client_for, db_fetch, drained, produce, wait_for
 from tests.receivers import Receiver, receiving
@@ -102,6 +103,8 @@ async def test_every_record_arrives_signed_in_order_per_lead_through_failures(se
                 assert retried, "some records must have met the failures"
                 assert all(receiver.tries(rid) == 4 for rid in retried)
                 assert all(len(receiver.bodies[rid]) == 1 for rid in retried)
+                for message in receiver.accepted:  # the published shape (docs/asyncapi.yaml)
+                    WebhookMessage.model_validate(message)
                 assert {m["type"] for m in receiver.accepted} == {
                     "lead.transition",
                     "lead.notification",
