@@ -217,6 +217,10 @@ class Redeliver(BaseModel):
         return self
 
 
+class EndpointDeleted(BaseModel):
+    deleted: str = Field(description="the endpoint's id")
+
+
 class Redelivered(BaseModel):
     queued: int
 

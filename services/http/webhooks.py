@@ -3,7 +3,7 @@ re-delivery. Each route parses the request and calls a use case (services/app/we
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query
 
 from schemas import webhooks as schema
 from services.app import webhooks
@@ -38,11 +38,11 @@ def webhooks_router(container: Container, Admin: Any) -> APIRouter:
         """Change, pause (`paused: true`: deliveries queue up) or resume an endpoint."""
         return await webhooks.update_endpoint(container, endpoint_id, body, admin.name)
 
-    @router.delete("/{endpoint_id}", status_code=204, responses=NOT_FOUND)
-    async def remove(endpoint_id: Annotated[str, _ENDPOINT_ID], admin: Admin) -> Response:
+    @router.delete("/{endpoint_id}", response_model=schema.EndpointDeleted, responses=NOT_FOUND)
+    async def remove(endpoint_id: Annotated[str, _ENDPOINT_ID], admin: Admin) -> dict[str, Any]:
         """Delete an endpoint and its deliveries; audited."""
         await webhooks.delete_endpoint(container, endpoint_id, admin.name)
-        return Response(status_code=204)
+        return {"deleted": endpoint_id}
 
     @router.get(
         "/{endpoint_id}/deliveries", response_model=schema.DeliveryList, responses=NOT_FOUND

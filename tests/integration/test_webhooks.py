@@ -187,6 +187,10 @@ async def test_a_dead_endpoint_sets_deliveries_aside_without_holding_kafka_back(
                     f"/v1/webhooks/{endpoint['id']}/redeliver", json={"delivery_id": 10**9}
                 )
                 assert (bad.status_code, bad.json()["error"]) == (404, "delivery_not_found")
+                gone = await admin.delete(f"/v1/webhooks/{endpoint['id']}")
+                assert gone.json() == {"deleted": endpoint["id"]}
+                again = await admin.get(f"/v1/webhooks/{endpoint['id']}")
+                assert (again.status_code, again.json()["error"]) == (404, "endpoint_not_found")
         finally:
             await running.close()
 
