@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # Intake stays interpreted: compiled it gained 15%, and the isolation tests replace its
 # validation at run time to play a gap in it, which a compiled module cannot allow.
 CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accounts.py \
-	scoring_service/scores.py \
+	scoring_service/scores.py scoring_service/journey.py \
 	scoring_service/state.py scoring_service/pipeline.py \
 	stage_router/lifecycle.py stage_router/records.py stage_router/accounts.py
 COMPILED := .leadscore/compiled-core

@@ -113,6 +113,12 @@ LABEL_DESCRIPTION = (
 )
 
 
+JOURNEY_PHASE_DESCRIPTION = (
+    "the lead's buyer-journey phase once the event was placed (the phase at the handoff for "
+    "a promotion); null when the rule set has no journey or the lead is in none yet"
+)
+
+
 class TransitionRecord(BaseModel):
     """A value on `lead-status-transitions`."""
 
@@ -145,6 +151,10 @@ class TransitionRecord(BaseModel):
     scores: dict[str, ScoreEntry] = Field(description=SCORES_DESCRIPTION)
     qualified_by: list[str] = Field(description=QUALIFIED_BY_DESCRIPTION)
     label: str | None = Field(description=LABEL_DESCRIPTION)
+    journey_phase: str | None = Field(
+        default=None,
+        description=JOURNEY_PHASE_DESCRIPTION,
+    )
 
 
 class Signal(BaseModel):
@@ -207,6 +217,10 @@ class NotificationRecord(BaseModel):
     signals_by_score: dict[str, list[Signal]] = Field(
         description="the named scores' signals, each list adding up to its score as `signals` "
         "does to the default one (empty with one score)"
+    )
+    journey_phase: str | None = Field(
+        default=None,
+        description=JOURNEY_PHASE_DESCRIPTION,
     )
 
 

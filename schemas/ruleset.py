@@ -559,6 +559,224 @@ class AccountRules(BaseModel):
         return self
 
 
+# -- the buyer journey (README: Buyer journey) ----------------------------------------------
+
+MAX_PHASES = 12
+MAX_PHASE_RULES = 50
+MAX_CHANNEL_RULES = 30
+_PHASE_ID = r"^[a-z][a-z0-9_]{0,39}$"
+PhaseId = Annotated[str, Field(pattern=_PHASE_ID)]
+
+
+class PhaseRule(BaseModel):
+    """Evidence that a lead is in a phase: an event matching `when` (the rule language's
+    conditions: the event, the lead's and account's traits), while the lead's stage is one of
+    `stages` and its default score is at least `min_score` (both as the event arrives)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Annotated[str, Field(pattern=_RULE_ID)]
+    when: When
+    stages: list[Stage] | None = Field(default=None, min_length=1)
+    min_score: float | None = None
+    description: str | None = Field(default=None, max_length=500)
+
+    @field_validator("when")
+    @classmethod
+    def _behaviour(cls, when: When) -> When:
+        if not when.is_behavioural():
+            raise ValueError(
+                "a phase is entered by events: the condition needs type, event, path, "
+                "properties.<key> or context.<key>"
+            )
+        return when
+
+
+class Phase(BaseModel):
+    """A step of the buyer journey. A lead moves forward to the furthest phase an event is
+    evidence of; after `quiet` without evidence of this phase or a later one, it falls back
+    to `falls_back_to` (by default the phase before)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: PhaseId
+    name: str | None = Field(default=None, max_length=100)
+    description: str | None = Field(default=None, max_length=500)
+    entered_by: list[PhaseRule] = Field(default_factory=list, max_length=MAX_PHASE_RULES)
+    quiet: float | None = None
+    falls_back_to: PhaseId | None = None
+
+    @field_validator("quiet", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value) if value is not None else None
+
+
+class ChannelRule(BaseModel):
+    """An event comes from channel `id` when `when` holds on it (its context.campaign, UTM
+    parameters, context.referrer, context.page.referrer); the first rule that holds wins,
+    and an event none holds for is `direct`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: PhaseId
+    when: When
+    description: str | None = Field(default=None, max_length=500)
+
+    @field_validator("when")
+    @classmethod
+    def _context(cls, when: When) -> When:
+        if when.reads_traits():
+            raise ValueError("a channel is read from the event's context, not from traits")
+        return when
+
+
+_PAID_MEDIA = [
+    "cpc",
+    "ppc",
+    "paid",
+    "paidsearch",
+    "paid_search",
+    "paid-search",
+    "sem",
+    "display",
+    "cpm",
+    "banner",
+    "retargeting",
+    "paid_social",
+    "paid-social",
+    "paidsocial",
+]
+_SOCIAL_SITES = [
+    "linkedin.",
+    "lnkd.in",
+    "facebook.",
+    "fb.com",
+    "twitter.",
+    "//t.co/",
+    "//x.com",
+    "instagram.",
+    "youtube.",
+    "reddit.",
+    "tiktok.",
+]
+_SEARCH_SITES = [
+    "google.",
+    "bing.",
+    "duckduckgo.",
+    "search.yahoo.",
+    "baidu.",
+    "yandex.",
+    "ecosia.",
+    "search.brave.",
+]
+
+
+def _referred_from(sites: list[str]) -> dict[str, Any]:
+    return {
+        "any": [
+            {"context.page.referrer": {"contains_any": sites}},
+            {"context.referrer.url": {"contains_any": sites}},
+        ]
+    }
+
+
+def default_channels() -> list[ChannelRule]:
+    """Paid first (a search ad comes from a search engine too), then e-mail, social,
+    search, any other referrer; see README: Buyer journey."""
+    return [
+        ChannelRule.model_validate(rule)
+        for rule in (
+            {"id": "paid", "when": {"context.campaign.medium": {"in": _PAID_MEDIA}}},
+            {
+                "id": "email",
+                "when": {
+                    "any": [
+                        {"context.campaign.medium": {"in": ["email", "e-mail", "newsletter"]}},
+                        {"context.campaign.source": {"in": ["email", "newsletter"]}},
+                    ]
+                },
+            },
+            {
+                "id": "social",
+                "when": {
+                    "any": [
+                        {
+                            "context.campaign.medium": {
+                                "in": ["social", "social-network", "social-media", "sm"]
+                            }
+                        },
+                        _referred_from(_SOCIAL_SITES),
+                    ]
+                },
+            },
+            {
+                "id": "search",
+                "when": {
+                    "any": [
+                        {"context.campaign.medium": {"in": ["organic", "seo"]}},
+                        _referred_from(_SEARCH_SITES),
+                    ]
+                },
+            },
+            {
+                "id": "referral",
+                "when": {
+                    "any": [
+                        {"context.page.referrer": {"exists": True}},
+                        {"context.referrer.url": {"exists": True}},
+                        {"context.campaign.source": {"exists": True}},
+                    ]
+                },
+            },
+        )
+    ]
+
+
+class AccountJourney(BaseModel):
+    """An account's phase: the furthest phase that at least `at_least` of its members
+    reached, counting each committee role once (`count: roles`) or every member."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    at_least: int = Field(default=2, ge=1, le=100)
+    count: Literal["roles", "members"] = "roles"
+
+
+class Journey(BaseModel):
+    """The buyer journey's phases, in order, and where events come from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    phases: list[Phase] = Field(min_length=1, max_length=MAX_PHASES)
+    channels: list[ChannelRule] = Field(
+        default_factory=default_channels, max_length=MAX_CHANNEL_RULES
+    )
+    accounts: AccountJourney = AccountJourney()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Journey:
+        ids = [phase.id for phase in self.phases]
+        if len(set(ids)) != len(ids):
+            raise ValueError("journey phase ids must be unique")
+        rule_ids = [rule.id for phase in self.phases for rule in phase.entered_by]
+        if len(set(rule_ids)) != len(rule_ids):
+            raise ValueError("journey phase rule ids must be unique")
+        for index, phase in enumerate(self.phases):
+            target = phase.falls_back_to
+            if target is not None and (target not in ids or ids.index(target) >= index):
+                raise ValueError(
+                    f"journey.phases[{index}] ({phase.id}) falls back to {target!r}: "
+                    "name a phase before it"
+                )
+        channel_ids = [channel.id for channel in self.channels]
+        if len(set(channel_ids)) != len(channel_ids):
+            raise ValueError("journey channel ids must be unique")
+        if "direct" in channel_ids:
+            raise ValueError("'direct' is what no channel rule holds for; name the rules")
+        return self
+
+
 class RuleSetDocument(BaseModel):
     """A rule set as published: immutable once stored under a version number."""
 
@@ -595,6 +813,8 @@ class RuleSetDocument(BaseModel):
     qualify: dict[RequirementStage, Annotated[str, Field(min_length=1, max_length=500)]] = Field(
         default_factory=dict
     )
+    # The buyer journey's phases; without it, leads and accounts are not placed in one.
+    journey: Journey | None = None
 
     @field_validator("sla", mode="before")
     @classmethod

@@ -95,6 +95,7 @@ class AccountScorer:
     def drop(self, account: Account, lead_id: str) -> None:
         """A member left the account (joined another, or was merged into another lead)."""
         account.members_by.pop(lead_id, None)
+        account.member_phases.pop(lead_id, None)
         if account.members.pop(lead_id, None) is not None:
             self.score(account)
 
@@ -107,6 +108,7 @@ class AccountScorer:
         )
         del account.members[least[0]]
         account.members_by.pop(least[0], None)
+        account.member_phases.pop(least[0], None)
 
     # -- the account's score ---------------------------------------------------------------
 

@@ -17,9 +17,20 @@ from schemas.ruleset import DEFAULT_SCORE
 from schemas.timefmt import iso
 from scoring_service.accounts import AccountScorer
 from scoring_service.intake import Event
+from scoring_service.journey import JourneyBook, advance, compile_journey, follow_members
+from scoring_service.journey import merge as merge_journeys
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.scores import ADJUSTMENT_PREFIX, QUALIFIED_STAGES
-from scoring_service.state import AS_OF, HITS, IGNORED, LAST_SEEN, VALUE, Account, LeadState
+from scoring_service.state import (
+    AS_OF,
+    HITS,
+    IGNORED,
+    LAST_SEEN,
+    VALUE,
+    Account,
+    JourneyState,
+    LeadState,
+)
 from stage_router import records
 from stage_router.accounts import follow_lead
 from stage_router.lifecycle import (
@@ -62,6 +73,7 @@ class Effects:
         "account_transitions",
         "handoffs",
         "hits",
+        "journey_moves",
         "notifications",
         "transitions",
     )
@@ -73,6 +85,7 @@ class Effects:
         self.handoffs: list[records.Handoff] = []
         self.account_transitions: list[records.AccountTransitionDoc] = []
         self.account_notifications: list[records.AccountNotificationDoc] = []
+        self.journey_moves: list[records.JourneyMoveDoc] = []
 
     def extend(self, other: Effects) -> None:
         self.transitions.extend(other.transitions)
@@ -80,6 +93,7 @@ class Effects:
         self.handoffs.extend(other.handoffs)
         self.account_transitions.extend(other.account_transitions)
         self.account_notifications.extend(other.account_notifications)
+        self.journey_moves.extend(other.journey_moves)
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,6 +171,9 @@ class Engine:
         # The fit rules that hold for a lead nobody knows anything about yet (`not` rules
         # may): the same for every new anonymous visitor, so judged once.
         self._unknown_fit = self._matching_fit_rules({}, None)
+        self.journey: JourneyBook | None = (
+            compile_journey(rules.journey) if rules.journey is not None else None
+        )
 
     # -- scores --------------------------------------------------------------------------
 
@@ -395,6 +412,10 @@ class Engine:
         if scorer is not None and member_of is not None:
             # The account's score first, so the lead's records carry the one this event made.
             scorer.sync(member_of, state, self._member_named(state))
+        if self.journey is not None:
+            # Before routing: the transition and the handoff carry the phase this event
+            # placed the lead in (a demo request is evaluation).
+            self._place(state, event, account, member_of, effects)
         self.route(
             state,
             effects,
@@ -411,6 +432,46 @@ class Engine:
                     member_of, earned, effects, caused_by=event.message_id, at=event.ts, now=now
                 )
         return effects
+
+    def _place(
+        self,
+        state: LeadState,
+        event: Event,
+        account: Account | None,
+        member_of: Account | None,
+        effects: Effects,
+    ) -> None:
+        """The event's place in the lead's buyer journey, and its account's."""
+        book = self.journey
+        assert book is not None
+        journey = state.journey
+        if journey is None:
+            journey = state.journey = JourneyState()
+        moved = advance(
+            book,
+            journey,
+            event,
+            effects.journey_moves,
+            lead_id=state.lead_id,
+            traits=state.traits,
+            account_traits=account.traits if account else None,
+            stage=state.stage,
+            score=state.fit + state.engagement,
+            ruleset_version=self.rules.version,
+        )
+        if member_of is not None and (
+            moved or (journey.phase is not None and state.lead_id not in member_of.member_phases)
+        ):
+            follow_members(
+                book,
+                member_of,
+                state.lead_id,
+                book.rank(journey.phase),
+                effects.journey_moves,
+                at=event.ts,
+                caused_by=event.message_id,
+                ruleset_version=self.rules.version,
+            )
 
     def note_scores(self, state: LeadState) -> None:
         """Keep each score's total and the label on the lead (for lists), or clear them
@@ -587,6 +648,7 @@ class Engine:
             scores=entries,
             qualified_by=qualified_by or [],
             label=lead_label(entries),
+            journey_phase=state.journey.phase if state.journey is not None else None,
         )
         state.stage = move.to_stage
         state.stage_entered_at = occurred_at
@@ -932,6 +994,9 @@ class Engine:
                                 state.committee_role if self.accounts is not None else None
                             ),
                             account_score=None,
+                            journey_phase=(
+                                state.journey.phase if state.journey is not None else None
+                            ),
                         )
                     )
                 break
@@ -1081,6 +1146,36 @@ class Engine:
         for name, stage in source.qualified.items():
             if RANK[stage] > RANK[target.qualified.get(name, LEAD)]:
                 target.qualified[name] = stage
+        book = self.journey
+        if book is not None and source.journey is not None:
+            moves = effects.journey_moves
+            before = target.journey.phase if target.journey is not None else None
+            target.journey = merge_journeys(
+                book,
+                target.journey,
+                source.journey,
+                moves,
+                lead_id=target.lead_id,
+                at=event.ts,
+                caused_by=event.message_id,
+                ruleset_version=self.rules.version,
+            )
+            if (
+                target.journey.phase != before
+                and self.accounts is not None
+                and account is not None
+                and account.account_id == target.account_id
+            ):
+                follow_members(
+                    book,
+                    account,
+                    target.lead_id,
+                    book.rank(target.journey.phase),
+                    moves,
+                    at=event.ts,
+                    caused_by=event.message_id,
+                    ruleset_version=self.rules.version,
+                )
         self.refresh_fit(target, account)
         stage = furthest_stage(target.stage, source.stage)
         if stage != target.stage:

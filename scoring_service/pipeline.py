@@ -16,6 +16,7 @@ from scoring_service.state import Account, LeadState
 from stage_router.records import (
     AccountNotificationDoc,
     AccountTransitionDoc,
+    JourneyMoveDoc,
     NotificationDoc,
     TransitionDoc,
 )
@@ -216,6 +217,7 @@ class Replay:
         self.notifications: list[NotificationDoc] = []
         self.account_transitions: list[AccountTransitionDoc] = []
         self.account_notifications: list[AccountNotificationDoc] = []
+        self.journey_moves: list[JourneyMoveDoc] = []
         self.scored_for: list[str] = []  # the lead each scored event counted for, in order
 
     def feed(self, events: Iterable[Event], *, now: float) -> None:
@@ -230,3 +232,4 @@ class Replay:
             self.notifications.extend(scored.effects.notifications)
             self.account_transitions.extend(scored.effects.account_transitions)
             self.account_notifications.extend(scored.effects.account_notifications)
+            self.journey_moves.extend(scored.effects.journey_moves)

@@ -17,6 +17,7 @@ from typing import Any
 from schemas.ruleset import (
     DEFAULT_SCORE,
     CommitteeRole,
+    Journey,
     Operators,
     Rule,
     RuleSetDocument,
@@ -341,7 +342,7 @@ def _trait_test(when: When) -> TraitTest:
     return TraitTest(on_account, tuple(path.split(".")), compile_operators(ops))
 
 
-def _compile_rule(rule: Rule) -> CompiledRule:
+def compile_rule(rule: Rule) -> CompiledRule:
     when = rule.when
     events = None
     if when.event is not None:
@@ -503,6 +504,8 @@ class CompiledRuleSet:
     by_type: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
     by_track_name: Mapping[str, tuple[CompiledRule, ...]] = field(default_factory=dict)
     accounts: CompiledAccountRules | None = None
+    # The buyer journey as published (the engine compiles it: scoring_service/journey.py).
+    journey: Journey | None = None
 
     def candidates(self, event_type: str, event_name: str | None) -> tuple[CompiledRule, ...]:
         generic = self.by_type.get(event_type, ())
@@ -560,25 +563,30 @@ def _requirements(document: RuleSetDocument) -> dict[str, tuple[tuple[str, Condi
     return result
 
 
+def index_keys(when: When, rule: CompiledRule) -> tuple[list[str], list[str]]:
+    """Where a behavioural rule is indexed: (the event types every event of which it
+    must be tried on, the track event names it is tried on)."""
+    declared = when.type
+    if rule.events is not None:
+        # A named event is a track call, whatever else the rule says.
+        return [], sorted(rule.events) if declared in (None, "track") else []
+    if rule.path_matches is not None and declared is None:
+        return ["page"], []
+    return ([declared] if declared else ["page", "track", "identify", "group"]), []
+
+
 def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
     """Index a validated document for scoring."""
-    compiled = [_compile_rule(r) for r in document.rules]
+    compiled = [compile_rule(r) for r in document.rules]
     fit = tuple(r for r in compiled if r.category == "fit")
     by_type: dict[str, list[CompiledRule]] = {}
     by_name: dict[str, list[CompiledRule]] = {}
     for source, rule in zip(document.rules, compiled, strict=True):
         if rule.category != "engagement":
             continue
-        declared = source.when.type
-        if rule.events is not None:
-            # A named event is a track call, whatever else the rule says.
-            if declared in (None, "track"):
-                for name in rule.events:
-                    by_name.setdefault(name, []).append(rule)
-            continue
-        types = [declared] if declared else ["page", "track", "identify", "group"]
-        if rule.path_matches is not None and declared is None:
-            types = ["page"]
+        types, names = index_keys(source.when, rule)
+        for name in names:
+            by_name.setdefault(name, []).append(rule)
         for event_type in types:
             by_type.setdefault(event_type, []).append(rule)
     return CompiledRuleSet(
@@ -615,6 +623,7 @@ def compile_ruleset(document: RuleSetDocument, version: int) -> CompiledRuleSet:
         by_type={k: tuple(v) for k, v in by_type.items()},
         by_track_name={k: tuple(v) for k, v in by_name.items()},
         accounts=_compile_accounts(document),
+        journey=document.journey,
         book=compile_scores(document),
         # One pass over the agent for all names: literal alternatives, so linear in practice.
         bot_agents=(

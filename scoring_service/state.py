@@ -9,6 +9,53 @@ from typing import Any
 VALUE, AS_OF, HITS, IGNORED, LAST_SEEN = range(5)
 
 
+@dataclass(slots=True)
+class JourneyState:
+    """Where a lead (or an account) stands in the buyer journey (scoring_service/journey.py).
+
+    `phase` is None until an event is evidence of one. `evidence_at` is the latest event
+    time that was evidence of the phase or a later one: the quiet time counts from there.
+    `seen` holds the content (page paths, track event names) seen while in the phase, up to
+    journey.MAX_SEEN distinct items, the latest last: what the phase's leads did before
+    they moved on or stalled. Touches are [channel, event time].
+    """
+
+    phase: str | None = None
+    since: float | None = None
+    evidence_at: float | None = None
+    seen: list[str] = field(default_factory=list)
+    first_touch: list[Any] | None = None
+    last_touch: list[Any] | None = None
+    # The channel of the event that moved the lead into each phase.
+    entered_via: dict[str, str] = field(default_factory=dict)
+    seq: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "since": self.since,
+            "evidence_at": self.evidence_at,
+            "seen": self.seen,
+            "first": self.first_touch,
+            "last": self.last_touch,
+            "via": self.entered_via,
+            "seq": self.seq,
+        }
+
+    @staticmethod
+    def from_doc(doc: dict[str, Any]) -> JourneyState:
+        return JourneyState(
+            phase=doc.get("phase"),
+            since=doc.get("since"),
+            evidence_at=doc.get("evidence_at"),
+            seen=list(doc.get("seen") or []),
+            first_touch=doc.get("first"),
+            last_touch=doc.get("last"),
+            entered_via=dict(doc.get("via") or {}),
+            seq=int(doc.get("seq") or 0),
+        )
+
+
 # An `Account.members` entry: the member's engagement as of its own clock (its latest event
 # time, which is also its last activity) and its committee role.
 Member = tuple[float, float, str | None]
@@ -47,6 +94,10 @@ class Account:
     adjusted: dict[str, list[float]] = field(default_factory=dict)
     # With several scores: each score's total when the account was last written (for lists).
     totals: dict[str, float] | None = None
+    # With a buyer journey: each member's phase (its index in the journey), and the
+    # account's own place in it.
+    member_phases: dict[str, int] = field(default_factory=dict)
+    journey: JourneyState | None = None
 
     @property
     def total(self) -> float:
@@ -65,6 +116,10 @@ class Account:
             doc["adjusted"] = self.adjusted
         if self.totals is not None:
             doc["totals"] = self.totals
+        if self.member_phases:
+            doc["member_phases"] = self.member_phases
+        if self.journey is not None:
+            doc["journey"] = self.journey.to_doc()
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -78,6 +133,9 @@ class Account:
         self.members_by = doc.get("members_by") or {}
         self.adjusted = doc.get("adjusted") or {}
         self.totals = doc.get("totals")
+        self.member_phases = doc.get("member_phases") or {}
+        journey = doc.get("journey")
+        self.journey = JourneyState.from_doc(journey) if journey else None
 
 
 @dataclass(slots=True)
@@ -128,6 +186,8 @@ class LeadState:
     # `fit_rules` and `signals` (a lead loaded without them, or after a merge or recycle).
     fit_by: dict[str, float] | None = None
     engagement_by: dict[str, float] | None = None
+    # With a buyer journey in the rule set: where the lead stands in it.
+    journey: JourneyState | None = None
 
     @property
     def total(self) -> float:
@@ -154,6 +214,8 @@ class LeadState:
             doc["label"] = self.label
         if self.engagement_by is not None:
             doc["by_score"] = self.engagement_by
+        if self.journey is not None:
+            doc["journey"] = self.journey.to_doc()
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -172,6 +234,8 @@ class LeadState:
         self.totals = doc.get("totals")
         self.label = doc.get("label")
         self.engagement_by = doc.get("by_score")
+        journey = doc.get("journey")
+        self.journey = JourneyState.from_doc(journey) if journey else None
 
 
 def _signal(entry: list[float]) -> list[float]:

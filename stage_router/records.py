@@ -63,6 +63,8 @@ class TransitionDoc(TypedDict):
     scores: dict[str, ScoreEntryDoc]
     qualified_by: list[str]
     label: str | None
+    # The lead's buyer-journey phase after the event that moved it (None without a journey).
+    journey_phase: str | None
 
 
 class SignalDoc(TypedDict):
@@ -111,6 +113,8 @@ class NotificationDoc(TypedDict):
     label: str | None
     # The named scores' explanations (the default score's is `signals`).
     signals_by_score: dict[str, list[SignalDoc]]
+    # The lead's buyer-journey phase at the handoff (None without a journey).
+    journey_phase: str | None
 
 
 class AccountScoreDoc(TypedDict):
@@ -212,6 +216,7 @@ def transition_record(
     scores: dict[str, ScoreEntryDoc] | None = None,
     qualified_by: list[str] | None = None,
     label: str | None = None,
+    journey_phase: str | None = None,
 ) -> TransitionDoc:
     return {
         "transition_id": f"{lead_id}:{seq}",
@@ -232,6 +237,7 @@ def transition_record(
         "scores": scores if scores is not None else {"default": {**score, "label": None}},
         "qualified_by": qualified_by or [],
         "label": label,
+        "journey_phase": journey_phase,
     }
 
 
@@ -382,6 +388,7 @@ def breach_record(
     account_score: float | None = None,
     scores: dict[str, ScoreEntryDoc] | None = None,
     label: str | None = None,
+    journey_phase: str | None = None,
 ) -> NotificationDoc:
     """The notification that a handoff's follow-up deadline passed unanswered."""
     return {
@@ -403,6 +410,7 @@ def breach_record(
         "qualified_by": [],
         "label": label,
         "signals_by_score": {},
+        "journey_phase": journey_phase,
     }
 
 
@@ -437,6 +445,7 @@ def promotion_record(
         "qualified_by": transition["qualified_by"],
         "label": transition["label"],
         "signals_by_score": signals_by_score or {},
+        "journey_phase": transition["journey_phase"],
     }
 
 
@@ -457,6 +466,7 @@ def qualified_record(
     occurred_at: float,
     committee_role: str | None,
     account_score: float | None,
+    journey_phase: str | None = None,
 ) -> NotificationDoc:
     """A further score qualified a lead for a stage it is already in: sales of that score
     hear of it (the lead does not move again)."""
@@ -479,4 +489,65 @@ def qualified_record(
         "qualified_by": [score_name],
         "label": label,
         "signals_by_score": signals_by_score,
+        "journey_phase": journey_phase,
+    }
+
+
+# -- the buyer journey -----------------------------------------------------------------------
+
+
+class JourneyMoveDoc(TypedDict):
+    """A lead or an account moved between buyer-journey phases (stored, shown in its
+    history and the journey report; README: Buyer journey)."""
+
+    subject: Literal["lead", "account"]
+    subject_id: str
+    seq: int
+    from_phase: str | None
+    to_phase: str
+    # evidence: an event of a later phase; quiet: no evidence for the phase's quiet time;
+    # merge: an anonymous visitor's journey joined an identified lead's; members: the
+    # account's members' phases.
+    reason: Literal["evidence", "quiet", "merge", "members"]
+    rule_id: str | None
+    caused_by: str | None
+    # The event's content (a page path, a track event name) and channel.
+    content: str | None
+    channel: str | None
+    # The content seen in the phase left, the latest last.
+    seen: list[str]
+    occurred_at: float
+    ruleset_version: int
+
+
+def journey_move_record(
+    *,
+    subject: Literal["lead", "account"],
+    subject_id: str,
+    seq: int,
+    from_phase: str | None,
+    to_phase: str,
+    reason: Literal["evidence", "quiet", "merge", "members"],
+    occurred_at: float,
+    ruleset_version: int,
+    rule_id: str | None = None,
+    caused_by: str | None = None,
+    content: str | None = None,
+    channel: str | None = None,
+    seen: Sequence[str] = (),
+) -> JourneyMoveDoc:
+    return {
+        "subject": subject,
+        "subject_id": subject_id,
+        "seq": seq,
+        "from_phase": from_phase,
+        "to_phase": to_phase,
+        "reason": reason,
+        "rule_id": rule_id,
+        "caused_by": caused_by,
+        "content": content,
+        "channel": channel,
+        "seen": list(seen),
+        "occurred_at": occurred_at,
+        "ruleset_version": ruleset_version,
     }

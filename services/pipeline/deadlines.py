@@ -90,6 +90,7 @@ class SlaWatcher:
                     owner=engine.rules.escalation_owner or row["owner"],
                     respond_by=respond_by,
                     ruleset_version=engine.rules.version,
+                    journey_phase=state.journey.phase if state.journey is not None else None,
                 )
             )
             expiry = engine.expire(

@@ -1,0 +1,408 @@
+"""The buyer journey (README: Buyer journey): where a lead and its account stand in the
+seven steps from out of market to loyalty, which channel each event came from, and what
+leads did in a phase before they moved on. Pure: no I/O.
+
+A phase is entered on evidence: an event one of its rules matches moves the lead forward to
+the furthest phase the event is evidence of (phases can be skipped: a first visit can be a
+demo request). A lead that shows no evidence of its phase, or of a later one, for the
+phase's quiet time falls back (to the phase before, unless the phase names another). The
+fall-back happens at the moment the quiet time ran out, in event time: it is applied when
+the lead's next event arrives (or a sweep asks), and is the same move either way, so a
+replay of the same events gives the same journey.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.ruleset import Journey, Rule
+from scoring_service.intake import Event
+from scoring_service.rules import (
+    CompiledRule,
+    Condition,
+    compile_condition,
+    compile_rule,
+    index_keys,
+)
+from scoring_service.state import Account, JourneyState
+from stage_router import records
+
+DIRECT = "direct"
+# Distinct content items a phase remembers per lead (the latest), and their length.
+MAX_SEEN = 20
+MAX_CONTENT = 200
+_EMPTY: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseRule:
+    id: str
+    phase: int
+    matcher: CompiledRule
+    stages: frozenset[str] | None
+    min_score: float | None
+
+    def holds(
+        self,
+        event: Event,
+        traits: Mapping[str, Any],
+        account_traits: Mapping[str, Any] | None,
+        stage: str,
+        score: float,
+    ) -> bool:
+        """The event's type was checked by the index; the rest of the rule here."""
+        if self.stages is not None and stage not in self.stages:
+            return False
+        if self.min_score is not None and score < self.min_score:
+            return False
+        return self.matcher.matches_behaviour(event, traits, account_traits)
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyBook:
+    """A rule set's journey, compiled: phases by index, rules indexed like scoring's."""
+
+    phases: tuple[str, ...]
+    names: tuple[str, ...]
+    index: Mapping[str, int]
+    # Per phase: seconds of quiet before it falls back (0: never), and to which phase.
+    quiet: tuple[float, ...]
+    fallback: tuple[int, ...]
+    by_type: Mapping[str, tuple[PhaseRule, ...]]
+    by_track_name: Mapping[str, tuple[PhaseRule, ...]]
+    channels: tuple[tuple[str, Condition], ...]
+    account_at_least: int
+    account_by_roles: bool
+
+    def candidates(self, event_type: str, event_name: str | None) -> tuple[PhaseRule, ...]:
+        generic = self.by_type.get(event_type, ())
+        if event_type == "track" and event_name is not None:
+            named = self.by_track_name.get(event_name)
+            if named:
+                return generic + named if generic else named
+        return generic
+
+    def rank(self, phase: str | None) -> int:
+        """A phase's place (0 is the first); -1 for none, or one this journey lacks."""
+        if phase is None:
+            return -1
+        return self.index.get(phase, -1)
+
+
+def compile_journey(spec: Journey) -> JourneyBook:
+    ids = [phase.id for phase in spec.phases]
+    by_type: dict[str, list[PhaseRule]] = {}
+    by_name: dict[str, list[PhaseRule]] = {}
+    for number, phase in enumerate(spec.phases):
+        for rule in phase.entered_by:
+            matcher = compile_rule(
+                Rule(
+                    id=rule.id, category="engagement", when=rule.when, description=rule.description
+                )
+            )
+            compiled = PhaseRule(
+                id=rule.id,
+                phase=number,
+                matcher=matcher,
+                stages=frozenset(rule.stages) if rule.stages else None,
+                min_score=rule.min_score,
+            )
+            types, names = index_keys(rule.when, matcher)
+            for name in names:
+                by_name.setdefault(name, []).append(compiled)
+            for event_type in types:
+                by_type.setdefault(event_type, []).append(compiled)
+    fallback = []
+    for number, phase in enumerate(spec.phases):
+        if phase.falls_back_to is not None:
+            fallback.append(ids.index(phase.falls_back_to))
+        else:
+            fallback.append(number - 1)
+    return JourneyBook(
+        phases=tuple(ids),
+        names=tuple(phase.name or phase.id.replace("_", " ") for phase in spec.phases),
+        index={phase_id: number for number, phase_id in enumerate(ids)},
+        quiet=tuple(phase.quiet or 0.0 for phase in spec.phases),
+        fallback=tuple(fallback),
+        by_type={key: tuple(rules) for key, rules in by_type.items()},
+        by_track_name={key: tuple(rules) for key, rules in by_name.items()},
+        channels=tuple((c.id, compile_condition(c.when)) for c in spec.channels),
+        account_at_least=spec.accounts.at_least,
+        account_by_roles=spec.accounts.count == "roles",
+    )
+
+
+def channel_of(book: JourneyBook, event: Event) -> str:
+    """The channel an event came from: the first channel rule that holds on it, `direct`
+    when none does (and, at once, when the event carries no campaign or referrer)."""
+    context = event.context
+    if not context:
+        return DIRECT
+    page = context.get("page")
+    if (
+        "campaign" not in context
+        and "referrer" not in context
+        and not (isinstance(page, dict) and page.get("referrer"))
+    ):
+        return DIRECT
+    for channel, holds in book.channels:
+        if holds(event, _EMPTY, None):
+            return channel
+    return DIRECT
+
+
+def content_of(event: Event) -> str | None:
+    """What an event shows of the content a lead consumed: a page's path, a track event's
+    name (case-folded, as rules read them); None for identify and group calls."""
+    if event.type == "page":
+        return event.path[:MAX_CONTENT] if event.path else None
+    if event.type == "track":
+        return event.event_name[:MAX_CONTENT] if event.event_name else None
+    return None
+
+
+def _remember(journey: JourneyState, content: str) -> None:
+    seen = journey.seen
+    if seen and seen[-1] == content:
+        return
+    if content in seen:
+        seen.remove(content)
+    elif len(seen) >= MAX_SEEN:
+        del seen[0]
+    seen.append(content)
+
+
+def _enter(journey: JourneyState, phase: str, at: float) -> None:
+    journey.phase = phase
+    journey.since = at
+    journey.evidence_at = at
+    journey.seen = []
+    journey.seq += 1
+
+
+def fall_back(
+    book: JourneyBook,
+    journey: JourneyState,
+    until: float,
+    moves: list[records.JourneyMoveDoc],
+    *,
+    lead_id: str,
+    ruleset_version: int,
+) -> bool:
+    """Apply every fall-back whose quiet time ran out by `until`, each at the moment it ran
+    out; returns whether the phase changed."""
+    changed = False
+    for _ in range(len(book.phases)):
+        rank = book.rank(journey.phase)
+        if rank < 0:
+            break
+        quiet = book.quiet[rank]
+        target = book.fallback[rank]
+        if quiet <= 0 or target < 0:
+            break
+        last = journey.evidence_at if journey.evidence_at is not None else journey.since
+        due = (last or 0.0) + quiet
+        if due > until:
+            break
+        seen = journey.seen
+        left = journey.phase
+        _enter(journey, book.phases[target], due)
+        moves.append(
+            records.journey_move_record(
+                subject="lead",
+                subject_id=lead_id,
+                seq=journey.seq,
+                from_phase=left,
+                to_phase=book.phases[target],
+                reason="quiet",
+                occurred_at=due,
+                ruleset_version=ruleset_version,
+                seen=seen,
+            )
+        )
+        changed = True
+    return changed
+
+
+def advance(
+    book: JourneyBook,
+    journey: JourneyState,
+    event: Event,
+    moves: list[records.JourneyMoveDoc],
+    *,
+    lead_id: str,
+    traits: Mapping[str, Any],
+    account_traits: Mapping[str, Any] | None,
+    stage: str,
+    score: float,
+    ruleset_version: int,
+) -> bool:
+    """Place one event in the lead's journey: the channel touch, a fall-back that ran out
+    before it, a move forward when it is evidence of a later phase, and the content seen.
+    Returns whether the phase changed."""
+    ts = event.ts
+    changed = fall_back(book, journey, ts, moves, lead_id=lead_id, ruleset_version=ruleset_version)
+    channel = channel_of(book, event)
+    first = journey.first_touch
+    if first is None or ts < first[1]:
+        journey.first_touch = [channel, ts]
+    last = journey.last_touch
+    # The last touch is the latest that came from somewhere: a direct visit after a
+    # campaign click does not erase the campaign.
+    if last is None or (ts >= last[1] and (channel != DIRECT or last[0] == DIRECT)):
+        journey.last_touch = [channel, ts]
+    current = book.rank(journey.phase)
+    best: PhaseRule | None = None
+    evidence = False
+    for rule in book.candidates(event.type, event.event_name):
+        phase = rule.phase
+        if phase < current or (best is not None and phase <= best.phase):
+            continue
+        if phase == current and evidence:
+            continue
+        if not rule.holds(event, traits, account_traits, stage, score):
+            continue
+        if phase == current:
+            evidence = True
+        else:
+            best = rule
+    content = content_of(event)
+    if best is not None:
+        seen = journey.seen
+        left = journey.phase
+        entered = book.phases[best.phase]
+        _enter(journey, entered, ts)
+        journey.entered_via[entered] = channel
+        moves.append(
+            records.journey_move_record(
+                subject="lead",
+                subject_id=lead_id,
+                seq=journey.seq,
+                from_phase=left,
+                to_phase=entered,
+                reason="evidence",
+                rule_id=best.id,
+                caused_by=event.message_id,
+                content=content,
+                channel=channel,
+                occurred_at=ts,
+                ruleset_version=ruleset_version,
+                seen=seen,
+            )
+        )
+        return True
+    if evidence and (journey.evidence_at is None or ts > journey.evidence_at):
+        journey.evidence_at = ts
+    if content is not None and current >= 0:
+        _remember(journey, content)
+    return changed
+
+
+def merge(
+    book: JourneyBook,
+    target: JourneyState | None,
+    source: JourneyState,
+    moves: list[records.JourneyMoveDoc],
+    *,
+    lead_id: str,
+    at: float,
+    caused_by: str | None,
+    ruleset_version: int,
+) -> JourneyState:
+    """An anonymous visitor's journey joins the identified lead's: the further phase, the
+    earlier first touch, the later last touch."""
+    if target is None:
+        target = JourneyState()
+    first, other_first = target.first_touch, source.first_touch
+    if other_first is not None and (first is None or other_first[1] < first[1]):
+        target.first_touch = list(other_first)
+    last, other_last = target.last_touch, source.last_touch
+    if other_last is not None and (last is None or other_last[1] > last[1]):
+        target.last_touch = list(other_last)
+    for phase, channel in source.entered_via.items():
+        target.entered_via.setdefault(phase, channel)
+    if book.rank(source.phase) > book.rank(target.phase):
+        left = target.phase
+        seq = target.seq
+        target.phase, target.since = source.phase, source.since
+        target.evidence_at, target.seen = source.evidence_at, list(source.seen)
+        target.seq = seq + 1
+        moves.append(
+            records.journey_move_record(
+                subject="lead",
+                subject_id=lead_id,
+                seq=target.seq,
+                from_phase=left,
+                to_phase=source.phase,  # type: ignore[arg-type]
+                reason="merge",
+                caused_by=caused_by,
+                occurred_at=at,
+                ruleset_version=ruleset_version,
+            )
+        )
+    return target
+
+
+def account_phase(book: JourneyBook, account: Account) -> int:
+    """The furthest phase that at least `at_least` members reached (each committee role
+    counted once when the journey counts roles; members without a role then do not
+    count); -1 when none did."""
+    counted: dict[str, int] = {}
+    roles = book.account_by_roles
+    for lead_id, rank in account.member_phases.items():
+        if roles:
+            member = account.members.get(lead_id)
+            key = member[2] if member is not None else None
+            if key is None:
+                continue
+        else:
+            key = lead_id
+        if rank > counted.get(key, -1):
+            counted[key] = rank
+    ranks: Sequence[int] = sorted(counted.values(), reverse=True)
+    need = book.account_at_least
+    return ranks[need - 1] if len(ranks) >= need else -1
+
+
+def follow_members(
+    book: JourneyBook,
+    account: Account,
+    lead_id: str,
+    rank: int,
+    moves: list[records.JourneyMoveDoc],
+    *,
+    at: float,
+    caused_by: str | None,
+    ruleset_version: int,
+) -> bool:
+    """A member's phase changed: the account's follows its members. Returns whether the
+    account's phase changed."""
+    if rank < 0:
+        account.member_phases.pop(lead_id, None)
+    else:
+        account.member_phases[lead_id] = rank
+    placed = account_phase(book, account)
+    journey = account.journey
+    current = book.rank(journey.phase) if journey is not None else -1
+    if placed == current or placed < 0:
+        return False
+    if journey is None:
+        journey = account.journey = JourneyState()
+    left = journey.phase
+    _enter(journey, book.phases[placed], at)
+    moves.append(
+        records.journey_move_record(
+            subject="account",
+            subject_id=account.account_id,
+            seq=journey.seq,
+            from_phase=left,
+            to_phase=book.phases[placed],
+            reason="members",
+            caused_by=caused_by,
+            occurred_at=at,
+            ruleset_version=ruleset_version,
+        )
+    )
+    return True
