@@ -11,6 +11,8 @@ from schemas.records import (
     AccountScore,
     AccountStage,
     AccountTransitionRecord,
+    JourneyMove,
+    JourneyPosition,
     MemberShare,
     Score,
     ScoreEntry,
@@ -86,6 +88,11 @@ class LeadPublic(BaseModel):
         default_factory=dict,
         description="with several scores: the highest stage each score has qualified the lead for",
     )
+    journey: JourneyPosition | None = Field(
+        default=None,
+        description="where the lead stands in the buyer journey (null without a journey in "
+        "the rule set)",
+    )
 
 
 class LeadSummary(BaseModel):
@@ -99,6 +106,7 @@ class LeadSummary(BaseModel):
         "scores or grade bands; empty otherwise)",
     )
     label: str | None = Field(default=None, description="the lead's grade label, e.g. A1")
+    journey_phase: str | None = Field(default=None, description="the buyer-journey phase")
     last_event_at: datetime | None
     updated_at: datetime
 
@@ -177,6 +185,9 @@ class LeadHistory(BaseModel):
         default_factory=dict,
         description="each named score's engagement shared the same way: `contributions[i]` is "
         "the share of `events[i]`; with the unlisted and adjusted parts they add up to it",
+    )
+    journey: list[JourneyMove] = Field(
+        default_factory=list, description="the lead's buyer-journey moves, oldest first"
     )
 
 
@@ -311,6 +322,7 @@ class TrajectoryStep(BaseModel):
         default_factory=dict, description="each score's total after the event (several scores)"
     )
     stage: Stage
+    journey_phase: str | None = None
     merged: str | None
     transitions: list[str]
 
@@ -318,6 +330,7 @@ class TrajectoryStep(BaseModel):
 class SimulatedLead(BaseModel):
     lead_id: str
     stage: Stage
+    journey_phase: str | None = None
     score: Score
     signals: list[Signal] = Field(
         description="every rule behind the score, largest contribution first; the "
@@ -339,6 +352,7 @@ class Rejected(BaseModel):
 class SimulatedAccount(BaseModel):
     account_id: str
     stage: AccountStage
+    journey_phase: str | None = None
     score: AccountScore
     roles_covered: list[str]
     roles_missing: list[str]
@@ -352,6 +366,9 @@ class SimulationResult(BaseModel):
     notifications: list[dict[str, Any]]
     accounts: list[SimulatedAccount]
     account_transitions: list[dict[str, Any]]
+    journey_moves: list[JourneyMove] = Field(
+        default_factory=list, description="every buyer-journey move, in event order"
+    )
     rejected: list[Rejected]
     duplicates: list[int]
 
@@ -509,6 +526,71 @@ class FunnelReport(BaseModel):
     by_label: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="per stage: entries by the lead's label at the move"
     )
+
+
+class PhaseConversion(BaseModel):
+    reached: int = Field(description="leads that reached the stage at or after entering the phase")
+    rate: float | None
+
+
+class JourneyConversion(BaseModel):
+    entered: int = Field(description="leads entering the phase in the window")
+    mql: PhaseConversion
+    sql: PhaseConversion
+    won: PhaseConversion = Field(description="reached customer")
+
+
+class NextStep(BaseModel):
+    content: str = Field(description="a page path or a track event name (case-folded)")
+    moved_on: int = Field(description="leads that saw it in the phase and then moved on")
+    stalled: int = Field(description="leads that saw it in the phase and did not move on")
+    lift: float = Field(
+        description="the movers' share that saw it over the others' share (the latter with "
+        "one added to both counts): above 1, it comes before moving on more than before "
+        "stalling"
+    )
+
+
+class PhaseFigures(BaseModel):
+    phase: str
+    name: str
+    leads_now: int
+    accounts_now: int
+    entered: int = Field(description="leads entering the phase in the window")
+    median_seconds_in_phase: float | None = Field(
+        description="of the leads entering it in the window, from entering to their next "
+        "move (stays not over yet do not count)"
+    )
+    accounts_entered: int
+    accounts_median_seconds_in_phase: float | None
+    channels: dict[str, int] = Field(
+        description="the channels of the events that moved leads into the phase, most first"
+    )
+    conversion: JourneyConversion
+    moved_on: int = Field(description="leads that moved on from the phase in the window")
+    stalled: int = Field(
+        description="leads that fell back from the phase in the window or are in it now"
+    )
+    next_steps: list[NextStep] = Field(
+        description="what the leads that moved on saw in the phase, highest lift first (at most 10)"
+    )
+
+
+class PhaseMove(BaseModel):
+    subject: Literal["lead", "account"]
+    from_phase: str | None
+    to_phase: str
+    reason: Literal["evidence", "quiet", "merge", "members"]
+    count: int
+
+
+class JourneyReport(BaseModel):
+    """GET /v1/journey: the buyer journey now and in a window."""
+
+    since: datetime
+    until: datetime
+    phases: list[PhaseFigures] = Field(description="in the active rule set's order")
+    moves: list[PhaseMove] = Field(description="moves in the window, most first")
 
 
 class OutcomeFigures(BaseModel):
@@ -676,6 +758,11 @@ class AccountPublic(BaseModel):
         "members, largest first"
     )
     ruleset_version: int
+    journey: JourneyPosition | None = Field(
+        default=None,
+        description="where the account stands in the buyer journey: placed by its members "
+        "(journey.accounts in the rule set)",
+    )
 
 
 class AccountSummary(BaseModel):
@@ -689,6 +776,7 @@ class AccountSummary(BaseModel):
         default_factory=dict,
         description="each score's total when the account was last written (several scores)",
     )
+    journey_phase: str | None = Field(default=None, description="the buyer-journey phase")
     updated_at: datetime
 
 
@@ -702,6 +790,9 @@ class AccountHistory(BaseModel):
 
     account_id: str
     transitions: list[AccountTransitionRecord]
+    journey: list[JourneyMove] = Field(
+        default_factory=list, description="the account's buyer-journey moves, oldest first"
+    )
 
 
 class AccountFeedbackBody(BaseModel):

@@ -333,3 +333,55 @@ class FeedbackRecord(FeedbackBody):
 
     lead_id: str = Field(min_length=1, max_length=512)
     at: AwareDatetime
+
+
+class JourneyMove(BaseModel):
+    """A lead or an account moved between buyer-journey phases (README: Buyer journey)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject: Literal["lead", "account"]
+    subject_id: str
+    seq: int = Field(description="the move's number in the subject's own sequence, from 1")
+    from_phase: str | None = Field(description="null for the first phase entered")
+    to_phase: str
+    reason: Literal["evidence", "quiet", "merge", "members"] = Field(
+        description="evidence: an event one of the phase's rules matched (`rule_id`, "
+        "`caused_by`); quiet: no evidence of the phase for its quiet time (dated when it ran "
+        "out); merge: an anonymous visitor's journey joined the identified lead's; members: "
+        "the account's members reached the phase"
+    )
+    rule_id: str | None
+    caused_by: str | None = Field(description="the messageId of the event behind the move")
+    content: str | None = Field(description="the event's page path or track event name")
+    channel: str | None = Field(description="the channel the event came from")
+    seen: list[str] = Field(
+        description="the content seen in the phase left, the latest last (at most 20 items)"
+    )
+    occurred_at: datetime
+    ruleset_version: int
+
+
+class Touch(BaseModel):
+    channel: str
+    at: datetime
+
+
+class JourneyPosition(BaseModel):
+    """Where a lead or an account stands in the buyer journey."""
+
+    phase: str | None = Field(description="null until an event is evidence of a phase")
+    since: datetime | None
+    last_evidence_at: datetime | None = Field(
+        description="the latest event that was evidence of the phase: its quiet time counts "
+        "from here"
+    )
+    first_touch: Touch | None
+    last_touch: Touch | None = Field(
+        description="the latest event that came from a channel (a direct visit after a "
+        "campaign does not replace the campaign)"
+    )
+    entered_via: dict[str, str] = Field(
+        description="per phase entered, the channel of the event that moved the lead there"
+    )
+    seen: list[str] = Field(description="the content seen in the phase, the latest last")

@@ -566,6 +566,8 @@ MAX_PHASE_RULES = 50
 MAX_CHANNEL_RULES = 30
 _PHASE_ID = r"^[a-z][a-z0-9_]{0,39}$"
 PhaseId = Annotated[str, Field(pattern=_PHASE_ID)]
+# A phase as a list filter (`?phase=`): an id, or empty for a form's "any".
+PHASE_FILTER = r"^([a-z][a-z0-9_]{0,39})?$"
 
 
 class PhaseRule(BaseModel):

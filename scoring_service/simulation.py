@@ -13,14 +13,24 @@ import orjson
 from scoring_service.engine import Engine, lead_label
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Replay, Workspace, score_event
-from scoring_service.state import Account, LeadState, Member
-from stage_router.records import AccountTransitionDoc, NotificationDoc, TransitionDoc, score_doc
+from scoring_service.state import Account, JourneyState, LeadState, Member
+from stage_router.records import (
+    AccountTransitionDoc,
+    JourneyMoveDoc,
+    NotificationDoc,
+    TransitionDoc,
+    score_doc,
+)
 
 STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified")
 
 
 class BudgetExceeded(Exception):
     """The simulation ran past the time it was given."""
+
+
+def _phase(journey: JourneyState | None) -> str | None:
+    return journey.phase if journey is not None else None
 
 
 def _explained(engine: Engine, state: LeadState) -> dict[str, Any]:
@@ -55,6 +65,7 @@ def simulate(
     transitions: list[TransitionDoc] = []
     notifications: list[NotificationDoc] = []
     account_transitions: list[AccountTransitionDoc] = []
+    journey_moves: list[JourneyMoveDoc] = []
     rejected: list[dict[str, Any]] = []
     duplicates: list[int] = []
     for index, doc in enumerate(docs):
@@ -96,6 +107,7 @@ def simulate(
                     else {}
                 ),
                 "stage": state.stage,
+                "journey_phase": _phase(state.journey),
                 "merged": scored.merged,
                 "transitions": [t["transition_id"] for t in scored.effects.transitions],
             }
@@ -104,10 +116,12 @@ def simulate(
         notifications.extend(scored.effects.notifications)
         notifications.extend(scored.effects.account_notifications)  # type: ignore[arg-type]
         account_transitions.extend(scored.effects.account_transitions)
+        journey_moves.extend(scored.effects.journey_moves)
     leads = [
         {
             "lead_id": lead_id,
             "stage": ws.leads[lead_id].stage,
+            "journey_phase": _phase(ws.leads[lead_id].journey),
             **_explained(engine, ws.leads[lead_id]),
             "trajectory": steps,
         }
@@ -120,6 +134,7 @@ def simulate(
         "notifications": notifications,
         "accounts": _accounts_explained(engine, ws),
         "account_transitions": account_transitions,
+        "journey_moves": journey_moves,
         "rejected": rejected,
         "duplicates": duplicates,
     }
@@ -137,6 +152,7 @@ def _accounts_explained(engine: Engine, ws: Workspace) -> list[dict[str, Any]]:
             {
                 "account_id": account_id,
                 "stage": account.stage,
+                "journey_phase": _phase(account.journey),
                 "score": score,
                 "roles_covered": covered,
                 "roles_missing": missing,
@@ -158,6 +174,8 @@ class Outcome:
     # Each score's total, and the stage each score qualified the lead for.
     totals: Mapping[str, float] = field(default_factory=dict)
     qualified: Mapping[str, str] = field(default_factory=dict)
+    # The buyer-journey phase the history ends in (None without a journey, or in none).
+    journey_phase: str | None = None
 
 
 def replay_lead(
@@ -182,6 +200,7 @@ def replay_lead(
         member,
         {name: entry["total"] for name, entry in engine.score_entries(state).items()},
         dict(state.qualified),
+        _phase(state.journey),
     )
 
 
@@ -210,6 +229,8 @@ class ImpactReport:
     moved: int = 0
     stages_active: Counter[str] = field(default_factory=Counter)
     stages_candidate: Counter[str] = field(default_factory=Counter)
+    phases_active: Counter[str] = field(default_factory=Counter)
+    phases_candidate: Counter[str] = field(default_factory=Counter)
     examples: list[dict[str, Any]] = field(default_factory=list)
     rule_points: dict[str, list[float]] = field(default_factory=dict)
     rule_leads: Counter[str] = field(default_factory=Counter)
@@ -237,6 +258,10 @@ class ImpactReport:
                 )
         self.stages_active[active.stage] += 1
         self.stages_candidate[candidate.stage] += 1
+        if active.journey_phase is not None:
+            self.phases_active[active.journey_phase] += 1
+        if candidate.journey_phase is not None:
+            self.phases_candidate[candidate.journey_phase] += 1
         for side, outcome in ((0, active), (2, candidate)):
             for name, total in outcome.totals.items():
                 sums = self.score_sums.setdefault(name, [0.0, 0.0, 0.0, 0.0])
@@ -335,6 +360,15 @@ class ImpactReport:
             },
             "moved": self.moved,
             "moved_examples": self.examples,
+            # Leads per buyer-journey phase at the end of their history, either version's
+            # phases (leads in none are not counted).
+            "journey": {
+                phase: {
+                    "active": self.phases_active[phase],
+                    "candidate": self.phases_candidate[phase],
+                }
+                for phase in sorted(self.phases_active.keys() | self.phases_candidate.keys())
+            },
             "rules": rules,
             "accounts": self.account_summary,
             # Per score (either version's): the mean total and the leads it qualified.

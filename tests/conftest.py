@@ -285,8 +285,8 @@ async def assert_leads_match(settings: Settings, expected: Any) -> None:
     replay has them."""
     rows = await db_fetch(
         settings,
-        "SELECT lead_id, stage, fit, engagement, seq, (scoring->'totals')::text AS totals "
-        "FROM leads",
+        "SELECT lead_id, stage, fit, engagement, seq, (scoring->'totals')::text AS totals, "
+        "(scoring->'journey')::text AS journey, journey_phase FROM leads",
     )
     actual = {r["lead_id"]: r for r in rows}
     assert set(actual) == set(expected.ws.leads)
@@ -294,6 +294,10 @@ async def assert_leads_match(settings: Settings, expected: Any) -> None:
     for lead_id, state in expected.ws.leads.items():
         row = actual[lead_id]
         assert (row["stage"], row["seq"]) == (state.stage, state.seq), lead_id
+        # The buyer journey: the phase (its column too), touches and content seen.
+        journey = state.journey.to_doc() if state.journey is not None else None
+        assert (orjson.loads(row["journey"]) if row["journey"] else None) == journey, lead_id
+        assert row["journey_phase"] == (journey or {}).get("phase"), lead_id
         assert abs(row["fit"] - state.fit) < 1e-9, lead_id
         assert abs(row["engagement"] - state.engagement) < 1e-6, lead_id
         if several:
@@ -328,6 +332,28 @@ async def assert_transitions_as_replayed(settings: Settings, expected: Any) -> N
             k: v for k, v in t.items() if k not in NOT_FIXED_BY_INPUT
         }
     await assert_accounts_match(settings, expected)
+    await assert_journey_as_replayed(settings, expected)
+
+
+async def assert_journey_as_replayed(settings: Settings, expected: Any) -> None:
+    """Every lead's buyer-journey moves are stored once, as the replay made them. (An
+    account's moves depend on the order its members' events arrive across partitions; its
+    phase does not, and assert_accounts_match compares that.)"""
+    rows = await db_fetch(
+        settings,
+        "SELECT subject_id, seq, from_phase, to_phase, reason, rule_id, caused_by, content, "
+        "channel, seen::text AS seen, extract(epoch FROM occurred_at)::float8 AS occurred_at, "
+        "ruleset_version FROM journey_moves WHERE subject = 'lead' ORDER BY subject_id, seq",
+    )
+    stored = [{**dict(r), "seen": orjson.loads(r["seen"]), "subject": "lead"} for r in rows]
+    moves = sorted(
+        (m for m in expected.journey_moves if m["subject"] == "lead"),
+        key=lambda m: (m["subject_id"], m["seq"]),
+    )
+    assert len(stored) == len(moves)
+    for row, move in zip(stored, moves, strict=True):
+        assert abs(row.pop("occurred_at") - move["occurred_at"]) < 1e-5, move
+        assert row == {k: v for k, v in move.items() if k != "occurred_at"}
 
 
 async def assert_accounts_match(settings: Settings, expected: Any) -> None:
@@ -335,8 +361,8 @@ async def assert_accounts_match(settings: Settings, expected: Any) -> None:
     roles, and the parts of its score (these do not depend on the order events arrive in)."""
     rows = await db_fetch(
         settings,
-        "SELECT account_id, fit, engagement, coverage, roles_covered, scoring::text AS s "
-        "FROM accounts",
+        "SELECT account_id, fit, engagement, coverage, roles_covered, scoring::text AS s, "
+        "journey_phase FROM accounts",
     )
     actual = {r["account_id"]: r for r in rows}
     assert set(actual) == set(expected.ws.accounts)
@@ -358,6 +384,8 @@ async def assert_accounts_match(settings: Settings, expected: Any) -> None:
                     name,
                 )
         assert abs(row["engagement"] - account.engagement) < 1e-6, account_id
+        phase = account.journey.phase if account.journey is not None else None
+        assert row["journey_phase"] == phase, account_id
         assert (row["fit"], row["coverage"], list(row["roles_covered"])) == (
             account.fit,
             account.coverage,

@@ -13,6 +13,7 @@ from services.adapters.postgres import rulesets
 from services.adapters.postgres.db import driver
 from services.app.container import Container
 from services.app.errors import ApiError
+from services.app.journey import journey_position
 from services.app.manual import run_manual
 from services.app.paging import next_page_cursor, score_cursor, uncursor
 from services.pipeline import manual_moves
@@ -53,10 +54,11 @@ async def account_list(
     cursor: str | None,
     limit: int,
     sort: str,
+    phase: str | None = None,
 ) -> dict[str, Any]:
     """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
-    stage, minimum score, and a committee role they have not covered (`role_missing=
-    economic_buyer`: the accounts to find a budget owner in)."""
+    stage, minimum score, buyer-journey phase and a committee role they have not covered
+    (`role_missing=economic_buyer`: the accounts to find a budget owner in)."""
     db = container.db
     by_score = sort.startswith("-score")
     score_name = sort.partition(":")[2] or None
@@ -74,6 +76,7 @@ async def account_list(
             role_missing=role_missing,
             limit=limit,
             score_name=score_name,
+            phase=phase or None,
         )
     items = [
         {
@@ -84,6 +87,7 @@ async def account_list(
             "roles_covered": list(r["roles_covered"]),
             "member_count": r["member_count"],
             "scores": orjson.loads(r["totals"]) if r["totals"] else {},
+            "journey_phase": r["journey_phase"],
             "updated_at": r["updated_at"],
         }
         for r in rows
@@ -148,6 +152,7 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
         "members": members,
         "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
         "ruleset_version": account.ruleset_version,
+        "journey": journey_position(account.journey),
     }
 
 
@@ -156,11 +161,13 @@ async def account_history(container: Container, account_id: str) -> dict[str, An
     async with container.db.connect() as conn:
         pg = await driver(conn)
         rows = await queries.account_transitions(pg, account_id)
+        moves = await queries.journey_moves(pg, "account", account_id)
         if not rows and await queries.account(pg, account_id) is None:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}")
     return {
         "account_id": account_id,
         "transitions": [orjson.loads(r["record"]) for r in rows],
+        "journey": moves,
     }
 
 

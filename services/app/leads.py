@@ -21,6 +21,7 @@ from services.adapters.postgres import rulesets
 from services.adapters.postgres.db import driver
 from services.app.container import Container
 from services.app.errors import ApiError
+from services.app.journey import journey_position
 from services.app.manual import run_manual
 from services.app.paging import (
     label_cursor,
@@ -49,12 +50,14 @@ async def lead_page(
     limit: int,
     sort: str,
     label: str | None = None,
+    phase: str | None = None,
 ) -> dict[str, Any]:
     """Leads in id order, or by a score, highest first (`sort=-score` for the default
-    score, `-score:<name>` for a named one), filtered by stage, label and a minimum total
-    in that score. The cursor is the last (score and) id seen, so pages stay stable while
-    leads change."""
+    score, `-score:<name>` for a named one), filtered by stage, label, buyer-journey phase
+    and a minimum total in that score. The cursor is the last (score and) id seen, so pages
+    stay stable while leads change."""
     label = label or None  # a form's "any"
+    phase = phase or None
     by_score = sort.startswith("-score")
     score = sort.partition(":")[2] or None
     if score == DEFAULT_SCORE:
@@ -64,7 +67,7 @@ async def lead_page(
         pg = await driver(conn)
         if sort == "label":
             rows = await queries.lead_page_by_label(
-                pg, after=label_cursor(cursor), stage=stage, limit=limit
+                pg, after=label_cursor(cursor), stage=stage, limit=limit, phase=phase
             )
         elif by_score:
             rows = await queries.lead_page_by_score(
@@ -75,6 +78,7 @@ async def lead_page(
                 limit=limit,
                 score=score,
                 label=label,
+                phase=phase,
             )
         else:
             rows = await queries.lead_page(
@@ -84,6 +88,7 @@ async def lead_page(
                 min_score=min_score,
                 limit=limit,
                 label=label,
+                phase=phase,
             )
     items = [
         {
@@ -93,6 +98,7 @@ async def lead_page(
             "score": score_doc(r["fit"], r["engagement"]),
             "scores": orjson.loads(r["totals"]) if r["totals"] else {},
             "label": r["label"],
+            "journey_phase": r["journey_phase"],
             "last_event_at": r["as_of"],
             "updated_at": r["updated_at"],
         }
@@ -164,6 +170,7 @@ async def lead_detail(
             if account is not None and engine.accounts
             else None
         ),
+        "journey": journey_position(state.journey),
     }
 
 
@@ -178,6 +185,7 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
         events = await queries.lead_events(pg, resolved, limit=limit)
         stored = await queries.lead_transitions(pg, resolved)
         adjustments = await queries.lead_adjustments(pg, resolved)
+        moves = await queries.journey_moves(pg, "lead", resolved)
         if state is None:
             raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
         engine = await container.rules.engine_for(
@@ -217,6 +225,7 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
     score, signals = engine.explain(state)
     return {
         "lead_id": resolved,
+        "journey": moves,
         "score": score,
         "score_as_of": iso(state.as_of) if state.as_of else None,
         "signals": signals,

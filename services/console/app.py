@@ -26,6 +26,7 @@ from services.app.errors import MALFORMED, ApiError
 from services.console import (
     accounts,
     admin_sessions,
+    buyer_journey,
     formats,
     leads,
     pipeline,
@@ -149,7 +150,16 @@ def console_app(container: Container, prefix: str) -> FastAPI:
             "The console could not show this page. The error is in the service's log.",
         )
 
-    for pages_module in (signin, admin_sessions, webhooks, rules, leads, accounts, pipeline):
+    for pages_module in (
+        signin,
+        admin_sessions,
+        webhooks,
+        rules,
+        leads,
+        accounts,
+        pipeline,
+        buyer_journey,
+    ):
         app.include_router(pages_module.router)
 
     return app

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from schemas.ruleset import Stage
+from schemas.ruleset import PHASE_FILTER, Stage
 from services.app.leads import (
     lead_detail,
     lead_history,
@@ -31,6 +31,7 @@ async def leads(
     stage: Annotated[Stage | None, Query()] = None,
     sort: Annotated[str, Query(pattern=r"^(id|label|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "-score",
     label: Annotated[str | None, Query(pattern=r"^([A-D][1-3])?$")] = None,
+    phase: Annotated[str | None, Query(pattern=PHASE_FILTER)] = None,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Response:
     user = await ui.user_of(request)
@@ -42,6 +43,7 @@ async def leads(
         limit=PAGE_SIZE,
         sort=sort,
         label=label,
+        phase=phase,
     )
     # The scores the leads on the page have, to sort by any of them.
     names = sorted({name for item in listing["items"] for name in item["scores"]} - {"default"})
@@ -53,6 +55,7 @@ async def leads(
         stage=stage,
         sort=sort,
         label=label,
+        phase=phase or None,
         score_names=names,
         labels=[f"{g}{n}" for g in "ABCD" for n in "123"],
     )

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query
 
 from schemas import api
 from schemas.records import AccountStage
+from schemas.ruleset import PHASE_FILTER
 from services.app import accounts
 from services.app.container import Container
 from services.http.common import ERRORS, NOT_FOUND
@@ -24,11 +25,13 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         cursor: str | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
+        phase: Annotated[str | None, Query(pattern=PHASE_FILTER)] = None,
     ) -> dict[str, Any]:
         """Accounts in id order, or by score, highest first (`sort=-score`; `-score:<name>`
         by a named score), filtered by
-        stage, minimum score, and a committee role they have not covered (`role_missing=
-        economic_buyer`: the accounts to find a budget owner in)."""
+        stage, minimum score, buyer-journey phase (`phase=evaluation`) and a committee role
+        they have not covered (`role_missing=economic_buyer`: the accounts to find a budget
+        owner in)."""
         return await accounts.account_list(
             container,
             stage=stage,
@@ -37,6 +40,7 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             cursor=cursor,
             limit=limit,
             sort=sort,
+            phase=phase,
         )
 
     @router.get("/accounts/{account_id}", response_model=api.AccountPublic, responses=NOT_FOUND)

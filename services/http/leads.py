@@ -7,7 +7,8 @@ from fastapi import APIRouter, Query
 
 from schemas import api
 from schemas.records import FeedbackBody
-from services.app import leads
+from schemas.ruleset import PHASE_FILTER
+from services.app import journey, leads
 from services.app.container import Container
 from services.http.common import ERRORS, NOT_FOUND, IsoDateTime
 
@@ -24,11 +25,13 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         sort: Annotated[str, Query(pattern=r"^(id|label|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
         label: Annotated[str | None, Query(pattern=r"^([A-D][1-3])?$")] = None,
+        phase: Annotated[str | None, Query(pattern=PHASE_FILTER)] = None,
     ) -> dict[str, Any]:
         """Leads in id order, or by total score, highest first (`sort=-score`, a work queue;
         `sort=-score:fleet` by the named score `fleet`; `sort=label`: A1 first), filtered by
         stage, grade label
-        (`label=A1`) and minimum total in the score sorted by. The cursor is the last (score
+        (`label=A1`), buyer-journey phase (`phase=evaluation`) and minimum total in the score
+        sorted by. The cursor is the last (score
         and) id seen, so pages stay stable while leads change."""
         return await leads.lead_page(
             container,
@@ -38,6 +41,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             limit=limit,
             sort=sort,
             label=label,
+            phase=phase,
         )
 
     @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
@@ -130,5 +134,15 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         """Leads entering each stage, conversion between stages, time in stage, SLA
         compliance and rejections by reason, for transitions in [since, until)."""
         return await leads.funnel_figures(container, since, until)
+
+    @router.get("/journey", response_model=api.JourneyReport, tags=["buyer journey"])
+    async def journey_report(
+        _: Viewer, since: IsoDateTime | None = None, until: IsoDateTime | None = None
+    ) -> dict[str, Any]:
+        """Leads and accounts per buyer-journey phase now; for moves in [since, until) (by
+        default the last 30 days): moves between phases, median time in each phase, the
+        channels that brought leads in, conversion to MQL, SQL and won, and the next-step
+        list (what leads saw before moving on, against those who stalled)."""
+        return await journey.journey_figures(container, since, until)
 
     return router

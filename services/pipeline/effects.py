@@ -69,4 +69,5 @@ async def record_effects(
     await record_store.save_handoffs(pg, effects.handoffs, owners)
     if effects.account_transitions:
         await record_store.save_account_transitions(pg, effects.account_transitions)
+    await record_store.save_journey_moves(pg, effects.journey_moves)
     return outbox_rows(effects, settings)

@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 import asyncpg
+import orjson
 
 from scoring_service.state import Account, LeadState
 from services.adapters.postgres import lead_store
@@ -265,7 +266,7 @@ def _total_in(param: str) -> str:
 
 LIST_COLUMNS = (
     "lead_id, stage, account_id, fit, engagement, as_of, updated_at, "
-    "(scoring->'totals')::text AS totals, scoring->>'label' AS label"
+    "(scoring->'totals')::text AS totals, scoring->>'label' AS label, journey_phase"
 )
 
 
@@ -278,20 +279,23 @@ async def lead_page(
     limit: int,
     score: str | None = None,
     label: str | None = None,
+    phase: str | None = None,
 ) -> list[asyncpg.Record]:
-    """Leads in id order after `after`, filtered by stage, label and a minimum total in
-    `score` (by default the default score)."""
+    """Leads in id order after `after`, filtered by stage, label, buyer-journey phase and a
+    minimum total in `score` (by default the default score)."""
     return await pg.fetch(
         f"SELECT {LIST_COLUMNS} "
         "FROM leads WHERE lead_id > $1 AND ($2::text IS NULL OR stage = $2) "
         f"AND ($3::float8 IS NULL OR {_total_in('$5')} >= $3) "
-        "AND ($6::text IS NULL OR scoring->>'label' = $6) ORDER BY lead_id LIMIT $4",
+        "AND ($6::text IS NULL OR scoring->>'label' = $6) "
+        "AND ($7::text IS NULL OR journey_phase = $7) ORDER BY lead_id LIMIT $4",
         after,
         stage,
         min_score,
         limit,
         score,
         label,
+        phase,
     )
 
 
@@ -301,19 +305,22 @@ async def lead_page_by_label(
     after: tuple[str, str] | None,
     stage: str | None,
     limit: int,
+    phase: str | None = None,
 ) -> list[asyncpg.Record]:
     """Leads by grade label, best first (A1, A2, ... D3; leads without one last), ties by
     id, after the (label, id) of `after`."""
     label, last_id = after if after is not None else (None, "")
     return await pg.fetch(
         f"SELECT * FROM (SELECT {LIST_COLUMNS}, coalesce(scoring->>'label', 'Z') AS sort_label "
-        "FROM leads WHERE ($3::text IS NULL OR stage = $3)) l "
+        "FROM leads WHERE ($3::text IS NULL OR stage = $3) "
+        "AND ($5::text IS NULL OR journey_phase = $5)) l "
         "WHERE $1::text IS NULL OR sort_label > $1 OR (sort_label = $1 AND lead_id > $2) "
         "ORDER BY sort_label, lead_id LIMIT $4",
         label,
         last_id,
         stage,
         limit,
+        phase,
     )
 
 
@@ -326,6 +333,7 @@ async def lead_page_by_score(
     limit: int,
     score: str | None = None,
     label: str | None = None,
+    phase: str | None = None,
 ) -> list[asyncpg.Record]:
     """Leads by total score (the default one, or a named `score`), highest first, ties by
     id, after the (total, id) of `after`.
@@ -343,19 +351,22 @@ async def lead_page_by_score(
             "       OR (fit + engagement = $1 AND lead_id > $2)) "
             "AND ($3::text IS NULL OR stage = $3) "
             "AND ($4::float8 IS NULL OR fit + engagement >= $4) "
+            "AND ($6::text IS NULL OR journey_phase = $6) "
             "ORDER BY fit + engagement DESC, lead_id LIMIT $5",
             total,
             last_id,
             stage,
             min_score,
             limit,
+            phase,
         )
     # A named score (or a label): no index orders by it, so the leads are sorted here.
     in_score = _total_in("$6")
     return await pg.fetch(
         f"SELECT * FROM (SELECT {LIST_COLUMNS}, {in_score} AS total FROM leads "
         "WHERE ($3::text IS NULL OR stage = $3) "
-        "AND ($7::text IS NULL OR scoring->>'label' = $7)) l "
+        "AND ($7::text IS NULL OR scoring->>'label' = $7) "
+        "AND ($8::text IS NULL OR journey_phase = $8)) l "
         "WHERE ($1::float8 IS NULL OR total < $1 OR (total = $1 AND lead_id > $2)) "
         "AND ($4::float8 IS NULL OR total >= $4) "
         "ORDER BY total DESC, lead_id LIMIT $5",
@@ -366,6 +377,7 @@ async def lead_page_by_score(
         limit,
         score,
         label,
+        phase,
     )
 
 
@@ -419,7 +431,8 @@ async def lead_adjustments(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg
 
 ACCOUNT_SUMMARY = (
     "account_id, traits->>'name' AS name, stage, fit, engagement, coverage, score, "
-    "roles_covered, member_count, updated_at, (scoring->'totals')::text AS totals"
+    "roles_covered, member_count, updated_at, (scoring->'totals')::text AS totals, "
+    "journey_phase"
 )
 
 
@@ -434,15 +447,21 @@ async def account_page(
     role_missing: str | None,
     limit: int,
     score_name: str | None = None,
+    phase: str | None = None,
 ) -> list[asyncpg.Record]:
     """Accounts in id order after `after_id`, or by score highest first (ties by id) after
-    the (score, id) of `after`, filtered by stage, minimum score and a role not covered;
-    with `score_name`, by that named score (as kept when the account was last written)."""
-    filters = (
-        "($1::text IS NULL OR stage = $1) "
-        "AND ($2::float8 IS NULL OR score >= $2) "
-        "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered))) "
-    )
+    the (score, id) of `after`, filtered by stage, minimum score, a role not covered and
+    buyer-journey phase; with `score_name`, by that named score (as kept when the account
+    was last written)."""
+
+    def filters(phase_param: str) -> str:
+        return (
+            "($1::text IS NULL OR stage = $1) "
+            "AND ($2::float8 IS NULL OR score >= $2) "
+            "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered))) "
+            f"AND ({phase_param}::text IS NULL OR journey_phase = {phase_param}) "
+        )
+
     common = (stage, min_score, role_missing, limit)
     if by_score and score_name is not None:
         total, last_id = after if after is not None else (None, "")
@@ -450,7 +469,8 @@ async def account_page(
             f"SELECT * FROM (SELECT {ACCOUNT_SUMMARY}, "
             "coalesce((scoring->'totals'->>$7::text)::float8, 0) AS total FROM accounts "
             "WHERE ($1::text IS NULL OR stage = $1) "
-            "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered)))) a "
+            "AND ($3::text IS NULL OR NOT ($3 = ANY(roles_covered))) "
+            "AND ($8::text IS NULL OR journey_phase = $8)) a "
             "WHERE ($2::float8 IS NULL OR total >= $2) "
             "AND ($5::float8 IS NULL OR total < $5 OR (total = $5 AND account_id > $6)) "
             "ORDER BY total DESC, account_id LIMIT $4",
@@ -458,22 +478,25 @@ async def account_page(
             total,
             last_id,
             score_name,
+            phase,
         )
     if by_score:
         score, last_id = after if after is not None else (None, "")
         return await pg.fetch(
-            f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE {filters}"
+            f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE {filters('$7')}"
             "AND ($5::float8 IS NULL OR score < $5 OR (score = $5 AND account_id > $6)) "
             "ORDER BY score DESC, account_id LIMIT $4",
             *common,
             score,
             last_id,
+            phase,
         )
     return await pg.fetch(
-        f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE {filters}AND account_id > $5 "
+        f"SELECT {ACCOUNT_SUMMARY} FROM accounts WHERE {filters('$6')}AND account_id > $5 "
         "ORDER BY account_id LIMIT $4",
         *common,
         after_id,
+        phase,
     )
 
 
@@ -487,6 +510,28 @@ async def account_transitions(pg: asyncpg.Connection, account_id: str) -> list[a
         "SELECT record::text AS record FROM account_transitions WHERE account_id = $1 ORDER BY seq",
         account_id,
     )
+
+
+JOURNEY_COLUMNS = (
+    "subject, subject_id, seq, from_phase, to_phase, reason, rule_id, caused_by, content, "
+    "channel, seen::text AS seen, occurred_at, ruleset_version"
+)
+MAX_LISTED_MOVES = 1000
+
+
+async def journey_moves(
+    pg: asyncpg.Connection, subject: str, subject_id: str
+) -> list[dict[str, Any]]:
+    """A lead's or an account's buyer-journey moves, oldest first (the latest
+    MAX_LISTED_MOVES)."""
+    rows = await pg.fetch(
+        f"SELECT * FROM (SELECT {JOURNEY_COLUMNS} FROM journey_moves "
+        "WHERE subject = $1 AND subject_id = $2 ORDER BY seq DESC LIMIT $3) m ORDER BY seq",
+        subject,
+        subject_id,
+        MAX_LISTED_MOVES,
+    )
+    return [{**dict(r), "seen": orjson.loads(r["seen"])} for r in rows]
 
 
 async def leads(pg: asyncpg.Connection, lead_ids: list[str]) -> dict[str, LeadState]:

@@ -200,6 +200,41 @@ def cmd_review(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def _journey_lines(body: dict[str, Any]) -> list[str]:
+    """The journey report in words: a line per phase, its channels and next steps."""
+    lines = [f"buyer journey, moves from {body['since']} to {body['until']}"]
+    for phase in body["phases"]:
+        median = phase["median_seconds_in_phase"]
+        stay = "" if median is None else f", median {median / 86400:.1f} days in it"
+        conversion = phase["conversion"]
+        reached = ", ".join(
+            f"{stage} {_share(conversion[stage]['rate'])}" for stage in ("mql", "sql", "won")
+        )
+        lines.append(
+            f"{phase['name']}: {phase['leads_now']} leads and {phase['accounts_now']} accounts "
+            f"now; {phase['entered']} entered{stay}; then {reached}"
+        )
+        if phase["channels"]:
+            mix = ", ".join(f"{channel} {n}" for channel, n in phase["channels"].items())
+            lines.append(f"  came from: {mix}")
+        for step in phase["next_steps"][:5]:
+            lines.append(
+                f"  next step {step['content']}: lift {step['lift']:.2f} "
+                f"(moved on {step['moved_on']} of {phase['moved_on']}, "
+                f"stalled {step['stalled']} of {phase['stalled']})"
+            )
+    return lines
+
+
+def cmd_journey(args: argparse.Namespace) -> None:
+    params = {k: v for k, v in (("since", args.since), ("until", args.until)) if v}
+    body = _call("GET", "/v1/journey", params=params)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return
+    print("\n".join(_journey_lines(body)))
+
+
 def cmd_challenge(args: argparse.Namespace) -> None:
     if args.stop:
         _call("DELETE", f"/v1/rulesets/{args.version}/challenge")
@@ -334,6 +369,13 @@ def parser() -> argparse.ArgumentParser:
     review.add_argument("--version", type=int, help="default: the active version")
     review.add_argument("--json", action="store_true", help="print the whole report as JSON")
     review.set_defaults(func=cmd_review)
+    journey = commands.add_parser(
+        "journey", help="leads per buyer-journey phase, channels and next steps"
+    )
+    journey.add_argument("--since", help="ISO-8601 with offset (default: 30 days ago)")
+    journey.add_argument("--until", help="ISO-8601 with offset (default: now)")
+    journey.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    journey.set_defaults(func=cmd_journey)
     challenge = commands.add_parser(
         "challenge", help="score live events under a version too, publishing nothing"
     )

@@ -19,6 +19,7 @@ from stage_router.records import (
     AccountNotificationDoc,
     AccountTransitionDoc,
     Handoff,
+    JourneyMoveDoc,
     NotificationDoc,
     TransitionDoc,
 )
@@ -197,4 +198,37 @@ async def save_feedback(pg: asyncpg.Connection, rows: Sequence[FeedbackRow]) -> 
         "detail, transition_id) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
         "$4::text[], $5::text[], $6::timestamptz[], $7::text[], $8::text[], $9::text[])",
         *([row[n] for row in rows] for n in range(9)),
+    )
+
+
+async def save_journey_moves(pg: asyncpg.Connection, moves: Sequence[JourneyMoveDoc]) -> None:
+    """Each move once: a replayed event numbers its moves as the first run did."""
+    if not moves:
+        return
+    await pg.execute(
+        """
+        INSERT INTO journey_moves (subject, subject_id, seq, from_phase, to_phase, reason,
+                                   rule_id, caused_by, content, channel, seen, occurred_at,
+                                   ruleset_version)
+        SELECT s, i, q, f, t, r, ru, c, co, ch,
+               se::jsonb, o, v
+        FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
+                    $12::timestamptz[], $13::int[])
+             AS u(s, i, q, f, t, r, ru, c, co, ch, se, o, v)
+        ON CONFLICT DO NOTHING
+        """,
+        [m["subject"] for m in moves],
+        [m["subject_id"] for m in moves],
+        [m["seq"] for m in moves],
+        [m["from_phase"] for m in moves],
+        [m["to_phase"] for m in moves],
+        [m["reason"] for m in moves],
+        [m["rule_id"] for m in moves],
+        [m["caused_by"] for m in moves],
+        [m["content"] for m in moves],
+        [m["channel"] for m in moves],
+        [orjson.dumps(m["seen"]).decode() for m in moves],
+        [_ts(m["occurred_at"]) for m in moves],
+        [m["ruleset_version"] for m in moves],
     )

@@ -1,0 +1,56 @@
+"""The buyer journey: leads and accounts per phase, time in phase, channels, conversion and
+the next-step list, for moves in a window."""
+# No "from __future__ import annotations": FastAPI must see the parameter types.
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from services.app.journey import journey_figures
+from services.console import charts
+from services.console.pages import PagesDep
+
+WINDOWS = {"7": 7, "30": 30, "90": 90, "365": 365}
+
+router = APIRouter()
+
+
+@router.get("/journey")
+async def journey(
+    request: Request,
+    ui: PagesDep,
+    days: Annotated[str, Query(pattern="^(7|30|90|365)$")] = "30",
+) -> Response:
+    user = await ui.user_of(request)
+    until = datetime.now(UTC)
+    since = until - timedelta(days=WINDOWS[days])
+    report = await journey_figures(ui.container, since, until)
+    return ui.page(
+        request,
+        "journey.html",
+        user,
+        report=report,
+        days=days,
+        windows=list(WINDOWS),
+        **_journey_charts(report),
+    )
+
+
+def _journey_charts(report: dict[str, Any]) -> dict[str, Any]:
+    phases = report["phases"]
+    return {
+        "now_chart": charts.bar_chart(
+            "leads-now", "Leads in each phase now", [(p["name"], p["leads_now"]) for p in phases]
+        ),
+        "time_chart": charts.bar_chart(
+            "time-in-phase",
+            "Median days in each phase",
+            [
+                (p["name"], round(p["median_seconds_in_phase"] / 86400, 1))
+                for p in phases
+                if p["median_seconds_in_phase"] is not None
+            ],
+            unit=" d",
+        ),
+    }
