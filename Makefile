@@ -15,7 +15,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools kafka run send test test-unit lint typecheck bench bench-challenger bench-history bench-console bench-funnel bench-impact bench-restart review-demo demo-cluster soak clean
+.PHONY: help install compile tools kafka run send test test-unit lint typecheck bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-restart review-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -81,6 +81,9 @@ bench: $(COMPILED) ## Benchmarks: ceiling, end to end, 5 min at 2,000 ev/s, engi
 
 bench-funnel: $(COMPILED) ## The funnel report on 1,000,000 transitions
 	$(PY) -m bench.funnel_bench
+
+bench-journey: $(COMPILED) ## The journey report on 1,000,000 events of history (target < 3 s)
+	$(PY) -m bench.journey_bench
 
 bench-console: $(COMPILED) ## Server time of every console page on 20,000 leads (target < 300 ms)
 	$(PY) -m bench.console_bench

@@ -59,6 +59,14 @@ def one_score_document() -> RuleSetDocument:
     return RuleSetDocument.model_validate(doc)
 
 
+def no_journey_document() -> RuleSetDocument:
+    """The starter set without its buyer journey: against it, what placing every event in
+    the journey (phases, channels, accounts) costs."""
+    doc = starter_document().model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc.pop("journey", None)
+    return RuleSetDocument.model_validate(doc)
+
+
 def default_only(rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rules that count for the default score, without naming it."""
     return [
@@ -113,4 +121,12 @@ def measure(docs: list[Any], rule_counts: tuple[int, ...] = RULE_COUNTS) -> dict
     results["score_events_per_s_two_scores"] = round(len(events) / two_s)
     # Seconds per event with two scores over seconds per event with one (target <= 1.2).
     results["two_scores_cost_factor"] = round(two_s / one_s, 3)
+    # The buyer journey: the starter set without it against it as it ships, in turn.
+    without = Engine(compile_ruleset(no_journey_document(), 1))
+    pairs = [(best_of_3(without), best_of_3(two)) for _ in range(3)]
+    without_s, with_s = min(p[0] for p in pairs), min(p[1] for p in pairs)
+    results["score_events_per_s_without_journey"] = round(len(events) / without_s)
+    results["score_events_per_s_with_journey"] = round(len(events) / with_s)
+    # Seconds per event with the journey over seconds without (target <= 1.15).
+    results["journey_cost_factor"] = round(with_s / without_s, 3)
     return results

@@ -586,6 +586,14 @@ def table(result: dict[str, Any]) -> str:
             f"({engine.get('two_scores_cost_factor', 0)}x)",
         ),
         (
+            "engine, without / with the buyer journey (compiled)",
+            "journey cost <= 1.15x",
+            "",
+            f"{engine.get('score_events_per_s_without_journey', 0):,} / "
+            f"{engine.get('score_events_per_s_with_journey', 0):,} ev/s "
+            f"({engine.get('journey_cost_factor', 0)}x)",
+        ),
+        (
             "end to end, with a challenger",
             "cost < 1.6x",
             "",

@@ -26,6 +26,18 @@ PAGES = (
         "/warehouse/slotting",
     ]
 )
+CAMPAIGNS = [
+    {"source": "google", "medium": "cpc", "name": "fleet-costs", "term": "fleet software"},
+    {"source": "newsletter", "medium": "email", "name": "november"},
+    {"source": "linkedin", "medium": "paid_social", "name": "ops-leaders"},
+    {"source": "partner", "medium": "referral", "name": "marketplace"},
+]
+REFERRERS = [
+    "https://www.google.com/search?q=fleet+tracking",
+    "https://www.linkedin.com/feed/",
+    "https://www.g2.com/categories/fleet-management",
+    "https://blog.partner.example/top-tools",
+]
 TRACKS = ["Content Downloaded", "Email Link Clicked", "Webinar Attended", "Email Replied"] * 3 + [
     "Demo Requested",
     "Trial Started",
@@ -121,6 +133,13 @@ def generate(
         roll = rnd.random()
         if roll < 0.62:
             doc.update(type="page", properties={"path": rnd.choice(PAGES)})
+            # Two visits in five came from somewhere (a campaign, a referring site), as the
+            # buyer journey's channels read them; chosen by position, not by the random
+            # stream, so the rest of the workload is what it was before they were added.
+            if n % 5 == 0:
+                doc["context"] = {"campaign": CAMPAIGNS[n // 5 % len(CAMPAIGNS)]}
+            elif n % 5 == 1:
+                doc["context"] = {"page": {"referrer": REFERRERS[n // 5 % len(REFERRERS)]}}
         elif roll < 0.87:
             doc.update(type="track", event=rnd.choice(TRACKS), properties={})
         elif roll < 0.96 or not identified[who]:

@@ -272,6 +272,11 @@ class ChallengerStatus(BaseModel):
     )
     leads_warm: int = Field(description="leads with challenger state")
     leads_live: int
+    journey_phases: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="leads per buyer-journey phase: `live` (the active version) and "
+        "`challenger` (its own state)",
+    )
 
 
 class ChallengerStopped(BaseModel):
@@ -579,7 +584,7 @@ class PhaseFigures(BaseModel):
 class PhaseMove(BaseModel):
     subject: Literal["lead", "account"]
     from_phase: str | None
-    to_phase: str
+    to_phase: str | None
     reason: Literal["evidence", "quiet", "merge", "members"]
     count: int
 

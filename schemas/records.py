@@ -344,7 +344,9 @@ class JourneyMove(BaseModel):
     subject_id: str
     seq: int = Field(description="the move's number in the subject's own sequence, from 1")
     from_phase: str | None = Field(description="null for the first phase entered")
-    to_phase: str
+    to_phase: str | None = Field(
+        description="null: an account no longer has enough members placed in any phase"
+    )
     reason: Literal["evidence", "quiet", "merge", "members"] = Field(
         description="evidence: an event one of the phase's rules matched (`rule_id`, "
         "`caused_by`); quiet: no evidence of the phase for its quiet time (dated when it ran "

@@ -447,7 +447,7 @@ class Engine:
         journey = state.journey
         if journey is None:
             journey = state.journey = JourneyState()
-        moved = advance(
+        advance(
             book,
             journey,
             event,
@@ -459,14 +459,28 @@ class Engine:
             score=state.fit + state.engagement,
             ruleset_version=self.rules.version,
         )
-        if member_of is not None and (
-            moved or (journey.phase is not None and state.lead_id not in member_of.member_phases)
-        ):
+        if member_of is not None:
+            # Every member event: the member's role may have changed without its phase.
             follow_members(
                 book,
                 member_of,
                 state.lead_id,
                 book.rank(journey.phase),
+                effects.journey_moves,
+                at=event.ts,
+                caused_by=event.message_id,
+                ruleset_version=self.rules.version,
+            )
+
+    def account_left(self, account: Account, event: Event, effects: Effects) -> None:
+        """A member left `account` (joined another, merged into another lead): its phase
+        follows the members that remain."""
+        if self.journey is not None and self.accounts is not None:
+            follow_members(
+                self.journey,
+                account,
+                None,
+                -1,
                 effects.journey_moves,
                 at=event.ts,
                 caused_by=event.message_id,

@@ -17,9 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.ruleset import Journey, Rule
+from schemas.ruleset import Journey, Rule, When
 from scoring_service.intake import Event
 from scoring_service.rules import (
+    NAME_ONLY,
+    PATH_ONLY,
     CompiledRule,
     Condition,
     compile_condition,
@@ -35,6 +37,26 @@ MAX_SEEN = 20
 MAX_CONTENT = 200
 _EMPTY: dict[str, Any] = {}
 
+# Page paths and campaign values repeat across a site's visitors: what the phase rules and
+# the channel rules made of one is remembered (up to MEMO entries of short values each,
+# forgotten all at once when full), which keeps placing an event in the journey a dict
+# lookup for most events.
+MEMO = 4096
+MEMO_TEXT = 200
+# The context fields a channel is remembered by, when the channel rules read no others.
+CHANNEL_FIELDS = (
+    ("campaign", "source"),
+    ("campaign", "medium"),
+    ("campaign", "name"),
+    ("campaign", "term"),
+    ("campaign", "content"),
+    ("referrer", "type"),
+    ("referrer", "url"),
+    ("referrer", "id"),
+    ("referrer", "link"),
+    ("page", "referrer"),
+)
+
 
 @dataclass(frozen=True, slots=True)
 class PhaseRule:
@@ -43,6 +65,9 @@ class PhaseRule:
     matcher: CompiledRule
     stages: frozenset[str] | None
     min_score: float | None
+    # Tests a page path alone, or a track event's name alone (the index checked it).
+    path_only: bool
+    name_only: bool
 
     def holds(
         self,
@@ -72,9 +97,15 @@ class JourneyBook:
     fallback: tuple[int, ...]
     by_type: Mapping[str, tuple[PhaseRule, ...]]
     by_track_name: Mapping[str, tuple[PhaseRule, ...]]
+    # The rules that test a page's path alone, tried through `page_rules`.
+    path_rules: tuple[PhaseRule, ...]
     channels: tuple[tuple[str, Condition], ...]
+    # Whether the channel rules read only CHANNEL_FIELDS (and the event's type).
+    channels_by_fields: bool
     account_at_least: int
     account_by_roles: bool
+    path_memo: dict[str, tuple[PhaseRule, ...]]
+    channel_memo: dict[tuple[str | None, ...], str]
 
     def candidates(self, event_type: str, event_name: str | None) -> tuple[PhaseRule, ...]:
         generic = self.by_type.get(event_type, ())
@@ -83,6 +114,18 @@ class JourneyBook:
             if named:
                 return generic + named if generic else named
         return generic
+
+    def page_rules(self, path: str) -> tuple[PhaseRule, ...]:
+        """The path-only rules a page path matches."""
+        memo = self.path_memo
+        found = memo.get(path)
+        if found is None:
+            found = tuple(r for r in self.path_rules if r.matcher.path_matches(path))  # type: ignore[misc]
+            if len(path) <= MEMO_TEXT:
+                if len(memo) >= MEMO:
+                    memo.clear()
+                memo[path] = found
+        return found
 
     def rank(self, phase: str | None) -> int:
         """A phase's place (0 is the first); -1 for none, or one this journey lacks."""
@@ -95,6 +138,7 @@ def compile_journey(spec: Journey) -> JourneyBook:
     ids = [phase.id for phase in spec.phases]
     by_type: dict[str, list[PhaseRule]] = {}
     by_name: dict[str, list[PhaseRule]] = {}
+    path_rules: list[PhaseRule] = []
     for number, phase in enumerate(spec.phases):
         for rule in phase.entered_by:
             matcher = compile_rule(
@@ -102,14 +146,20 @@ def compile_journey(spec: Journey) -> JourneyBook:
                     id=rule.id, category="engagement", when=rule.when, description=rule.description
                 )
             )
+            plain = not rule.stages and rule.min_score is None
+            types, names = index_keys(rule.when, matcher)
             compiled = PhaseRule(
                 id=rule.id,
                 phase=number,
                 matcher=matcher,
                 stages=frozenset(rule.stages) if rule.stages else None,
                 min_score=rule.min_score,
+                path_only=plain and matcher.shape == PATH_ONLY and types == ["page"],
+                name_only=plain and matcher.shape == NAME_ONLY and not types,
             )
-            types, names = index_keys(rule.when, matcher)
+            if compiled.path_only:
+                path_rules.append(compiled)
+                continue
             for name in names:
                 by_name.setdefault(name, []).append(compiled)
             for event_type in types:
@@ -128,10 +178,38 @@ def compile_journey(spec: Journey) -> JourneyBook:
         fallback=tuple(fallback),
         by_type={key: tuple(rules) for key, rules in by_type.items()},
         by_track_name={key: tuple(rules) for key, rules in by_name.items()},
+        path_rules=tuple(path_rules),
         channels=tuple((c.id, compile_condition(c.when)) for c in spec.channels),
+        channels_by_fields=all(_reads_channel_fields(c.when) for c in spec.channels),
         account_at_least=spec.accounts.at_least,
         account_by_roles=spec.accounts.count == "roles",
+        path_memo={},
+        channel_memo={},
     )
+
+
+def _reads_channel_fields(when: When) -> bool:
+    """Does the condition read nothing but CHANNEL_FIELDS (and the event's type)?"""
+    if when.event is not None or when.path is not None or when.trait is not None:
+        return False
+    if when.property_conditions():
+        return False
+    if any(tuple(key.split(".")) not in CHANNEL_FIELDS for key in when.context_conditions()):
+        return False
+    parts = [*(when.all_ or ()), *(when.any_ or ()), *((when.not_,) if when.not_ else ())]
+    return all(_reads_channel_fields(part) for part in parts)
+
+
+def _channel_key(event: Event, context: Mapping[str, Any]) -> tuple[str | None, ...] | None:
+    """The event's type and its CHANNEL_FIELDS, when each is short text or absent."""
+    key: list[str | None] = [event.type]
+    for outer, inner in CHANNEL_FIELDS:
+        part = context.get(outer)
+        value = part.get(inner) if isinstance(part, dict) else None
+        if value is not None and (not isinstance(value, str) or len(value) > MEMO_TEXT):
+            return None
+        key.append(value)
+    return tuple(key)
 
 
 def channel_of(book: JourneyBook, event: Event) -> str:
@@ -147,10 +225,22 @@ def channel_of(book: JourneyBook, event: Event) -> str:
         and not (isinstance(page, dict) and page.get("referrer"))
     ):
         return DIRECT
+    key = _channel_key(event, context) if book.channels_by_fields else None
+    if key is not None:
+        known = book.channel_memo.get(key)
+        if known is not None:
+            return known
+    found = DIRECT
     for channel, holds in book.channels:
         if holds(event, _EMPTY, None):
-            return channel
-    return DIRECT
+            found = channel
+            break
+    if key is not None:
+        memo = book.channel_memo
+        if len(memo) >= MEMO:
+            memo.clear()
+        memo[key] = found
+    return found
 
 
 def content_of(event: Event) -> str | None:
@@ -174,7 +264,7 @@ def _remember(journey: JourneyState, content: str) -> None:
     seen.append(content)
 
 
-def _enter(journey: JourneyState, phase: str, at: float) -> None:
+def _enter(journey: JourneyState, phase: str | None, at: float) -> None:
     journey.phase = phase
     journey.since = at
     journey.evidence_at = at
@@ -243,7 +333,12 @@ def advance(
     before it, a move forward when it is evidence of a later phase, and the content seen.
     Returns whether the phase changed."""
     ts = event.ts
-    changed = fall_back(book, journey, ts, moves, lead_id=lead_id, ruleset_version=ruleset_version)
+    changed = False
+    rank = book.rank(journey.phase)
+    if rank >= 0 and book.quiet[rank] > 0:
+        changed = fall_back(
+            book, journey, ts, moves, lead_id=lead_id, ruleset_version=ruleset_version
+        )
     channel = channel_of(book, event)
     first = journey.first_touch
     if first is None or ts < first[1]:
@@ -256,13 +351,22 @@ def advance(
     current = book.rank(journey.phase)
     best: PhaseRule | None = None
     evidence = False
-    for rule in book.candidates(event.type, event.event_name):
+    candidates = book.candidates(event.type, event.event_name)
+    path = event.path
+    if event.type == "page" and path is not None and book.path_rules:
+        matched = book.page_rules(path)
+        if matched:
+            candidates = matched + candidates if candidates else matched
+    for rule in candidates:
         phase = rule.phase
         if phase < current or (best is not None and phase <= best.phase):
             continue
         if phase == current and evidence:
             continue
-        if not rule.holds(event, traits, account_traits, stage, score):
+        # Path-only rules come matched already, name-only ones through the name index.
+        if not (rule.path_only or rule.name_only) and not rule.holds(
+            event, traits, account_traits, stage, score
+        ):
             continue
         if phase == current:
             evidence = True
@@ -335,7 +439,7 @@ def merge(
                 subject_id=lead_id,
                 seq=target.seq,
                 from_phase=left,
-                to_phase=source.phase,  # type: ignore[arg-type]
+                to_phase=source.phase,
                 reason="merge",
                 caused_by=caused_by,
                 occurred_at=at,
@@ -369,7 +473,7 @@ def account_phase(book: JourneyBook, account: Account) -> int:
 def follow_members(
     book: JourneyBook,
     account: Account,
-    lead_id: str,
+    lead_id: str | None,
     rank: int,
     moves: list[records.JourneyMoveDoc],
     *,
@@ -377,28 +481,33 @@ def follow_members(
     caused_by: str | None,
     ruleset_version: int,
 ) -> bool:
-    """A member's phase changed: the account's follows its members. Returns whether the
-    account's phase changed."""
-    if rank < 0:
-        account.member_phases.pop(lead_id, None)
-    else:
-        account.member_phases[lead_id] = rank
+    """A member's event (or, with `lead_id` None, a member leaving): the account's phase
+    follows its members. Judged afresh every time, from every member's latest phase and
+    role, so that where an account ends does not depend on the order its members' events
+    arrived in across partitions. Returns whether the account's phase changed (to none,
+    too, when no longer enough members reached any phase)."""
+    if lead_id is not None:
+        if rank < 0:
+            account.member_phases.pop(lead_id, None)
+        else:
+            account.member_phases[lead_id] = rank
     placed = account_phase(book, account)
     journey = account.journey
     current = book.rank(journey.phase) if journey is not None else -1
-    if placed == current or placed < 0:
+    if placed == current:
         return False
     if journey is None:
         journey = account.journey = JourneyState()
     left = journey.phase
-    _enter(journey, book.phases[placed], at)
+    entered = book.phases[placed] if placed >= 0 else None
+    _enter(journey, entered, at)
     moves.append(
         records.journey_move_record(
             subject="account",
             subject_id=account.account_id,
             seq=journey.seq,
             from_phase=left,
-            to_phase=book.phases[placed],
+            to_phase=entered,
             reason="members",
             caused_by=caused_by,
             occurred_at=at,

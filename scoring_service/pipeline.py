@@ -141,6 +141,7 @@ def _link(
         left = ws.accounts.get(source.account_id)
         if left is not None:
             engine.accounts.drop(left, source_id)
+            engine.account_left(left, event, effects)
             ws.changed_accounts.add(left.account_id)
     ws.merged_leads.add(source_id)
     ws.changed_leads.discard(source_id)
@@ -169,6 +170,7 @@ def score_event(ws: Workspace, engine: Engine, event: Event, *, now: float) -> S
             left = ws.accounts.get(state.account_id)
             if left is not None:
                 engine.accounts.drop(left, lead_id)
+                engine.account_left(left, event, effects)
                 ws.changed_accounts.add(left.account_id)
         account = ws.accounts.get(event.group_id)
         if account is None:

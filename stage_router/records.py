@@ -504,7 +504,8 @@ class JourneyMoveDoc(TypedDict):
     subject_id: str
     seq: int
     from_phase: str | None
-    to_phase: str
+    # None: an account no longer enough members placed in any phase.
+    to_phase: str | None
     # evidence: an event of a later phase; quiet: no evidence for the phase's quiet time;
     # merge: an anonymous visitor's journey joined an identified lead's; members: the
     # account's members' phases.
@@ -526,7 +527,7 @@ def journey_move_record(
     subject_id: str,
     seq: int,
     from_phase: str | None,
-    to_phase: str,
+    to_phase: str | None,
     reason: Literal["evidence", "quiet", "merge", "members"],
     occurred_at: float,
     ruleset_version: int,

@@ -244,7 +244,9 @@ async def challenger_status(container: Container) -> dict[str, Any] | None:
         if current is None:
             return None
         warm, live = await challenger.warm_progress(pg)
+        phases = await challenger.journey_phases(pg)
     return {
+        "journey_phases": phases,
         "version": current.version,
         "started_by": current.started_by,
         "started_at": current.started_at,

@@ -79,6 +79,20 @@ async def warm_progress(pg: asyncpg.Connection) -> tuple[int, int]:
     return int(row["warm"]), int(row["live"])
 
 
+async def journey_phases(pg: asyncpg.Connection) -> dict[str, dict[str, int]]:
+    """Leads per buyer-journey phase, live and under the challenger (its own state)."""
+    rows = await pg.fetch(
+        "SELECT 'live' AS side, journey_phase AS phase, count(*) AS n FROM leads "
+        "WHERE journey_phase IS NOT NULL GROUP BY 2 "
+        f"UNION ALL SELECT 'challenger', journey_phase, count(*) FROM {LEADS} "
+        "WHERE journey_phase IS NOT NULL GROUP BY 2"
+    )
+    phases: dict[str, dict[str, int]] = {}
+    for r in rows:
+        phases.setdefault(r["phase"], {"live": 0, "challenger": 0})[r["side"]] = r["n"]
+    return dict(sorted(phases.items()))
+
+
 async def _clear_state(pg: asyncpg.Connection) -> None:
     await pg.execute(f"DELETE FROM {LEADS}")
     await pg.execute(f"DELETE FROM {ACCOUNTS}")

@@ -174,7 +174,7 @@ async def report(
     names = dict(zip(book.phases, book.names, strict=True)) if book is not None else {}
     known = set(ordered)
     extra = {phase for (_, phase) in now} | {r["to_phase"] for r in moves} | set(conversion)
-    ordered += sorted(p for p in extra if p not in known)
+    ordered += sorted(p for p in extra if p is not None and p not in known)
     phases = []
     for phase in ordered:
         converted = conversion.get(phase)
@@ -227,7 +227,12 @@ async def report(
             }
             for r in sorted(
                 moves,
-                key=lambda r: (r["subject"], -r["n"], r["from_phase"] or "", r["to_phase"]),
+                key=lambda r: (
+                    r["subject"],
+                    -r["n"],
+                    r["from_phase"] or "",
+                    r["to_phase"] or "",
+                ),
             )
         ],
     }

@@ -127,6 +127,26 @@ async def test_the_review_report_from_the_command_line(admin_container):
         assert code == 1 and "404 ruleset_not_found" in out
 
 
+async def test_the_journey_report_from_the_command_line(admin_container, settings):
+    from tests.integration.test_journey import PLANTED, WINDOW, plant_history
+
+    await plant_history(settings)
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
+        code, out = await leadscore(
+            "journey", "--since", WINDOW["since"], "--until", WINDOW["until"], env=env
+        )
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].startswith("buyer journey, moves from 2026-10-01")
+    assert (
+        "Brand consideration: 4 leads and 0 accounts now; 10 entered, median 2.0 days in it; "
+        "then mql 30.0%, sql 10.0%, won 10.0%" in lines
+    )
+    assert "  came from: search 6, paid 3, email 1" in lines
+    assert f"  next step {PLANTED}: lift 7.00 (moved on 4 of 4, stalled 0 of 6)" in lines
+
+
 async def test_propose_challenge_and_review_side_by_side(admin_container):
     from services.adapters.postgres.db import driver
     from tests.integration.test_proposal import SINCE, UNTIL, plant_outcomes

@@ -240,6 +240,13 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     await page.get_by_role("link", name="Pipeline").click()
     await expect(page.locator("svg.chart").first).to_be_visible()
     await console.check(page, "pipeline")
+    # The buyer journey: the scored stream placed leads in phases; a phase links its leads.
+    await page.get_by_role("link", name="Journey", exact=True).click()
+    await expect(page.get_by_role("heading", name="Buyer journey")).to_be_visible()
+    await expect(page.locator("#journey-phases tbody tr")).to_have_count(7)
+    await console.check(page, "journey")
+    await page.locator("#journey-phases tbody tr td a").nth(2).click()
+    await expect(page.locator("caption").first).to_contain_text("consideration")
     await page.get_by_role("link", name="Accounts").click()
     await console.check(page, "accounts")
     await page.locator("table tbody tr td a").first.click()

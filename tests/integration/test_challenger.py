@@ -108,6 +108,9 @@ async def test_challenger_scores_alongside_publishes_nothing_and_activates_warm(
             status = (await admin.get("/v1/challenger")).json()
             assert status["warmed_at"] is not None
             assert status["leads_warm"] == status["leads_live"] > 0
+            # The candidate keeps the starter's journey: warmed, it places leads the same.
+            phases = status["journey_phases"]
+            assert phases and all(p["live"] == p["challenger"] > 0 for p in phases.values())
 
             await produce(settings, during, key=lead_key)
             await wait_for(lambda: drained(settings, len(docs)), timeout=90)

@@ -174,6 +174,8 @@ async def test_the_editor_publishes_valid_rules_and_locates_the_problems_of_inva
         ("GET", "/console/rules/1/diff?against=abc", None, 400, "against"),
         ("GET", "/console/jobs/nope", None, 404, "no job"),
         ("GET", "/console/pipeline?days=3", None, 400, "days"),
+        ("GET", "/console/journey?days=3", None, 400, "days"),
+        ("GET", "/console/leads?phase=%3Cscript%3E", None, 400, "phase"),
         ("GET", "/console/accounts/nobody", None, 404, "no account"),
         ("GET", "/console/no/such/page", None, 404, "no such page"),
         ("POST", "/console/rules/1/simulate", {"events": "{not json"}, 422, "Line 1 is not JSON"),
@@ -243,7 +245,12 @@ async def test_with_the_database_away_pages_say_so_and_come_back(settings):
     container = bootstrap(away)
     try:
         async with console_client(container) as client:
-            for path in ("/console/leads", "/console/rules", "/console/pipeline"):
+            for path in (
+                "/console/leads",
+                "/console/rules",
+                "/console/pipeline",
+                "/console/journey",
+            ):
                 assert_words_not_trace(await client.get(path), 503, "database is unavailable")
     finally:
         await container.close()

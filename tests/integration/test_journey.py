@@ -147,7 +147,11 @@ def _planted_moves() -> tuple[list[tuple], list[tuple], list[tuple]]:
     return moves, leads, transitions
 
 
-async def test_the_journey_report_on_a_planted_history(admin_container, settings):
+WINDOW = {"since": (T0 - HOUR).isoformat(), "until": (T0 + 60 * DAY).isoformat()}
+
+
+async def plant_history(settings) -> None:
+    """The planted history in the database: moves, leads, one account, transitions."""
     moves, leads, transitions = _planted_moves()
     columns = list(zip(*moves, strict=True))
     await db_fetch(
@@ -180,9 +184,12 @@ async def test_the_journey_report_on_a_planted_history(admin_container, settings
         "$2::text[], $3::text[], $4::timestamptz[]) AS u(t, l, s, o)",
         *[list(c) for c in zip(*transitions, strict=True)],
     )
-    window = {"since": (T0 - HOUR).isoformat(), "until": (T0 + 60 * DAY).isoformat()}
+
+
+async def test_the_journey_report_on_a_planted_history(admin_container, settings):
+    await plant_history(settings)
     async with client_for(admin_container, "viewer") as viewer:
-        response = await viewer.get("/v1/journey", params=window)
+        response = await viewer.get("/v1/journey", params=WINDOW)
     assert response.status_code == 200, response.text
     report = response.json()
     phases: dict[str, Any] = {p["phase"]: p for p in report["phases"]}

@@ -125,6 +125,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "account_score": None,
             # Fit 40 is an A, engagement 15 a 2.
             **by_score(score(fit, at_mql), "A2"),
+            # The anonymous pricing visit placed the lead in brand consideration.
+            "journey_phase": "consideration",
         },
         {
             "transition_id": "u-42:2",
@@ -142,6 +144,7 @@ async def test_journey_to_sal_exact_records(service, settings):
             "committee_role": "economic_buyer",
             "account_score": account_score,
             **by_score(score(fit, at_sal), "A1"),
+            "journey_phase": "evaluation",  # a demo request: active evaluation
         },
     ]
     profile = {"email": "dana@trucking-co.com", "title": "Owner", "company": "Trucking Co"}
@@ -208,6 +211,8 @@ async def test_journey_to_sal_exact_records(service, settings):
             "committee_role": "economic_buyer",
             "account_score": None,
             **by_score(score(fit, at_mql), "A2"),
+            # The anonymous pricing visit placed the lead in brand consideration.
+            "journey_phase": "consideration",
             "signals_by_score": {"warehouse": warehouse_signals},
         },
         {
@@ -230,6 +235,7 @@ async def test_journey_to_sal_exact_records(service, settings):
             "committee_role": "economic_buyer",
             "account_score": account_score,
             **by_score(score(fit, at_sal), "A1"),
+            "journey_phase": "evaluation",  # a demo request: active evaluation
             "signals_by_score": {"warehouse": warehouse_signals},
         },
     ]

@@ -3,11 +3,13 @@ quiet, channels, and an account placed by its members (README: Buyer journey).""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from bench.workload import generate
 from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.journey import channel_of, compile_journey
@@ -215,3 +217,36 @@ def test_without_a_journey_nobody_is_placed():
     assert run.journey_moves == []
     assert all(t["journey_phase"] is None for t in run.transitions)
     assert run.ws.leads["u-dana"].journey is None
+
+
+def _interleaved(docs: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
+    """The same events, each person's in their order, the people interleaved otherwise
+    (as partitions deliver them)."""
+    rnd = random.Random(seed)
+    queues: dict[str, list[dict[str, Any]]] = {}
+    for doc in docs:
+        queues.setdefault(doc.get("userId") or doc.get("anonymousId") or "", []).append(doc)
+    order = [key for key, queue in queues.items() for _ in queue]
+    rnd.shuffle(order)
+    return [queues[key].pop(0) for key in order]
+
+
+def test_where_an_account_ends_does_not_depend_on_the_order_members_arrive_in():
+    # Titles change from one identify call to the next: roles come and go without a phase
+    # move; people switch companies.
+    docs = [
+        d
+        for d in generate(events=4000, leads=120, accounts=7, anonymous_share=0.2, days=30)
+        if isinstance(d, dict)
+    ]
+    phases = []
+    for seed in range(4):
+        run = replay(*_interleaved(docs, seed))
+        phases.append(
+            {
+                account_id: account.journey.phase if account.journey else None
+                for account_id, account in run.ws.accounts.items()
+            }
+        )
+    assert any(phases[0].values())
+    assert all(p == phases[0] for p in phases[1:])

@@ -32,7 +32,7 @@ def upgrade() -> None:
             subject_id      text NOT NULL,
             seq             integer NOT NULL,
             from_phase      text,
-            to_phase        text NOT NULL,
+            to_phase        text,  -- null: an account left without a phase
             reason          text NOT NULL,
             rule_id         text,
             caused_by       text,
