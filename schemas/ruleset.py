@@ -774,8 +774,8 @@ class Journey(BaseModel):
         channel_ids = [channel.id for channel in self.channels]
         if len(set(channel_ids)) != len(channel_ids):
             raise ValueError("journey channel ids must be unique")
-        if "direct" in channel_ids:
-            raise ValueError("'direct' is what no channel rule holds for; name the rules")
+        # A rule may be named `direct`: the site's own pages as referrers (in-site
+        # navigation) listed first, so that they do not count as referrals.
         return self
 
 

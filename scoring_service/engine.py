@@ -409,13 +409,24 @@ class Engine:
             if scorer is not None and account is not None and account.account_id == state.account_id
             else None
         )
+        # What the account's phase is judged from, besides this member's phase: who the
+        # members are and their roles. Did this event change them?
+        recount = False
         if scorer is not None and member_of is not None:
+            before = member_of.members.get(state.lead_id)
+            count = len(member_of.members)
             # The account's score first, so the lead's records carry the one this event made.
             scorer.sync(member_of, state, self._member_named(state))
+            after = member_of.members.get(state.lead_id)
+            recount = (
+                count != len(member_of.members)
+                or (before is None) != (after is None)
+                or (before is not None and after is not None and before[2] != after[2])
+            )
         if self.journey is not None:
             # Before routing: the transition and the handoff carry the phase this event
             # placed the lead in (a demo request is evaluation).
-            self._place(state, event, account, member_of, effects)
+            self._place(state, event, account, member_of, recount, effects)
         self.route(
             state,
             effects,
@@ -439,9 +450,13 @@ class Engine:
         event: Event,
         account: Account | None,
         member_of: Account | None,
+        recount: bool,
         effects: Effects,
     ) -> None:
-        """The event's place in the lead's buyer journey, and its account's."""
+        """The event's place in the lead's buyer journey, and its account's: judged again
+        whenever the member's phase, its role or the account's members changed, so where
+        the account ends is a function of its members' latest state, whatever the order
+        their events arrived in."""
         book = self.journey
         assert book is not None
         journey = state.journey
@@ -459,13 +474,15 @@ class Engine:
             score=state.fit + state.engagement,
             ruleset_version=self.rules.version,
         )
-        if member_of is not None:
-            # Every member event: the member's role may have changed without its phase.
+        rank = book.rank(journey.phase)
+        if member_of is not None and (
+            recount or member_of.member_phases.get(state.lead_id, -1) != rank
+        ):
             follow_members(
                 book,
                 member_of,
                 state.lead_id,
-                book.rank(journey.phase),
+                rank,
                 effects.journey_moves,
                 at=event.ts,
                 caused_by=event.message_id,

@@ -43,19 +43,10 @@ _EMPTY: dict[str, Any] = {}
 # lookup for most events.
 MEMO = 4096
 MEMO_TEXT = 200
-# The context fields a channel is remembered by, when the channel rules read no others.
-CHANNEL_FIELDS = (
-    ("campaign", "source"),
-    ("campaign", "medium"),
-    ("campaign", "name"),
-    ("campaign", "term"),
-    ("campaign", "content"),
-    ("referrer", "type"),
-    ("referrer", "url"),
-    ("referrer", "id"),
-    ("referrer", "link"),
-    ("page", "referrer"),
-)
+# Channels are remembered by the context fields the channel rules read (each a part and a
+# field in it: campaign.medium, page.referrer), when they read nothing else; fewer entries
+# than paths, since a key holds whole values (each within intake's limits).
+CHANNEL_MEMO = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,21 +82,23 @@ class JourneyBook:
 
     phases: tuple[str, ...]
     names: tuple[str, ...]
-    index: Mapping[str, int]
+    # dicts, not Mappings: the compiled core takes the fast path for a dict.
+    index: dict[str, int]
     # Per phase: seconds of quiet before it falls back (0: never), and to which phase.
     quiet: tuple[float, ...]
     fallback: tuple[int, ...]
-    by_type: Mapping[str, tuple[PhaseRule, ...]]
-    by_track_name: Mapping[str, tuple[PhaseRule, ...]]
+    by_type: dict[str, tuple[PhaseRule, ...]]
+    by_track_name: dict[str, tuple[PhaseRule, ...]]
     # The rules that test a page's path alone, tried through `page_rules`.
     path_rules: tuple[PhaseRule, ...]
     channels: tuple[tuple[str, Condition], ...]
-    # Whether the channel rules read only CHANNEL_FIELDS (and the event's type).
-    channels_by_fields: bool
+    # The (part, field) pairs of the context the channel rules read; empty when they read
+    # anything else too (then nothing is remembered).
+    channel_fields: tuple[tuple[str, str], ...]
     account_at_least: int
     account_by_roles: bool
     path_memo: dict[str, tuple[PhaseRule, ...]]
-    channel_memo: dict[tuple[str | None, ...], str]
+    channel_memo: dict[tuple[Any, ...], str]
 
     def candidates(self, event_type: str, event_name: str | None) -> tuple[PhaseRule, ...]:
         generic = self.by_type.get(event_type, ())
@@ -180,7 +173,7 @@ def compile_journey(spec: Journey) -> JourneyBook:
         by_track_name={key: tuple(rules) for key, rules in by_name.items()},
         path_rules=tuple(path_rules),
         channels=tuple((c.id, compile_condition(c.when)) for c in spec.channels),
-        channels_by_fields=all(_reads_channel_fields(c.when) for c in spec.channels),
+        channel_fields=_channel_fields(spec),
         account_at_least=spec.accounts.at_least,
         account_by_roles=spec.accounts.count == "roles",
         path_memo={},
@@ -188,28 +181,48 @@ def compile_journey(spec: Journey) -> JourneyBook:
     )
 
 
-def _reads_channel_fields(when: When) -> bool:
-    """Does the condition read nothing but CHANNEL_FIELDS (and the event's type)?"""
-    if when.event is not None or when.path is not None or when.trait is not None:
-        return False
-    if when.property_conditions():
-        return False
-    if any(tuple(key.split(".")) not in CHANNEL_FIELDS for key in when.context_conditions()):
-        return False
-    parts = [*(when.all_ or ()), *(when.any_ or ()), *((when.not_,) if when.not_ else ())]
-    return all(_reads_channel_fields(part) for part in parts)
+def _channel_fields(spec: Journey) -> tuple[tuple[str, str], ...]:
+    """The (part, field) pairs the channel rules read, in a fixed order; () when a rule
+    reads anything but two-level context fields and the event's type."""
+    fields: set[tuple[str, str]] = set()
+
+    def collect(when: When) -> bool:
+        if when.event is not None or when.path is not None or when.trait is not None:
+            return False
+        if when.property_conditions():
+            return False
+        for key in when.context_conditions():
+            parts = key.split(".")
+            if len(parts) != 2:
+                return False
+            fields.add((parts[0], parts[1]))
+        nested = [*(when.all_ or ()), *(when.any_ or ()), *((when.not_,) if when.not_ else ())]
+        return all(collect(part) for part in nested)
+
+    if not all(collect(channel.when) for channel in spec.channels):
+        return ()
+    return tuple(sorted(fields))
 
 
-def _channel_key(event: Event, context: Mapping[str, Any]) -> tuple[str | None, ...] | None:
-    """The event's type and its CHANNEL_FIELDS, when each is short text or absent."""
-    key: list[str | None] = [event.type]
-    for outer, inner in CHANNEL_FIELDS:
+def _channel_key(
+    book: JourneyBook, event: Event, context: dict[str, Any]
+) -> tuple[Any, ...] | None:
+    """The event's type and the context fields the channel rules read, as a memo key;
+    None when one is not text (a number, a list: judged afresh)."""
+    values: list[Any] = [event.type]
+    for outer, inner in book.channel_fields:
         part = context.get(outer)
-        value = part.get(inner) if isinstance(part, dict) else None
-        if value is not None and (not isinstance(value, str) or len(value) > MEMO_TEXT):
+        if part is None:
+            values.append(None)
+            continue
+        if not isinstance(part, dict):
             return None
-        key.append(value)
-    return tuple(key)
+        fields: dict[str, Any] = part
+        value = fields.get(inner)
+        if value is not None and not isinstance(value, str):
+            return None
+        values.append(value)
+    return tuple(values)
 
 
 def channel_of(book: JourneyBook, event: Event) -> str:
@@ -225,7 +238,7 @@ def channel_of(book: JourneyBook, event: Event) -> str:
         and not (isinstance(page, dict) and page.get("referrer"))
     ):
         return DIRECT
-    key = _channel_key(event, context) if book.channels_by_fields else None
+    key = _channel_key(book, event, context) if book.channel_fields else None
     if key is not None:
         known = book.channel_memo.get(key)
         if known is not None:
@@ -237,7 +250,7 @@ def channel_of(book: JourneyBook, event: Event) -> str:
             break
     if key is not None:
         memo = book.channel_memo
-        if len(memo) >= MEMO:
+        if len(memo) >= CHANNEL_MEMO:
             memo.clear()
         memo[key] = found
     return found
@@ -246,11 +259,16 @@ def channel_of(book: JourneyBook, event: Event) -> str:
 def content_of(event: Event) -> str | None:
     """What an event shows of the content a lead consumed: a page's path, a track event's
     name (case-folded, as rules read them); None for identify and group calls."""
-    if event.type == "page":
-        return event.path[:MAX_CONTENT] if event.path else None
-    if event.type == "track":
-        return event.event_name[:MAX_CONTENT] if event.event_name else None
-    return None
+    kind = event.type
+    if kind == "page":
+        text = event.path
+    elif kind == "track":
+        text = event.event_name
+    else:
+        return None
+    if not text:
+        return None
+    return text if len(text) <= MAX_CONTENT else text[:MAX_CONTENT]
 
 
 def _remember(journey: JourneyState, content: str) -> None:
@@ -335,7 +353,10 @@ def advance(
     ts = event.ts
     changed = False
     rank = book.rank(journey.phase)
-    if rank >= 0 and book.quiet[rank] > 0:
+    # Most events come well within the phase's quiet time: checked here before the call.
+    quiet = book.quiet[rank] if rank >= 0 else 0.0
+    last_evidence = journey.evidence_at if journey.evidence_at is not None else journey.since
+    if quiet > 0 and (last_evidence or 0.0) + quiet <= ts:
         changed = fall_back(
             book, journey, ts, moves, lead_id=lead_id, ruleset_version=ruleset_version
         )
@@ -347,7 +368,11 @@ def advance(
     # The last touch is the latest that came from somewhere: a direct visit after a
     # campaign click does not erase the campaign.
     if last is None or (ts >= last[1] and (channel != DIRECT or last[0] == DIRECT)):
-        journey.last_touch = [channel, ts]
+        if last is None:
+            journey.last_touch = [channel, ts]
+        else:  # in place: most events touch the last touch
+            last[0] = channel
+            last[1] = ts
     current = book.rank(journey.phase)
     best: PhaseRule | None = None
     evidence = False

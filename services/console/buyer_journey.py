@@ -2,7 +2,6 @@
 the next-step list, for moves in a window."""
 # No "from __future__ import annotations": FastAPI must see the parameter types.
 
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -10,8 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from services.app.journey import journey_figures
 from services.console import charts
 from services.console.pages import PagesDep
-
-WINDOWS = {"7": 7, "30": 30, "90": 90, "365": 365}
+from services.console.pipeline import WINDOWS, report_window
 
 router = APIRouter()
 
@@ -23,8 +21,7 @@ async def journey(
     days: Annotated[str, Query(pattern="^(7|30|90|365)$")] = "30",
 ) -> Response:
     user = await ui.user_of(request)
-    until = datetime.now(UTC)
-    since = until - timedelta(days=WINDOWS[days])
+    since, until = report_window(days)
     report = await journey_figures(ui.container, since, until)
     return ui.page(
         request,

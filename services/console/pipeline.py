@@ -18,6 +18,12 @@ WINDOWS = {"7": 7, "30": 30, "90": 90, "365": 365}
 router = APIRouter()
 
 
+def report_window(days: str) -> tuple[datetime, datetime]:
+    """The last `days` (one of WINDOWS) up to now, as a report's [since, until)."""
+    until = datetime.now(UTC)
+    return until - timedelta(days=WINDOWS[days]), until
+
+
 @router.get("/pipeline")
 async def pipeline(
     request: Request,
@@ -25,8 +31,7 @@ async def pipeline(
     days: Annotated[str, Query(pattern="^(7|30|90|365)$")] = "30",
 ) -> Response:
     user = await ui.user_of(request)
-    until = datetime.now(UTC)
-    since = until - timedelta(days=WINDOWS[days])
+    since, until = report_window(days)
     report = await funnel_figures(ui.container, since, until)
     review, challenger_review = await pipeline_reviews(ui.container, since, until)
     return ui.page(

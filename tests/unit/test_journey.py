@@ -250,3 +250,19 @@ def test_where_an_account_ends_does_not_depend_on_the_order_members_arrive_in():
         )
     assert any(phases[0].values())
     assert all(p == phases[0] for p in phases[1:])
+
+
+def test_the_sites_own_pages_as_referrers_can_count_as_direct():
+    """Browsers send the previous page as the referrer of in-site navigation: a first
+    channel rule named `direct` keeps those from counting as referrals."""
+    document = starter_document().model_dump(mode="json", exclude_none=True)
+    own = {
+        "id": "direct",
+        "when": {"context.page.referrer": {"contains_any": ["://www.seller.example"]}},
+    }
+    document["journey"]["channels"] = [own, *document["journey"].get("channels", [])]
+    book = compile_journey(RuleSetDocument.model_validate(document).journey)  # type: ignore[arg-type]
+    inside = {"page": {"referrer": "https://www.seller.example/blog"}}
+    outside = {"page": {"referrer": "https://partner.example/list"}}
+    assert channel_of(book, parsed(page("/", user="u", context=inside))) == "direct"
+    assert channel_of(book, parsed(page("/", user="u", context=outside))) == "referral"
