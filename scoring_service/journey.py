@@ -27,6 +27,7 @@ from scoring_service.rules import (
     compile_condition,
     compile_rule,
     index_keys,
+    indexed,
 )
 from scoring_service.state import Account, JourneyState
 from stage_router import records
@@ -101,12 +102,7 @@ class JourneyBook:
     channel_memo: dict[tuple[Any, ...], str]
 
     def candidates(self, event_type: str, event_name: str | None) -> tuple[PhaseRule, ...]:
-        generic = self.by_type.get(event_type, ())
-        if event_type == "track" and event_name is not None:
-            named = self.by_track_name.get(event_name)
-            if named:
-                return generic + named if generic else named
-        return generic
+        return indexed(self.by_type, self.by_track_name, event_type, event_name)
 
     def page_rules(self, path: str) -> tuple[PhaseRule, ...]:
         """The path-only rules a page path matches."""

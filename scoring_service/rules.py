@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.ruleset import (
     DEFAULT_SCORE,
@@ -508,12 +508,7 @@ class CompiledRuleSet:
     journey: Journey | None = None
 
     def candidates(self, event_type: str, event_name: str | None) -> tuple[CompiledRule, ...]:
-        generic = self.by_type.get(event_type, ())
-        if event_type == "track" and event_name is not None:
-            named = self.by_track_name.get(event_name)
-            if named:
-                return generic + named if generic else named
-        return generic
+        return indexed(self.by_type, self.by_track_name, event_type, event_name)
 
     def queue_for(self, traits: Mapping[str, Any], account_traits: Mapping[str, Any] | None) -> str:
         """The queue a lead goes to: the first routing rule that matches, else the default."""
@@ -561,6 +556,25 @@ def _requirements(document: RuleSetDocument) -> dict[str, tuple[tuple[str, Condi
                 tests.append((f"condition {index + 1}", compile_condition(item)))
         result[stage] = tuple(tests)
     return result
+
+
+Indexed = TypeVar("Indexed")
+
+
+def indexed(
+    by_type: Mapping[str, tuple[Indexed, ...]],
+    by_track_name: Mapping[str, tuple[Indexed, ...]],
+    event_type: str,
+    event_name: str | None,
+) -> tuple[Indexed, ...]:
+    """The rules to try on an event, from the index `index_keys` built: those of its type,
+    and a track call's by its name."""
+    generic = by_type.get(event_type, ())
+    if event_type == "track" and event_name is not None:
+        named = by_track_name.get(event_name)
+        if named:
+            return generic + named if generic else named
+    return generic
 
 
 def index_keys(when: When, rule: CompiledRule) -> tuple[list[str], list[str]]:

@@ -241,3 +241,28 @@ async def test_the_journey_report_on_a_planted_history(admin_container, settings
         accounts = (await viewer.get("/v1/accounts", params={"phase": "evaluation"})).json()
     assert [i["lead_id"] for i in listed["items"]] == ["p4", "p5"]
     assert [a["account_id"] for a in accounts["items"]] == ["acct-1"]
+
+
+async def test_content_an_event_carried_is_escaped_on_the_journey_page(admin_container, settings):
+    """A page path is whatever a tracker sent: on the console it is text, never markup."""
+    from tests.integration.test_console import console_client, sign_in
+
+    hostile = '/blog/<script>alert("x")</script>'
+    at = datetime.now(UTC) - DAY
+    await db_fetch(
+        settings,
+        "INSERT INTO journey_moves (subject, subject_id, seq, from_phase, to_phase, reason, "
+        "content, channel, seen, occurred_at, ruleset_version) VALUES "
+        "('lead', 'h1', 1, NULL, 'trigger', 'evidence', $1, 'direct', '[]', $2, 1), "
+        "('lead', 'h1', 2, 'trigger', 'consideration', 'evidence', '/pricing', 'direct', "
+        "$3::jsonb, $2 + interval '1 hour', 1)",
+        hostile,
+        at,
+        orjson.dumps([hostile]).decode(),
+    )
+    async with console_client(admin_container) as client:
+        await sign_in(client, "viewer")
+        page = await client.get("/console/journey")
+    assert page.status_code == 200, page.text
+    assert "<script>alert" not in page.text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page.text
