@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.records import (
+    STRICT_BODY,
     AccountScore,
     AccountStage,
     AccountTransitionRecord,
@@ -220,12 +221,14 @@ class Activation(BaseModel):
 
 
 class ProposeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     since: AwareDatetime | None = Field(
-        default=None, description="handoffs from (default: a year before until)"
+        default=None, strict=False, description="handoffs from (default: a year before until)"
     )
-    until: AwareDatetime | None = Field(default=None, description="handoffs before (default: now)")
+    until: AwareDatetime | None = Field(
+        default=None, strict=False, description="handoffs before (default: now)"
+    )
     target: Literal["won", "qualified"] = Field(
         default="won", description="learn won vs lost, or qualified vs rejected"
     )
@@ -379,6 +382,8 @@ class SimulationResult(BaseModel):
 
 
 class ImpactRequest(BaseModel):
+    model_config = STRICT_BODY
+
     days: float = Field(default=30, gt=0, le=3650)
 
 
@@ -433,7 +438,7 @@ class FeedbackResponse(BaseModel):
 class StageChange(BaseModel):
     """A stage set by hand (an admin correcting the lifecycle), with the reason why."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     stage: Stage
     reason: StorableText = Field(
@@ -445,7 +450,7 @@ class Adjustment(BaseModel):
     """An admin sets (`set`) or changes (`add`) a lead's engagement in one score (`score`)
     or in all of them (no `score`), with the reason why."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     score: str | None = Field(
         default=None, max_length=40, description="the score's name; all scores when left out"
@@ -804,7 +809,7 @@ class AccountFeedbackBody(BaseModel):
     """Sales' word on an account: opportunity, won, lost (back to target), disqualified,
     reopened (a disqualified account back to target)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     feedback_id: StorableText = Field(min_length=1, max_length=200)
     outcome: Literal["opportunity", "won", "lost", "disqualified", "reopened"]

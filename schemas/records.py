@@ -19,6 +19,11 @@ def _storable(text: str) -> str:
 # Text a request or a record asks leadscore to keep: PostgreSQL cannot store NUL.
 StorableText = Annotated[str, AfterValidator(_storable)]
 
+# Admin request bodies take JSON's types as they are: "10" is not a number and true is not 1
+# (lax parsing once let `"value": true` add a point). Dates stay ISO 8601 strings: a body's
+# datetime fields say `strict=False`.
+STRICT_BODY = ConfigDict(extra="forbid", strict=True)
+
 TransitionReason = Literal[
     "threshold",
     "trigger",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -41,6 +42,21 @@ OPERATORS = (
     "lte",
     "exists",
 )
+# Every number in a rule set is finite and within a range (README: Limits): NaN or infinity
+# compare false with everything and a huge duration overflows a date, either of which would
+# stop scoring once the version is active. Checked here, once, so that simulation and
+# activation never meet a value that publication let through.
+RULES_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+# Thresholds, grade bands and minimum scores: 1,000 rules of at most 1,000 points make a lead
+# total of at most a million; accounts add their members' roll-up and their own fit.
+MAX_SCORE_VALUE = 10_000_000.0
+# Values conditions compare traits with (revenue, employees): beyond 1e15 floats stop
+# counting whole numbers exactly.
+MAX_COMPARED_VALUE = 1e15
+# Durations (follow-up deadlines, quiet times): ten years at most.
+MAX_DURATION_SECONDS = 3650 * 86400.0
+ScoreValue = Annotated[float, Field(ge=-MAX_SCORE_VALUE, le=MAX_SCORE_VALUE)]
+ComparedValue = Annotated[float, Field(ge=-MAX_COMPARED_VALUE, le=MAX_COMPARED_VALUE)]
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _RULE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
@@ -57,8 +73,12 @@ def parse_duration(text: str | int | float) -> float:
         if not match:
             raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 2d)")
         seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds <= 0:
         raise ValueError("a duration must be positive")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"a duration is at most 3650d ({MAX_DURATION_SECONDS:.0f} s)")
     return seconds
 
 
@@ -73,7 +93,9 @@ def check_glob(pattern: str) -> str:
 class Operators(BaseModel):
     """Comparison operators; every one that is set must hold."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
 
     equals: Scalar | None = None
     in_: list[Scalar] | None = Field(default=None, alias="in", min_length=1)
@@ -82,9 +104,9 @@ class Operators(BaseModel):
     words_any: list[str] | None = Field(default=None, min_length=1, max_length=MAX_WORDS)
     starts_with_any: list[str] | None = Field(default=None, min_length=1)
     ends_with_any: list[str] | None = Field(default=None, min_length=1)
-    between: tuple[float, float] | None = None
-    gte: float | None = None
-    lte: float | None = None
+    between: tuple[ComparedValue, ComparedValue] | None = None
+    gte: ComparedValue | None = None
+    lte: ComparedValue | None = None
     exists: bool | None = None
 
     @field_validator("between")
@@ -120,7 +142,9 @@ class When(Operators):
     account) with operators beside it. Any condition can be combined: all: [...], any: [...],
     not: {...}."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        extra="allow", populate_by_name=True, frozen=True, allow_inf_nan=False
+    )
 
     type: Literal["page", "track", "identify", "group"] | None = None
     event: str | list[str] | None = None
@@ -160,6 +184,10 @@ class When(Operators):
                 Operators.model_validate(value)
             elif not isinstance(value, str | int | float | bool | list):
                 raise ValueError(f"{key}: expected a value, a list or an operator object")
+            else:
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, float) and not math.isfinite(item):
+                        raise ValueError(f"{key}: {item} is not a finite number")
         has_operator = not Operators.model_validate(
             {k: getattr(self, k) for k in Operators.model_fields}
         ).is_empty()
@@ -224,7 +252,7 @@ class When(Operators):
 
 
 class Limit(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     count: int = Field(ge=1, le=10_000)
     window_days: float = Field(gt=0, le=3650)
@@ -239,7 +267,7 @@ ScoreName = Annotated[str, Field(pattern=_SCORE_ID)]
 
 
 class Rule(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: Annotated[str, Field(pattern=_RULE_ID)]
     category: Literal["fit", "engagement"]
@@ -278,7 +306,7 @@ _QUEUE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 class Queue(BaseModel):
     """A sales queue; its owners take its leads in turn."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     owners: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
         default_factory=list, max_length=500
@@ -288,7 +316,7 @@ class Queue(BaseModel):
 class RoutingRule(BaseModel):
     """Send leads whose traits (or account traits) match to a queue; first match wins."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     queue: Annotated[str, Field(pattern=_QUEUE)]
     when: When
@@ -301,7 +329,7 @@ class RoutingRule(BaseModel):
 
 
 class Routing(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     default_queue: Annotated[str, Field(pattern=_QUEUE)] = "default"
     queues: dict[Annotated[str, Field(pattern=_QUEUE)], Queue] = Field(
@@ -318,12 +346,12 @@ class Routing(BaseModel):
 
 
 class Thresholds(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
-    mql: float
-    sal: float
+    mql: ScoreValue
+    sal: ScoreValue
     # Optional: the total at which a lead becomes sales-qualified without sales' word.
-    sql: float | None = None
+    sql: ScoreValue | None = None
 
     @model_validator(mode="after")
     def _order(self) -> Thresholds:
@@ -351,7 +379,7 @@ class Exclusion(BaseModel):
     """Traits that keep a lead out of mql and beyond, without disqualifying it: it keeps
     scoring, and moves on if the traits change (a personal address replaced by a work one)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: Annotated[str, Field(pattern=_RULE_ID)]
     when: When
@@ -379,10 +407,10 @@ class Grades(BaseModel):
     `engagement` the least engagement for levels 1 and 2 (below 2 is 3). The label joins
     them: A1 is the best fit and the most engaged, D3 the least of both."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
-    fit: tuple[float, float, float]
-    engagement: tuple[float, float]
+    fit: tuple[ScoreValue, ScoreValue, ScoreValue]
+    engagement: tuple[ScoreValue, ScoreValue]
 
     @model_validator(mode="after")
     def _descending(self) -> Grades:
@@ -397,7 +425,7 @@ class NamedScore(BaseModel):
     """A score beside the default one: its own thresholds, the queue its leads go to when it
     qualifies them, and its grade bands."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     description: str | None = Field(default=None, max_length=500)
     thresholds: Thresholds
@@ -439,7 +467,7 @@ class Bots(BaseModel):
     counted (leadscore_events_consumed_total{result="bot"}) and neither scored nor stored;
     an empty list turns the filter off."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     user_agents: list[Annotated[str, Field(min_length=2, max_length=MAX_PATTERN_LENGTH)]] = Field(
         default_factory=lambda: list(DEFAULT_BOT_AGENTS), max_length=MAX_WORDS
@@ -447,7 +475,7 @@ class Bots(BaseModel):
 
 
 class Decay(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     half_life_days: float = Field(default=0, ge=0, le=3650)
 
@@ -462,7 +490,7 @@ class CommitteeRole(BaseModel):
     hold on a person's traits (and their account's, as `account.<key>`). A `committee_role`
     trait naming a role (sent by the CRM) overrides the conditions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: Annotated[str, Field(pattern=_ROLE_ID)]
     name: str | None = Field(default=None, max_length=100)
@@ -480,7 +508,7 @@ class AccountFitRule(BaseModel):
     """Account fit: conditions on the account's own traits (industry, size, revenue,
     country, technologies: `trait: industry`, not `account.industry`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: Annotated[str, Field(pattern=_RULE_ID)]
     when: When
@@ -499,7 +527,7 @@ class Rollup(BaseModel):
     """Account engagement: the `top_members` most engaged members' engagement, each capped
     at `member_cap` so one enthusiast cannot make an account."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     top_members: int = Field(default=5, ge=1, le=100)
     member_cap: float = Field(default=50.0, gt=0, le=10_000)
@@ -511,7 +539,7 @@ class Coverage(BaseModel):
     """A role is covered while a member holding it has at least `min_engagement` and was
     active in the last `window_days` (of the account's event time)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     window_days: float = Field(default=30.0, gt=0, le=3650)
     min_engagement: float = Field(default=10.0, ge=0, le=10_000)
@@ -525,16 +553,16 @@ class AccountThresholds(BaseModel):
     """`engaged`: the members' engagement (the roll-up) an account needs to be engaged;
     `mqa`: the total score a marketing-qualified account needs (with the required roles)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
-    engaged: float
-    mqa: float
+    engaged: ScoreValue
+    mqa: ScoreValue
 
 
 class AccountRules(BaseModel):
     """How accounts are scored and qualified (README: Accounts and buying committees)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     roles: list[CommitteeRole] = Field(default_factory=list, max_length=MAX_ROLES)
     fit: list[AccountFitRule] = Field(default_factory=list, max_length=MAX_ACCOUNT_FIT_RULES)
@@ -575,12 +603,12 @@ class PhaseRule(BaseModel):
     conditions: the event, the lead's and account's traits), while the lead's stage is one of
     `stages` and its default score is at least `min_score` (both as the event arrives)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: Annotated[str, Field(pattern=_RULE_ID)]
     when: When
     stages: list[Stage] | None = Field(default=None, min_length=1)
-    min_score: float | None = None
+    min_score: ScoreValue | None = None
     description: str | None = Field(default=None, max_length=500)
 
     @field_validator("when")
@@ -599,7 +627,7 @@ class Phase(BaseModel):
     evidence of; after `quiet` without evidence of this phase or a later one, it falls back
     to `falls_back_to` (by default the phase before)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: PhaseId
     name: str | None = Field(default=None, max_length=100)
@@ -619,7 +647,7 @@ class ChannelRule(BaseModel):
     parameters, context.referrer, context.page.referrer); the first rule that holds wins,
     and an event none holds for is `direct`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     id: PhaseId
     when: When
@@ -739,7 +767,7 @@ class AccountJourney(BaseModel):
     """An account's phase: the furthest phase that at least `at_least` of its members
     reached, counting each committee role once (`count: roles`) or every member."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     at_least: int = Field(default=2, ge=1, le=100)
     count: Literal["roles", "members"] = "roles"
@@ -748,7 +776,7 @@ class AccountJourney(BaseModel):
 class Journey(BaseModel):
     """The buyer journey's phases, in order, and where events come from."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     phases: list[Phase] = Field(min_length=1, max_length=MAX_PHASES)
     channels: list[ChannelRule] = Field(
@@ -782,7 +810,7 @@ class Journey(BaseModel):
 class RuleSetDocument(BaseModel):
     """A rule set as published: immutable once stored under a version number."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = RULES_CONFIG
 
     name: str = Field(min_length=1, max_length=200)
     thresholds: Thresholds
@@ -822,7 +850,13 @@ class RuleSetDocument(BaseModel):
     @classmethod
     def _durations(cls, value: Any) -> Any:
         if isinstance(value, dict):
-            return {stage: parse_duration(text) for stage, text in value.items()}
+            durations = {}
+            for stage, text in value.items():
+                try:
+                    durations[stage] = parse_duration(text)
+                except ValueError as exc:
+                    raise ValueError(f"sla.{stage}: {exc}") from None
+            return durations
         return value
 
     @model_validator(mode="after")
@@ -947,6 +981,11 @@ def parse_qualification(text: str, names: list[str]) -> Qualification:
             number_kind, number, number_at = take()
             if number_kind != "number":
                 raise ValueError(f"expected a number at character {number_at}")
+            if abs(float(number)) > MAX_SCORE_VALUE:
+                raise ValueError(
+                    f"{number[:20]} (character {number_at}) is beyond the limit of "
+                    f"{MAX_SCORE_VALUE:,.0f}"
+                )
             return ("score", value, op, float(number))
         return ("score", value, None, None)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
-from schemas.records import AccountStage
+from schemas.records import STRICT_BODY, AccountStage
 from schemas.ruleset import Stage
 
 EndpointKind = Literal["webhook", "hubspot", "salesforce"]
@@ -45,7 +45,7 @@ class CrmMapping(BaseModel):
     """Which CRM object a record writes, what identifies it there, and which leadscore
     field goes to which CRM property."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     object: str = Field(
         description="HubSpot: contacts or companies; Salesforce: Lead, Contact or Account"
@@ -78,7 +78,7 @@ class CrmMapping(BaseModel):
 
 
 class EndpointFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     name: str = Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
     url: str = Field(
@@ -137,7 +137,7 @@ class EndpointCreate(EndpointFields):
 class EndpointUpdate(BaseModel):
     """Changes to an endpoint; what is left out stays."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
     url: str | None = Field(default=None, min_length=8, max_length=2000)
@@ -205,10 +205,10 @@ class DeliveryList(BaseModel):
 class Redeliver(BaseModel):
     """Deliver again: one delivery (`delivery_id`) or every failed one since a time."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
     delivery_id: int | None = Field(default=None, ge=1)
-    failed_since: AwareDatetime | None = None
+    failed_since: AwareDatetime | None = Field(default=None, strict=False)
 
     @model_validator(mode="after")
     def _one(self) -> Self:

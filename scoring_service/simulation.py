@@ -393,3 +393,64 @@ def replay_documents(engine: Engine, docs: Iterable[Any], *, now: float) -> Repl
         if isinstance(event, Event):
             result.feed([event], now=now)
     return result
+
+
+def _smoke_events(now: float) -> list[dict[str, Any]]:
+    """An ordinary visitor's first hour: pages, identified with typical traits, grouped into
+    a company, a hand-raise. Every rule set must be able to score these."""
+
+    def at(minutes: int) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 3600 + minutes * 60))
+
+    company = {"name": "Check Co", "industry": "Software", "employees": 120, "country": "US"}
+    return [
+        {
+            "type": "page",
+            "messageId": "check-1",
+            "anonymousId": "check-a",
+            "timestamp": at(0),
+            "properties": {"path": "/pricing", "url": "https://example.com/pricing"},
+            "context": {"campaign": {"source": "google", "medium": "cpc"}},
+        },
+        {
+            "type": "identify",
+            "messageId": "check-2",
+            "userId": "check-u",
+            "anonymousId": "check-a",
+            "timestamp": at(1),
+            "traits": {"email": "check@example.com", "title": "VP Operations", "company": company},
+        },
+        {
+            "type": "group",
+            "messageId": "check-3",
+            "userId": "check-u",
+            "groupId": "check-g",
+            "timestamp": at(2),
+            "traits": company,
+        },
+        {
+            "type": "track",
+            "messageId": "check-4",
+            "userId": "check-u",
+            "timestamp": at(3),
+            "event": "Demo Requested",
+            "properties": {"form": "check"},
+        },
+        {
+            "type": "page",
+            "messageId": "check-5",
+            "userId": "check-u",
+            "timestamp": at(4),
+            "properties": {"path": "/careers"},
+        },
+    ]
+
+
+def check_runs(engine: Engine, *, now: float) -> None:
+    """Score an ordinary visitor's events in memory and explain the result: raises whatever
+    the engine raises, so that a version that cannot score is found before it is live (at
+    activation) and said so plainly (when the live one is loaded)."""
+    replay = replay_documents(engine, _smoke_events(now), now=now)
+    for state in replay.ws.leads.values():
+        engine.explain(state)
+        engine.totals(state)

@@ -253,6 +253,12 @@ class Metrics:
             "Rule-set version this instance scores with.",
             registry=r,
         )
+        self.ruleset_unusable = Gauge(
+            "leadscore_active_ruleset_unusable",
+            "1 while the active rule-set version cannot run here (events wait unconsumed "
+            "until an admin activates another version), else 0.",
+            registry=r,
+        )
 
 
 def observe_many(histogram: Histogram, amount: float, times: int) -> None:

@@ -4,6 +4,7 @@ cases, the HTTP API and the console work with. `services.runtime.bootstrap` buil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -63,7 +64,13 @@ class Container:
         """Migrate, make sure topics and a rule set exist, connect the Kafka clients."""
         await db.migrate(self.db)
         async with self.db.connect() as conn:
-            await rulesets.ensure_starter(await db.driver(conn))
+            pg = await db.driver(conn)
+            await rulesets.ensure_starter(pg)
+            # Load the active version now: one that cannot run shows on /readyz from the
+            # start (the loops then wait for another version; the process stays up).
+            with contextlib.suppress(rulesets.VersionUnusable):
+                async with pg.transaction():
+                    await self.rules.engine(pg)
         await kafka.ensure_topics(self.settings)
         await self.producer.start()
         self.scorer.subscribe()

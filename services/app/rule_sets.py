@@ -117,6 +117,13 @@ async def activate_version(
     promoted: dict[str, Any] | None = None
     async with container.db.connect() as conn:
         pg = await driver(conn)
+        await _fetch_version(pg, version)
+        try:
+            # Scored on an ordinary visitor's events first: a version that cannot run is
+            # never made live (a document stored before today's checks, or edited by hand).
+            await container.rules.check(pg, version)
+        except rulesets.VersionUnusable as exc:
+            raise ApiError(422, "ruleset_unusable", str(exc)) from None
         async with pg.transaction():
             await _fetch_version(pg, version)
             previous = await rulesets.active_version(pg)
@@ -260,6 +267,11 @@ async def start_challenge(container: Container, version: int, *, by: str) -> dic
     """Make a version the challenger, and start the job that warms it."""
     async with container.db.connect() as conn:
         pg = await driver(conn)
+        await _fetch_version(pg, version)
+        try:
+            await container.rules.check(pg, version)
+        except rulesets.VersionUnusable as exc:
+            raise ApiError(422, "ruleset_unusable", str(exc)) from None
         async with pg.transaction():
             await _fetch_version(pg, version)
             try:

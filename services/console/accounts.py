@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from services.app.accounts import account_detail, account_list
 from services.console import charts
-from services.console.pages import ID_IN_PATH, PAGE_SIZE, PagesDep
+from services.console.pages import PAGE_SIZE, IdInPath, PagesDep
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +49,7 @@ async def accounts(
 
 
 @router.get("/accounts/{account_id:path}")
-async def account(
-    request: Request, ui: PagesDep, account_id: Annotated[str, ID_IN_PATH]
-) -> Response:
+async def account(request: Request, ui: PagesDep, account_id: IdInPath) -> Response:
     user = await ui.user_of(request)
     detail = await account_detail(ui.container, account_id)
     members_chart = charts.bar_chart(

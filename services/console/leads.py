@@ -15,7 +15,7 @@ from services.app.leads import (
     open_handoff,
 )
 from services.console import charts
-from services.console.pages import ID_IN_PATH, PAGE_SIZE, PagesDep
+from services.console.pages import PAGE_SIZE, IdInPath, PagesDep
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ async def leads(
 
 
 @router.get("/leads/{lead_id:path}")
-async def lead(request: Request, ui: PagesDep, lead_id: Annotated[str, ID_IN_PATH]) -> Response:
+async def lead(request: Request, ui: PagesDep, lead_id: IdInPath) -> Response:
     user = await ui.user_of(request)
     detail = await lead_detail(ui.container, lead_id)
     history = await lead_history(ui.container, detail["lead_id"], TIMELINE_EVENTS)

@@ -6,11 +6,12 @@ page module's routes receive it as the `PagesDep` dependency.
 # No "from __future__ import annotations": FastAPI must see the parameter types.
 
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode
 
 from fastapi import Depends, Path, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import AfterValidator
 
 from services.app.container import Container
 from services.auth import Principal
@@ -18,8 +19,9 @@ from services.console.session import Forbidden, SignInNeeded, anonymous, check_c
 
 # Rows on a list page.
 PAGE_SIZE = 50
-# A lead's or an account's id in a page's path.
-ID_IN_PATH = Path(min_length=1, max_length=512)
+# A lead's or an account's id in a page's path, percent-encoded as one segment: the API's
+# EncodedSegments middleware leaves `%` and `/` encoded in it for the route to decode here.
+IdInPath = Annotated[str, Path(min_length=1, max_length=1600), AfterValidator(unquote)]
 
 
 class Pages:

@@ -10,7 +10,7 @@ from schemas.records import AccountStage
 from schemas.ruleset import PHASE_FILTER
 from services.app import accounts
 from services.app.container import Container
-from services.http.common import ERRORS, NOT_FOUND
+from services.http.common import ERRORS, NOT_FOUND, SubjectId
 
 
 def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
@@ -44,7 +44,7 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         )
 
     @router.get("/accounts/{account_id}", response_model=api.AccountPublic, responses=NOT_FOUND)
-    async def get_account(account_id: str, _: Viewer) -> dict[str, Any]:
+    async def get_account(account_id: SubjectId, _: Viewer) -> dict[str, Any]:
         """An account's score and its parts, its stage, its members with their roles and
         shares, the committee roles covered and missing, and the top signals across members."""
         return await accounts.account_detail(container, account_id)
@@ -52,7 +52,7 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
     @router.get(
         "/accounts/{account_id}/history", response_model=api.AccountHistory, responses=NOT_FOUND
     )
-    async def account_history(account_id: str, _: Viewer) -> dict[str, Any]:
+    async def account_history(account_id: SubjectId, _: Viewer) -> dict[str, Any]:
         """The account's stage changes, oldest first, as published."""
         return await accounts.account_history(container, account_id)
 
@@ -66,7 +66,7 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         tags=["sales handoff"],
     )
     async def account_feedback(
-        account_id: str, body: api.AccountFeedbackBody, who: Admin
+        account_id: SubjectId, body: api.AccountFeedbackBody, who: Admin
     ) -> dict[str, Any]:
         """Sales' word on an account (idempotent on feedback_id): an opportunity opened or won
         or lost, the account disqualified or reopened."""
@@ -81,7 +81,7 @@ def accounts_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             **NOT_FOUND,
         },
     )
-    async def adjust(account_id: str, body: api.Adjustment, who: Admin) -> dict[str, Any]:
+    async def adjust(account_id: SubjectId, body: api.Adjustment, who: Admin) -> dict[str, Any]:
         """Set or change an account's engagement in one score or all, with the reason:
         added to its members' roll-up (shown among them as `adjust:default`), audited; a
         stage it earns is a transition with reason `adjustment`."""

@@ -11,11 +11,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.adapters.postgres.errors import UNAVAILABLE
+from services.adapters.postgres.rulesets import VersionUnusable
 from services.app.container import Container
 from services.app.errors import MALFORMED, ApiError
 from services.auth import AuthError, Principal, authenticate, authorize
 from services.http.accounts import accounts_router
-from services.http.common import COMMON, RequestLimits, error_body, methods_for
+from services.http.common import (
+    COMMON,
+    EncodedSegments,
+    RequestLimits,
+    error_body,
+    methods_for,
+)
 from services.http.guards import AllowedHosts, BrowserGuard, DocumentedContentTypes
 from services.http.ingest import ingest_router
 from services.http.leads import leads_router
@@ -43,6 +50,7 @@ def create_app(container: Container) -> FastAPI:
         responses=COMMON,
     )
     app.state.container = container
+    app.add_middleware(EncodedSegments)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
     # Added last, so it runs first: a foreign Host is refused before anything else is read.
     app.add_middleware(
@@ -78,6 +86,21 @@ def create_app(container: Container) -> FastAPI:
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
             error_body(request.url.path, exc.code, exc.detail), status_code=exc.status
+        )
+
+    @app.exception_handler(VersionUnusable)
+    async def _unusable(request: Request, exc: VersionUnusable) -> JSONResponse:
+        live = container.rules.unusable
+        if live is not None and live.version == exc.version:
+            # The live version: nothing changes leads until an admin activates another.
+            detail = f"{exc}; nothing is scored until another version is activated"
+            return JSONResponse(
+                error_body(request.url.path, "ruleset_unusable", detail),
+                status_code=503,
+                headers={"Retry-After": "30"},
+            )
+        return JSONResponse(
+            error_body(request.url.path, "ruleset_unusable", str(exc)), status_code=422
         )
 
     @app.exception_handler(RequestValidationError)

@@ -7,10 +7,11 @@ import re
 import zlib
 from datetime import datetime
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 import orjson
 from fastapi import FastAPI, Path
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import api
@@ -195,3 +196,37 @@ def methods_for(app: FastAPI, path: str) -> set[str]:
 def path_pattern(template: str) -> re.Pattern[str]:
     """The paths an OpenAPI path template (`/v1/leads/{lead_id}`) stands for."""
     return re.compile(re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)))
+
+
+# -- ids as path segments ------------------------------------------------------------------
+#
+# A lead's or an account's id is whatever the tracker sent: `acme/eu`, `50%`, `a b`. A client
+# puts it in a URL percent-encoded as one segment (`/v1/leads/acme%2Feu/stage`). The router
+# matches decoded paths, where that would be two segments, so `EncodedSegments` gives the
+# router the path with `%` and `/` left encoded inside each segment, and `SubjectId` decodes
+# the id the route received. Every other character is decoded as before.
+
+
+def keep_segments(raw_path: bytes) -> str:
+    """The path to route by: each raw segment decoded, except `%` and `/` in it."""
+    path = raw_path.split(b"?", 1)[0].decode("ascii", "replace")
+    return "/".join(
+        unquote(segment).replace("%", "%25").replace("/", "%2F") for segment in path.split("/")
+    )
+
+
+class EncodedSegments:
+    """ASGI middleware: route by segments as the client encoded them (see above)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if raw and (b"%2f" in raw.lower() or b"%25" in raw):
+            scope = {**scope, "path": keep_segments(raw)}
+        await self.app(scope, receive, send)
+
+
+# A lead's or an account's id in an API path (ids are at most 512 characters long).
+SubjectId = Annotated[str, Path(min_length=1, max_length=1600), AfterValidator(unquote)]

@@ -10,7 +10,7 @@ from schemas.records import FeedbackBody
 from schemas.ruleset import PHASE_FILTER
 from services.app import journey, leads
 from services.app.container import Container
-from services.http.common import ERRORS, NOT_FOUND, IsoDateTime
+from services.http.common import ERRORS, NOT_FOUND, IsoDateTime, SubjectId
 
 
 def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
@@ -46,7 +46,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
 
     @router.get("/leads/{lead_id}", response_model=api.LeadPublic, responses=NOT_FOUND)
     async def get_lead(
-        lead_id: str,
+        lead_id: SubjectId,
         _: Viewer,
         version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     ) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
 
     @router.get("/leads/{lead_id}/history", response_model=api.LeadHistory, responses=NOT_FOUND)
     async def history(
-        lead_id: str, _: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
+        lead_id: SubjectId, _: Viewer, limit: Annotated[int, Query(ge=1, le=10_000)] = 1000
     ) -> dict[str, Any]:
         """Every scored event (its rule hits, points and what they add to the score now)
         and every transition, oldest first, with the score they explain."""
@@ -71,7 +71,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
         },
         tags=["sales handoff"],
     )
-    async def feedback(lead_id: str, body: FeedbackBody, who: Admin) -> dict[str, Any]:
+    async def feedback(lead_id: SubjectId, body: FeedbackBody, who: Admin) -> dict[str, Any]:
         """Record a sales outcome (idempotent on feedback_id): accepted, qualified,
         rejected (with a reason), converted, won, lost or disqualified."""
         return await leads.record_feedback(container, lead_id, body, by=who.name)
@@ -84,7 +84,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             **NOT_FOUND,
         },
     )
-    async def set_stage(lead_id: str, body: api.StageChange, who: Admin) -> dict[str, Any]:
+    async def set_stage(lead_id: SubjectId, body: api.StageChange, who: Admin) -> dict[str, Any]:
         """Set a lead's stage by hand: a transition with reason `manual` and the reason in
         words, sent like any other (notifications and deadlines included), and audited."""
 
@@ -100,7 +100,7 @@ def leads_router(container: Container, Admin: Any, Viewer: Any) -> APIRouter:
             **NOT_FOUND,
         },
     )
-    async def adjust(lead_id: str, body: api.Adjustment, who: Admin) -> dict[str, Any]:
+    async def adjust(lead_id: SubjectId, body: api.Adjustment, who: Admin) -> dict[str, Any]:
         """Set or change a lead's engagement in one score or all (an annual reset, bot
         activity, a lost opportunity), with the reason: audited, shown in the lead's
         explanation and history; a stage it earns is a transition with reason `adjustment`."""

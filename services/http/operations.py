@@ -31,7 +31,8 @@ def operations_router(container: Container) -> APIRouter:
     )
     async def readyz(response: Response) -> api.Health:
         """Readiness, answered within 2 s: the database answers a query, the broker a
-        metadata request, partitions are assigned, and no loop is restarting or dead."""
+        metadata request, partitions are assigned, no loop is restarting or dead, and the
+        active rule-set version runs."""
         problems: dict[str, str] = dict(container.supervisor.problems)
 
         async def database() -> bool:
@@ -59,11 +60,18 @@ def operations_router(container: Container) -> APIRouter:
             return False
 
         db_ok, broker_ok = await asyncio.gather(database(), broker())
+        unusable = container.rules.unusable
+        if unusable is not None:
+            problems["rules"] = (
+                f"{unusable}; events wait unconsumed: activate another version "
+                "(POST /v1/rulesets/{version}/activate)"
+            )[:600]
         checks = {
             "database": db_ok,
             "broker": broker_ok,
             "partitions": bool(container.started and container.consumer.assignment()),
             "loops": not container.supervisor.problems,
+            "rules": unusable is None,
         }
         ready = all(checks.values())
         if not ready:

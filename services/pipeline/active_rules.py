@@ -3,13 +3,22 @@ transaction."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import asyncpg
 
 from scoring_service.engine import Engine
-from services.adapters.postgres.rulesets import RULESET_LOCK, active_version, load_version
+from scoring_service.rules import CompiledRuleSet
+from scoring_service.simulation import check_runs
+from services.adapters.postgres.rulesets import (
+    RULESET_LOCK,
+    VersionUnusable,
+    active_version,
+    load_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +35,19 @@ class ActiveRules:
     any instance: each writer asks inside its own transaction, under the shared lock.
     """
 
-    def __init__(self, on_change: Callable[[int], None] = lambda version: None) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[int], None] = lambda version: None,
+        on_unusable: Callable[[bool], None] = lambda unusable: None,
+    ) -> None:
         self._engine: Engine | None = None
         self._challenger: Engine | None = None
         self._on_change = on_change
+        self._on_unusable = on_unusable
+        # Why the active version cannot run, while it cannot (readiness shows it; every
+        # writer waits, events stay unconsumed, until an admin activates another version).
+        self.unusable: VersionUnusable | None = None
+        self._challenger_unusable: int | None = None
 
     async def engine(self, pg: asyncpg.Connection) -> Engine:
         """The engine for the active version; run inside the caller's transaction.
@@ -52,13 +70,43 @@ class ActiveRules:
         )
         if row is None or row["active"] is None:
             raise NoActiveRuleSet("no active rule set")
-        active = await self.engine_for(pg, int(row["active"]))
+        active = await self._active_engine(pg, int(row["active"]))
         if row["challenger"] is None:
             return active, None
         challenger = self._challenger
+        if row["challenger"] == self._challenger_unusable:
+            return active, None
         if challenger is None or challenger.rules.version != row["challenger"]:
-            challenger = self._challenger = Engine(await load_version(pg, int(row["challenger"])))
+            try:
+                challenger = self._challenger = runnable(
+                    await load_version(pg, int(row["challenger"]))
+                )
+            except VersionUnusable as exc:
+                # The challenger only shadows: live scoring goes on without it.
+                log.error("%s; the challenger is not run", exc)
+                self._challenger_unusable = exc.version
+                return active, None
         return active, challenger
+
+    async def _active_engine(self, pg: asyncpg.Connection, version: int) -> Engine:
+        """The active version's engine, or VersionUnusable (remembered, so that a version
+        that cannot run is not compiled again for every batch that waits for it)."""
+        known = self.unusable
+        if known is not None and known.version == version:
+            raise known
+        try:
+            engine = await self.engine_for(pg, version)
+        except VersionUnusable as exc:
+            if self.unusable is None or self.unusable.version != exc.version:
+                log.critical("%s; events wait unconsumed until another version is activated", exc)
+            self.unusable = exc
+            self._on_unusable(True)
+            raise
+        if self.unusable is not None:
+            log.warning("scoring again: version %d is active and runs", version)
+            self.unusable = None
+            self._on_unusable(False)
+        return engine
 
     async def engine_for(self, pg: asyncpg.Connection, version: int) -> Engine:
         """The engine of `version`: the cached one when it is that version (reads that
@@ -66,14 +114,30 @@ class ActiveRules:
         engine = self._engine
         if engine is not None and engine.rules.version == version:
             return engine
-        compiled = Engine(await load_version(pg, version))
+        compiled = runnable(await load_version(pg, version))
         if await active_version(pg) == version:
             self._engine = compiled
             self._on_change(version)
             log.info("scoring with rule set version %d", version)
         return compiled
 
+    async def check(self, pg: asyncpg.Connection, version: int) -> None:
+        """Raise VersionUnusable when `version` cannot run (before it is activated)."""
+        rules = await load_version(pg, version)
+        await asyncio.to_thread(runnable, rules)
+
     @property
     def cached(self) -> Engine | None:
         """The engine last used by a writer, if any (no database round trip)."""
         return self._engine
+
+
+def runnable(rules: CompiledRuleSet) -> Engine:
+    """The engine for compiled rules, checked on an ordinary visitor's events first
+    (simulation.check_runs); VersionUnusable when it cannot be built or cannot score them."""
+    try:
+        engine = Engine(rules)
+        check_runs(engine, now=time.time())
+    except Exception as exc:  # whatever the cause, this version cannot score
+        raise VersionUnusable(rules.version, f"{type(exc).__name__}: {exc}"[:500]) from exc
+    return engine

@@ -39,6 +39,7 @@ from services.adapters import kafka
 from services.adapters.postgres import offset_store, outbox_store
 from services.adapters.postgres.db import driver
 from services.adapters.postgres.errors import DATABASE_ERROR, REFUSED, UNAVAILABLE
+from services.adapters.postgres.rulesets import VersionUnusable
 from services.metrics import observe_many
 from services.pipeline.batches import (
     BatchReport,
@@ -296,6 +297,11 @@ class TopicConsumer(Generic[Item, Outcome]):
             except (DatabaseUnavailable, *UNAVAILABLE) as exc:
                 failures = await self._wait_out(exc, failures, stop)
                 needs_resync = True
+            except VersionUnusable as exc:
+                # The batch was not scored and its offsets not stored: it is read again once
+                # an admin has activated a version that runs (readiness says so meanwhile).
+                failures = await self._wait_out(exc, failures, stop)
+                needs_resync = True
             except KafkaError as exc:
                 failures = await self._wait_out(exc, failures, stop)
                 needs_resync = True  # a batch in hand, if any, was not scored
@@ -447,6 +453,8 @@ class TopicConsumer(Generic[Item, Outcome]):
                 raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
             except offset_store.LogReplaced:
                 raise  # not the records' fault: the consumer starts the new log
+            except VersionUnusable:
+                raise  # not the records' fault either: they wait for a version that runs
             except PoisonRecord as exc:
                 log.warning("a record failed to process (%s); sending it to the DLQ", exc)
                 parsed = without(parsed, exc.item, processing_failure(exc.error))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import asyncpg
 
 from services.adapters.postgres.db import driver
+from services.adapters.postgres.rulesets import VersionUnusable
 from services.pipeline.lead_transaction import LeadTransaction, LeadWriter
 from services.settings import Settings
 from stage_router import records
@@ -117,6 +118,9 @@ class SlaWatcher:
                 await self.update_gauge()
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("checking follow-up deadlines failed (%s); trying again", exc)
+            except VersionUnusable as exc:
+                # Readiness and the consumer say so; deadlines wait for a version that runs.
+                log.debug("follow-up deadlines wait: %s", exc)
             try:
                 await asyncio.wait_for(stop.wait(), timeout=self.settings.sla_check_seconds)
             except TimeoutError:

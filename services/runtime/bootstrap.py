@@ -52,7 +52,10 @@ def bootstrap(
         webhooks.notify()
 
     # One active rule set and one writer for everything that changes leads.
-    rules = ActiveRules(on_change=metrics.ruleset_version.set)
+    rules = ActiveRules(
+        on_change=metrics.ruleset_version.set,
+        on_unusable=lambda unusable: metrics.ruleset_unusable.set(int(unusable)),
+    )
     writer = LeadWriter(
         db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=committed
     )

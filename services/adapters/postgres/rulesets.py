@@ -64,11 +64,25 @@ async def active_version(pg: asyncpg.Connection) -> int | None:
     return int(value) if value is not None else None
 
 
+class VersionUnusable(Exception):
+    """A stored version that cannot be read or compiled into rules (stored before a check
+    that now refuses it, or changed in the database by hand): scoring with it is impossible,
+    whatever the events. Raised in place of the validation or compilation error."""
+
+    def __init__(self, version: int, reason: str) -> None:
+        super().__init__(f"rule-set version {version} cannot run: {reason}")
+        self.version = version
+        self.reason = reason
+
+
 async def load_version(pg: asyncpg.Connection, version: int) -> CompiledRuleSet:
     text = await pg.fetchval("SELECT document::text FROM rulesets WHERE version = $1", version)
     if text is None:
         raise LookupError(f"rule set version {version} does not exist")
-    return compile_ruleset(RuleSetDocument.model_validate(orjson.loads(text)), version)
+    try:
+        return compile_ruleset(RuleSetDocument.model_validate(orjson.loads(text)), version)
+    except Exception as exc:  # whatever the document holds, it is the version's fault
+        raise VersionUnusable(version, f"{type(exc).__name__}: {exc}"[:500]) from exc
 
 
 async def record_audit(
