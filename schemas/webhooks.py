@@ -48,7 +48,8 @@ class CrmMapping(BaseModel):
     model_config = STRICT_BODY
 
     object: str = Field(
-        description="HubSpot: contacts or companies; Salesforce: Lead, Contact or Account"
+        pattern=_CRM_NAME,
+        description="HubSpot: contacts or companies; Salesforce: Lead, Contact or Account",
     )
     id_property: str = Field(
         pattern=_CRM_NAME,
@@ -107,30 +108,45 @@ class EndpointFields(BaseModel):
     )
 
 
-class EndpointCreate(EndpointFields):
+class EndpointSettings(EndpointFields):
+    """Everything an endpoint is but its secret: what a create sets and what every change
+    must leave valid (a PATCH is checked by merging it into the endpoint and validating the
+    result with this model)."""
+
+    kind: EndpointKind = "webhook"
+    mapping: CrmMapping | None = None
+
+    @model_validator(mode="after")
+    def _kind_needs_mapping(self) -> Self:
+        if self.kind == "webhook":
+            if self.mapping is not None:
+                raise ValueError("a webhook has no mapping (it is signed instead)")
+            return self
+        if self.mapping is None:
+            raise ValueError(f"a {self.kind} writer needs a mapping")
+        objects = HUBSPOT_OBJECTS if self.kind == "hubspot" else SALESFORCE_OBJECTS
+        if self.mapping.object not in objects:
+            raise ValueError(f"mapping.object: one of {', '.join(objects)} for {self.kind}")
+        return self
+
+
+class EndpointCreate(EndpointSettings):
     """A new endpoint. A webhook gets a signing secret (returned once); a CRM writer needs
     its token and a mapping."""
 
-    kind: EndpointKind = "webhook"
     token: str | None = Field(
         default=None,
         min_length=8,
         max_length=4000,
         description="HubSpot: a private app's access token; Salesforce: an OAuth bearer token",
     )
-    mapping: CrmMapping | None = None
 
     @model_validator(mode="after")
-    def _kind_needs(self) -> Self:
-        if self.kind == "webhook":
-            if self.token is not None or self.mapping is not None:
-                raise ValueError("a webhook has no token or mapping (it is signed instead)")
-            return self
-        if self.token is None or self.mapping is None:
+    def _kind_needs_token(self) -> Self:
+        if self.kind == "webhook" and self.token is not None:
+            raise ValueError("a webhook has no token or mapping (it is signed instead)")
+        if self.kind != "webhook" and self.token is None:
             raise ValueError(f"a {self.kind} writer needs a token and a mapping")
-        objects = HUBSPOT_OBJECTS if self.kind == "hubspot" else SALESFORCE_OBJECTS
-        if self.mapping.object not in objects:
-            raise ValueError(f"mapping.object: one of {', '.join(objects)} for {self.kind}")
         return self
 
 
@@ -150,6 +166,16 @@ class EndpointUpdate(BaseModel):
     mapping: CrmMapping | None = None
 
 
+class StoredMapping(BaseModel):
+    """A CRM writer's mapping as stored and shown: read back as it is (an endpoint stored by
+    an older release may hold one today's checks refuse; its page must still open)."""
+
+    object: str
+    id_property: str
+    id_from: str = "lead_id"
+    properties: dict[str, str]
+
+
 class Endpoint(BaseModel):
     id: str
     name: str
@@ -161,7 +187,7 @@ class Endpoint(BaseModel):
     paused: bool
     retry_hours: float
     rate_per_second: float
-    mapping: CrmMapping | None
+    mapping: StoredMapping | None
     created_by: str
     created_at: datetime
     updated_at: datetime

@@ -7,7 +7,10 @@ and limits (method, path, auth, content type, batch size, field shapes)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,3 +189,56 @@ async def receiving(receiver: Receiver):  # type: ignore[no-untyped-def]
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=5)
+
+
+@dataclass
+class Hung:
+    """A receiver that reads each request and never answers: it notes when each request
+    arrived (time.monotonic(), path) and how many connections are open at once. It runs on
+    its own thread and event loop, so that holding hundreds of connections costs the
+    service's loop (the test's) nothing but its own side of them."""
+
+    starts: list[tuple[float, str]] = field(default_factory=list)
+    open_now: int = 0
+    most_open: int = 0
+    url: str = ""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode("latin-1")
+                self.starts.append((time.monotonic(), path))
+                await reader.read()  # until the caller gives up and closes
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+
+@contextlib.asynccontextmanager
+async def hanging(hung: Hung):  # type: ignore[no-untyped-def]
+    """Serve `hung` on a free loopback port, on a thread of its own, for the block; its base
+    URL in .url."""
+    ready: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, int]] = (
+        concurrent.futures.Future()
+    )
+    stopping = threading.Event()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(hung.handle, "127.0.0.1", 0, backlog=1024)
+        ready.set_result((asyncio.get_running_loop(), server.sockets[0].getsockname()[1]))
+        while not stopping.is_set():
+            await asyncio.sleep(0.05)  # the thread's own loop: nothing to synchronise with
+        server.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    _, port = await asyncio.wrap_future(ready)
+    hung.url = f"http://127.0.0.1:{port}"
+    try:
+        yield hung
+    finally:
+        stopping.set()
+        await asyncio.to_thread(thread.join, 10)

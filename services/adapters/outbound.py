@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
 
 import httpx
 
@@ -47,24 +51,68 @@ class Answer:
         return self.body[:ANSWER_EXCERPT].decode("utf-8", "replace")
 
 
+# Ranges Python's ipaddress counts as global that still reach inside or are not for hosts:
+# IETF protocol assignments (192.0.0.8 and the rest of 192.0.0.0/24) and the IPv6 forms that
+# carry an IPv4 address (6to4, NAT64, IPv4-compatible), whose IPv4 part is checked too.
+_NOT_FOR_ENDPOINTS = tuple(
+    ipaddress.ip_network(n) for n in ("192.0.0.0/24", "64:ff9b::/96", "64:ff9b:1::/48", "::/96")
+)
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+MAX_LABEL = 63
+MAX_HOST = 253
+# An IPv4 address as resolvers read it: dotted, with 1 to 4 parts in decimal, octal (0177) or
+# hex (0x7f): 127.1, 0x7f000001, 2130706433 and 0 are all addresses, not names.
+_IPV4_LIKE = re.compile(r"^[0-9a-fA-FxX.]+$")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries: IPv4-mapped, 6to4, NAT64, IPv4-compatible."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in network for network in _NAT64) or ip in _NOT_FOR_ENDPOINTS[3]:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def address_refusal(address: str) -> str | None:
     """Why a connection to this address is refused by default; None if it is public."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     if ip.is_loopback or ip.is_unspecified:
         return "loopback"  # 0.0.0.0 and :: reach this host
+    inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+    if inner is not None and (why := address_refusal(str(inner))):
+        return why
     if ip.is_link_local:
         return "link-local (cloud metadata lives here)"
     if ip.is_private:
         return "private"
-    if ip.is_multicast or ip.is_reserved or ip.is_unspecified or not ip.is_global:
+    if ip.is_multicast or ip.is_reserved or not ip.is_global:
+        return "reserved or shared"
+    if any(ip in network for network in _NOT_FOR_ENDPOINTS):
         return "reserved or shared"
     return None
 
 
+def literal_address(host: str) -> str | None:
+    """The address a host written as an IP literal stands for, in its usual spelling (IPv4
+    shorthands and hex included); None for a name."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if _IPV4_LIKE.match(host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
 def target(url: str, *, allow_http: bool, allow_private: bool) -> Target:
-    """The parts of an endpoint URL, checked as far as they can be without DNS."""
+    """The parts of an endpoint URL, checked as far as they can be without DNS. The same
+    checks run when an admin sets the URL and before every delivery."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError) as exc:
@@ -80,26 +128,46 @@ def target(url: str, *, allow_http: bool, allow_private: bool) -> Target:
         raise Refused("the URL has no host")
     if parsed.fragment:
         raise Refused("the URL may not have a fragment")
-    try:
-        ipaddress.ip_address(host)
-        literal = True
-    except ValueError:
-        literal = False
-    if literal and not allow_private and (why := address_refusal(host)):
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise Refused(f"port {parsed.port} is not a port (1 to 65535)")
+    if "%" in host:
+        address = literal_address(unquote(host))
+        if address and not allow_private and (why := address_refusal(address)):
+            raise Refused(f"{host} is {address}, a {why} address")
+        raise Refused("the host may not be percent-encoded (write it as it is)")
+    ascii_host = parsed.raw_host.decode("ascii", "replace")
+    if len(ascii_host) > MAX_HOST or any(
+        len(label) > MAX_LABEL for label in ascii_host.rstrip(".").split(".")
+    ):
+        raise Refused(f"a host name is at most {MAX_HOST} characters, {MAX_LABEL} per label")
+    address = literal_address(host.rstrip("."))
+    if address is not None and not allow_private and (why := address_refusal(address)):
         raise Refused(f"{host} is a {why} address")
-    if not literal and (host == "localhost" or host.endswith(".localhost")) and not allow_private:
+    name = host.rstrip(".").lower()
+    loopback_name = name == "localhost" or name.endswith(".localhost")
+    if address is None and loopback_name and not allow_private:
         raise Refused(f"{host} is a loopback name")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     path = parsed.raw_path.decode("ascii", "replace") or "/"
     return Target(parsed.scheme, host, port, path)
 
 
-async def resolve(spot: Target, *, allow_private: bool) -> str:
+Lookup = Callable[[str, int], Awaitable[list[tuple[Any, ...]]]]
+
+
+async def default_lookup(host: str, port: int) -> list[tuple[Any, ...]]:
+    return await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+async def resolve(spot: Target, *, allow_private: bool, lookup: Lookup | None = None) -> str:
     """The address to connect to: every address the name resolves to must be allowed (a
-    name with one public and one private answer is refused)."""
-    loop = asyncio.get_running_loop()
+    name with one public and one private answer is refused). An IP literal needs no lookup
+    (target() checked it). `lookup` does the DNS query (by default on the event loop's
+    shared executor; the dispatcher gives each endpoint its own thread for it)."""
+    if (literal := literal_address(spot.host.rstrip("."))) is not None:
+        return literal
     try:
-        infos = await loop.getaddrinfo(spot.host, spot.port, type=socket.SOCK_STREAM)
+        infos = await (lookup or default_lookup)(spot.host, spot.port)
     except (socket.gaierror, UnicodeError) as exc:
         raise Refused(f"{spot.host} does not resolve: {exc}") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
@@ -122,11 +190,14 @@ async def send(
     timeout: float,
     allow_http: bool,
     allow_private: bool,
+    address: str | None = None,
 ) -> Answer:
-    """One request to a checked address; raises Refused, or httpx's errors for transport
-    failures and timeouts."""
+    """One request to a checked address (`address`: one resolve() gave for the URL's host,
+    else resolved here); raises Refused, or httpx's errors for transport failures and
+    timeouts."""
     spot = target(url, allow_http=allow_http, allow_private=allow_private)
-    address = await resolve(spot, allow_private=allow_private)
+    if address is None:
+        address = await resolve(spot, allow_private=allow_private)
     host_header = spot.host if spot.port in (80, 443) else f"{spot.host}:{spot.port}"
     literal = f"[{address}]" if ":" in address else address
     pinned = f"{spot.scheme}://{literal}:{spot.port}{spot.path}"

@@ -8,7 +8,9 @@ import secrets as random
 from datetime import datetime
 from typing import Any
 
-from schemas.webhooks import EndpointCreate, EndpointUpdate
+from pydantic import ValidationError
+
+from schemas.webhooks import EndpointCreate, EndpointSettings, EndpointUpdate
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
 from services.adapters.postgres.db import driver
@@ -29,6 +31,14 @@ def check_url(container: Container, url: str) -> None:
         )
     except outbound.Refused as exc:
         raise ApiError(422, "url_refused", str(exc)) from None
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    problems = [
+        {"loc": ".".join(str(p) for p in error["loc"]) or "body", "msg": error["msg"]}
+        for error in exc.errors()
+    ]
+    return ApiError(422, "invalid_request", problems)
 
 
 def not_found() -> ApiError:
@@ -82,25 +92,45 @@ async def get_endpoint(container: Container, endpoint_id: str) -> dict[str, Any]
 async def update_endpoint(
     container: Container, endpoint_id: str, body: EndpointUpdate, by: str
 ) -> dict[str, Any]:
-    changes = body.model_dump(exclude_unset=True)
+    """Change an endpoint: the changes are merged into it and the result is validated by
+    the model a create uses (EndpointSettings), so no PATCH leaves a writer that cannot
+    deliver. Pausing stops its calls in flight on this instance at once (every instance
+    within a second)."""
+    changes: dict[str, Any] = {}
+    for name in body.model_fields_set:
+        value = getattr(body, name)
+        if value is None:
+            raise ApiError(422, "invalid_request", f"{name}: give a value or leave it out")
+        changes[name] = value.model_dump() if hasattr(value, "model_dump") else value
     if "url" in changes:
-        if changes["url"] is None:
-            raise ApiError(422, "invalid_request", "url: give a URL or leave it out")
         check_url(container, changes["url"])
-    changes = {k: v for k, v in changes.items() if v is not None}
     async with container.db.begin() as conn:
         pg = await driver(conn)
         current = await webhook_store.endpoint(pg, endpoint_id)
         if current is None:
             raise not_found()
-        if "mapping" in changes and current["kind"] == "webhook":
-            raise ApiError(422, "invalid_request", "mapping: a webhook has no mapping")
-        row = await webhook_store.update_endpoint(pg, endpoint_id, changes)
+        merged = {
+            name: value
+            for name, value in webhook_store.endpoint_doc(current).items()
+            if name in EndpointSettings.model_fields
+        }
+        try:
+            settings = EndpointSettings.model_validate({**merged, **changes})
+        except ValidationError as exc:
+            if set(changes) == {"paused"}:
+                # Pausing is always allowed, even an endpoint stored before today's checks.
+                settings = EndpointSettings.model_construct(**{**merged, **changes})
+            else:
+                raise _invalid(exc) from None
+        stored = settings.model_dump(include=set(changes))
+        row = await webhook_store.update_endpoint(pg, endpoint_id, stored)
         await record_audit(
-            pg, actor=by, action="endpoint.update", target=endpoint_id, detail=changes
+            pg, actor=by, action="endpoint.update", target=endpoint_id, detail=stored
         )
     assert row is not None
-    if not row["paused"]:
+    if row["paused"]:
+        container.webhooks.halt(endpoint_id)
+    else:
         container.webhooks.notify()
     return webhook_store.endpoint_doc(row)
 
@@ -111,6 +141,7 @@ async def delete_endpoint(container: Container, endpoint_id: str, by: str) -> No
         if not await webhook_store.delete_endpoint(pg, endpoint_id):
             raise not_found()
         await record_audit(pg, actor=by, action="endpoint.delete", target=endpoint_id, detail=None)
+    container.webhooks.halt(endpoint_id)
 
 
 async def delivery_log(

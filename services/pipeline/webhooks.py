@@ -18,19 +18,24 @@ never moves the CRM record backwards).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import random
+import socket
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
 import httpx
 import orjson
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas.webhooks import EndpointSettings
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
 from services.adapters.postgres.db import driver
@@ -47,6 +52,8 @@ LEASE_MARGIN_SECONDS = 30.0
 GAUGES_EVERY_SECONDS = 5.0
 PURGE_EVERY_SECONDS = 60.0
 PURGE_CHUNK = 10_000
+# How soon a pause or a deletion made on another instance stops this one's calls.
+HALT_CHECK_SECONDS = 0.5
 USER_AGENT = "leadscore-webhooks/1"
 
 
@@ -73,15 +80,26 @@ class Dispatcher:
         db: AsyncEngine,
         metrics: Metrics,
         vault: Vault,
-        client: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.metrics = metrics
         self.vault = vault
-        self.client = client
         self.wake = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # One HTTP client per endpoint, each with its own connections (at most
+        # `webhook_concurrency`): an endpoint that never answers can fill only its own pool,
+        # so a healthy one never waits for a connection behind it.
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        # Deliveries each endpoint's task holds claims on, given back if it is halted.
+        self.in_hand: dict[str, set[int]] = {}
+        # DNS lookups block a thread for as long as a dead name server makes them wait: each
+        # endpoint resolves its host once per round, on threads of the dispatcher's own (one
+        # per endpoint at most), so neither one endpoint's lookups nor the rest of the
+        # service's thread work can hold up another's.
+        self.dns = concurrent.futures.ThreadPoolExecutor(
+            max_workers=settings.webhook_max_endpoints, thread_name_prefix="webhook-dns"
+        )
         self._gauges_at = 0.0
         self._purged_at = 0.0
 
@@ -89,12 +107,33 @@ class Dispatcher:
         """Called after each committed batch: deliveries may be waiting."""
         self.wake.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        owns_client = self.client is None
-        if self.client is None:
-            self.client = httpx.AsyncClient(
-                headers={"user-agent": USER_AGENT}, trust_env=False, follow_redirects=False
+    def halt(self, endpoint_id: str) -> None:
+        """Stop an endpoint's deliveries now (paused or deleted): its task and the calls in
+        flight are cancelled, its claims given back unattempted. Other instances notice
+        within `HALT_CHECK_SECONDS` (watch_halted)."""
+        task = self.tasks.pop(endpoint_id, None)
+        if task is not None and not task.done():
+            task.cancel()
+        client = self.clients.pop(endpoint_id, None)
+        if client is not None:
+            asyncio.get_running_loop().create_task(client.aclose())
+
+    def client_for(self, endpoint_id: str) -> httpx.AsyncClient:
+        client = self.clients.get(endpoint_id)
+        if client is None:
+            concurrency = self.settings.webhook_concurrency
+            client = self.clients[endpoint_id] = httpx.AsyncClient(
+                headers={"user-agent": USER_AGENT},
+                trust_env=False,
+                follow_redirects=False,
+                limits=httpx.Limits(
+                    max_connections=concurrency, max_keepalive_connections=concurrency
+                ),
             )
+        return client
+
+    async def run(self, stop: asyncio.Event) -> None:
+        watcher = asyncio.create_task(self.watch_halted(stop), name="webhooks:halted")
         try:
             while not stop.is_set():
                 try:
@@ -113,6 +152,7 @@ class Dispatcher:
                             for waiting in waits:
                                 waiting.cancel()
         finally:
+            watcher.cancel()
             # Requests in flight get their timeout to finish; their outcome is recorded.
             if self.tasks:
                 await asyncio.wait(
@@ -120,9 +160,28 @@ class Dispatcher:
                 )
                 for task in self.tasks.values():
                     task.cancel()
-            if owns_client and self.client is not None:
-                await self.client.aclose()
-                self.client = None
+            for client in self.clients.values():
+                await client.aclose()
+            self.clients.clear()
+            self.dns.shutdown(wait=False, cancel_futures=True)
+
+    async def watch_halted(self, stop: asyncio.Event) -> None:
+        """Halt the tasks of endpoints paused or deleted on any instance, within
+        HALT_CHECK_SECONDS of the change (one small query, only while tasks run)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=HALT_CHECK_SECONDS)
+            running = [i for i, task in self.tasks.items() if not task.done()]
+            if not running:
+                continue
+            try:
+                async with self.db.connect() as conn:
+                    live = await webhook_store.unpaused(await driver(conn), running)
+            except UNAVAILABLE:
+                continue  # the dispatcher's own loop says so
+            for endpoint_id in set(running) - live:
+                log.info("webhook %s: paused or deleted; its calls in flight stop", endpoint_id)
+                self.halt(endpoint_id)
 
     async def start_due(self, stop: asyncio.Event) -> None:
         """A task for every endpoint with something due that has none running."""
@@ -137,24 +196,56 @@ class Dispatcher:
 
     async def serve(self, endpoint_id: str, stop: asyncio.Event) -> None:
         """Deliver an endpoint's due deliveries until none is left or the service stops."""
+        in_hand = self.in_hand.setdefault(endpoint_id, set())
         try:
             async with self.db.connect() as conn:
                 row = await webhook_store.endpoint_with_secret(await driver(conn), endpoint_id)
             if row is None or row["paused"]:
                 return
-            endpoint = EndpointView(row, self.vault)
+            try:
+                endpoint = EndpointView(row, self.vault)
+            except EndpointBroken as exc:
+                await self.set_aside_all(endpoint_id, str(exc))
+                return
             pacer = Pacer(endpoint.rate)
             while not stop.is_set():
                 claimed = await self.claim(endpoint)
                 if not claimed:
                     return
+                in_hand.update(row["id"] for row in claimed)
                 await self.deliver(endpoint, claimed, pacer)
+                in_hand.clear()
+        except asyncio.CancelledError:
+            # Halted (paused or deleted): give the claims back unattempted, so that they go
+            # out as soon as the endpoint is resumed rather than when their lease runs out.
+            if in_hand:
+                with contextlib.suppress(*UNAVAILABLE):
+                    await asyncio.shield(self.release(sorted(in_hand)))
+            raise
         except UNAVAILABLE as exc:
             log.warning("webhook %s: database unavailable (%s)", endpoint_id, exc)
         except SecretsUnreadable as exc:
             log.error("webhook %s: %s; its deliveries wait", endpoint_id, exc)
         except Exception:
             log.exception("webhook %s: delivery round failed", endpoint_id)
+        finally:
+            in_hand.clear()
+
+    async def release(self, ids: list[int]) -> None:
+        async with self.db.begin() as conn:
+            await webhook_store.release(await driver(conn), ids)
+
+    async def set_aside_all(self, endpoint_id: str, reason: str) -> None:
+        """An endpoint whose own configuration cannot deliver (stored before a check that
+        now refuses it): every due delivery is set aside with the reason, where the log,
+        the failed-deliveries gauge and its alert show it; fixing the endpoint and
+        re-delivering sends them."""
+        log.error("webhook %s: %s; its due deliveries are set aside", endpoint_id, reason)
+        async with self.db.begin() as conn:
+            count = await webhook_store.set_aside_due(
+                await driver(conn), endpoint_id, f"configuration: {reason}"
+            )
+        self.metrics.webhook_deliveries.labels(endpoint_id, "failed").inc(count)
 
     async def claim(self, endpoint: EndpointView) -> list[asyncpg.Record]:
         limit = self.settings.webhook_concurrency * deliveries.BATCH_LIMITS[endpoint.kind]
@@ -171,11 +262,12 @@ class Dispatcher:
         else:
             groups, skipped = await self.crm_groups(endpoint, claimed)
         limit = asyncio.Semaphore(self.settings.webhook_concurrency)
+        address = await self.address_of(endpoint) if groups else None
 
         async def one(group: list[asyncpg.Record]) -> list[dict[str, Any]]:
             async with limit:
                 await pacer.wait()
-                return await self.attempt(endpoint, group)
+                return await self.attempt(endpoint, group, address)
 
         outcomes = [o for batch in await asyncio.gather(*map(one, groups)) for o in batch]
         outcomes.extend(skipped)
@@ -233,15 +325,46 @@ class Dispatcher:
         size = deliveries.BATCH_LIMITS[endpoint.kind]
         return [keep[i : i + size] for i in range(0, len(keep), size)], later
 
+    async def address_of(self, endpoint: EndpointView) -> str | outbound.Refused:
+        """The checked address this round's requests go to, or why there is none."""
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+
+        async def lookup(host: str, port: int) -> list[tuple[Any, ...]]:
+            query = partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+            return await loop.run_in_executor(self.dns, query)
+
+        try:
+            spot = outbound.target(
+                endpoint.url,
+                allow_http=settings.outbound_allow_http,
+                allow_private=settings.outbound_allow_private,
+            )
+            return await outbound.resolve(
+                spot, allow_private=settings.outbound_allow_private, lookup=lookup
+            )
+        except outbound.Refused as exc:
+            return exc
+
     async def attempt(
-        self, endpoint: EndpointView, group: Sequence[asyncpg.Record]
+        self,
+        endpoint: EndpointView,
+        group: Sequence[asyncpg.Record],
+        address: str | outbound.Refused | None = None,
     ) -> list[dict[str, Any]]:
-        """One request for `group`; an outcome per delivery, in the group's order."""
-        assert self.client is not None
+        """One request for `group` (to `address`, resolved for the round); an outcome per
+        delivery, in the group's order."""
+        if isinstance(address, outbound.Refused):
+            return [self.again(endpoint, row, reason=f"refused: {address}") for row in group]
         try:
             method, url, headers, body = endpoint.request(group)
+        except (KeyError, ValueError, TypeError) as exc:
+            # The endpoint's own configuration cannot make this request: set aside, shown.
+            reason = f"configuration: cannot build the request ({type(exc).__name__}: {exc})"
+            return [self.set_aside(endpoint, row, reason) for row in group]
+        try:
             answer = await outbound.send(
-                self.client,
+                self.client_for(endpoint.id),
                 method,
                 url,
                 headers=headers,
@@ -249,6 +372,7 @@ class Dispatcher:
                 timeout=self.settings.webhook_timeout_seconds,
                 allow_http=self.settings.outbound_allow_http,
                 allow_private=self.settings.outbound_allow_private,
+                address=address,
             )
         except outbound.Refused as exc:
             return [self.again(endpoint, row, reason=f"refused: {exc}") for row in group]
@@ -280,6 +404,16 @@ class Dispatcher:
         if answer.status in (429, 503):
             wait = deliveries.retry_after(answer.headers.get("retry-after"), datetime.now(UTC))
         return [self.again(endpoint, row, reason=reason, wait=wait, **seen) for row in group]
+
+    def set_aside(self, endpoint: EndpointView, row: asyncpg.Record, reason: str) -> dict[str, Any]:
+        log.error("webhook %s: delivery %s set aside: %s", endpoint.id, row["id"], reason)
+        return {
+            "id": row["id"],
+            "state": "failed",
+            "tried": 0,
+            "reason": reason,
+            "result": "failed",
+        }
 
     def again(
         self,
@@ -346,6 +480,11 @@ class Dispatcher:
                 )
 
 
+class EndpointBroken(Exception):
+    """The endpoint's stored configuration cannot deliver anything (it fails the checks a
+    create or a change passes today)."""
+
+
 class EndpointView:
     """An endpoint as the dispatcher uses it: what to send, and how to read the answer."""
 
@@ -355,7 +494,18 @@ class EndpointView:
         self.url: str = row["url"]
         self.rate: float = row["rate_per_second"]
         self.retry_hours: float = row["retry_hours"]
-        self.mapping: dict[str, Any] = orjson.loads(row["mapping"]) if row["mapping"] else {}
+        mapping = orjson.loads(row["mapping"]) if row["mapping"] else None
+        try:
+            # The model every create and change passes: a writer whose stored mapping it
+            # refuses would fail every round, so it is caught here, once, in words.
+            checked = EndpointSettings.model_validate(
+                {"name": row["name"], "url": row["url"], "kind": row["kind"], "mapping": mapping}
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise EndpointBroken(f"{where}: {first['msg']}" if where else first["msg"]) from None
+        self.mapping: dict[str, Any] = checked.mapping.model_dump() if checked.mapping else {}
         self._secret = vault.open(row["secret"])
 
     def request(self, group: Sequence[asyncpg.Record]) -> tuple[str, str, dict[str, str], bytes]:

@@ -126,6 +126,53 @@ def test_address_classes(address, refused):
     assert (why if why is None else why.split(" (")[0]) == refused
 
 
+@pytest.mark.parametrize(
+    "url, says",
+    [
+        ("https://%31%32%37.0.0.1/h", "127.0.0.1, a loopback"),
+        ("https://ex%61mple.com/h", "percent-encoded"),
+        ("https://0x7f000001/h", "loopback"),
+        ("https://2130706433/h", "loopback"),
+        ("https://127.1/h", "loopback"),
+        ("https://0/h", "loopback"),
+        ("https://127.0.0.1./h", "loopback"),
+        ("https://[::ffff:127.0.0.1]/h", "loopback"),
+        ("https://[::ffff:a00:1]/h", "private"),
+        ("https://[2002:7f00:1::]/h", "loopback"),  # 6to4 carrying 127.0.0.1
+        ("https://[2002:a9fe:a9fe::]/h", "link-local"),  # 6to4 carrying 169.254.169.254
+        ("https://[64:ff9b::a9fe:a9fe]/h", "link-local"),  # NAT64
+        ("https://[::127.0.0.1]/h", "loopback"),  # IPv4-compatible
+        ("https://192.0.0.8/h", "reserved"),
+        ("https://192.0.0.170/h", "private"),
+        ("https://localhost./h", "loopback name"),
+        ("https://example.com:65536/h", "1 to 65535"),
+        ("https://example.com:0/h", "1 to 65535"),
+        ("https://example.com:-1/h", "1 to 65535"),
+        ("https://" + "a" * 64 + ".example.com/h", "63 per label"),
+        ("https://" + "a." * 127 + "com/h", "at most 253"),
+    ],
+)
+def test_every_spelling_of_an_inside_address_is_refused_when_set(url, says):
+    with pytest.raises(outbound.Refused, match=says.replace(".", r"\.")):
+        outbound.target(url, allow_http=False, allow_private=False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.example.com/h",
+        "https://hooks.example.com:8443/h?x=1",
+        "https://93.184.215.14/h",
+        "https://[2606:4700::1111]/h",
+        "https://[2002:5db8:d70e::]/h",  # 6to4 carrying a public address
+        "https://b\u00fccher.example/h",
+        "https://cafe.be/h",
+    ],
+)
+def test_public_endpoints_are_taken(url):
+    assert outbound.target(url, allow_http=False, allow_private=False).port in (443, 8443)
+
+
 def stub_dns(monkeypatch, answers: list[str]) -> None:
     async def getaddrinfo(host, port, **_):  # type: ignore[no-untyped-def]
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answers]

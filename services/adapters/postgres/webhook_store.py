@@ -193,6 +193,28 @@ async def record_outcomes(pg: asyncpg.Connection, outcomes: Sequence[Mapping[str
     )
 
 
+async def unpaused(pg: asyncpg.Connection, endpoint_ids: Sequence[str]) -> set[str]:
+    """Those of the endpoints that exist and are not paused."""
+    rows = await pg.fetch(
+        "SELECT id FROM webhook_endpoints WHERE id = ANY($1::text[]) AND NOT paused",
+        list(endpoint_ids),
+    )
+    return {r["id"] for r in rows}
+
+
+async def set_aside_due(pg: asyncpg.Connection, endpoint_id: str, reason: str) -> int:
+    """Set every waiting, unclaimed delivery of the endpoint aside (failed) with the
+    reason, without counting an attempt; returns how many."""
+    status = await pg.execute(
+        "UPDATE webhook_deliveries SET state = 'failed', reason = $2, claimed_until = NULL "
+        "WHERE endpoint_id = $1 AND state = 'pending' "
+        "AND (claimed_until IS NULL OR claimed_until < now())",
+        endpoint_id,
+        reason[:REASON_LIMIT],
+    )
+    return int(status.split()[-1])
+
+
 async def release(pg: asyncpg.Connection, ids: Iterable[int]) -> None:
     """Give claims back unattempted (the instance is stopping)."""
     await pg.execute(
