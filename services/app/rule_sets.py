@@ -49,6 +49,17 @@ async def _fetch_version(pg: Any, version: int) -> Any:
     return row
 
 
+async def _runnable_version(container: Container, pg: Any, version: int) -> None:
+    """404 for no such version, 422 for one that cannot run: scored on an ordinary visitor's
+    events first, so a version that cannot run is never made live or challenging (a
+    document stored before today's checks, or edited by hand)."""
+    await _fetch_version(pg, version)
+    try:
+        await container.rules.check(pg, version)
+    except rulesets.VersionUnusable as exc:
+        raise ApiError(422, "ruleset_unusable", str(exc)) from None
+
+
 # What the API's routes and the console's pages both do, as plain functions of the container.
 
 
@@ -117,13 +128,7 @@ async def activate_version(
     promoted: dict[str, Any] | None = None
     async with container.db.connect() as conn:
         pg = await driver(conn)
-        await _fetch_version(pg, version)
-        try:
-            # Scored on an ordinary visitor's events first: a version that cannot run is
-            # never made live (a document stored before today's checks, or edited by hand).
-            await container.rules.check(pg, version)
-        except rulesets.VersionUnusable as exc:
-            raise ApiError(422, "ruleset_unusable", str(exc)) from None
+        await _runnable_version(container, pg, version)
         async with pg.transaction():
             await _fetch_version(pg, version)
             previous = await rulesets.active_version(pg)
@@ -267,11 +272,7 @@ async def start_challenge(container: Container, version: int, *, by: str) -> dic
     """Make a version the challenger, and start the job that warms it."""
     async with container.db.connect() as conn:
         pg = await driver(conn)
-        await _fetch_version(pg, version)
-        try:
-            await container.rules.check(pg, version)
-        except rulesets.VersionUnusable as exc:
-            raise ApiError(422, "ruleset_unusable", str(exc)) from None
+        await _runnable_version(container, pg, version)
         async with pg.transaction():
             await _fetch_version(pg, version)
             try:

@@ -50,14 +50,16 @@ def create_app(container: Container) -> FastAPI:
         responses=COMMON,
     )
     app.state.container = container
-    app.add_middleware(EncodedSegments)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes)
-    # Added last, so it runs first: a foreign Host is refused before anything else is read.
+    # Runs before the routes: a foreign Host is refused before anything else is read.
     app.add_middleware(
         BrowserGuard,
         hosts=AllowedHosts(settings.allowed_hosts, settings.http_host),
         content_types=DocumentedContentTypes(app.openapi),
     )
+    # Added last, so it runs first: every check after it, and the router, see an id with a
+    # `/` in it as the one segment the client sent (common.py, ids as path segments).
+    app.add_middleware(EncodedSegments)
 
     def role(needed: str) -> Callable[[Request], Principal]:
         def dependency(request: Request) -> Principal:

@@ -223,7 +223,7 @@ class EncodedSegments:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
-        if raw and (b"%2f" in raw.lower() or b"%25" in raw):
+        if raw and (b"%2F" in raw or b"%2f" in raw or b"%25" in raw):
             scope = {**scope, "path": keep_segments(raw)}
         await self.app(scope, receive, send)
 

@@ -93,3 +93,15 @@ async def test_admin_bodies_take_json_types_as_they_are(admin_container, path, b
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"] == "invalid_request"
     assert any(where in problem["loc"] for problem in answer.json()["detail"])
+
+
+async def test_a_browser_guard_sees_an_encoded_id_as_one_segment(admin_container):
+    """A tokenless write in a content type the route does not document is refused on a path
+    with an encoded slash as on any other (the guard matches the route it will reach)."""
+    async with client_for(admin_container) as browser:
+        answer = await browser.post(
+            f"/v1/leads/{segment(ODD_LEAD)}/stage",
+            content=b'{"stage": "sal", "reason": "x"}',
+            headers={"content-type": "text/plain"},
+        )
+    assert (answer.status_code, answer.json()["error"]) == (415, "unsupported_media_type")
