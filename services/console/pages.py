@@ -21,7 +21,7 @@ from services.console.session import Forbidden, SignInNeeded, anonymous, check_c
 PAGE_SIZE = 50
 # A lead's or an account's id in a page's path, percent-encoded as one segment: the API's
 # EncodedSegments middleware leaves `%` and `/` encoded in it for the route to decode here.
-IdInPath = Annotated[str, Path(min_length=1, max_length=1600), AfterValidator(unquote)]
+IdInPath = Annotated[str, Path(min_length=1, max_length=1536), AfterValidator(unquote)]
 
 
 class Pages:

@@ -228,5 +228,19 @@ class EncodedSegments:
         await self.app(scope, receive, send)
 
 
-# A lead's or an account's id in an API path (ids are at most 512 characters long).
-SubjectId = Annotated[str, Path(min_length=1, max_length=1600), AfterValidator(unquote)]
+# Ids are at most this long (schemas/events.py), so a longer one names nobody.
+MAX_ID_LENGTH = 512
+
+
+def decoded_id(value: str) -> str:
+    """The id a route received (`%` and `/` still encoded by EncodedSegments), decoded."""
+    decoded = unquote(value)
+    if len(decoded) > MAX_ID_LENGTH:
+        raise ValueError(f"an id is at most {MAX_ID_LENGTH} characters")
+    return decoded
+
+
+# A lead's or an account's id in an API path, percent-encoded (up to 3 characters each).
+SubjectId = Annotated[
+    str, Path(min_length=1, max_length=3 * MAX_ID_LENGTH), AfterValidator(decoded_id)
+]

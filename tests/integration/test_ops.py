@@ -97,8 +97,9 @@ def test_alert_rules_pass_promtool_and_link_the_runbook():
         "LeadscoreChallengerFailing",
         "LeadscoreWebhookDeliveriesFailed",
         "LeadscoreWebhookBacklogOld",
+        "LeadscoreRuleSetUnusable",
     } < names
-    assert len(names) == 13
+    assert len(names) == 14
 
 
 def test_dashboard_queries_name_real_metrics(admin_container):

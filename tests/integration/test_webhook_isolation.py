@@ -31,8 +31,10 @@ SETTINGS = {
     "webhook_timeout_seconds": 20.0,
     "webhook_poll_seconds": 0.1,
 }
-# Below this, latencies are the machine's noise (a batch, a poll), not a queue.
-NOISE_FLOOR_SECONDS = 0.25
+# Below this, latencies are the machine's noise (a scoring batch holding the event loop, a
+# poll; the whole suite running beside the test), not a queue: with one shared connection
+# pool the healthy endpoint's deliveries waited tens of seconds here.
+NOISE_FLOOR_SECONDS = 0.5
 
 
 async def latencies(settings: Any, endpoint_id: str, after_id: int) -> list[float]:
