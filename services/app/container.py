@@ -99,6 +99,8 @@ class Container:
 
     async def close(self) -> None:
         await self.jobs.close()
+        await self.scorer.release_connections()
+        await self.feedback.release_connections()
         if self.started:
             await self.feedback.consumer.stop()
             await self.consumer.stop()

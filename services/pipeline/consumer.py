@@ -54,7 +54,12 @@ from services.pipeline.batches import (
     split_batch,
     without,
 )
-from services.pipeline.lead_transaction import LeadTransaction, LeadWriter, backoff
+from services.pipeline.lead_transaction import (
+    HeldConnection,
+    LeadTransaction,
+    LeadWriter,
+    backoff,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         # lane count), so one lane's Python work overlaps another's database round trips.
         self.lanes = lanes
         self.lane_locks = [asyncio.Lock() for _ in range(self.lanes)]
+        # Each lane keeps its database connection from batch to batch (HeldConnection).
+        self.connections = [HeldConnection(writer.db) for _ in range(self.lanes)]
         self._log_checked = 0.0
         self._lag_checked = 0.0
         self.batches = 0
@@ -230,12 +237,20 @@ class TopicConsumer(Generic[Item, Outcome]):
         Broker and database outages are waited out here, with back-off; only an unexpected
         error leaves this loop (and the supervisor restarts it).
         """
-        if self.lanes == 1:
-            await self._run_lane(stop, 0)
-            return
-        async with asyncio.TaskGroup() as lanes:
-            for lane in range(self.lanes):
-                lanes.create_task(self._run_lane(stop, lane))
+        try:
+            if self.lanes == 1:
+                await self._run_lane(stop, 0)
+                return
+            async with asyncio.TaskGroup() as lanes:
+                for lane in range(self.lanes):
+                    lanes.create_task(self._run_lane(stop, lane))
+        finally:
+            await self.release_connections()
+
+    async def release_connections(self) -> None:
+        """Give the lanes' connections back to the pool (stopping)."""
+        for held in self.connections:
+            await held.release()
 
     def _partitions_of(self, lane: int) -> list[TopicPartition]:
         return [tp for tp in self.consumer.assignment() if tp.partition % self.lanes == lane]
@@ -269,7 +284,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                     # the records were read (a new log gets a new id, never an old one).
                     log_id = await self.topic_ids.current(self.topic)
                     async with self.lane_locks[lane]:
-                        await self.process(batch, stop, log_id=log_id)
+                        await self.process(batch, stop, log_id=log_id, lane=lane)
                 if lane == 0:
                     await self._update_lag()
                     if time.monotonic() - self._log_checked >= self.settings.log_check_seconds:
@@ -397,11 +412,14 @@ class TopicConsumer(Generic[Item, Outcome]):
         stop: asyncio.Event | None = None,
         *,
         log_id: uuid.UUID | None = None,
+        lane: int = 0,
     ) -> BatchReport[Outcome]:
         """Score one batch with retries; only returns once it is committed (or stopping).
-        `log_id` is the topic's id the batch was read under (None: not checked)."""
+        `log_id` is the topic's id the batch was read under (None: not checked); `lane`, the
+        lane whose database connection it uses."""
         now = self.clock()
-        return await self.process_parsed(self.parse_batch(batch, now), now, stop, log_id=log_id)
+        parsed = self.parse_batch(batch, now)
+        return await self.process_parsed(parsed, now, stop, log_id=log_id, lane=lane)
 
     def parse_batch(self, batch: dict[TopicPartition, list[ConsumerRecord]], now: float) -> Parsed:
         return {
@@ -416,11 +434,12 @@ class TopicConsumer(Generic[Item, Outcome]):
         stop: asyncio.Event | None = None,
         *,
         log_id: uuid.UUID | None = None,
+        lane: int = 0,
     ) -> BatchReport[Outcome]:
         """Commit a parsed batch, then publish and count; raises DatabaseUnavailable when the
         database cannot be reached (the caller re-reads from the stored offsets)."""
         started = time.perf_counter()
-        reports = await self._commit(parsed, now, log_id)
+        reports = await self._commit(parsed, now, log_id, lane)
         report = reports[0]
         for extra in reports[1:]:
             report.merge(extra)
@@ -437,7 +456,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         return report
 
     async def _commit(
-        self, parsed: Parsed, now: float, log_id: uuid.UUID | None = None
+        self, parsed: Parsed, now: float, log_id: uuid.UUID | None = None, lane: int = 0
     ) -> list[BatchReport[Outcome]]:
         """One transaction for the batch if possible (the writer retries lock conflicts). A
         record whose processing raises goes to the DLQ as `processing_error`; a batch the
@@ -445,7 +464,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         the DLQ too."""
         while True:
             try:
-                return [await self._transaction(parsed, now, log_id)]
+                return [await self._transaction(parsed, now, log_id, lane)]
             except UNAVAILABLE as exc:
                 # What the batch builds on may be gone with the database: the caller goes
                 # back to the offsets the database holds before continuing.
@@ -462,15 +481,20 @@ class TopicConsumer(Generic[Item, Outcome]):
                 if not isinstance(exc, REFUSED):
                     # Not about the data (permissions, a missing table): wait, don't discard.
                     raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
-                return await self._isolate(parsed, now, exc, log_id)
+                return await self._isolate(parsed, now, exc, log_id, lane)
             except Exception as exc:
                 # Encoding a record's state for the database failed, or applying it did: the
                 # data's fault as far as anyone can tell. Systematic defects show as a DLQ
                 # rate by `processing_error` (alerted on), never as a stopped pipeline.
-                return await self._isolate(parsed, now, exc, log_id)
+                return await self._isolate(parsed, now, exc, log_id, lane)
 
     async def _isolate(
-        self, parsed: Parsed, now: float, exc: BaseException, log_id: uuid.UUID | None
+        self,
+        parsed: Parsed,
+        now: float,
+        exc: BaseException,
+        log_id: uuid.UUID | None,
+        lane: int,
     ) -> list[BatchReport[Outcome]]:
         items = [v for records in parsed.values() for _, v in records]
         self.metrics.batch_retries.labels(type(exc).__name__).inc()
@@ -480,11 +504,14 @@ class TopicConsumer(Generic[Item, Outcome]):
                 raise DatabaseUnavailable(f"cannot store a DLQ record: {exc}") from exc
             log.warning("the database refused a record (%s); sending it to the DLQ", exc)
             return await self._commit(
-                without(parsed, items[0], processing_failure(exc)), now, log_id
+                without(parsed, items[0], processing_failure(exc)), now, log_id, lane
             )
         log.info("the database refused a batch of %d (%s); splitting it", len(items), exc)
         first, second = split_batch(parsed)
-        return [*await self._commit(first, now, log_id), *await self._commit(second, now, log_id)]
+        return [
+            *await self._commit(first, now, log_id, lane),
+            *await self._commit(second, now, log_id, lane),
+        ]
 
     def count(self, report: BatchReport[Outcome], elapsed: float, total: int) -> None:
         """Metrics of one committed batch."""
@@ -508,10 +535,13 @@ class TopicConsumer(Generic[Item, Outcome]):
             log.info("Kafka offset commit skipped: %s", exc)
 
     async def _transaction(
-        self, parsed: Parsed, now: float, log_id: uuid.UUID | None
+        self, parsed: Parsed, now: float, log_id: uuid.UUID | None, lane: int
     ) -> BatchReport[Outcome]:
         return await self.writer.run(
-            lambda tx: self._apply(tx, parsed, log_id), writer=self.handler.loop, now=now
+            lambda tx: self._apply(tx, parsed, log_id),
+            writer=self.handler.loop,
+            now=now,
+            held=self.connections[lane],
         )
 
     async def _apply(

@@ -35,6 +35,7 @@ for, and the transaction is retried when it is busy (`LinkRaced`, counted as a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -43,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from scoring_service.engine import Effects, Engine
 from scoring_service.pipeline import ScoredEvent, Workspace, note_scores
@@ -57,7 +58,7 @@ from services.adapters.postgres import (
     rulesets,
 )
 from services.adapters.postgres.db import driver
-from services.adapters.postgres.errors import CONFLICTS
+from services.adapters.postgres.errors import CONFLICTS, UNAVAILABLE
 from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.challenger import Shadow, save_shadow
@@ -239,6 +240,42 @@ class LeadTransaction:
             await offset_store.save_offsets(self.pg, topic, next_offsets, fingerprints, log_id)
 
 
+class HeldConnection:
+    """A database connection a consumer lane keeps from one batch to the next.
+
+    Taking a connection from the pool costs three round trips (SQLAlchemy's liveness check:
+    BEGIN, a ping, ROLLBACK), as many as a small batch's locking; a lane that commits a
+    batch every few milliseconds keeps its own instead. The liveness check is then the
+    batch itself: a connection that fails with the database away is dropped, and the next
+    batch connects afresh (tests/integration/test_round_trips.py counts the statements).
+    """
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
+        self._conn: AsyncConnection | None = None
+
+    async def driver(self) -> asyncpg.Connection:
+        if self._conn is None:
+            self._conn = await self.db.connect()
+        return await driver(self._conn)
+
+    async def drop(self) -> None:
+        """Forget the connection (it failed): never given back to the pool for reuse."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def release(self) -> None:
+        """Give the connection back to the pool (the lane is stopping)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
 class LeadWriter:
     """Runs a writer's work in a lead transaction: commits once, retries lock conflicts,
     wakes the outbox relay and counts the published records after each commit."""
@@ -267,13 +304,15 @@ class LeadWriter:
         *,
         writer: str,
         now: float | None = None,
+        held: HeldConnection | None = None,
     ) -> T:
         """`work` in one transaction, again from the start after a lock conflict. Any other
-        error rolls back and propagates (database outages included: callers wait them out)."""
+        error rolls back and propagates (database outages included: callers wait them out).
+        `held`: the caller's own connection (a consumer lane's), else one from the pool."""
         attempt = 0
         while True:
             try:
-                tx, result = await self._once(work, now if now is not None else self.clock())
+                tx, result = await self._once(work, now if now is not None else self.clock(), held)
             except RETRYABLE as exc:
                 self.metrics.batch_retries.labels(type(exc).__name__).inc()
                 log.info("%s: lock conflict (%s); trying again", writer, exc)
@@ -295,25 +334,42 @@ class LeadWriter:
             return result
 
     async def _once(
-        self, work: Callable[[LeadTransaction], Awaitable[T]], now: float
+        self,
+        work: Callable[[LeadTransaction], Awaitable[T]],
+        now: float,
+        held: HeldConnection | None,
     ) -> tuple[LeadTransaction, T]:
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
-            # The commit waits for the disk (synchronous_commit stays on unless configured
-            # off): an acknowledged batch has had its records published and its Kafka
-            # offsets committed, so losing it in a database crash would lose events.
-            async with pg.transaction():
-                if not self.settings.synchronous_commit:
-                    await pg.execute("SET LOCAL synchronous_commit TO off")
-                engine, challenger_engine = await self.rules.engines(pg)
-                tx = LeadTransaction(
-                    pg=pg,
-                    engine=engine,
-                    settings=self.settings,
-                    now=now,
-                    challenger=challenger_engine,
-                    cache=self.cache,
-                )
-                result = await work(tx)
-                await tx.flush()
+        if held is None:
+            async with self.db.connect() as conn:
+                return await self._in_transaction(await driver(conn), work, now)
+        pg = await held.driver()
+        try:
+            return await self._in_transaction(pg, work, now)
+        except BaseException as exc:
+            # A connection the database dropped, or one left inside a transaction (cancelled
+            # mid-rollback), is not used again.
+            if isinstance(exc, UNAVAILABLE) or pg.is_closed() or pg.is_in_transaction():
+                await held.drop()
+            raise
+
+    async def _in_transaction(
+        self, pg: asyncpg.Connection, work: Callable[[LeadTransaction], Awaitable[T]], now: float
+    ) -> tuple[LeadTransaction, T]:
+        # The commit waits for the disk (synchronous_commit stays on unless configured
+        # off): an acknowledged batch has had its records published and its Kafka
+        # offsets committed, so losing it in a database crash would lose events.
+        async with pg.transaction():
+            if not self.settings.synchronous_commit:
+                await pg.execute("SET LOCAL synchronous_commit TO off")
+            engine, challenger_engine = await self.rules.engines(pg)
+            tx = LeadTransaction(
+                pg=pg,
+                engine=engine,
+                settings=self.settings,
+                now=now,
+                challenger=challenger_engine,
+                cache=self.cache,
+            )
+            result = await work(tx)
+            await tx.flush()
         return tx, result

@@ -36,18 +36,21 @@ async def lock_offsets(
     `log_id` (the topic id the batch was read under), raises LogReplaced when a row belongs
     to another log.
     """
-    await pg.execute(
-        "INSERT INTO consumer_offsets (topic, partition, next_offset) "
-        "SELECT $1, p, 0 FROM unnest($2::int[]) AS p ON CONFLICT DO NOTHING",
-        topic,
-        list(partitions),
-    )
-    rows = await pg.fetch(
+    select = (
         "SELECT partition, next_offset, topic_id FROM consumer_offsets "
-        "WHERE topic = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE",
-        topic,
-        list(partitions),
+        "WHERE topic = $1 AND partition = ANY($2::int[]) ORDER BY partition FOR UPDATE"
     )
+    rows = await pg.fetch(select, topic, list(partitions))
+    if len(rows) < len(set(partitions)):
+        # A partition scored here for the first time: its row is made, then locked with
+        # the rest (one round trip more, once per partition in the life of the database).
+        await pg.execute(
+            "INSERT INTO consumer_offsets (topic, partition, next_offset) "
+            "SELECT $1, p, 0 FROM unnest($2::int[]) AS p ON CONFLICT DO NOTHING",
+            topic,
+            list(partitions),
+        )
+        rows = await pg.fetch(select, topic, list(partitions))
     if log_id is not None and any(r["topic_id"] not in (None, log_id) for r in rows):
         raise LogReplaced(topic, log_id)
     return {r["partition"]: r["next_offset"] for r in rows}
