@@ -425,3 +425,17 @@ async def admin_container(settings: Settings) -> AsyncIterator[Container]:
         await rulesets.ensure_starter(await db.driver(conn))
     yield container
     await container.close()
+
+
+@pytest.fixture
+async def open_container(settings: Settings) -> AsyncIterator[Container]:
+    """The `make run` default, without Kafka loops running: a migrated database with the
+    starter rules, no API tokens (loopback callers get every role)."""
+    from services.adapters.postgres import db, rulesets
+
+    container = bootstrap(settings)
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        await rulesets.ensure_starter(await db.driver(conn))
+    yield container
+    await container.close()

@@ -5,13 +5,10 @@ still work."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 
-from services.adapters.postgres import db, rulesets
 from services.app.container import Container
 from services.http import create_app
 from services.runtime.bootstrap import bootstrap
@@ -19,17 +16,6 @@ from tests.conftest import client_for, db_fetch
 from tests.integration.test_console import csrf_of
 
 STARTER = (Path(__file__).parents[2] / "scoring_service" / "starter_ruleset.yaml").read_bytes()
-
-
-@pytest.fixture
-async def open_container(settings) -> AsyncIterator[Container]:
-    """The `make run` default: no API tokens, loopback callers get every role."""
-    container = bootstrap(settings)
-    await db.migrate(container.db)
-    async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
-    yield container
-    await container.close()
 
 
 def local(container: Container, base_url: str = "http://127.0.0.1:8000") -> httpx.AsyncClient:

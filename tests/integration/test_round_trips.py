@@ -9,17 +9,13 @@ removed one; raising it needs a reason in the commit that does.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.adapters.postgres import db, rulesets
 from services.pipeline import lead_transaction
-from services.runtime.bootstrap import bootstrap
 from tests.factories import at, group, identify, page, track
 
 # Statements per consumer batch, the ceiling this test holds. 2026-12-04: 21 and 22; 18 and
@@ -27,18 +23,6 @@ from tests.factories import at, group, identify, page, track
 # the partition offsets were locked without an insert first.
 BUDGET_NEW_LEADS = 17
 BUDGET_KNOWN_LEADS = 18
-
-
-@pytest.fixture
-async def scorer_container(settings: Any) -> AsyncIterator[Any]:
-    """A container on a migrated database with the starter rules; no loop runs, so every
-    statement counted is the batch's."""
-    container = bootstrap(settings)
-    await db.migrate(container.db)
-    async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
-    yield container
-    await container.close()
 
 
 def records(topic: str, docs: list[dict[str, Any]], first_offset: int) -> list[ConsumerRecord]:
@@ -64,7 +48,8 @@ def twenty_events(people: str, round_: int) -> list[dict[str, Any]]:
     return docs
 
 
-async def test_a_batch_costs_no_more_round_trips_than_its_budget(scorer_container, monkeypatch):
+async def test_a_batch_costs_no_more_round_trips_than_its_budget(open_container, monkeypatch):
+    # No loop runs in this container: every statement counted is the batch's.
     sent: list[str] = []
     watched: set[int] = set()
     original = lead_transaction.driver
@@ -77,8 +62,8 @@ async def test_a_batch_costs_no_more_round_trips_than_its_budget(scorer_containe
         return pg
 
     monkeypatch.setattr(lead_transaction, "driver", counting_driver)
-    scorer = scorer_container.scorer
-    topic = scorer_container.settings.topic_events
+    scorer = open_container.scorer
+    topic = open_container.settings.topic_events
     batches = [
         # The first batch on a connection also asks PostgreSQL about its types (asyncpg
         # caches the answers): warm-up, not counted.
