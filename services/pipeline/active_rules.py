@@ -93,7 +93,9 @@ class ActiveRules:
         that cannot run is not compiled again for every batch that waits for it)."""
         known = self.unusable
         if known is not None and known.version == version:
-            raise known
+            # A new exception each time: raising one object again and again would grow its
+            # traceback for as long as the outage lasts.
+            raise VersionUnusable(known.version, known.reason)
         try:
             engine = await self.engine_for(pg, version)
         except VersionUnusable as exc:
