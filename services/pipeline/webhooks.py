@@ -91,8 +91,6 @@ class Dispatcher:
         # `webhook_concurrency`): an endpoint that never answers can fill only its own pool,
         # so a healthy one never waits for a connection behind it.
         self.clients: dict[str, httpx.AsyncClient] = {}
-        # Deliveries each endpoint's task holds claims on, given back if it is halted.
-        self.in_hand: dict[str, set[int]] = {}
         # DNS lookups block a thread for as long as a dead name server makes them wait: each
         # endpoint resolves its host once per round, on threads of the dispatcher's own (one
         # per endpoint at most), so neither one endpoint's lookups nor the rest of the
@@ -196,7 +194,8 @@ class Dispatcher:
 
     async def serve(self, endpoint_id: str, stop: asyncio.Event) -> None:
         """Deliver an endpoint's due deliveries until none is left or the service stops."""
-        in_hand = self.in_hand.setdefault(endpoint_id, set())
+        # Deliveries this task holds claims on, given back if it is halted.
+        in_hand: set[int] = set()
         try:
             async with self.db.connect() as conn:
                 row = await webhook_store.endpoint_with_secret(await driver(conn), endpoint_id)
@@ -228,8 +227,6 @@ class Dispatcher:
             log.error("webhook %s: %s; its deliveries wait", endpoint_id, exc)
         except Exception:
             log.exception("webhook %s: delivery round failed", endpoint_id)
-        finally:
-            in_hand.clear()
 
     async def release(self, ids: list[int]) -> None:
         async with self.db.begin() as conn:
