@@ -105,3 +105,29 @@ async def test_a_browser_guard_sees_an_encoded_id_as_one_segment(admin_container
             headers={"content-type": "text/plain"},
         )
     assert (answer.status_code, answer.json()["error"]) == (415, "unsupported_media_type")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["%00", "a%00b", "%FF", "%C3%28", "%2F", "%2F%2F", "%25", "%252F", "%", "%zz", "x" * 600],
+)
+async def test_hostile_ids_in_paths_get_a_plain_answer(admin_container, raw):
+    """Whatever an id in a path holds (NUL, bytes that are not UTF-8, only slashes, stray
+    percent signs, too long), every lead and account route answers 4xx, never 500."""
+    async with client_for(admin_container, "admin") as admin:
+        for method, path, body in (
+            ("GET", f"/v1/leads/{raw}", None),
+            ("GET", f"/v1/leads/{raw}/history", None),
+            ("POST", f"/v1/leads/{raw}/stage", {"stage": "sal", "reason": "x"}),
+            (
+                "POST",
+                f"/v1/leads/{raw}/adjustments",
+                {"operation": "add", "value": 1, "reason": "x"},
+            ),
+            ("GET", f"/v1/accounts/{raw}", None),
+        ):
+            answer = await admin.request(method, path, json=body)
+            assert 400 <= answer.status_code < 500, (method, path, answer.status_code, answer.text)
+        # The console (a bearer token is no console session: it sends people to sign in).
+        page = await admin.get(f"/console/leads/{raw}")
+        assert page.status_code < 500, (raw, page.status_code, page.text)
