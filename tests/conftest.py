@@ -233,13 +233,37 @@ def values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
 
 
-async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
+async def connect_db(settings: Settings) -> asyncpg.Connection:
+    """A connection of the test's own to its database (the caller closes it)."""
     assert settings.database_url is not None
-    conn = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+    return await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+
+
+async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await connect_db(settings)
     try:
         return await conn.fetch(query, *args)
     finally:
         await conn.close()
+
+
+async def migrate_to(settings: Settings, revision: str | None = None) -> None:
+    """Bring the test's database to `revision` (None: the latest), as an upgrade would."""
+    from alembic import command
+
+    from services.adapters.postgres.db import alembic_config, create_engine, migrate
+
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url.get_secret_value())
+    try:
+        if revision is None:
+            await migrate(engine)
+            return
+        async with engine.connect() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
+            await conn.commit()
+    finally:
+        await engine.dispose()
 
 
 async def committed(settings: Settings) -> int:

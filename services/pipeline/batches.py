@@ -125,6 +125,17 @@ class DeadLetter:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BatchReads:
+    """What a batch reads under its locks: the leads and accounts it names and its dedup
+    keys (raw id, messageId). The consumer locks and reads them with the partitions'
+    offset rows in one round trip (LeadTransaction.open_batch)."""
+
+    lead_ids: set[str]
+    account_ids: set[str]
+    keys: list[tuple[str, str]]
+
+
 class TopicHandler(Protocol[Item, Outcome]):
     """What a topic's records mean: how to read one, how to apply a batch of them."""
 
@@ -132,6 +143,11 @@ class TopicHandler(Protocol[Item, Outcome]):
     loop: str  # the supervisor's and the metrics' name for the consumer
 
     def parse(self, record: ConsumerRecord, now: float) -> Item | Rejection: ...
+
+    def reads(self, items: list[Item]) -> BatchReads | None:
+        """What the batch reads, when the handler wants it read with the partitions' rows
+        in one call (then `apply` finds it in `tx`); None: `apply` locks its own leads."""
+        ...
 
     async def apply(
         self,

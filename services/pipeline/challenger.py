@@ -302,7 +302,8 @@ async def promote(pg: asyncpg.Connection, engine: Engine, *, now: float) -> tupl
     ]
     taken = await pg.execute(
         f"UPDATE leads l SET fit = c.fit, engagement = c.engagement, as_of = c.as_of, "
-        f"scoring = c.scoring, ruleset_version = c.ruleset_version, updated_at = now(), "
+        f"scoring = c.scoring, journey_phase = c.journey_phase, "
+        f"ruleset_version = c.ruleset_version, updated_at = now(), "
         # Every write of a lead row raises its version (migration 0015: cached copies).
         f"row_version = l.row_version + 1 "
         f"FROM {LEADS} c WHERE c.lead_id = l.lead_id"
@@ -310,7 +311,8 @@ async def promote(pg: asyncpg.Connection, engine: Engine, *, now: float) -> tupl
     await pg.execute(
         f"UPDATE accounts a SET fit = c.fit, engagement = c.engagement, coverage = c.coverage, "
         f"score = c.score, roles_covered = c.roles_covered, member_count = c.member_count, "
-        f"as_of = c.as_of, scoring = c.scoring, ruleset_version = c.ruleset_version, "
+        f"as_of = c.as_of, scoring = c.scoring, journey_phase = c.journey_phase, "
+        f"ruleset_version = c.ruleset_version, "
         f"updated_at = now() FROM {ACCOUNTS} c WHERE c.account_id = a.account_id"
     )
     # The history explains the new scores: each event's hits become the challenger's.

@@ -565,7 +565,18 @@ class TopicConsumer(Generic[Item, Outcome]):
                 )
             )
 
-        stored = await tx.lock_partitions(self.topic, sorted(parsed), log_id)
+        reads = self.handler.reads(
+            [v for items in parsed.values() for _, v in items if not isinstance(v, Rejection)]
+        )
+        if reads is None:
+            stored = await tx.lock_partitions(self.topic, sorted(parsed), log_id)
+        else:
+            # One round trip for the partitions' rows and everything the batch reads (the
+            # records of partitions another consumer has done already are among them: a
+            # few more leads locked, in the rare batch that has any).
+            stored = await tx.open_batch(
+                self.topic, sorted(parsed), log_id, reads.lead_ids, reads.account_ids, reads.keys
+            )
         valid: list[tuple[ConsumerRecord, Item]] = []
         for partition, items in parsed.items():
             start = stored.get(partition, 0)

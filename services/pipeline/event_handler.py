@@ -9,9 +9,8 @@ from aiokafka.structs import ConsumerRecord
 
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import ids_to_load, score_event, without_bots
-from services.adapters.postgres import history_store
 from services.pipeline import challenger
-from services.pipeline.batches import BatchReport, PoisonRecord
+from services.pipeline.batches import BatchReads, BatchReport, PoisonRecord
 from services.pipeline.lead_transaction import LeadTransaction
 from services.settings import Settings
 
@@ -27,6 +26,11 @@ class EventHandler:
     def parse(self, record: ConsumerRecord, now: float) -> Event | Rejection:
         return parse_event(record.value or b"", now=now, fallback_ts=record.timestamp / 1000)
 
+    def reads(self, items: list[Event]) -> BatchReads:
+        """Every id the batch may name a lead or an account by, and its dedup keys."""
+        lead_ids, account_ids = ids_to_load(items)
+        return BatchReads(lead_ids, account_ids, list({(e.raw_id, e.message_id) for e in items}))
+
     async def apply(
         self,
         tx: LeadTransaction,
@@ -34,8 +38,12 @@ class EventHandler:
         report: BatchReport[None],
         dead_letter: Callable[[ConsumerRecord, Rejection], None],
     ) -> None:
+        # The consumer opened the transaction with `reads`: the working set is loaded and
+        # the dedup keys were looked up under the leads' locks (they are stored with the
+        # history rows, in this transaction).
+        ws = tx.ws
         events: list[Event] = []
-        seen: set[tuple[str, str]] = set()
+        seen = set(tx.seen)
         for _, event in items:
             key = (event.raw_id, event.message_id)
             if key in seen:
@@ -43,15 +51,7 @@ class EventHandler:
                 continue
             seen.add(key)
             events.append(event)
-        lead_ids, account_ids = ids_to_load(events)
-        ws = await tx.lock_leads(lead_ids, account_ids)
-        # The dedup keys belong to the leads named, so they are checked under their locks
-        # (and stored with the history rows, in this transaction).
-        new = await history_store.unseen(tx.pg, [(e.raw_id, e.message_id) for e in events])
-        report.duplicates += len(events) - len(new)
-        events, report.bots = without_bots(
-            tx.engine, [e for e in events if (e.raw_id, e.message_id) in new]
-        )
+        events, report.bots = without_bots(tx.engine, events)
         report.scored = len(events)
         if tx.challenger is not None and events:
             # Opened before live scoring changes the working set: the challenger starts

@@ -212,6 +212,10 @@ class FeedbackHandler:
             )
             return Rejection("schema", problems)
 
+    def reads(self, items: list[FeedbackRecord]) -> None:
+        """Feedback locks its own leads (apply_feedback), after the partitions' rows."""
+        return None
+
     async def apply(
         self,
         tx: LeadTransaction,

@@ -12,13 +12,14 @@ a lock later in this list than every lock it holds, so no two can wait for each 
 
   1. the rule-set lock, shared (`ActiveRules.engine`; activation takes it exclusively);
   2. the `consumer_offsets` rows of the batch's partitions, sorted by partition
-     (consumers only: `lock_partitions`);
-  3. advisory locks (`lock_leads`): a. on leads (`l:<id>`), in one statement in sorted
-     key order: the ids the writer names and every lead they were merged into; b. then on
-     accounts (`a:<id>`), in one statement in sorted order: the accounts named (group
-     calls) and, when the rule set scores accounts, the accounts of every lead locked
-     (a member's activity changes its account's roll-up). Every lead lock comes before
-     every account lock, in every writer;
+     (consumers only: `lock_partitions`, or `open_batch` with step 3 in the same call);
+  3. advisory locks (`lock_leads`): a. on leads (`l:<id>`), in sorted key order: the ids
+     the writer names and every lead they were merged into; b. then on accounts
+     (`a:<id>`), in sorted order: the accounts named (group calls) and, when the rule set
+     scores accounts, the accounts of every lead locked (a member's activity changes its
+     account's roll-up). Every lead lock comes before every account lock, in every writer.
+     Steps 2 and 3 and the reads behind them are one call to the database
+     (`leadscore_open_batch`, migration 0020: services/adapters/postgres/batch_read.py);
   4. rows that belong to those leads: `leads`, `identity_links`, `processed_events`,
      `lead_events`, `transitions`, `handoffs`, `feedback`. Nobody writes such a row
      without holding step 3's lock on its lead, so these row locks never wait for long
@@ -49,9 +50,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from scoring_service.engine import Effects, Engine
 from scoring_service.pipeline import ScoredEvent, Workspace, note_scores
 from services.adapters.postgres import (
+    batch_read,
     history_store,
     lead_store,
-    lock_store,
     offset_store,
     outbox_store,
     record_store,
@@ -112,10 +113,11 @@ class LeadTransaction:
     effects: Effects = field(default_factory=Effects)
     scored: list[ScoredEvent] = field(default_factory=list)
     outbox: list[outbox_store.OutboxRow] = field(default_factory=list)
-    locked: set[str] = field(default_factory=set)
     # The writer's copies of leads it wrote before (services/pipeline/lead_cache.py), and the
     # versions this transaction stored for the leads it wrote.
     cache: LeadCache | None = None
+    # The dedup keys `open_batch` found stored before (events seen already).
+    seen: set[tuple[str, str]] = field(default_factory=set)
     saved_versions: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     cache_misses: int = 0
@@ -139,43 +141,71 @@ class LeadTransaction:
     ) -> Workspace:
         """Step 3: lock the named leads, the leads they were merged into and the accounts
         that will change, then load them all into `ws`. Once per transaction."""
+        await self._open(lead_ids=set(lead_ids), account_ids=set(account_ids))
+        return self.ws
+
+    async def open_batch(
+        self,
+        topic: str,
+        partitions: Sequence[int],
+        log_id: uuid.UUID | None,
+        lead_ids: Iterable[str],
+        account_ids: Iterable[str],
+        keys: Sequence[tuple[str, str]],
+    ) -> dict[int, int]:
+        """Steps 2 and 3 and every read a batch of events needs, in one round trip: lock
+        the partitions' offset rows, then the leads and accounts as `lock_leads` does, and
+        look up the dedup `keys` (those stored before land in `seen`). Returns each
+        partition's stored next offset (raises offset_store.LogReplaced when a row belongs
+        to another log than `log_id`)."""
+        if self._step > _OPEN:
+            raise LockOrderError("partition offsets are locked before any lead")
+        read = await self._open(
+            lead_ids=set(lead_ids),
+            account_ids=set(account_ids),
+            topic=topic,
+            partitions=sorted(partitions),
+            keys=keys,
+        )
+        if log_id is not None and any(t not in (None, log_id) for _, t in read.offsets.values()):
+            raise offset_store.LogReplaced(topic, log_id)
+        self.seen = read.seen
+        return {p: offset for p, (offset, _) in read.offsets.items()}
+
+    async def _open(
+        self,
+        *,
+        lead_ids: set[str],
+        account_ids: set[str],
+        topic: str = "",
+        partitions: Sequence[int] = (),
+        keys: Sequence[tuple[str, str]] = (),
+    ) -> batch_read.BatchRead:
         if self._step >= _LEADS:
             raise LockOrderError("leads are locked once per transaction, in one statement")
         self._step = _LEADS
-        named = set(lead_ids)
-        accounts = set(account_ids)
-        # Links never change once written (the first one wins), so reading them before
-        # locking gives every target but those linked in the last moments.
-        links = await lead_store.load_links(self.pg, list(named))
-        wanted = named | set(links.values())
-        keys = [f"l:{i}" for i in wanted]
-        await lock_store.lock_keys(self.pg, keys)
-        self.locked = set(keys)
-        links = await lead_store.load_links(self.pg, list(named))
-        late = {f"l:{i}" for i in links.values()} - self.locked
-        if late:
-            if not await lock_store.try_lock_keys(self.pg, late):
-                raise LinkRaced(f"leads linked meanwhile are busy: {sorted(late)[:5]}")
-            self.locked |= late
-        self.ws = Workspace(links=links)
-        lead_ids = [i[2:] for i in self.locked if i.startswith("l:")]
-        if self.cache is None:
-            self.ws.leads = await lead_store.load_leads(self.pg, lead_ids)
-        else:
-            known = self.cache.take(lead_ids)
-            self.ws.leads, _ = await lead_store.load_leads_known(self.pg, lead_ids, known)
-            self.cache_hits = sum(1 for i, (_, s) in known.items() if self.ws.leads.get(i) is s)
-            self.cache_misses = len(self.ws.leads) - self.cache_hits
-        members_of = {s.account_id for s in self.ws.leads.values() if s.account_id}
-        if self.engine.accounts is not None:
-            # Scored accounts change with every member's activity: their locks too (3b).
-            accounts |= members_of
-        if accounts:
-            account_keys = [f"a:{i}" for i in accounts]
-            await lock_store.lock_keys(self.pg, account_keys)
-            self.locked.update(account_keys)
-        self.ws.accounts = await lead_store.load_accounts(self.pg, list(accounts | members_of))
-        return self.ws
+        known = self.cache.take(lead_ids) if self.cache is not None else None
+        try:
+            read = await batch_read.open_batch(
+                self.pg,
+                lead_ids=lead_ids,
+                account_ids=account_ids,
+                # Scored accounts change with every member's activity: their locks too (3b).
+                member_accounts=self.engine.accounts is not None,
+                known=known,
+                topic=topic,
+                partitions=partitions,
+                keys=keys,
+            )
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == batch_read.LINK_RACED:
+                raise LinkRaced(str(exc)) from exc
+            raise
+        self.ws = Workspace(links=read.links, leads=read.leads, accounts=read.accounts)
+        if known is not None:
+            self.cache_hits = read.reused
+            self.cache_misses = len(read.leads) - read.reused
+        return read
 
     async def audit(
         self, *, actor: str, action: str, target: str | None, detail: dict[str, Any] | None

@@ -7,36 +7,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from alembic import command
 
 from services.adapters.postgres import history_partitions as months
-from services.adapters.postgres.db import alembic_config, create_engine, migrate
 from services.settings import Settings
-from tests.conftest import db_fetch
+from tests.conftest import connect_db, db_fetch, migrate_to
 
 DAY = 86400.0
-
-
-def _url(settings: Settings) -> str:
-    assert settings.database_url is not None
-    return settings.database_url.get_secret_value()
-
-
-async def _connect(settings: Settings) -> asyncpg.Connection:
-    return await asyncpg.connect(_url(settings).replace("+asyncpg", ""))
-
-
-async def _migrate(settings: Settings, revision: str | None = None) -> None:
-    engine = create_engine(_url(settings))
-    try:
-        if revision is None:
-            await migrate(engine)
-            return
-        async with engine.connect() as conn:
-            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), revision))
-            await conn.commit()
-    finally:
-        await engine.dispose()
 
 
 async def _store(pg: asyncpg.Connection, message_id: str, occurred_at: datetime) -> None:
@@ -56,14 +32,14 @@ async def _where(settings: Settings) -> dict[str, str]:
 
 
 async def test_the_migration_moves_stored_history_into_months(settings: Settings) -> None:
-    await _migrate(settings, "0013")
+    await migrate_to(settings, "0013")
     now = datetime.now(UTC)
     stored = {
         "recent": now - timedelta(days=3),
         "last-year": now - timedelta(days=300),
         "ancient": now - timedelta(days=3000),  # past the oldest month made: the default
     }
-    pg = await _connect(settings)
+    pg = await connect_db(settings)
     try:
         for message_id, at in stored.items():
             await _store(pg, message_id, at)
@@ -71,7 +47,7 @@ async def test_the_migration_moves_stored_history_into_months(settings: Settings
     finally:
         await pg.close()
 
-    await _migrate(settings)
+    await migrate_to(settings)
 
     where = await _where(settings)
     assert where == {
@@ -86,7 +62,7 @@ async def test_the_migration_moves_stored_history_into_months(settings: Settings
     )
     assert kind[0]["relkind"] == "p"
     # New rows go on numbering after the moved ones.
-    pg = await _connect(settings)
+    pg = await connect_db(settings)
     try:
         await _store(pg, "after", now)
         new_id = await pg.fetchval("SELECT id FROM lead_events WHERE message_id = 'after'")
@@ -96,9 +72,9 @@ async def test_the_migration_moves_stored_history_into_months(settings: Settings
 
 
 async def test_months_are_made_ahead_and_dropped_whole_past_retention(settings: Settings) -> None:
-    await _migrate(settings)
+    await migrate_to(settings)
     now = datetime.now(UTC)
-    pg = await _connect(settings)
+    pg = await connect_db(settings)
     try:
         await _store(pg, "kept", now - timedelta(days=10))
         await _store(pg, "old", now - timedelta(days=200))
@@ -131,8 +107,8 @@ async def test_months_are_made_ahead_and_dropped_whole_past_retention(settings: 
 
 
 async def test_a_second_instance_skips_its_turn(settings: Settings) -> None:
-    await _migrate(settings)
-    first, second = await _connect(settings), await _connect(settings)
+    await migrate_to(settings)
+    first, second = await connect_db(settings), await connect_db(settings)
     try:
         async with first.transaction():
             await first.execute("SELECT pg_advisory_xact_lock($1)", months.MAINTENANCE_LOCK)

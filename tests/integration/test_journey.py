@@ -14,6 +14,7 @@ from tests.conftest import (
     client_for,
     db_fetch,
     drained,
+    migrate_to,
     produce,
     read_all,
     replay,
@@ -167,14 +168,16 @@ async def plant_history(settings) -> None:
     )
     await db_fetch(
         settings,
-        "INSERT INTO leads (lead_id, stage, scoring) "
-        "SELECT l, 'lead', s::jsonb FROM unnest($1::text[], $2::text[]) AS u(l, s)",
+        # The phase column is written with the document, as lead_store.save_leads does.
+        "INSERT INTO leads (lead_id, stage, scoring, journey_phase) "
+        "SELECT l, 'lead', s::jsonb, s::jsonb -> 'journey' ->> 'phase' "
+        "FROM unnest($1::text[], $2::text[]) AS u(l, s)",
         *[list(c) for c in zip(*leads, strict=True)],
     )
     await db_fetch(
         settings,
-        "INSERT INTO accounts (account_id, scoring) VALUES "
-        '(\'acct-1\', \'{"journey": {"phase": "evaluation"}}\')',
+        "INSERT INTO accounts (account_id, scoring, journey_phase) VALUES "
+        "('acct-1', '{\"journey\": {\"phase\": \"evaluation\"}}', 'evaluation')",
     )
     await db_fetch(
         settings,
@@ -266,3 +269,37 @@ async def test_content_an_event_carried_is_escaped_on_the_journey_page(admin_con
     assert page.status_code == 200, page.text
     assert "<script>alert" not in page.text
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page.text
+
+
+async def test_the_phase_column_keeps_its_values_when_the_service_starts_writing_it(settings):
+    """Migration 0019: the generated column becomes a written one, filled from the documents."""
+    await migrate_to(settings, "0018")
+    await db_fetch(
+        settings,
+        "INSERT INTO leads (lead_id, stage, scoring) VALUES "
+        "('u-1', 'lead', '{\"journey\": {\"phase\": \"evaluation\"}}'), "
+        "('u-2', 'lead', '{}')",
+    )
+    await db_fetch(
+        settings,
+        "INSERT INTO accounts (account_id, scoring) VALUES "
+        '(\'acct-1\', \'{"journey": {"phase": "decision"}}\')',
+    )
+    await migrate_to(settings)
+    leads = await db_fetch(settings, "SELECT lead_id, journey_phase FROM leads ORDER BY 1")
+    assert [tuple(r) for r in leads] == [("u-1", "evaluation"), ("u-2", None)]
+    accounts = await db_fetch(settings, "SELECT journey_phase FROM accounts")
+    assert [r["journey_phase"] for r in accounts] == ["decision"]
+    generated = await db_fetch(
+        settings,
+        "SELECT table_name FROM information_schema.columns "
+        "WHERE column_name = 'journey_phase' AND is_generated <> 'NEVER'",
+    )
+    assert generated == []
+    indexed = await db_fetch(
+        settings, "SELECT indexname FROM pg_indexes WHERE indexname LIKE '%journey_phase'"
+    )
+    assert sorted(r["indexname"] for r in indexed) == [
+        "accounts_by_journey_phase",
+        "leads_by_journey_phase",
+    ]

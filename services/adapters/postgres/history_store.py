@@ -1,5 +1,5 @@
-"""Scored events: one history row per event (which also holds its dedup key), read back for
-explanations and replays.
+"""Scored events: one history row per event (which also holds its dedup key: looked up by
+`leadscore_open_batch`, migration 0020), read back for explanations and replays.
 
 Every function here runs inside the caller's transaction and never commits: a batch's state
 changes, dedup keys, outbox rows and partition offsets commit together or not at all.
@@ -20,23 +20,6 @@ from services.adapters.postgres.lead_store import _ts
 from stage_router.records import (
     TransitionDoc,
 )
-
-
-async def unseen(pg: asyncpg.Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The (raw lead id, messageId) pairs not scored before. The key of an event scored is
-    stored in its history row (`save_history`, same transaction; a unique index); keys from
-    before that are in `processed_events`."""
-    if not keys:
-        return set()
-    rows = await pg.fetch(
-        "SELECT k.r, k.m FROM unnest($1::text[], $2::text[]) AS k(r, m) "
-        "WHERE EXISTS (SELECT 1 FROM lead_events e WHERE e.raw_id = k.r AND e.message_id = k.m) "
-        "OR EXISTS (SELECT 1 FROM processed_events p WHERE p.raw_id = k.r AND p.message_id = k.m)",
-        [k[0] for k in keys],
-        [k[1] for k in keys],
-    )
-    return set(keys) - {(r["r"], r["m"]) for r in rows}
-
 
 HISTORY_COLUMNS = (
     "lead_id",

@@ -7,7 +7,7 @@ changes, dedup keys, outbox rows and partition offsets commit together or not at
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,19 +27,9 @@ def _epoch(value: datetime | None) -> float | None:
 
 
 async def load_links(pg: asyncpg.Connection, ids: Sequence[str]) -> dict[str, str]:
-    rows = await pg.fetch(
-        f"""
-        WITH RECURSIVE chain(alias_id, lead_id, depth) AS (
-            SELECT alias_id, lead_id, 1 FROM identity_links WHERE alias_id = ANY($1::text[])
-            UNION ALL
-            SELECT l.alias_id, l.lead_id, c.depth + 1
-            FROM identity_links l JOIN chain c ON l.alias_id = c.lead_id
-            WHERE c.depth < {MAX_LINK_HOPS}
-        )
-        SELECT DISTINCT alias_id, lead_id FROM chain
-        """,
-        list(ids),
-    )
+    """Each id's links, followed to the lead it now counts for (migration 0020's function,
+    which the lead transactions read them with too)."""
+    rows = await pg.fetch("SELECT * FROM leadscore_links($1, $2)", list(ids), MAX_LINK_HOPS)
     return {r["alias_id"]: r["lead_id"] for r in rows}
 
 
@@ -74,35 +64,6 @@ async def load_leads(
         f"SELECT {LEAD_COLUMNS} FROM {table} WHERE lead_id = ANY($1::text[])", list(ids)
     )
     return {r["lead_id"]: lead_from_row(r) for r in rows}
-
-
-async def load_leads_known(
-    pg: asyncpg.Connection, ids: Sequence[str], known: Mapping[str, tuple[int, LeadState]]
-) -> tuple[dict[str, LeadState], dict[str, int]]:
-    """Leads by id, where `known` holds copies (version, state) of some: a copy whose version
-    is still the stored one is used as it is, and the JSON documents (traits, scoring state)
-    come back only for the other rows. Returns the leads and their stored versions."""
-    ids = list(ids)
-    rows = await pg.fetch(
-        "SELECT l.lead_id, l.row_version, l.row_version = u.v AS unchanged, l.stage, "
-        "l.stage_entered_at, l.account_id, l.fit, l.engagement, l.as_of, l.seq, "
-        "l.ruleset_version, "
-        "CASE WHEN l.row_version = u.v THEN NULL ELSE l.traits::text END AS traits, "
-        "CASE WHEN l.row_version = u.v THEN NULL ELSE l.scoring::text END AS scoring "
-        # The ANY() gives the planner the primary key (a join on unnest alone is planned
-        # as a scan of every lead).
-        "FROM unnest($1::text[], $2::bigint[]) AS u(id, v) JOIN leads l ON l.lead_id = u.id "
-        "WHERE l.lead_id = ANY($1::text[])",
-        ids,
-        [known[i][0] if i in known else -1 for i in ids],
-    )
-    leads: dict[str, LeadState] = {}
-    versions: dict[str, int] = {}
-    for row in rows:
-        lead_id = row["lead_id"]
-        versions[lead_id] = row["row_version"]
-        leads[lead_id] = known[lead_id][1] if row["unchanged"] else lead_from_row(row)
-    return leads, versions
 
 
 ACCOUNT_COLUMNS = (
@@ -172,17 +133,18 @@ async def save_leads(
     rows = await pg.fetch(
         f"""
         INSERT INTO {table} (lead_id, stage, stage_entered_at, account_id, traits, fit,
-                           engagement, as_of, seq, ruleset_version, scoring)
-        SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::json
+                           engagement, as_of, seq, ruleset_version, scoring, journey_phase)
+        SELECT l, s, se, a, t::jsonb, f, e, ao, q, v, sc::json, jp
         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
                     $6::float8[], $7::float8[], $8::timestamptz[], $9::int[], $10::int[],
-                    $11::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc)
+                    $11::text[], $12::text[]) AS u(l, s, se, a, t, f, e, ao, q, v, sc, jp)
         ON CONFLICT (lead_id) DO UPDATE SET
             stage = EXCLUDED.stage, stage_entered_at = EXCLUDED.stage_entered_at,
             account_id = EXCLUDED.account_id, traits = EXCLUDED.traits,
             fit = EXCLUDED.fit, engagement = EXCLUDED.engagement, as_of = EXCLUDED.as_of,
             seq = EXCLUDED.seq, ruleset_version = EXCLUDED.ruleset_version,
-            scoring = EXCLUDED.scoring, updated_at = now(),
+            scoring = EXCLUDED.scoring, journey_phase = EXCLUDED.journey_phase,
+            updated_at = now(),
             row_version = {table}.row_version + 1
         RETURNING lead_id, row_version
         """,
@@ -197,6 +159,7 @@ async def save_leads(
         [s.seq for s in leads],
         [s.ruleset_version for s in leads],
         [orjson.dumps(s.to_doc()).decode() for s in leads],
+        [_phase(s) for s in leads],
     )
     return {r["lead_id"]: r["row_version"] for r in rows}
 
@@ -208,13 +171,13 @@ async def save_accounts(
         f"""
         INSERT INTO {table} (account_id, traits, version, stage, stage_entered_at, seq, as_of,
                               fit, engagement, coverage, score, roles_covered, member_count,
-                              ruleset_version, scoring)
+                              ruleset_version, scoring, journey_phase)
         SELECT a, t::jsonb, v, st, se, q, ao, f, e, c, f + e + c,
-               coalesce(string_to_array(nullif(rc, ''), ','), '{{}}'), mc, rv, sc::jsonb
+               coalesce(string_to_array(nullif(rc, ''), ','), '{{}}'), mc, rv, sc::jsonb, jp
         FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
                     $6::int[], $7::timestamptz[], $8::float8[], $9::float8[], $10::float8[],
-                    $11::text[], $12::int[], $13::int[], $14::text[])
-             AS u(a, t, v, st, se, q, ao, f, e, c, rc, mc, rv, sc)
+                    $11::text[], $12::int[], $13::int[], $14::text[], $15::text[])
+             AS u(a, t, v, st, se, q, ao, f, e, c, rc, mc, rv, sc, jp)
         ON CONFLICT (account_id) DO UPDATE SET
             traits = EXCLUDED.traits, version = EXCLUDED.version, stage = EXCLUDED.stage,
             stage_entered_at = EXCLUDED.stage_entered_at, seq = EXCLUDED.seq,
@@ -222,7 +185,7 @@ async def save_accounts(
             coverage = EXCLUDED.coverage, score = EXCLUDED.score,
             roles_covered = EXCLUDED.roles_covered, member_count = EXCLUDED.member_count,
             ruleset_version = EXCLUDED.ruleset_version, scoring = EXCLUDED.scoring,
-            updated_at = now()
+            journey_phase = EXCLUDED.journey_phase, updated_at = now()
         """,
         [a.account_id for a in accounts],
         [orjson.dumps(a.traits).decode() for a in accounts],
@@ -239,4 +202,10 @@ async def save_accounts(
         [len(a.members) for a in accounts],
         [a.ruleset_version for a in accounts],
         [orjson.dumps(a.to_doc()).decode() for a in accounts],
+        [_phase(a) for a in accounts],
     )
+
+
+def _phase(subject: LeadState | Account) -> str | None:
+    """The journey phase column (migration 0019): written with the document it comes from."""
+    return subject.journey.phase if subject.journey is not None else None
