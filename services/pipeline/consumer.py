@@ -64,6 +64,62 @@ from services.pipeline.lead_transaction import (
 log = logging.getLogger(__name__)
 
 
+# A commit of the group's offsets that takes longer is given up (the next one carries on).
+COMMIT_TIMEOUT_SECONDS = 5.0
+
+
+class GroupOffsets:
+    """The consumer group's committed offsets on the broker: a copy of the database's, for
+    the group's tools (lag dashboards, `kafka-consumer-groups`). The database's offsets are
+    the truth (a consumer seeks to them on every assignment), so the copy may be a moment
+    old: it is committed at most once per `interval`, off the batch's path (committing
+    after every batch cost a broker round trip inside each batch), and when the loop
+    stops. Partitions revoked are forgotten, not committed: the rebalance must not wait for
+    a commit the broker may refuse for good (a deleted topic's partitions, which aiokafka
+    retries without end)."""
+
+    def __init__(self, consumer: AIOKafkaConsumer, interval: float = 1.0) -> None:
+        self.consumer = consumer
+        self.interval = interval
+        self._pending: dict[TopicPartition, int] = {}
+        self._timer: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one commit at a time: an older one never lands last
+
+    def note(self, offsets: dict[TopicPartition, int]) -> None:
+        """Where a committed batch ends (a later batch's offsets replace an earlier's)."""
+        if not offsets:
+            return
+        self._pending.update(offsets)
+        if self._timer is None or self._timer.done():
+            self._timer = asyncio.create_task(self._commit_soon())
+
+    async def _commit_soon(self) -> None:
+        await asyncio.sleep(self.interval)
+        await self.flush()
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._pending.pop(tp, None)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            try:
+                await asyncio.wait_for(self.consumer.commit(pending), COMMIT_TIMEOUT_SECONDS)
+            except (CommitFailedError, IllegalStateError, KafkaError, TimeoutError) as exc:
+                # Expected after a rebalance took a partition away; the database has the truth.
+                log.info("Kafka offset commit skipped: %s", exc)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+        await self.flush()
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: TopicConsumer[Any, Any]) -> None:
         self.owner = owner
@@ -72,7 +128,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # Let the batches in hand finish and commit before the partitions go elsewhere; a
         # batch fetched ahead is now from an old assignment and will be dropped.
         async with self.owner.no_batch_in_hand():
-            pass
+            self.owner.group_offsets.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.owner.seek_to_stored(assigned)
@@ -109,6 +165,7 @@ class TopicConsumer(Generic[Item, Outcome]):
         self._lag_checked = 0.0
         self.batches = 0
         self.topic_ids = kafka.TopicIds(consumer._client)
+        self.group_offsets = GroupOffsets(consumer)
 
     @property
     def engine(self) -> Engine | None:
@@ -245,6 +302,7 @@ class TopicConsumer(Generic[Item, Outcome]):
                 for lane in range(self.lanes):
                     lanes.create_task(self._run_lane(stop, lane))
         finally:
+            await self.group_offsets.close()
             await self.release_connections()
 
     async def release_connections(self) -> None:
@@ -282,9 +340,15 @@ class TopicConsumer(Generic[Item, Outcome]):
                 if batch:
                     # Asked after the fetch: if the topic has this id now, it had it when
                     # the records were read (a new log gets a new id, never an old one).
-                    log_id = await self.topic_ids.current(self.topic)
+                    # The question travels while the batch is parsed.
+                    asking = asyncio.ensure_future(self.topic_ids.current(self.topic))
+                    try:
+                        now = self.clock()
+                        parsed = self.parse_batch(batch, now)
+                    finally:
+                        log_id = await asking
                     async with self.lane_locks[lane]:
-                        await self.process(batch, stop, log_id=log_id, lane=lane)
+                        await self.process_parsed(parsed, now, stop, log_id=log_id, lane=lane)
                 if lane == 0:
                     await self._update_lag()
                     if time.monotonic() - self._log_checked >= self.settings.log_check_seconds:
@@ -443,7 +507,9 @@ class TopicConsumer(Generic[Item, Outcome]):
         report = reports[0]
         for extra in reports[1:]:
             report.merge(extra)
-        await self._commit_kafka(report)
+        self.group_offsets.note(
+            {TopicPartition(self.topic, p): o for p, o in report.next_offsets.items()}
+        )
         for partition, offset in report.seek_to.items():
             self.consumer.seek(TopicPartition(self.topic, partition), offset)
         elapsed = time.perf_counter() - started
@@ -523,16 +589,6 @@ class TopicConsumer(Generic[Item, Outcome]):
         self.metrics.events.labels("invalid").inc(report.invalid)
         if report.bots:
             self.metrics.events.labels("bot").inc(report.bots)
-
-    async def _commit_kafka(self, report: BatchReport[Outcome]) -> None:
-        offsets = {TopicPartition(self.topic, p): o for p, o in report.next_offsets.items()}
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
-            # Expected after a rebalance took the partition away; the database has the truth.
-            log.info("Kafka offset commit skipped: %s", exc)
 
     async def _transaction(
         self, parsed: Parsed, now: float, log_id: uuid.UUID | None, lane: int

@@ -48,6 +48,41 @@ async def test_every_feature_matches_the_pure_engine(service, settings):
     assert {t["transition_id"] for t in topic} == {t["transition_id"] for t in expected.transitions}
 
 
+async def group_offsets_on_the_broker(settings) -> dict[int, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(settings.consumer_group)
+    finally:
+        await admin.close()
+    mine = {tp: meta for tp, meta in offsets.items() if tp.topic == settings.topic_events}
+    return {tp.partition: meta.offset for tp, meta in mine.items()}
+
+
+async def test_the_group_offsets_on_the_broker_follow_the_stored_ones(service, settings):
+    """The broker's copy of the offsets (for the group's tools) is committed off the batch's
+    path, and catches up with the database's, which are the truth."""
+    docs = [page("/blog", user=f"u{n}", when=at(0, hours=n)) for n in range(12)]
+    await produce(settings, docs)
+    await wait_for(lambda: drained(settings, len(docs)), what="drain")
+    stored = {
+        r["partition"]: r["next_offset"]
+        for r in await db_fetch(
+            settings,
+            "SELECT partition, next_offset FROM consumer_offsets WHERE topic = $1",
+            settings.topic_events,
+        )
+    }
+
+    async def caught_up() -> bool:
+        return await group_offsets_on_the_broker(settings) == stored
+
+    await wait_for(caught_up, what="the group's offsets on the broker")
+    assert sum(stored.values()) == len(docs)
+
+
 async def test_duplicates_are_scored_once_also_across_a_restart(service, settings):
     reply = track("Email Replied", user="u1", when=at(0))
     await produce(settings, [reply, reply, page("/blog", user="u1", when=at(0, hours=1))])
