@@ -2,7 +2,8 @@
 noisy machine, where only runs next to each other compare): `python -m bench.ab
 LEADSCORE_CONSUMER_LANES=1 LEADSCORE_CONSUMER_LANES=2 --rounds 2`. Each variant drains the
 same backlog on a fresh database, in alternation; the raw ceiling is measured in the same run.
-Also reports PostgreSQL's CPU time per event during each drain (service start included).
+Also reports the CPU time per event of the service, PostgreSQL and the broker during each
+drain (from the service being ready to the backlog committed).
 """
 
 from __future__ import annotations
@@ -14,41 +15,11 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-import psutil
-
-from bench.harness import Infra
+from bench.harness import Infra, ProcessCpu
 from bench.run import RESULTS, backlog, drain_variant, produce_all, raw_ceiling
 from services.adapters.kafka import ensure_topics
 from services.runtime.embedded import free_port
 from services.settings import Settings
-
-
-class PostgresCpu:
-    """CPU seconds PostgreSQL's processes spent while it runs: sampled twice a second, since
-    backends come and go with the service's connections (a backend's time counts from 0
-    when it was not there at the start)."""
-
-    def __init__(self) -> None:
-        self.first: dict[int, float] = self._sample()
-        self.last: dict[int, float] = dict(self.first)
-
-    @staticmethod
-    def _sample() -> dict[int, float]:
-        seen = {}
-        for process in psutil.process_iter(["name", "cpu_times"]):
-            times = process.info["cpu_times"]
-            if process.info["name"] == "postgres" and times is not None:
-                seen[process.pid] = times.user + times.system
-        return seen
-
-    async def run(self) -> None:
-        while True:
-            self.last.update(self._sample())
-            await asyncio.sleep(0.5)
-
-    def seconds(self) -> float:
-        self.last.update(self._sample())
-        return sum(t - self.first.get(pid, 0.0) for pid, t in self.last.items())
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -69,11 +40,10 @@ async def run(args: argparse.Namespace) -> int:
                 saved = {k: os.environ.get(k) for k in env}
                 os.environ.update(env)
                 try:
-                    pg = PostgresCpu()
-                    sampling = asyncio.create_task(pg.run())
-                    rate = await drain_variant(infra, settings, len(docs), f"ab-{round_}-{n}")
-                    sampling.cancel()
-                    pg_cpu = pg.seconds()
+                    meter = ProcessCpu()
+                    rate = await drain_variant(
+                        infra, settings, len(docs), f"ab-{round_}-{n}", meter=meter
+                    )
                 finally:
                     for k, v in saved.items():
                         if v is None:
@@ -85,7 +55,7 @@ async def run(args: argparse.Namespace) -> int:
                         "variant": variant,
                         "end_to_end_events_per_s": round(rate),
                         "share_of_ceiling": round(rate / result["ceiling_events_per_s"], 4),
-                        "postgres_cpu_us_per_event": round(pg_cpu / len(docs) * 1e6, 1),
+                        "cpu_us_per_event": meter.per_event_us(len(docs)),
                     }
                 )
                 print(f"{variant or '(defaults)'}: {rate:,.0f} ev/s", flush=True)
@@ -99,7 +69,8 @@ async def run(args: argparse.Namespace) -> int:
     for r in result["runs"]:
         print(
             f"{r['variant'] or '(defaults)':<40} {r['end_to_end_events_per_s']:>7,} ev/s "
-            f"{r['share_of_ceiling']:.1%}  postgres {r['postgres_cpu_us_per_event']} us/event"
+            f"{r['share_of_ceiling']:.1%}  CPU us/event "
+            + " ".join(f"{k} {v}" for k, v in r["cpu_us_per_event"].items())
         )
     print(f"(also in {out})")
     return 0

@@ -31,7 +31,7 @@ from bench.harness import Infra
 from bench.run import RESULTS
 from bench.workload import generate
 from services.adapters.postgres import db, rulesets
-from services.pipeline.lead_transaction import HeldConnection
+from services.adapters.postgres.db import HeldConnection
 from services.runtime.bootstrap import bootstrap
 from services.settings import Settings
 

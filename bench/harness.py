@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+import psutil
 from aiokafka import AIOKafkaProducer
 
 from bench.workload import lead_key
@@ -200,3 +201,69 @@ async def outbox_pending(settings: Settings) -> int:
         )
     finally:
         await conn.close()
+
+
+ROLES = ("service", "postgres", "broker")
+
+
+def _role(name: str | None, cmdline: list[str] | None) -> str | None:
+    """Which part of the system a process is: the service, PostgreSQL or the broker."""
+    if name == "postgres":
+        return "postgres"
+    command = " ".join(cmdline or ())
+    if "services.runtime" in command:
+        return "service"
+    if "kafka.Kafka" in command:
+        return "broker"
+    return None
+
+
+class ProcessCpu:
+    """CPU seconds the service, PostgreSQL and the broker spent between `start` and
+    `seconds`, from psutil: sampled twice a second meanwhile, since processes come and go
+    (PostgreSQL's backends with the service's connections; a process's time counts from 0
+    when it was not there at the start)."""
+
+    def __init__(self) -> None:
+        self.first: dict[int, tuple[str, float]] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.spent: dict[str, float] = {}
+
+    @staticmethod
+    def _sample() -> dict[int, tuple[str, float]]:
+        seen = {}
+        for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+            times = process.info["cpu_times"]
+            role = _role(process.info["name"], process.info["cmdline"])
+            if role is not None and times is not None:
+                seen[process.pid] = (role, times.user + times.system)
+        return seen
+
+    def start(self) -> None:
+        self.first = self._sample()
+        self.last = dict(self.first)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.last.update(self._sample())
+
+    def stop(self) -> dict[str, float]:
+        """Stop sampling: the CPU seconds per role since `start` (also kept in `spent`)."""
+        if self._task is not None:
+            self._task.cancel()
+        self.last.update(self._sample())
+        spent = dict.fromkeys(ROLES, 0.0)
+        for pid, (role, total) in self.last.items():
+            first = self.first.get(pid)
+            spent[role] += total - (first[1] if first is not None else 0.0)
+        self.spent = spent
+        return spent
+
+    def per_event_us(self, events: int) -> dict[str, float]:
+        """Microseconds of CPU per event per role, and their sum."""
+        per = {role: round(s / events * 1e6, 1) for role, s in self.spent.items()}
+        per["total"] = round(sum(self.spent.values()) / events * 1e6, 1)
+        return per

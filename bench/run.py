@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ from tqdm import tqdm
 
 import scoring_service.engine
 from bench.engine_bench import RULE_COUNTS, measure, one_score_document
-from bench.harness import Infra, committed, outbox_pending, start_service
+from bench.harness import Infra, ProcessCpu, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
 from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
@@ -364,6 +365,7 @@ async def drain_variant(
     prepare: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     *,
     load: Callable[[str], Awaitable[None]] | None = None,
+    meter: ProcessCpu | None = None,
 ) -> float:
     """Drain the backlog again on a database of its own, prepared by `prepare` in one
     transaction (rules published and activated, a challenger started) or filled by `load`
@@ -378,11 +380,14 @@ async def drain_variant(
     )
     assert other.database_url is not None
     url = other.database_url.get_secret_value()
-    engine = create_engine(url)
-    try:
-        await migrate(engine)
-    finally:
-        await engine.dispose()
+    if prepare is not None or load is not None or not os.environ.get("LEADSCORE_BENCH_TREE"):
+        # Another checkout's service (bench/ab.py) migrates its own database as it starts:
+        # this tree's migrations may be ahead of it.
+        engine = create_engine(url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
     if load is not None:
         await load(url.replace("+asyncpg", ""))
     if prepare is not None:
@@ -395,7 +400,11 @@ async def drain_variant(
     service = start_service(other, RESULTS / f"service-{name}.log")
     try:
         await wait_ready(other.http_port, service)
+        if meter is not None:
+            meter.start()
         seconds = await wait_drained(other, total, f"drain backlog, {name}")
+        if meter is not None:
+            meter.stop()
     finally:
         service.send_signal(signal.SIGTERM)
         service.wait(30)
@@ -558,6 +567,16 @@ def table(result: dict[str, Any]) -> str:
             f"{lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms",
         ),
         (
+            "CPU per event in the drain: service / PostgreSQL / broker (sum)",
+            "",
+            "",
+            " / ".join(
+                f"{result.get('cpu_us_per_event', {}).get(role, 0)}"
+                for role in ("service", "postgres", "broker")
+            )
+            + f" µs ({result.get('cpu_us_per_event', {}).get('total', 0)})",
+        ),
+        (
             "latency max (records over 1 s)",
             "<= 1,000 ms",
             was("latency_ms.max", "ms"),
@@ -685,7 +704,12 @@ async def run(args: argparse.Namespace) -> int:
         sampler = RssSampler(service.pid)
         sampling = asyncio.create_task(sampler.run())
         await wait_ready(settings.http_port, service)
+        meter = ProcessCpu()
+        meter.start()
         seconds = await wait_drained(settings, len(docs), "drain backlog")
+        meter.stop()
+        # CPU per event of each process during the drain (the service, PostgreSQL, the broker).
+        result["cpu_us_per_event"] = meter.per_event_us(len(docs))
         result["end_to_end_events_per_s"] = round(len(docs) / seconds)
         result["end_to_end_share_of_ceiling"] = round(
             result["end_to_end_events_per_s"] / result["ceiling_events_per_s"], 3

@@ -101,6 +101,7 @@ class Container:
         await self.jobs.close()
         await self.scorer.release_connections()
         await self.feedback.release_connections()
+        await self.relay.held.release()
         if self.started:
             await self.feedback.consumer.stop()
             await self.consumer.stop()

@@ -37,7 +37,7 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Rejection
 from services.adapters import kafka
 from services.adapters.postgres import offset_store, outbox_store
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import HeldConnection, driver
 from services.adapters.postgres.errors import DATABASE_ERROR, REFUSED, UNAVAILABLE
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.metrics import observe_many
@@ -55,7 +55,6 @@ from services.pipeline.batches import (
     without,
 )
 from services.pipeline.lead_transaction import (
-    HeldConnection,
     LeadTransaction,
     LeadWriter,
     backoff,

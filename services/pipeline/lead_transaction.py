@@ -36,7 +36,6 @@ for, and the transaction is retried when it is busy (`LinkRaced`, counted as a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.engine import Effects, Engine
 from scoring_service.pipeline import ScoredEvent, Workspace, note_scores
@@ -58,8 +57,8 @@ from services.adapters.postgres import (
     record_store,
     rulesets,
 )
-from services.adapters.postgres.db import driver
-from services.adapters.postgres.errors import CONFLICTS, UNAVAILABLE
+from services.adapters.postgres.db import HeldConnection, driver
+from services.adapters.postgres.errors import CONFLICTS
 from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.challenger import Shadow, save_shadow
@@ -270,42 +269,6 @@ class LeadTransaction:
             await offset_store.save_offsets(self.pg, topic, next_offsets, fingerprints, log_id)
 
 
-class HeldConnection:
-    """A database connection a consumer lane keeps from one batch to the next.
-
-    Taking a connection from the pool costs three round trips (SQLAlchemy's liveness check:
-    BEGIN, a ping, ROLLBACK), as many as a small batch's locking; a lane that commits a
-    batch every few milliseconds keeps its own instead. The liveness check is then the
-    batch itself: a connection that fails with the database away is dropped, and the next
-    batch connects afresh (tests/integration/test_round_trips.py counts the statements).
-    """
-
-    def __init__(self, db: AsyncEngine) -> None:
-        self.db = db
-        self._conn: AsyncConnection | None = None
-
-    async def driver(self) -> asyncpg.Connection:
-        if self._conn is None:
-            self._conn = await self.db.connect()
-        return await driver(self._conn)
-
-    async def drop(self) -> None:
-        """Forget the connection (it failed): never given back to the pool for reuse."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-    async def release(self) -> None:
-        """Give the connection back to the pool (the lane is stopping)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-
 class LeadWriter:
     """Runs a writer's work in a lead transaction: commits once, retries lock conflicts,
     wakes the outbox relay and counts the published records after each commit."""
@@ -372,15 +335,8 @@ class LeadWriter:
         if held is None:
             async with self.db.connect() as conn:
                 return await self._in_transaction(await driver(conn), work, now)
-        pg = await held.driver()
-        try:
+        async with held.use() as pg:
             return await self._in_transaction(pg, work, now)
-        except BaseException as exc:
-            # A connection the database dropped, or one left inside a transaction (cancelled
-            # mid-rollback), is not used again.
-            if isinstance(exc, UNAVAILABLE) or pg.is_closed() or pg.is_in_transaction():
-                await held.drop()
-            raise
 
     async def _in_transaction(
         self, pg: asyncpg.Connection, work: Callable[[LeadTransaction], Awaitable[T]], now: float

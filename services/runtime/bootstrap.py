@@ -38,10 +38,10 @@ def bootstrap(
     configured by now (the entry point fills them in with embedded ones when unset)."""
     if settings.kafka_bootstrap is None or settings.database_url is None:
         raise ValueError("bootstrap() needs kafka_bootstrap and database_url")
-    # Each consumer lane and the feedback consumer keep a connection of their own
-    # (HeldConnection); the pool's usual five stay for everything else.
+    # Each consumer lane, the feedback consumer and the outbox relay keep a connection of
+    # their own (HeldConnection); the pool's usual five stay for everything else.
     engine = engine or db.create_engine(
-        settings.database_url.get_secret_value(), pool_size=5 + settings.consumer_lanes + 1
+        settings.database_url.get_secret_value(), pool_size=5 + settings.consumer_lanes + 2
     )
     producer = producer or kafka.make_producer(settings)
     consumer = kafka.make_consumer(settings)

@@ -15,7 +15,7 @@ import orjson
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from services.pipeline import lead_transaction
+from services.adapters.postgres import db
 from tests.factories import at, group, identify, page, track
 
 # Statements per consumer batch, the ceiling this test holds. 2026-12-04: 21 and 22; 18 and
@@ -54,7 +54,7 @@ async def test_a_batch_costs_no_more_round_trips_than_its_budget(open_container,
     # No loop runs in this container: every statement counted is the batch's.
     sent: list[str] = []
     watched: set[int] = set()
-    original = lead_transaction.driver
+    original = db.driver
 
     async def counting_driver(conn: Any) -> Any:
         pg = await original(conn)
@@ -63,7 +63,7 @@ async def test_a_batch_costs_no_more_round_trips_than_its_budget(open_container,
             pg.add_query_logger(lambda logged: sent.append(logged.query))
         return pg
 
-    monkeypatch.setattr(lead_transaction, "driver", counting_driver)
+    monkeypatch.setattr(db, "driver", counting_driver)
     scorer = open_container.scorer
     topic = open_container.settings.topic_events
     batches = [

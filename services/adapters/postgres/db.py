@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from services.adapters.postgres.errors import UNAVAILABLE
 
-__all__ = ["UNAVAILABLE", "create_engine", "driver", "migrate"]
+__all__ = ["UNAVAILABLE", "HeldConnection", "create_engine", "driver", "migrate"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -62,3 +64,52 @@ async def migrate(engine: AsyncEngine) -> None:
         finally:
             await pg.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
     log.info("database schema is up to date")
+
+
+class HeldConnection:
+    """A database connection a consumer lane keeps from one batch to the next.
+
+    Taking a connection from the pool costs three round trips (SQLAlchemy's liveness check:
+    BEGIN, a ping, ROLLBACK), as many as a small batch's locking; a consumer lane that
+    commits a batch every few milliseconds, and the outbox relay that publishes after each,
+    keep their own instead. The liveness check is then the
+    batch itself: a connection that fails with the database away is dropped, and the next
+    batch connects afresh (tests/integration/test_round_trips.py counts the statements).
+    """
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self.db = db
+        self._conn: AsyncConnection | None = None
+
+    async def driver(self) -> asyncpg.Connection:
+        if self._conn is None:
+            self._conn = await self.db.connect()
+        return await driver(self._conn)
+
+    @contextlib.asynccontextmanager
+    async def use(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection for one unit of work. One the database dropped, or one left inside
+        a transaction (cancelled mid-rollback), is not used again."""
+        pg = await self.driver()
+        try:
+            yield pg
+        except BaseException as exc:
+            if isinstance(exc, UNAVAILABLE) or pg.is_closed() or pg.is_in_transaction():
+                await self.drop()
+            raise
+
+    async def drop(self) -> None:
+        """Forget the connection (it failed): never given back to the pool for reuse."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def release(self) -> None:
+        """Give the connection back to the pool (the lane is stopping)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
