@@ -567,6 +567,38 @@ def table(result: dict[str, Any]) -> str:
             f"{lat.get('p50')}/{lat.get('p95')}/{lat.get('p99')} ms",
         ),
         (
+            "latency p50/p99/max at the faster load",
+            "report",
+            "",
+            "{offered_events_per_s:,.0f} ev/s for {seconds:.0f} s: {p50}/{p99}/{max} ms".format(
+                **result["latency_ms_faster"]
+            )
+            if result.get("latency_ms_faster")
+            else "",
+        ),
+        (
+            "latency p99 first / last minute (drift)",
+            "within 20%",
+            "",
+            f"{lat.get('p99_first_minute')} / {lat.get('p99_last_minute')} ms "
+            f"({lat.get('p99_drift', 0):+.0%})",
+        ),
+        (
+            "batch time by size (service's histogram, mean ms)",
+            "20 events <= 5 ms",
+            "",
+            ", ".join(
+                f"<={size}: {v['mean_ms']}"
+                for size, v in result.get("batch_ms_by_size", {}).items()
+            ),
+        ),
+        (
+            "write-ahead log per event in the drain",
+            "",
+            "",
+            f"{result.get('wal_bytes_per_event', 0):,} bytes",
+        ),
+        (
             "CPU per event in the drain: service / PostgreSQL / broker (sum)",
             "",
             "",
@@ -706,10 +738,13 @@ async def run(args: argparse.Namespace) -> int:
         await wait_ready(settings.http_port, service)
         meter = ProcessCpu()
         meter.start()
+        wal_before = await wal_bytes(settings)
         seconds = await wait_drained(settings, len(docs), "drain backlog")
         meter.stop()
-        # CPU per event of each process during the drain (the service, PostgreSQL, the broker).
+        # CPU per event of each process during the drain (the service, PostgreSQL, the broker),
+        # and the write-ahead log PostgreSQL wrote per event.
         result["cpu_us_per_event"] = meter.per_event_us(len(docs))
+        result["wal_bytes_per_event"] = round((await wal_bytes(settings) - wal_before) / len(docs))
         result["end_to_end_events_per_s"] = round(len(docs) / seconds)
         result["end_to_end_share_of_ceiling"] = round(
             result["end_to_end_events_per_s"] / result["ceiling_events_per_s"], 3
@@ -750,9 +785,33 @@ async def run(args: argparse.Namespace) -> int:
         stamps = await steady_load(live, steady, args.rate)
         result["rss_after_warmup_mb"] = round(await warmed / 2**20, 1)
         await wait_drained(live, steady_total, "drain steady load")
-        result["latency_ms"] = latency_summary(
-            latencies(await read_outputs(live), stamps), args.rate, args.seconds
-        )
+        result["batch_ms_by_size"] = await batch_curve(live.http_port)
+        fast_stamps: dict[str, int] = {}
+        fast_total = int(args.fast_rate * args.fast_seconds)
+        if fast_total and not args.soak:
+            # A minute at a higher rate, after the steady load: the tail when batches grow.
+            fast = prepare(
+                generate(
+                    events=fast_total,
+                    leads=args.leads,
+                    seed=args.seed + 2,
+                    accounts=args.accounts,
+                    start=datetime.now(UTC),
+                    days=args.fast_seconds / 86400 / 4,
+                )
+            )
+            fast_stamps = await steady_load(live, fast, args.fast_rate)
+            await wait_drained(live, steady_total + fast_total, "drain the faster load")
+        outputs = await read_outputs(live)
+        result["latency_ms"] = latency_summary(latencies(outputs, stamps), args.rate, args.seconds)
+        if fast_stamps:
+            fast_summary = latency_summary(
+                latencies(outputs, fast_stamps), args.fast_rate, args.fast_seconds
+            )
+            result["latency_ms_faster"] = {
+                k: fast_summary.get(k)
+                for k in ("offered_events_per_s", "seconds", "samples", "p50", "p95", "p99", "max")
+            }
         result["rss_mb_per_minute"] = rss_per_minute(
             sampler.course, result["latency_ms"].get("started_at_ms", 0)
         )
@@ -787,6 +846,36 @@ async def run(args: argparse.Namespace) -> int:
             service.kill()
         infra.stop()
     return finish(result, stamp)
+
+
+async def wal_bytes(settings: Settings) -> int:
+    """Bytes of write-ahead log the database server has written so far (pg_stat_wal)."""
+    assert settings.database_url is not None
+    pg = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+    try:
+        return int(await pg.fetchval("SELECT wal_bytes FROM pg_stat_wal"))
+    finally:
+        await pg.close()
+
+
+async def batch_curve(port: int) -> dict[str, dict[str, float]]:
+    """Batch time against batch size from the service's own histogram
+    (`leadscore_batch_seconds_by_size`): per size class, batches and mean milliseconds."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum", sums), ("_count", counts)):
+            prefix = f'leadscore_batch_seconds_by_size{suffix}{{size="'
+            if line.startswith(prefix):
+                size, _, value = line[len(prefix) :].partition('"} ')
+                into[size] = float(value)
+    return {
+        size: {"batches": counts[size], "mean_ms": round(sums[size] / counts[size] * 1000, 2)}
+        for size in sorted(counts, key=lambda s: float("inf") if s == "more" else int(s))
+        if counts[size]
+    }
 
 
 async def challenger_cost(args: argparse.Namespace) -> int:
@@ -917,6 +1006,10 @@ def main() -> None:
         "--soak", action="store_true", help="judge RSS and p99 drift; skip the other parts"
     )
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--fast-rate", type=float, default=5000, help="a second, faster load, events/s (0: none)"
+    )
+    parser.add_argument("--fast-seconds", type=float, default=60, help="its duration")
     parser.add_argument(
         "--accounts", type=int, default=2_000, help="companies the people work for (10 each)"
     )

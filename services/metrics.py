@@ -31,6 +31,17 @@ FOLLOW_UP_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800
 # Rejection reasons are free text; the metric keeps the first ones seen, the rest are "other".
 MAX_REASON_LABELS = 50
 SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
+# The size classes of `batch_seconds_by_size`: what a batch costs against how big it is
+# (a batch's fixed cost shows in the small classes, the cost per event in the large ones).
+SIZE_CLASSES = (1, 5, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+def size_class(events: int) -> str:
+    """The label of the smallest class that holds a batch of `events` ("more" past them)."""
+    for bound in SIZE_CLASSES:
+        if events <= bound:
+            return str(bound)
+    return "more"
 
 
 class Metrics:
@@ -65,6 +76,13 @@ class Metrics:
         self.batch_seconds = Histogram(
             "leadscore_batch_processing_seconds",
             "Time to score and commit one batch.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds_by_size = Histogram(
+            "leadscore_batch_seconds_by_size",
+            "Time to score and commit one batch, by its size class (records, at most).",
+            ["size"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )

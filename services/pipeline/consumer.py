@@ -40,7 +40,7 @@ from services.adapters.postgres import offset_store, outbox_store
 from services.adapters.postgres.db import HeldConnection, driver
 from services.adapters.postgres.errors import DATABASE_ERROR, REFUSED, UNAVAILABLE
 from services.adapters.postgres.rulesets import VersionUnusable
-from services.metrics import observe_many
+from services.metrics import observe_many, size_class
 from services.pipeline.batches import (
     BatchReport,
     DatabaseUnavailable,
@@ -581,6 +581,7 @@ class TopicConsumer(Generic[Item, Outcome]):
     def count(self, report: BatchReport[Outcome], elapsed: float, total: int) -> None:
         """Metrics of one committed batch."""
         self.metrics.batch_seconds.observe(elapsed)
+        self.metrics.batch_seconds_by_size.labels(size_class(total)).observe(elapsed)
         self.metrics.batch_size.observe(total)
         observe_many(self.metrics.event_seconds, elapsed / max(total, 1), total)
         self.metrics.events.labels("scored").inc(report.scored)

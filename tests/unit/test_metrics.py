@@ -1,10 +1,11 @@
-"""observe_many must leave a histogram exactly as that many `observe` calls would."""
+"""observe_many must leave a histogram exactly as that many `observe` calls would; batch
+size classes hold every size once."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from services.metrics import observe_many
+from services.metrics import SIZE_CLASSES, observe_many, size_class
 
 BUCKETS = (0.001, 0.01, 0.1, 1.0)
 
@@ -34,3 +35,18 @@ def _samples(registry: CollectorRegistry) -> list[str]:
     """The exposition's sample lines, without the creation time (each histogram its own)."""
     text = generate_latest(registry).decode()
     return [line for line in text.splitlines() if not line.startswith(("#", "h_created"))]
+
+
+def test_each_batch_size_falls_in_the_smallest_class_that_holds_it() -> None:
+    assert [size_class(n) for n in (1, 2, 5, 6, 20, 21, 2000, 2001)] == [
+        "1",
+        "5",
+        "5",
+        "20",
+        "20",
+        "50",
+        "2000",
+        "more",
+    ]
+    # Every bound is its own class's largest batch.
+    assert all(size_class(bound) == str(bound) for bound in SIZE_CLASSES)
