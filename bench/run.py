@@ -753,17 +753,7 @@ async def run(args: argparse.Namespace) -> int:
         result["check"] = await check(settings, docs)
 
         steady_total = int(args.rate * args.seconds)
-        steady = prepare(
-            generate(
-                events=steady_total,
-                leads=args.leads,
-                seed=args.seed + 1,
-                accounts=args.accounts,
-                # Live traffic: event times are the send times, give or take a few seconds.
-                start=datetime.now(UTC),
-                days=args.seconds / 86400 / 4,
-            )
-        )
+        steady = live_traffic(args, steady_total, args.seconds, seed=args.seed + 1)
         # The steady load goes to a topic of its own, read by a restarted service (same
         # database, same leads): the restarted deadline watcher finds the backlog's overdue
         # follow-ups and breaches them while live events arrive, the tail case. (A topic of
@@ -790,16 +780,7 @@ async def run(args: argparse.Namespace) -> int:
         fast_total = int(args.fast_rate * args.fast_seconds)
         if fast_total and not args.soak:
             # A minute at a higher rate, after the steady load: the tail when batches grow.
-            fast = prepare(
-                generate(
-                    events=fast_total,
-                    leads=args.leads,
-                    seed=args.seed + 2,
-                    accounts=args.accounts,
-                    start=datetime.now(UTC),
-                    days=args.fast_seconds / 86400 / 4,
-                )
-            )
+            fast = live_traffic(args, fast_total, args.fast_seconds, seed=args.seed + 2)
             fast_stamps = await steady_load(live, fast, args.fast_rate)
             await wait_drained(live, steady_total + fast_total, "drain the faster load")
         outputs = await read_outputs(live)
@@ -848,12 +829,28 @@ async def run(args: argparse.Namespace) -> int:
     return finish(result, stamp)
 
 
+def live_traffic(args: argparse.Namespace, total: int, seconds: float, *, seed: int) -> list[Any]:
+    """Events for a steady load of `seconds`, over the backlog's people and companies."""
+    return prepare(
+        generate(
+            events=total,
+            leads=args.leads,
+            seed=seed,
+            accounts=args.accounts,
+            # Live traffic: event times are the send times, give or take a few seconds.
+            start=datetime.now(UTC),
+            days=seconds / 86400 / 4,
+        )
+    )
+
+
 async def wal_bytes(settings: Settings) -> int:
-    """Bytes of write-ahead log the database server has written so far (pg_stat_wal)."""
+    """The write-ahead log's insert position in bytes: exact at once (pg_stat_wal's counters
+    reach the view up to seconds late, as backends report them)."""
     assert settings.database_url is not None
     pg = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
     try:
-        return int(await pg.fetchval("SELECT wal_bytes FROM pg_stat_wal"))
+        return int(await pg.fetchval("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
     finally:
         await pg.close()
 
