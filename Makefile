@@ -76,7 +76,7 @@ lint: $(STAMP) ## ruff, mypy --strict and the import layers (import-linter)
 typecheck: $(STAMP) ## mypy --strict over schemas, scoring_service, stage_router, services
 	$(PY) -m mypy
 
-bench: $(COMPILED) ## Benchmarks: ceiling, end to end, 5 min at 2,000 ev/s, engine, RSS, before/after (~9 min)
+bench: $(COMPILED) ## Benchmarks: ceiling, end to end, 5 min at 2,000 ev/s, 1 min at 5,000, engine, RSS, CPU and WAL per event (~12 min)
 	$(PY) -m bench.run
 
 bench-funnel: $(COMPILED) ## The funnel report on 1,000,000 transitions
