@@ -379,6 +379,10 @@ class SimulationResult(BaseModel):
     )
     rejected: list[Rejected]
     duplicates: list[int]
+    crawlers: list[int] = Field(
+        default_factory=list,
+        description="indexes of events left out as a crawler's (the rule set's `bots` list)",
+    )
 
 
 class ImpactRequest(BaseModel):

@@ -68,6 +68,7 @@ def simulate(
     journey_moves: list[JourneyMoveDoc] = []
     rejected: list[dict[str, Any]] = []
     duplicates: list[int] = []
+    crawlers: list[int] = []
     for index, doc in enumerate(docs):
         if deadline is not None and time.thread_time() > deadline:
             raise BudgetExceeded(f"stopped at event {index} after {budget_seconds} s")
@@ -83,6 +84,10 @@ def simulate(
         key = (event.raw_id, event.message_id)
         if key in seen:
             duplicates.append(index)
+            continue
+        # The crawler test the live pipeline (without_bots) and the replay apply.
+        if engine.rules.is_bot(event):
+            crawlers.append(index)
             continue
         seen.add(key)
         scored = score_event(ws, engine, event, now=now)
@@ -137,6 +142,7 @@ def simulate(
         "journey_moves": journey_moves,
         "rejected": rejected,
         "duplicates": duplicates,
+        "crawlers": crawlers,
     }
 
 

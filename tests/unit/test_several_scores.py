@@ -444,3 +444,22 @@ def test_the_benchmarks_one_score_set_is_the_starter_without_its_second_line():
     assert {r.id for r in one_doc.rules} == counting_for_default(starter_doc.rules)
     assert one_doc.accounts is not None and starter_doc.accounts is not None
     assert {r.id for r in one_doc.accounts.fit} == counting_for_default(starter_doc.accounts.fit)
+
+
+def test_a_simulation_leaves_out_crawlers_exactly_as_the_replay_does():
+    from scoring_service.simulation import simulate
+
+    engine = Engine(starter_ruleset())
+    docs = [
+        page("/pricing", user="u", when=at(0), context={"userAgent": CHROME}),
+        page("/pricing", user="u", when=at(0.1), context={"userAgent": GOOGLEBOT}),
+        page("/careers", user="v", when=at(0.2), context={"userAgent": GOOGLEBOT.upper()}),
+        page("/product", user="u", when=at(0.3), context={"userAgent": CUBOT}),
+    ]
+    simulated = simulate(engine, docs, now=NOW)
+    replay = replay_documents(engine, docs, now=NOW)
+    assert simulated["crawlers"] == [1, 2]
+    assert {lead["lead_id"] for lead in simulated["leads"]} == set(replay.ws.leads) == {"u"}
+    [lead] = simulated["leads"]
+    assert lead["score"]["total"] == pytest.approx(replay.ws.leads["u"].total, abs=0.01)
+    assert [step["index"] for step in lead["trajectory"]] == [0, 3]
