@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     # foreign name resolved to this machine) can neither read nor write.
     allowed_hosts: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: plain lines on a terminal, JSON lines otherwise (a log collector, a file).
+    log_format: Literal["auto", "json", "text"] = "auto"
 
     # Outbound endpoints (README: Webhooks and CRM writers). Secrets and tokens are stored
     # encrypted with this Fernet key; unset, a key is made in data_dir (one instance only).

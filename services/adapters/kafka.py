@@ -333,7 +333,11 @@ async def send_lines(lines: list[bytes], settings: Settings) -> int:
     """Produce a JSON-lines file of Segment events to the input topic, keyed as trackers do."""
     bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # a client that never started still holds its connections
+        raise
     sent = 0
     try:
         for line in lines:

@@ -5,9 +5,9 @@ import logging
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.adapters.postgres.errors import UNAVAILABLE
@@ -61,12 +61,15 @@ def create_app(container: Container) -> FastAPI:
     # `/` in it as the one segment the client sent (common.py, ids as path segments).
     app.add_middleware(EncodedSegments)
 
-    def role(needed: str) -> Callable[[Request], Principal]:
-        def dependency(request: Request) -> Principal:
+    ignored_tokens = TokenIgnoredNotice()
+
+    def role(needed: str) -> Callable[[Request, Response], Principal]:
+        def dependency(request: Request, response: Response) -> Principal:
+            authorization = request.headers.get("authorization")
+            if not tokens and authorization:
+                ignored_tokens.tell(response)
             principal = authenticate(
-                tokens,
-                request.headers.get("authorization"),
-                request.client.host if request.client else None,
+                tokens, authorization, request.client.host if request.client else None
             )
             return authorize(principal, needed)
 
@@ -164,4 +167,27 @@ def create_app(container: Container) -> FastAPI:
     from services.console.app import console_app
 
     app.mount("/console", console_app(container, "/console"))
+
+    @app.get("/", include_in_schema=False)
+    async def _front_door() -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=307)
+
     return app
+
+
+class TokenIgnoredNotice:
+    """A caller sent a token to a service that has none configured: the token proves
+    nothing here (loopback is trusted as it is), and the caller probably meant another
+    instance or forgot LEADSCORE_API_TOKENS. Said in a header on every such answer and
+    once in the log."""
+
+    TEXT = "no API tokens are configured here (LEADSCORE_API_TOKENS); the token was ignored"
+
+    def __init__(self) -> None:
+        self.logged = False
+
+    def tell(self, response: Response) -> None:
+        response.headers["Warning"] = f'299 leadscore "{self.TEXT}"'
+        if not self.logged:
+            self.logged = True
+            log.warning("a request carried a bearer token, but %s", self.TEXT)

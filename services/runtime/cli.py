@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -309,11 +310,44 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> None:
+    from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+
+    from scoring_service.intake import Rejection, parse_event
     from services.adapters.kafka import send_lines
     from services.settings import Settings
 
-    count = asyncio.run(send_lines(_read(args.file).splitlines(), Settings()))
-    print(f"sent {count} events")
+    # Checked here as the service will check them, so a mistake is told now, not found
+    # later on the dead-letter topic.
+    now, good, refused = time.time(), [], []
+    for number, line in enumerate(_read(args.file).splitlines(), start=1):
+        if not line.strip():
+            continue
+        verdict = parse_event(line, now=now, fallback_ts=now)
+        if isinstance(verdict, Rejection):
+            refused.append(f"  line {number}: {verdict.code}: {verdict.detail}")
+        else:
+            good.append(line)
+    if refused:
+        print(f"refused, not sent ({len(refused)}):", *refused, sep="\n", file=sys.stderr)
+    settings = Settings()
+    broker = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    # The client narrates each failed connection; the one line below says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        count = asyncio.run(send_lines(good, settings)) if good else 0
+    except UnknownTopicOrPartitionError as exc:
+        raise CliError(
+            f"the broker at {broker} has no topic {settings.topic_events}; the service "
+            "creates it when it starts (make run)"
+        ) from exc
+    except (KafkaError, OSError) as exc:
+        raise CliError(
+            f"cannot reach the broker at {broker} ({type(exc).__name__}); is the service "
+            "running (make run)?"
+        ) from exc
+    print(f"sent {count} events to {settings.topic_events}")
+    if refused:
+        raise CliError(f"{len(refused)} of {len(refused) + count} events were refused")
 
 
 def cmd_migrate(_: argparse.Namespace) -> None:

@@ -81,7 +81,10 @@ async def serve(settings: Settings) -> int:
     )
     http = asyncio.create_task(server.serve(), name="http")
     *workers, relay = container.run(stop)  # the relay comes last
-    log.info("leadscore serving on http://%s:%d", settings.http_host, settings.http_port)
+    # 0.0.0.0 listens everywhere; a person opens it as localhost.
+    host = "localhost" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    base = f"http://{host}:{settings.http_port}"
+    log.info("leadscore serving on %s; the console: %s/console", base, base)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait(
         {*workers, relay, http, stopper}, return_when=asyncio.FIRST_COMPLETED
@@ -141,7 +144,7 @@ def tune_garbage_collector() -> None:
 
 def run(settings: Settings | None = None) -> None:
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     settings, broker, database = with_embedded_infrastructure(settings)
     if broker or database:
         log.info(

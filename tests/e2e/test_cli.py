@@ -223,3 +223,42 @@ async def test_the_installed_command_runs_from_any_directory(tmp_path, build):
         assert compiled == "False"
     elif os.environ.get("LEADSCORE_EXPECT_COMPILED"):  # make test, after make compile
         assert compiled == "True"
+
+
+async def test_send_checks_every_line_first_and_sends_only_the_good_ones(settings, tmp_path):
+    from services.adapters.kafka import ensure_topics
+    from tests.conftest import read_all
+
+    await ensure_topics(settings)  # as the service does when it starts
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"type": "page", "userId": "u-1", "messageId": "m-1", "properties": {"path": "/"}}\n'
+        "\n"
+        '{"type": "page", "messageId": "m-2", "properties": {"path": "/pricing"}}\n'
+        '{"type": "track", "userId": "u-1", "messageId": "m-3", "event": "Demo Requested"}\n'
+    )
+    env = {
+        "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
+    }
+    status, output = await leadscore("send", str(events), env=env)
+    assert status == 1
+    assert "line 3: missing_identity" in output
+    assert f"sent 2 events to {settings.topic_events}" in output
+    assert "1 of 3 events were refused" in output
+    sent = await read_all(settings, settings.topic_events, expect=2)
+    assert sorted(r.key for r in sent) == [b"u-1", b"u-1"]
+
+
+async def test_send_to_a_stopped_service_says_so_in_one_line(tmp_path):
+    from services.runtime.embedded import free_port
+
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "page", "userId": "u-1", "messageId": "m-1"}\n')
+    closed = f"127.0.0.1:{free_port()}"
+    status, output = await leadscore("send", str(events), env={"LEADSCORE_KAFKA_BOOTSTRAP": closed})
+    assert status == 1
+    assert output.strip().splitlines() == [
+        f"error: cannot reach the broker at {closed} (KafkaConnectionError); is the service "
+        "running (make run)?"
+    ]

@@ -128,3 +128,25 @@ async def test_with_tokens_a_bearer_call_from_any_origin_works_as_before(admin_c
             headers={"origin": "http://tools.example", "content-type": "text/plain"},
         )
     assert answer.status_code == 201, answer.text
+
+
+async def test_the_front_door_leads_to_the_console(open_container):
+    async with local(open_container) as api:
+        response = await api.get("/")
+        assert response.status_code == 307
+        assert response.headers["location"] == "/console/"
+
+
+async def test_a_token_sent_to_a_service_without_tokens_is_answered_with_a_warning(
+    open_container, caplog
+):
+    async with local(open_container) as api:
+        with caplog.at_level("WARNING", logger="services.http.app"):
+            first = await api.get("/v1/rulesets", headers={"authorization": "Bearer ls_x"})
+            second = await api.get("/v1/rulesets", headers={"authorization": "Bearer ls_x"})
+        plain = await api.get("/v1/rulesets")
+    assert first.status_code == second.status_code == plain.status_code == 200
+    assert "no API tokens are configured" in first.headers["warning"]
+    assert "warning" in second.headers and "warning" not in plain.headers
+    told = [r for r in caplog.records if "bearer token" in r.getMessage()]
+    assert len(told) == 1  # once, not once per request

@@ -67,3 +67,42 @@ def test_exceptions_are_redacted_too():
 def test_level_comes_from_the_setting():
     assert lines_logged("WARNING", lambda log: log.info("quiet")) == []
     assert len(lines_logged("DEBUG", lambda log: log.debug("loud"))) == 1
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_terminal_gets_plain_lines_and_a_pipe_gets_json():
+    terminal, pipe = Terminal(), io.StringIO()
+    for stream in (terminal, pipe):
+        configure_logging("INFO", stream, log_format="auto")
+        logging.getLogger("leadscore.test").info(
+            "scored dana@trucking-co.com", extra={"partition": 3}
+        )
+    configure_logging("WARNING")
+    [text] = terminal.getvalue().splitlines()
+    assert text.endswith(" INFO    scored [email]  partition=3") and not text.startswith("{")
+    assert orjson.loads(pipe.getvalue())["message"] == "scored [email]"
+
+
+def test_the_setting_overrides_what_the_stream_looks_like():
+    terminal = Terminal()
+    configure_logging("INFO", terminal, log_format="json")
+    logging.getLogger("leadscore.test").info("quiet start")
+    configure_logging("WARNING")
+    assert orjson.loads(terminal.getvalue())["message"] == "quiet start"
+
+
+def test_a_group_coordinator_still_starting_is_not_an_error_line():
+    def emit(_):
+        coordinator = logging.getLogger("aiokafka.consumer.group_coordinator")
+        coordinator.error(
+            "Group Coordinator Request failed: %s",
+            "[Error 15] GroupCoordinatorNotAvailableError",
+        )
+        coordinator.error("Heartbeat failed: %r", "UnknownMemberIdError")
+
+    lines = lines_logged("INFO", emit)
+    assert [line["message"] for line in lines] == ["Heartbeat failed: 'UnknownMemberIdError'"]
