@@ -709,9 +709,14 @@ class SegmentBatch(BaseModel):
 
 
 class Accepted(BaseModel):
-    accepted: int = Field(description="events the broker acknowledged")
+    accepted: int = Field(description="events the broker acknowledged for scoring")
     # Segment's tracking API answers {"success": true}; its SDKs and RudderStack's read 200.
     success: bool = True
+    refused: list[Rejected] = Field(
+        default_factory=list,
+        description="events of the batch refused, by index, with the reason; each is on the "
+        "dead-letter topic with the same reason (the others were accepted)",
+    )
 
 
 class ConsoleSession(BaseModel):

@@ -26,7 +26,11 @@ class SegmentEvent(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    messageId: Identifier
+    messageId: Identifier | None = Field(
+        default=None,
+        description="the event's id, for dropping duplicates; made from the message's bytes "
+        "when missing, as Segment's tracking API makes one",
+    )
     userId: Identifier | None = None
     anonymousId: Identifier | None = None
     timestamp: datetime | None = None

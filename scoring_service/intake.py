@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +50,8 @@ class Event:
     context: dict[str, Any] | None = None
     # context.userAgent, to tell crawlers from people (at most MAX_USER_AGENT characters).
     user_agent: str | None = None
+    # Sent without a messageId: the intake made one (generated_message_id).
+    message_id_generated: bool = False
 
     @property
     def timestamp(self) -> str:
@@ -186,47 +189,44 @@ def _parse_event(raw: bytes, *, now: float, fallback_ts: float | None) -> Event 
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         return Rejection("unknown_type", f"type {event_type!r} is not one of {sorted(EVENT_TYPES)}")
     message_id = doc.get("messageId")
-    if not isinstance(message_id, str | int) or isinstance(message_id, bool) or message_id == "":
-        return Rejection("missing_message_id", "messageId is missing or empty")
+    generated = message_id is None or message_id == ""
+    if generated:
+        # Segment's tracking API fills in a missing messageId; so does the intake, from the
+        # message's bytes (and the record time standing in for a missing timestamp), so a
+        # redelivered copy gets the same id and is still dropped as a duplicate.
+        message_id = generated_message_id(raw, None if "timestamp" in doc else fallback_ts)
+    problems: list[Rejection] = []
+    if not isinstance(message_id, str | int) or isinstance(message_id, bool):
+        problems.append(Rejection("missing_message_id", "messageId is not text or a number"))
     if not doc.get("userId") and not doc.get("anonymousId"):
-        return Rejection("missing_identity", "neither userId nor anonymousId is set")
-    stamp = doc.get("timestamp")
-    if stamp is None:
-        if fallback_ts is None:
-            return Rejection("invalid_timestamp", "timestamp is missing")
-        ts = fallback_ts
-    else:
-        try:
-            ts = parse_iso(stamp) if isinstance(stamp, str) else float("nan")
-        except (ValueError, OverflowError):
-            ts = float("nan")
-        if ts != ts:
-            return Rejection("invalid_timestamp", f"timestamp {stamp!r} is not ISO-8601")
-    if ts > now + MAX_FUTURE_SECONDS:
-        return Rejection("future_timestamp", f"timestamp {stamp!r} is more than 24 h ahead")
-    if not ts >= MIN_EVENT_TIME:  # also catches NaN from a broken record time
-        shown = stamp if stamp is not None else f"record time {fallback_ts!r}"
-        return Rejection("invalid_timestamp", f"timestamp {shown!r} is before 2000-01-01")
+        problems.append(
+            Rejection("missing_identity", "neither userId nor anonymousId is set: whose is it?")
+        )
+    ts = _event_time(doc, now, fallback_ts, problems)
     if _may_break_limits(raw):
         problem = _structure_problem(doc)
         if problem is not None:
-            return problem
+            return problem  # nothing more is read from such a document
     if not _well_formed(doc, event_type):
         # The slow path, for bad input only: pydantic says exactly what is wrong.
         try:
             _SEGMENT.validate_python(doc)
         except ValidationError as exc:
-            problems = "; ".join(
+            details = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}"
                 for err in exc.errors()[:5]
             )
-            return Rejection("schema", problems)
+            problems.append(Rejection("schema", details))
+    if problems:
+        # Every problem at once, so the sender fixes the event in one go; the first names it.
+        return Rejection(problems[0].code, "; ".join(p.detail for p in problems))
     event = Event(
         type=event_type,
         message_id=_text(message_id),  # type: ignore[arg-type]
         user_id=_text(doc.get("userId")),
         anonymous_id=_text(doc.get("anonymousId")),
         ts=ts,
+        message_id_generated=generated,
     )
     context = doc.get("context")
     if context:
@@ -258,6 +258,43 @@ def _parse_event(raw: bytes, *, now: float, fallback_ts: float | None) -> Event 
     return event
 
 
+def generated_message_id(raw: bytes, record_time: float | None) -> str:
+    """The id of a message sent without one: the same bytes always get the same id."""
+    digest = hashlib.blake2b(raw, digest_size=16)
+    if record_time is not None:
+        digest.update(repr(record_time).encode())
+    return "gen-" + digest.hexdigest()
+
+
+def _event_time(
+    doc: dict[str, Any], now: float, fallback_ts: float | None, problems: list[Rejection]
+) -> float:
+    """The event's time (`fallback_ts`, the broker's record time, stands in for a missing
+    `timestamp`); a problem with it is added to `problems`."""
+    stamp = doc.get("timestamp")
+    if stamp is None:
+        if fallback_ts is None:
+            problems.append(Rejection("invalid_timestamp", "timestamp is missing"))
+            return now
+        ts = fallback_ts
+    else:
+        try:
+            ts = parse_iso(stamp) if isinstance(stamp, str) else float("nan")
+        except (ValueError, OverflowError):
+            ts = float("nan")
+        if ts != ts:
+            problems.append(Rejection("invalid_timestamp", f"timestamp {stamp!r} is not ISO-8601"))
+            return now
+    if ts > now + MAX_FUTURE_SECONDS:
+        problems.append(
+            Rejection("future_timestamp", f"timestamp {stamp!r} is more than 24 h ahead")
+        )
+    elif not ts >= MIN_EVENT_TIME:  # also catches NaN from a broken record time
+        shown = stamp if stamp is not None else f"record time {fallback_ts!r}"
+        problems.append(Rejection("invalid_timestamp", f"timestamp {shown!r} is before 2000-01-01"))
+    return ts
+
+
 def _text(value: Any) -> str | None:
     """Ids as text: Segment allows numbers for them."""
     if value is None or value == "":
@@ -282,7 +319,7 @@ def _well_formed(doc: dict[str, Any], event_type: str) -> bool:
     of an event, and nearly every event is well formed."""
     if not (_is_id(doc.get("userId")) and _is_id(doc.get("anonymousId"))):
         return False
-    if not (_is_id(doc.get("messageId"), required=True) and _is_object(doc.get("context"))):
+    if not (_is_id(doc.get("messageId")) and _is_object(doc.get("context"))):
         return False
     if event_type == "page":
         name = doc.get("name")

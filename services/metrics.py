@@ -73,6 +73,12 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.message_ids_generated = Counter(
+            "leadscore_message_ids_generated_total",
+            "Events scored that came without a messageId; the intake made one from the "
+            "message's bytes, as Segment's tracking API does.",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "leadscore_batch_processing_seconds",
             "Time to score and commit one batch.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -14,30 +15,48 @@ from services.app.errors import ApiError
 
 
 async def publish_events(container: Container, events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Validate every event, then publish them all to `lead-events` keyed as trackers key them;
-    none when any is bad (422 with each problem and its index)."""
+    """Check every event, then publish them to `lead-events` keyed as trackers key them.
+
+    A batch keeps its good events: an SDK drops a whole batch on a 4xx, so one bad event
+    must not cost the others. The SDK reads nothing but the 200, so the refused ones of such
+    a batch travel too, and the consumer puts them on the dead-letter topic with the same
+    reason (one place decides, with the record's offset to find it by); the answer names
+    each one and why. When every event is refused, nothing is published: the 422 is the
+    sender's whole answer."""
     now = time.time()
-    problems = []
+    refused = []
     encoded: list[bytes] = []
     for index, event in enumerate(events):
         try:
-            encoded.append(orjson.dumps(event))
+            value = orjson.dumps(event)
         except orjson.JSONEncodeError as exc:  # lone surrogates, nesting past 255
-            problems.append({"index": index, "error": "invalid_text", "detail": str(exc)})
+            refused.append({"index": index, "error": "invalid_text", "detail": str(exc)})
+            encoded.append(_escaped(event))
             continue
-        parsed = parse_event(encoded[-1], now=now, fallback_ts=now)
+        encoded.append(value)
+        parsed = parse_event(value, now=now, fallback_ts=now)
         if isinstance(parsed, Rejection):
-            problems.append({"index": index, "error": parsed.code, "detail": parsed.detail})
-    if problems:
-        # Nothing is published when any event is bad: the sender fixes and resends.
-        raise ApiError(422, "invalid_events", problems)
+            refused.append({"index": index, "error": parsed.code, "detail": parsed.detail})
+    if len(refused) == len(events):
+        raise ApiError(422, "invalid_events", refused)
     futures = []
     for event, value in zip(events, encoded, strict=True):
         key = event.get("userId") or event.get("anonymousId")
         futures.append(
             await container.producer.send(
-                container.settings.topic_events, value, key=str(key).encode()
+                container.settings.topic_events,
+                value,
+                key=str(key).encode() if isinstance(key, str | int | float) else None,
             )
         )
-    await asyncio.gather(*futures)  # 200 only once the broker acknowledged them all
-    return {"accepted": len(events), "success": True}
+    await asyncio.gather(*futures)  # answered only once the broker acknowledged them all
+    return {"accepted": len(events) - len(refused), "success": True, "refused": refused}
+
+
+def _escaped(event: dict[str, Any]) -> bytes:
+    """An event orjson cannot encode, as ASCII JSON with its lone surrogates escaped (the
+    consumer refuses it as invalid_json), or `null` when even that fails (too deep)."""
+    try:
+        return json.dumps(event, default=str).encode()
+    except (ValueError, TypeError, RecursionError):
+        return b"null"

@@ -62,9 +62,25 @@ def error_body(path: str, code: str, detail: Any) -> dict[str, Any]:
     they report a KeyError instead of the reason)."""
     body = {"error": code, "detail": detail}
     if path in INGEST_PATHS:
-        message = detail if isinstance(detail, str) else orjson.dumps(detail).decode()
-        body.update(code=code, message=message)
+        body.update(code=code, message=readable(detail))
     return body
+
+
+def readable(detail: Any) -> str:
+    """A detail as a sentence an SDK can print: `event 2: missing_identity: ...`."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list) and all(isinstance(p, dict) for p in detail):
+        parts = []
+        for problem in detail:
+            where = f"event {problem['index']}: " if "index" in problem else ""
+            where = f"{problem['loc']}: " if "loc" in problem else where
+            what = problem.get("error") or ""
+            parts.append(
+                f"{where}{what + ': ' if what else ''}{problem.get('detail') or problem.get('msg')}"
+            )
+        return "; ".join(parts)
+    return orjson.dumps(detail).decode()
 
 
 async def send_error(send: Any, path: str, status: int, code: str, detail: str) -> None:

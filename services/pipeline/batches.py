@@ -78,6 +78,8 @@ class BatchReport(Generic[Outcome]):
     bots: int = 0
     invalid: int = 0
     stale: int = 0
+    # Scored events that came without a messageId (the intake made one).
+    generated_ids: int = 0
     dlq_codes: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
     next_offsets: dict[int, int] = field(default_factory=dict)
@@ -91,6 +93,7 @@ class BatchReport(Generic[Outcome]):
         self.bots += other.bots
         self.invalid += other.invalid
         self.stale += other.stale
+        self.generated_ids += other.generated_ids
         self.dlq_codes.extend(other.dlq_codes)
         self.outcomes.extend(other.outcomes)
         self.next_offsets.update(other.next_offsets)

@@ -589,6 +589,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         self.metrics.events.labels("invalid").inc(report.invalid)
         if report.bots:
             self.metrics.events.labels("bot").inc(report.bots)
+        if report.generated_ids:
+            self.metrics.message_ids_generated.inc(report.generated_ids)
 
     async def _transaction(
         self, parsed: Parsed, now: float, log_id: uuid.UUID | None, lane: int

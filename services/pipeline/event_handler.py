@@ -53,6 +53,7 @@ class EventHandler:
             events.append(event)
         events, report.bots = without_bots(tx.engine, events)
         report.scored = len(events)
+        report.generated_ids = sum(1 for e in events if e.message_id_generated)
         if tx.challenger is not None and events:
             # Opened before live scoring changes the working set: the challenger starts
             # from the same links and the same leads.

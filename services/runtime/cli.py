@@ -23,7 +23,7 @@ import orjson
 from scoring_service.engine import Engine
 from scoring_service.rules import compile_ruleset
 from scoring_service.ruleset_files import RuleSetInvalid, load_document
-from scoring_service.simulation import simulate
+from scoring_service.simulation import STAGES, simulate
 
 
 class CliError(Exception):
@@ -139,7 +139,72 @@ def cmd_impact(args: argparse.Namespace) -> None:
         time.sleep(1)
     if job["status"] == "failed":
         raise CliError(f"the impact job failed: {job['error']}")
-    print(json.dumps(job["result"], indent=2))
+    if args.json:
+        print(json.dumps(job["result"], indent=2))
+        return
+    print("\n".join(_impact_lines(job["result"], args.days)))
+
+
+def _impact_lines(body: dict[str, Any], days: float) -> list[str]:
+    """The impact report in words: stages side by side in lifecycle order, then what moved."""
+    active, candidate = body["active_version"], body["candidate_version"]
+    lines = [
+        f"version {candidate} against the active version {active}: {body['leads']} leads "
+        f"replayed (their last {days:g} days), {body['moved']} would change stage",
+        f"  {'stage':<14}{'active':>8}{'candidate':>11}",
+    ]
+    stages = body["stages"]
+    for stage in STAGES:  # lifecycle order: a stored report's keys come back in any
+        if stage in stages:
+            counts = stages[stage]
+            lines.append(f"  {stage:<14}{counts['active']:>8}{counts['candidate']:>11}")
+    for example in body["moved_examples"][:10]:
+        was, will = example["active"], example["candidate"]
+        why = ", ".join(f"{r['rule_id']} {r['points_difference']:+g}" for r in example["rules"][:3])
+        lines.append(
+            f"  {example['lead_id']}: {was['stage']} {was['total']:g} -> "
+            f"{will['stage']} {will['total']:g}" + (f" ({why})" if why else "")
+        )
+    for rule in body["rules"][:10]:
+        lines.append(
+            f"  rule {rule['rule_id']}: {rule['points_active']:g} -> "
+            f"{rule['points_candidate']:g} points in all ({rule['difference']:+g}, "
+            f"{rule['leads_affected']} leads)"
+        )
+    accounts = body.get("accounts")
+    if accounts:
+        mqa = accounts["stages"]["mqa"]
+        lines.append(
+            f"  accounts: {accounts['accounts']}; mqa {mqa['active']} -> {mqa['candidate']}"
+        )
+    for name, score in body.get("scores", {}).items():
+        lines.append(
+            f"  score {name}: mean {_number(score['mean_active'])} -> "
+            f"{_number(score['mean_candidate'])}, qualified {score['qualified_active']} -> "
+            f"{score['qualified_candidate']}"
+        )
+    return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    versions = _call("GET", "/v1/rulesets")
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return
+    if not versions:
+        print("no rule set is published")
+        return
+    for v in versions:
+        live = "  active" if v["active"] else ""
+        comment = f"  {v['comment']}" if v["comment"] else ""
+        print(
+            f"{v['version']:>4}  {v['published_at'][:16].replace('T', ' ')}  "
+            f"{v['published_by']:<12} {v['name']}{live}{comment}"
+        )
 
 
 def _share(value: float | None) -> str:
@@ -158,10 +223,14 @@ def _review_lines(body: dict[str, Any]) -> list[str]:
         after = "" if median is None else f", median {median / 3600:.1f} h after the handoff"
         lines.append(f"  {outcome}: {figures['leads']} ({_share(figures['share'])}{after})")
     mql = body["mql_definition"]
-    lines.append(
-        f"  against the {mql['sales_qualified']} leads sales qualified: precision "
-        f"{_share(mql['precision'])}, recall {_share(mql['recall'])}, {mql['missed']} missed"
-    )
+    if mql["sales_qualified"]:
+        lines.append(
+            f"  against the {mql['sales_qualified']} leads sales qualified: precision "
+            f"{_share(mql['precision'])}, recall {_share(mql['recall'])}, "
+            f"{mql['missed']} missed"
+        )
+    else:  # no outcome known yet: a precision of 0% would read as a verdict
+        lines.append("  sales has qualified no lead yet: precision -, recall -")
     for band in body["score_bands"]["fixed"]:
         upper = "+" if band["to"] is None else f"-{band['to']:g}"
         lower = "below" if band["from"] is None else f"{band['from']:g}"
@@ -451,7 +520,11 @@ def parser() -> argparse.ArgumentParser:
     impact = rules.add_parser("impact", help="replay recent history under a version")
     impact.add_argument("version", type=int)
     impact.add_argument("--days", type=float, default=30)
+    impact.add_argument("--json", action="store_true", help="print the whole report as JSON")
     impact.set_defaults(func=cmd_impact)
+    listing = rules.add_parser("list", help="every published version, newest first")
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    listing.set_defaults(func=cmd_list)
     return root
 
 

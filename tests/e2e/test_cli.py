@@ -262,3 +262,12 @@ async def test_send_to_a_stopped_service_says_so_in_one_line(tmp_path):
         f"error: cannot reach the broker at {closed} (KafkaConnectionError); is the service "
         "running (make run)?"
     ]
+
+
+async def test_rules_list_names_every_version_and_the_active_one(admin_container):
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["viewer"]}
+        code, out = await leadscore("rules", "list", env=env)
+    assert code == 0, out
+    [line] = out.splitlines()
+    assert line.split()[0] == "1" and " starter  active " in line

@@ -327,7 +327,10 @@ async def test_http_ingest_publishes_segment_calls(service, settings):
                 ]
             },
         )
-        assert (batch.status_code, batch.json()) == (200, {"accepted": 2, "success": True})
+        assert (batch.status_code, batch.json()) == (
+            200,
+            {"accepted": 2, "success": True, "refused": []},
+        )
         single = await client.post(
             "/v1/track",
             json={
@@ -344,6 +347,43 @@ async def test_http_ingest_publishes_segment_calls(service, settings):
         await wait_for(lambda: drained(settings, 3))
         lead = (await client.get("/v1/leads/web-1")).json()
         assert (lead["lead_id"], lead["stage"]) == ("web-user", "sal")
+
+
+async def test_a_batch_keeps_its_good_events_and_names_the_refused_ones(service, settings):
+    from tests.conftest import drained, read_all
+
+    good = {
+        "type": "track",
+        "userId": "kept",
+        "event": "Demo Requested",
+        "timestamp": "2026-11-20T09:05:00Z",
+    }  # no messageId
+    batch = [
+        good,
+        {"type": "page", "messageId": "b2", "properties": {"path": "/pricing"}},
+        {**good, "messageId": "b3", "timestamp": "yesterday"},
+    ]
+    async with client_for(service.container) as client:
+        answer = await client.post("/v1/batch", json={"batch": batch})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["accepted"] == 1 and body["success"] is True
+        assert [(r["index"], r["error"]) for r in body["refused"]] == [
+            (1, "missing_identity"),
+            (2, "invalid_timestamp"),
+        ]
+        await wait_for(lambda: drained(settings, 3))
+        # Scored without a messageId: the demo request's 30 points (held from sales, as a
+        # lead without the traits sales needs is).
+        lead = (await client.get("/v1/leads/kept")).json()
+        assert lead["score"]["engagement"] > 0 and lead["held"], lead
+    dlq = await read_all(settings, settings.topic_dlq, expect=2)
+    assert sorted(dict(r.headers)["error"].decode() for r in dlq) == [
+        "invalid_timestamp",
+        "missing_identity",
+    ]
+    generated = service.container.metrics.message_ids_generated._value.get()
+    assert generated == 1
 
 
 async def test_ingest_needs_the_ingest_role(admin_container):

@@ -139,7 +139,8 @@ BAD = {
     "invalid_json": b"{nope",
     "not_object": b'"just a string"',
     "unknown_type": b'{"type":"screen","messageId":"m","userId":"u"}',
-    "missing_message_id": b'{"type":"page","userId":"u","timestamp":"2026-11-01T00:00:00Z"}',
+    "missing_message_id": b'{"type":"page","messageId":{},"userId":"u",'
+    b'"timestamp":"2026-11-01T00:00:00Z"}',
     "missing_identity": b'{"type":"page","messageId":"m","timestamp":"2026-11-01T00:00:00Z"}',
     "invalid_timestamp": b'{"type":"page","messageId":"m","userId":"u","timestamp":"soon"}',
     "future_timestamp": b'{"type":"page","messageId":"m","userId":"u",'

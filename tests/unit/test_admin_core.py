@@ -96,3 +96,34 @@ def test_diff_lists_rules_and_settings_field_by_field():
 def test_yaml_guards(text, message):
     with pytest.raises(RuleSetInvalid, match=message):
         load_document(text)
+
+
+def test_the_impact_report_prints_as_text_in_lifecycle_order():
+    from scoring_service.simulation import ImpactReport, Outcome
+    from services.runtime.cli import _impact_lines
+
+    report = ImpactReport(active_version=1, candidate_version=2)
+    report.add("u-1", Outcome("lead", 40, {"pricing": 20}), Outcome("mql", 55, {"pricing": 35}))
+    report.add("u-2", Outcome("sal", 90, {}), Outcome("sal", 90, {}))
+    body = report.to_dict()
+    # A stored job's result comes back from JSONB with its keys in another order.
+    body["stages"] = dict(reversed(list(body["stages"].items())))
+    lines = _impact_lines(body, 30)
+    assert lines[0] == (
+        "version 2 against the active version 1: 2 leads replayed (their last 30 days), "
+        "1 would change stage"
+    )
+    stages = [line.split()[0] for line in lines[2:10]]
+    assert stages == [
+        "lead",
+        "mql",
+        "sal",
+        "sql",
+        "opportunity",
+        "customer",
+        "recycled",
+        "disqualified",
+    ]
+    assert "  lead                 1          0" in lines
+    assert "  u-1: lead 40 -> mql 55 (pricing +15)" in lines
+    assert "  rule pricing: 20 -> 35 points in all (+15, 1 leads)" in lines

@@ -30,7 +30,7 @@ def code_of(raw: bytes) -> str:
         (b"{not json", "invalid_json"),
         (b"[1, 2]", "not_object"),
         (orjson.dumps({**GOOD, "type": "screen"}), "unknown_type"),
-        (orjson.dumps({k: v for k, v in GOOD.items() if k != "messageId"}), "missing_message_id"),
+        (orjson.dumps({**GOOD, "messageId": True}), "missing_message_id"),
         (orjson.dumps({k: v for k, v in GOOD.items() if k != "userId"}), "missing_identity"),
         (orjson.dumps({**GOOD, "timestamp": "yesterday"}), "invalid_timestamp"),
         (orjson.dumps({**GOOD, "timestamp": "2030-01-01T00:00:00Z"}), "future_timestamp"),
@@ -98,3 +98,32 @@ def test_missing_timestamp_takes_the_broker_time():
     raw = orjson.dumps({k: v for k, v in GOOD.items() if k != "timestamp"})
     event = parse_event(raw, now=NOW, fallback_ts=1_790_000_000.0)
     assert isinstance(event, Event) and event.ts == 1_790_000_000.0
+
+
+def test_an_event_without_a_message_id_gets_one_made_from_its_bytes():
+    raw = orjson.dumps({k: v for k, v in GOOD.items() if k != "messageId"})
+    first, again = parse_event(raw, now=NOW), parse_event(raw, now=NOW)
+    other = parse_event(raw.replace(b"u1", b"u2"), now=NOW)
+    assert isinstance(first, Event) and isinstance(again, Event) and isinstance(other, Event)
+    assert first.message_id.startswith("gen-") and first.message_id_generated
+    assert first.message_id == again.message_id != other.message_id
+    sent = parse_event(orjson.dumps(GOOD), now=NOW)
+    assert isinstance(sent, Event) and not sent.message_id_generated
+
+
+def test_without_a_timestamp_the_record_time_is_part_of_the_made_id():
+    doc = {k: v for k, v in GOOD.items() if k not in ("messageId", "timestamp")}
+    raw = orjson.dumps(doc)
+    one, two = (parse_event(raw, now=NOW, fallback_ts=NOW - s) for s in (10, 20))
+    assert isinstance(one, Event) and isinstance(two, Event)
+    assert one.message_id != two.message_id
+
+
+def test_every_problem_of_an_event_is_reported_at_once():
+    doc = {k: v for k, v in GOOD.items() if k != "userId"}
+    result = parse_event(orjson.dumps({**doc, "timestamp": "soon", "event": ""}), now=NOW)
+    assert isinstance(result, Rejection)
+    assert result.code == "missing_identity"
+    assert "neither userId nor anonymousId" in result.detail
+    assert "timestamp 'soon' is not ISO-8601" in result.detail
+    assert "event: String should have at least 1 character" in result.detail
