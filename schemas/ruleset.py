@@ -297,6 +297,16 @@ class Rule(BaseModel):
             raise ValueError(
                 "an engagement rule needs type, event, path, properties.<key> or context.<key>"
             )
+        if (
+            "points" not in self.model_fields_set
+            and self.promote_to is None
+            and not self.disqualify
+        ):
+            # A rule that adds nothing and moves no one is a rule whose points were lost.
+            raise ValueError(
+                "a rule needs 'points' (0 is allowed), or 'promote_to' or 'disqualify' to act "
+                "without points"
+            )
         return self
 
 

@@ -132,7 +132,11 @@ def compile_journey(spec: Journey) -> JourneyBook:
         for rule in phase.entered_by:
             matcher = compile_rule(
                 Rule(
-                    id=rule.id, category="engagement", when=rule.when, description=rule.description
+                    id=rule.id,
+                    category="engagement",
+                    when=rule.when,
+                    points=0,  # a phase's signal moves the journey, not the score
+                    description=rule.description,
                 )
             )
             plain = not rule.stages and rule.min_score is None

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+import typing
+from functools import cache
 from importlib import resources
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.ruleset import RuleSetDocument
 from scoring_service.rules import CompiledRuleSet, compile_ruleset
@@ -91,12 +95,46 @@ def validate_data(data: Any) -> RuleSetDocument:
     except ValidationError as exc:
         duplicates = _duplicate_ids(data.get("rules"))
         problems = [
-            {"loc": location(err["loc"]), "msg": err["msg"]}
+            {"loc": location(err["loc"]), "msg": _in_words(err)}
             for err in exc.errors()
             # The document's own check says it only once the rest is valid; said below.
             if not (duplicates and "duplicate rule id" in err["msg"])
         ]
         raise RuleSetInvalid(problems + duplicates) from exc
+
+
+def _in_words(err: Any) -> str:
+    """pydantic's message, with the nearest known field name for a misspelt one."""
+    if err["type"] != "extra_forbidden" or not err["loc"]:
+        return str(err["msg"]).removeprefix("Value error, ")
+    name = str(err["loc"][-1])
+    nearest = difflib.get_close_matches(name, _field_names(), n=1, cutoff=0.7)
+    hint = f"; did you mean '{nearest[0]}'?" if nearest else ""
+    return f"'{name}' is not a field here{hint}"
+
+
+@cache
+def _field_names() -> tuple[str, ...]:
+    """Every field name a rule-set document can use, at any depth."""
+    names: set[str] = set()
+    seen: set[type] = set()
+
+    def walk(annotation: Any) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation in seen:
+                return
+            seen.add(annotation)
+            for name, info in annotation.model_fields.items():
+                names.add(info.alias or name)
+                walk(info.annotation)
+        for arg in typing.get_args(annotation):
+            walk(arg)
+        if isinstance(annotation, types.UnionType):
+            for arg in annotation.__args__:
+                walk(arg)
+
+    walk(RuleSetDocument)
+    return tuple(sorted(names))
 
 
 def _duplicate_ids(rules: Any) -> list[dict[str, str]]:
@@ -138,11 +176,11 @@ def starter_ruleset(version: int = 1) -> CompiledRuleSet:
 
 
 def problem_lines(text: str, problems: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """Each problem with `line`: the 1-based line of the YAML the location names (or of the
-    nearest enclosing node that exists), the line a syntax error was found on, or None.
-    For editors that show problems where they are."""
-    lines: dict[str, int] = {}
-    syntax_line: int | None = None
+    """Each problem with `line` and `column`: 1-based, where the YAML the location names
+    starts (or the nearest enclosing node that exists), where a syntax error was found, or
+    None. For editors and the command line, which show problems where they are."""
+    lines: dict[str, tuple[int, int]] = {}
+    syntax_line: tuple[int, int] | None = None
     try:
         _check_yaml_events(text)  # no aliases: walking shared nodes could never end
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -150,7 +188,7 @@ def problem_lines(text: str, problems: list[dict[str, str]]) -> list[dict[str, A
         root = None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        syntax_line = mark.line + 1 if mark is not None else None
+        syntax_line = (mark.line + 1, mark.column + 1) if mark is not None else None
         root = None
     except yaml.YAMLError:
         root = None
@@ -165,21 +203,23 @@ def problem_lines(text: str, problems: list[dict[str, str]]) -> list[dict[str, A
             parent = _PARENT.sub("", loc)
             # A top-level name has no parent: stop there (the document has no line).
             loc = parent if parent != loc else ""
-        located.append({**problem, "line": line})
+        located.append(
+            {**problem, "line": line[0] if line else None, "column": line[1] if line else None}
+        )
     return located
 
 
 _PARENT = re.compile(r"(\.[^.\[]*|\[\d+\])$")
 
 
-def _node_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
+def _node_lines(node: yaml.Node, path: str, lines: dict[str, tuple[int, int]]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             name = f"{path}.{key.value}" if path else str(key.value)
-            lines[name] = key.start_mark.line + 1
+            lines[name] = (key.start_mark.line + 1, key.start_mark.column + 1)
             _node_lines(value, name, lines)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             name = f"{path}[{index}]"
-            lines[name] = item.start_mark.line + 1
+            lines[name] = (item.start_mark.line + 1, item.start_mark.column + 1)
             _node_lines(item, name, lines)

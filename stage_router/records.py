@@ -389,8 +389,10 @@ def breach_record(
     scores: dict[str, ScoreEntryDoc] | None = None,
     label: str | None = None,
     journey_phase: str | None = None,
+    signals_by_score: dict[str, list[SignalDoc]] | None = None,
 ) -> NotificationDoc:
-    """The notification that a handoff's follow-up deadline passed unanswered."""
+    """The notification that a handoff's follow-up deadline passed unanswered: the same
+    picture of the lead as its promotion gave (scores, label, role, account)."""
     return {
         "notification_id": f"{handoff_transition_id}:sla_breach",
         "type": "sla_breach",
@@ -409,7 +411,7 @@ def breach_record(
         "scores": scores if scores is not None else {"default": {**score, "label": None}},
         "qualified_by": [],
         "label": label,
-        "signals_by_score": {},
+        "signals_by_score": signals_by_score or {},
         "journey_phase": journey_phase,
     }
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import asyncpg
 
+from scoring_service.engine import lead_label
 from services.adapters.postgres.db import driver
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.pipeline.lead_transaction import LeadTransaction, LeadWriter
@@ -80,6 +81,7 @@ class SlaWatcher:
             account_traits = account.traits if account else None
             respond_by = row["respond_by"].timestamp()
             score, signals = engine.explain(state)
+            entries = engine.score_entries(state)
             tx.effects.notifications.append(
                 records.breach_record(
                     handoff_transition_id=row["transition_id"],
@@ -92,6 +94,17 @@ class SlaWatcher:
                     respond_by=respond_by,
                     ruleset_version=engine.rules.version,
                     journey_phase=state.journey.phase if state.journey is not None else None,
+                    committee_role=state.committee_role if engine.accounts is not None else None,
+                    account_score=(
+                        records.account_score_doc(
+                            account.fit, account.engagement, account.coverage
+                        )["total"]
+                        if engine.accounts is not None and account is not None
+                        else None
+                    ),
+                    scores=entries,
+                    label=lead_label(entries),
+                    signals_by_score=engine.named_explanations(state),
                 )
             )
             expiry = engine.expire(

@@ -22,7 +22,7 @@ import orjson
 
 from scoring_service.engine import Engine
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import RuleSetInvalid, load_document
+from scoring_service.ruleset_files import RuleSetInvalid, load_document, problem_lines
 from scoring_service.simulation import STAGES, simulate
 
 
@@ -38,7 +38,8 @@ def _client() -> httpx.Client:
     return httpx.Client(base_url=url, headers=headers, timeout=30)
 
 
-def _call(method: str, path: str, **kwargs: Any) -> Any:
+def _call(method: str, path: str, *, source: tuple[str, str] | None = None, **kwargs: Any) -> Any:
+    """`source`: the file a request carries (its name and text), to place its problems."""
     with _client() as client:
         try:
             response = client.request(method, path, **kwargs)
@@ -49,15 +50,26 @@ def _call(method: str, path: str, **kwargs: Any) -> Any:
             body = response.json()
         except ValueError:
             body = {"error": "http_error", "detail": response.text}
-        raise CliError(_describe_error(response.status_code, body))
+        raise CliError(_describe_error(response.status_code, body, source))
     return response.json() if response.content else None
 
 
-def _describe_error(status: int, body: dict[str, Any]) -> str:
+def _describe_error(
+    status: int, body: dict[str, Any], source: tuple[str, str] | None = None
+) -> str:
     detail = body.get("detail")
-    if body.get("error") == "invalid_ruleset" and isinstance(detail, list):
-        return "invalid rule set:\n" + "\n".join(f"  {p['loc']}: {p['msg']}" for p in detail)
+    if body.get("error") == "invalid_ruleset" and isinstance(detail, list) and source:
+        return _placed(*source, detail)
     return f"{status} {body.get('error')}: {detail}"
+
+
+def _placed(name: str, text: str, problems: list[dict[str, Any]]) -> str:
+    """A rule set's problems as compilers print theirs: `file:line:column: where: what`."""
+    lines = [f"{name} is not a valid rule set:"]
+    for problem in problem_lines(text, problems):
+        where = f"{name}:{problem['line']}:{problem['column']}: " if problem["line"] else ""
+        lines.append(f"  {where}{problem['loc']}: {problem['msg']}")
+    return "\n".join(lines)
 
 
 def _read(path: str) -> bytes:
@@ -68,22 +80,26 @@ def _read(path: str) -> bytes:
 
 
 def cmd_validate(args: argparse.Namespace) -> None:
+    text = _read(args.file)
     try:
-        document = load_document(_read(args.file))
+        document = load_document(text)
     except RuleSetInvalid as exc:
-        raise CliError(
-            f"{args.file} is not a valid rule set:\n"
-            + "\n".join(f"  {p['loc']}: {p['msg']}" for p in exc.problems)
-        ) from exc
+        raise CliError(_placed(args.file, _text(text), exc.problems)) from exc
     print(f"{args.file}: valid rule set {document.name!r} with {len(document.rules)} rules")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
     params = {"comment": args.comment} if args.comment else {}
+    text = _read(args.file)
     body = _call(
         "POST",
         "/v1/rulesets",
-        content=_read(args.file),
+        source=(args.file, _text(text)),
+        content=text,
         params=params,
         headers={"Content-Type": "application/yaml"},
     )
@@ -342,10 +358,11 @@ def cmd_job(args: argparse.Namespace) -> None:
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
+    text = _read(args.rules)
     try:
-        document = load_document(_read(args.rules))
+        document = load_document(text)
     except RuleSetInvalid as exc:
-        raise CliError(f"{args.rules} is not a valid rule set: {exc}") from exc
+        raise CliError(_placed(args.rules, _text(text), exc.problems)) from exc
     events: list[Any] = []
     for line in _read(args.events).splitlines():
         if line.strip():

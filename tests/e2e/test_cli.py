@@ -72,7 +72,18 @@ async def test_offline_validate_and_simulate(tmp_path):
         "  - {id: a, category: engagement, when: {path: '/x', regex: y}}\n"
     )
     code, out = await leadscore("rules", "validate", str(bad))
-    assert code == 1 and "rules[0].when: Value error, unknown condition 'regex'" in out
+    assert code == 1 and f"{bad}:4:35: rules[0].when: unknown condition 'regex'" in out
+    misspelt = tmp_path / "misspelt.yaml"
+    misspelt.write_text(
+        "name: x\nthresholds: {mql: 1, sal: 2}\nrules:\n"
+        "  - id: a\n    category: engagement\n    when: {path: '/x'}\n    pionts: 5\n"
+    )
+    code, out = await leadscore("rules", "validate", str(misspelt))
+    assert code == 1
+    assert (
+        f"{misspelt}:7:5: rules[0].pionts: 'pionts' is not a field here; did you mean 'points'?"
+        in out
+    )
     code, out = await leadscore(
         "simulate", "scoring_service/starter_ruleset.yaml", "examples/journey.jsonl"
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import httpx
+import orjson
 
 from services.http import create_app
 from tests.conftest import drained, produce, read_all, values, wait_for
@@ -36,59 +38,12 @@ def by_score(doc: dict, label: str) -> dict:
     }
 
 
-TRAITS = {
-    "email": "dana@trucking-co.com",
-    "title": "Owner",
-    "company": {
-        "name": "Trucking Co",
-        "industry": "Transportation",
-        "employees": 14,
-        "country": "US",
-    },
-}
-EVENTS = [
-    {
-        "type": "page",
-        "messageId": "m-1000",
-        "anonymousId": "a-77",
-        "timestamp": "2026-11-20T09:14:00Z",
-        "properties": {"path": "/pricing"},
-    },
-    {
-        "type": "identify",
-        "messageId": "m-1001",
-        "userId": "u-42",
-        "anonymousId": "a-77",
-        "timestamp": "2026-11-20T09:15:00Z",
-        "traits": TRAITS,
-    },
-    {
-        "type": "group",
-        "messageId": "m-1002",
-        "userId": "u-42",
-        "groupId": "acct-9",
-        "timestamp": "2026-11-20T09:15:30Z",
-        "traits": {"name": "Trucking Co", "country": "US"},
-    },
-    {
-        "type": "page",
-        "messageId": "m-1003",
-        "userId": "u-42",
-        "timestamp": "2026-11-20T09:16:00Z",
-        "properties": {"url": "https://example.com/pricing/enterprise"},
-    },
-    {
-        "type": "track",
-        "messageId": "m-1004",
-        "userId": "u-42",
-        "timestamp": "2026-11-20T09:17:00Z",
-        "event": "Demo Requested",
-        "properties": {"form": "demo-header"},
-    },
-]
+# The README's worked example is this file, sent as `make send` sends it.
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "journey.jsonl"
+EVENTS = [orjson.loads(line) for line in EXAMPLE.read_bytes().splitlines() if line.strip()]
 
 
-async def test_journey_to_sal_exact_records(service, settings):
+async def test_the_worked_example_gives_the_readmes_records(service, settings):
     # The anonymous visit is keyed by its anonymous id, so it may sit on another partition
     # than the rest; it is sent (and scored) first, as a browser would have sent it.
     await produce(settings, EVENTS[:1])
@@ -102,9 +57,10 @@ async def test_journey_to_sal_exact_records(service, settings):
     # fit of an ICP owner the lead is over the mql threshold at once.
     at_mql = decayed(15, 1)
     at_sal = decayed(15, 3) + decayed(15, 1) + 30
-    # The account: North America (5), Dana's engagement capped at 40, and the economic
+    # The account: its fit (North America 5, transportation 10, 14 employees 15: the group
+    # call carries the company's traits), Dana's engagement capped at 40, and the economic
     # buyer's role covered (15).
-    account_score = 5 + 40 + 15
+    account_score = 30 + 40 + 15
     for record in transitions:
         assert datetime.fromisoformat(record.pop("emitted_at"))
     assert transitions == [
@@ -286,3 +242,17 @@ async def test_journey_to_sal_exact_records(service, settings):
         ),
         what="published counter",
     )
+
+    # The example is dated in the past, so on a real clock the hot handoff's hour has long
+    # run out when it arrives: `make send` is followed at once by an sla_breach, which
+    # carries the same picture of the lead as the promotion did.
+    service.clock.now = datetime.fromisoformat("2026-11-20T10:30:00+00:00").timestamp()
+    assert await service.container.sla.check_once() == 1
+    notes = values(await read_all(settings, settings.topic_notifications, expect=3))
+    [breach] = [n for n in notes if n["type"] == "sla_breach"]
+    assert breach["notification_id"] == "u-42:2:sla_breach"
+    assert (breach["stage"], breach["respond_by"]) == ("sal", "2026-11-20T10:17:00Z")
+    assert (breach["label"], breach["committee_role"]) == ("A1", "economic_buyer")
+    assert breach["account_score"] == account_score
+    assert breach["scores"]["warehouse"] == WAREHOUSE
+    assert breach["signals_by_score"] == {"warehouse": warehouse_signals}

@@ -64,8 +64,8 @@ def test_invalid_rules_are_refused_with_a_reason(rule, problem):
 
 
 def test_a_duplicate_id_is_reported_with_every_other_problem():
-    good = {"id": "x", "category": "engagement", "when": {"type": "page"}}
-    bad = {"id": "y", "category": "engagement", "when": {"path": "*" * 20}}
+    good = {"id": "x", "category": "engagement", "when": {"type": "page"}, "points": 1}
+    bad = {"id": "y", "category": "engagement", "when": {"path": "*" * 20}, "points": 1}
     doc = doc_with(good)
     doc["rules"] += [bad, good]
     with pytest.raises(RuleSetInvalid) as caught:
@@ -77,7 +77,7 @@ def test_a_duplicate_id_is_reported_with_every_other_problem():
 
 
 def test_duplicate_ids_are_refused():
-    rule = {"id": "x", "category": "engagement", "when": {"type": "page"}}
+    rule = {"id": "x", "category": "engagement", "when": {"type": "page"}, "points": 1}
     doc = doc_with(rule)
     doc["rules"].append(rule)
     with pytest.raises(ValidationError, match="duplicate rule id"):
@@ -137,3 +137,11 @@ def test_words_any_is_a_run_of_whole_words(title_words, phrase_words, separator)
     )
     test = compile_operators(Operators(words_any=[" ".join(phrase_words)]))
     assert test(separator.join(title_words)) is expected
+
+
+def test_a_rule_whose_points_were_deleted_is_refused_and_a_trigger_needs_none():
+    lost = {"id": "x", "category": "engagement", "when": {"type": "page"}}
+    with pytest.raises(ValidationError, match="a rule needs 'points'"):
+        RuleSetDocument.model_validate(doc_with(lost))
+    for acting in ({"points": 0}, {"promote_to": "sal"}, {"disqualify": True}):
+        RuleSetDocument.model_validate(doc_with({**lost, **acting}))
