@@ -202,7 +202,12 @@ class RuleSetSummary(BaseModel):
 
 
 class RuleSetPublic(RuleSetSummary):
-    document: dict[str, Any]
+    document: dict[str, Any] = Field(description="what the version means, normalised")
+    source: str | None = Field(
+        default=None,
+        description="the YAML or JSON exactly as its author published it, comments and all "
+        "(null for versions published before sources were kept)",
+    )
 
 
 class ChallengerPromoted(BaseModel):

@@ -165,10 +165,14 @@ def load_document(text: str | bytes) -> RuleSetDocument:
     return validate_data(parse_data(text))
 
 
+def starter_text() -> str:
+    """The starter rule set's file, with the comments that say why each rule exists."""
+    return resources.files("scoring_service").joinpath("starter_ruleset.yaml").read_text("utf-8")
+
+
 def starter_document() -> RuleSetDocument:
     """The rule set a fresh install publishes as version 1."""
-    text = resources.files("scoring_service").joinpath("starter_ruleset.yaml").read_text("utf-8")
-    return load_document(text)
+    return load_document(starter_text())
 
 
 def starter_ruleset(version: int = 1) -> CompiledRuleSet:

@@ -39,6 +39,7 @@ def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str,
     }
     if with_document:
         body["document"] = orjson.loads(row["document"])
+        body["source"] = row["source"]
     return body
 
 
@@ -77,7 +78,9 @@ async def publish_ruleset(
     async with container.db.connect() as conn:
         pg = await driver(conn)
         async with pg.transaction():
-            version = await rulesets.publish(pg, document, by=by, comment=comment)
+            # The author's text is kept as sent: it decoded as UTF-8 in load_document.
+            source = body.decode("utf-8")
+            version = await rulesets.publish(pg, document, by=by, comment=comment, source=source)
             await rulesets.record_audit(
                 pg,
                 actor=by,

@@ -39,6 +39,12 @@ def duration(seconds: float | None) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+def source_text(version: Any) -> str:
+    """A version as its author wrote it; a version published before sources were kept, as
+    YAML made from its document."""
+    return version.get("source") or as_yaml(version["document"])
+
+
 def as_yaml(document: Any) -> str:
     """A stored document as YAML for people: fields left unset (null) are left out."""
     return yaml.safe_dump(without_nulls(document), sort_keys=False, allow_unicode=True, width=100)

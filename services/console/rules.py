@@ -36,7 +36,7 @@ from services.app.rule_sets import (
     stop_challenge,
 )
 from services.console import charts
-from services.console.formats import as_yaml
+from services.console.formats import source_text
 from services.console.journeys import JOURNEYS
 from services.console.pages import PagesDep
 from services.console.session import (
@@ -83,7 +83,7 @@ async def editor(
         request,
         "editor.html",
         user,
-        text=as_yaml(source["document"]),
+        text=source_text(source),
         start=source["version"],
         problems=[],
         comment="",
@@ -155,7 +155,7 @@ async def version_page(
         user,
         version=detail,
         challenger=await challenger_status(ui.container),
-        text=as_yaml(detail["document"]),
+        text=source_text(detail),
         journeys=list(JOURNEYS),
     )
 
@@ -172,7 +172,7 @@ async def diff(
     base_version = await ruleset_detail(ui.container, against)
     this = await ruleset_detail(ui.container, version)
     changes = await ruleset_diff(ui.container, base_version["version"], version)
-    every_row = side_by_side(as_yaml(base_version["document"]), as_yaml(this["document"]))
+    every_row = side_by_side(source_text(base_version), source_text(this))
     rows = every_row if full else around_changes(every_row)
     return ui.page(
         request,
@@ -253,7 +253,7 @@ async def simulate(request: Request, ui: PagesDep, version: Annotated[int, _VERS
             user,
             422,
             version=detail,
-            text=as_yaml(detail["document"]),
+            text=source_text(detail),
             journeys=list(JOURNEYS),
             simulation_problem=problem,
             pasted=pasted or "",

@@ -205,7 +205,9 @@ async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime
 
 # -- rule sets and the audit log --------------------------------------------------------
 
-RULESET_COLUMNS = "version, name, published_by, published_at, comment, document::text AS document"
+RULESET_COLUMNS = (
+    "version, name, published_by, published_at, comment, document::text AS document, source"
+)
 
 
 async def ruleset_version(pg: asyncpg.Connection, version: int) -> asyncpg.Record | None:

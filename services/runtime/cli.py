@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import logging
 import os
@@ -123,7 +124,26 @@ def cmd_activate(args: argparse.Namespace) -> None:
         print(f"re-scoring: job {body['rescore_job']} (leadscore jobs {body['rescore_job']})")
 
 
+def cmd_show(args: argparse.Namespace) -> None:
+    from services.console.formats import source_text
+
+    version = _call("GET", f"/v1/rulesets/{args.version}")
+    print(source_text(version), end="")
+
+
 def cmd_diff(args: argparse.Namespace) -> None:
+    if args.text:
+        from services.console.formats import source_text
+
+        old, new = (_call("GET", f"/v1/rulesets/{v}") for v in (args.a, args.b))
+        unified = difflib.unified_diff(
+            source_text(old).splitlines(keepends=True),
+            source_text(new).splitlines(keepends=True),
+            fromfile=f"version {args.a}",
+            tofile=f"version {args.b}",
+        )
+        print("".join(unified), end="")
+        return
     body = _call("GET", f"/v1/rulesets/{args.a}/diff/{args.b}")
     rules = body["rules"]
     lines = [f"version {args.a} -> {args.b}"]
@@ -533,7 +553,13 @@ def parser() -> argparse.ArgumentParser:
     diff = rules.add_parser("diff", help="what changed between two versions")
     diff.add_argument("a", type=int)
     diff.add_argument("b", type=int)
+    diff.add_argument(
+        "--text", action="store_true", help="the two texts as their authors wrote them, unified"
+    )
     diff.set_defaults(func=cmd_diff)
+    show = rules.add_parser("show", help="a version's text as its author published it")
+    show.add_argument("version", type=int)
+    show.set_defaults(func=cmd_show)
     impact = rules.add_parser("impact", help="replay recent history under a version")
     impact.add_argument("version", type=int)
     impact.add_argument("--days", type=float, default=30)

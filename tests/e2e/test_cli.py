@@ -282,3 +282,33 @@ async def test_rules_list_names_every_version_and_the_active_one(admin_container
     assert code == 0, out
     [line] = out.splitlines()
     assert line.split()[0] == "1" and " starter  active " in line
+
+
+async def test_a_rule_set_keeps_its_authors_words_through_publish_show_and_diff(
+    admin_container, tmp_path
+):
+    from scoring_service.ruleset_files import starter_text
+    from tests.conftest import client_for
+
+    starter = starter_text()
+    assert "# " in starter  # the starter file explains its rules in comments
+    edited = starter.replace(
+        "name: starter", "# Q4 review: sales asked for fewer, warmer leads.\nname: starter", 1
+    )
+    assert edited != starter
+    rules = tmp_path / "q4.yaml"
+    rules.write_text(edited)
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["admin"]}
+        code, out = await leadscore("rules", "publish", str(rules), env=env)
+        assert code == 0, out
+        code, shown = await leadscore("rules", "show", "2", env=env)
+        assert (code, shown) == (0, edited)
+        code, first = await leadscore("rules", "show", "1", env=env)
+        assert (code, first) == (0, starter)  # published at first start, comments and all
+        code, diff = await leadscore("rules", "diff", "1", "2", "--text", env=env)
+        assert code == 0
+        assert "+# Q4 review: sales asked for fewer, warmer leads.\n" in diff
+    async with client_for(admin_container, "viewer") as api:
+        version = (await api.get("/v1/rulesets/2")).json()
+    assert version["source"] == edited and version["document"]["name"] == "starter"

@@ -174,7 +174,10 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     await page.get_by_role("link", name="Write a new version").click()
     editor = page.get_by_label("Rule set (YAML)")
     text = await editor.input_value()
-    wrong = text.replace("points: 15.0", "points: lots", 1)
+    # The editor holds the starter file as its authors wrote it, comments and all.
+    assert "# " in text
+    pricing = 'path: "/pricing*"}, points: 15,'
+    wrong = text.replace(pricing, 'path: "/pricing*"}, points: lots,', 1)
     bad_line = next(n for n, line in enumerate(wrong.splitlines(), 1) if "points: lots" in line)
     await editor.fill(wrong)
     problem = page.locator("#validation li").first
@@ -191,7 +194,7 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     await console.check(page, "editor-problem")
 
     # Fixed: valid as typed, then published as version 2 with the reason kept.
-    await editor.fill(text.replace("points: 15.0", "points: 40.0", 1))
+    await editor.fill(text.replace(pricing, 'path: "/pricing*"}, points: 40,', 1))
     await expect(page.locator("#validation")).to_contain_text("Valid")
     await page.get_by_label("Why this version").fill("pricing page worth more")
     await page.get_by_role("button", name="Publish").click()
@@ -203,8 +206,8 @@ async def test_an_admin_edits_publishes_compares_simulates_activates_and_rolls_b
     await page.get_by_role("link", name="Compare with the active version").click()
     changed = page.locator("table.diff tr.changed")
     await expect(changed).to_have_count(1)
-    await expect(changed.locator("td.old")).to_contain_text("15.0")
-    await expect(changed.locator("td.new")).to_contain_text("40.0")
+    await expect(changed.locator("td.old")).to_contain_text("points: 15,")
+    await expect(changed.locator("td.new")).to_contain_text("points: 40,")
     await expect(page.locator("ul.changes")).to_contain_text("pricing-page.points")
     await console.check(page, "diff")
 

@@ -132,7 +132,10 @@ async def test_the_editor_publishes_valid_rules_and_locates_the_problems_of_inva
 
         text = html.unescape(text)
         csrf = csrf_of(editor.text)
-        wrong = text.replace("points: 15.0", "points: lots", 1)
+        # The editor holds the starter file as written: the pricing rule on its own line.
+        pricing = 'path: "/pricing*"}, points: 15,'
+        assert pricing in text
+        wrong = text.replace(pricing, 'path: "/pricing*"}, points: lots,', 1)
         line = next(n for n, row in enumerate(wrong.splitlines(), 1) if "points: lots" in row)
         checked = await client.post(
             "/console/rules/validate", content=wrong.encode(), headers={"x-csrf-token": csrf}
@@ -147,7 +150,7 @@ async def test_the_editor_publishes_valid_rules_and_locates_the_problems_of_inva
             "/console/rules",
             data={
                 "csrf": csrf,
-                "document": text.replace("points: 15.0", "points: 20", 1),
+                "document": text.replace(pricing, 'path: "/pricing*"}, points: 20,', 1),
                 "comment": "<b>pricing</b> up",
             },
         )
@@ -312,3 +315,18 @@ async def test_a_challenger_started_compared_and_stopped_from_the_console(admin_
         for path in (f"/console/rules/{version}/challenge", "/console/rules/1/propose"):
             answer = await viewer.post(path, data={"csrf": csrf, "days": "30", "target": "won"})
             assert_words_not_trace(answer, 403, "viewer role")
+
+
+async def test_the_version_page_and_the_editor_show_the_rules_as_their_author_wrote_them(
+    admin_container,
+):
+    import html
+
+    from scoring_service.ruleset_files import starter_text
+
+    comment = next(line for line in starter_text().splitlines() if line.startswith("# "))
+    async with console_client(admin_container) as client:
+        await sign_in(client, "admin")
+        page = (await client.get("/console/rules/1")).text
+        editor = (await client.get("/console/rules/new?start=1")).text
+    assert comment in html.unescape(page) and comment in html.unescape(editor)

@@ -10,7 +10,7 @@ import orjson
 
 from schemas.ruleset import RuleSetDocument
 from scoring_service.rules import CompiledRuleSet, compile_ruleset
-from scoring_service.ruleset_files import starter_document
+from scoring_service.ruleset_files import starter_document, starter_text
 
 log = logging.getLogger(__name__)
 # Batches hold it shared while scoring; activation holds it exclusively to switch versions.
@@ -18,18 +18,25 @@ RULESET_LOCK = 0x1EAD5E7
 
 
 async def publish(
-    pg: asyncpg.Connection, document: RuleSetDocument, *, by: str, comment: str | None = None
+    pg: asyncpg.Connection,
+    document: RuleSetDocument,
+    *,
+    by: str,
+    comment: str | None = None,
+    source: str | None = None,
 ) -> int:
-    """Store a new immutable version (N + 1) and return its number."""
+    """Store a new immutable version (N + 1) and return its number; `source` is the text
+    the author published (comments and all), `document` what it means."""
     return int(
         await pg.fetchval(
-            "INSERT INTO rulesets (version, name, document, published_by, comment) "
-            "SELECT coalesce(max(version), 0) + 1, $1, $2::jsonb, $3, $4 FROM rulesets "
+            "INSERT INTO rulesets (version, name, document, published_by, comment, source) "
+            "SELECT coalesce(max(version), 0) + 1, $1, $2::jsonb, $3, $4, $5 FROM rulesets "
             "RETURNING version",
             document.name,
             orjson.dumps(document.model_dump(mode="json", by_alias=True)).decode(),
             by,
             comment,
+            source,
         )
     )
 
@@ -54,7 +61,9 @@ async def ensure_starter(pg: asyncpg.Connection) -> None:
         await pg.execute("LOCK TABLE rulesets IN EXCLUSIVE MODE")
         if await pg.fetchval("SELECT count(*) FROM rulesets"):
             return
-        version = await publish(pg, starter_document(), by="leadscore", comment="starter rules")
+        version = await publish(
+            pg, starter_document(), by="leadscore", comment="starter rules", source=starter_text()
+        )
         await activate(pg, version, by="leadscore")
         log.info("published and activated the starter rule set as version %d", version)
 
