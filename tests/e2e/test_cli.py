@@ -66,24 +66,23 @@ async def test_offline_validate_and_simulate(tmp_path):
     code, out = await leadscore("rules", "validate", "scoring_service/starter_ruleset.yaml")
     rules = len(starter_document().rules)
     assert code == 0 and f"valid rule set 'starter' with {rules} rules" in out
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        "name: x\nthresholds: {mql: 1, sal: 2}\nrules:\n"
-        "  - {id: a, category: engagement, when: {path: '/x', regex: y}}\n"
-    )
-    code, out = await leadscore("rules", "validate", str(bad))
-    assert code == 1 and f"{bad}:4:35: rules[0].when: unknown condition 'regex'" in out
-    misspelt = tmp_path / "misspelt.yaml"
-    misspelt.write_text(
-        "name: x\nthresholds: {mql: 1, sal: 2}\nrules:\n"
-        "  - id: a\n    category: engagement\n    when: {path: '/x'}\n    pionts: 5\n"
-    )
-    code, out = await leadscore("rules", "validate", str(misspelt))
-    assert code == 1
-    assert (
-        f"{misspelt}:7:5: rules[0].pionts: 'pionts' is not a field here; did you mean 'points'?"
-        in out
-    )
+    header = "name: x\nthresholds: {mql: 1, sal: 2}\nrules:\n"
+    for name, rules, problem in [
+        (
+            "bad.yaml",
+            "  - {id: a, category: engagement, when: {path: '/x', regex: y}}\n",
+            "4:35: rules[0].when: unknown condition 'regex'",
+        ),
+        (
+            "misspelt.yaml",
+            "  - id: a\n    category: engagement\n    when: {path: '/x'}\n    pionts: 5\n",
+            "7:5: rules[0].pionts: 'pionts' is not a field here; did you mean 'points'?",
+        ),
+    ]:
+        path = tmp_path / name
+        path.write_text(header + rules)
+        code, out = await leadscore("rules", "validate", str(path))
+        assert code == 1 and f"{path}:{problem}" in out
     code, out = await leadscore(
         "simulate", "scoring_service/starter_ruleset.yaml", "examples/journey.jsonl"
     )
