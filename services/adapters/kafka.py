@@ -355,3 +355,98 @@ async def send_lines(lines: list[bytes], settings: Settings) -> int:
     finally:
         await producer.stop()
     return sent
+
+
+# How many dead letters one `leadscore dead-letters list` reads at most.
+MAX_DEAD_LETTERS = 10_000
+
+
+async def read_dead_letters(
+    settings: Settings, *, since: float | None = None, limit: int = 100
+) -> list[Any]:
+    """Records of the dead-letter topic, oldest first, from `since` (epoch seconds) on, at
+    most `limit` of them: read with a consumer of no group, so nothing is committed."""
+    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    # "earliest": otherwise the client's default reset to the end can race the seek below.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(settings.topic_dlq, p)
+            for p in sorted(await _partitions_of(settings, settings.topic_dlq))
+        ]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        if since is None:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            found = await consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+            for tp in partitions:
+                at = found.get(tp)
+                consumer.seek(tp, at.offset if at is not None else ends[tp])
+        records: list[Any] = []
+        while len(records) < min(limit, MAX_DEAD_LETTERS):
+            behind = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+            if not behind:
+                break
+            batch = await consumer.getmany(*behind, timeout_ms=1000)
+            for items in batch.values():
+                records.extend(
+                    r for r in items if r.offset < ends[TopicPartition(r.topic, r.partition)]
+                )
+        records.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+        return records[:limit]
+    finally:
+        await consumer.stop()
+
+
+async def _partitions_of(settings: Settings, topic: str) -> set[int]:
+    """The topic's partitions, asked of the cluster for this topic now (a consumer with no
+    subscription may not hold the topic's metadata yet)."""
+    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return {
+        part["partition"]
+        for entry in described
+        if entry["topic"] == topic and not entry["error_code"]
+        for part in entry["partitions"]
+    }
+
+
+async def dead_letter_at(settings: Settings, partition: int, offset: int) -> Any | None:
+    """The dead letter at `partition`:`offset`, or None when there is none (any more)."""
+    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(settings.topic_dlq, partition)
+        if partition not in await _partitions_of(settings, settings.topic_dlq):
+            return None
+        consumer.assign([tp])
+        start, end = (
+            (await consumer.beginning_offsets([tp]))[tp],
+            (await consumer.end_offsets([tp]))[tp],
+        )
+        if not start <= offset < end:
+            return None
+        consumer.seek(tp, offset)
+        batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+        records = batch.get(tp, [])
+        return records[0] if records and records[0].offset == offset else None
+    finally:
+        await consumer.stop()

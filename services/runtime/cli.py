@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +457,77 @@ def cmd_send(args: argparse.Namespace) -> None:
         raise CliError(f"{len(refused)} of {len(refused) + count} events were refused")
 
 
+def _dead_letter_headers(record: Any) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
+
+
+def _quiet_broker(settings: Any) -> str:
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    return settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> None:
+    """Events and feedback the service could not use, from the dead-letter topic: list them
+    by reason and time, show one, send one again once fixed."""
+    from aiokafka.errors import KafkaError
+
+    from scoring_service.intake import Rejection, parse_event
+    from services.adapters.kafka import dead_letter_at, read_dead_letters, send_lines
+    from services.settings import Settings
+
+    settings = Settings()
+    broker = _quiet_broker(settings)
+    try:
+        if args.action == "list":
+            since = None
+            if args.since:
+                try:
+                    since = datetime.fromisoformat(args.since).timestamp()
+                except ValueError as exc:
+                    raise CliError(f"--since {args.since!r} is not ISO-8601") from exc
+            records = asyncio.run(read_dead_letters(settings, since=since, limit=args.limit))
+            shown = 0
+            for record in records:
+                headers = _dead_letter_headers(record)
+                if args.reason and headers.get("error") != args.reason:
+                    continue
+                shown += 1
+                when = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat()[:19]
+                print(
+                    f"{record.partition}:{record.offset}  {when}  {headers.get('error')}  "
+                    f"{headers.get('error_detail', '')[:100]}"
+                )
+            if not shown:
+                print(
+                    f"no dead letters on {settings.topic_dlq}"
+                    + (" for that" if args.reason or since else "")
+                )
+            return
+        partition, _, offset = args.at.partition(":")
+        if not (partition.isdigit() and offset.isdigit()):
+            raise CliError(f"{args.at!r}: name a dead letter as PARTITION:OFFSET, as list shows")
+        record = asyncio.run(dead_letter_at(settings, int(partition), int(offset)))
+        if record is None:
+            raise CliError(f"no dead letter at {args.at} on {settings.topic_dlq}")
+        if args.action == "show":
+            for name, text in _dead_letter_headers(record).items():
+                print(f"{name}: {text}")
+            print((record.value or b"").decode("utf-8", "replace"))
+            return
+        # resend: the fixed text if given, else the same bytes (after a rule-set fix)
+        fixed: bytes = _read(args.file).strip() if args.file else (record.value or b"")
+        verdict = parse_event(fixed, now=time.time(), fallback_ts=time.time())
+        if isinstance(verdict, Rejection):
+            raise CliError(f"still refused, not sent: {verdict.code}: {verdict.detail}")
+        asyncio.run(send_lines([fixed], settings))
+        print(f"sent {args.at} again to {settings.topic_events}")
+    except (KafkaError, OSError) as exc:
+        raise CliError(
+            f"cannot reach the broker at {broker} ({type(exc).__name__}); is the service "
+            "running (make run)?"
+        ) from exc
+
+
 def cmd_migrate(_: argparse.Namespace) -> None:
     from services.adapters.postgres import db, rulesets
     from services.settings import Settings
@@ -532,6 +604,21 @@ def parser() -> argparse.ArgumentParser:
     propose.add_argument("--seed", type=int, default=0, help="the held-out split's seed")
     propose.add_argument("--json", action="store_true", help="print the full result as JSON")
     propose.set_defaults(func=cmd_propose)
+    dead = commands.add_parser(
+        "dead-letters", help="what the service could not use: list, show, send again"
+    ).add_subparsers(dest="action", required=True)
+    dead_list = dead.add_parser("list", help="dead letters, oldest first")
+    dead_list.add_argument("--reason", help="only this error code, e.g. missing_identity")
+    dead_list.add_argument("--since", help="ISO-8601 with offset")
+    dead_list.add_argument("--limit", type=int, default=100)
+    dead_list.set_defaults(func=cmd_dead_letters)
+    dead_show = dead.add_parser("show", help="one dead letter: its reason and its bytes")
+    dead_show.add_argument("at", help="PARTITION:OFFSET, as list shows")
+    dead_show.set_defaults(func=cmd_dead_letters)
+    dead_resend = dead.add_parser("resend", help="send it to lead-events again, once fixed")
+    dead_resend.add_argument("at", help="PARTITION:OFFSET, as list shows")
+    dead_resend.add_argument("--file", help="the fixed event (JSON); default: the same bytes")
+    dead_resend.set_defaults(func=cmd_dead_letters)
     job = commands.add_parser("jobs", help="show a background job")
     job.add_argument("job_id")
     job.set_defaults(func=cmd_job)

@@ -311,3 +311,38 @@ async def test_a_rule_set_keeps_its_authors_words_through_publish_show_and_diff(
     async with client_for(admin_container, "viewer") as api:
         version = (await api.get("/v1/rulesets/2")).json()
     assert version["source"] == edited and version["document"]["name"] == "starter"
+
+
+async def test_dead_letters_are_listed_shown_and_sent_again_once_fixed(service, settings, tmp_path):
+    from tests.conftest import drained, produce, read_all
+
+    env = {
+        "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LEADSCORE_TOPIC_EVENTS": settings.topic_events,
+        "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
+    }
+    stray = {"type": "track", "messageId": "dl-1", "event": "Demo Requested"}
+    late = {**stray, "messageId": "dl-2", "userId": "u-late", "timestamp": "soon"}
+    await produce(settings, [stray, late])
+    await read_all(settings, settings.topic_dlq, expect=2)
+    code, out = await leadscore("dead-letters", "list", env=env)
+    assert code == 0 and sorted(line.split()[2] for line in out.splitlines()) == [
+        "invalid_timestamp",
+        "missing_identity",
+    ]
+    code, out = await leadscore("dead-letters", "list", "--reason", "missing_identity", env=env)
+    assert code == 0, out
+    [line] = out.splitlines()
+    at, _, reason, *_ = line.split()
+    assert reason == "missing_identity"
+    code, shown = await leadscore("dead-letters", "show", at, env=env)
+    assert code == 0 and "error: missing_identity" in shown and '"dl-1"' in shown
+    code, out = await leadscore("dead-letters", "resend", at, env=env)
+    assert code == 1 and "still refused, not sent: missing_identity" in out
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text('{"type": "track", "messageId": "dl-1", "userId": "u-dl", "event": "x"}')
+    code, out = await leadscore("dead-letters", "resend", at, "--file", str(fixed), env=env)
+    assert code == 0, out
+    await wait_for(lambda: drained(settings, 3), what="the fixed event scored")
+    code, out = await leadscore("dead-letters", "show", "0:999999", env=env)
+    assert code == 1 and "no dead letter at 0:999999" in out
