@@ -27,6 +27,7 @@ from services.console import (
     accounts,
     admin_sessions,
     buyer_journey,
+    dead_letters,
     formats,
     leads,
     pipeline,
@@ -159,6 +160,7 @@ def console_app(container: Container, prefix: str) -> FastAPI:
         accounts,
         pipeline,
         buyer_journey,
+        dead_letters,
     ):
         app.include_router(pages_module.router)
 

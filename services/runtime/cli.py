@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -457,15 +457,6 @@ def cmd_send(args: argparse.Namespace) -> None:
         raise CliError(f"{len(refused)} of {len(refused) + count} events were refused")
 
 
-def _dead_letter_headers(record: Any) -> dict[str, str]:
-    return {k: v.decode("utf-8", "replace") for k, v in record.headers or ()}
-
-
-def _quiet_broker(settings: Any) -> str:
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
-
-
 def cmd_dead_letters(args: argparse.Namespace) -> None:
     """Events and feedback the service could not use, from the dead-letter topic: list them
     by reason and time, show one, send one again once fixed."""
@@ -473,10 +464,13 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
 
     from scoring_service.intake import Rejection, parse_event
     from services.adapters.kafka import dead_letter_at, read_dead_letters, send_lines
+    from services.app.dead_letters import view
     from services.settings import Settings
 
     settings = Settings()
-    broker = _quiet_broker(settings)
+    broker = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    # The client narrates each failed connection; the one line below says it all.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         if args.action == "list":
             since = None
@@ -486,22 +480,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
                 except ValueError as exc:
                     raise CliError(f"--since {args.since!r} is not ISO-8601") from exc
             records = asyncio.run(read_dead_letters(settings, since=since, limit=args.limit))
-            shown = 0
-            for record in records:
-                headers = _dead_letter_headers(record)
-                if args.reason and headers.get("error") != args.reason:
-                    continue
-                shown += 1
-                when = datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat()[:19]
-                print(
-                    f"{record.partition}:{record.offset}  {when}  {headers.get('error')}  "
-                    f"{headers.get('error_detail', '')[:100]}"
-                )
-            if not shown:
-                print(
-                    f"no dead letters on {settings.topic_dlq}"
-                    + (" for that" if args.reason or since else "")
-                )
+            letters = [view(r) for r in records]
+            letters = [v for v in letters if not args.reason or v.error == args.reason]
+            for v in letters:
+                print(f"{v.at}  {v.received.isoformat()[:19]}  {v.error}  {v.detail[:100]}")
+            if not letters:
+                print(f"no dead letters on {settings.topic_dlq}")
             return
         partition, _, offset = args.at.partition(":")
         if not (partition.isdigit() and offset.isdigit()):
@@ -510,9 +494,9 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
         if record is None:
             raise CliError(f"no dead letter at {args.at} on {settings.topic_dlq}")
         if args.action == "show":
-            for name, text in _dead_letter_headers(record).items():
-                print(f"{name}: {text}")
-            print((record.value or b"").decode("utf-8", "replace"))
+            letter = view(record)
+            print(f"error: {letter.error}\ndetail: {letter.detail}\nfrom: {letter.source}")
+            print(letter.value)
             return
         # resend: the fixed text if given, else the same bytes (after a rule-set fix)
         fixed: bytes = _read(args.file).strip() if args.file else (record.value or b"")

@@ -330,3 +330,34 @@ async def test_the_version_page_and_the_editor_show_the_rules_as_their_author_wr
         page = (await client.get("/console/rules/1")).text
         editor = (await client.get("/console/rules/new?start=1")).text
     assert comment in html.unescape(page) and comment in html.unescape(editor)
+
+
+async def test_dead_letters_are_shown_escaped_and_sent_again_once_fixed(service, settings):
+    from tests.conftest import drained, produce, read_all
+
+    stray = {"type": "track", "messageId": "dl-1", "event": "<b>Demo</b>"}
+    await produce(settings, [stray])
+    await read_all(settings, settings.topic_dlq, expect=1)
+    async with console_client(service.container) as client:
+        listing = await client.get("/console/dead-letters?reason=missing_identity")
+        assert listing.status_code == 200, listing.text
+        at = re.search(r'/console/dead-letters/(\d+:\d+)"', listing.text).group(1)
+        assert "neither userId nor anonymousId" in listing.text
+        none = await client.get("/console/dead-letters?reason=too_large")
+        assert "No dead letters for that" in none.text
+        page = await client.get(f"/console/dead-letters/{at}")
+        assert "&lt;b&gt;Demo&lt;/b&gt;" in page.text and "<b>Demo" not in page.text
+        csrf = csrf_of(page.text)
+        refused = await client.post(
+            f"/console/dead-letters/{at}/resend", data={"csrf": csrf, "event": ""}
+        )
+        assert refused.status_code == 422 and "still refused" in refused.text
+        fixed = '{"type": "track", "messageId": "dl-1", "userId": "u-dl", "event": "x"}'
+        sent = await client.post(
+            f"/console/dead-letters/{at}/resend", data={"csrf": csrf, "event": fixed}
+        )
+        assert sent.status_code == 303
+        assert "Sent" in (await client.get(sent.headers["location"])).text
+        missing = await client.get("/console/dead-letters/0:99999")
+        assert missing.status_code == 404
+    await wait_for(lambda: drained(settings, 2), what="the fixed event scored")
