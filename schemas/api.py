@@ -141,6 +141,12 @@ class ScoredEventPublic(BaseModel):
         description="what the event's counted points add to the engagement score as of the "
         "lead's clock (decayed by their age; 0 when superseded)"
     )
+    contribution_now: float = Field(
+        default=0.0,
+        description="what they add as of the reading, the time `GET /v1/leads/{id}` scores "
+        "at: the lead page's 'adds ... now' (with the fit signals and the unlisted part these "
+        "add up to `score_now.total`, to the cent)",
+    )
 
 
 class AdjustmentEntry(BaseModel):
@@ -165,8 +171,16 @@ class LeadHistory(BaseModel):
     add up to `score.total`, to the cent."""
 
     lead_id: str
-    score: Score = Field(description="the score as of the lead's clock (its latest event)")
+    score: Score = Field(
+        description="the score at the lead's last event (`score_as_of`), the time `contribution` "
+        "explains"
+    )
     score_as_of: datetime | None
+    score_now: Score | None = Field(
+        default=None,
+        description="the score as of the reading, as `GET /v1/leads/{id}` gives it; "
+        "`contribution_now` explains it",
+    )
     signals: list[Signal]
     unlisted_contribution: float = Field(
         description="engagement from events not listed: older than the page or the history's "

@@ -1110,18 +1110,21 @@ class Engine:
         state: LeadState,
         events: Sequence[tuple[float, float, bool]],
         score: str = DEFAULT_SCORE,
+        at: float | None = None,
     ) -> tuple[list[float], float]:
         """Each stored event's share of the lead's engagement in `score` (the default one
-        unless named) as of its clock, to the cent, and the share of events not listed
-        (older than the page asked for, or past the history's retention). `events` are
-        (time, counted points in that score, superseded): a superseded event's points no
-        longer count (the lead was recycled since)."""
+        unless named) as of `at` (by default its clock, the last event's time), to the
+        cent, and the share of events not listed (older than the page asked for, or past
+        the history's retention). `events` are (time, counted points in that score,
+        superseded): a superseded event's points no longer count (the lead was recycled
+        since)."""
         clock = state.as_of or 0.0
+        when = clock if at is None else max(at, clock)
         exact = [
-            0.0 if superseded else points * self.rules.decay_factor(clock - ts)
+            0.0 if superseded else points * self.rules.decay_factor(when - ts)
             for ts, points, superseded in events
         ]
-        fit, exact_engagement = self.score_parts(state)[score]
+        fit, exact_engagement = self.score_parts(state, when)[score]
         engagement = records.score_doc(fit, exact_engagement)["engagement"]
         shares = records.apportion([*exact, exact_engagement - sum(exact)], engagement)
         return shares[:-1], shares[-1]

@@ -195,9 +195,10 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
     book = engine.rules.book
     clock = state.as_of or 0.0
 
-    def shares_in(score: str) -> tuple[list[float], float, float]:
-        """Each event's share of `score`, the unlisted events' and the adjustments' (one part,
-        as the lead keeps them: each is in `adjustments`, with who and why)."""
+    def shares_in(score: str, at: float | None = None) -> tuple[list[float], float, float]:
+        """Each event's share of `score` as of `at` (by default the last event), the unlisted
+        events' and the adjustments' (one part, as the lead keeps them: each is in
+        `adjustments`, with who and why)."""
         adjusted = state.signals.get(ADJUSTMENT_PREFIX + score)
         shares, unlisted = engine.history_shares(
             state,
@@ -217,17 +218,24 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
                 ),
             ],
             score,
+            at,
         )
         return shares[:-1], unlisted, shares[-1]
 
     shares, unlisted, adjusted_share = shares_in(DEFAULT_SCORE)
+    # What each event adds as of the reading, the lead page's "now" (lead_detail's).
+    now = time.time()
+    shares_now, _, _ = shares_in(DEFAULT_SCORE, now)
     named = {score.name: shares_in(score.name) for score in book.scores[1:]}
     score, signals = engine.explain(state)
     return {
         "lead_id": resolved,
         "journey": moves,
+        # The score and the contributions as of the last event (`score_as_of`), the time the
+        # history explains; `score_now` and each event's `contribution_now` as of the reading.
         "score": score,
         "score_as_of": iso(state.as_of) if state.as_of else None,
+        "score_now": engine.explain(state, at=max(now, clock))[0],
         "signals": signals,
         "unlisted_contribution": unlisted,
         "adjusted_contribution": adjusted_share,
@@ -265,9 +273,12 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
                     )
                 },
                 "contribution": share,
+                "contribution_now": share_now,
                 "hits": [{"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits],
             }
-            for r, event_hits, share in zip(events, hits, shares, strict=True)
+            for r, event_hits, share, share_now in zip(
+                events, hits, shares, shares_now, strict=True
+            )
         ],
         "transitions": [orjson.loads(r["record"]) for r in stored],
     }

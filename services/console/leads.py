@@ -94,6 +94,8 @@ async def lead(request: Request, ui: PagesDep, lead_id: IdInPath) -> Response:
         scores_chart=scores_chart,
         handoff=handoff,
         timeline=_timeline(history),
+        at_last_event=history["score"],
+        last_event_at=history["score_as_of"],
         signal_sum=round(sum(s["contribution"] for s in signals), 2),
     )
 
@@ -105,7 +107,8 @@ def _timeline(history: dict[str, Any]) -> list[dict[str, Any]]:
             "kind": "event",
             "at": event["occurred_at"],
             "title": event["type"],
-            "points": event["contribution"],
+            "then": event["contribution"],
+            "points": event["contribution_now"],
             "hits": [h for h in event["hits"] if h["counted"]],
             "superseded": event["superseded"],
         }

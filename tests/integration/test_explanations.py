@@ -63,6 +63,13 @@ async def test_every_lead_is_explained_to_the_cent_on_the_endpoint_history_and_n
             assert signal_cents(history["signals"], "fit") + events == cents(
                 history["score"]["total"]
             ), lead_id
+            # As of the reading too: what each event adds now sums to the score now, and
+            # that is the score the lead's own endpoint gives (the lead page's "now").
+            now = sum(cents(e["contribution_now"]) for e in history["events"])
+            assert signal_cents(history["signals"], "fit") + now == cents(
+                history["score_now"]["total"]
+            ), lead_id
+            assert abs(history["score_now"]["total"] - score["total"]) <= 0.02, lead_id
             for event in history["events"]:
                 if event["superseded"]:
                     superseded_seen += 1

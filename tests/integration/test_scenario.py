@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -256,3 +257,16 @@ async def test_the_worked_example_gives_the_readmes_records(service, settings):
     assert breach["account_score"] == account_score
     assert breach["scores"]["warehouse"] == WAREHOUSE
     assert breach["signals_by_score"] == {"warehouse": warehouse_signals}
+
+    # One score, said which: the lead page gives it as of now and at the last event (the
+    # value the list sorts by), and its timeline what each event added then and adds now.
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=("127.0.0.1", 50000)),
+        base_url="http://localhost",
+    ) as browser:
+        page = (await browser.get("/console/leads/u-42")).text
+    assert re.search(r'id="score-at-last-event">100 at its last event, 2026-11-20 09:17', page)
+    demo = re.search(r"added 30 at the last event, adds ([0-9.]+) now", page)
+    assert demo is not None and float(demo.group(1)) < 30  # weeks later: decayed
+    now_total = float(re.search(r'id="score-total">([0-9.]+)<', page).group(1))
+    assert now_total < 100
