@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from services.app.journey import journey_figures
-from services.console import charts
+from services.console import charts, formats
 from services.console.pages import PagesDep
 from services.console.pipeline import WINDOWS, report_window
 
@@ -42,12 +42,12 @@ def _journey_charts(report: dict[str, Any]) -> dict[str, Any]:
         ),
         "time_chart": charts.bar_chart(
             "time-in-phase",
-            "Median days in each phase",
+            "Median time in each phase",
             [
-                (p["name"], round(p["median_seconds_in_phase"] / 86400, 1))
+                (p["name"], p["median_seconds_in_phase"])
                 for p in phases
                 if p["median_seconds_in_phase"] is not None
             ],
-            unit=" d",
+            shown=formats.duration,  # as the table says it
         ),
     }

@@ -8,12 +8,12 @@ description for screen readers; the pages put the same numbers in a table next t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from markupsafe import Markup, escape
 
 WIDTH = 640
-LABEL_WIDTH = 170
+LABEL_WIDTH = 210  # "opportunity → customer" at 14 px, with room
 ROW_HEIGHT = 26
 BAR_HEIGHT = 18
 
@@ -37,9 +37,15 @@ def bar_chart(
     bars: Sequence[tuple[str, float]],
     *,
     unit: str = "",
+    shown: Callable[[float], str] | None = None,
 ) -> Markup:
     """Horizontal bars, one per (label, value); negative values extend left of the zero line
-    (a careers-page visit takes points away)."""
+    (a careers-page visit takes points away). `shown` writes a value as the page's tables do
+    (a duration in seconds as "39 h 11 min"), in place of the number and `unit`."""
+
+    def said(value: float) -> str:
+        return shown(value) if shown is not None else f"{_number(value)}{unit}"
+
     low = min([0.0, *(v for _, v in bars)])
     high = max([0.0, *(v for _, v in bars)])
     span = (high - low) or 1.0
@@ -56,14 +62,14 @@ def bar_chart(
         text_x = x + width + 4 if value >= 0 else zero + 4
         body.append(
             f'<text class="label" x="{LABEL_WIDTH - 6}" y="{y + 13}" text-anchor="end">'
-            f"{escape(label[:28])}</text>"
+            f"{escape(label[:26])}</text>"
             f'<rect class="bar {kind}" x="{x:.1f}" y="{y}" width="{max(width, 1):.1f}" '
-            f'height="{BAR_HEIGHT}"><title>{escape(label)}: {_number(value)}{unit}</title></rect>'
+            f'height="{BAR_HEIGHT}"><title>{escape(label)}: {escape(said(value))}</title></rect>'
             f'<text class="value" x="{text_x:.1f}" y="{y + 13}">'
-            f"{_number(value)}{escape(unit)}</text>"
+            f"{escape(said(value))}</text>"
         )
     body.append(f'<line class="axis" x1="{zero:.1f}" x2="{zero:.1f}" y1="0" y2="{height}"/>')
-    summary = "; ".join(f"{label}: {_number(value)}{unit}" for label, value in bars)
+    summary = "; ".join(f"{label}: {said(value)}" for label, value in bars)
     return _frame(chart_id, title, summary or "no data", height, body)
 
 

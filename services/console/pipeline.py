@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from services.app.leads import funnel_figures, pipeline_reviews
-from services.console import charts
+from services.console import charts, formats
 from services.console.pages import PagesDep
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,13 @@ def _funnel_charts(report: dict[str, Any]) -> dict[str, Any]:
         ),
         "time_chart": charts.bar_chart(
             "time-in-stage",
-            "Median hours in each stage",
+            "Median time in each stage",
             [
-                (s, round((stages[s]["median_seconds_in_stage"] or 0) / 3600, 1))
+                (s, stages[s]["median_seconds_in_stage"])
                 for s in stages
                 if stages[s]["median_seconds_in_stage"] is not None
             ],
-            unit=" h",
+            shown=formats.duration,  # as the table says it
         ),
         "sla_chart": charts.bar_chart(
             "sla",

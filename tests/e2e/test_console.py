@@ -364,3 +364,108 @@ async def test_every_page_visited_has_no_serious_accessibility_violation(console
     assert len(console.violations) >= 15, sorted(console.violations)
     assert {name: found for name, found in console.violations.items() if found} == {}
     assert console.foreign == []  # nothing was loaded from anywhere but the service
+
+
+# In the page: every box whose content is wider than itself must be a scroll box (a table
+# that scrolls sideways inside its card is fine; one clipped or spilling out is not), and no
+# two labels of one chart may cover each other.
+LAYOUT_PROBLEMS = """(wide) => {
+  const problems = [];
+  const root = document.documentElement;
+  if (root.scrollWidth > root.clientWidth + 1) {
+    problems.push(`the page scrolls sideways by ${root.scrollWidth - root.clientWidth}px`);
+  }
+  const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') +
+    (el.className && typeof el.className === 'string' ? '.' + el.className.split(' ')[0] : '');
+  for (const el of document.querySelectorAll('main *')) {
+    if (!(el instanceof HTMLElement) || el.clientWidth === 0) continue;
+    const style = getComputedStyle(el);
+    if (style.display === 'inline' || el.closest('svg')) continue;
+    if (el.tagName === 'TEXTAREA' || el.tagName === 'PRE') continue;  // the author's lines
+    const scrolls = ['auto', 'scroll'].includes(style.overflowX);
+    // On a wide screen nothing needs to scroll sideways; on a phone a wide table may, in
+    // its own box, but nothing may be cut off or spill out of its box.
+    if (el.scrollWidth > el.clientWidth + 1 && (wide || !scrolls)) {
+      problems.push(
+        `${name(el)} holds ${el.scrollWidth}px in ${el.clientWidth}px (${style.overflowX})`);
+    }
+  }
+  for (const svg of document.querySelectorAll('main svg.chart')) {
+    const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    for (const text of svg.querySelectorAll('text')) {
+      const size = parseFloat(getComputedStyle(text).fontSize) * scale;
+      if (wide && size < 11) {
+        problems.push(`chart label "${text.textContent}" is ${size.toFixed(1)}px`);
+        break;
+      }
+    }
+  }
+  for (const svg of document.querySelectorAll('main svg')) {
+    const boxes = [...svg.querySelectorAll('text')].map(t => [t, t.getBoundingClientRect()])
+      .filter(([, b]) => b.width > 0);
+    const frame = svg.getBoundingClientRect();
+    for (const [t, b] of boxes) {
+      if (b.left < frame.left - 1 || b.right > frame.right + 1) {
+        problems.push(`chart label "${t.textContent}" is cut off at the chart's edge`);
+      }
+    }
+    for (let i = 0; i < boxes.length; i++) {
+      for (let j = i + 1; j < boxes.length; j++) {
+        const [a, r] = boxes[i], [b, s] = boxes[j];
+        const w = Math.min(r.right, s.right) - Math.max(r.left, s.left);
+        const h = Math.min(r.bottom, s.bottom) - Math.max(r.top, s.top);
+        if (w > 1 && h > 1) {
+          problems.push(`chart labels "${a.textContent}" and "${b.textContent}" overlap`);
+        }
+      }
+    }
+  }
+  return problems;
+}"""
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        {"viewport": {"width": 1400, "height": 900}},
+        {
+            "viewport": {"width": 390, "height": 844},
+            "device_scale_factor": 2,
+            "is_mobile": True,
+            "has_touch": True,
+        },
+    ],
+    ids=["desktop", "phone"],
+)
+async def test_every_page_holds_its_layout(console: Console, device: dict[str, Any]) -> None:
+    page = await signed_in(console, "admin", **device)
+    await page.goto(f"{console.url}/leads")
+    lead = await page.locator("table tbody tr td a").first.get_attribute("href")
+    await page.goto(f"{console.url}/accounts")
+    account = await page.locator("table tbody tr td a").first.get_attribute("href")
+    paths = [
+        "/leads",
+        lead,
+        "/accounts",
+        account,
+        "/pipeline",
+        "/journey",
+        "/rules",
+        "/rules/1",
+        "/rules/new",
+        "/rules/1/diff?against=1",
+        "/webhooks",
+        "/sessions",
+        "/dead-letters",
+    ]
+    found = {}
+    for path in paths:
+        origin = console.url.removesuffix("/console")
+        url = f"{origin}{path}" if path.startswith("/console") else f"{console.url}{path}"
+        response = await page.goto(url)
+        assert response is not None and response.status == 200, path
+        problems = await page.evaluate(LAYOUT_PROBLEMS, device["viewport"]["width"] >= 1000)
+        if problems:
+            found[path] = problems
+    await page.context.close()
+    assert found == {}
