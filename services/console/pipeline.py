@@ -81,6 +81,8 @@ def _funnel_charts(report: dict[str, Any]) -> dict[str, Any]:
                 ("answered late", sla["answered_late"]),
                 ("breached, unanswered", sla["breached_unanswered"]),
                 ("still open", sla["open"]),
+                # Moved on (a later stage's deadline replaced it) before anyone answered.
+                ("superseded, unanswered", sla["superseded"]),
             ],
         ),
         "rejection_chart": charts.bar_chart(

@@ -34,17 +34,23 @@ GROUP BY 1, 2, 3, 4
 
 # Time in phase: from entering a phase to the subject's next move, for entries in the
 # window (the next move may come after it). Stays not over yet have no time and do not count.
+# `entered` counts people (and accounts), each once per phase.
 TIME_QUERY = """
 WITH ordered AS (
-    SELECT subject, to_phase, occurred_at,
-           lead(occurred_at) OVER (PARTITION BY subject, subject_id ORDER BY seq) AS left_at
-    FROM journey_moves WHERE occurred_at >= $1
+    SELECT m.subject, m.to_phase, m.occurred_at,
+           -- A person counts once: an anonymous visitor's moves are the merged lead's.
+           coalesce(l.lead_id, m.subject_id) AS who,
+           lead(m.occurred_at) OVER (PARTITION BY m.subject, m.subject_id ORDER BY m.seq)
+               AS left_at
+    FROM journey_moves m
+    LEFT JOIN identity_links l ON m.subject = 'lead' AND l.alias_id = m.subject_id
+    WHERE m.occurred_at >= $1
 ), entered AS MATERIALIZED (
-    SELECT subject, to_phase, extract(epoch FROM left_at - occurred_at) AS seconds
+    SELECT subject, to_phase, who, extract(epoch FROM left_at - occurred_at) AS seconds
     FROM ordered WHERE occurred_at < $2
 )
 SELECT subject, to_phase,
-       count(*) AS entered,
+       count(DISTINCT who) AS entered,
        percentile_cont(0.5) WITHIN GROUP (ORDER BY seconds) AS median_seconds
 FROM entered GROUP BY 1, 2
 """
@@ -62,9 +68,11 @@ GROUP BY 1, 2
 # join, as the funnel's conversion.
 CONVERSION_QUERY = """
 WITH entries AS (
-    SELECT subject_id AS who, to_phase, min(occurred_at) AS first_at
-    FROM journey_moves
-    WHERE subject = 'lead' AND occurred_at >= $1 AND occurred_at < $2
+    -- A person counts once: an anonymous visitor's moves count as the lead it was merged
+    -- into (identity_links points each merged id at the lead that took it in).
+    SELECT coalesce(l.lead_id, m.subject_id) AS who, m.to_phase, min(m.occurred_at) AS first_at
+    FROM journey_moves m LEFT JOIN identity_links l ON l.alias_id = m.subject_id
+    WHERE m.subject = 'lead' AND m.occurred_at >= $1 AND m.occurred_at < $2
     GROUP BY 1, 2
 ), reached AS (
     SELECT lead_id AS who, to_stage, max(occurred_at) AS last_at

@@ -270,3 +270,18 @@ async def test_the_worked_example_gives_the_readmes_records(service, settings):
     assert demo is not None and float(demo.group(1)) < 30  # weeks later: decayed
     now_total = float(re.search(r'id="score-total">([0-9.]+)<', page).group(1))
     assert now_total < 100
+
+    # The journey counts Dana once: her anonymous visit's move into brand consideration is
+    # hers (a-77 was merged into u-42), not a second person's.
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://localhost"
+    ) as client:
+        report = (
+            await client.get(
+                "/v1/journey",
+                params={"since": "2026-11-20T00:00:00Z", "until": "2026-11-21T00:00:00Z"},
+            )
+        ).json()
+    entered = {p["phase"]: p["entered"] for p in report["phases"]}
+    assert {p["phase"]: p["conversion"]["entered"] for p in report["phases"]} == entered
+    assert entered["consideration"] == 1 and entered["evaluation"] == 1, entered

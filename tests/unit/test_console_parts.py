@@ -184,3 +184,24 @@ def test_around_changes_keeps_the_context_and_counts_the_rest():
     assert [row[1] for row in shown] == [8, 9, 10, 11, 12]
     assert rows[-1] == 20 - 12
     assert around_changes(side_by_side("a\nb\n", "a\nb\n")) == [2]
+
+
+def test_the_follow_up_bars_add_up_to_the_handoffs_the_sentence_counts():
+    import re
+
+    from services.console.pipeline import _funnel_charts
+
+    sla = {
+        "handoffs": 39,
+        "answered_in_time": 0,
+        "answered_late": 0,
+        "breached_unanswered": 0,
+        "open": 35,
+        "superseded": 4,
+        "compliance": None,
+        "median_follow_up_seconds": None,
+    }
+    report = {"stages": {}, "conversion": [], "sla": sla, "rejections": []}
+    chart = str(_funnel_charts(report)["sla_chart"])
+    values = [int(v) for v in re.findall(r'<text class="value"[^>]*>(\d+)</text>', chart)]
+    assert sum(values) == sla["handoffs"]
