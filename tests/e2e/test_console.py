@@ -390,6 +390,9 @@ LAYOUT_PROBLEMS = """(wide) => {
         `${name(el)} holds ${el.scrollWidth}px in ${el.clientWidth}px (${style.overflowX})`);
     }
   }
+  for (const link of document.querySelectorAll('main td:first-child > a')) {
+    if (link.getClientRects().length > 1) problems.push(`the id "${link.textContent}" wraps`);
+  }
   for (const svg of document.querySelectorAll('main svg.chart')) {
     const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
     for (const text of svg.querySelectorAll('text')) {
