@@ -75,6 +75,15 @@ async def test_events_sent_while_the_service_is_down_are_scored_once_after_a_res
         kafka_log = data_dir.resolve() / "kafka" / "log"
         assert f"its log is in {kafka_log}" in log.read_text()
         stop(process, log)  # the service stops its broker too
+        # A healthy first start says nothing alarming but the deliberate "no tokens" line
+        # (JSON lines here: the log is not a terminal).
+        alarms = [
+            line
+            for line in log.read_text().splitlines()
+            if '"level":"WARNING"' in line or '"level":"ERROR"' in line
+        ]
+        assert len(alarms) == 1 and "no API tokens configured" in alarms[0], alarms
+        assert "/console" in log.read_text()  # the start-up line names the console
 
         # The service is down; its broker is started alone on the same log, as a producer
         # on another machine would find it, and stopped again after the events are in.
