@@ -331,7 +331,7 @@ def make_consumer(settings: Settings, *, group_suffix: str = "") -> AIOKafkaCons
 
 async def send_lines(lines: list[bytes], settings: Settings) -> int:
     """Produce a JSON-lines file of Segment events to the input topic, keyed as trackers do."""
-    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    bootstrap_servers = bootstrap_of(settings)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
     try:
         await producer.start()
@@ -361,18 +361,28 @@ async def send_lines(lines: list[bytes], settings: Settings) -> int:
 MAX_DEAD_LETTERS = 10_000
 
 
+def bootstrap_of(settings: Settings) -> str:
+    """The broker a command-line tool or a reader talks to: the configured one, else the
+    embedded one `make run` starts."""
+    return settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+
+
+def _reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer of no group (nothing committed) for reading a topic back. "earliest":
+    otherwise the client's default reset to the end can race a seek to the beginning."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_of(settings),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+
+
 async def read_dead_letters(
     settings: Settings, *, since: float | None = None, limit: int = 100
 ) -> list[Any]:
     """Records of the dead-letter topic, oldest first, from `since` (epoch seconds) on, at
     most `limit` of them: read with a consumer of no group, so nothing is committed."""
-    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
-    # "earliest": otherwise the client's default reset to the end can race the seek below.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = _reader(settings)
     await consumer.start()
     try:
         partitions = [
@@ -409,8 +419,7 @@ async def read_dead_letters(
 async def _partitions_of(settings: Settings, topic: str) -> set[int]:
     """The topic's partitions, asked of the cluster for this topic now (a consumer with no
     subscription may not hold the topic's metadata yet)."""
-    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_of(settings))
     await admin.start()
     try:
         described = await admin.describe_topics([topic])
@@ -426,12 +435,7 @@ async def _partitions_of(settings: Settings, topic: str) -> set[int]:
 
 async def dead_letter_at(settings: Settings, partition: int, offset: int) -> Any | None:
     """The dead letter at `partition`:`offset`, or None when there is none (any more)."""
-    bootstrap_servers = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = _reader(settings)
     await consumer.start()
     try:
         tp = TopicPartition(settings.topic_dlq, partition)

@@ -420,7 +420,7 @@ def cmd_send(args: argparse.Namespace) -> None:
     from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
     from scoring_service.intake import Rejection, parse_event
-    from services.adapters.kafka import send_lines
+    from services.adapters.kafka import bootstrap_of, send_lines
     from services.settings import Settings
 
     # Checked here as the service will check them, so a mistake is told now, not found
@@ -437,7 +437,7 @@ def cmd_send(args: argparse.Namespace) -> None:
     if refused:
         print(f"refused, not sent ({len(refused)}):", *refused, sep="\n", file=sys.stderr)
     settings = Settings()
-    broker = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    broker = bootstrap_of(settings)
     # The client narrates each failed connection; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
@@ -463,12 +463,17 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
     from aiokafka.errors import KafkaError
 
     from scoring_service.intake import Rejection, parse_event
-    from services.adapters.kafka import dead_letter_at, read_dead_letters, send_lines
+    from services.adapters.kafka import (
+        bootstrap_of,
+        dead_letter_at,
+        read_dead_letters,
+        send_lines,
+    )
     from services.app.dead_letters import view
     from services.settings import Settings
 
     settings = Settings()
-    broker = settings.kafka_bootstrap or f"127.0.0.1:{settings.embedded_broker_port}"
+    broker = bootstrap_of(settings)
     # The client narrates each failed connection; the one line below says it all.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
