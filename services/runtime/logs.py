@@ -71,16 +71,25 @@ class RetriedByTheClient(logging.Filter):
     """aiokafka logs at ERROR that a new broker's group coordinator is not up yet, and then
     asks again until it is: on every first start, for a second. Such a line says nothing
     went wrong, so it is lowered to DEBUG; a coordinator that never comes is seen in
-    readiness (the consumers get no partitions)."""
+    readiness (the consumers get no partitions). Lines about finding the coordinator again
+    or a rebalance under way, which the client handles by itself (at start, and whenever
+    the group changes), are lowered from WARNING to INFO: still there, not alarming."""
 
     TRANSIENT = ("GroupCoordinatorNotAvailableError", "NotCoordinatorForGroupError")
+    RECOVERED = (
+        "Marking the coordinator dead",
+        "is either not started or not valid",
+        "because it is rebalancing",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.ERROR and any(
-            name in record.getMessage() for name in self.TRANSIENT
-        ):
+        message = record.getMessage()
+        if record.levelno >= logging.ERROR and any(name in message for name in self.TRANSIENT):
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
             return logging.getLogger().isEnabledFor(logging.DEBUG)
+        if record.levelno == logging.WARNING and any(part in message for part in self.RECOVERED):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            return logging.getLogger().isEnabledFor(logging.INFO)
         return True
 
 

@@ -102,7 +102,11 @@ def test_a_group_coordinator_still_starting_is_not_an_error_line():
             "Group Coordinator Request failed: %s",
             "[Error 15] GroupCoordinatorNotAvailableError",
         )
+        coordinator.warning("Marking the coordinator dead (node %s)for group %s.", 1, "g")
         coordinator.error("Heartbeat failed: %r", "UnknownMemberIdError")
 
     lines = lines_logged("INFO", emit)
-    assert [line["message"] for line in lines] == ["Heartbeat failed: 'UnknownMemberIdError'"]
+    assert [(line["level"], line["message"]) for line in lines] == [
+        ("INFO", "Marking the coordinator dead (node 1)for group g."),
+        ("ERROR", "Heartbeat failed: 'UnknownMemberIdError'"),
+    ]
