@@ -40,7 +40,10 @@ async def publish_events(container: Container, events: list[dict[str, Any]]) -> 
     if len(refused) == len(events):
         raise ApiError(422, "invalid_events", refused)
     futures = []
+    limit = container.settings.max_record_bytes
     for event, value in zip(events, encoded, strict=True):
+        if len(value) > limit:
+            continue  # refused as too_large, and more than the broker takes: named only
         key = event.get("userId") or event.get("anonymousId")
         futures.append(
             await container.producer.send(

@@ -386,6 +386,18 @@ async def test_a_batch_keeps_its_good_events_and_names_the_refused_ones(service,
     assert generated == 1
 
 
+async def test_a_batch_with_an_event_larger_than_a_record_answers_and_keeps_the_rest(
+    service, settings
+):
+    big = {"type": "track", "userId": "big", "event": "x", "properties": {"pad": "x" * 950_000}}
+    good = {"type": "track", "messageId": "small-1", "userId": "small", "event": "x"}
+    async with client_for(service.container) as client:
+        answer = await client.post("/v1/batch", json={"batch": [big, good]})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["accepted"] == 1 and [r["error"] for r in body["refused"]] == ["too_large"]
+
+
 async def test_ingest_needs_the_ingest_role(admin_container):
     async with client_for(admin_container, "viewer") as viewer:
         response = await viewer.post("/v1/track", json={"event": "x"})
