@@ -396,7 +396,9 @@ async def read_dead_letters(
         if since is None:
             await consumer.seek_to_beginning(*partitions)
         else:
-            found = await consumer.offsets_for_times({tp: int(since * 1000) for tp in partitions})
+            # A time before 1970 means from the beginning (the client refuses a negative one).
+            at_ms = max(int(since * 1000), 0)
+            found = await consumer.offsets_for_times({tp: at_ms for tp in partitions})
             for tp in partitions:
                 at = found.get(tp)
                 consumer.seek(tp, at.offset if at is not None else ends[tp])

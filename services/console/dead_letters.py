@@ -1,7 +1,7 @@
 """The dead letters page: what the service could not use, why, and sending one again."""
 # No "from __future__ import annotations": FastAPI must see the parameter types.
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -26,8 +26,10 @@ async def dead_letters_page(
     start = None
     if since:
         try:
-            start = datetime.fromisoformat(since).timestamp()
-        except ValueError:
+            day = datetime.fromisoformat(since)
+            # A date or time without an offset is UTC, as everywhere in the console.
+            start = (day if day.tzinfo else day.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
             raise ApiError(422, "invalid_request", f"{since!r} is not a date") from None
     letters = await dead_letters.listing(ui.container, reason=reason or None, since=start)
     return ui.page(

@@ -345,6 +345,11 @@ async def test_dead_letters_are_shown_escaped_and_sent_again_once_fixed(service,
         assert "neither userId nor anonymousId" in listing.text
         none = await client.get("/console/dead-letters?reason=too_large")
         assert "No dead letters for that" in none.text
+        # Far-off times are answered, not a 500: before 1970 reads from the beginning.
+        for since in ("0001-01-01T00:00:00+00:00", "9999-12-31T00:00:00+00:00"):
+            far = await client.get("/console/dead-letters", params={"since": since})
+            assert far.status_code == 200, (since, far.text)
+        assert at in (await client.get("/console/dead-letters?since=0001-01-01")).text
         page = await client.get(f"/console/dead-letters/{at}")
         assert "&lt;b&gt;Demo&lt;/b&gt;" in page.text and "<b>Demo" not in page.text
         csrf = csrf_of(page.text)
