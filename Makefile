@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# Material for MkDocs prints a notice about its successor on every build; the build is what counts.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
 # The pure core compiled by mypyc (C extensions next to the sources). Where compiling fails
 # (no C compiler), the same code runs interpreted; stage_router/compiled.py explains the switch.
@@ -15,7 +17,7 @@ CORE := scoring_service/rules.py scoring_service/engine.py scoring_service/accou
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools kafka run send test test-unit lint typecheck bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-restart review-demo demo-cluster soak clean
+.PHONY: help install compile tools kafka run send test test-unit lint typecheck docs docs-serve bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-restart review-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,10 +61,11 @@ tools: ## Debian's prometheus, chromium, and Java 17 with Maven (the embedded Ap
 kafka: $(STAMP) ## Resolve the embedded Apache Kafka's jars with Maven (run, test and bench do it when needed)
 	$(PY) -c "from services.runtime.embedded import kafka_jars, PROJECT_ROOT; print(kafka_jars(PROJECT_ROOT / '.leadscore'))"
 
-test: $(COMPILED) tools ## Lint, type-check, check the layers, the whole suite, the unit tests interpreted
+test: $(COMPILED) tools ## Lint, type-check, check the layers, build the docs strictly, the whole suite, the unit tests interpreted
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+	$(MKDOCS) build --strict --quiet --site-dir .leadscore/site-check
 	LEADSCORE_EXPECT_COMPILED=$$(ls scoring_service/engine.*.so >/dev/null 2>&1 && echo 1) \
 	  $(PY) -m pytest --durations=15
 	LEADSCORE_INTERPRETED=1 $(PY) -m pytest -q tests/unit
@@ -74,6 +77,12 @@ lint: $(STAMP) ## ruff, mypy --strict and the import layers (import-linter)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+
+docs: $(STAMP) ## Build the docs site into site/ (strict: a broken link fails); open site/index.html
+	$(MKDOCS) build --strict
+
+docs-serve: $(STAMP) ## Serve the docs site on http://127.0.0.1:8001 with live reload
+	$(MKDOCS) serve --dev-addr 127.0.0.1:8001
 
 typecheck: $(STAMP) ## mypy --strict over schemas, scoring_service, stage_router, services
 	$(PY) -m mypy
@@ -93,7 +102,7 @@ bench-console: $(COMPILED) ## Server time of every console page on 20,000 leads 
 bench-challenger: $(COMPILED) ## A challenger's cost: the same backlog drained without and with one (target < 1.6x)
 	$(PY) -m bench.run --challenger-only --events 100000 --leads 10000 --accounts 1000
 
-review-demo: $(COMPILED) ## One quarterly review on a generated history with planted outcomes (README)
+review-demo: $(COMPILED) ## One quarterly review on a generated history with planted outcomes (docs/guides/review.md)
 	$(PY) -m bench.review_demo
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
@@ -115,4 +124,4 @@ send: $(COMPILED) ## Send the example journey (examples/journey.jsonl) to a runn
 	$(VENV)/bin/leadscore send examples/journey.jsonl
 
 clean: ## Remove the virtual environment, local data and compiled modules
-	rm -rf $(VENV) .leadscore build *__mypyc*.so scoring_service/*.so stage_router/*.so
+	rm -rf $(VENV) .leadscore build site *__mypyc*.so scoring_service/*.so stage_router/*.so

@@ -9,7 +9,7 @@ admin would: the outcome report, a proposed version fitted to the outcomes, that
 a challenger next to the active one, the side-by-side report, and the activation.
 
 Everything said is printed (and saved under bench/results/), with the commands that said it.
-The README's "Running the quarterly review" quotes one run.
+docs/guides/review.md quotes one run.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Draws a soak's per-minute p99 latency and service RSS as one small SVG, for the README:
-`python -m bench.soak_chart bench/profiles/soak-<time>.json` writes `...json` -> `...svg`."""
+"""Draws a soak's per-minute p99 latency and service RSS as one small SVG, for the docs
+(docs/performance/soak-20261203.svg is one): `python -m bench.soak_chart
+bench/profiles/soak-<time>.json` writes `...json` -> `...svg`."""
 
 from __future__ import annotations
 

@@ -1,2 +1,2 @@
-"""Pydantic models of every external contract (described in the README: Topics, HTTP API,
+"""Pydantic models of every external contract (described in the docs/reference/topics.md, HTTP API,
 The sales handoff, Scoring rules)."""

@@ -1,4 +1,4 @@
-"""HTTP API bodies (README: HTTP API)."""
+"""HTTP API bodies (docs/reference/http-api.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Input events on `lead-events`: the Segment Spec subset the README's Topics
+"""Input events on `lead-events`: the Segment Spec subset docs/reference/topics.md
 section describes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Output records (README: Topics) and sales feedback (in)."""
+"""Output records (docs/reference/topics.md) and sales feedback (in)."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class Score(BaseModel):
 
 
 class ScoreEntry(BaseModel):
-    """One of a lead's scores (README: Several scores)."""
+    """One of a lead's scores (docs/concepts/scores.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -341,7 +341,7 @@ class FeedbackRecord(FeedbackBody):
 
 
 class JourneyMove(BaseModel):
-    """A lead or an account moved between buyer-journey phases (README: Buyer journey)."""
+    """A lead or an account moved between buyer-journey phases (docs/concepts/journey.md)."""
 
     model_config = ConfigDict(extra="forbid")
 

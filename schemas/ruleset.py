@@ -1,4 +1,4 @@
-"""Rule-set documents (README: Scoring rules): what admins publish, validated before use."""
+"""Rule-set documents (docs/concepts/scoring.md): what admins publish, validated before use."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ OPERATORS = (
     "lte",
     "exists",
 )
-# Every number in a rule set is finite and within a range (README: Limits): NaN or infinity
-# compare false with everything and a huge duration overflows a date, either of which would
+# Every number in a rule set is finite and within a range (docs/concepts/scoring.md): NaN or
+# infinity compare false with everything and a huge duration overflows a date, either of which would
 # stop scoring once the version is active. Checked here, once, so that simulation and
 # activation never meet a value that publication let through.
 RULES_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -258,7 +258,7 @@ class Limit(BaseModel):
     window_days: float = Field(gt=0, le=3650)
 
 
-# Several scores per lead (README: Several scores): the default one and up to
+# Several scores per lead (docs/concepts/scores.md): the default one and up to
 # MAX_SCORES - 1 named ones, e.g. one per product line.
 DEFAULT_SCORE = "default"
 MAX_SCORES = 25
@@ -570,7 +570,7 @@ class AccountThresholds(BaseModel):
 
 
 class AccountRules(BaseModel):
-    """How accounts are scored and qualified (README: Accounts and buying committees)."""
+    """How accounts are scored and qualified (docs/concepts/accounts.md)."""
 
     model_config = RULES_CONFIG
 
@@ -597,7 +597,7 @@ class AccountRules(BaseModel):
         return self
 
 
-# -- the buyer journey (README: Buyer journey) ----------------------------------------------
+# -- the buyer journey (docs/concepts/journey.md) ----------------------------------------------
 
 MAX_PHASES = 12
 MAX_PHASE_RULES = 50
@@ -723,7 +723,7 @@ def _referred_from(sites: list[str]) -> dict[str, Any]:
 
 def default_channels() -> list[ChannelRule]:
     """Paid first (a search ad comes from a search engine too), then e-mail, social,
-    search, any other referrer; see README: Buyer journey."""
+    search, any other referrer; see docs/concepts/journey.md."""
     return [
         ChannelRule.model_validate(rule)
         for rule in (

@@ -1,4 +1,4 @@
-"""Outbound endpoints (README: Webhooks and CRM writers): signed webhooks and CRM writers,
+"""Outbound endpoints (docs/guides/webhooks.md): signed webhooks and CRM writers,
 their mappings, and the deliveries' log, as the HTTP API takes and gives them."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class EndpointFields(BaseModel):
         min_length=8,
         max_length=2000,
         description="where deliveries go; https, and no private address, unless the "
-        "service's settings allow them (README: Security)",
+        "service's settings allow them (docs/guides/security.md)",
     )
     records: list[RecordKind] = Field(
         default=["transitions", "notifications"], min_length=1, max_length=4

@@ -1,6 +1,6 @@
 """Scoring accounts and their buying committees. Pure: no I/O.
 
-An account's score has three parts (README: Accounts and buying committees):
+An account's score has three parts (docs/concepts/accounts.md):
 
 - fit: the account fit rules that hold on the account's traits;
 - engagement: the roll-up of its members' engagement, the `top_members` largest each capped

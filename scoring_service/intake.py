@@ -161,7 +161,7 @@ def _structure_problem(doc: dict[str, Any]) -> Rejection | None:
 
 
 def parse_event(raw: bytes, *, now: float, fallback_ts: float | None = None) -> Event | Rejection:
-    """Validate one message (README: Topics, DLQ codes); never raises.
+    """Validate one message (docs/reference/topics.md); never raises.
 
     Anything the rest of the pipeline would trip over is refused here with its own code; a
     failure nobody foresaw still becomes a rejection (`processing_error`), never an exception

@@ -1,4 +1,4 @@
-"""The buyer journey (README: Buyer journey): where a lead and its account stand in the
+"""The buyer journey (docs/concepts/journey.md): where a lead and its account stand in the
 seven steps from out of market to loyalty, which channel each event came from, and what
 leads did in a phase before they moved on. Pure: no I/O.
 

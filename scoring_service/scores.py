@@ -1,4 +1,4 @@
-"""Several scores per lead (README: Several scores). Pure: no I/O.
+"""Several scores per lead (docs/concepts/scores.md). Pure: no I/O.
 
 A lead has the default score and any named ones the rule set declares (one per product
 line, say). Every rule names the scores it counts for; a hit is kept once, as the rule's

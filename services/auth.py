@@ -1,4 +1,4 @@
-"""Bearer tokens and roles (README: Access control).
+"""Bearer tokens and roles (docs/guides/security.md).
 
 Tokens are configured as SHA-256 hashes, never in clear: `LEADSCORE_API_TOKENS` holds
 comma-separated `name:role:sha256hex` entries (`leadscore token` makes one). With none

@@ -9,7 +9,7 @@ and the AsyncAPI document read it. Adding an output topic: a row here, a topic s
 the code that produces the effect.
 
 Dead letters are not effects (the consumer writes a refused message's own bytes); their topic
-is `topic_dlq`, listed with the outputs in `Settings.output_topics`.
+is `topic_dlq`, listed with the outputs in `output_topics`.
 """
 
 from __future__ import annotations
@@ -82,5 +82,10 @@ OUTPUTS = (
 
 
 def output_topics(settings: Settings) -> list[str]:
-    """The topics the outbox writes to, each once, in the table's order."""
-    return list(dict.fromkeys(output.topic(settings) for output in OUTPUTS))
+    """Every topic leadscore writes, each once: the table's, in its order, then the DLQ."""
+    return [*dict.fromkeys(output.topic(settings) for output in OUTPUTS), settings.topic_dlq]
+
+
+def all_topics(settings: Settings) -> list[str]:
+    """Every topic leadscore reads or writes: the ones it creates at start-up."""
+    return [settings.topic_events, *output_topics(settings), settings.topic_feedback]

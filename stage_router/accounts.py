@@ -1,4 +1,4 @@
-"""Account stages and the moves between them (README: Accounts and buying committees). Pure.
+"""Account stages and the moves between them (docs/concepts/accounts.md). Pure.
 
     target -> engaged -> mqa -> opportunity -> customer, and disqualified
 

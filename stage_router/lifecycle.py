@@ -1,4 +1,4 @@
-"""Lifecycle stages and the moves between them (README: The sales handoff)."""
+"""Lifecycle stages and the moves between them (docs/guides/handoff.md)."""
 
 from __future__ import annotations
 

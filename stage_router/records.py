@@ -1,4 +1,4 @@
-"""The transition and notification records (docs/CONTRACTS.md, Topics). Pure.
+"""The transition and notification records (docs/reference/contracts.md, Topics). Pure.
 
 The records are typed dictionaries: mypy checks every key where they are built and read,
 and at run time they are the plain dicts orjson turns into the published JSON fastest (one
@@ -500,7 +500,7 @@ def qualified_record(
 
 class JourneyMoveDoc(TypedDict):
     """A lead or an account moved between buyer-journey phases (stored, shown in its
-    history and the journey report; README: Buyer journey)."""
+    history and the journey report; docs/concepts/journey.md)."""
 
     subject: Literal["lead", "account"]
     subject_id: str

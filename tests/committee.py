@@ -1,4 +1,4 @@
-"""A buying committee assembling over two weeks, as the README's worked example tells it.
+"""A buying committee assembling over two weeks, as the docs' accounts page tells it.
 
 Haulers Inc, an ideal-profile logistics company, is researching. Chris (head of operations,
 the champion) browses anonymously first; Sam, a student intern, reads a lot and counts for

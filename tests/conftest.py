@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import SecretStr
 
 from services.app.container import Container
+from services.outputs import all_topics
 from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import (
     Broker,
@@ -82,7 +83,7 @@ async def delete_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        doomed = [t for t in settings.all_topics() if t in existing]
+        doomed = [t for t in all_topics(settings) if t in existing]
         if doomed:
             await admin.delete_topics(doomed)
     finally:

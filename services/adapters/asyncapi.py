@@ -24,6 +24,7 @@ from schemas.records import (
     TransitionRecord,
 )
 from schemas.webhooks import WebhookHeaders, WebhookMessage
+from services import __version__
 from services.outputs import OUTPUTS
 from services.settings import Settings
 
@@ -147,18 +148,19 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
         "{endpointUrl}",
         ["WebhookMessage"],
         "HTTP POSTs to each webhook endpoint an admin made (/v1/webhooks), at least once, "
-        "in order per lead and per account (docs/CONTRACTS.md, Outbound deliveries)",
+        "in order per lead and per account (docs/reference/contracts.md, Outbound deliveries)",
     )
     receives = {"leadEvents", "salesFeedback"}
     return {
         "asyncapi": "3.0.0",
         "info": {
             "title": "leadscore",
-            "version": "0.2.0",
+            "version": __version__,
             "description": (
                 "Lead scoring over Kafka: Segment events and sales feedback in; lifecycle "
-                "transitions, sales notifications and dead letters out. docs/CONTRACTS.md "
-                "explains the meaning; this document gives the shapes."
+                "transitions, sales notifications and dead letters out. "
+                "docs/reference/contracts.md explains the meaning; this document gives the "
+                "shapes."
             ),
             "license": {"name": "Apache-2.0"},
         },

@@ -32,6 +32,7 @@ from aiokafka.protocol.types import (
     TaggedFields,
 )
 
+from services.outputs import all_topics
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [t for t in settings.all_topics() if t not in existing]
+        missing = [t for t in all_topics(settings) if t not in existing]
         if missing:
             try:
                 await admin.create_topics(

@@ -1,4 +1,4 @@
-"""Console sessions, kept in PostgreSQL (README: Web console, Security).
+"""Console sessions, kept in PostgreSQL (docs/guides/console.md, docs/guides/security.md).
 
 Signing in stores a row and gives the browser a random secret; the row is keyed by the
 secret's SHA-256, so the table holds nothing a browser could present. A session ends when its

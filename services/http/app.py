@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services import __version__
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.app.container import Container
@@ -40,7 +41,7 @@ def create_app(container: Container) -> FastAPI:
     tokens = container.tokens
     app = FastAPI(
         title="leadscore",
-        version="0.2.0",
+        version=__version__,
         description=(
             "Real-time lead scoring. Authenticate with `Authorization: Bearer <token>` (the "
             "intake also takes an ingest token as the HTTP Basic user name, as tracking SDKs "

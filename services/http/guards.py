@@ -1,5 +1,5 @@
-"""What a web page in someone's browser must not be able to make the service do (README:
-Security), checked before any route runs, for the API and the console alike.
+"""What a web page in someone's browser must not be able to make the service do
+(docs/guides/security.md), checked before any route runs, for the API and the console alike.
 
 - **A foreign Host** gets 421. A DNS-rebinding page is served under a name of its own that it
   then points at this machine; the browser sends that name as Host, so refusing names the

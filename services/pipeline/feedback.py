@@ -1,7 +1,7 @@
 """Sales feedback: the CRM's word on a lead, from `sales-feedback` or the HTTP API.
 
 Both paths apply feedback the same way, in one transaction per batch: idempotent on
-`feedback_id`, legal moves only (README: The sales handoff), the lead's open follow-up deadline
+`feedback_id`, legal moves only (docs/guides/handoff.md), the lead's open follow-up deadline
 answered, and the resulting transition and notifications written to the outbox.
 """
 

@@ -26,7 +26,8 @@ from services.pipeline.lead_transaction import LeadTransaction, LeadWriter
 RESCORE_CHUNK = 100
 IMPACT_CHUNK = 500
 # After each chunk the impact job rests as long as the chunk took: it then uses at most about
-# half of the process, and live scoring keeps the rest (see the README's measured factor).
+# half of the process, and live scoring keeps the rest (docs/performance/index.md has the
+# measured factor).
 IMPACT_REST_RATIO = 1.0
 
 

@@ -1,0 +1,1 @@
+"""Read-only reports: funnel, lists, outcome review, journey; they never write."""

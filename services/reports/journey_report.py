@@ -1,4 +1,4 @@
-"""The journey report (README: Buyer journey): leads and accounts per phase now, and for the
+"""The journey report (docs/concepts/journey.md): leads and accounts per phase now, and for the
 moves in a window: moves between phases, time in each phase, the channels that brought
 leads into it, conversion from it to MQL, SQL and won, and the next-step list.
 

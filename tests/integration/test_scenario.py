@@ -39,7 +39,7 @@ def by_score(doc: dict, label: str) -> dict:
     }
 
 
-# The README's worked example is this file, sent as `make send` sends it.
+# The tutorial's worked example (docs/tutorial.md) is this file, sent as `make send` sends it.
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "journey.jsonl"
 EVENTS = [orjson.loads(line) for line in EXAMPLE.read_bytes().splitlines() if line.strip()]
 

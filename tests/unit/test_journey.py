@@ -1,5 +1,5 @@
 """The buyer journey on the starter rule set: phases entered on evidence, falling back when
-quiet, channels, and an account placed by its members (README: Buyer journey)."""
+quiet, channels, and an account placed by its members (docs/concepts/journey.md)."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from scoring_service.engine import Effects
 from services.metrics import Metrics
-from services.outputs import OUTPUTS
+from services.outputs import OUTPUTS, output_topics
 from services.pipeline.effects import outbox_rows
 from services.settings import Settings
 
@@ -55,8 +55,8 @@ def test_no_effects_no_rows() -> None:
 
 
 def test_the_topic_list_names_each_output_topic_once_then_the_dlq() -> None:
-    assert SETTINGS.output_topics() == ["t-leads", "t-notes", "t-acc", SETTINGS.topic_dlq]
-    assert {o.topic(SETTINGS) for o in OUTPUTS} <= set(SETTINGS.output_topics())
+    assert output_topics(SETTINGS) == ["t-leads", "t-notes", "t-acc", SETTINGS.topic_dlq]
+    assert {o.topic(SETTINGS) for o in OUTPUTS} <= set(output_topics(SETTINGS))
 
 
 def test_the_counters_count_each_record_with_the_fields_the_table_names() -> None:
