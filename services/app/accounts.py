@@ -10,7 +10,7 @@ import orjson
 from schemas import api
 from schemas.timefmt import iso
 from services.adapters.postgres import rulesets
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection
 from services.app.container import Container
 from services.app.errors import ApiError
 from services.app.journey import journey_position
@@ -65,9 +65,9 @@ async def account_list(
     if score_name == "default":
         score_name = None
     after = score_cursor(cursor) if by_score else None
-    async with db.connect() as conn:
+    async with connection(db) as pg:
         rows = await queries.account_page(
-            await driver(conn),
+            pg,
             after=after,
             after_id=uncursor(cursor) if not by_score else "",
             by_score=by_score,
@@ -106,8 +106,7 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
     """An account's score and its parts, its stage, its members with their roles and
     shares, the committee roles covered and missing, and the top signals across members."""
     db = container.db
-    async with db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(db) as pg:
         account = await queries.account(pg, account_id)
         if account is None:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}")
@@ -158,8 +157,7 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
 
 async def account_history(container: Container, account_id: str) -> dict[str, Any]:
     """The account's stage changes, oldest first, as published."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         rows = await queries.account_transitions(pg, account_id)
         moves = await queries.journey_moves(pg, "account", account_id)
         if not rows and await queries.account(pg, account_id) is None:

@@ -17,6 +17,7 @@ from schemas.records import FeedbackRecord
 from scoring_service.intake import Event
 from services.adapters import kafka
 from services.adapters.postgres import db, rulesets
+from services.adapters.postgres.db import connection
 from services.adapters.secrets import Vault
 from services.app.sessions import ConsoleSessions
 from services.auth import Principal
@@ -63,8 +64,7 @@ class Container:
     async def start(self) -> None:
         """Migrate, make sure topics and a rule set exist, connect the Kafka clients."""
         await db.migrate(self.db)
-        async with self.db.connect() as conn:
-            pg = await db.driver(conn)
+        async with connection(self.db) as pg:
             await rulesets.ensure_starter(pg)
             # Load the active version now: one that cannot run shows on /readyz from the
             # start (the loops then wait for another version; the process stays up).

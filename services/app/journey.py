@@ -9,7 +9,7 @@ from typing import Any
 from schemas.timefmt import iso
 from scoring_service.state import JourneyState
 from services.adapters.postgres import rulesets
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection
 from services.app.container import Container
 from services.app.paging import time_window
 from services.reports import journey_report
@@ -40,8 +40,7 @@ async def journey_figures(
     """Leads and accounts per phase now; moves, time in phase, channel mix, conversion and
     next steps for moves in [since, until) (by default the last 30 days)."""
     since, until = time_window(since, until, default_days=30)
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         version = await rulesets.active_version(pg)
         engine = await container.rules.engine_for(pg, version) if version else None
         journey = engine.journey if engine is not None else None

@@ -18,7 +18,7 @@ from scoring_service.engine import lead_label
 from scoring_service.scores import ADJUSTMENT_PREFIX
 from scoring_service.state import AS_OF, VALUE
 from services.adapters.postgres import rulesets
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection
 from services.app.container import Container
 from services.app.errors import ApiError
 from services.app.journey import journey_position
@@ -63,8 +63,7 @@ async def lead_page(
     if score == DEFAULT_SCORE:
         score = None
     db = container.db
-    async with db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(db) as pg:
         if sort == "label":
             rows = await queries.lead_page_by_label(
                 pg, after=label_cursor(cursor), stage=stage, limit=limit, phase=phase
@@ -120,8 +119,7 @@ async def lead_detail(
     """A lead's stage, its score as of now and the signals that explain it; with `version`
     the challenger's, under that version (its own state, which nothing published)."""
     db = container.db
-    async with db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(db) as pg:
         resolved = await queries.canonical_lead_id(pg, lead_id)
         active = await rulesets.active_version(pg)
         if version is None or version == active:
@@ -178,8 +176,7 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
     """Every scored event (its rule hits, points and what they add to the score now)
     and every transition, oldest first, with the score they explain."""
     db = container.db
-    async with db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(db) as pg:
         resolved = await queries.canonical_lead_id(pg, lead_id)
         state = await queries.lead(pg, resolved)
         events = await queries.lead_events(pg, resolved, limit=limit)
@@ -291,8 +288,8 @@ async def funnel_figures(
     compliance and rejections by reason, for transitions in [since, until)."""
     db = container.db
     since, until = time_window(since, until, default_days=30)
-    async with db.connect() as conn:
-        return await queries.funnel_report(await driver(conn), since, until)
+    async with connection(db) as pg:
+        return await queries.funnel_report(pg, since, until)
 
 
 async def record_feedback(
@@ -355,8 +352,7 @@ async def review(
     """The outcome review of `version` (the active one by default) for [since, until); for
     the running challenger, its own stages next to the active version's."""
     since, until = time_window(since, until, default_days=90)
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         if version is None:
             version = await rulesets.active_version(pg)
             if version is None:
@@ -375,8 +371,8 @@ async def review(
 
 async def open_handoff(container: Container, lead_id: str) -> asyncpg.Record | None:
     """The lead's handoff to sales that is still waiting for an answer, if any."""
-    async with container.db.connect() as conn:
-        return await queries.open_handoff(await driver(conn), lead_id)
+    async with connection(container.db) as pg:
+        return await queries.open_handoff(pg, lead_id)
 
 
 async def pipeline_reviews(
@@ -384,8 +380,7 @@ async def pipeline_reviews(
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     """The active version's outcome review for [since, until) and, while one runs, the
     challenger's on its own stages (None where there is no such version)."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         active = await rulesets.active_version(pg)
         review_of_active = await review_report(pg, since, until, active) if active else None
         running = await challenger.running(pg)

@@ -18,7 +18,7 @@ from scoring_service.engine import Engine
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import BudgetExceeded, simulate
 from services.adapters.postgres import outbox_store, rulesets
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection, transaction
 from services.app.container import Container
 from services.app.errors import ApiError
 from services.app.paging import cursor_of, int_cursor, time_window
@@ -75,8 +75,7 @@ async def publish_ruleset(
         document = await asyncio.to_thread(load_document, body)
     except RuleSetInvalid as exc:
         raise ApiError(422, "invalid_ruleset", exc.problems) from exc
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         async with pg.transaction():
             # The author's text is kept as sent: it decoded as UTF-8 in load_document.
             source = body.decode("utf-8")
@@ -95,8 +94,7 @@ async def publish_ruleset(
 
 async def ruleset_list(container: Container) -> list[dict[str, Any]]:
     """Every published version, newest first."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         rows = await queries.ruleset_versions(pg)
         active = await rulesets.active_version(pg)
     return [_ruleset_row(r, active, False) for r in rows]
@@ -104,8 +102,7 @@ async def ruleset_list(container: Container) -> list[dict[str, Any]]:
 
 async def ruleset_detail(container: Container, version: int | None) -> dict[str, Any]:
     """One version with its document; None means the active one."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         active = await rulesets.active_version(pg)
         if version is None:
             if active is None:
@@ -116,8 +113,7 @@ async def ruleset_detail(container: Container, version: int | None) -> dict[str,
 
 async def ruleset_diff(container: Container, a: int, b: int) -> dict[str, Any]:
     """Rules added, removed and changed (field by field) from version a to version b."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         old, new = await _fetch_version(pg, a), await _fetch_version(pg, b)
     changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
     return {"from_version": a, "to_version": b, **changes}
@@ -129,8 +125,7 @@ async def activate_version(
     """Make a version live for every instance at once; rolling back is activating an older
     one. With `rescore`, a job re-scores every lead under it."""
     promoted: dict[str, Any] | None = None
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         await _runnable_version(container, pg, version)
         async with pg.transaction():
             await _fetch_version(pg, version)
@@ -192,8 +187,7 @@ async def propose_version(
     publish them as a new, inactive version (scoring_service/weights.py); with `score`, the
     points of that score's rules, from the leads that score qualified."""
     since, until = time_window(since, until, default_days=365)
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         row = await _fetch_version(pg, version)
         document = orjson.loads(row["document"])
         if score is not None and score not in ("default", *(document.get("scores") or {})):
@@ -221,23 +215,21 @@ async def propose_version(
     proposed = RuleSetDocument.model_validate(
         weights.with_points(document, {r: new for r, (_, new) in proposal.points.items()})
     )
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
-        async with pg.transaction():
-            new_version = await rulesets.publish(pg, proposed, by=by, comment=text)
-            await rulesets.record_audit(
-                pg,
-                actor=by,
-                action="ruleset.propose",
-                target=str(new_version),
-                detail={
-                    "source": version,
-                    "target": target,
-                    "seed": seed,
-                    "window": window,
-                    "score": score,
-                },
-            )
+    async with transaction(container.db) as pg:
+        new_version = await rulesets.publish(pg, proposed, by=by, comment=text)
+        await rulesets.record_audit(
+            pg,
+            actor=by,
+            action="ruleset.propose",
+            target=str(new_version),
+            detail={
+                "source": version,
+                "target": target,
+                "seed": seed,
+                "window": window,
+                "score": score,
+            },
+        )
     return {
         "version": new_version,
         "source_version": version,
@@ -253,8 +245,7 @@ async def propose_version(
 
 async def challenger_status(container: Container) -> dict[str, Any] | None:
     """The running challenger, with its warm-up progress; None when none runs."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         current = await challenger.running(pg)
         if current is None:
             return None
@@ -273,8 +264,7 @@ async def challenger_status(container: Container) -> dict[str, Any] | None:
 
 async def start_challenge(container: Container, version: int, *, by: str) -> dict[str, Any]:
     """Make a version the challenger, and start the job that warms it."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         await _runnable_version(container, pg, version)
         async with pg.transaction():
             await _fetch_version(pg, version)
@@ -297,17 +287,15 @@ async def start_challenge(container: Container, version: int, *, by: str) -> dic
 
 
 async def stop_challenge(container: Container, version: int, *, by: str) -> None:
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
-        async with pg.transaction():
-            await _fetch_version(pg, version)
-            try:
-                await challenger.stop(pg, version)
-            except challenger.ChallengerRefused as exc:
-                raise ApiError(409, exc.code, exc.message) from exc
-            await rulesets.record_audit(
-                pg, actor=by, action="ruleset.challenge.stop", target=str(version), detail=None
-            )
+    async with transaction(container.db) as pg:
+        await _fetch_version(pg, version)
+        try:
+            await challenger.stop(pg, version)
+        except challenger.ChallengerRefused as exc:
+            raise ApiError(409, exc.code, exc.message) from exc
+        await rulesets.record_audit(
+            pg, actor=by, action="ruleset.challenge.stop", target=str(version), detail=None
+        )
 
 
 async def run_simulation(
@@ -315,8 +303,7 @@ async def run_simulation(
 ) -> dict[str, Any]:
     """Score `events` from an empty start under a version; writes nothing. Runs on a worker
     thread with a time budget (422 `too_expensive` past it)."""
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         await _fetch_version(pg, version)
         document = await rulesets.load_version(pg, version)
     budget = container.settings.request_cpu_seconds
@@ -332,8 +319,8 @@ async def run_simulation(
 
 async def start_impact(container: Container, version: int, *, by: str, days: float) -> str:
     """Start a job replaying the last `days` of history under `version` and the active one."""
-    async with container.db.connect() as conn:
-        await _fetch_version(await driver(conn), version)
+    async with connection(container.db) as pg:
+        await _fetch_version(pg, version)
     return await container.jobs.submit(
         "impact",
         {"version": version, "days": days},
@@ -354,8 +341,8 @@ async def job_detail(container: Container, job_id: str) -> dict[str, Any]:
 async def audit_page(container: Container, cursor: str | None, limit: int) -> dict[str, Any]:
     """Every rule-set change and activation, newest first."""
     before = int_cursor(cursor, 2**62)
-    async with container.db.connect() as conn:
-        rows = await queries.audit_page(await driver(conn), before=before, limit=limit)
+    async with connection(container.db) as pg:
+        rows = await queries.audit_page(pg, before=before, limit=limit)
     items = [
         {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows
     ]
@@ -365,5 +352,5 @@ async def audit_page(container: Container, cursor: str | None, limit: int) -> di
 
 async def previous_active_version(container: Container, current: int) -> int | None:
     """The version that was active before `current` (what a rollback would go back to)."""
-    async with container.db.connect() as conn:
-        return await queries.previous_active(await driver(conn), current)
+    async with connection(container.db) as pg:
+        return await queries.previous_active(pg, current)

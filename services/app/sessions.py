@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection, transaction
 from services.adapters.postgres.rulesets import record_audit
 from services.auth import AuthError, Principal, authenticate, hash_token
 
@@ -101,30 +101,28 @@ class ConsoleSessions:
         secret = secrets.token_urlsafe(32)
         now = self._now()
         session = Session(session_id(secret), principal, secrets.token_urlsafe(24), now, now)
-        async with self.engine.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                await self._purge_expired(pg, now)
-                await pg.execute(
-                    "INSERT INTO console_sessions (id, token_name, role, token_hash, csrf, "
-                    "client, user_agent, created_at, last_seen_at) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-                    session.id,
-                    principal.name,
-                    principal.role,
-                    hash_token(token),
-                    session.csrf,
-                    client,
-                    _printable(user_agent),
-                    now,
-                )
-                await pg.execute(
-                    "DELETE FROM console_sessions WHERE token_name = $1 AND id IN ("
-                    "  SELECT id FROM console_sessions WHERE token_name = $1"
-                    "  ORDER BY created_at DESC OFFSET $2)",
-                    principal.name,
-                    MAX_SESSIONS_PER_TOKEN,
-                )
+        async with transaction(self.engine) as pg:
+            await self._purge_expired(pg, now)
+            await pg.execute(
+                "INSERT INTO console_sessions (id, token_name, role, token_hash, csrf, "
+                "client, user_agent, created_at, last_seen_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+                session.id,
+                principal.name,
+                principal.role,
+                hash_token(token),
+                session.csrf,
+                client,
+                _printable(user_agent),
+                now,
+            )
+            await pg.execute(
+                "DELETE FROM console_sessions WHERE token_name = $1 AND id IN ("
+                "  SELECT id FROM console_sessions WHERE token_name = $1"
+                "  ORDER BY created_at DESC OFFSET $2)",
+                principal.name,
+                MAX_SESSIONS_PER_TOKEN,
+            )
         return secret, session
 
     async def current(self, secret: str) -> Session | None:
@@ -133,8 +131,7 @@ class ConsoleSessions:
         if not secret or len(secret) > 100:
             return None
         key = session_id(secret)
-        async with self.engine.connect() as conn:
-            pg = await driver(conn)
+        async with connection(self.engine) as pg:
             row = await pg.fetchrow("SELECT * FROM console_sessions WHERE id = $1", key)
             if row is None:
                 return None
@@ -155,14 +152,12 @@ class ConsoleSessions:
         return Session(key, principal, row["csrf"], row["created_at"], last_seen)
 
     async def sign_out(self, secret: str) -> None:
-        async with self.engine.connect() as conn:
-            pg = await driver(conn)
+        async with connection(self.engine) as pg:
             await pg.execute("DELETE FROM console_sessions WHERE id = $1", session_id(secret))
 
     async def listing(self) -> list[dict[str, Any]]:
         """Every live session, newest first (for admins: no secrets in it)."""
-        async with self.engine.connect() as conn:
-            pg = await driver(conn)
+        async with connection(self.engine) as pg:
             await self._purge_expired(pg, self._now())
             rows = await pg.fetch(
                 "SELECT id, token_name, role, token_hash, client, user_agent, created_at, "
@@ -186,40 +181,36 @@ class ConsoleSessions:
 
     async def end(self, key: str, *, by: str) -> bool:
         """End one session by its id (as listed); audited. False if there was none."""
-        async with self.engine.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                owner = await pg.fetchval(
-                    "DELETE FROM console_sessions WHERE id = $1 RETURNING token_name", key
+        async with transaction(self.engine) as pg:
+            owner = await pg.fetchval(
+                "DELETE FROM console_sessions WHERE id = $1 RETURNING token_name", key
+            )
+            if owner is not None:
+                await record_audit(
+                    pg,
+                    actor=by,
+                    action="session.end",
+                    target=key,
+                    detail={"token_name": owner},
                 )
-                if owner is not None:
-                    await record_audit(
-                        pg,
-                        actor=by,
-                        action="session.end",
-                        target=key,
-                        detail={"token_name": owner},
-                    )
         return owner is not None
 
     async def end_all(self, *, token_name: str | None, by: str) -> int:
         """End every session of one token (by its name), or every session at all (None, for
         an incident); audited. How many ended."""
-        async with self.engine.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                ended = await pg.fetch(
-                    "DELETE FROM console_sessions WHERE $1::text IS NULL OR token_name = $1 "
-                    "RETURNING id",
-                    token_name,
-                )
-                await record_audit(
-                    pg,
-                    actor=by,
-                    action="session.end_all",
-                    target=token_name,
-                    detail={"ended": len(ended)},
-                )
+        async with transaction(self.engine) as pg:
+            ended = await pg.fetch(
+                "DELETE FROM console_sessions WHERE $1::text IS NULL OR token_name = $1 "
+                "RETURNING id",
+                token_name,
+            )
+            await record_audit(
+                pg,
+                actor=by,
+                action="session.end_all",
+                target=token_name,
+                detail={"ended": len(ended)},
+            )
         return len(ended)
 
     async def _purge_expired(self, pg: asyncpg.Connection, now: datetime) -> None:

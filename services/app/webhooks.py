@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from schemas.webhooks import EndpointCreate, EndpointSettings, EndpointUpdate
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection, transaction
 from services.adapters.postgres.rulesets import record_audit
 from services.adapters.secrets import new_signing_secret
 from services.app.container import Container
@@ -51,8 +51,7 @@ async def create_endpoint(container: Container, body: EndpointCreate, by: str) -
     assert secret is not None  # the body's validation asks a CRM writer for its token
     fields = body.model_dump(exclude={"token"})
     endpoint_id = "ep_" + random.token_hex(8)
-    async with container.db.begin() as conn:
-        pg = await driver(conn)
+    async with transaction(container.db) as pg:
         if await webhook_store.count_endpoints(pg) >= container.settings.webhook_max_endpoints:
             raise ApiError(
                 409,
@@ -76,14 +75,14 @@ async def create_endpoint(container: Container, body: EndpointCreate, by: str) -
 
 
 async def list_endpoints(container: Container) -> dict[str, Any]:
-    async with container.db.connect() as conn:
-        rows = await webhook_store.endpoints(await driver(conn))
+    async with connection(container.db) as pg:
+        rows = await webhook_store.endpoints(pg)
     return {"items": [webhook_store.endpoint_doc(r) for r in rows]}
 
 
 async def get_endpoint(container: Container, endpoint_id: str) -> dict[str, Any]:
-    async with container.db.connect() as conn:
-        row = await webhook_store.endpoint(await driver(conn), endpoint_id)
+    async with connection(container.db) as pg:
+        row = await webhook_store.endpoint(pg, endpoint_id)
     if row is None:
         raise not_found()
     return webhook_store.endpoint_doc(row)
@@ -104,8 +103,7 @@ async def update_endpoint(
         changes[name] = value.model_dump() if hasattr(value, "model_dump") else value
     if "url" in changes:
         check_url(container, changes["url"])
-    async with container.db.begin() as conn:
-        pg = await driver(conn)
+    async with transaction(container.db) as pg:
         current = await webhook_store.endpoint(pg, endpoint_id)
         if current is None:
             raise not_found()
@@ -136,8 +134,7 @@ async def update_endpoint(
 
 
 async def delete_endpoint(container: Container, endpoint_id: str, by: str) -> None:
-    async with container.db.begin() as conn:
-        pg = await driver(conn)
+    async with transaction(container.db) as pg:
         if not await webhook_store.delete_endpoint(pg, endpoint_id):
             raise not_found()
         await record_audit(pg, actor=by, action="endpoint.delete", target=endpoint_id, detail=None)
@@ -157,8 +154,7 @@ async def delivery_log(
     if cursor is not None and not cursor.isdigit():
         raise ApiError(400, "invalid_cursor", "the cursor is not one this list gave")
     before = int(cursor) if cursor else None
-    async with container.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(container.db) as pg:
         if await webhook_store.endpoint(pg, endpoint_id) is None:
             raise not_found()
         rows = await webhook_store.delivery_log(
@@ -177,8 +173,7 @@ async def redeliver(
     failed_since: datetime | None,
     by: str,
 ) -> dict[str, Any]:
-    async with container.db.begin() as conn:
-        pg = await driver(conn)
+    async with transaction(container.db) as pg:
         if await webhook_store.endpoint(pg, endpoint_id) is None:
             raise not_found()
         if delivery_id is not None and not await webhook_store.has_delivery(

@@ -37,7 +37,7 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Rejection
 from services.adapters import kafka
 from services.adapters.postgres import offset_store, outbox_store
-from services.adapters.postgres.db import HeldConnection, driver
+from services.adapters.postgres.db import HeldConnection, connection, transaction
 from services.adapters.postgres.errors import DATABASE_ERROR, REFUSED, UNAVAILABLE
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.metrics import observe_many, size_class
@@ -192,8 +192,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         if not assigned:
             return
         await self.check_log({tp.partition for tp in assigned})
-        async with self.db.connect() as conn:
-            stored = await offset_store.stored_offsets(await driver(conn), self.topic)
+        async with connection(self.db) as pg:
+            stored = await offset_store.stored_offsets(pg, self.topic)
         for tp in assigned:
             offset = stored.get(tp.partition)
             if offset is None:
@@ -221,13 +221,13 @@ class TopicConsumer(Generic[Item, Outcome]):
             log.warning("%s: could not ask the broker for the topic's id (%s)", self.topic, exc)
             return set()
         if current is not None:
-            async with self.db.connect() as conn:
-                stored_ids = await offset_store.stored_log_ids(await driver(conn), self.topic)
+            async with connection(self.db) as pg:
+                stored_ids = await offset_store.stored_log_ids(pg, self.topic)
             if stored_ids - {current}:
                 return set(await self.start_new_log(current))
             return set()
-        async with self.db.connect() as conn:
-            fingerprints = await offset_store.stored_fingerprints(await driver(conn), self.topic)
+        async with connection(self.db) as pg:
+            fingerprints = await offset_store.stored_fingerprints(pg, self.topic)
         wanted = {p: fingerprints[p] for p in partitions if p in fingerprints}
         if not wanted:
             return set()
@@ -248,14 +248,12 @@ class TopicConsumer(Generic[Item, Outcome]):
         )
         self.metrics.log_lost.labels(self.topic).inc(len(lost))
         await kafka.ensure_topics(self.settings)
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                await offset_store.lock_offsets(pg, self.topic, sorted(lost))
-                await offset_store.save_offsets(pg, self.topic, lost, dict.fromkeys(lost))
-                if self.topic == self.settings.topic_events:
-                    republished = await outbox_store.publish_outbox_again(pg)
-                    log.warning("outbox records queued to publish again: %d", republished)
+        async with transaction(self.db) as pg:
+            await offset_store.lock_offsets(pg, self.topic, sorted(lost))
+            await offset_store.save_offsets(pg, self.topic, lost, dict.fromkeys(lost))
+            if self.topic == self.settings.topic_events:
+                republished = await outbox_store.publish_outbox_again(pg)
+                log.warning("outbox records queued to publish again: %d", republished)
         self.on_commit()
         return set(lost)
 
@@ -266,13 +264,11 @@ class TopicConsumer(Generic[Item, Outcome]):
         outbox is published again, as the output topics were lost with the log."""
         await kafka.ensure_topics(self.settings)
         await self._know_the_topic()
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
-            async with pg.transaction():
-                reset = await offset_store.start_new_log(pg, self.topic, log_id)
-                republished = 0
-                if reset and self.topic == self.settings.topic_events:
-                    republished = await outbox_store.publish_outbox_again(pg)
+        async with transaction(self.db) as pg:
+            reset = await offset_store.start_new_log(pg, self.topic, log_id)
+            republished = 0
+            if reset and self.topic == self.settings.topic_events:
+                republished = await outbox_store.publish_outbox_again(pg)
         if reset:
             log.warning(
                 "%s is a new log (topic id %s; the broker lost its log or the topic was created "
@@ -401,8 +397,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         await self._recheck_log()
         await self._resync()
         positions = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-        async with self.db.connect() as conn:
-            stored = await offset_store.stored_offsets(await driver(conn), self.topic)
+        async with connection(self.db) as pg:
+            stored = await offset_store.stored_offsets(pg, self.topic)
         for tp, offset in positions.items():
             if stored.get(tp.partition) == offset:
                 log.warning(
@@ -441,8 +437,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         assigned = self.consumer.assignment()
         if not assigned:
             return
-        async with self.db.connect() as conn:
-            stored = await offset_store.stored_offsets(await driver(conn), self.topic)
+        async with connection(self.db) as pg:
+            stored = await offset_store.stored_offsets(pg, self.topic)
         for tp in assigned:
             if tp.partition in stored:
                 self.consumer.seek(tp, stored[tp.partition])

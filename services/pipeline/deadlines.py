@@ -18,7 +18,7 @@ from collections.abc import Callable
 import asyncpg
 
 from scoring_service.engine import lead_label
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.pipeline.lead_transaction import LeadTransaction, LeadWriter
 from services.settings import Settings
@@ -116,10 +116,8 @@ class SlaWatcher:
         return [r["stage"] for r in due]
 
     async def update_gauge(self) -> None:
-        async with self.db.connect() as conn:
-            pending = await (await driver(conn)).fetchval(
-                "SELECT count(*) FROM handoffs WHERE status = 'open'"
-            )
+        async with connection(self.db) as pg:
+            pending = await pg.fetchval("SELECT count(*) FROM handoffs WHERE status = 'open'")
         self.metrics.open_handoffs.set(pending)
 
     async def run(self, stop: asyncio.Event) -> None:

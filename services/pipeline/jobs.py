@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection
 
 log = logging.getLogger(__name__)
 # Progress is written at most this often: a job over a million leads should not spend its
@@ -33,8 +33,8 @@ class JobContext:
         self._written = 0.0
 
     async def _write(self) -> None:
-        async with self.db.connect() as conn:
-            await (await driver(conn)).execute(
+        async with connection(self.db) as pg:
+            await pg.execute(
                 "UPDATE jobs SET done = $2, total = $3, updated_at = now() WHERE id = $1",
                 uuid.UUID(self.id),
                 self.done,
@@ -64,8 +64,8 @@ class Jobs:
 
     async def submit(self, kind: str, params: dict[str, Any], *, by: str, work: Work) -> str:
         job_id = str(uuid.uuid4())
-        async with self.db.connect() as conn:
-            await (await driver(conn)).execute(
+        async with connection(self.db) as pg:
+            await pg.execute(
                 "INSERT INTO jobs (id, kind, status, params, created_by) "
                 "VALUES ($1, $2, 'running', $3::jsonb, $4)",
                 uuid.UUID(job_id),
@@ -88,8 +88,8 @@ class Jobs:
         except Exception as exc:
             log.exception("job %s failed", job_id)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
-        async with self.db.connect() as conn:
-            await (await driver(conn)).execute(
+        async with connection(self.db) as pg:
+            await pg.execute(
                 "UPDATE jobs SET status = $2, result = $3::jsonb, error = $4, done = $5, "
                 "total = coalesce($6, total), updated_at = now(), finished_at = now() "
                 "WHERE id = $1",
@@ -118,8 +118,8 @@ async def get_job(db: AsyncEngine, job_id: str) -> dict[str, Any] | None:
         key = uuid.UUID(job_id)
     except ValueError:
         return None
-    async with db.connect() as conn:
-        row = await (await driver(conn)).fetchrow(
+    async with connection(db) as pg:
+        row = await pg.fetchrow(
             "SELECT id::text, kind, status, params::text, done, total, result::text, error, "
             "created_by, created_at, updated_at, finished_at FROM jobs WHERE id = $1",
             key,

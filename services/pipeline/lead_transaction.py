@@ -57,7 +57,7 @@ from services.adapters.postgres import (
     record_store,
     rulesets,
 )
-from services.adapters.postgres.db import HeldConnection, driver
+from services.adapters.postgres.db import HeldConnection, connection
 from services.adapters.postgres.errors import CONFLICTS
 from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
@@ -333,8 +333,8 @@ class LeadWriter:
         held: HeldConnection | None,
     ) -> tuple[LeadTransaction, T]:
         if held is None:
-            async with self.db.connect() as conn:
-                return await self._in_transaction(await driver(conn), work, now)
+            async with connection(self.db) as pg:
+                return await self._in_transaction(pg, work, now)
         async with held.use() as pg:
             return await self._in_transaction(pg, work, now)
 

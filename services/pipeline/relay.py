@@ -35,7 +35,7 @@ from aiokafka.errors import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.adapters.postgres import history_partitions
-from services.adapters.postgres.db import HeldConnection, driver
+from services.adapters.postgres.db import HeldConnection, connection, driver
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.metrics import Metrics
 from services.settings import Settings
@@ -225,13 +225,12 @@ class OutboxRelay:
     async def join(self) -> list[int]:
         """Register now (not at the next refresh) and return this relay's lanes."""
         self._lanes_at = 0.0
-        async with self.db.connect() as conn:
-            return await self.my_lanes(await driver(conn))
+        async with connection(self.db) as pg:
+            return await self.my_lanes(pg)
 
     async def leave(self) -> None:
         """Unregister, so the other relays take this one's lanes at once (on shutdown)."""
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
+        async with connection(self.db) as pg:
             await pg.execute("DELETE FROM outbox_relays WHERE relay_id = $1", self.relay_id)
 
     async def _send_in_order(self, rows: list[asyncpg.Record]) -> list[object]:
@@ -271,8 +270,7 @@ class OutboxRelay:
 
     async def update_gauges(self) -> None:
         """Pending and failed records, read from the table (true during a broker outage too)."""
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
+        async with connection(self.db) as pg:
             row = await pg.fetchrow(
                 "SELECT count(*) FILTER (WHERE failed_at IS NULL) AS pending, "
                 "coalesce(extract(epoch FROM now() - min(created_at) "
@@ -287,8 +285,7 @@ class OutboxRelay:
 
     async def purge(self) -> None:
         """Forget published records, and scored history, after their retention periods."""
-        async with self.db.connect() as conn:
-            pg = await driver(conn)
+        async with connection(self.db) as pg:
             try:
                 # Whole months of history at once (postgres/history_partitions.py).
                 await history_partitions.maintain(

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from scoring_service.engine import Hit
 from scoring_service.simulation import ImpactReport, replay_lead
 from services.adapters.postgres import history_store, lead_store
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection
 from services.adapters.postgres.rulesets import active_version
 from services.pipeline import challenger
 from services.pipeline.active_rules import ActiveRules
@@ -43,8 +43,7 @@ async def _next_leads(pg: Any, after: str) -> list[str]:
 
 async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
     """Recompute every lead under `version`; leads that now cross a threshold move forward."""
-    async with writer.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(writer.db) as pg:
         await ctx.set_total(int(await pg.fetchval("SELECT count(*) FROM leads")))
     moved = 0
     last = ""
@@ -97,8 +96,7 @@ async def impact_report(
 ) -> dict[str, Any]:
     """Replay the last `days` of history under the active and the candidate version."""
     now = time.time()
-    async with db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(db) as pg:
         current = await active_version(pg)
         if current is None:
             raise JobFailed("no active rule set")
@@ -116,8 +114,7 @@ async def impact_report(
     last = ""
     while True:
         chunk_started = time.perf_counter()
-        async with db.connect() as conn:
-            pg = await driver(conn)
+        async with connection(db) as pg:
             ids = [
                 r["lead_id"]
                 for r in await pg.fetch(
@@ -157,8 +154,7 @@ async def impact_report(
 async def warm_challenger(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
     """Replay every lead the challenger has no state for under it, in lead transactions (the
     consumer's locks: a lead's events wait, then find it warm), then mark it warmed."""
-    async with writer.db.connect() as conn:
-        pg = await driver(conn)
+    async with connection(writer.db) as pg:
         await ctx.set_total(int(await pg.fetchval("SELECT count(*) FROM leads")))
     last = ""
 

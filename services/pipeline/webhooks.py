@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.webhooks import EndpointSettings
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
-from services.adapters.postgres.db import driver
+from services.adapters.postgres.db import connection, transaction
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.adapters.secrets import SecretsUnreadable, Vault
 from services.metrics import Metrics
@@ -173,8 +173,8 @@ class Dispatcher:
             if not running:
                 continue
             try:
-                async with self.db.connect() as conn:
-                    live = await webhook_store.unpaused(await driver(conn), running)
+                async with connection(self.db) as pg:
+                    live = await webhook_store.unpaused(pg, running)
             except UNAVAILABLE:
                 continue  # the dispatcher's own loop says so
             for endpoint_id in set(running) - live:
@@ -183,8 +183,8 @@ class Dispatcher:
 
     async def start_due(self, stop: asyncio.Event) -> None:
         """A task for every endpoint with something due that has none running."""
-        async with self.db.connect() as conn:
-            due = await webhook_store.due_endpoints(await driver(conn))
+        async with connection(self.db) as pg:
+            due = await webhook_store.due_endpoints(pg)
         for endpoint_id in due:
             running = self.tasks.get(endpoint_id)
             if running is None or running.done():
@@ -197,8 +197,8 @@ class Dispatcher:
         # Deliveries this task holds claims on, given back if it is halted.
         in_hand: set[int] = set()
         try:
-            async with self.db.connect() as conn:
-                row = await webhook_store.endpoint_with_secret(await driver(conn), endpoint_id)
+            async with connection(self.db) as pg:
+                row = await webhook_store.endpoint_with_secret(pg, endpoint_id)
             if row is None or row["paused"]:
                 return
             try:
@@ -229,8 +229,8 @@ class Dispatcher:
             log.exception("webhook %s: delivery round failed", endpoint_id)
 
     async def release(self, ids: list[int]) -> None:
-        async with self.db.begin() as conn:
-            await webhook_store.release(await driver(conn), ids)
+        async with transaction(self.db) as pg:
+            await webhook_store.release(pg, ids)
 
     async def set_aside_all(self, endpoint_id: str, reason: str) -> None:
         """An endpoint whose own configuration cannot deliver (stored before a check that
@@ -238,17 +238,15 @@ class Dispatcher:
         the failed-deliveries gauge and its alert show it; fixing the endpoint and
         re-delivering sends them."""
         log.error("webhook %s: %s; its due deliveries are set aside", endpoint_id, reason)
-        async with self.db.begin() as conn:
-            count = await webhook_store.set_aside_due(
-                await driver(conn), endpoint_id, f"configuration: {reason}"
-            )
+        async with transaction(self.db) as pg:
+            count = await webhook_store.set_aside_due(pg, endpoint_id, f"configuration: {reason}")
         self.metrics.webhook_deliveries.labels(endpoint_id, "failed").inc(count)
 
     async def claim(self, endpoint: EndpointView) -> list[asyncpg.Record]:
         limit = self.settings.webhook_concurrency * deliveries.BATCH_LIMITS[endpoint.kind]
         lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
-        async with self.db.begin() as conn:
-            return await webhook_store.claim_heads(await driver(conn), endpoint.id, limit, lease)
+        async with transaction(self.db) as pg:
+            return await webhook_store.claim_heads(pg, endpoint.id, limit, lease)
 
     async def deliver(
         self, endpoint: EndpointView, claimed: Sequence[asyncpg.Record], pacer: Pacer
@@ -268,8 +266,7 @@ class Dispatcher:
 
         outcomes = [o for batch in await asyncio.gather(*map(one, groups)) for o in batch]
         outcomes.extend(skipped)
-        async with self.db.begin() as conn:
-            pg = await driver(conn)
+        async with transaction(self.db) as pg:
             await webhook_store.record_outcomes(pg, outcomes)
             if endpoint.kind != "webhook":
                 written: dict[str, int] = {}
@@ -288,9 +285,9 @@ class Dispatcher:
     ) -> tuple[list[list[asyncpg.Record]], list[dict[str, Any]]]:
         """Batches of at most the vendor's limit, without the records older than what the
         CRM already has (outcome `skipped`) or with nothing to identify them by."""
-        async with self.db.connect() as conn:
+        async with connection(self.db) as pg:
             newest = await webhook_store.newest_written(
-                await driver(conn), endpoint.id, {r["subject"] for r in claimed}
+                pg, endpoint.id, {r["subject"] for r in claimed}
             )
         keep: list[asyncpg.Record] = []
         later: list[dict[str, Any]] = []
@@ -463,17 +460,17 @@ class Dispatcher:
         now = time.monotonic()
         if now - self._gauges_at >= GAUGES_EVERY_SECONDS:
             self._gauges_at = now
-            async with self.db.connect() as conn:
-                rows = await webhook_store.backlog(await driver(conn))
+            async with connection(self.db) as pg:
+                rows = await webhook_store.backlog(pg)
             for row in rows:
                 self.metrics.webhook_pending.labels(row["id"]).set(row["pending"])
                 self.metrics.webhook_failed.labels(row["id"]).set(row["failed"])
                 self.metrics.webhook_oldest.labels(row["id"]).set(row["oldest_seconds"])
         if now - self._purged_at >= PURGE_EVERY_SECONDS:
             self._purged_at = now
-            async with self.db.begin() as conn:
+            async with transaction(self.db) as pg:
                 await webhook_store.purge_done(
-                    await driver(conn), self.settings.outbox_retention_hours, PURGE_CHUNK
+                    pg, self.settings.outbox_retention_hours, PURGE_CHUNK
                 )
 
 

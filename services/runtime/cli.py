@@ -519,6 +519,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
 
 def cmd_migrate(_: argparse.Namespace) -> None:
     from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres.db import connection
     from services.settings import Settings
 
     async def migrate() -> None:
@@ -528,8 +529,8 @@ def cmd_migrate(_: argparse.Namespace) -> None:
         engine = db.create_engine(settings.database_url.get_secret_value())
         try:
             await db.migrate(engine)
-            async with engine.connect() as conn:
-                await rulesets.ensure_starter(await db.driver(conn))
+            async with connection(engine) as pg:
+                await rulesets.ensure_starter(pg)
         finally:
             await engine.dispose()
 

@@ -15,7 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from services.adapters.postgres.errors import UNAVAILABLE
 
-__all__ = ["UNAVAILABLE", "HeldConnection", "create_engine", "driver", "migrate"]
+__all__ = [
+    "UNAVAILABLE",
+    "HeldConnection",
+    "connection",
+    "create_engine",
+    "driver",
+    "migrate",
+    "transaction",
+]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
@@ -39,6 +47,21 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under an SQLAlchemy one, for array-at-once statements."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection  # type: ignore[return-value]
+
+
+@contextlib.asynccontextmanager
+async def connection(db: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, as the driver's, for the statements of one use case."""
+    async with db.connect() as conn:
+        yield await driver(conn)
+
+
+@contextlib.asynccontextmanager
+async def transaction(db: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection inside one transaction: committed when the block ends, rolled
+    back when it raises."""
+    async with connection(db) as pg, pg.transaction():
+        yield pg
 
 
 def alembic_config(connection: Connection) -> Config:
