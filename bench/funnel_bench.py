@@ -17,7 +17,8 @@ from tqdm import tqdm
 from bench.harness import Infra
 from services.adapters.postgres import db
 from services.adapters.postgres.db import driver
-from services.reports.queries import STAGE_QUERY, funnel_report
+from services.adapters.postgres.read_store import STAGE_QUERY
+from services.reports.funnel import funnel_report
 from services.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"

@@ -9,7 +9,7 @@ import orjson
 
 from schemas import api
 from schemas.timefmt import iso
-from services.adapters.postgres import rulesets
+from services.adapters.postgres import read_store, rulesets
 from services.adapters.postgres.db import connection
 from services.app.container import Container
 from services.app.errors import ApiError
@@ -18,7 +18,6 @@ from services.app.manual import run_manual
 from services.app.paging import next_page_cursor, score_cursor, uncursor
 from services.pipeline import manual_moves
 from services.pipeline.lead_transaction import LeadTransaction
-from services.reports import queries
 from stage_router.records import AccountTransitionDoc, SignalDoc, account_score_doc
 
 # The engagement rules shown as an account's top signals.
@@ -66,7 +65,7 @@ async def account_list(
         score_name = None
     after = score_cursor(cursor) if by_score else None
     async with connection(db) as pg:
-        rows = await queries.account_page(
+        rows = await read_store.account_page(
             pg,
             after=after,
             after_id=uncursor(cursor) if not by_score else "",
@@ -107,12 +106,12 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
     shares, the committee roles covered and missing, and the top signals across members."""
     db = container.db
     async with connection(db) as pg:
-        account = await queries.account(pg, account_id)
+        account = await read_store.account(pg, account_id)
         if account is None:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}")
         version = await rulesets.active_version(pg) or account.ruleset_version
         engine = await container.rules.engine_for(pg, version)
-        leads = await queries.leads(pg, list(account.members))
+        leads = await read_store.leads(pg, list(account.members))
     scorer = engine.accounts
     if scorer is not None:
         score, covered, missing, counted = scorer.explain(account)
@@ -158,9 +157,9 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
 async def account_history(container: Container, account_id: str) -> dict[str, Any]:
     """The account's stage changes, oldest first, as published."""
     async with connection(container.db) as pg:
-        rows = await queries.account_transitions(pg, account_id)
-        moves = await queries.journey_moves(pg, "account", account_id)
-        if not rows and await queries.account(pg, account_id) is None:
+        rows = await read_store.account_transitions(pg, account_id)
+        moves = await read_store.journey_moves(pg, "account", account_id)
+        if not rows and await read_store.account(pg, account_id) is None:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}")
     return {
         "account_id": account_id,

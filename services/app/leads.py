@@ -7,7 +7,6 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import orjson
 
 from schemas.api import Adjustment
@@ -17,8 +16,8 @@ from schemas.timefmt import iso
 from scoring_service.engine import lead_label
 from scoring_service.scores import ADJUSTMENT_PREFIX
 from scoring_service.state import AS_OF, VALUE
-from services.adapters.postgres import rulesets
-from services.adapters.postgres.db import connection
+from services.adapters.postgres import read_store, rulesets
+from services.adapters.postgres.db import Row, connection
 from services.app.container import Container
 from services.app.errors import ApiError
 from services.app.journey import journey_position
@@ -33,7 +32,7 @@ from services.app.paging import (
 from services.pipeline import challenger, manual_moves
 from services.pipeline.feedback import REFUSED, UNKNOWN_LEAD, apply_feedback, count_feedback
 from services.pipeline.lead_transaction import LeadTransaction
-from services.reports import queries
+from services.reports import funnel
 from services.reports.review import review_report
 from stage_router.records import TransitionDoc, account_score_doc, score_doc
 
@@ -65,11 +64,11 @@ async def lead_page(
     db = container.db
     async with connection(db) as pg:
         if sort == "label":
-            rows = await queries.lead_page_by_label(
+            rows = await read_store.lead_page_by_label(
                 pg, after=label_cursor(cursor), stage=stage, limit=limit, phase=phase
             )
         elif by_score:
-            rows = await queries.lead_page_by_score(
+            rows = await read_store.lead_page_by_score(
                 pg,
                 after=score_cursor(cursor),
                 stage=stage,
@@ -80,7 +79,7 @@ async def lead_page(
                 phase=phase,
             )
         else:
-            rows = await queries.lead_page(
+            rows = await read_store.lead_page(
                 pg,
                 after=uncursor(cursor),
                 stage=stage,
@@ -120,12 +119,14 @@ async def lead_detail(
     the challenger's, under that version (its own state, which nothing published)."""
     db = container.db
     async with connection(db) as pg:
-        resolved = await queries.canonical_lead_id(pg, lead_id)
+        resolved = await read_store.canonical_lead_id(pg, lead_id)
         active = await rulesets.active_version(pg)
         if version is None or version == active:
-            state = await queries.lead(pg, resolved)
+            state = await read_store.lead(pg, resolved)
             account = (
-                await queries.account(pg, state.account_id) if state and state.account_id else None
+                await read_store.account(pg, state.account_id)
+                if state and state.account_id
+                else None
             )
         else:
             current = await challenger.running(pg)
@@ -177,12 +178,12 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
     and every transition, oldest first, with the score they explain."""
     db = container.db
     async with connection(db) as pg:
-        resolved = await queries.canonical_lead_id(pg, lead_id)
-        state = await queries.lead(pg, resolved)
-        events = await queries.lead_events(pg, resolved, limit=limit)
-        stored = await queries.lead_transitions(pg, resolved)
-        adjustments = await queries.lead_adjustments(pg, resolved)
-        moves = await queries.journey_moves(pg, "lead", resolved)
+        resolved = await read_store.canonical_lead_id(pg, lead_id)
+        state = await read_store.lead(pg, resolved)
+        events = await read_store.lead_events(pg, resolved, limit=limit)
+        stored = await read_store.lead_transitions(pg, resolved)
+        adjustments = await read_store.lead_adjustments(pg, resolved)
+        moves = await read_store.journey_moves(pg, "lead", resolved)
         if state is None:
             raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
         engine = await container.rules.engine_for(
@@ -289,7 +290,7 @@ async def funnel_figures(
     db = container.db
     since, until = time_window(since, until, default_days=30)
     async with connection(db) as pg:
-        return await queries.funnel_report(pg, since, until)
+        return await funnel.funnel_report(pg, since, until)
 
 
 async def record_feedback(
@@ -357,7 +358,7 @@ async def review(
             version = await rulesets.active_version(pg)
             if version is None:
                 raise ApiError(404, "no_active_ruleset", "no rule set is active")
-        elif await queries.ruleset_version(pg, version) is None:
+        elif await read_store.ruleset_version(pg, version) is None:
             raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
         running = await challenger.running(pg)
         active = await rulesets.active_version(pg)
@@ -369,10 +370,10 @@ async def review(
         return report
 
 
-async def open_handoff(container: Container, lead_id: str) -> asyncpg.Record | None:
+async def open_handoff(container: Container, lead_id: str) -> Row | None:
     """The lead's handoff to sales that is still waiting for an answer, if any."""
     async with connection(container.db) as pg:
-        return await queries.open_handoff(pg, lead_id)
+        return await read_store.open_handoff(pg, lead_id)
 
 
 async def pipeline_reviews(

@@ -17,7 +17,7 @@ from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
 from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import BudgetExceeded, simulate
-from services.adapters.postgres import outbox_store, rulesets
+from services.adapters.postgres import outbox_store, read_store, rulesets
 from services.adapters.postgres.db import connection, transaction
 from services.app.container import Container
 from services.app.errors import ApiError
@@ -25,7 +25,7 @@ from services.app.paging import cursor_of, int_cursor, time_window
 from services.pipeline import challenger, replays
 from services.pipeline.effects import record_effects
 from services.pipeline.jobs import get_job
-from services.reports import queries, review
+from services.reports import review
 
 
 def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str,
 
 
 async def _fetch_version(pg: Any, version: int) -> Any:
-    row = await queries.ruleset_version(pg, version)
+    row = await read_store.ruleset_version(pg, version)
     if row is None:
         raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
     return row
@@ -95,7 +95,7 @@ async def publish_ruleset(
 async def ruleset_list(container: Container) -> list[dict[str, Any]]:
     """Every published version, newest first."""
     async with connection(container.db) as pg:
-        rows = await queries.ruleset_versions(pg)
+        rows = await read_store.ruleset_versions(pg)
         active = await rulesets.active_version(pg)
     return [_ruleset_row(r, active, False) for r in rows]
 
@@ -143,7 +143,7 @@ async def activate_version(
                 # What was live before: the console's roll-back goes back to it.
                 detail={"rescore": rescore, "previous": previous, "challenger": promoted},
             )
-        row = await queries.activation(pg)
+        row = await read_store.activation(pg)
     if promoted is not None:
         container.writer.on_commit()  # the relay publishes the moves' records now
     job = None
@@ -342,7 +342,7 @@ async def audit_page(container: Container, cursor: str | None, limit: int) -> di
     """Every rule-set change and activation, newest first."""
     before = int_cursor(cursor, 2**62)
     async with connection(container.db) as pg:
-        rows = await queries.audit_page(pg, before=before, limit=limit)
+        rows = await read_store.audit_page(pg, before=before, limit=limit)
     items = [
         {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows
     ]
@@ -353,4 +353,4 @@ async def audit_page(container: Container, cursor: str | None, limit: int) -> di
 async def previous_active_version(container: Container, current: int) -> int | None:
     """The version that was active before `current` (what a rollback would go back to)."""
     async with connection(container.db) as pg:
-        return await queries.previous_active(pg, current)
+        return await read_store.previous_active(pg, current)

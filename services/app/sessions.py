@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.adapters.postgres.db import connection, transaction
+from services.adapters.postgres import session_store
+from services.adapters.postgres.db import Connection, connection, transaction
 from services.adapters.postgres.rulesets import record_audit
 from services.auth import AuthError, Principal, authenticate, hash_token
 
@@ -103,26 +103,18 @@ class ConsoleSessions:
         session = Session(session_id(secret), principal, secrets.token_urlsafe(24), now, now)
         async with transaction(self.engine) as pg:
             await self._purge_expired(pg, now)
-            await pg.execute(
-                "INSERT INTO console_sessions (id, token_name, role, token_hash, csrf, "
-                "client, user_agent, created_at, last_seen_at) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-                session.id,
-                principal.name,
-                principal.role,
-                hash_token(token),
-                session.csrf,
-                client,
-                _printable(user_agent),
-                now,
+            await session_store.insert_session(
+                pg,
+                key=session.id,
+                token_name=principal.name,
+                role=principal.role,
+                token_hash=hash_token(token),
+                csrf=session.csrf,
+                client=client,
+                user_agent=_printable(user_agent),
+                now=now,
             )
-            await pg.execute(
-                "DELETE FROM console_sessions WHERE token_name = $1 AND id IN ("
-                "  SELECT id FROM console_sessions WHERE token_name = $1"
-                "  ORDER BY created_at DESC OFFSET $2)",
-                principal.name,
-                MAX_SESSIONS_PER_TOKEN,
-            )
+            await session_store.keep_newest(pg, principal.name, MAX_SESSIONS_PER_TOKEN)
         return secret, session
 
     async def current(self, secret: str) -> Session | None:
@@ -132,7 +124,7 @@ class ConsoleSessions:
             return None
         key = session_id(secret)
         async with connection(self.engine) as pg:
-            row = await pg.fetchrow("SELECT * FROM console_sessions WHERE id = $1", key)
+            row = await session_store.session(pg, key)
             if row is None:
                 return None
             now = self._now()
@@ -141,28 +133,23 @@ class ConsoleSessions:
             if configured != principal or now >= self.expires_at(
                 row["created_at"], row["last_seen_at"]
             ):
-                await pg.execute("DELETE FROM console_sessions WHERE id = $1", key)
+                await session_store.delete_session(pg, key)
                 return None
             last_seen = row["last_seen_at"]
             if (now - last_seen).total_seconds() >= TOUCH_EVERY_SECONDS:
-                await pg.execute(
-                    "UPDATE console_sessions SET last_seen_at = $2 WHERE id = $1", key, now
-                )
+                await session_store.touch(pg, key, now)
                 last_seen = now
         return Session(key, principal, row["csrf"], row["created_at"], last_seen)
 
     async def sign_out(self, secret: str) -> None:
         async with connection(self.engine) as pg:
-            await pg.execute("DELETE FROM console_sessions WHERE id = $1", session_id(secret))
+            await session_store.delete_session(pg, session_id(secret))
 
     async def listing(self) -> list[dict[str, Any]]:
         """Every live session, newest first (for admins: no secrets in it)."""
         async with connection(self.engine) as pg:
             await self._purge_expired(pg, self._now())
-            rows = await pg.fetch(
-                "SELECT id, token_name, role, token_hash, client, user_agent, created_at, "
-                "last_seen_at FROM console_sessions ORDER BY created_at DESC, id"
-            )
+            rows = await session_store.sessions(pg)
         return [
             {
                 "id": r["id"],
@@ -182,9 +169,7 @@ class ConsoleSessions:
     async def end(self, key: str, *, by: str) -> bool:
         """End one session by its id (as listed); audited. False if there was none."""
         async with transaction(self.engine) as pg:
-            owner = await pg.fetchval(
-                "DELETE FROM console_sessions WHERE id = $1 RETURNING token_name", key
-            )
+            owner = await session_store.delete_session(pg, key)
             if owner is not None:
                 await record_audit(
                     pg,
@@ -199,25 +184,21 @@ class ConsoleSessions:
         """End every session of one token (by its name), or every session at all (None, for
         an incident); audited. How many ended."""
         async with transaction(self.engine) as pg:
-            ended = await pg.fetch(
-                "DELETE FROM console_sessions WHERE $1::text IS NULL OR token_name = $1 "
-                "RETURNING id",
-                token_name,
-            )
+            ended = await session_store.delete_sessions(pg, token_name)
             await record_audit(
                 pg,
                 actor=by,
                 action="session.end_all",
                 target=token_name,
-                detail={"ended": len(ended)},
+                detail={"ended": ended},
             )
-        return len(ended)
+        return ended
 
-    async def _purge_expired(self, pg: asyncpg.Connection, now: datetime) -> None:
-        await pg.execute(
-            "DELETE FROM console_sessions WHERE last_seen_at <= $1 OR created_at <= $2",
-            now - timedelta(seconds=self.idle_seconds),
-            now - timedelta(seconds=self.lifetime_seconds),
+    async def _purge_expired(self, pg: Connection, now: datetime) -> None:
+        await session_store.purge_expired(
+            pg,
+            idle_since=now - timedelta(seconds=self.idle_seconds),
+            born_before=now - timedelta(seconds=self.lifetime_seconds),
         )
 
 

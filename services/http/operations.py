@@ -2,12 +2,12 @@
 
 import asyncio
 
-import asyncpg
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from schemas import api
 from services.adapters import kafka
+from services.adapters.postgres import db
 from services.app.container import Container
 from services.http.common import (
     READY_CHECK_SECONDS,
@@ -36,19 +36,10 @@ def operations_router(container: Container) -> APIRouter:
         problems: dict[str, str] = dict(container.supervisor.problems)
 
         async def database() -> bool:
-            # Its own connection, not the pool's: a checkout from a pool whose server hangs
-            # does not give way to cancellation reliably, and readiness must answer.
             url = settings.database_url.get_secret_value() if settings.database_url else ""
             try:
-                conn = await asyncpg.connect(
-                    url.replace("postgresql+asyncpg://", "postgresql://"),
-                    timeout=READY_CHECK_SECONDS,
-                )
-                try:
-                    ok = await conn.fetchval("SELECT 1", timeout=READY_CHECK_SECONDS) == 1
-                finally:
-                    conn.terminate()
-                return bool(ok)
+                await db.answers(url, timeout=READY_CHECK_SECONDS)
+                return True
             except Exception as exc:  # any failure means "not ready", with the reason shown
                 problems["database"] = f"{type(exc).__name__}: {exc}"[:200]
                 return False

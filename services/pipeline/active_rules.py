@@ -8,13 +8,12 @@ import logging
 import time
 from collections.abc import Callable
 
-import asyncpg
-
 from scoring_service.engine import Engine
 from scoring_service.rules import CompiledRuleSet
 from scoring_service.simulation import check_runs
+from services.adapters.postgres import rulesets
+from services.adapters.postgres.db import Connection
 from services.adapters.postgres.rulesets import (
-    RULESET_LOCK,
     VersionUnusable,
     active_version,
     load_version,
@@ -49,7 +48,7 @@ class ActiveRules:
         self.unusable: VersionUnusable | None = None
         self._challenger_unusable: int | None = None
 
-    async def engine(self, pg: asyncpg.Connection) -> Engine:
+    async def engine(self, pg: Connection) -> Engine:
         """The engine for the active version; run inside the caller's transaction.
 
         Step 1 of the lock order (services/pipeline/lead_transaction.py): the shared lock pairs with
@@ -59,28 +58,21 @@ class ActiveRules:
         """
         return (await self.engines(pg))[0]
 
-    async def engines(self, pg: asyncpg.Connection) -> tuple[Engine, Engine | None]:
+    async def engines(self, pg: Connection) -> tuple[Engine, Engine | None]:
         """The active engine and the challenger's, if one runs; as `engine`, under the
         shared lock (starting or stopping a challenger takes it exclusively too)."""
-        row = await pg.fetchrow(
-            "SELECT (SELECT version FROM active_ruleset WHERE id = 1) AS active, "
-            "(SELECT version FROM challenger WHERE id = 1) AS challenger "
-            "FROM pg_advisory_xact_lock_shared($1)",
-            RULESET_LOCK,
-        )
-        if row is None or row["active"] is None:
+        active_version, challenger_version = await rulesets.versions_in_use(pg)
+        if active_version is None:
             raise NoActiveRuleSet("no active rule set")
-        active = await self._active_engine(pg, int(row["active"]))
-        if row["challenger"] is None:
+        active = await self._active_engine(pg, active_version)
+        if challenger_version is None:
             return active, None
         challenger = self._challenger
-        if row["challenger"] == self._challenger_unusable:
+        if challenger_version == self._challenger_unusable:
             return active, None
-        if challenger is None or challenger.rules.version != row["challenger"]:
+        if challenger is None or challenger.rules.version != challenger_version:
             try:
-                challenger = self._challenger = runnable(
-                    await load_version(pg, int(row["challenger"]))
-                )
+                challenger = self._challenger = runnable(await load_version(pg, challenger_version))
             except VersionUnusable as exc:
                 # The challenger only shadows: live scoring goes on without it.
                 log.error("%s; the challenger is not run", exc)
@@ -88,7 +80,7 @@ class ActiveRules:
                 return active, None
         return active, challenger
 
-    async def _active_engine(self, pg: asyncpg.Connection, version: int) -> Engine:
+    async def _active_engine(self, pg: Connection, version: int) -> Engine:
         """The active version's engine, or VersionUnusable (remembered, so that a version
         that cannot run is not compiled again for every batch that waits for it)."""
         known = self.unusable
@@ -110,7 +102,7 @@ class ActiveRules:
             self._on_unusable(False)
         return engine
 
-    async def engine_for(self, pg: asyncpg.Connection, version: int) -> Engine:
+    async def engine_for(self, pg: Connection, version: int) -> Engine:
         """The engine of `version`: the cached one when it is that version (reads that
         explain a stored score use the version that scored it)."""
         engine = self._engine
@@ -123,7 +115,7 @@ class ActiveRules:
             log.info("scoring with rule set version %d", version)
         return compiled
 
-    async def check(self, pg: asyncpg.Connection, version: int) -> None:
+    async def check(self, pg: Connection, version: int) -> None:
         """Raise VersionUnusable when `version` cannot run (before it is activated)."""
         rules = await load_version(pg, version)
         await asyncio.to_thread(runnable, rules)

@@ -15,10 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 
-import asyncpg
-
 from scoring_service.engine import lead_label
+from services.adapters.postgres import record_store
 from services.adapters.postgres.db import connection
+from services.adapters.postgres.errors import DATABASE_ERROR, UNAVAILABLE
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.pipeline.lead_transaction import LeadTransaction, LeadWriter
 from services.settings import Settings
@@ -55,23 +55,11 @@ class SlaWatcher:
         """In the lead transaction: find due deadlines without locking them, lock their
         leads (step 3 of the lock order), then take the ones still open (another instance
         may have handled some meanwhile). Returns the stages of the deadlines breached."""
-        candidates = await tx.pg.fetch(
-            "SELECT lead_id FROM handoffs WHERE status = 'open' AND respond_by <= to_timestamp($1) "
-            "ORDER BY respond_by LIMIT $2",
-            tx.now,
-            CHECK_BATCH,
-        )
+        candidates = await record_store.leads_with_due_handoffs(tx.pg, tx.now, CHECK_BATCH)
         if not candidates:
             return []
-        ws = await tx.lock_leads({r["lead_id"] for r in candidates})
-        due = await tx.pg.fetch(
-            "UPDATE handoffs SET status = 'breached', breached_at = to_timestamp($1) "
-            "WHERE status = 'open' AND respond_by <= to_timestamp($1) "
-            "AND lead_id = ANY($2::text[]) "
-            "RETURNING transition_id, lead_id, stage, owner, respond_by",
-            tx.now,
-            [r["lead_id"] for r in candidates],
-        )
+        ws = await tx.lock_leads(set(candidates))
+        due = await record_store.breach_due_handoffs(tx.pg, tx.now, candidates)
         engine = tx.engine
         for row in sorted(due, key=lambda r: (r["respond_by"], r["transition_id"])):
             state = ws.leads.get(ws.canonical(row["lead_id"]))
@@ -117,7 +105,7 @@ class SlaWatcher:
 
     async def update_gauge(self) -> None:
         async with connection(self.db) as pg:
-            pending = await pg.fetchval("SELECT count(*) FROM handoffs WHERE status = 'open'")
+            pending = await record_store.count_open_handoffs(pg)
         self.metrics.open_handoffs.set(pending)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -127,7 +115,7 @@ class SlaWatcher:
                 while await self.check_once() >= CHECK_BATCH:
                     pass  # a backlog of due deadlines: keep going
                 await self.update_gauge()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except (*UNAVAILABLE, DATABASE_ERROR) as exc:
                 log.warning("checking follow-up deadlines failed (%s); trying again", exc)
             except VersionUnusable as exc:
                 # Readiness and the consumer say so; deadlines wait for a version that runs.

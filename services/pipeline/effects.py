@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import asyncpg
 import orjson
 
 from scoring_service.engine import Effects
 from services.adapters.postgres import history_store, record_store
+from services.adapters.postgres.db import Connection
 from services.adapters.postgres.outbox_store import OutboxRow
 from services.outputs import OUTPUTS
 from services.settings import Settings
@@ -48,7 +48,7 @@ def outbox_rows(effects: Effects, settings: Settings) -> list[OutboxRow]:
 
 
 async def record_effects(
-    pg: asyncpg.Connection,
+    pg: Connection,
     effects: Effects,
     *,
     queues: Mapping[str, Sequence[str]],

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.adapters.postgres import job_store
 from services.adapters.postgres.db import connection
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,7 @@ class JobContext:
 
     async def _write(self) -> None:
         async with connection(self.db) as pg:
-            await pg.execute(
-                "UPDATE jobs SET done = $2, total = $3, updated_at = now() WHERE id = $1",
-                uuid.UUID(self.id),
-                self.done,
-                self.total,
-            )
+            await job_store.save_progress(pg, self.id, self.done, self.total)
         self._written = time.monotonic()
 
     async def set_total(self, total: int) -> None:
@@ -65,14 +61,7 @@ class Jobs:
     async def submit(self, kind: str, params: dict[str, Any], *, by: str, work: Work) -> str:
         job_id = str(uuid.uuid4())
         async with connection(self.db) as pg:
-            await pg.execute(
-                "INSERT INTO jobs (id, kind, status, params, created_by) "
-                "VALUES ($1, $2, 'running', $3::jsonb, $4)",
-                uuid.UUID(job_id),
-                kind,
-                orjson.dumps(params).decode(),
-                by,
-            )
+            await job_store.create_job(pg, job_id, kind, params, by=by)
         self.tasks[job_id] = asyncio.create_task(self._run(job_id, work), name=f"job-{kind}")
         return job_id
 
@@ -89,16 +78,14 @@ class Jobs:
             log.exception("job %s failed", job_id)
             status, error = "failed", f"{type(exc).__name__}: {exc}"
         async with connection(self.db) as pg:
-            await pg.execute(
-                "UPDATE jobs SET status = $2, result = $3::jsonb, error = $4, done = $5, "
-                "total = coalesce($6, total), updated_at = now(), finished_at = now() "
-                "WHERE id = $1",
-                uuid.UUID(job_id),
-                status,
-                orjson.dumps(result).decode() if result else None,
-                error,
-                ctx.done,
-                ctx.total,
+            await job_store.finish_job(
+                pg,
+                job_id,
+                status=status,
+                result=result,
+                error=error,
+                done=ctx.done,
+                total=ctx.total,
             )
         self.tasks.pop(job_id, None)
 
@@ -119,11 +106,7 @@ async def get_job(db: AsyncEngine, job_id: str) -> dict[str, Any] | None:
     except ValueError:
         return None
     async with connection(db) as pg:
-        row = await pg.fetchrow(
-            "SELECT id::text, kind, status, params::text, done, total, result::text, error, "
-            "created_by, created_at, updated_at, finished_at FROM jobs WHERE id = $1",
-            key,
-        )
+        row = await job_store.job(pg, key)
     if row is None:
         return None
     job = dict(row)

@@ -43,13 +43,13 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.engine import Effects, Engine
 from scoring_service.pipeline import ScoredEvent, Workspace, note_scores
 from services.adapters.postgres import (
     batch_read,
+    db,
     history_store,
     lead_store,
     offset_store,
@@ -57,8 +57,8 @@ from services.adapters.postgres import (
     record_store,
     rulesets,
 )
-from services.adapters.postgres.db import HeldConnection, connection
-from services.adapters.postgres.errors import CONFLICTS
+from services.adapters.postgres.db import Connection, HeldConnection, connection
+from services.adapters.postgres.errors import CONFLICTS, DATABASE_ERROR
 from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.challenger import Shadow, save_shadow
@@ -100,7 +100,7 @@ _OPEN, _PARTITIONS, _LEADS = 0, 1, 2
 class LeadTransaction:
     """One open transaction: the working set, what the writer decided, what to write."""
 
-    pg: asyncpg.Connection
+    pg: Connection
     engine: Engine
     settings: Settings
     now: float
@@ -196,7 +196,7 @@ class LeadTransaction:
                 partitions=partitions,
                 keys=keys,
             )
-        except asyncpg.PostgresError as exc:
+        except DATABASE_ERROR as exc:
             if exc.sqlstate == batch_read.LINK_RACED:
                 raise LinkRaced(str(exc)) from exc
             raise
@@ -339,14 +339,14 @@ class LeadWriter:
             return await self._in_transaction(pg, work, now)
 
     async def _in_transaction(
-        self, pg: asyncpg.Connection, work: Callable[[LeadTransaction], Awaitable[T]], now: float
+        self, pg: Connection, work: Callable[[LeadTransaction], Awaitable[T]], now: float
     ) -> tuple[LeadTransaction, T]:
         # The commit waits for the disk (synchronous_commit stays on unless configured
         # off): an acknowledged batch has had its records published and its Kafka
         # offsets committed, so losing it in a database crash would lose events.
         async with pg.transaction():
             if not self.settings.synchronous_commit:
-                await pg.execute("SET LOCAL synchronous_commit TO off")
+                await db.commit_without_waiting_for_disk(pg)
             engine, challenger_engine = await self.rules.engines(pg)
             tx = LeadTransaction(
                 pg=pg,

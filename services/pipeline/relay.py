@@ -17,7 +17,6 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -34,9 +33,9 @@ from aiokafka.errors import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.adapters.postgres import history_partitions
-from services.adapters.postgres.db import HeldConnection, connection, driver
-from services.adapters.postgres.errors import UNAVAILABLE
+from services.adapters.postgres import history_partitions, outbox_store
+from services.adapters.postgres.db import Connection, HeldConnection, Row, connection, driver
+from services.adapters.postgres.errors import DATABASE_ERROR, UNAVAILABLE
 from services.metrics import Metrics
 from services.settings import Settings
 
@@ -112,44 +111,28 @@ class OutboxRelay:
         """Called after each committed batch: there is probably something to publish."""
         self.wake.set()
 
-    async def my_lanes(self, pg: asyncpg.Connection) -> list[int]:
+    async def my_lanes(self, pg: Connection) -> list[int]:
         """The lanes this relay publishes: every n-th by its rank among the n live relays
         (registered within RELAY_TTL_SECONDS); refreshed once a second."""
         now = time.monotonic()
         if now - self._lanes_at < 1.0 and self._lanes:
             return self._lanes
-        live = await pg.fetch(
-            "WITH me AS (INSERT INTO outbox_relays (relay_id, seen_at) VALUES ($1, now()) "
-            "ON CONFLICT (relay_id) DO UPDATE SET seen_at = now()) "
-            "SELECT relay_id FROM outbox_relays "
-            "WHERE seen_at > now() - make_interval(secs => $2) "
-            "ORDER BY relay_id",
-            self.relay_id,
-            RELAY_TTL_SECONDS,
-        )
+        live = await outbox_store.register_relay(pg, self.relay_id, RELAY_TTL_SECONDS)
         # The statement does not see its own insert (one snapshot): this relay is added here.
-        ids = sorted({r["relay_id"] for r in live} | {self.relay_id})
+        ids = sorted({*live, self.relay_id})
         rank, count = ids.index(self.relay_id), len(ids)
         self._lanes = [lane for lane in range(OUTBOX_LANES) if lane % count == rank]
         self._lanes_at = now
         return self._lanes
 
-    async def orphaned_lanes(
-        self, pg: asyncpg.Connection, mine: list[int], *, ask: bool
-    ) -> list[int]:
+    async def orphaned_lanes(self, pg: Connection, mine: list[int], *, ask: bool) -> list[int]:
         """Other relays' lanes whose oldest pending record waited past ORPHANED_SECONDS (their
         relay is gone or stuck). With `ask` false, the last answer: the question looks at
         every lane, and the relay's loop asks it once a second, not on every publish."""
         if ask:
-            rows = await pg.fetch(
-                "SELECT n FROM generate_series(0, $1 - 1) AS n WHERE n <> ALL($2::int[]) AND "
-                "(SELECT created_at FROM outbox WHERE lane = n AND sent_at IS NULL "
-                "AND failed_at IS NULL ORDER BY id LIMIT 1) < now() - make_interval(secs => $3)",
-                OUTBOX_LANES,
-                mine,
-                ORPHANED_SECONDS,
+            self._orphaned = await outbox_store.waiting_lanes(
+                pg, OUTBOX_LANES, besides=mine, older_than=ORPHANED_SECONDS
             )
-            self._orphaned = [r["n"] for r in rows]
             self._orphaned_at = time.monotonic()
         return [n for n in self._orphaned if n not in mine]
 
@@ -168,21 +151,10 @@ class OutboxRelay:
             lanes = await self.my_lanes(pg)
             lanes = lanes + await self.orphaned_lanes(pg, lanes, ask=look_for_orphans)
             async with pg.transaction():
-                held = await pg.fetch(
-                    "SELECT n FROM unnest($1::int[]) AS n "
-                    "WHERE pg_try_advisory_xact_lock($2::bigint + n)",
-                    lanes,
-                    RELAY_LOCK,
-                )
+                held = await outbox_store.try_lock_lanes(pg, lanes, RELAY_LOCK)
                 if not held:
                     return 0
-                rows = await pg.fetch(
-                    "SELECT id, topic, key, value, headers::text AS headers FROM outbox "
-                    "WHERE lane = ANY($1::int[]) AND sent_at IS NULL AND failed_at IS NULL "
-                    "ORDER BY id LIMIT $2",
-                    [r["n"] for r in held],
-                    self.settings.outbox_batch,
-                )
+                rows = await outbox_store.pending(pg, held, self.settings.outbox_batch)
                 if not rows:
                     return 0
                 results = await self._send_in_order(rows)
@@ -197,13 +169,10 @@ class OutboxRelay:
                     else:
                         retry = result
                         break
-                await pg.execute(
-                    "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", sent
-                )
+                await outbox_store.mark_sent(pg, sent)
                 if refused:
-                    await pg.execute(
-                        "UPDATE outbox SET failed_at = now(), error = e FROM "
-                        "unnest($1::bigint[], $2::text[]) AS f(id, e) WHERE outbox.id = f.id",
+                    await outbox_store.mark_failed(
+                        pg,
                         [r[0] for r in refused],
                         [f"{type(r[2]).__name__}: {r[2]}"[:500] for r in refused],
                     )
@@ -231,9 +200,9 @@ class OutboxRelay:
     async def leave(self) -> None:
         """Unregister, so the other relays take this one's lanes at once (on shutdown)."""
         async with connection(self.db) as pg:
-            await pg.execute("DELETE FROM outbox_relays WHERE relay_id = $1", self.relay_id)
+            await outbox_store.unregister_relay(pg, self.relay_id)
 
-    async def _send_in_order(self, rows: list[asyncpg.Record]) -> list[object]:
+    async def _send_in_order(self, rows: list[Row]) -> list[object]:
         """Hand the records to the producer one after another (their order on each partition
         is the order of the ids), then wait for every acknowledgement. Returns, per record,
         None or the exception that kept it off the broker; records after a failure to hand
@@ -271,17 +240,10 @@ class OutboxRelay:
     async def update_gauges(self) -> None:
         """Pending and failed records, read from the table (true during a broker outage too)."""
         async with connection(self.db) as pg:
-            row = await pg.fetchrow(
-                "SELECT count(*) FILTER (WHERE failed_at IS NULL) AS pending, "
-                "coalesce(extract(epoch FROM now() - min(created_at) "
-                "FILTER (WHERE failed_at IS NULL)), 0) AS age, "
-                "count(*) FILTER (WHERE failed_at IS NOT NULL) AS failed "
-                "FROM outbox WHERE sent_at IS NULL"
-            )
-        assert row is not None  # an aggregate without GROUP BY returns one row
-        self.metrics.outbox_pending.set(row["pending"])
-        self.metrics.outbox_oldest.set(float(row["age"]))
-        self.metrics.outbox_failed_records.set(row["failed"])
+            backlog = await outbox_store.backlog(pg)
+        self.metrics.outbox_pending.set(backlog.pending)
+        self.metrics.outbox_oldest.set(backlog.oldest_seconds)
+        self.metrics.outbox_failed_records.set(backlog.failed)
 
     async def purge(self) -> None:
         """Forget published records, and scored history, after their retention periods."""
@@ -296,16 +258,12 @@ class OutboxRelay:
                 )
             except UNAVAILABLE:
                 raise
-            except asyncpg.PostgresError as exc:
+            except DATABASE_ERROR as exc:
                 # A lock not granted in time (a long report), say: the next run tries again.
                 self.metrics.loop_errors.labels("history_months", type(exc).__name__).inc()
                 log.warning("keeping the months of history failed (%s); trying again later", exc)
-            await pg.execute("DELETE FROM outbox_relays WHERE seen_at < now() - interval '1 hour'")
-            await pg.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE sent_at < now() - "
-                "make_interval(secs => $1) ORDER BY id LIMIT $2)",
-                self.settings.outbox_retention_hours * 3600,
-                PURGE_CHUNK,
+            await outbox_store.purge(
+                pg, retention_seconds=self.settings.outbox_retention_hours * 3600, chunk=PURGE_CHUNK
             )
 
     async def listen(self) -> None:

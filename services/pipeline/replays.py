@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from scoring_service.engine import Hit
 from scoring_service.simulation import ImpactReport, replay_lead
-from services.adapters.postgres import history_store, lead_store
+from services.adapters.postgres import challenger_store, history_store, lead_store
 from services.adapters.postgres.db import connection
 from services.adapters.postgres.rulesets import active_version
 from services.pipeline import challenger
@@ -31,20 +31,10 @@ IMPACT_CHUNK = 500
 IMPACT_REST_RATIO = 1.0
 
 
-async def _next_leads(pg: Any, after: str) -> list[str]:
-    """The next chunk of lead ids after `after`, in id order (keyset paging)."""
-    rows = await pg.fetch(
-        "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2",
-        after,
-        RESCORE_CHUNK,
-    )
-    return [r["lead_id"] for r in rows]
-
-
 async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> dict[str, Any]:
     """Recompute every lead under `version`; leads that now cross a threshold move forward."""
     async with connection(writer.db) as pg:
-        await ctx.set_total(int(await pg.fetchval("SELECT count(*) FROM leads")))
+        await ctx.set_total(await lead_store.count_leads(pg))
     moved = 0
     last = ""
 
@@ -53,7 +43,7 @@ async def rescore_all(ctx: JobContext, *, writer: LeadWriter, version: int) -> d
         takes: events for these leads wait, then build on the re-scored state), replayed."""
         if tx.engine.rules.version != version:
             raise JobFailed(f"version {tx.engine.rules.version} was activated meanwhile; stopped")
-        ids = await _next_leads(tx.pg, last)
+        ids = await lead_store.lead_ids_after(tx.pg, last, RESCORE_CHUNK)
         if not ids:
             return ids, 0
         ws = await tx.lock_leads(ids)
@@ -102,29 +92,14 @@ async def impact_report(
             raise JobFailed("no active rule set")
         active_engine = await rules.engine_for(pg, current)
         candidate_engine = await rules.engine_for(pg, candidate)
-        since = await pg.fetchval("SELECT now() - make_interval(secs => $1)", days * 86400)
-        await ctx.set_total(
-            int(
-                await pg.fetchval(
-                    "SELECT count(DISTINCT lead_id) FROM lead_events WHERE occurred_at >= $1", since
-                )
-            )
-        )
+        since = await history_store.days_ago(pg, days)
+        await ctx.set_total(await history_store.count_leads_with_history(pg, since))
     report = ImpactReport(current, candidate)
     last = ""
     while True:
         chunk_started = time.perf_counter()
         async with connection(db) as pg:
-            ids = [
-                r["lead_id"]
-                for r in await pg.fetch(
-                    "SELECT DISTINCT lead_id FROM lead_events WHERE occurred_at >= $1 "
-                    "AND lead_id > $2 ORDER BY lead_id LIMIT $3",
-                    since,
-                    last,
-                    IMPACT_CHUNK,
-                )
-            ]
+            ids = await history_store.leads_with_history_after(pg, since, last, IMPACT_CHUNK)
             if not ids:
                 break
             history = await history_store.load_history(pg, ids, since)
@@ -155,20 +130,18 @@ async def warm_challenger(ctx: JobContext, *, writer: LeadWriter, version: int) 
     """Replay every lead the challenger has no state for under it, in lead transactions (the
     consumer's locks: a lead's events wait, then find it warm), then mark it warmed."""
     async with connection(writer.db) as pg:
-        await ctx.set_total(int(await pg.fetchval("SELECT count(*) FROM leads")))
+        await ctx.set_total(await lead_store.count_leads(pg))
     last = ""
 
     async def chunk(tx: LeadTransaction) -> list[str]:
         if tx.challenger is None or tx.challenger.rules.version != version:
             raise JobFailed(f"version {version} is no longer the challenger; stopped")
-        ids = await _next_leads(tx.pg, last)
+        ids = await lead_store.lead_ids_after(tx.pg, last, RESCORE_CHUNK)
         if ids:
             ws = await tx.lock_leads(ids)
             tx.shadow = await challenger.open_shadow(tx.pg, tx.challenger, ws, tx.now)
         else:
-            await tx.pg.execute(
-                "UPDATE challenger SET warmed_at = now() WHERE id = 1 AND version = $1", version
-            )
+            await challenger_store.mark_warmed(tx.pg, version)
         return ids
 
     while True:

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import asyncpg
 import httpx
 import orjson
 from pydantic import ValidationError
@@ -38,7 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.webhooks import EndpointSettings
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
-from services.adapters.postgres.db import connection, transaction
+from services.adapters.postgres.db import Row, connection, transaction
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.adapters.secrets import SecretsUnreadable, Vault
 from services.metrics import Metrics
@@ -242,15 +241,13 @@ class Dispatcher:
             count = await webhook_store.set_aside_due(pg, endpoint_id, f"configuration: {reason}")
         self.metrics.webhook_deliveries.labels(endpoint_id, "failed").inc(count)
 
-    async def claim(self, endpoint: EndpointView) -> list[asyncpg.Record]:
+    async def claim(self, endpoint: EndpointView) -> list[Row]:
         limit = self.settings.webhook_concurrency * deliveries.BATCH_LIMITS[endpoint.kind]
         lease = self.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
         async with transaction(self.db) as pg:
             return await webhook_store.claim_heads(pg, endpoint.id, limit, lease)
 
-    async def deliver(
-        self, endpoint: EndpointView, claimed: Sequence[asyncpg.Record], pacer: Pacer
-    ) -> None:
+    async def deliver(self, endpoint: EndpointView, claimed: Sequence[Row], pacer: Pacer) -> None:
         if endpoint.kind == "webhook":
             groups = [[row] for row in claimed]
             skipped: list[dict[str, Any]] = []
@@ -259,7 +256,7 @@ class Dispatcher:
         limit = asyncio.Semaphore(self.settings.webhook_concurrency)
         address = await self.address_of(endpoint) if groups else None
 
-        async def one(group: list[asyncpg.Record]) -> list[dict[str, Any]]:
+        async def one(group: list[Row]) -> list[dict[str, Any]]:
             async with limit:
                 await pacer.wait()
                 return await self.attempt(endpoint, group, address)
@@ -281,15 +278,15 @@ class Dispatcher:
                 self.metrics.webhook_deliveries.labels(endpoint.id, outcome["result"]).inc()
 
     async def crm_groups(
-        self, endpoint: EndpointView, claimed: Sequence[asyncpg.Record]
-    ) -> tuple[list[list[asyncpg.Record]], list[dict[str, Any]]]:
+        self, endpoint: EndpointView, claimed: Sequence[Row]
+    ) -> tuple[list[list[Row]], list[dict[str, Any]]]:
         """Batches of at most the vendor's limit, without the records older than what the
         CRM already has (outcome `skipped`) or with nothing to identify them by."""
         async with connection(self.db) as pg:
             newest = await webhook_store.newest_written(
                 pg, endpoint.id, {r["subject"] for r in claimed}
             )
-        keep: list[asyncpg.Record] = []
+        keep: list[Row] = []
         later: list[dict[str, Any]] = []
         identities: set[str] = set()
         for row in claimed:
@@ -343,7 +340,7 @@ class Dispatcher:
     async def attempt(
         self,
         endpoint: EndpointView,
-        group: Sequence[asyncpg.Record],
+        group: Sequence[Row],
         address: str | outbound.Refused | None = None,
     ) -> list[dict[str, Any]]:
         """One request for `group` (to `address`, resolved for the round); an outcome per
@@ -399,7 +396,7 @@ class Dispatcher:
             wait = deliveries.retry_after(answer.headers.get("retry-after"), datetime.now(UTC))
         return [self.again(endpoint, row, reason=reason, wait=wait, **seen) for row in group]
 
-    def set_aside(self, endpoint: EndpointView, row: asyncpg.Record, reason: str) -> dict[str, Any]:
+    def set_aside(self, endpoint: EndpointView, row: Row, reason: str) -> dict[str, Any]:
         log.error("webhook %s: delivery %s set aside: %s", endpoint.id, row["id"], reason)
         return {
             "id": row["id"],
@@ -412,7 +409,7 @@ class Dispatcher:
     def again(
         self,
         endpoint: EndpointView,
-        row: asyncpg.Record,
+        row: Row,
         *,
         reason: str,
         wait: float | None = None,
@@ -482,7 +479,7 @@ class EndpointBroken(Exception):
 class EndpointView:
     """An endpoint as the dispatcher uses it: what to send, and how to read the answer."""
 
-    def __init__(self, row: asyncpg.Record, vault: Vault) -> None:
+    def __init__(self, row: Row, vault: Vault) -> None:
         self.id: str = row["id"]
         self.kind: str = row["kind"]
         self.url: str = row["url"]
@@ -502,7 +499,7 @@ class EndpointView:
         self.mapping: dict[str, Any] = checked.mapping.model_dump() if checked.mapping else {}
         self._secret = vault.open(row["secret"])
 
-    def request(self, group: Sequence[asyncpg.Record]) -> tuple[str, str, dict[str, str], bytes]:
+    def request(self, group: Sequence[Row]) -> tuple[str, str, dict[str, str], bytes]:
         """Method, URL, headers and body of the request that delivers `group`."""
         if self.kind == "webhook":
             [row] = group
@@ -538,9 +535,7 @@ class EndpointView:
         )
         return "PATCH", base + path, headers, body
 
-    def failed_items(
-        self, group: Sequence[asyncpg.Record], answer: outbound.Answer
-    ) -> dict[int, str]:
+    def failed_items(self, group: Sequence[Row], answer: outbound.Answer) -> dict[int, str]:
         """Deliveries a 2xx answer still says failed: Salesforce answers per record
         (`success: false` with errors), in the request's order; HubSpot's 207 reports
         errors for the batch, which is sent again whole (upserts are idempotent)."""

@@ -10,14 +10,16 @@ from pathlib import Path
 import asyncpg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection
+from sqlalchemy import Connection as SyncConnection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.adapters.postgres.errors import UNAVAILABLE
 
 __all__ = [
     "UNAVAILABLE",
+    "Connection",
     "HeldConnection",
+    "Row",
     "connection",
     "create_engine",
     "driver",
@@ -26,6 +28,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+# The driver's connection and row, by the names the rooms above use: they hand a connection
+# from one store call to the next and read rows by column, but never run SQL themselves.
+Connection = asyncpg.Connection
+Row = asyncpg.Record
 MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
 # Held while migrating, so instances starting together do not race each other.
 MIGRATION_LOCK = 0x1EAD5C03E
@@ -64,7 +70,27 @@ async def transaction(db: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
         yield pg
 
 
-def alembic_config(connection: Connection) -> Config:
+async def commit_without_waiting_for_disk(pg: asyncpg.Connection) -> None:
+    """This transaction's commit returns before its WAL reaches the disk (a database crash
+    can then lose it: LEADSCORE_SYNCHRONOUS_COMMIT says when that is acceptable)."""
+    await pg.execute("SET LOCAL synchronous_commit TO off")
+
+
+async def answers(url: str, *, timeout: float) -> None:
+    """Raise unless the database at `url` answers a query within `timeout`, on a connection
+    of its own: a checkout from a pool whose server hangs does not give way to cancellation
+    reliably, and readiness must answer."""
+    conn = await asyncpg.connect(
+        url.replace("postgresql+asyncpg://", "postgresql://"), timeout=timeout
+    )
+    try:
+        if await conn.fetchval("SELECT 1", timeout=timeout) != 1:
+            raise RuntimeError("the database answered SELECT 1 with something else")
+    finally:
+        conn.terminate()
+
+
+def alembic_config(connection: SyncConnection) -> Config:
     """Alembic's configuration for migrating over `connection` (the service's, or a test's)."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -72,7 +98,7 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
-def _upgrade(connection: Connection) -> None:
+def _upgrade(connection: SyncConnection) -> None:
     command.upgrade(alembic_config(connection), "head")
 
 

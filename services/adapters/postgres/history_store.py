@@ -8,6 +8,7 @@ changes, dedup keys, outbox rows and partition offsets commit together or not at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -157,3 +158,31 @@ async def rewrite_history_hits(
 
 def _hits_json(hits: Sequence[Hit]) -> str:
     return orjson.dumps([[h.rule_id, h.points, h.counted] for h in hits]).decode()
+
+
+async def days_ago(pg: asyncpg.Connection, days: float) -> datetime:
+    """The database's now, less `days` (the window a replay reads)."""
+    moment: datetime = await pg.fetchval("SELECT now() - make_interval(secs => $1)", days * 86400)
+    return moment
+
+
+async def count_leads_with_history(pg: asyncpg.Connection, since: datetime) -> int:
+    return int(
+        await pg.fetchval(
+            "SELECT count(DISTINCT lead_id) FROM lead_events WHERE occurred_at >= $1", since
+        )
+    )
+
+
+async def leads_with_history_after(
+    pg: asyncpg.Connection, since: datetime, after: str, limit: int
+) -> list[str]:
+    """The next `limit` leads after `after` (in id order) with events since `since`."""
+    rows = await pg.fetch(
+        "SELECT DISTINCT lead_id FROM lead_events WHERE occurred_at >= $1 "
+        "AND lead_id > $2 ORDER BY lead_id LIMIT $3",
+        since,
+        after,
+        limit,
+    )
+    return [r["lead_id"] for r in rows]

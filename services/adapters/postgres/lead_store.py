@@ -209,3 +209,15 @@ async def save_accounts(
 def _phase(subject: LeadState | Account) -> str | None:
     """The journey phase column (migration 0019): written with the document it comes from."""
     return subject.journey.phase if subject.journey is not None else None
+
+
+async def lead_ids_after(pg: asyncpg.Connection, after: str, limit: int) -> list[str]:
+    """The next `limit` lead ids after `after`, in id order (keyset paging)."""
+    rows = await pg.fetch(
+        "SELECT lead_id FROM leads WHERE lead_id > $1 ORDER BY lead_id LIMIT $2", after, limit
+    )
+    return [r["lead_id"] for r in rows]
+
+
+async def count_leads(pg: asyncpg.Connection) -> int:
+    return int(await pg.fetchval("SELECT count(*) FROM leads"))

@@ -232,3 +232,34 @@ async def save_journey_moves(pg: asyncpg.Connection, moves: Sequence[JourneyMove
         [_ts(m["occurred_at"]) for m in moves],
         [m["ruleset_version"] for m in moves],
     )
+
+
+async def leads_with_due_handoffs(pg: asyncpg.Connection, now: float, limit: int) -> list[str]:
+    """Leads whose open handoff is past its deadline, soonest first. Nothing is locked: the
+    deadline watcher locks the leads first, then takes the handoffs still open."""
+    rows = await pg.fetch(
+        "SELECT lead_id FROM handoffs WHERE status = 'open' AND respond_by <= to_timestamp($1) "
+        "ORDER BY respond_by LIMIT $2",
+        now,
+        limit,
+    )
+    return [row["lead_id"] for row in rows]
+
+
+async def breach_due_handoffs(
+    pg: asyncpg.Connection, now: float, lead_ids: list[str]
+) -> list[asyncpg.Record]:
+    """Mark these leads' handoffs still open and past due as breached; returns them."""
+    return await pg.fetch(
+        "UPDATE handoffs SET status = 'breached', breached_at = to_timestamp($1) "
+        "WHERE status = 'open' AND respond_by <= to_timestamp($1) "
+        "AND lead_id = ANY($2::text[]) "
+        "RETURNING transition_id, lead_id, stage, owner, respond_by",
+        now,
+        lead_ids,
+    )
+
+
+async def count_open_handoffs(pg: asyncpg.Connection) -> int:
+    count: int = await pg.fetchval("SELECT count(*) FROM handoffs WHERE status = 'open'")
+    return count

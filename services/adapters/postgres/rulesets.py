@@ -44,7 +44,7 @@ async def publish(
 async def activate(pg: asyncpg.Connection, version: int, *, by: str) -> None:
     """Make `version` the live one. Run inside a transaction: the lock waits for batches in
     flight and is held until the switch commits."""
-    await pg.execute("SELECT pg_advisory_xact_lock($1)", RULESET_LOCK)
+    await lock_exclusively(pg)
     await pg.execute(
         "INSERT INTO active_ruleset (id, version, activated_by) VALUES (1, $1, $2) "
         "ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, "
@@ -66,6 +66,26 @@ async def ensure_starter(pg: asyncpg.Connection) -> None:
         )
         await activate(pg, version, by="leadscore")
         log.info("published and activated the starter rule set as version %d", version)
+
+
+async def lock_exclusively(pg: asyncpg.Connection) -> None:
+    """The rule-set lock, exclusively, until the transaction ends: batches in flight finish
+    first, and every batch after the commit sees what this transaction changed."""
+    await pg.execute("SELECT pg_advisory_xact_lock($1)", RULESET_LOCK)
+
+
+async def versions_in_use(pg: asyncpg.Connection) -> tuple[int | None, int | None]:
+    """The active version and the challenger's (None where there is none), under the rule-set
+    lock shared: step 1 of the lock order (services/pipeline/lead_transaction.py)."""
+    row = await pg.fetchrow(
+        "SELECT (SELECT version FROM active_ruleset WHERE id = 1) AS active, "
+        "(SELECT version FROM challenger WHERE id = 1) AS challenger "
+        "FROM pg_advisory_xact_lock_shared($1)",
+        RULESET_LOCK,
+    )
+    if row is None:
+        return None, None
+    return row["active"], row["challenger"]
 
 
 async def active_version(pg: asyncpg.Connection) -> int | None:

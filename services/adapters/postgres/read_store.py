@@ -1,5 +1,5 @@
-"""The read queries behind the HTTP API, in one place: rule-set versions, the audit log,
-leads and their history, and the funnel report.
+"""The read queries behind the HTTP API and the console, in one place: the funnel report's
+rows, rule-set versions, the audit log, leads and their history, accounts.
 
 Nothing here writes or locks: reads see committed state and never wait for a writer.
 Every funnel query starts from an index: transitions by time (the window), transitions by
@@ -9,7 +9,6 @@ lead and time (what happened next to each lead), handoffs by entry time, feedbac
 from __future__ import annotations
 
 from datetime import datetime
-from itertools import pairwise
 from typing import Any
 
 import asyncpg
@@ -18,10 +17,7 @@ import orjson
 from scoring_service.state import Account, LeadState
 from services.adapters.postgres import lead_store
 
-FUNNEL = ("mql", "sal", "sql", "opportunity", "customer")
-NEXT = dict(pairwise(FUNNEL))
-ACCOUNT_FUNNEL = ("engaged", "mqa", "opportunity", "customer")
-ACCOUNT_NEXT = dict(pairwise(ACCOUNT_FUNNEL))
+# -- the funnel report (services/reports/funnel.py shapes it) ---------------------------------
 
 # Time in stage: from entering a stage to the lead's next transition. One pass over the
 # transitions since `since`, sorted by lead, instead of a lookup per transition.
@@ -87,62 +83,6 @@ WHERE outcome = 'rejected' AND result = 'applied' AND at >= $1 AND at < $2
 GROUP BY reason ORDER BY count DESC, reason
 """
 
-
-def _seconds(value: Any) -> float | None:
-    return round(float(value), 3) if value is not None else None
-
-
-async def _stages_and_conversion(
-    pg: asyncpg.Connection,
-    since: datetime,
-    until: datetime,
-    *,
-    accounts: bool,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Entries, time in stage and conversion to the next stage, of leads or accounts."""
-    table, who = ("account_transitions", "account_id") if accounts else ("transitions", "lead_id")
-    funnel, following = (ACCOUNT_FUNNEL, ACCOUNT_NEXT) if accounts else (FUNNEL, NEXT)
-    stage_rows = {
-        r["to_stage"]: r
-        for r in await pg.fetch(STAGE_QUERY.format(table=table, who=who), since, until)
-    }
-    conversion_rows = {
-        r["from_stage"]: r
-        for r in await pg.fetch(
-            CONVERSION_QUERY.format(table=table, who=who),
-            since,
-            until,
-            list(following),
-            list(following.values()),
-        )
-    }
-    stages = {}
-    for stage in (
-        *funnel,
-        *(("target", "disqualified") if accounts else ("recycled", "disqualified")),
-    ):
-        row = stage_rows.get(stage)
-        stages[stage] = {
-            "entered": row["entered"] if row else 0,
-            "median_seconds_in_stage": _seconds(row["median_seconds"]) if row else None,
-            "p90_seconds_in_stage": _seconds(row["p90_seconds"]) if row else None,
-        }
-    conversion = []
-    for stage, next_stage in following.items():
-        row = conversion_rows.get(stage)
-        entered, converted = (row["entered"], row["converted"]) if row else (0, 0)
-        conversion.append(
-            {
-                "from": stage,
-                "to": next_stage,
-                "entered": entered,
-                "converted": converted,
-                "rate": round(converted / entered, 4) if entered else None,
-            }
-        )
-    return stages, conversion
-
-
 # Entries into mql, sal and sql in the window by the score that qualified them (a move two
 # scores made counts for both), and by the lead's grade label at the move.
 BY_SCORE_QUERY = """
@@ -151,6 +91,7 @@ FROM transitions t, jsonb_array_elements_text(coalesce(t.record->'qualified_by',
 WHERE t.occurred_at >= $1 AND t.occurred_at < $2 AND t.to_stage IN ('mql', 'sal', 'sql')
 GROUP BY 1, 2
 """
+
 BY_LABEL_QUERY = """
 SELECT t.to_stage, t.record->>'label' AS label, count(*) AS entries
 FROM transitions t
@@ -160,47 +101,62 @@ GROUP BY 1, 2
 """
 
 
-async def funnel_by_score(
-    pg: asyncpg.Connection, since: datetime, until: datetime
-) -> dict[str, dict[str, dict[str, int]]]:
-    """Per qualifying stage: entries by score, and entries by label."""
-    by_score: dict[str, dict[str, int]] = {}
-    for r in await pg.fetch(BY_SCORE_QUERY, since, until):
-        by_score.setdefault(r["to_stage"], {})[r["score"]] = r["entries"]
-    by_label: dict[str, dict[str, int]] = {}
-    for r in await pg.fetch(BY_LABEL_QUERY, since, until):
-        by_label.setdefault(r["to_stage"], {})[r["label"]] = r["entries"]
-    return {"by_score": by_score, "by_label": by_label}
-
-
-async def funnel_report(pg: asyncpg.Connection, since: datetime, until: datetime) -> dict[str, Any]:
-    stages, conversion = await _stages_and_conversion(pg, since, until, accounts=False)
-    account_stages, account_conversion = await _stages_and_conversion(
-        pg, since, until, accounts=True
+def _stage_table(accounts: bool) -> dict[str, str]:
+    return (
+        {"table": "account_transitions", "who": "account_id"}
+        if accounts
+        else {"table": "transitions", "who": "lead_id"}
     )
-    sla = await pg.fetchrow(SLA_QUERY, since, until)
-    assert sla is not None  # aggregates without GROUP BY: always one row
-    rejections = await pg.fetch(REJECTIONS_QUERY, since, until)
-    due = sla["in_time"] + sla["late"] + sla["unanswered"]
-    return {
-        "since": since,
-        "until": until,
-        "stages": stages,
-        "conversion": conversion,
-        "sla": {
-            "handoffs": sla["handoffs"],
-            "answered_in_time": sla["in_time"],
-            "answered_late": sla["late"],
-            "breached_unanswered": sla["unanswered"],
-            "open": sla["open"],
-            "superseded": sla["superseded"],
-            "compliance": round(sla["in_time"] / due, 4) if due else None,
-            "median_follow_up_seconds": _seconds(sla["median_follow_up_seconds"]),
-        },
-        "rejections": [{"reason": r["reason"], "count": r["count"]} for r in rejections],
-        "accounts": {"stages": account_stages, "conversion": account_conversion},
-        **await funnel_by_score(pg, since, until),
-    }
+
+
+async def stage_rows(
+    pg: asyncpg.Connection, since: datetime, until: datetime, *, accounts: bool
+) -> list[asyncpg.Record]:
+    """Per stage of leads (or accounts): entries in the window, median and p90 time in it."""
+    return await pg.fetch(STAGE_QUERY.format(**_stage_table(accounts)), since, until)
+
+
+async def conversion_rows(
+    pg: asyncpg.Connection,
+    since: datetime,
+    until: datetime,
+    following: dict[str, str],
+    *,
+    accounts: bool,
+) -> list[asyncpg.Record]:
+    """Per stage: entries in the window and how many went on to the stage `following` it."""
+    return await pg.fetch(
+        CONVERSION_QUERY.format(**_stage_table(accounts)),
+        since,
+        until,
+        list(following),
+        list(following.values()),
+    )
+
+
+async def follow_up_row(pg: asyncpg.Connection, since: datetime, until: datetime) -> asyncpg.Record:
+    """Handoffs of the window by how sales followed them up."""
+    row = await pg.fetchrow(SLA_QUERY, since, until)
+    assert row is not None  # aggregates without GROUP BY: always one row
+    return row
+
+
+async def rejection_rows(
+    pg: asyncpg.Connection, since: datetime, until: datetime
+) -> list[asyncpg.Record]:
+    return await pg.fetch(REJECTIONS_QUERY, since, until)
+
+
+async def entries_by_score(
+    pg: asyncpg.Connection, since: datetime, until: datetime
+) -> list[asyncpg.Record]:
+    return await pg.fetch(BY_SCORE_QUERY, since, until)
+
+
+async def entries_by_label(
+    pg: asyncpg.Connection, since: datetime, until: datetime
+) -> list[asyncpg.Record]:
+    return await pg.fetch(BY_LABEL_QUERY, since, until)
 
 
 # -- rule sets and the audit log --------------------------------------------------------
