@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scoring_service.engine import Effects, Engine, deep_merge
+from scoring_service.effects import Effects
+from scoring_service.engine import Engine
 from scoring_service.intake import Event
+from scoring_service.routing import deep_merge
 from scoring_service.state import Account, LeadState
 from stage_router.records import (
     AccountNotificationDoc,

@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 
-from scoring_service.engine import Engine, lead_label
+from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
+from scoring_service.lead_scores import lead_label
 from scoring_service.pipeline import Replay, Workspace, score_event
 from scoring_service.state import Account, JourneyState, LeadState, Member
 from stage_router.records import (

@@ -6,7 +6,7 @@ from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from scoring_service.engine import Effects
+from scoring_service.effects import Effects
 from services.outputs import OUTPUTS
 
 # A batch takes from about a millisecond (one event) to a few seconds (a full batch on a

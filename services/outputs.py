@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Output:
-    effect: str  # the attribute of scoring_service.engine.Effects holding these records
+    effect: str  # the attribute of scoring_service.effects.Effects holding these records
     topic_setting: str  # the Settings field naming the topic
     key: str  # the record field that keys it
     record_id: str  # the record field that identifies it

@@ -13,7 +13,7 @@ from schemas.api import Adjustment
 from schemas.records import FeedbackBody, FeedbackRecord
 from schemas.ruleset import DEFAULT_SCORE, Stage
 from schemas.timefmt import iso
-from scoring_service.engine import lead_label
+from scoring_service.lead_scores import lead_label
 from scoring_service.scores import ADJUSTMENT_PREFIX
 from scoring_service.state import AS_OF, VALUE
 from services.adapters.postgres import read_store, rulesets

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from scoring_service.engine import Effects, Engine, Hit
+from scoring_service.effects import Effects, Hit
+from scoring_service.engine import Engine
 from scoring_service.intake import Event
 from scoring_service.pipeline import Workspace, note_scores, score_event
 from scoring_service.state import Account, LeadState

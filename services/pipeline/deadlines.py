@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from scoring_service.engine import lead_label
+from scoring_service.lead_scores import lead_label
 from services.adapters.postgres import record_store
 from services.adapters.postgres.db import connection
 from services.adapters.postgres.errors import DATABASE_ERROR, UNAVAILABLE

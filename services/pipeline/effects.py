@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from scoring_service.engine import Effects
+from scoring_service.effects import Effects
 from services.adapters.postgres import history_store, record_store
 from services.adapters.postgres.db import Connection
 from services.adapters.postgres.outbox_store import OutboxRow

@@ -16,7 +16,8 @@ from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.records import DeadLetterCode, FeedbackRecord
-from scoring_service.engine import Effects, Engine
+from scoring_service.effects import Effects
+from scoring_service.engine import Engine
 from scoring_service.intake import Rejection
 from scoring_service.pipeline import Workspace
 from services.adapters.postgres.record_store import FeedbackRow

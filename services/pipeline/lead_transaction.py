@@ -45,7 +45,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service.engine import Effects, Engine
+from scoring_service.effects import Effects
+from scoring_service.engine import Engine
 from scoring_service.pipeline import ScoredEvent, Workspace, note_scores
 from services.adapters.postgres import (
     batch_read,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from scoring_service.engine import Effects, Engine
+from scoring_service.effects import Effects
+from scoring_service.engine import Engine
 from scoring_service.pipeline import Workspace
 from stage_router.accounts import account_feedback_move
 from stage_router.lifecycle import IllegalFeedback, IllegalMove

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from scoring_service.engine import Hit
+from scoring_service.effects import Hit
 from scoring_service.simulation import ImpactReport, replay_lead
 from services.adapters.postgres import challenger_store, history_store, lead_store
 from services.adapters.postgres.db import connection

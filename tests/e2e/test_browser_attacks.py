@@ -21,9 +21,11 @@ from services.adapters.postgres import db, rulesets
 from services.http import create_app
 from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import free_port
-from tests.conftest import Infra, db_fetch, fresh_settings, wait_for
 from tests.e2e.test_cli import serving
 from tests.e2e.test_console import CHROMIUM, CHROMIUM_ARGS, prepare
+from tests.helpers.database import db_fetch
+from tests.helpers.infra import Infra, fresh_settings
+from tests.helpers.waiting import wait_for
 
 EVIL_PAGE = """<!doctype html><html><body><p id="done">working</p>
 <form id="form" method="post" action="{api}/v1/rulesets/2/activate" target="sink"></form>

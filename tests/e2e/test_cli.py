@@ -18,7 +18,8 @@ from scoring_service.ruleset_files import starter_document
 from services.http import create_app
 from services.runtime.embedded import free_port
 from services.runtime.main import QuietServer
-from tests.conftest import TOKENS, wait_for
+from tests.helpers.service import TOKENS
+from tests.helpers.waiting import wait_for
 from tests.integration.test_admin_api import with_rule_points
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,7 +238,7 @@ async def test_the_installed_command_runs_from_any_directory(tmp_path, build):
 
 async def test_send_checks_every_line_first_and_sends_only_the_good_ones(settings, tmp_path):
     from services.adapters.kafka import ensure_topics
-    from tests.conftest import read_all
+    from tests.helpers.kafka import read_all
 
     await ensure_topics(settings)  # as the service does when it starts
     events = tmp_path / "events.jsonl"
@@ -287,7 +288,7 @@ async def test_a_rule_set_keeps_its_authors_words_through_publish_show_and_diff(
     admin_container, tmp_path
 ):
     from scoring_service.ruleset_files import starter_text
-    from tests.conftest import client_for
+    from tests.helpers.service import client_for
 
     starter = starter_text()
     assert "# " in starter  # the starter file explains its rules in comments
@@ -314,7 +315,8 @@ async def test_a_rule_set_keeps_its_authors_words_through_publish_show_and_diff(
 
 
 async def test_dead_letters_are_listed_shown_and_sent_again_once_fixed(service, settings, tmp_path):
-    from tests.conftest import drained, produce, read_all
+    from tests.helpers.database import drained
+    from tests.helpers.kafka import produce, read_all
 
     env = {
         "LEADSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,

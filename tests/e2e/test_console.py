@@ -27,16 +27,11 @@ from services.http import create_app
 from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import free_port
 from services.runtime.main import QuietServer
-from tests.conftest import (
-    TOKENS,
-    Infra,
-    RunningService,
-    drained,
-    fresh_settings,
-    produce,
-    token_settings,
-    wait_for,
-)
+from tests.helpers.database import drained
+from tests.helpers.infra import Infra, fresh_settings
+from tests.helpers.kafka import produce
+from tests.helpers.service import TOKENS, RunningService, token_settings
+from tests.helpers.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("LEADSCORE_CHROMIUM", "/usr/bin/chromium")

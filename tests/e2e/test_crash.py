@@ -10,17 +10,10 @@ import pytest
 from bench.harness import start_service
 from bench.workload import generate, lead_key
 from schemas.ruleset import RuleSetDocument
-from tests.conftest import (
-    assert_leads_match,
-    assert_transitions_as_replayed,
-    committed,
-    committed_at_least,
-    db_fetch,
-    drained,
-    produce,
-    replay,
-    wait_for,
-)
+from tests.helpers.database import committed, committed_at_least, db_fetch, drained
+from tests.helpers.kafka import produce
+from tests.helpers.replays import assert_leads_match, assert_transitions_as_replayed, replay
+from tests.helpers.waiting import wait_for
 
 # Small batches, so the kill lands between many commits.
 SMALL_BATCHES = "300"

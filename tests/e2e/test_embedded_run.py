@@ -15,8 +15,9 @@ import pytest
 from bench.workload import generate, lead_key
 from services.runtime.embedded import EmbeddedKafka, free_port, java_available
 from services.settings import Settings
-from tests.conftest import produce, wait_for
 from tests.e2e.test_faults import answering, metrics_of
+from tests.helpers.kafka import produce
+from tests.helpers.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

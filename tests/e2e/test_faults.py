@@ -36,19 +36,11 @@ from services.runtime.embedded import (
     free_port,
 )
 from services.settings import Settings
-from tests.conftest import (
-    assert_leads_match,
-    assert_transitions_as_replayed,
-    committed,
-    committed_at_least,
-    db_fetch,
-    drained,
-    produce,
-    read_all,
-    replay,
-    wait_for,
-)
-from tests.hostile import hostile_message
+from tests.helpers.database import committed, committed_at_least, db_fetch, drained
+from tests.helpers.hostile import hostile_message
+from tests.helpers.kafka import produce, read_all
+from tests.helpers.replays import assert_leads_match, assert_transitions_as_replayed, replay
+from tests.helpers.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_BATCHES = {"LEADSCORE_BATCH_MAX_RECORDS": "300"}

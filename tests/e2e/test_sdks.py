@@ -14,16 +14,11 @@ from rudderstack.analytics import Client as RudderStackClient
 from segment.analytics import Client as SegmentClient
 
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    TOKENS,
-    Infra,
-    RunningService,
-    db_fetch,
-    fresh_settings,
-    token_settings,
-    wait_for,
-)
 from tests.e2e.test_cli import api_server
+from tests.helpers.database import db_fetch
+from tests.helpers.infra import Infra, fresh_settings
+from tests.helpers.service import TOKENS, RunningService, token_settings
+from tests.helpers.waiting import wait_for
 
 SDKS: dict[str, Callable[..., Any]] = {"segment": SegmentClient, "rudderstack": RudderStackClient}
 

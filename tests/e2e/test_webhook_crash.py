@@ -13,9 +13,11 @@ from cryptography.fernet import Fernet
 from bench.harness import start_service
 from bench.workload import generate, lead_key
 from services.runtime.embedded import free_port
-from tests.conftest import drained, produce, wait_for
+from tests.helpers.database import drained
+from tests.helpers.kafka import produce
+from tests.helpers.receivers import Receiver, receiving
+from tests.helpers.waiting import wait_for
 from tests.integration.test_webhooks import queued
-from tests.receivers import Receiver, receiving
 
 FAST = {
     "LEADSCORE_OUTBOUND_ALLOW_PRIVATE": "true",

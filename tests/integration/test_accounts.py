@@ -16,19 +16,12 @@ from bench.workload import generate
 from scoring_service.ruleset_files import starter_document
 from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import free_port
-from tests.committee import ACCOUNT, committee_journey
-from tests.conftest import (
-    RunningService,
-    assert_accounts_match,
-    assert_leads_match,
-    client_for,
-    db_fetch,
-    drained,
-    produce,
-    read_all,
-    replay,
-    wait_for,
-)
+from tests.helpers.committee import ACCOUNT, committee_journey
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce, read_all
+from tests.helpers.replays import assert_accounts_match, assert_leads_match, replay
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 from tests.integration.test_admin_api import wait_job
 from tests.integration.test_rule_changes import split_between
 

@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from scoring_service.ruleset_files import starter_document
-from tests.conftest import client_for, db_fetch, wait_for
+from tests.helpers.database import db_fetch
+from tests.helpers.service import client_for
+from tests.helpers.waiting import wait_for
 
 
 def starter_with(**changes) -> dict:
@@ -298,7 +300,7 @@ async def wait_job(client, job_id: str, timeout: float = 60) -> dict:
 
 
 async def test_http_ingest_publishes_segment_calls(service, settings):
-    from tests.conftest import drained
+    from tests.helpers.database import drained
 
     async with client_for(service.container) as client:
         batch = await client.post(
@@ -350,7 +352,8 @@ async def test_http_ingest_publishes_segment_calls(service, settings):
 
 
 async def test_a_batch_keeps_its_good_events_and_names_the_refused_ones(service, settings):
-    from tests.conftest import drained, read_all
+    from tests.helpers.database import drained
+    from tests.helpers.kafka import read_all
 
     good = {
         "type": "track",

@@ -8,8 +8,11 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import client_for, drained, produce, wait_for
-from tests.factories import group, identify, page
+from tests.helpers.database import drained
+from tests.helpers.factories import group, identify, page
+from tests.helpers.kafka import produce
+from tests.helpers.service import client_for
+from tests.helpers.waiting import wait_for
 
 ODD_LEAD = "acme/eu 50%?#1"
 ODD_ACCOUNT = "grp/1%2F"

@@ -12,7 +12,8 @@ import httpx
 from services.app.container import Container
 from services.http import create_app
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import client_for, db_fetch
+from tests.helpers.database import db_fetch
+from tests.helpers.service import client_for
 from tests.integration.test_console import csrf_of
 
 STARTER = (Path(__file__).parents[2] / "scoring_service" / "starter_ruleset.yaml").read_bytes()

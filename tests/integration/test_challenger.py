@@ -17,15 +17,10 @@ from scoring_service.simulation import replay_documents
 from services.pipeline.challenger import SCORING_STAGES
 from services.reports.review import PAST_LEAD
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    RunningService,
-    client_for,
-    db_fetch,
-    drained,
-    produce,
-    read_all,
-    wait_for,
-)
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce, read_all
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 from tests.integration.test_admin_api import wait_job, with_rule_points
 
 

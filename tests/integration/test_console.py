@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from services.http import create_app
-from tests.conftest import TOKENS, client_for, wait_for
+from tests.helpers.service import TOKENS, client_for
+from tests.helpers.waiting import wait_for
 
 
 def console_client(container, host: str = "127.0.0.1") -> httpx.AsyncClient:
@@ -333,7 +334,8 @@ async def test_the_version_page_and_the_editor_show_the_rules_as_their_author_wr
 
 
 async def test_dead_letters_are_shown_escaped_and_sent_again_once_fixed(service, settings):
-    from tests.conftest import drained, produce, read_all
+    from tests.helpers.database import drained
+    from tests.helpers.kafka import produce, read_all
 
     stray = {"type": "track", "messageId": "dl-1", "event": "<b>Demo</b>"}
     await produce(settings, [stray])

@@ -9,7 +9,9 @@ import httpx
 
 from services.app.sessions import session_id
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import TOKENS, FakeClock, client_for, db_fetch, token_settings
+from tests.helpers.database import db_fetch
+from tests.helpers.service import TOKENS, client_for, token_settings
+from tests.helpers.waiting import FakeClock
 from tests.integration.test_console import console_client, csrf_of, sign_in
 
 START = 1_900_000_000.0

@@ -5,15 +5,10 @@ endpoint, its history's events sum to it, and so do the signals of every notific
 from __future__ import annotations
 
 from bench.workload import generate
-from tests.conftest import (
-    client_for,
-    db_fetch,
-    drained,
-    produce,
-    read_all,
-    values,
-    wait_for,
-)
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce, read_all, values
+from tests.helpers.service import client_for
+from tests.helpers.waiting import wait_for
 
 
 def cents(value: float) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import client_for, db_fetch
+from tests.helpers.database import db_fetch
+from tests.helpers.service import client_for
 
 T0 = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)

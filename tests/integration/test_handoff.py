@@ -12,16 +12,10 @@ from aiokafka import AIOKafkaProducer
 
 from services.runtime.bootstrap import bootstrap
 from stage_router.lifecycle import FEEDBACK_MOVES
-from tests.conftest import (
-    RunningService,
-    client_for,
-    db_fetch,
-    drained,
-    produce,
-    read_all,
-    values,
-    wait_for,
-)
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce, read_all, values
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 from tests.integration.test_admin_api import starter_with
 from tests.integration.test_rule_changes import split_between
 
@@ -32,7 +26,7 @@ CASES = [(stage, outcome) for stage in STAGES for outcome in sorted(FEEDBACK_MOV
 
 async def seed_leads(settings, stages: dict[str, str]) -> None:
     """Leads placed directly in given stages, with some engagement to see recycling reset."""
-    from tests.conftest import db_fetch as run
+    from tests.helpers.database import db_fetch as run
 
     await run(
         settings,
@@ -386,7 +380,7 @@ async def test_an_admin_sets_a_stage_by_hand_with_a_reason(service, settings):
 
 
 async def test_a_held_lead_shows_why_on_the_lead_and_in_its_history(service, settings):
-    from tests.factories import at, identify, track
+    from tests.helpers.factories import at, identify, track
 
     rules = starter_with(
         excluded_when=[

@@ -10,7 +10,7 @@ import asyncpg
 
 from services.adapters.postgres import history_partitions as months
 from services.settings import Settings
-from tests.conftest import connect_db, db_fetch, migrate_to
+from tests.helpers.database import connect_db, db_fetch, migrate_to
 
 DAY = 86400.0
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import client_for
+from tests.helpers.service import client_for
 
 
 async def test_ingest_refuses_the_events_that_used_to_stop_the_consumer(admin_container):

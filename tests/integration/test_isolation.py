@@ -9,8 +9,11 @@ from aiokafka.errors import MessageSizeTooLargeError
 import services.pipeline.event_handler as event_handler_module
 from bench.workload import generate, lead_key
 from scoring_service import intake
-from tests.conftest import db_fetch, drained, produce, read_all, replay, wait_for
-from tests.factories import at, identify, track
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.factories import at, identify, track
+from tests.helpers.kafka import produce, read_all
+from tests.helpers.replays import replay
+from tests.helpers.waiting import wait_for
 
 
 async def scored_leads(settings) -> set[str]:

@@ -8,19 +8,11 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import (
-    assert_journey_as_replayed,
-    assert_leads_match,
-    client_for,
-    db_fetch,
-    drained,
-    migrate_to,
-    produce,
-    read_all,
-    replay,
-    values,
-    wait_for,
-)
+from tests.helpers.database import db_fetch, drained, migrate_to
+from tests.helpers.kafka import produce, read_all, values
+from tests.helpers.replays import assert_journey_as_replayed, assert_leads_match, replay
+from tests.helpers.service import client_for
+from tests.helpers.waiting import wait_for
 from tests.unit.test_journey import the_search_ad_visitor
 
 T0 = datetime(2026, 10, 1, 9, 0, tzinfo=UTC)

@@ -13,7 +13,7 @@ from services.app.container import Container
 from services.pipeline.lead_transaction import LeadTransaction
 from services.runtime.bootstrap import bootstrap
 from services.settings import Settings
-from tests.conftest import db_fetch
+from tests.helpers.database import db_fetch
 
 
 @pytest.fixture

@@ -18,16 +18,11 @@ from aiokafka import AIOKafkaProducer
 from bench.workload import generate
 from services.pipeline.lead_transaction import RETRYABLE
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    FakeClock,
-    RunningService,
-    client_for,
-    db_fetch,
-    drained,
-    produce,
-    replay,
-    wait_for,
-)
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce
+from tests.helpers.replays import replay
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import FakeClock, wait_for
 from tests.unit.test_published_contracts import published, validator
 
 # Long enough for every writer to meet every other many times (the issue asks for 30 s).

@@ -15,7 +15,8 @@ import asyncpg
 
 from services.adapters.postgres import batch_read
 from services.pipeline.lead_transaction import LeadTransaction
-from tests.conftest import connect_db, wait_for
+from tests.helpers.database import connect_db
+from tests.helpers.waiting import wait_for
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))"
 

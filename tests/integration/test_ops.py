@@ -18,8 +18,10 @@ from services.http import create_app
 from services.runtime.embedded import free_port
 from services.runtime.main import QuietServer
 from services.settings import Settings
-from tests.conftest import drained, produce, wait_for
-from tests.factories import at, page, track
+from tests.helpers.database import drained
+from tests.helpers.factories import at, page, track
+from tests.helpers.kafka import produce
+from tests.helpers.waiting import wait_for
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -15,7 +15,8 @@ from services.adapters.postgres import db
 from services.metrics import Metrics
 from services.pipeline.relay import OUTBOX_LANES, RELAY_LOCK, OutboxRelay
 from services.settings import Settings
-from tests.conftest import db_fetch, read_all
+from tests.helpers.database import db_fetch
+from tests.helpers.kafka import read_all
 
 
 @asynccontextmanager

@@ -13,18 +13,12 @@ from bench.workload import generate, lead_key
 from scoring_service.state import HITS
 from services.adapters.postgres import offset_store
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    RunningService,
-    assert_leads_match,
-    db_fetch,
-    drained,
-    produce,
-    read_all,
-    replay,
-    values,
-    wait_for,
-)
-from tests.factories import at, identify, page, track
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.factories import at, identify, page, track
+from tests.helpers.kafka import produce, read_all, values
+from tests.helpers.replays import assert_leads_match, replay
+from tests.helpers.service import RunningService
+from tests.helpers.waiting import wait_for
 
 
 async def lead_row(settings, lead_id):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from services.adapters.postgres.db import driver
-from tests.conftest import client_for
+from tests.helpers.service import client_for
 
 SINCE = datetime(2026, 7, 1, tzinfo=UTC)
 UNTIL = datetime(2026, 10, 1, tzinfo=UTC)

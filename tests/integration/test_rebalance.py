@@ -6,15 +6,11 @@ import asyncio
 
 from bench.workload import generate, lead_key
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    RunningService,
-    assert_leads_match,
-    committed_at_least,
-    drained,
-    produce,
-    replay,
-    wait_for,
-)
+from tests.helpers.database import committed_at_least, drained
+from tests.helpers.kafka import produce
+from tests.helpers.replays import assert_leads_match, replay
+from tests.helpers.service import RunningService
+from tests.helpers.waiting import wait_for
 
 
 async def trickle(settings, docs, keep_slow) -> None:

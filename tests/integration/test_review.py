@@ -164,7 +164,7 @@ async def test_an_empty_window_reports_nothing_without_dividing_by_zero(admin_co
 
 
 async def test_the_review_endpoint_for_viewers_with_its_refusals(admin_container):
-    from tests.conftest import client_for
+    from tests.helpers.service import client_for
 
     async with admin_container.db.connect() as conn:
         await plant(await driver(conn))

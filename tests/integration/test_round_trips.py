@@ -16,7 +16,7 @@ from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from services.adapters.postgres import db
-from tests.factories import at, group, identify, page, track
+from tests.helpers.factories import at, group, identify, page, track
 
 # Statements per consumer batch, the ceiling this test holds. 2026-12-04: 21 and 22; 18 and
 # 19 once each lane kept its connection (no pool checkout and ping per batch); 17 and 18 once

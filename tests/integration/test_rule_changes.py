@@ -14,15 +14,10 @@ from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
 from scoring_service.state import HITS
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    RunningService,
-    client_for,
-    committed_at_least,
-    db_fetch,
-    drained,
-    produce,
-    wait_for,
-)
+from tests.helpers.database import committed_at_least, db_fetch, drained
+from tests.helpers.kafka import produce
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 from tests.integration.test_admin_api import wait_job, with_rule_points
 
 YESTERDAY = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)

@@ -10,7 +10,9 @@ import httpx
 import orjson
 
 from services.http import create_app
-from tests.conftest import drained, produce, read_all, values, wait_for
+from tests.helpers.database import drained
+from tests.helpers.kafka import produce, read_all, values
+from tests.helpers.waiting import wait_for
 
 HALF_LIFE_MIN = 30 * 24 * 60
 

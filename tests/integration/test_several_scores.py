@@ -5,8 +5,11 @@ annual reset sets engagement to zero with the reason in the history."""
 
 from __future__ import annotations
 
-from tests.conftest import client_for, drained, produce, read_all, values, wait_for
-from tests.factories import at, group, identify, page
+from tests.helpers.database import drained
+from tests.helpers.factories import at, group, identify, page
+from tests.helpers.kafka import produce, read_all, values
+from tests.helpers.service import client_for
+from tests.helpers.waiting import wait_for
 from tests.unit.test_several_scores import CHROME, GOOGLEBOT, LINES, adds_up, document
 
 

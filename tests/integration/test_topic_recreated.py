@@ -9,7 +9,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench.workload import generate, lead_key
 from services.adapters import kafka
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import RunningService, db_fetch, produce, wait_for
+from tests.helpers.database import db_fetch
+from tests.helpers.kafka import produce
+from tests.helpers.service import RunningService
+from tests.helpers.waiting import wait_for
 
 
 async def scored(settings, message_ids: set[str]) -> bool:

@@ -10,16 +10,11 @@ from typing import Any
 from bench.workload import generate, lead_key
 from services.app.container import Container
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import (
-    RunningService,
-    assert_leads_match,
-    client_for,
-    db_fetch,
-    drained,
-    produce,
-    replay,
-    wait_for,
-)
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce
+from tests.helpers.replays import assert_leads_match, replay
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 
 
 def sample(container: Container, name: str, labels: dict[str, str] | None = None) -> float:

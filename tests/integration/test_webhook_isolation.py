@@ -18,8 +18,11 @@ from typing import Any
 
 from bench.workload import generate, lead_key
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import RunningService, client_for, db_fetch, drained, produce, wait_for
-from tests.receivers import Hung, Receiver, hanging, receiving
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce
+from tests.helpers.receivers import Hung, Receiver, hanging, receiving
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 
 HUNG_ENDPOINTS = 20
 SETTINGS = {

@@ -17,8 +17,11 @@ import pytest
 from bench.workload import generate, lead_key
 from schemas.webhooks import WebhookMessage
 from services.runtime.bootstrap import bootstrap
-from tests.conftest import RunningService, client_for, db_fetch, drained, produce, wait_for
-from tests.receivers import Receiver, receiving
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.kafka import produce
+from tests.helpers.receivers import Receiver, receiving
+from tests.helpers.service import RunningService, client_for
+from tests.helpers.waiting import wait_for
 
 FAST = {
     "outbound_allow_private": True,

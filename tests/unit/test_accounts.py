@@ -21,8 +21,8 @@ from stage_router.accounts import (
 )
 from stage_router.lifecycle import IllegalFeedback
 from stage_router.records import apportion
-from tests.committee import ACCOUNT, committee_journey
-from tests.factories import NOW, at, group, identify, page, parsed, track
+from tests.helpers.committee import ACCOUNT, committee_journey
+from tests.helpers.factories import NOW, at, group, identify, page, parsed, track
 
 DAY = 86400.0
 

@@ -10,7 +10,7 @@ from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
 from scoring_service.ruleset_files import RuleSetInvalid, load_document, starter_document
-from tests.factories import NOW, at, identify, page, parsed
+from tests.helpers.factories import NOW, at, identify, page, parsed
 
 
 def engine_with(version: int, **points: float) -> Engine:

@@ -7,11 +7,19 @@ import os
 import pytest
 
 import scoring_service.engine
+import scoring_service.lead_scores
 import scoring_service.pipeline
+import scoring_service.routing
 import stage_router.lifecycle
 from stage_router.compiled import interpreted_requested, is_compiled
 
-CORE = (scoring_service.engine, scoring_service.pipeline, stage_router.lifecycle)
+CORE = (
+    scoring_service.lead_scores,
+    scoring_service.routing,
+    scoring_service.engine,
+    scoring_service.pipeline,
+    stage_router.lifecycle,
+)
 
 
 @pytest.mark.skipif(not interpreted_requested(), reason="the interpreted run (make test)")

@@ -13,7 +13,7 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Event, event_doc, event_from_doc, parse_event
 from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents
-from tests.factories import at, identify, page, track
+from tests.helpers.factories import at, identify, page, track
 
 NOW = time.time()
 

@@ -16,7 +16,7 @@ from scoring_service.pipeline import Workspace, score_event
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.state import LeadState
 from stage_router.records import SignalDoc, apportion, score_doc
-from tests.factories import NOW, at, page, parsed
+from tests.helpers.factories import NOW, at, page, parsed
 
 DAY = 86400.0
 

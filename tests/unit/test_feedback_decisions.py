@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.records import FeedbackRecord
-from scoring_service.engine import Effects, Engine
+from scoring_service.effects import Effects
+from scoring_service.engine import Engine
 from scoring_service.pipeline import Workspace
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.state import LeadState

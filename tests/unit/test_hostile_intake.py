@@ -10,8 +10,8 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
-from tests.factories import NOW
-from tests.hostile import hostile_message
+from tests.helpers.factories import NOW
+from tests.helpers.hostile import hostile_message
 
 ENGINE = Engine(starter_ruleset())
 

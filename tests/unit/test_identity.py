@@ -8,7 +8,7 @@ from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.state import HITS
-from tests.factories import NOW, alias, at, identify, page, parsed
+from tests.helpers.factories import NOW, alias, at, identify, page, parsed
 
 
 def decayed(points: float, hours_ago: float) -> float:

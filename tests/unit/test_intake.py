@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from scoring_service.intake import MAX_MESSAGE_BYTES, Event, Rejection, parse_event
-from tests.factories import NOW
+from tests.helpers.factories import NOW
 
 GOOD = {
     "type": "track",

@@ -15,8 +15,8 @@ from scoring_service.engine import Engine
 from scoring_service.journey import channel_of, compile_journey
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_document, starter_ruleset
-from tests.committee import ACCOUNT, committee_journey
-from tests.factories import BASE, NOW, at, identify, page, parsed, track
+from tests.helpers.committee import ACCOUNT, committee_journey
+from tests.helpers.factories import BASE, NOW, at, identify, page, parsed, track
 
 DAY = 86400.0
 ICP_OWNER = {

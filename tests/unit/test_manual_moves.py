@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from scoring_service.engine import Effects, Engine
+from scoring_service.effects import Effects
+from scoring_service.engine import Engine
 from scoring_service.pipeline import Workspace
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.state import Account, LeadState

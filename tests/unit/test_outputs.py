@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
-from scoring_service.engine import Effects
+from scoring_service.effects import Effects
 from services.metrics import Metrics
 from services.outputs import OUTPUTS, output_topics
 from services.pipeline.effects import outbox_rows

@@ -7,10 +7,11 @@ from bisect import bisect_left
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoring_service.engine import Engine, within_limit
+from scoring_service.engine import Engine
+from scoring_service.lead_scores import within_limit
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
-from tests.factories import NOW, at, parsed, track
+from tests.helpers.factories import NOW, at, parsed, track
 
 ENGINE = Engine(starter_ruleset())
 days = st.floats(min_value=0, max_value=120, allow_nan=False).map(lambda d: round(d, 3))

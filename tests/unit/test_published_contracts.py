@@ -38,7 +38,7 @@ from services.outputs import all_topics
 from services.pipeline.batches import DeadLetter
 from services.settings import Settings
 from stage_router import records
-from tests.hostile import hostile_message
+from tests.helpers.hostile import hostile_message
 
 DOCUMENT = Path(__file__).parents[2] / "docs" / "asyncapi.yaml"
 

@@ -16,7 +16,7 @@ from scoring_service.intake import Event, parse_event
 from scoring_service.rules import compile_ruleset
 from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
-from tests.factories import at, identify, page, track
+from tests.helpers.factories import at, identify, page, track
 
 NOW = time.time()
 LINES = ["default", "fleet", "warehouse"]
@@ -343,7 +343,7 @@ def test_the_running_sums_of_named_scores_equal_their_signals_after_a_long_workl
 
 
 def test_an_account_has_every_score_its_members_and_fit_rules_give_it():
-    from tests.factories import group
+    from tests.helpers.factories import group
 
     engine = Engine(starter_ruleset())
     company = {"name": "ShelfCo", "industry": "Wholesale", "employees": 120, "country": "CA"}
@@ -401,7 +401,7 @@ def test_a_simulation_and_an_impact_report_read_every_score():
 
 
 def test_an_accounts_engagement_adjusted_per_score_still_adds_up():
-    from tests.factories import group
+    from tests.helpers.factories import group
 
     engine = Engine(starter_ruleset())
     company = {"name": "ShelfCo", "industry": "Wholesale", "employees": 120, "country": "CA"}

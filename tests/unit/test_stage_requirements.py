@@ -12,7 +12,7 @@ from schemas.ruleset import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents
-from tests.factories import at, identify, page, track
+from tests.helpers.factories import at, identify, page, track
 
 NOW = time.time()
 RULES = [

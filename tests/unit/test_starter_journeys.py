@@ -8,7 +8,7 @@ from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.ruleset_files import starter_ruleset
 from scoring_service.state import LeadState
-from tests.factories import NOW, at, group, identify, page, parsed, track
+from tests.helpers.factories import NOW, at, group, identify, page, parsed, track
 
 ICP_OWNER = {
     "email": "dana@haulers.example",

@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from scoring_service.engine import Hit
+from scoring_service.effects import Hit
 from scoring_service.intake import Event, event_doc, event_from_doc
 from scoring_service.pipeline import ScoredEvent, Workspace
 from services.adapters.postgres.lead_store import _ts

@@ -13,7 +13,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from scoring_service.engine import QUEUE_PREFIX
+from scoring_service.lead_scores import QUEUE_PREFIX
 from services.adapters.postgres.lead_store import _ts
 from stage_router.records import (
     AccountNotificationDoc,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.factories import at, group, identify, page, track
+from tests.helpers.factories import at, group, identify, page, track
 
 ACCOUNT = "acct-haulers"
 ACCOUNT_TRAITS = {

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.factories import at
+from tests.helpers.factories import at
 
 # Fields the intake or the starter rules read, as paths into the event.
 FIELDS = [
