@@ -1,11 +1,10 @@
 """The HTTP app: authentication, errors in one shape, and the routers by resource."""
-# No "from __future__ import annotations": see services/http/common.py.
+
+from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -15,8 +14,8 @@ from services.adapters.postgres.errors import UNAVAILABLE
 from services.adapters.postgres.rulesets import VersionUnusable
 from services.app.container import Container
 from services.app.errors import MALFORMED, ApiError
-from services.auth import AuthError, Principal, authenticate, authorize
-from services.http.accounts import accounts_router
+from services.auth import AuthError
+from services.http import accounts, ingest, leads, operations, rulesets, sessions, webhooks
 from services.http.common import (
     COMMON,
     EncodedSegments,
@@ -24,13 +23,8 @@ from services.http.common import (
     error_body,
     methods_for,
 )
+from services.http.deps import TokenIgnoredNotice
 from services.http.guards import AllowedHosts, BrowserGuard, DocumentedContentTypes
-from services.http.ingest import ingest_router
-from services.http.leads import leads_router
-from services.http.operations import operations_router
-from services.http.rulesets import rulesets_router
-from services.http.sessions import sessions_router
-from services.http.webhooks import webhooks_router
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +32,6 @@ log = logging.getLogger(__name__)
 def create_app(container: Container) -> FastAPI:
     """The app for one running instance; every route reads `container`, nothing global."""
     settings = container.settings
-    tokens = container.tokens
     app = FastAPI(
         title="leadscore",
         version=__version__,
@@ -62,22 +55,7 @@ def create_app(container: Container) -> FastAPI:
     # `/` in it as the one segment the client sent (common.py, ids as path segments).
     app.add_middleware(EncodedSegments)
 
-    ignored_tokens = TokenIgnoredNotice()
-
-    def role(needed: str) -> Callable[[Request, Response], Principal]:
-        def dependency(request: Request, response: Response) -> Principal:
-            authorization = request.headers.get("authorization")
-            if not tokens and authorization:
-                ignored_tokens.tell(response)
-            principal = authenticate(
-                tokens, authorization, request.client.host if request.client else None
-            )
-            return authorize(principal, needed)
-
-        return dependency
-
-    Admin = Annotated[Principal, Depends(role("admin"))]
-    Viewer = Annotated[Principal, Depends(role("viewer"))]
+    app.state.ignored_tokens = TokenIgnoredNotice()
 
     @app.exception_handler(AuthError)
     async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
@@ -156,13 +134,8 @@ def create_app(container: Container) -> FastAPI:
             error_body(request.url.path, "internal_error", type(exc).__name__), status_code=500
         )
 
-    app.include_router(operations_router(container))
-    app.include_router(rulesets_router(container, Admin, Viewer))
-    app.include_router(leads_router(container, Admin, Viewer))
-    app.include_router(accounts_router(container, Admin, Viewer))
-    app.include_router(sessions_router(container, Admin))
-    app.include_router(webhooks_router(container, Admin))
-    app.include_router(ingest_router(container, Annotated[Principal, Depends(role("ingest"))]))
+    for resource in (operations, rulesets, leads, accounts, sessions, webhooks, ingest):
+        app.include_router(resource.router)
     # The web console: same process, same port, same tokens. Imported here because the
     # console's pages call this package's routers' functions.
     from services.console.app import console_app
@@ -174,21 +147,3 @@ def create_app(container: Container) -> FastAPI:
         return RedirectResponse("/console/", status_code=307)
 
     return app
-
-
-class TokenIgnoredNotice:
-    """A caller sent a token to a service that has none configured: the token proves
-    nothing here (loopback is trusted as it is), and the caller probably meant another
-    instance or forgot LEADSCORE_API_TOKENS. Said in a header on every such answer and
-    once in the log."""
-
-    TEXT = "no API tokens are configured here (LEADSCORE_API_TOKENS); the token was ignored"
-
-    def __init__(self) -> None:
-        self.logged = False
-
-    def tell(self, response: Response) -> None:
-        response.headers["Warning"] = f'299 leadscore "{self.TEXT}"'
-        if not self.logged:
-            self.logged = True
-            log.warning("a request carried a bearer token, but %s", self.TEXT)

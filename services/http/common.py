@@ -1,7 +1,7 @@
 """What every route shares: the error shape, the answers any route can give, request
 limits, typed path and query values, and opaque page cursors."""
-# No "from __future__ import annotations" in this package: FastAPI must see the role
-# dependencies (built inside create_app) as real objects, not as strings to resolve.
+
+from __future__ import annotations
 
 import re
 import zlib
