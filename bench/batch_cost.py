@@ -30,7 +30,7 @@ from aiokafka.structs import ConsumerRecord
 from bench.harness import Infra
 from bench.run import RESULTS
 from bench.workload import generate
-from services.adapters.postgres import db, rulesets
+from services.adapters.postgres import db, rule_set_store
 from services.adapters.postgres.db import HeldConnection
 from services.runtime.bootstrap import bootstrap
 from services.settings import Settings
@@ -54,7 +54,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         container = bootstrap(settings)
         await db.migrate(container.db)
         async with container.db.connect() as conn:
-            await rulesets.ensure_starter(await db.driver(conn))
+            await rule_set_store.ensure_starter(await db.driver(conn))
         scorer = container.scorer
         topic = settings.topic_events
         docs = iter(generate(events=10_000_000, leads=args.leads, seed=7, recent=True, days=30))

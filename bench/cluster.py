@@ -24,7 +24,7 @@ from bench.harness import Infra, committed, outbox_pending, produce, start_servi
 from bench.run import wait_ready
 from bench.workload import generate
 from scoring_service.engine import Engine
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.simulation import replay_documents
 from services.adapters.kafka import ensure_topics
 from services.runtime.embedded import free_port

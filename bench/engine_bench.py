@@ -7,12 +7,12 @@ from typing import Any
 
 import orjson
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, parse_event
 from scoring_service.pipeline import Workspace, score_batch
+from scoring_service.rule_set_files import starter_document
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import starter_document
 from services.runtime.main import tune_garbage_collector
 
 

@@ -24,7 +24,7 @@ from bench.harness import Infra
 from bench.workload import generate
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from services.adapters.postgres import db, lead_store, record_store
 from services.adapters.postgres.db import driver
 from services.reports.journey_report import NEXT_STEP_QUERY, report

@@ -15,7 +15,7 @@ from bench.engine_bench import parse_all
 from bench.workload import generate
 from scoring_service.intake import Event
 from scoring_service.journey import advance, channel_of, compile_journey, content_of
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import JourneyState
 
 

@@ -45,13 +45,13 @@ import scoring_service.engine
 from bench.engine_bench import RULE_COUNTS, measure, one_score_document
 from bench.harness import Infra, ProcessCpu, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
-from scoring_service.ruleset_files import starter_document, starter_ruleset
+from scoring_service.rule_set_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
 from services.adapters.kafka import ensure_topics
 from services.adapters.postgres.db import create_engine, migrate
-from services.adapters.postgres.rulesets import activate, ensure_starter, publish
+from services.adapters.postgres.rule_set_store import activate, ensure_starter, publish
 from services.pipeline import challenger
 from services.runtime.embedded import free_port
 from services.settings import Settings

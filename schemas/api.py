@@ -21,7 +21,7 @@ from schemas.records import (
     StorableText,
     TransitionRecord,
 )
-from schemas.ruleset import Stage
+from schemas.rule_set import Stage
 
 
 class ErrorBody(BaseModel):

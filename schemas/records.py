@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from schemas.ruleset import Stage
+from schemas.rule_set import Stage
 
 
 def _storable(text: str) -> str:

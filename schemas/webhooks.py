@@ -9,7 +9,7 @@ from typing import Literal, Self
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from schemas.records import STRICT_BODY, AccountStage
-from schemas.ruleset import Stage
+from schemas.rule_set import Stage
 
 EndpointKind = Literal["webhook", "hubspot", "salesforce"]
 RecordKind = Literal["transitions", "notifications", "account_transitions", "account_notifications"]

@@ -19,7 +19,7 @@ import heapq
 from collections.abc import Mapping
 from typing import Any
 
-from schemas.ruleset import DEFAULT_SCORE
+from schemas.rule_set import DEFAULT_SCORE
 from scoring_service.rules import CompiledAccountRules, CompiledRuleSet, lookup
 from scoring_service.state import Account, LeadState
 from stage_router import records

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from schemas.events import EVENT_TYPES, AnySegmentEvent
 from schemas.records import DeadLetterCode
-from schemas.ruleset import CONTEXT_KEYS
+from schemas.rule_set import CONTEXT_KEYS
 from schemas.timefmt import iso, parse_iso
 
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -46,7 +46,7 @@ class Event:
     traits: dict[str, Any] | None = None
     group_id: str | None = None
     previous_id: str | None = None
-    # The parts of Segment's context that rules can read (schemas.ruleset.CONTEXT_KEYS).
+    # The parts of Segment's context that rules can read (schemas.rule_set.CONTEXT_KEYS).
     context: dict[str, Any] | None = None
     # context.userAgent, to tell crawlers from people (at most MAX_USER_AGENT characters).
     user_agent: str | None = None

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.ruleset import Journey, Rule, When
+from schemas.rule_set import Journey, Rule, When
 from scoring_service.intake import Event
 from scoring_service.rules import (
     NAME_ONLY,

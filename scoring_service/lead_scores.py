@@ -10,7 +10,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from schemas.ruleset import DEFAULT_SCORE
+from schemas.rule_set import DEFAULT_SCORE
 from schemas.timefmt import iso
 from scoring_service.accounts import AccountScorer
 from scoring_service.effects import Hit

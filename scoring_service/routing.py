@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from schemas.ruleset import DEFAULT_SCORE
+from schemas.rule_set import DEFAULT_SCORE
 from scoring_service.effects import Effects
 from scoring_service.intake import Event
 from scoring_service.journey import advance, follow_members

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar
 
-from schemas.ruleset import (
+from schemas.rule_set import (
     DEFAULT_SCORE,
     CommitteeRole,
     Journey,

@@ -8,7 +8,7 @@ also kept as a running sum on the lead (`LeadState.fit` / `engagement`), which k
 set with one score exactly as fast and as it was.
 
 Which score moves a lead to a stage is the stage's qualification: `any` score over its own
-threshold, one named score, or an expression (schemas.ruleset.parse_qualification).
+threshold, one named score, or an expression (schemas.rule_set.parse_qualification).
 """
 
 from __future__ import annotations
@@ -17,14 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.ruleset import DEFAULT_SCORE, Grades, Qualification
+from schemas.rule_set import DEFAULT_SCORE, Grades, Qualification
+from stage_router.lifecycle import SCORED_STAGES
 
 # Adjustments an admin makes are kept as signals of their own, one per score, so the score
 # they changed still adds up from its signals and decays like the rest of its engagement.
 ADJUSTMENT_PREFIX = "adjust:"
 GRADE_LETTERS = ("A", "B", "C", "D")
 # Stages a score qualifies a lead for, highest first.
-QUALIFIED_STAGES = ("sql", "sal", "mql")
+QUALIFIED_STAGES = SCORED_STAGES[::-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +172,7 @@ def _bands(grades: Grades | None) -> tuple[Any, Any]:
 
 def compile_scores(document: Any) -> ScoreBook:
     """The scores of a validated `RuleSetDocument`."""
-    from schemas.ruleset import parse_qualification
+    from schemas.rule_set import parse_qualification
 
     names = document.score_names()
     fit_bands, engagement_bands = _bands(document.grades)

@@ -15,6 +15,7 @@ from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.lead_scores import lead_label
 from scoring_service.pipeline import Replay, Workspace, score_event
 from scoring_service.state import Account, JourneyState, LeadState, Member
+from stage_router.lifecycle import STAGES
 from stage_router.records import (
     AccountTransitionDoc,
     JourneyMoveDoc,
@@ -22,8 +23,6 @@ from stage_router.records import (
     TransitionDoc,
     score_doc,
 )
-
-STAGES = ("lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified")
 
 
 class BudgetExceeded(Exception):

@@ -22,6 +22,11 @@ OPPORTUNITY: Final = "opportunity"
 CUSTOMER: Final = "customer"
 DISQUALIFIED: Final = "disqualified"
 
+# Every account stage, in order; schemas.records.AccountStage spells the same names.
+ACCOUNT_STAGES: Final = (TARGET, ENGAGED, MQA, OPPORTUNITY, CUSTOMER, DISQUALIFIED)
+# The stages an account climbs through once its members engage.
+ACCOUNT_FUNNEL: Final = (ENGAGED, MQA, OPPORTUNITY, CUSTOMER)
+
 ACCOUNT_RANK: Final[dict[str, int]] = {TARGET: 0, ENGAGED: 1, MQA: 2, OPPORTUNITY: 3, CUSTOMER: 4}
 
 # Account feedback: outcome -> (stages it is legal from, stage it moves to).

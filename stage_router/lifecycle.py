@@ -14,6 +14,14 @@ CUSTOMER: Final = "customer"
 RECYCLED: Final = "recycled"
 DISQUALIFIED: Final = "disqualified"
 
+# Every lead stage, in lifecycle order; schemas.rule_set.Stage spells the same names for the
+# contracts (tests/unit/test_lifecycle.py checks they agree).
+STAGES: Final = (LEAD, MQL, SAL, SQL, OPPORTUNITY, CUSTOMER, RECYCLED, DISQUALIFIED)
+# The stages past `lead`, in order: the funnel a lead is handed along.
+FUNNEL: Final = (MQL, SAL, SQL, OPPORTUNITY, CUSTOMER)
+# The stages scoring decides; sales, deadlines and admins decide the rest.
+SCORING_STAGES: Final = (LEAD, MQL, SAL)
+
 # Automatic promotion only ever moves up this ladder. A recycled lead starts again at the
 # bottom: it re-enters mql when it earns the threshold again.
 RANK: Final[dict[str, int]] = {

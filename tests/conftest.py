@@ -53,12 +53,12 @@ async def service(settings: Settings) -> AsyncIterator[RunningService]:
 @pytest.fixture
 async def admin_container(settings: Settings) -> AsyncIterator[Container]:
     """The API's container on a migrated database with the starter rules, without Kafka."""
-    from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres import db, rule_set_store
 
     container = bootstrap(token_settings(settings))
     await db.migrate(container.db)
     async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
+        await rule_set_store.ensure_starter(await db.driver(conn))
     yield container
     await container.close()
 
@@ -67,11 +67,11 @@ async def admin_container(settings: Settings) -> AsyncIterator[Container]:
 async def open_container(settings: Settings) -> AsyncIterator[Container]:
     """The `make run` default, without Kafka loops running: a migrated database with the
     starter rules, no API tokens (loopback callers get every role)."""
-    from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres import db, rule_set_store
 
     container = bootstrap(settings)
     await db.migrate(container.db)
     async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
+        await rule_set_store.ensure_starter(await db.driver(conn))
     yield container
     await container.close()

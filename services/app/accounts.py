@@ -9,7 +9,7 @@ import orjson
 
 from schemas import api
 from schemas.timefmt import iso
-from services.adapters.postgres import read_store, rulesets
+from services.adapters.postgres import read_store, rule_set_store
 from services.adapters.postgres.db import connection
 from services.app.container import Container
 from services.app.errors import ApiError
@@ -109,7 +109,7 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
         account = await read_store.account(pg, account_id)
         if account is None:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}")
-        version = await rulesets.active_version(pg) or account.ruleset_version
+        version = await rule_set_store.active_version(pg) or account.ruleset_version
         engine = await container.rules.engine_for(pg, version)
         leads = await read_store.leads(pg, list(account.members))
     scorer = engine.accounts

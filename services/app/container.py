@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from schemas.records import FeedbackRecord
 from scoring_service.intake import Event
 from services.adapters import kafka
-from services.adapters.postgres import db, rulesets
+from services.adapters.postgres import db, rule_set_store
 from services.adapters.postgres.db import connection
 from services.adapters.secrets import Vault
 from services.app.sessions import ConsoleSessions
@@ -24,7 +24,7 @@ from services.auth import Principal
 from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.consumer import TopicConsumer
-from services.pipeline.deadlines import SlaWatcher
+from services.pipeline.deadlines import DeadlineWatcher
 from services.pipeline.feedback import FeedbackBatch
 from services.pipeline.jobs import Jobs
 from services.pipeline.lead_transaction import LeadWriter
@@ -54,7 +54,7 @@ class Container:
     vault: Vault
     jobs: Jobs
     feedback: TopicConsumer[FeedbackRecord, FeedbackBatch]
-    sla: SlaWatcher
+    deadlines: DeadlineWatcher
     supervisor: Supervisor
     # The configured API tokens ({sha256: who}); empty: the API trusts loopback only.
     tokens: dict[str, Principal]
@@ -65,10 +65,10 @@ class Container:
         """Migrate, make sure topics and a rule set exist, connect the Kafka clients."""
         await db.migrate(self.db)
         async with connection(self.db) as pg:
-            await rulesets.ensure_starter(pg)
+            await rule_set_store.ensure_starter(pg)
             # Load the active version now: one that cannot run shows on /readyz from the
             # start (the loops then wait for another version; the process stays up).
-            with contextlib.suppress(rulesets.VersionUnusable):
+            with contextlib.suppress(rule_set_store.VersionUnusable):
                 async with pg.transaction():
                     await self.rules.engine(pg)
         await kafka.ensure_topics(self.settings)
@@ -86,7 +86,7 @@ class Container:
         loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             "consumer": self.scorer.run,
             "feedback": self.feedback.run,
-            "sla": self.sla.run,
+            "deadlines": self.deadlines.run,
             "webhooks": self.webhooks.run,
             "relay": self.relay.run,
         }

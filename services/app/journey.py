@@ -8,7 +8,7 @@ from typing import Any
 
 from schemas.timefmt import iso
 from scoring_service.state import JourneyState
-from services.adapters.postgres import rulesets
+from services.adapters.postgres import rule_set_store
 from services.adapters.postgres.db import connection
 from services.app.container import Container
 from services.app.paging import time_window
@@ -41,7 +41,7 @@ async def journey_figures(
     next steps for moves in [since, until) (by default the last 30 days)."""
     since, until = time_window(since, until, default_days=30)
     async with connection(container.db) as pg:
-        version = await rulesets.active_version(pg)
+        version = await rule_set_store.active_version(pg)
         engine = await container.rules.engine_for(pg, version) if version else None
         journey = engine.journey if engine is not None else None
         return await journey_report.report(pg, since, until, journey)

@@ -11,12 +11,12 @@ import orjson
 
 from schemas.api import Adjustment
 from schemas.records import FeedbackBody, FeedbackRecord
-from schemas.ruleset import DEFAULT_SCORE, Stage
+from schemas.rule_set import DEFAULT_SCORE, Stage
 from schemas.timefmt import iso
 from scoring_service.lead_scores import lead_label
 from scoring_service.scores import ADJUSTMENT_PREFIX
 from scoring_service.state import AS_OF, VALUE
-from services.adapters.postgres import read_store, rulesets
+from services.adapters.postgres import read_store, rule_set_store
 from services.adapters.postgres.db import Row, connection
 from services.app.container import Container
 from services.app.errors import ApiError
@@ -120,7 +120,7 @@ async def lead_detail(
     db = container.db
     async with connection(db) as pg:
         resolved = await read_store.canonical_lead_id(pg, lead_id)
-        active = await rulesets.active_version(pg)
+        active = await rule_set_store.active_version(pg)
         if version is None or version == active:
             state = await read_store.lead(pg, resolved)
             account = (
@@ -187,7 +187,7 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
         if state is None:
             raise ApiError(404, "lead_not_found", f"no lead {lead_id!r}")
         engine = await container.rules.engine_for(
-            pg, await rulesets.active_version(pg) or state.ruleset_version
+            pg, await rule_set_store.active_version(pg) or state.ruleset_version
         )
     hits = [orjson.loads(r["hits"]) for r in events]
     book = engine.rules.book
@@ -355,13 +355,13 @@ async def review(
     since, until = time_window(since, until, default_days=90)
     async with connection(container.db) as pg:
         if version is None:
-            version = await rulesets.active_version(pg)
+            version = await rule_set_store.active_version(pg)
             if version is None:
                 raise ApiError(404, "no_active_ruleset", "no rule set is active")
         elif await read_store.ruleset_version(pg, version) is None:
             raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
         running = await challenger.running(pg)
-        active = await rulesets.active_version(pg)
+        active = await rule_set_store.active_version(pg)
         if running is None or running.version != version or active is None:
             return await review_report(pg, since, until, version)
         # A challenger: its own stages over the same leads, next to the active version.
@@ -382,7 +382,7 @@ async def pipeline_reviews(
     """The active version's outcome review for [since, until) and, while one runs, the
     challenger's on its own stages (None where there is no such version)."""
     async with connection(container.db) as pg:
-        active = await rulesets.active_version(pg)
+        active = await rule_set_store.active_version(pg)
         review_of_active = await review_report(pg, since, until, active) if active else None
         running = await challenger.running(pg)
         review_of_challenger = (

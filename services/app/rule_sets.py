@@ -11,13 +11,13 @@ from typing import Any
 
 import orjson
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service import weights
 from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
-from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
+from scoring_service.rule_set_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import BudgetExceeded, simulate
-from services.adapters.postgres import outbox_store, read_store, rulesets
+from services.adapters.postgres import outbox_store, read_store, rule_set_store
 from services.adapters.postgres.db import connection, transaction
 from services.app.container import Container
 from services.app.errors import ApiError
@@ -57,7 +57,7 @@ async def _runnable_version(container: Container, pg: Any, version: int) -> None
     await _fetch_version(pg, version)
     try:
         await container.rules.check(pg, version)
-    except rulesets.VersionUnusable as exc:
+    except rule_set_store.VersionUnusable as exc:
         raise ApiError(422, "ruleset_unusable", str(exc)) from None
 
 
@@ -79,8 +79,10 @@ async def publish_ruleset(
         async with pg.transaction():
             # The author's text is kept as sent: it decoded as UTF-8 in load_document.
             source = body.decode("utf-8")
-            version = await rulesets.publish(pg, document, by=by, comment=comment, source=source)
-            await rulesets.record_audit(
+            version = await rule_set_store.publish(
+                pg, document, by=by, comment=comment, source=source
+            )
+            await rule_set_store.record_audit(
                 pg,
                 actor=by,
                 action="ruleset.publish",
@@ -88,7 +90,7 @@ async def publish_ruleset(
                 detail={"name": document.name, "comment": comment},
             )
             row = await _fetch_version(pg, version)
-        active = await rulesets.active_version(pg)
+        active = await rule_set_store.active_version(pg)
     return _ruleset_row(row, active, True)
 
 
@@ -96,14 +98,14 @@ async def ruleset_list(container: Container) -> list[dict[str, Any]]:
     """Every published version, newest first."""
     async with connection(container.db) as pg:
         rows = await read_store.ruleset_versions(pg)
-        active = await rulesets.active_version(pg)
+        active = await rule_set_store.active_version(pg)
     return [_ruleset_row(r, active, False) for r in rows]
 
 
 async def ruleset_detail(container: Container, version: int | None) -> dict[str, Any]:
     """One version with its document; None means the active one."""
     async with connection(container.db) as pg:
-        active = await rulesets.active_version(pg)
+        active = await rule_set_store.active_version(pg)
         if version is None:
             if active is None:
                 raise ApiError(404, "no_active_ruleset", "no rule set is active")
@@ -129,13 +131,13 @@ async def activate_version(
         await _runnable_version(container, pg, version)
         async with pg.transaction():
             await _fetch_version(pg, version)
-            previous = await rulesets.active_version(pg)
-            await rulesets.activate(pg, version, by=by)
+            previous = await rule_set_store.active_version(pg)
+            await rule_set_store.activate(pg, version, by=by)
             current = await challenger.running(pg)
             if current is not None and current.version == version:
                 promoted = await _promote_challenger(container, pg, version)
                 rescore = False  # its state is already this version's
-            await rulesets.record_audit(
+            await rule_set_store.record_audit(
                 pg,
                 actor=by,
                 action="ruleset.activate",
@@ -216,8 +218,8 @@ async def propose_version(
         weights.with_points(document, {r: new for r, (_, new) in proposal.points.items()})
     )
     async with transaction(container.db) as pg:
-        new_version = await rulesets.publish(pg, proposed, by=by, comment=text)
-        await rulesets.record_audit(
+        new_version = await rule_set_store.publish(pg, proposed, by=by, comment=text)
+        await rule_set_store.record_audit(
             pg,
             actor=by,
             action="ruleset.propose",
@@ -272,7 +274,7 @@ async def start_challenge(container: Container, version: int, *, by: str) -> dic
                 await challenger.start(pg, version, by=by)
             except challenger.ChallengerRefused as exc:
                 raise ApiError(409, exc.code, exc.message) from exc
-            await rulesets.record_audit(
+            await rule_set_store.record_audit(
                 pg, actor=by, action="ruleset.challenge", target=str(version), detail=None
             )
     job = await container.jobs.submit(
@@ -293,7 +295,7 @@ async def stop_challenge(container: Container, version: int, *, by: str) -> None
             await challenger.stop(pg, version)
         except challenger.ChallengerRefused as exc:
             raise ApiError(409, exc.code, exc.message) from exc
-        await rulesets.record_audit(
+        await rule_set_store.record_audit(
             pg, actor=by, action="ruleset.challenge.stop", target=str(version), detail=None
         )
 
@@ -305,7 +307,7 @@ async def run_simulation(
     thread with a time budget (422 `too_expensive` past it)."""
     async with connection(container.db) as pg:
         await _fetch_version(pg, version)
-        document = await rulesets.load_version(pg, version)
+        document = await rule_set_store.load_version(pg, version)
     budget = container.settings.request_cpu_seconds
 
     def work() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.adapters.postgres import session_store
 from services.adapters.postgres.db import Connection, connection, transaction
-from services.adapters.postgres.rulesets import record_audit
+from services.adapters.postgres.rule_set_store import record_audit
 from services.auth import AuthError, Principal, authenticate, hash_token
 
 # A token that signs in over and over keeps this many sessions; its oldest end first.

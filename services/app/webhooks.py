@@ -14,7 +14,7 @@ from schemas.webhooks import EndpointCreate, EndpointSettings, EndpointUpdate
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
 from services.adapters.postgres.db import connection, transaction
-from services.adapters.postgres.rulesets import record_audit
+from services.adapters.postgres.rule_set_store import record_audit
 from services.adapters.secrets import new_signing_secret
 from services.app.container import Container
 from services.app.errors import ApiError

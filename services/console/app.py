@@ -19,7 +19,6 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from scoring_service.simulation import STAGES
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.app.container import Container
 from services.app.errors import MALFORMED, ApiError
@@ -37,11 +36,12 @@ from services.console import (
 )
 from services.console.pages import Pages
 from services.console.session import CSRF_COOKIE, Forbidden, SignInNeeded, Visitor
+from stage_router.accounts import ACCOUNT_STAGES
+from stage_router.lifecycle import STAGES
 
 log = logging.getLogger(__name__)
 
 HERE = pathlib.Path(__file__).parent
-ACCOUNT_STAGES = ("target", "engaged", "mqa", "opportunity", "customer", "disqualified")
 
 
 def console_app(container: Container, prefix: str) -> FastAPI:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from schemas.ruleset import PHASE_FILTER, Stage
+from schemas.rule_set import PHASE_FILTER, Stage
 from services.app.leads import (
     lead_detail,
     lead_history,

@@ -12,13 +12,12 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from scoring_service.diff import around_changes, side_by_side
-from scoring_service.ruleset_files import (
+from scoring_service.rule_set_files import (
     MAX_DOCUMENT_BYTES,
     RuleSetInvalid,
     load_document,
     problem_lines,
 )
-from scoring_service.simulation import STAGES
 from services.app.errors import ApiError
 from services.app.rule_sets import (
     activate_version,
@@ -43,6 +42,7 @@ from services.console.session import (
     check_csrf,
     visitor_of,
 )
+from stage_router.lifecycle import STAGES
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import __version__
 from services.adapters.postgres.errors import UNAVAILABLE
-from services.adapters.postgres.rulesets import VersionUnusable
+from services.adapters.postgres.rule_set_store import VersionUnusable
 from services.app.container import Container
 from services.app.errors import MALFORMED, ApiError
 from services.auth import AuthError
-from services.http import accounts, ingest, leads, operations, rulesets, sessions, webhooks
+from services.http import accounts, ingest, leads, operations, rule_sets, sessions, webhooks
 from services.http.common import (
     COMMON,
     EncodedSegments,
@@ -134,7 +134,7 @@ def create_app(container: Container) -> FastAPI:
             error_body(request.url.path, "internal_error", type(exc).__name__), status_code=500
         )
 
-    for resource in (operations, rulesets, leads, accounts, sessions, webhooks, ingest):
+    for resource in (operations, rule_sets, leads, accounts, sessions, webhooks, ingest):
         app.include_router(resource.router)
     # The web console: same process, same port, same tokens. Imported here because the
     # console's pages call this package's routers' functions.

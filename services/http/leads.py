@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from schemas import api
 from schemas.records import FeedbackBody
-from schemas.ruleset import PHASE_FILTER
+from schemas.rule_set import PHASE_FILTER
 from services.app import journey, leads
 from services.http.common import ERRORS, NOT_FOUND, IsoDateTime, SubjectId
 from services.http.deps import Admin, ContainerDep, Viewer

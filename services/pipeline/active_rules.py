@@ -11,9 +11,9 @@ from collections.abc import Callable
 from scoring_service.engine import Engine
 from scoring_service.rules import CompiledRuleSet
 from scoring_service.simulation import check_runs
-from services.adapters.postgres import rulesets
+from services.adapters.postgres import rule_set_store
 from services.adapters.postgres.db import Connection
-from services.adapters.postgres.rulesets import (
+from services.adapters.postgres.rule_set_store import (
     VersionUnusable,
     active_version,
     load_version,
@@ -61,7 +61,7 @@ class ActiveRules:
     async def engines(self, pg: Connection) -> tuple[Engine, Engine | None]:
         """The active engine and the challenger's, if one runs; as `engine`, under the
         shared lock (starting or stopping a challenger takes it exclusively too)."""
-        active_version, challenger_version = await rulesets.versions_in_use(pg)
+        active_version, challenger_version = await rule_set_store.versions_in_use(pg)
         if active_version is None:
             raise NoActiveRuleSet("no active rule set")
         active = await self._active_engine(pg, active_version)

@@ -74,7 +74,7 @@ class BatchReport(Generic[Outcome]):
 
     scored: int = 0
     duplicates: int = 0
-    # Events from crawlers: counted, not scored (schemas.ruleset.Bots).
+    # Events from crawlers: counted, not scored (schemas.rule_set.Bots).
     bots: int = 0
     invalid: int = 0
     stale: int = 0

@@ -31,17 +31,15 @@ from scoring_service.engine import Engine
 from scoring_service.intake import Event
 from scoring_service.pipeline import Workspace, note_scores, score_event
 from scoring_service.state import Account, LeadState
-from services.adapters.postgres import challenger_store, history_store, lead_store, rulesets
+from services.adapters.postgres import challenger_store, history_store, lead_store, rule_set_store
 from services.adapters.postgres.db import Connection
-from stage_router.lifecycle import Move
+from stage_router.lifecycle import SCORING_STAGES, Move
 from stage_router.records import AccountTransitionDoc, TransitionDoc
 
 log = logging.getLogger(__name__)
 
 LEADS = challenger_store.LEADS
 ACCOUNTS = challenger_store.ACCOUNTS
-# Live stages scoring decides; a challenger's activation may change these and no others.
-SCORING_STAGES = ("lead", "mql", "sal")
 
 
 class ChallengerRefused(Exception):
@@ -81,8 +79,8 @@ async def journey_phases(pg: Connection) -> dict[str, dict[str, int]]:
 async def start(pg: Connection, version: int, *, by: str) -> None:
     """Make `version` the challenger; run inside a transaction. The exclusive rule-set lock
     waits for batches in flight: every batch after the commit scores with the challenger."""
-    await rulesets.lock_exclusively(pg)
-    if await rulesets.active_version(pg) == version:
+    await rule_set_store.lock_exclusively(pg)
+    if await rule_set_store.active_version(pg) == version:
         raise ChallengerRefused("already_active", f"version {version} is the active version")
     current = await running(pg)
     if current is not None:
@@ -96,7 +94,7 @@ async def start(pg: Connection, version: int, *, by: str) -> None:
 async def stop(pg: Connection, version: int) -> None:
     """Stop the challenger `version` and drop its state (its stage changes stay, for the
     outcome report); run inside a transaction."""
-    await rulesets.lock_exclusively(pg)
+    await rule_set_store.lock_exclusively(pg)
     current = await running(pg)
     if current is None or current.version != version:
         raise ChallengerRefused("not_challenger", f"version {version} is not the challenger")
@@ -212,6 +210,7 @@ async def promote(pg: Connection, engine: Engine, *, now: float) -> tuple[Effect
             f"the challenger is still replaying the leads that existed when it started "
             f"({warm} of {total} leads); activate it when its warm-up job has finished",
         )
+    # A challenger's activation changes the stages scoring decides, and no others.
     moving = await challenger_store.leads_at_another_stage(pg, SCORING_STAGES)
     taken = await challenger_store.take_over_scores(pg, version)
     effects = Effects()

@@ -39,7 +39,7 @@ from services.adapters import kafka
 from services.adapters.postgres import offset_store, outbox_store
 from services.adapters.postgres.db import HeldConnection, connection, transaction
 from services.adapters.postgres.errors import DATABASE_ERROR, REFUSED, UNAVAILABLE
-from services.adapters.postgres.rulesets import VersionUnusable
+from services.adapters.postgres.rule_set_store import VersionUnusable
 from services.metrics import observe_many, size_class
 from services.pipeline.batches import (
     BatchReport,

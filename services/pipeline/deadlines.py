@@ -4,8 +4,9 @@
 Deadlines live in PostgreSQL, so they survive restarts. Each check is a lead transaction
 (services/pipeline/lead_transaction.py): it locks the leads of the due deadlines in the global
 order, then marks the deadlines still open breached in the same transaction as the notification
-it writes, so with any number of instances each breach is emitted once, and the watcher never
-holds a handoff row while waiting for a lead (the deadlock this order removed).
+it writes, so with any number of instances each breach is emitted once. The watcher never
+holds a handoff row while waiting for a lead: a writer holding that lead and waiting for the
+handoff row would deadlock with it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from scoring_service.lead_scores import lead_label
 from services.adapters.postgres import record_store
 from services.adapters.postgres.db import connection
 from services.adapters.postgres.errors import DATABASE_ERROR, UNAVAILABLE
-from services.adapters.postgres.rulesets import VersionUnusable
+from services.adapters.postgres.rule_set_store import VersionUnusable
 from services.pipeline.lead_transaction import LeadTransaction, LeadWriter
 from services.settings import Settings
 from stage_router import records
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 CHECK_BATCH = 500
 
 
-class SlaWatcher:
+class DeadlineWatcher:
     def __init__(
         self,
         *,
@@ -46,7 +47,9 @@ class SlaWatcher:
     async def check_once(self) -> int:
         """Handle the deadlines due by now; returns how many breached."""
         now = self.clock()
-        breached = await self.writer.run(lambda tx: self._breach_due(tx), writer="sla", now=now)
+        breached = await self.writer.run(
+            lambda tx: self._breach_due(tx), writer="deadlines", now=now
+        )
         for stage in breached:
             self.metrics.sla_breaches.labels(stage).inc()
         return len(breached)

@@ -56,7 +56,7 @@ from services.adapters.postgres import (
     offset_store,
     outbox_store,
     record_store,
-    rulesets,
+    rule_set_store,
 )
 from services.adapters.postgres.db import Connection, HeldConnection, connection
 from services.adapters.postgres.errors import CONFLICTS, DATABASE_ERROR
@@ -211,7 +211,7 @@ class LeadTransaction:
         self, *, actor: str, action: str, target: str | None, detail: dict[str, Any] | None
     ) -> None:
         """An audit entry, committed with the change it records."""
-        await rulesets.record_audit(
+        await rule_set_store.record_audit(
             self.pg, actor=actor, action=action, target=target, detail=detail
         )
 

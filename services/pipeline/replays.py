@@ -16,7 +16,7 @@ from scoring_service.effects import Hit
 from scoring_service.simulation import ImpactReport, replay_lead
 from services.adapters.postgres import challenger_store, history_store, lead_store
 from services.adapters.postgres.db import connection
-from services.adapters.postgres.rulesets import active_version
+from services.adapters.postgres.rule_set_store import active_version
 from services.pipeline import challenger
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.jobs import JobContext, JobFailed

@@ -13,10 +13,10 @@ from typing import Any
 
 from services.adapters.postgres import read_store
 from services.adapters.postgres.db import Connection
+from stage_router.accounts import ACCOUNT_FUNNEL
+from stage_router.lifecycle import FUNNEL
 
-FUNNEL = ("mql", "sal", "sql", "opportunity", "customer")
 NEXT = dict(pairwise(FUNNEL))
-ACCOUNT_FUNNEL = ("engaged", "mqa", "opportunity", "customer")
 ACCOUNT_NEXT = dict(pairwise(ACCOUNT_FUNNEL))
 
 

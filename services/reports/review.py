@@ -18,11 +18,12 @@ import orjson
 
 from services.adapters.postgres import review_store
 from services.adapters.postgres.db import Connection
+from stage_router.lifecycle import FUNNEL
 
 OUTCOMES = ("accepted", "qualified", "converted", "won", "lost")
 # Fixed score bands at handoff: [low, high) with the last open-ended.
 BANDS = (0.0, 25.0, 50.0, 75.0, 100.0, 150.0)
-PAST_LEAD = ("mql", "sal", "sql", "opportunity", "customer")
+PAST_LEAD = FUNNEL
 
 # (good outcome, the bad one) a proposal can learn from.
 TARGETS = {"won": ("won", "lost"), "qualified": ("qualified", "rejected")}

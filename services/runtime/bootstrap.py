@@ -14,7 +14,7 @@ from services.auth import parse_tokens
 from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.consumer import TopicConsumer
-from services.pipeline.deadlines import SlaWatcher
+from services.pipeline.deadlines import DeadlineWatcher
 from services.pipeline.event_handler import EventHandler
 from services.pipeline.feedback import FeedbackHandler
 from services.pipeline.jobs import Jobs
@@ -90,7 +90,7 @@ def bootstrap(
         vault=vault,
         jobs=Jobs(engine),
         feedback=feedback,
-        sla=SlaWatcher(settings=settings, writer=writer),
+        deadlines=DeadlineWatcher(settings=settings, writer=writer),
         supervisor=Supervisor(metrics),
         tokens=tokens,
         sessions=ConsoleSessions(

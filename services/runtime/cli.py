@@ -23,9 +23,10 @@ import httpx
 import orjson
 
 from scoring_service.engine import Engine
+from scoring_service.rule_set_files import RuleSetInvalid, load_document, problem_lines
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import RuleSetInvalid, load_document, problem_lines
-from scoring_service.simulation import STAGES, simulate
+from scoring_service.simulation import simulate
+from stage_router.lifecycle import STAGES
 
 
 class CliError(Exception):
@@ -518,7 +519,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(_: argparse.Namespace) -> None:
-    from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres import db, rule_set_store
     from services.adapters.postgres.db import connection
     from services.settings import Settings
 
@@ -530,7 +531,7 @@ def cmd_migrate(_: argparse.Namespace) -> None:
         try:
             await db.migrate(engine)
             async with connection(engine) as pg:
-                await rulesets.ensure_starter(pg)
+                await rule_set_store.ensure_starter(pg)
         finally:
             await engine.dispose()
 

@@ -135,8 +135,9 @@ def log_memory() -> None:
 def tune_garbage_collector() -> None:
     """Collect young objects less often, and never rescan what start-up built.
 
-    Scoring allocates a few small objects per event; with the default threshold (700) the
-    collector ran so often that it took half of the engine's time (docs/performance/index.md).
+    Scoring allocates a few small objects per event; at the default threshold (700) the
+    collector runs so often that it takes about half of the engine's time
+    (docs/performance/index.md).
     """
     gc.collect()
     gc.freeze()

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from services.adapters.postgres import db, rulesets
+from services.adapters.postgres import db, rule_set_store
 from services.http import create_app
 from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import free_port
@@ -58,7 +58,7 @@ async def open_api(infra: Infra) -> AsyncIterator[tuple[str, object]]:
     container = bootstrap(settings)
     await db.migrate(container.db)
     async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
+        await rule_set_store.ensure_starter(await db.driver(conn))
     port = free_port()
     try:
         async with serving(create_app(container), port):

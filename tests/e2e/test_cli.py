@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 import yaml
 
-from scoring_service.ruleset_files import starter_document
+from scoring_service.rule_set_files import starter_document
 from services.http import create_app
 from services.runtime.embedded import free_port
 from services.runtime.main import QuietServer
@@ -287,7 +287,7 @@ async def test_rules_list_names_every_version_and_the_active_one(admin_container
 async def test_a_rule_set_keeps_its_authors_words_through_publish_show_and_diff(
     admin_container, tmp_path
 ):
-    from scoring_service.ruleset_files import starter_text
+    from scoring_service.rule_set_files import starter_text
     from tests.helpers.service import client_for
 
     starter = starter_text()

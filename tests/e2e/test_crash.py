@@ -9,7 +9,7 @@ import pytest
 
 from bench.harness import start_service
 from bench.workload import generate, lead_key
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from tests.helpers.database import committed, committed_at_least, db_fetch, drained
 from tests.helpers.kafka import produce
 from tests.helpers.replays import assert_leads_match, assert_transitions_as_replayed, replay
@@ -54,7 +54,7 @@ async def test_kill_9_mid_stream_then_restart_with_a_challenger_running(settings
     """Nothing lost or counted twice, in the live state or in a challenger's: the
     challenger's state is written in the batch's transaction. (The ten-kill fault test
     covers the same without a challenger.)"""
-    from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres import db, rule_set_store
     from services.pipeline import challenger
     from services.runtime.bootstrap import bootstrap
     from tests.integration.test_challenger import (
@@ -68,9 +68,9 @@ async def test_kill_9_mid_stream_then_restart_with_a_challenger_running(settings
     await db.migrate(container.db)
     async with container.db.connect() as conn:
         pg = await db.driver(conn)
-        await rulesets.ensure_starter(pg)
+        await rule_set_store.ensure_starter(pg)
         async with pg.transaction():
-            version = await rulesets.publish(
+            version = await rule_set_store.publish(
                 pg, RuleSetDocument.model_validate(candidate_document()), by="test"
             )
             await challenger.start(pg, version, by="test")

@@ -15,7 +15,7 @@ from tests.helpers.kafka import read_all
 def replay(docs: list[Any]) -> Any:
     """The same events through the pure pipeline, in memory: what the service must match."""
     from scoring_service.engine import Engine
-    from scoring_service.ruleset_files import starter_ruleset
+    from scoring_service.rule_set_files import starter_ruleset
     from scoring_service.simulation import replay_documents
 
     return replay_documents(Engine(starter_ruleset()), docs, now=time.time())

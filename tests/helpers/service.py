@@ -18,7 +18,7 @@ class RunningService:
     def __init__(self, container: Container, clock: FakeClock | None = None) -> None:
         self.container = container
         self.clock = clock or FakeClock(SLA_EPOCH)
-        container.sla.clock = self.clock
+        container.deadlines.clock = self.clock
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 

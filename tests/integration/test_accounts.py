@@ -13,7 +13,7 @@ import pytest
 
 from bench.harness import start_service
 from bench.workload import generate
-from scoring_service.ruleset_files import starter_document
+from scoring_service.rule_set_files import starter_document
 from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import free_port
 from tests.helpers.committee import ACCOUNT, committee_journey

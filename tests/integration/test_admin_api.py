@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 
-from scoring_service.ruleset_files import starter_document
+from scoring_service.rule_set_files import starter_document
 from tests.helpers.database import db_fetch
 from tests.helpers.service import client_for
 from tests.helpers.waiting import wait_for

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from bench.workload import generate, lead_key
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset
@@ -35,7 +35,7 @@ def replay_under(document: dict[str, Any], version: int, docs: list[Any]) -> Rep
 
 
 def starter_replay(docs: list[Any]) -> Replay:
-    from scoring_service.ruleset_files import starter_ruleset
+    from scoring_service.rule_set_files import starter_ruleset
 
     return replay_documents(Engine(starter_ruleset()), docs, now=time.time())
 

@@ -99,13 +99,13 @@ async def test_forms_without_the_sessions_csrf_token_are_refused(admin_container
 
 
 async def test_without_tokens_loopback_needs_no_sign_in_and_others_are_refused(settings):
-    from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres import db, rule_set_store
     from services.runtime.bootstrap import bootstrap
 
     container = bootstrap(settings)  # no API tokens configured
     await db.migrate(container.db)
     async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
+        await rule_set_store.ensure_starter(await db.driver(conn))
     try:
         async with console_client(container) as local:
             answer = await local.get("/console/rules")
@@ -239,7 +239,7 @@ async def test_with_the_database_away_pages_say_so_and_come_back(settings):
     """The database stops answering (here: its address refuses connections), then returns."""
     from pydantic import SecretStr
 
-    from services.adapters.postgres import db, rulesets
+    from services.adapters.postgres import db, rule_set_store
     from services.runtime.bootstrap import bootstrap
     from services.runtime.embedded import free_port
 
@@ -261,7 +261,7 @@ async def test_with_the_database_away_pages_say_so_and_come_back(settings):
     container = bootstrap(settings)
     await db.migrate(container.db)
     async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
+        await rule_set_store.ensure_starter(await db.driver(conn))
     try:
         async with console_client(container) as client:
             assert (await client.get("/console/rules")).status_code == 200
@@ -323,7 +323,7 @@ async def test_the_version_page_and_the_editor_show_the_rules_as_their_author_wr
 ):
     import html
 
-    from scoring_service.ruleset_files import starter_text
+    from scoring_service.rule_set_files import starter_text
 
     comment = next(line for line in starter_text().splitlines() if line.startswith("# "))
     async with console_client(admin_container) as client:

@@ -193,7 +193,7 @@ async def test_sla_breach_is_emitted_once_across_instances_and_restarts(service,
             },
         )
         assert answered.status_code == 200
-    sla = service.container.sla
+    sla = service.container.deadlines
     service.clock.now = (ENTERED + timedelta(hours=23)).timestamp()
     assert await sla.check_once() == 0  # the mql SLA is 24 h
     await sla.update_gauge()
@@ -202,9 +202,9 @@ async def test_sla_breach_is_emitted_once_across_instances_and_restarts(service,
     try:
         service.clock.now = (ENTERED + timedelta(hours=25)).timestamp()
         # Both instances check at the same moment: one breach between them.
-        counts = await asyncio.gather(sla.check_once(), second.container.sla.check_once())
+        counts = await asyncio.gather(sla.check_once(), second.container.deadlines.check_once())
         assert sorted(counts) == [0, 1]
-        assert await second.container.sla.check_once() == 0
+        assert await second.container.deadlines.check_once() == 0
     finally:
         await second.container.close()
     restarted = bootstrap(settings)
@@ -239,7 +239,7 @@ async def test_expired_sla_escalates_and_recycles_when_the_rules_say_so(service,
     await produce(settings, docs)
     await wait_for(lambda: drained(settings, len(docs)))
     service.clock.now = (ENTERED + timedelta(days=2)).timestamp()
-    assert await service.container.sla.check_once() == 1
+    assert await service.container.deadlines.check_once() == 1
     await wait_for(lambda: drained(settings, len(docs)))
     [breach] = await breaches(settings)
     assert breach["owner"] == "user:head-of-sales"

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.adapters.postgres import db, rulesets
+from services.adapters.postgres import db, rule_set_store
 from services.app.container import Container
 from services.pipeline.lead_transaction import LeadTransaction
 from services.runtime.bootstrap import bootstrap
@@ -22,7 +22,7 @@ async def cached(settings: Settings) -> AsyncIterator[Container]:
     container = bootstrap(settings.with_changes(lead_cache_size=1000))
     await db.migrate(container.db)
     async with container.db.connect() as conn:
-        await rulesets.ensure_starter(await db.driver(conn))
+        await rule_set_store.ensure_starter(await db.driver(conn))
     yield container
     await container.close()
 

@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 from bench.workload import generate, lead_key
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
 from scoring_service.rules import compile_ruleset

@@ -250,7 +250,7 @@ async def test_the_worked_example_gives_the_readmes_records(service, settings):
     # run out when it arrives: `make send` is followed at once by an sla_breach, which
     # carries the same picture of the lead as the promotion did.
     service.clock.now = datetime.fromisoformat("2026-11-20T10:30:00+00:00").timestamp()
-    assert await service.container.sla.check_once() == 1
+    assert await service.container.deadlines.check_once() == 1
     notes = values(await read_all(settings, settings.topic_notifications, expect=3))
     [breach] = [n for n in notes if n["type"] == "sla_breach"]
     assert breach["notification_id"] == "u-42:2:sla_breach"

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.ruleset import AccountThresholds, RuleSetDocument
+from schemas.rule_set import AccountThresholds, RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
+from scoring_service.rule_set_files import starter_document, starter_ruleset
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.state import Account, LeadState
 from stage_router.accounts import (
     account_feedback_move,

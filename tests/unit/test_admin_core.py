@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.diff import diff_documents
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
+from scoring_service.rule_set_files import RuleSetInvalid, load_document, starter_document
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import RuleSetInvalid, load_document, starter_document
 from tests.helpers.factories import NOW, at, identify, page, parsed
 
 

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, event_doc, event_from_doc, parse_event
 from scoring_service.rules import compile_ruleset

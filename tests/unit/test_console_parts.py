@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from scoring_service.diff import around_changes, side_by_side
-from scoring_service.ruleset_files import RuleSetInvalid, load_document, problem_lines
+from scoring_service.rule_set_files import RuleSetInvalid, load_document, problem_lines
 from services.auth import AuthError, authenticate, hash_token, parse_tokens
 from services.console.charts import bar_chart, grouped_bar_chart, line_chart
 from services.console.session import Forbidden, Visitor, check_csrf

@@ -6,7 +6,7 @@ import pytest
 
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import HITS, IGNORED
 from tests.helpers.factories import NOW, at, group, identify, page, parsed, track
 
@@ -134,8 +134,8 @@ def test_disqualifier_stops_automatic_promotion_but_scoring_goes_on():
 
 
 def test_account_traits_feed_fit_rules():
+    from scoring_service.rule_set_files import starter_document
     from scoring_service.rules import compile_ruleset
-    from scoring_service.ruleset_files import starter_document
 
     doc = starter_document().model_dump(by_alias=True)
     doc["rules"].append(
@@ -146,7 +146,7 @@ def test_account_traits_feed_fit_rules():
             "when": {"trait": "account.country", "equals": "us"},
         }
     )
-    from schemas.ruleset import RuleSetDocument
+    from schemas.rule_set import RuleSetDocument
 
     engine = Engine(compile_ruleset(RuleSetDocument.model_validate(doc), 2))
     replay = Replay(engine)

@@ -13,7 +13,7 @@ from bench.workload import generate
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, parse_event
 from scoring_service.pipeline import Workspace, score_event
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import LeadState
 from stage_router.records import SignalDoc, apportion, score_doc
 from tests.helpers.factories import NOW, at, page, parsed

@@ -13,7 +13,7 @@ from schemas.records import FeedbackRecord
 from scoring_service.effects import Effects
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Workspace
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import LeadState
 from services.pipeline.feedback import APPLIED, REFUSED, UNKNOWN_LEAD, apply_feedback
 

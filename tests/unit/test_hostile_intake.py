@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import Replay
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from tests.helpers.factories import NOW
 from tests.helpers.hostile import hostile_message
 

@@ -10,11 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from bench.workload import generate
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.journey import channel_of, compile_journey
 from scoring_service.pipeline import Replay
-from scoring_service.ruleset_files import starter_document, starter_ruleset
+from scoring_service.rule_set_files import starter_document, starter_ruleset
 from tests.helpers.committee import ACCOUNT, committee_journey
 from tests.helpers.factories import BASE, NOW, at, identify, page, parsed, track
 

@@ -70,3 +70,15 @@ def test_rejection_needs_a_reason():
 def test_customer_cannot_be_disqualified_by_sales():
     with pytest.raises(IllegalFeedback):
         feedback_move("customer", "disqualified")
+
+
+def test_the_contracts_spell_the_stages_the_lifecycle_knows_in_its_order() -> None:
+    from typing import get_args
+
+    from schemas.records import AccountStage
+    from schemas.rule_set import Stage
+    from stage_router.accounts import ACCOUNT_STAGES
+    from stage_router.lifecycle import STAGES
+
+    assert get_args(Stage) == STAGES
+    assert get_args(AccountStage) == ACCOUNT_STAGES

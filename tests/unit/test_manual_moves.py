@@ -17,7 +17,7 @@ import pytest
 from scoring_service.effects import Effects
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Workspace
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import Account, LeadState
 from services.pipeline import manual_moves
 from stage_router.records import AccountTransitionDoc

@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from schemas.ruleset import When
+from schemas.rule_set import When
 from scoring_service import rules
 from scoring_service.intake import Event
 from scoring_service.rules import compile_condition

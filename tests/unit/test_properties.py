@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scoring_service.engine import Engine
 from scoring_service.lead_scores import within_limit
 from scoring_service.pipeline import Replay
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from tests.helpers.factories import NOW, at, parsed, track
 
 ENGINE = Engine(starter_ruleset())

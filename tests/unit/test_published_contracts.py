@@ -31,7 +31,7 @@ from schemas.records import (
 )
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, Rejection, parse_event
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.simulation import replay_documents
 from services.adapters.asyncapi import build_document, render
 from services.outputs import all_topics

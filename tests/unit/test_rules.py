@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
+from scoring_service.rule_set_files import RuleSetInvalid, validate_data
 from scoring_service.rules import Glob
-from scoring_service.ruleset_files import RuleSetInvalid, validate_data
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_duplicate_ids_are_refused():
     ],
 )
 def test_words_any_matches_whole_words_and_phrases(words_any, title, matches):
-    from schemas.ruleset import Operators
+    from schemas.rule_set import Operators
     from scoring_service.rules import compile_operators
 
     assert compile_operators(Operators(words_any=words_any))(title) is matches
@@ -124,7 +124,7 @@ def test_words_any_needs_a_word():
 )
 def test_words_any_is_a_run_of_whole_words(title_words, phrase_words, separator):
     """Against the plain definition: the phrase's words appear consecutively in the title's."""
-    from schemas.ruleset import Operators
+    from schemas.rule_set import Operators
     from scoring_service.rules import compile_operators
 
     def fold(word: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scoring_service.engine import Engine
-from scoring_service.ruleset_files import RuleSetInvalid, load_document, starter_ruleset
+from scoring_service.rule_set_files import RuleSetInvalid, load_document, starter_ruleset
 from scoring_service.simulation import check_runs
 
 STARTER = (Path(__file__).parents[2] / "scoring_service" / "starter_ruleset.yaml").read_text(

@@ -10,11 +10,11 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.intake import Event, parse_event
+from scoring_service.rule_set_files import starter_document, starter_ruleset
 from scoring_service.rules import compile_ruleset
-from scoring_service.ruleset_files import starter_document, starter_ruleset
 from scoring_service.simulation import replay_documents
 from tests.helpers.factories import at, identify, page, track
 

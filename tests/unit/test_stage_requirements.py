@@ -8,7 +8,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
 from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents

@@ -6,7 +6,7 @@ import pytest
 
 from scoring_service.engine import Engine
 from scoring_service.pipeline import Replay
-from scoring_service.ruleset_files import starter_ruleset
+from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import LeadState
 from tests.helpers.factories import NOW, at, group, identify, page, parsed, track
 

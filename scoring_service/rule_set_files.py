@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
 from scoring_service.rules import CompiledRuleSet, compile_ruleset
 
 MAX_DOCUMENT_BYTES = 1024 * 1024

@@ -8,9 +8,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from schemas.ruleset import RuleSetDocument
+from schemas.rule_set import RuleSetDocument
+from scoring_service.rule_set_files import starter_document, starter_text
 from scoring_service.rules import CompiledRuleSet, compile_ruleset
-from scoring_service.ruleset_files import starter_document, starter_text
 
 log = logging.getLogger(__name__)
 # Batches hold it shared while scoring; activation holds it exclusively to switch versions.

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from schemas import api
-from schemas.ruleset import RuleSetDocument
-from scoring_service.ruleset_files import MAX_DOCUMENT_BYTES
+from schemas.rule_set import RuleSetDocument
+from scoring_service.rule_set_files import MAX_DOCUMENT_BYTES
 from services.app import rule_sets
 from services.app.errors import ApiError
 from services.http.common import ERRORS, NOT_FOUND, Version
