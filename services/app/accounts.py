@@ -54,7 +54,7 @@ async def account_list(
     limit: int,
     sort: str,
     phase: str | None = None,
-) -> dict[str, Any]:
+) -> api.AccountPage:
     """Accounts in id order, or by score, highest first (`sort=-score`), filtered by
     stage, minimum score, buyer-journey phase and a committee role they have not covered
     (`role_missing=economic_buyer`: the accounts to find a budget owner in)."""
@@ -98,10 +98,10 @@ async def account_list(
         score_key="total" if score_name else "score",
         by_score=by_score,
     )
-    return {"items": items, "next_cursor": next_cursor}
+    return api.AccountPage.model_validate({"items": items, "next_cursor": next_cursor})
 
 
-async def account_detail(container: Container, account_id: str) -> dict[str, Any]:
+async def account_detail(container: Container, account_id: str) -> api.AccountPublic:
     """An account's score and its parts, its stage, its members with their roles and
     shares, the committee roles covered and missing, and the top signals across members."""
     db = container.db
@@ -135,53 +135,59 @@ async def account_detail(container: Container, account_id: str) -> dict[str, Any
         key=lambda m: (-m["counted"], -m["engagement"], m["lead_id"]),  # type: ignore[operator]
     )
     name = account.traits.get("name")
-    return {
-        "account_id": account.account_id,
-        "name": name if isinstance(name, str) else None,
-        "stage": account.stage,
-        "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
-        "scores": scorer.score_docs(account) if scorer is not None else {"default": score},
-        "score": score,
-        "score_as_of": iso(account.as_of) if account.as_of else None,
-        "fit_rules": account.fit_rules,
-        "roles_covered": covered,
-        "roles_missing": missing,
-        "roles_required": required,
-        "members": members,
-        "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
-        "ruleset_version": account.ruleset_version,
-        "journey": journey_position(account.journey),
-    }
+    return api.AccountPublic.model_validate(
+        {
+            "account_id": account.account_id,
+            "name": name if isinstance(name, str) else None,
+            "stage": account.stage,
+            "stage_entered_at": iso(account.stage_entered_at) if account.stage_entered_at else None,
+            "scores": scorer.score_docs(account) if scorer is not None else {"default": score},
+            "score": score,
+            "score_as_of": iso(account.as_of) if account.as_of else None,
+            "fit_rules": account.fit_rules,
+            "roles_covered": covered,
+            "roles_missing": missing,
+            "roles_required": required,
+            "members": members,
+            "top_signals": _signals_across([engine.explain(s)[1] for s in leads.values()]),
+            "ruleset_version": account.ruleset_version,
+            "journey": journey_position(account.journey),
+        },
+    )
 
 
-async def account_history(container: Container, account_id: str) -> dict[str, Any]:
+async def account_history(container: Container, account_id: str) -> api.AccountHistory:
     """The account's stage changes, oldest first, as published."""
     async with connection(container.db) as pg:
         rows = await read_store.account_transitions(pg, account_id)
         moves = await read_store.journey_moves(pg, "account", account_id)
         if not rows and await read_store.account(pg, account_id) is None:
             raise ApiError(404, "account_not_found", f"no account {account_id!r}")
-    return {
-        "account_id": account_id,
-        "transitions": [orjson.loads(r["record"]) for r in rows],
-        "journey": moves,
-    }
+    return api.AccountHistory.model_validate(
+        {
+            "account_id": account_id,
+            "transitions": [orjson.loads(r["record"]) for r in rows],
+            "journey": moves,
+        },
+    )
 
 
 async def adjust(
     container: Container, account_id: str, body: api.Adjustment, *, by: str
-) -> dict[str, Any]:
+) -> api.AccountAdjustmentResult:
     """An adjustment of an account's engagement (manual_moves.adjust_account)."""
 
     async def move(tx: LeadTransaction) -> dict[str, Any]:
         return await manual_moves.adjust_account(tx, account_id, by=by, **body.model_dump())
 
-    return await run_manual(container, move, writer="account-feedback")
+    return api.AccountAdjustmentResult.model_validate(
+        await run_manual(container, move, writer="account-feedback")
+    )
 
 
 async def account_feedback(
     container: Container, account_id: str, body: api.AccountFeedbackBody, *, by: str
-) -> dict[str, Any]:
+) -> api.AccountFeedbackResult:
     """Sales' word on an account (idempotent on feedback_id), in a lead transaction."""
 
     async def move(tx: LeadTransaction) -> tuple[AccountTransitionDoc, bool]:
@@ -195,9 +201,11 @@ async def account_feedback(
         )
 
     transition, duplicate = await run_manual(container, move, writer="account-feedback")
-    return {
-        "feedback_id": body.feedback_id,
-        "account_id": account_id,
-        "duplicate": duplicate,
-        "transition": transition,
-    }
+    return api.AccountFeedbackResult.model_validate(
+        {
+            "feedback_id": body.feedback_id,
+            "account_id": account_id,
+            "duplicate": duplicate,
+            "transition": transition,
+        },
+    )

@@ -9,12 +9,13 @@ from typing import Any
 
 import orjson
 
+from schemas import api
 from scoring_service.intake import Rejection, parse_event
 from services.app.container import Container
 from services.app.errors import ApiError
 
 
-async def publish_events(container: Container, events: list[dict[str, Any]]) -> dict[str, Any]:
+async def publish_events(container: Container, events: list[dict[str, Any]]) -> api.Accepted:
     """Check every event, then publish them to `lead-events` keyed as trackers key them.
 
     A batch keeps its good events: an SDK drops a whole batch on a 4xx, so one bad event
@@ -53,7 +54,9 @@ async def publish_events(container: Container, events: list[dict[str, Any]]) -> 
             )
         )
     await asyncio.gather(*futures)  # answered only once the broker acknowledged them all
-    return {"accepted": len(events) - len(refused), "success": True, "refused": refused}
+    return api.Accepted.model_validate(
+        {"accepted": len(events) - len(refused), "success": True, "refused": refused},
+    )
 
 
 def _escaped(event: dict[str, Any]) -> bytes:

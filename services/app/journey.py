@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from schemas import api
 from schemas.timefmt import iso
 from scoring_service.state import JourneyState
 from services.adapters.postgres import rule_set_store
@@ -36,7 +37,7 @@ def journey_position(journey: JourneyState | None) -> dict[str, Any] | None:
 
 async def journey_figures(
     container: Container, since: datetime | None, until: datetime | None
-) -> dict[str, Any]:
+) -> api.JourneyReport:
     """Leads and accounts per phase now; moves, time in phase, channel mix, conversion and
     next steps for moves in [since, until) (by default the last 30 days)."""
     since, until = time_window(since, until, default_days=30)
@@ -44,4 +45,6 @@ async def journey_figures(
         version = await rule_set_store.active_version(pg)
         engine = await container.rules.engine_for(pg, version) if version else None
         journey = engine.journey if engine is not None else None
-        return await journey_report.report(pg, since, until, journey)
+        return api.JourneyReport.model_validate(
+            await journey_report.report(pg, since, until, journey)
+        )

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from schemas import api
 from schemas.api import Adjustment
 from schemas.records import FeedbackBody, FeedbackRecord
 from schemas.rule_set import DEFAULT_SCORE, Stage
@@ -50,7 +51,7 @@ async def lead_page(
     sort: str,
     label: str | None = None,
     phase: str | None = None,
-) -> dict[str, Any]:
+) -> api.LeadPage:
     """Leads in id order, or by a score, highest first (`sort=-score` for the default
     score, `-score:<name>` for a named one), filtered by stage, label, buyer-journey phase
     and a minimum total in that score. The cursor is the last (score and) id seen, so pages
@@ -109,12 +110,12 @@ async def lead_page(
         score_key="sort_label" if sort == "label" else "total",
         by_score=by_score or sort == "label",
     )
-    return {"items": items, "next_cursor": next_cursor}
+    return api.LeadPage.model_validate({"items": items, "next_cursor": next_cursor})
 
 
 async def lead_detail(
     container: Container, lead_id: str, version: int | None = None
-) -> dict[str, Any]:
+) -> api.LeadPublic:
     """A lead's stage, its score as of now and the signals that explain it; with `version`
     the challenger's, under that version (its own state, which nothing published)."""
     db = container.db
@@ -148,32 +149,34 @@ async def lead_detail(
     now = time.time()
     score, signals = engine.explain(state, at=now)
     entries = engine.score_entries(state, at=now)
-    return {
-        "scores": entries,
-        "label": lead_label(entries),
-        "signals_by_score": engine.named_explanations(state, at=now),
-        "qualified": state.qualified,
-        "lead_id": state.lead_id,
-        "stage": state.stage,
-        "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
-        "account_id": state.account_id,
-        "score": score,
-        "score_as_of": iso(now),
-        "last_event_at": iso(state.as_of) if state.as_of else None,
-        "signals": signals,
-        "ruleset_version": state.ruleset_version,
-        "held": state.held,
-        "committee_role": state.committee_role if engine.accounts else None,
-        "account_score": (
-            account_score_doc(account.fit, account.engagement, account.coverage)["total"]
-            if account is not None and engine.accounts
-            else None
-        ),
-        "journey": journey_position(state.journey),
-    }
+    return api.LeadPublic.model_validate(
+        {
+            "scores": entries,
+            "label": lead_label(entries),
+            "signals_by_score": engine.named_explanations(state, at=now),
+            "qualified": state.qualified,
+            "lead_id": state.lead_id,
+            "stage": state.stage,
+            "stage_entered_at": iso(state.stage_entered_at) if state.stage_entered_at else None,
+            "account_id": state.account_id,
+            "score": score,
+            "score_as_of": iso(now),
+            "last_event_at": iso(state.as_of) if state.as_of else None,
+            "signals": signals,
+            "ruleset_version": state.ruleset_version,
+            "held": state.held,
+            "committee_role": state.committee_role if engine.accounts else None,
+            "account_score": (
+                account_score_doc(account.fit, account.engagement, account.coverage)["total"]
+                if account is not None and engine.accounts
+                else None
+            ),
+            "journey": journey_position(state.journey),
+        },
+    )
 
 
-async def lead_history(container: Container, lead_id: str, limit: int) -> dict[str, Any]:
+async def lead_history(container: Container, lead_id: str, limit: int) -> api.LeadHistory:
     """Every scored event (its rule hits, points and what they add to the score now)
     and every transition, oldest first, with the score they explain."""
     db = container.db
@@ -226,76 +229,82 @@ async def lead_history(container: Container, lead_id: str, limit: int) -> dict[s
     shares_now, _, _ = shares_in(DEFAULT_SCORE, now)
     named = {score.name: shares_in(score.name) for score in book.scores[1:]}
     score, signals = engine.explain(state)
-    return {
-        "lead_id": resolved,
-        "journey": moves,
-        # The score and the contributions as of the last event (`score_as_of`), the time the
-        # history explains; `score_now` and each event's `contribution_now` as of the reading.
-        "score": score,
-        "score_as_of": iso(state.as_of) if state.as_of else None,
-        "score_now": engine.explain(state, at=max(now, clock))[0],
-        "signals": signals,
-        "unlisted_contribution": unlisted,
-        "adjusted_contribution": adjusted_share,
-        # The named scores' engagement, shared the same way (events by index).
-        "by_score": {
-            name: {
-                "engagement": score_doc(*engine.score_parts(state)[name])["engagement"],
-                "contributions": parts[0],
-                "unlisted_contribution": parts[1],
-                "adjusted_contribution": parts[2],
-            }
-            for name, parts in named.items()
+    return api.LeadHistory.model_validate(
+        {
+            "lead_id": resolved,
+            "journey": moves,
+            # The score and the contributions as of the last event (`score_as_of`), the time the
+            # history explains; `score_now` and each event's `contribution_now` as of the reading.
+            "score": score,
+            "score_as_of": iso(state.as_of) if state.as_of else None,
+            "score_now": engine.explain(state, at=max(now, clock))[0],
+            "signals": signals,
+            "unlisted_contribution": unlisted,
+            "adjusted_contribution": adjusted_share,
+            # The named scores' engagement, shared the same way (events by index).
+            "by_score": {
+                name: {
+                    "engagement": score_doc(*engine.score_parts(state)[name])["engagement"],
+                    "contributions": parts[0],
+                    "unlisted_contribution": parts[1],
+                    "adjusted_contribution": parts[2],
+                }
+                for name, parts in named.items()
+            },
+            "adjustments": [
+                {
+                    "at": r["at"],
+                    "by": r["actor"],
+                    **{
+                        k: v for k, v in orjson.loads(r["detail"]).items() if k in ADJUSTMENT_FIELDS
+                    },
+                }
+                for r in adjustments
+            ],
+            "events": [
+                {
+                    **{
+                        k: r[k]
+                        for k in (
+                            "message_id",
+                            "type",
+                            "occurred_at",
+                            "points",
+                            "ruleset_version",
+                            "scored_at",
+                            "held",
+                            "superseded",
+                        )
+                    },
+                    "contribution": share,
+                    "contribution_now": share_now,
+                    "hits": [
+                        {"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits
+                    ],
+                }
+                for r, event_hits, share, share_now in zip(
+                    events, hits, shares, shares_now, strict=True
+                )
+            ],
+            "transitions": [orjson.loads(r["record"]) for r in stored],
         },
-        "adjustments": [
-            {
-                "at": r["at"],
-                "by": r["actor"],
-                **{k: v for k, v in orjson.loads(r["detail"]).items() if k in ADJUSTMENT_FIELDS},
-            }
-            for r in adjustments
-        ],
-        "events": [
-            {
-                **{
-                    k: r[k]
-                    for k in (
-                        "message_id",
-                        "type",
-                        "occurred_at",
-                        "points",
-                        "ruleset_version",
-                        "scored_at",
-                        "held",
-                        "superseded",
-                    )
-                },
-                "contribution": share,
-                "contribution_now": share_now,
-                "hits": [{"rule_id": h[0], "points": h[1], "counted": h[2]} for h in event_hits],
-            }
-            for r, event_hits, share, share_now in zip(
-                events, hits, shares, shares_now, strict=True
-            )
-        ],
-        "transitions": [orjson.loads(r["record"]) for r in stored],
-    }
+    )
 
 
 async def funnel_figures(
     container: Container, since: datetime | None, until: datetime | None
-) -> dict[str, Any]:
+) -> api.FunnelReport:
     """Leads entering each stage, conversion between stages, time in stage, SLA
     compliance and rejections by reason, for transitions in [since, until)."""
     db = container.db
     since, until = time_window(since, until, default_days=30)
     async with connection(db) as pg:
-        return await funnel.funnel_report(pg, since, until)
+        return api.FunnelReport.model_validate(await funnel.funnel_report(pg, since, until))
 
 
 async def record_feedback(
     container: Container, lead_id: str, body: FeedbackBody, *, by: str
-) -> dict[str, Any]:
+) -> api.FeedbackResponse:
     """Record a sales outcome (idempotent on feedback_id), in a lead transaction."""
     item = FeedbackRecord.model_validate(
         {**body.model_dump(), "lead_id": lead_id, "at": body.at or datetime.now(UTC)}
@@ -311,37 +320,41 @@ async def record_feedback(
         raise ApiError(404, "lead_not_found", result.detail)
     if result.result == REFUSED:
         raise ApiError(409, "illegal_transition", result.detail)
-    return {
-        "feedback_id": result.feedback_id,
-        "lead_id": result.lead_id,
-        "outcome": result.outcome,
-        "result": result.result,
-        "duplicate": result.duplicate,
-        "transition": result.transition,
-    }
+    return api.FeedbackResponse.model_validate(
+        {
+            "feedback_id": result.feedback_id,
+            "lead_id": result.lead_id,
+            "outcome": result.outcome,
+            "result": result.result,
+            "duplicate": result.duplicate,
+            "transition": result.transition,
+        },
+    )
 
 
 async def set_stage(
     container: Container, lead_id: str, stage: Stage, *, reason: str, by: str
-) -> dict[str, Any]:
+) -> api.StageChangeResult:
     """Set a lead's stage by hand: a transition with reason `manual`, audited."""
 
     async def move(tx: LeadTransaction) -> TransitionDoc:
         return await manual_moves.set_stage(tx, lead_id, stage=stage, reason=reason, by=by)
 
     transition = await run_manual(container, move, writer="manual")
-    return {"lead_id": transition["lead_id"], "transition": transition}
+    return api.StageChangeResult.model_validate(
+        {"lead_id": transition["lead_id"], "transition": transition}
+    )
 
 
 async def adjust(
     container: Container, lead_id: str, body: Adjustment, *, by: str
-) -> dict[str, Any]:
+) -> api.AdjustmentResult:
     """An adjustment of a lead's engagement, in a lead transaction (manual_moves.adjust)."""
 
     async def move(tx: LeadTransaction) -> dict[str, Any]:
         return await manual_moves.adjust(tx, lead_id, by=by, **body.model_dump())
 
-    return await run_manual(container, move, writer="manual")
+    return api.AdjustmentResult.model_validate(await run_manual(container, move, writer="manual"))
 
 
 async def review(
@@ -349,7 +362,7 @@ async def review(
     since: datetime | None,
     until: datetime | None,
     version: int | None,
-) -> dict[str, Any]:
+) -> api.ReviewReport:
     """The outcome review of `version` (the active one by default) for [since, until); for
     the running challenger, its own stages next to the active version's."""
     since, until = time_window(since, until, default_days=90)
@@ -363,11 +376,11 @@ async def review(
         running = await challenger.running(pg)
         active = await rule_set_store.active_version(pg)
         if running is None or running.version != version or active is None:
-            return await review_report(pg, since, until, version)
+            return api.ReviewReport.model_validate(await review_report(pg, since, until, version))
         # A challenger: its own stages over the same leads, next to the active version.
         report = await review_report(pg, since, until, version, challenger=True)
         report["compared_with"] = await review_report(pg, since, until, active)
-        return report
+        return api.ReviewReport.model_validate(report)
 
 
 async def open_handoff(container: Container, lead_id: str) -> Row | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from schemas import api
 from schemas.rule_set import RuleSetDocument
 from scoring_service import weights
 from scoring_service.diff import diff_documents
@@ -18,7 +19,7 @@ from scoring_service.engine import Engine
 from scoring_service.rule_set_files import MAX_DOCUMENT_BYTES, RuleSetInvalid, load_document
 from scoring_service.simulation import BudgetExceeded, simulate
 from services.adapters.postgres import outbox_store, read_store, rule_set_store
-from services.adapters.postgres.db import connection, transaction
+from services.adapters.postgres.db import Connection, Row, connection, transaction
 from services.app.container import Container
 from services.app.errors import ApiError
 from services.app.paging import cursor_of, int_cursor, time_window
@@ -28,29 +29,33 @@ from services.pipeline.jobs import get_job
 from services.reports import review
 
 
-def _ruleset_row(row: Any, active: int | None, with_document: bool) -> dict[str, Any]:
-    body = {
-        "version": row["version"],
-        "name": row["name"],
-        "published_by": row["published_by"],
-        "published_at": row["published_at"],
-        "comment": row["comment"],
-        "active": row["version"] == active,
-    }
-    if with_document:
-        body["document"] = orjson.loads(row["document"])
-        body["source"] = row["source"]
-    return body
+def _summary(row: Row, active: int | None) -> api.RuleSetSummary:
+    return api.RuleSetSummary(
+        version=row["version"],
+        name=row["name"],
+        published_by=row["published_by"],
+        published_at=row["published_at"],
+        comment=row["comment"],
+        active=row["version"] == active,
+    )
 
 
-async def _fetch_version(pg: Any, version: int) -> Any:
+def _public(row: Row, active: int | None) -> api.RuleSetPublic:
+    return api.RuleSetPublic(
+        **_summary(row, active).model_dump(),
+        document=orjson.loads(row["document"]),
+        source=row["source"],
+    )
+
+
+async def _fetch_version(pg: Connection, version: int) -> Row:
     row = await read_store.ruleset_version(pg, version)
     if row is None:
         raise ApiError(404, "ruleset_not_found", f"there is no rule-set version {version}")
     return row
 
 
-async def _runnable_version(container: Container, pg: Any, version: int) -> None:
+async def _runnable_version(container: Container, pg: Connection, version: int) -> None:
     """404 for no such version, 422 for one that cannot run: scored on an ordinary visitor's
     events first, so a version that cannot run is never made live or challenging (a
     document stored before today's checks, or edited by hand)."""
@@ -66,7 +71,7 @@ async def _runnable_version(container: Container, pg: Any, version: int) -> None
 
 async def publish_ruleset(
     container: Container, body: bytes, *, by: str, comment: str | None
-) -> dict[str, Any]:
+) -> api.RuleSetPublic:
     """Validate a rule set (JSON or YAML) and store it as a new immutable version."""
     if len(body) > MAX_DOCUMENT_BYTES:
         raise ApiError(413, "too_large", f"a rule set is at most {MAX_DOCUMENT_BYTES} bytes")
@@ -91,18 +96,18 @@ async def publish_ruleset(
             )
             row = await _fetch_version(pg, version)
         active = await rule_set_store.active_version(pg)
-    return _ruleset_row(row, active, True)
+    return _public(row, active)
 
 
-async def ruleset_list(container: Container) -> list[dict[str, Any]]:
+async def ruleset_list(container: Container) -> list[api.RuleSetSummary]:
     """Every published version, newest first."""
     async with connection(container.db) as pg:
         rows = await read_store.ruleset_versions(pg)
         active = await rule_set_store.active_version(pg)
-    return [_ruleset_row(r, active, False) for r in rows]
+    return [_summary(r, active) for r in rows]
 
 
-async def ruleset_detail(container: Container, version: int | None) -> dict[str, Any]:
+async def ruleset_detail(container: Container, version: int | None) -> api.RuleSetPublic:
     """One version with its document; None means the active one."""
     async with connection(container.db) as pg:
         active = await rule_set_store.active_version(pg)
@@ -110,23 +115,23 @@ async def ruleset_detail(container: Container, version: int | None) -> dict[str,
             if active is None:
                 raise ApiError(404, "no_active_ruleset", "no rule set is active")
             version = active
-        return _ruleset_row(await _fetch_version(pg, version), active, True)
+        return _public(await _fetch_version(pg, version), active)
 
 
-async def ruleset_diff(container: Container, a: int, b: int) -> dict[str, Any]:
+async def ruleset_diff(container: Container, a: int, b: int) -> api.RuleSetDiff:
     """Rules added, removed and changed (field by field) from version a to version b."""
     async with connection(container.db) as pg:
         old, new = await _fetch_version(pg, a), await _fetch_version(pg, b)
     changes = diff_documents(orjson.loads(old["document"]), orjson.loads(new["document"]))
-    return {"from_version": a, "to_version": b, **changes}
+    return api.RuleSetDiff.model_validate({"from_version": a, "to_version": b, **changes})
 
 
 async def activate_version(
     container: Container, version: int, *, by: str, rescore: bool = False
-) -> dict[str, Any]:
+) -> api.Activation:
     """Make a version live for every instance at once; rolling back is activating an older
     one. With `rescore`, a job re-scores every lead under it."""
-    promoted: dict[str, Any] | None = None
+    promoted: api.ChallengerPromoted | None = None
     async with connection(container.db) as pg:
         await _runnable_version(container, pg, version)
         async with pg.transaction():
@@ -143,7 +148,11 @@ async def activate_version(
                 action="ruleset.activate",
                 target=str(version),
                 # What was live before: the console's roll-back goes back to it.
-                detail={"rescore": rescore, "previous": previous, "challenger": promoted},
+                detail={
+                    "rescore": rescore,
+                    "previous": previous,
+                    "challenger": promoted.model_dump() if promoted else None,
+                },
             )
         row = await read_store.activation(pg)
     if promoted is not None:
@@ -156,10 +165,19 @@ async def activate_version(
             by=by,
             work=lambda ctx: replays.rescore_all(ctx, writer=container.writer, version=version),
         )
-    return {"version": version, **dict(row or {}), "rescore_job": job, "challenger": promoted}
+    assert row is not None  # committed above
+    return api.Activation(
+        version=version,
+        activated_by=row["activated_by"],
+        activated_at=row["activated_at"],
+        rescore_job=job,
+        challenger=promoted,
+    )
 
 
-async def _promote_challenger(container: Container, pg: Any, version: int) -> dict[str, Any]:
+async def _promote_challenger(
+    container: Container, pg: Connection, version: int
+) -> api.ChallengerPromoted:
     """The challenger's state becomes the live one, in the activation's transaction."""
     engine = await container.rules.engine_for(pg, version)
     try:
@@ -171,7 +189,7 @@ async def _promote_challenger(container: Container, pg: Any, version: int) -> di
     )
     await outbox_store.enqueue(pg, rows)
     container.metrics.count_records(effects)
-    return {"leads": leads, "moved": len(effects.transitions)}
+    return api.ChallengerPromoted(leads=leads, moved=len(effects.transitions))
 
 
 async def propose_version(
@@ -184,7 +202,7 @@ async def propose_version(
     target: str = "won",
     seed: int = 0,
     score: str | None = None,
-) -> dict[str, Any]:
+) -> api.ProposalPublic:
     """Fit points to the outcomes of the leads `version` handed off in the window and
     publish them as a new, inactive version (scoring_service/weights.py); with `score`, the
     points of that score's rules, from the leads that score qualified."""
@@ -232,20 +250,22 @@ async def propose_version(
                 "score": score,
             },
         )
-    return {
-        "version": new_version,
-        "source_version": version,
-        "since": since,
-        "until": until,
-        "target": target,
-        "seed": seed,
-        "score": score,
-        "comment": text,
-        **proposal.to_dict(),
-    }
+    return api.ProposalPublic.model_validate(
+        {
+            "version": new_version,
+            "source_version": version,
+            "since": since,
+            "until": until,
+            "target": target,
+            "seed": seed,
+            "score": score,
+            "comment": text,
+            **proposal.to_dict(),
+        }
+    )
 
 
-async def challenger_status(container: Container) -> dict[str, Any] | None:
+async def challenger_status(container: Container) -> api.ChallengerStatus | None:
     """The running challenger, with its warm-up progress; None when none runs."""
     async with connection(container.db) as pg:
         current = await challenger.running(pg)
@@ -253,18 +273,18 @@ async def challenger_status(container: Container) -> dict[str, Any] | None:
             return None
         warm, live = await challenger.warm_progress(pg)
         phases = await challenger.journey_phases(pg)
-    return {
-        "journey_phases": phases,
-        "version": current.version,
-        "started_by": current.started_by,
-        "started_at": current.started_at,
-        "warmed_at": current.warmed_at,
-        "leads_warm": warm,
-        "leads_live": live,
-    }
+    return api.ChallengerStatus(
+        journey_phases=phases,
+        version=current.version,
+        started_by=current.started_by,
+        started_at=current.started_at,
+        warmed_at=current.warmed_at,
+        leads_warm=warm,
+        leads_live=live,
+    )
 
 
-async def start_challenge(container: Container, version: int, *, by: str) -> dict[str, Any]:
+async def start_challenge(container: Container, version: int, *, by: str) -> api.ChallengerStarted:
     """Make a version the challenger, and start the job that warms it."""
     async with connection(container.db) as pg:
         await _runnable_version(container, pg, version)
@@ -285,7 +305,7 @@ async def start_challenge(container: Container, version: int, *, by: str) -> dic
     )
     status = await challenger_status(container)
     assert status is not None
-    return {**status, "warm_up_job": job}
+    return api.ChallengerStarted(**status.model_dump(), warm_up_job=job)
 
 
 async def stop_challenge(container: Container, version: int, *, by: str) -> None:
@@ -302,7 +322,7 @@ async def stop_challenge(container: Container, version: int, *, by: str) -> None
 
 async def run_simulation(
     container: Container, version: int, events: list[dict[str, Any]]
-) -> dict[str, Any]:
+) -> api.SimulationResult:
     """Score `events` from an empty start under a version; writes nothing. Runs on a worker
     thread with a time budget (422 `too_expensive` past it)."""
     async with connection(container.db) as pg:
@@ -314,9 +334,10 @@ async def run_simulation(
         return simulate(Engine(document), events, now=time.time(), budget_seconds=budget)
 
     try:
-        return await asyncio.to_thread(work)
+        result = await asyncio.to_thread(work)
     except BudgetExceeded as exc:
         raise ApiError(422, "too_expensive", f"simulation over its time budget: {exc}") from exc
+    return api.SimulationResult.model_validate(result)
 
 
 async def start_impact(container: Container, version: int, *, by: str, days: float) -> str:
@@ -333,23 +354,26 @@ async def start_impact(container: Container, version: int, *, by: str, days: flo
     )
 
 
-async def job_detail(container: Container, job_id: str) -> dict[str, Any]:
+async def job_detail(container: Container, job_id: str) -> api.JobPublic:
     job = await get_job(container.db, job_id)
     if job is None:
         raise ApiError(404, "job_not_found", f"there is no job {job_id!r}")
-    return job
+    return api.JobPublic.model_validate(job)
 
 
-async def audit_page(container: Container, cursor: str | None, limit: int) -> dict[str, Any]:
+async def audit_page(container: Container, cursor: str | None, limit: int) -> api.AuditPage:
     """Every rule-set change and activation, newest first."""
     before = int_cursor(cursor, 2**62)
     async with connection(container.db) as pg:
         rows = await read_store.audit_page(pg, before=before, limit=limit)
     items = [
-        {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None} for r in rows
+        api.AuditEntry.model_validate(
+            {**dict(r), "detail": orjson.loads(r["detail"]) if r["detail"] else None}
+        )
+        for r in rows
     ]
     next_cursor = cursor_of(str(rows[-1]["id"])) if len(rows) == limit else None
-    return {"items": items, "next_cursor": next_cursor}
+    return api.AuditPage(items=items, next_cursor=next_cursor)
 
 
 async def previous_active_version(container: Container, current: int) -> int | None:

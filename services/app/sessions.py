@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from schemas import api
 from services.adapters.postgres import session_store
 from services.adapters.postgres.db import Connection, connection, transaction
 from services.adapters.postgres.rule_set_store import record_audit
@@ -145,24 +145,24 @@ class ConsoleSessions:
         async with connection(self.engine) as pg:
             await session_store.delete_session(pg, session_id(secret))
 
-    async def listing(self) -> list[dict[str, Any]]:
+    async def listing(self) -> list[api.ConsoleSession]:
         """Every live session, newest first (for admins: no secrets in it)."""
         async with connection(self.engine) as pg:
             await self._purge_expired(pg, self._now())
             rows = await session_store.sessions(pg)
         return [
-            {
-                "id": r["id"],
-                "token_name": r["token_name"],
-                "role": r["role"],
-                "client": r["client"],
-                "user_agent": r["user_agent"],
-                "created_at": r["created_at"],
-                "last_seen_at": r["last_seen_at"],
-                "expires_at": self.expires_at(r["created_at"], r["last_seen_at"]),
-                "token_configured": self.tokens.get(r["token_hash"])
+            api.ConsoleSession(
+                id=r["id"],
+                token_name=r["token_name"],
+                role=r["role"],
+                client=r["client"],
+                user_agent=r["user_agent"],
+                created_at=r["created_at"],
+                last_seen_at=r["last_seen_at"],
+                expires_at=self.expires_at(r["created_at"], r["last_seen_at"]),
+                token_configured=self.tokens.get(r["token_hash"])
                 == Principal(r["token_name"], r["role"]),
-            }
+            )
             for r in rows
         ]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas import webhooks as schema
 from schemas.webhooks import EndpointCreate, EndpointSettings, EndpointUpdate
 from services.adapters import outbound
 from services.adapters.postgres import webhook_store
@@ -45,7 +46,9 @@ def not_found() -> ApiError:
     return ApiError(404, "endpoint_not_found", "there is no such endpoint")
 
 
-async def create_endpoint(container: Container, body: EndpointCreate, by: str) -> dict[str, Any]:
+async def create_endpoint(
+    container: Container, body: EndpointCreate, by: str
+) -> schema.EndpointCreated:
     check_url(container, body.url)
     secret = new_signing_secret() if body.kind == "webhook" else body.token
     assert secret is not None  # the body's validation asks a CRM writer for its token
@@ -71,26 +74,28 @@ async def create_endpoint(container: Container, body: EndpointCreate, by: str) -
     doc = webhook_store.endpoint_doc(row)
     # The signing secret this once; a CRM token is the admin's own and never comes back.
     doc["secret"] = secret if body.kind == "webhook" else None
-    return doc
+    return schema.EndpointCreated.model_validate(doc)
 
 
-async def list_endpoints(container: Container) -> dict[str, Any]:
+async def list_endpoints(container: Container) -> schema.EndpointList:
     async with connection(container.db) as pg:
         rows = await webhook_store.endpoints(pg)
-    return {"items": [webhook_store.endpoint_doc(r) for r in rows]}
+    return schema.EndpointList.model_validate(
+        {"items": [webhook_store.endpoint_doc(r) for r in rows]}
+    )
 
 
-async def get_endpoint(container: Container, endpoint_id: str) -> dict[str, Any]:
+async def get_endpoint(container: Container, endpoint_id: str) -> schema.Endpoint:
     async with connection(container.db) as pg:
         row = await webhook_store.endpoint(pg, endpoint_id)
     if row is None:
         raise not_found()
-    return webhook_store.endpoint_doc(row)
+    return schema.Endpoint.model_validate(webhook_store.endpoint_doc(row))
 
 
 async def update_endpoint(
     container: Container, endpoint_id: str, body: EndpointUpdate, by: str
-) -> dict[str, Any]:
+) -> schema.Endpoint:
     """Change an endpoint: the changes are merged into it and the result is validated by
     the model a create uses (EndpointSettings), so no PATCH leaves a writer that cannot
     deliver. Pausing stops its calls in flight on this instance at once (every instance
@@ -130,7 +135,7 @@ async def update_endpoint(
         container.webhooks.halt(endpoint_id)
     else:
         container.webhooks.notify()
-    return webhook_store.endpoint_doc(row)
+    return schema.Endpoint.model_validate(webhook_store.endpoint_doc(row))
 
 
 async def delete_endpoint(container: Container, endpoint_id: str, by: str) -> None:
@@ -149,7 +154,7 @@ async def delivery_log(
     subject: str | None,
     cursor: str | None,
     limit: int,
-) -> dict[str, Any]:
+) -> schema.DeliveryList:
     """An endpoint's deliveries, newest first (the cursor is the last id seen)."""
     if cursor is not None and not cursor.isdigit():
         raise ApiError(400, "invalid_cursor", "the cursor is not one this list gave")
@@ -162,7 +167,7 @@ async def delivery_log(
         )
     items = [dict(r) for r in rows]
     next_cursor = str(items[-1]["id"]) if len(items) == limit else None
-    return {"items": items, "next_cursor": next_cursor}
+    return schema.DeliveryList.model_validate({"items": items, "next_cursor": next_cursor})
 
 
 async def redeliver(
@@ -172,7 +177,7 @@ async def redeliver(
     delivery_id: int | None,
     failed_since: datetime | None,
     by: str,
-) -> dict[str, Any]:
+) -> schema.Redelivered:
     async with transaction(container.db) as pg:
         if await webhook_store.endpoint(pg, endpoint_id) is None:
             raise not_found()
@@ -195,4 +200,4 @@ async def redeliver(
             },
         )
     container.webhooks.notify()
-    return {"queued": queued}
+    return schema.Redelivered(queued=queued)

@@ -41,7 +41,7 @@ async def accounts(
         request,
         "accounts.html",
         user,
-        listing=listing,
+        listing=listing.model_dump(mode="json", by_alias=True),
         stage=stage,
         sort=sort,
         role_missing=role_missing,
@@ -51,7 +51,8 @@ async def accounts(
 @router.get("/accounts/{account_id:path}")
 async def account(request: Request, ui: PagesDep, account_id: IdInPath) -> Response:
     user = await ui.user_of(request)
-    detail = await account_detail(ui.container, account_id)
+    # The page reads what the API gives, as dictionaries.
+    detail = (await account_detail(ui.container, account_id)).model_dump(mode="json", by_alias=True)
     members_chart = charts.bar_chart(
         "members",
         f"How much each member adds to {detail['account_id']}",

@@ -22,7 +22,9 @@ async def journey(
 ) -> Response:
     user = await ui.user_of(request)
     since, until = report_window(days)
-    report = await journey_figures(ui.container, since, until)
+    report = (await journey_figures(ui.container, since, until)).model_dump(
+        mode="json", by_alias=True
+    )
     return ui.page(
         request,
         "journey.html",

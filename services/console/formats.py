@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from schemas import api
+
 # Shown where a figure does not exist (no data), rather than a misleading zero.
 NONE = "\N{EN DASH}"
 
@@ -39,10 +41,10 @@ def duration(seconds: float | None) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
-def source_text(version: Any) -> str:
+def source_text(version: api.RuleSetPublic) -> str:
     """A version as its author wrote it; a version published before sources were kept, as
     YAML made from its document."""
-    return version.get("source") or as_yaml(version["document"])
+    return version.source or as_yaml(version.document)
 
 
 def as_yaml(document: Any) -> str:

@@ -35,7 +35,7 @@ async def leads(
     cursor: Annotated[str | None, Query(max_length=400)] = None,
 ) -> Response:
     user = await ui.user_of(request)
-    listing = await lead_page(
+    page = await lead_page(
         ui.container,
         stage=stage,
         min_score=None,
@@ -45,6 +45,7 @@ async def leads(
         label=label,
         phase=phase,
     )
+    listing = page.model_dump(mode="json", by_alias=True)  # the page reads what the API gives
     # The scores the leads on the page have, to sort by any of them.
     names = sorted({name for item in listing["items"] for name in item["scores"]} - {"default"})
     return ui.page(
@@ -64,8 +65,11 @@ async def leads(
 @router.get("/leads/{lead_id:path}")
 async def lead(request: Request, ui: PagesDep, lead_id: IdInPath) -> Response:
     user = await ui.user_of(request)
-    detail = await lead_detail(ui.container, lead_id)
-    history = await lead_history(ui.container, detail["lead_id"], TIMELINE_EVENTS)
+    # The page reads what the API gives, as dictionaries.
+    detail = (await lead_detail(ui.container, lead_id)).model_dump(mode="json", by_alias=True)
+    history = (await lead_history(ui.container, detail["lead_id"], TIMELINE_EVENTS)).model_dump(
+        mode="json", by_alias=True
+    )
     handoff = await open_handoff(ui.container, detail["lead_id"])
     signals = detail["signals"]
     chart = charts.bar_chart(
@@ -100,12 +104,16 @@ async def lead(request: Request, ui: PagesDep, lead_id: IdInPath) -> Response:
     )
 
 
+def _moment(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
 def _timeline(history: dict[str, Any]) -> list[dict[str, Any]]:
     """Events and transitions in one list, oldest first."""
     items: list[dict[str, Any]] = [
         {
             "kind": "event",
-            "at": event["occurred_at"],
+            "at": _moment(event["occurred_at"]),
             "title": event["type"],
             "then": event["contribution"],
             "points": event["contribution_now"],
@@ -118,7 +126,7 @@ def _timeline(history: dict[str, Any]) -> list[dict[str, Any]]:
         items.append(
             {
                 "kind": "transition",
-                "at": datetime.fromisoformat(transition["occurred_at"].replace("Z", "+00:00")),
+                "at": _moment(transition["occurred_at"]),
                 "title": f"{transition['from_stage']} → {transition['to_stage']}",
                 "reason": transition.get("reason"),
                 "detail": transition.get("reason_detail") or transition.get("rule_id"),
@@ -132,7 +140,7 @@ def _timeline(history: dict[str, Any]) -> list[dict[str, Any]]:
         items.append(
             {
                 "kind": "adjustment",
-                "at": adjustment["at"],
+                "at": _moment(adjustment["at"]),
                 "title": f"engagement {adjustment['operation']} {adjustment['value']:g}",
                 "reason": ", ".join(adjustment["scores"]),
                 "detail": adjustment["reason"],

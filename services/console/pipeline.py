@@ -32,7 +32,9 @@ async def pipeline(
 ) -> Response:
     user = await ui.user_of(request)
     since, until = report_window(days)
-    report = await funnel_figures(ui.container, since, until)
+    report = (await funnel_figures(ui.container, since, until)).model_dump(
+        mode="json", by_alias=True
+    )
     review, challenger_review = await pipeline_reviews(ui.container, since, until)
     return ui.page(
         request,

@@ -58,7 +58,7 @@ router = APIRouter()
 async def rules(request: Request, ui: PagesDep) -> Response:
     user = await ui.user_of(request)
     versions = await ruleset_list(ui.container)
-    active = next((v["version"] for v in versions if v["active"]), None)
+    active = next((v.version for v in versions if v.active), None)
     previous = None
     if active is not None:
         previous = await previous_active_version(ui.container, active)
@@ -84,7 +84,7 @@ async def editor(
         "editor.html",
         user,
         text=source_text(source),
-        start=source["version"],
+        start=source.version,
         problems=[],
         comment="",
     )
@@ -138,8 +138,8 @@ async def publish(request: Request, ui: PagesDep) -> Response:
             start=start if isinstance(start, str) else "",
         )
     return ui.to(
-        f"/rules/{published['version']}",
-        notice=f"Published version {published['version']}. It is not live until you activate it.",
+        f"/rules/{published.version}",
+        notice=f"Published version {published.version}. It is not live until you activate it.",
     )
 
 
@@ -171,7 +171,7 @@ async def diff(
     user = await ui.user_of(request)
     base_version = await ruleset_detail(ui.container, against)
     this = await ruleset_detail(ui.container, version)
-    changes = await ruleset_diff(ui.container, base_version["version"], version)
+    changes = await ruleset_diff(ui.container, base_version.version, version)
     every_row = side_by_side(source_text(base_version), source_text(this))
     rows = every_row if full else around_changes(every_row)
     return ui.page(
@@ -206,7 +206,7 @@ async def challenge(request: Request, ui: PagesDep, version: Annotated[int, _VER
     return ui.to(
         "/rules",
         notice=f"Version {version} now scores every live event next to the active version "
-        f"and publishes nothing; {started['leads_live']} existing leads are being replayed "
+        f"and publishes nothing; {started.leads_live} existing leads are being replayed "
         "under it.",
     )
 
@@ -227,10 +227,10 @@ async def propose(request: Request, ui: PagesDep, version: Annotated[int, _VERSI
         target=target,
     )
     return ui.to(
-        f"/rules/{result['version']}",
-        notice=f"Proposed version {result['version']} from {result['samples']} decided "
-        f"leads: held-out AUC {result['auc_old']:.3f} (version {version}) -> "
-        f"{result['auc_proposed']:.3f}. Judge it with an impact report or as a challenger "
+        f"/rules/{result.version}",
+        notice=f"Proposed version {result.version} from {result.samples} decided "
+        f"leads: held-out AUC {result.auc_old:.3f} (version {version}) -> "
+        f"{result.auc_proposed:.3f}. Judge it with an impact report or as a challenger "
         "before activating it.",
     )
 
@@ -258,7 +258,10 @@ async def simulate(request: Request, ui: PagesDep, version: Annotated[int, _VERS
             simulation_problem=problem,
             pasted=pasted or "",
         )
-    result = await run_simulation(ui.container, version, events)
+    # The page reads the result as the API gives it.
+    result = (await run_simulation(ui.container, version, events)).model_dump(
+        mode="json", by_alias=True
+    )
     leads = [
         {
             **lead,
@@ -303,7 +306,7 @@ async def impact(request: Request, ui: PagesDep, version: Annotated[int, _VERSIO
 async def job(request: Request, ui: PagesDep, job_id: Annotated[str, _JOB_ID]) -> Response:
     user = await ui.user_of(request)
     detail = await job_detail(ui.container, job_id)
-    figures = _impact_charts(detail["result"]) if detail["kind"] == "impact" else {}
+    figures = _impact_charts(detail.result) if detail.kind == "impact" else {}
     return ui.page(request, "job.html", user, job=detail, **figures)
 
 
@@ -311,7 +314,7 @@ async def job(request: Request, ui: PagesDep, job_id: Annotated[str, _JOB_ID]) -
 async def job_progress(request: Request, ui: PagesDep, job_id: Annotated[str, _JOB_ID]) -> Response:
     await ui.user_of(request)
     detail = await job_detail(ui.container, job_id)
-    return JSONResponse({"status": detail["status"], **detail["progress"]})
+    return JSONResponse({"status": detail.status, **detail.progress.model_dump()})
 
 
 def _days(form: Any, default: float) -> float:

@@ -27,7 +27,7 @@ router = APIRouter()
 async def webhooks_page(request: Request, ui: PagesDep) -> Response:
     user = await ui.admin_of(request)
     listing = await webhooks.list_endpoints(ui.container)
-    return ui.page(request, "webhooks.html", user, endpoints=listing["items"], kinds=RECORD_KINDS)
+    return ui.page(request, "webhooks.html", user, endpoints=listing.items, kinds=RECORD_KINDS)
 
 
 @router.post("/webhooks")
@@ -51,7 +51,7 @@ async def new_webhook(request: Request, ui: PagesDep) -> Response:
         request,
         "webhooks.html",
         user,
-        endpoints=listing["items"],
+        endpoints=listing.items,
         kinds=RECORD_KINDS,
         created=made,
     )
@@ -73,7 +73,7 @@ async def endpoint_page(
         "webhook.html",
         user,
         endpoint=endpoint,
-        deliveries=log["items"],
+        deliveries=log.items,
         state=state,
         states=STATES,
     )
@@ -107,4 +107,4 @@ async def redeliver(
         queued = await webhooks.redeliver(
             ui.container, endpoint_id, delivery_id=None, failed_since=since, by=user.name
         )
-    return ui.to(f"/webhooks/{endpoint_id}", notice=f"{queued['queued']} queued again.")
+    return ui.to(f"/webhooks/{endpoint_id}", notice=f"{queued.queued} queued again.")

@@ -3,7 +3,7 @@ word on an account. Each route parses the request and calls a use case (services
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -28,7 +28,7 @@ async def list_accounts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     sort: Annotated[str, Query(pattern=r"^(id|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
     phase: Annotated[str | None, Query(pattern=PHASE_FILTER)] = None,
-) -> dict[str, Any]:
+) -> api.AccountPage:
     """Accounts in id order, or by score, highest first (`sort=-score`; `-score:<name>`
     by a named score), filtered by
     stage, minimum score, buyer-journey phase (`phase=evaluation`) and a committee role
@@ -47,7 +47,9 @@ async def list_accounts(
 
 
 @router.get("/accounts/{account_id}", response_model=api.AccountPublic, responses=NOT_FOUND)
-async def get_account(container: ContainerDep, account_id: SubjectId, _: Viewer) -> dict[str, Any]:
+async def get_account(
+    container: ContainerDep, account_id: SubjectId, _: Viewer
+) -> api.AccountPublic:
     """An account's score and its parts, its stage, its members with their roles and
     shares, the committee roles covered and missing, and the top signals across members."""
     return await accounts.account_detail(container, account_id)
@@ -58,7 +60,7 @@ async def get_account(container: ContainerDep, account_id: SubjectId, _: Viewer)
 )
 async def account_history(
     container: ContainerDep, account_id: SubjectId, _: Viewer
-) -> dict[str, Any]:
+) -> api.AccountHistory:
     """The account's stage changes, oldest first, as published."""
     return await accounts.account_history(container, account_id)
 
@@ -74,7 +76,7 @@ async def account_history(
 )
 async def account_feedback(
     container: ContainerDep, account_id: SubjectId, body: api.AccountFeedbackBody, who: Admin
-) -> dict[str, Any]:
+) -> api.AccountFeedbackResult:
     """Sales' word on an account (idempotent on feedback_id): an opportunity opened or won
     or lost, the account disqualified or reopened."""
 
@@ -91,7 +93,7 @@ async def account_feedback(
 )
 async def adjust(
     container: ContainerDep, account_id: SubjectId, body: api.Adjustment, who: Admin
-) -> dict[str, Any]:
+) -> api.AccountAdjustmentResult:
     """Set or change an account's engagement in one score or all, with the reason:
     added to its members' roll-up (shown among them as `adjust:default`), audited; a
     stage it earns is a transition with reason `adjustment`."""

@@ -24,13 +24,13 @@ router = APIRouter(prefix="/v1", tags=["ingest"], responses=ERRORS)
     response_model=api.Accepted,
     responses={422: {"model": api.ErrorBody}},
 )
-async def batch(container: ContainerDep, body: api.SegmentBatch, _: Ingest) -> dict[str, Any]:
+async def batch(container: ContainerDep, body: api.SegmentBatch, _: Ingest) -> api.Accepted:
     """A Segment batch call: `{"batch": [event, ...]}`."""
     return await ingest.publish_events(container, body.batch)
 
 
 def single_call(kind: str) -> Callable[..., Any]:
-    async def single(container: ContainerDep, body: dict[str, Any], _: Ingest) -> dict[str, Any]:
+    async def single(container: ContainerDep, body: dict[str, Any], _: Ingest) -> api.Accepted:
         return await ingest.publish_events(container, [{**body, "type": kind}])
 
     single.__doc__ = f"A Segment {kind} call."

@@ -3,7 +3,7 @@ route parses the request and calls a use case (services/app)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -28,7 +28,7 @@ async def list_leads(
     sort: Annotated[str, Query(pattern=r"^(id|label|-score(:[a-z][a-z0-9_]{0,39})?)$")] = "id",
     label: Annotated[str | None, Query(pattern=r"^([A-D][1-3])?$")] = None,
     phase: Annotated[str | None, Query(pattern=PHASE_FILTER)] = None,
-) -> dict[str, Any]:
+) -> api.LeadPage:
     """Leads in id order, or by total score, highest first (`sort=-score`, a work queue;
     `sort=-score:fleet` by the named score `fleet`; `sort=label`: A1 first), filtered by
     stage, grade label
@@ -53,7 +53,7 @@ async def get_lead(
     lead_id: SubjectId,
     _: Viewer,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-) -> dict[str, Any]:
+) -> api.LeadPublic:
     """A lead's stage, its score as of now and the signals that explain it. With
     `version` set to the challenger's, the challenger's own view of the lead."""
     return await leads.lead_detail(container, lead_id, version)
@@ -65,7 +65,7 @@ async def history(
     lead_id: SubjectId,
     _: Viewer,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
-) -> dict[str, Any]:
+) -> api.LeadHistory:
     """Every scored event (its rule hits, points and what they add to the score now)
     and every transition, oldest first, with the score they explain."""
     return await leads.lead_history(container, lead_id, limit)
@@ -82,7 +82,7 @@ async def history(
 )
 async def feedback(
     container: ContainerDep, lead_id: SubjectId, body: FeedbackBody, who: Admin
-) -> dict[str, Any]:
+) -> api.FeedbackResponse:
     """Record a sales outcome (idempotent on feedback_id): accepted, qualified,
     rejected (with a reason), converted, won, lost or disqualified."""
     return await leads.record_feedback(container, lead_id, body, by=who.name)
@@ -98,7 +98,7 @@ async def feedback(
 )
 async def set_stage(
     container: ContainerDep, lead_id: SubjectId, body: api.StageChange, who: Admin
-) -> dict[str, Any]:
+) -> api.StageChangeResult:
     """Set a lead's stage by hand: a transition with reason `manual` and the reason in
     words, sent like any other (notifications and deadlines included), and audited."""
 
@@ -115,7 +115,7 @@ async def set_stage(
 )
 async def adjust(
     container: ContainerDep, lead_id: SubjectId, body: api.Adjustment, who: Admin
-) -> dict[str, Any]:
+) -> api.AdjustmentResult:
     """Set or change a lead's engagement in one score or all (an annual reset, bot
     activity, a lost opportunity), with the reason: audited, shown in the lead's
     explanation and history; a stage it earns is a transition with reason `adjustment`."""
@@ -135,7 +135,7 @@ async def review(
     since: IsoDateTime | None = None,
     until: IsoDateTime | None = None,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-) -> dict[str, Any]:
+) -> api.ReviewReport:
     """For leads a version (by default the active one) handed to sales in [since, until)
     (by default the last 90 days): the share sales accepted, qualified, converted, won and
     lost and the median time to each; conversion by score band at handoff; per rule, hits
@@ -151,7 +151,7 @@ async def funnel(
     _: Viewer,
     since: IsoDateTime | None = None,
     until: IsoDateTime | None = None,
-) -> dict[str, Any]:
+) -> api.FunnelReport:
     """Leads entering each stage, conversion between stages, time in stage, SLA
     compliance and rejections by reason, for transitions in [since, until)."""
     return await leads.funnel_figures(container, since, until)
@@ -163,7 +163,7 @@ async def journey_report(
     _: Viewer,
     since: IsoDateTime | None = None,
     until: IsoDateTime | None = None,
-) -> dict[str, Any]:
+) -> api.JourneyReport:
     """Leads and accounts per buyer-journey phase now; for moves in [since, until) (by
     default the last 30 days): moves between phases, median time in each phase, the
     channels that brought leads in, conversion to MQL, SQL and won, and the next-step

@@ -41,7 +41,7 @@ async def publish(
     request: Request,
     who: Admin,
     comment: Annotated[str | None, Query(max_length=1000)] = None,
-) -> dict[str, Any]:
+) -> api.RuleSetPublic:
     """Validate a rule set (JSON or YAML) and store it as a new immutable version."""
     declared = int(request.headers.get("content-length") or 0)
     if declared > MAX_DOCUMENT_BYTES:
@@ -51,24 +51,24 @@ async def publish(
 
 
 @router.get("/rulesets", response_model=list[api.RuleSetSummary])
-async def list_rulesets(container: ContainerDep, _: Viewer) -> list[dict[str, Any]]:
+async def list_rulesets(container: ContainerDep, _: Viewer) -> list[api.RuleSetSummary]:
     """Every published version, newest first."""
     return await rule_sets.ruleset_list(container)
 
 
 @router.get("/rulesets/active", response_model=api.RuleSetPublic, responses=NOT_FOUND)
-async def get_active(container: ContainerDep, _: Viewer) -> dict[str, Any]:
+async def get_active(container: ContainerDep, _: Viewer) -> api.RuleSetPublic:
     """The version live scoring uses now."""
     return await rule_sets.ruleset_detail(container, None)
 
 
 @router.get("/rulesets/{version}", response_model=api.RuleSetPublic, responses=NOT_FOUND)
-async def get_version(container: ContainerDep, version: Version, _: Viewer) -> dict[str, Any]:
+async def get_version(container: ContainerDep, version: Version, _: Viewer) -> api.RuleSetPublic:
     return await rule_sets.ruleset_detail(container, version)
 
 
 @router.get("/rulesets/{a}/diff/{b}", response_model=api.RuleSetDiff, responses=NOT_FOUND)
-async def diff(container: ContainerDep, a: Version, b: Version, _: Viewer) -> dict[str, Any]:
+async def diff(container: ContainerDep, a: Version, b: Version, _: Viewer) -> api.RuleSetDiff:
     """Rules added, removed and changed (field by field) from version a to version b."""
     return await rule_sets.ruleset_diff(container, a, b)
 
@@ -76,14 +76,14 @@ async def diff(container: ContainerDep, a: Version, b: Version, _: Viewer) -> di
 @router.post("/rulesets/{version}/activate", response_model=api.Activation, responses=NOT_FOUND)
 async def activate(
     container: ContainerDep, version: Version, who: Admin, rescore: bool = False
-) -> dict[str, Any]:
+) -> api.Activation:
     """Make a version live for every instance at once; rolling back is activating an
     older one. With `rescore=true`, a job re-scores every lead under it."""
     return await rule_sets.activate_version(container, version, by=who.name, rescore=rescore)
 
 
 @router.get("/challenger", response_model=api.ChallengerStatus | None)
-async def get_challenger(container: ContainerDep, _: Viewer) -> dict[str, Any] | None:
+async def get_challenger(container: ContainerDep, _: Viewer) -> api.ChallengerStatus | None:
     """The version being tried on live traffic next to the active one (null if none)."""
     return await rule_sets.challenger_status(container)
 
@@ -94,7 +94,7 @@ async def get_challenger(container: ContainerDep, _: Viewer) -> dict[str, Any] |
     response_model=api.ChallengerStarted,
     responses={**NOT_FOUND, 409: {"model": api.ErrorBody}},
 )
-async def challenge(container: ContainerDep, version: Version, who: Admin) -> dict[str, Any]:
+async def challenge(container: ContainerDep, version: Version, who: Admin) -> api.ChallengerStarted:
     """Score every live event under this version too, into its own state: no records,
     no deadlines, no routing. One challenger at a time (409 otherwise). A job replays
     the leads that already exist under it; activating it later is immediate."""
@@ -120,7 +120,7 @@ async def stop(container: ContainerDep, version: Version, who: Admin) -> dict[st
 )
 async def propose(
     container: ContainerDep, version: Version, who: Admin, body: api.ProposeRequest | None = None
-) -> dict[str, Any]:
+) -> api.ProposalPublic:
     """Fit this version's rule points to sales outcomes (won/lost, or qualified/
     rejected) of the leads it handed off in a window, with an L2-regularised logistic
     regression; publish the rounded points as a new, inactive version whose comment
@@ -144,7 +144,7 @@ async def propose(
 )
 async def simulate_version(
     container: ContainerDep, version: Version, body: api.SimulateRequest, _: Viewer
-) -> dict[str, Any]:
+) -> api.SimulationResult:
     """Score the given events from an empty start under a version; writes nothing.
     Runs on a worker thread with a time budget (422 `too_expensive` past it)."""
     return await rule_sets.run_simulation(container, version, body.events)
@@ -166,7 +166,7 @@ async def impact(
 
 
 @router.get("/jobs/{job_id}", response_model=api.JobPublic, responses=NOT_FOUND, tags=["jobs"])
-async def job_status(container: ContainerDep, job_id: str, _: Viewer) -> dict[str, Any]:
+async def job_status(container: ContainerDep, job_id: str, _: Viewer) -> api.JobPublic:
     """A background job's progress and, when finished, its result."""
     return await rule_sets.job_detail(container, job_id)
 
@@ -177,6 +177,6 @@ async def audit(
     _: Admin,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> dict[str, Any]:
+) -> api.AuditPage:
     """Every rule-set change and activation, newest first."""
     return await rule_sets.audit_page(container, cursor, limit)

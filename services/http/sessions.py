@@ -17,9 +17,9 @@ router = APIRouter(prefix="/v1/sessions", tags=["sessions"], responses=ERRORS)
 
 
 @router.get("", response_model=api.ConsoleSessionList)
-async def list_sessions(container: ContainerDep, _: Admin) -> dict[str, Any]:
+async def list_sessions(container: ContainerDep, _: Admin) -> api.ConsoleSessionList:
     """Every live console session, newest first."""
-    return {"items": await container.sessions.listing()}
+    return api.ConsoleSessionList(items=await container.sessions.listing())
 
 
 @router.delete("/{session_id}", response_model=api.SessionsEnded, responses=NOT_FOUND)

@@ -20,14 +20,14 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERRORS)
 @router.post("", status_code=201, response_model=schema.EndpointCreated)
 async def create(
     container: ContainerDep, body: schema.EndpointCreate, admin: Admin
-) -> dict[str, Any]:
+) -> schema.EndpointCreated:
     """A webhook endpoint (its signing secret is in this answer, and only here) or a
     HubSpot / Salesforce writer with its token and field mapping; audited."""
     return await webhooks.create_endpoint(container, body, admin.name)
 
 
 @router.get("", response_model=schema.EndpointList)
-async def listing(container: ContainerDep, _: Admin) -> dict[str, Any]:
+async def listing(container: ContainerDep, _: Admin) -> schema.EndpointList:
     """Every endpoint, with its deliveries waiting and set aside."""
     return await webhooks.list_endpoints(container)
 
@@ -35,7 +35,7 @@ async def listing(container: ContainerDep, _: Admin) -> dict[str, Any]:
 @router.get("/{endpoint_id}", response_model=schema.Endpoint, responses=NOT_FOUND)
 async def one(
     container: ContainerDep, endpoint_id: Annotated[str, _ENDPOINT_ID], _: Admin
-) -> dict[str, Any]:
+) -> schema.Endpoint:
     return await webhooks.get_endpoint(container, endpoint_id)
 
 
@@ -45,7 +45,7 @@ async def change(
     endpoint_id: Annotated[str, _ENDPOINT_ID],
     body: schema.EndpointUpdate,
     admin: Admin,
-) -> dict[str, Any]:
+) -> schema.Endpoint:
     """Change, pause (`paused: true`: deliveries queue up) or resume an endpoint."""
     return await webhooks.update_endpoint(container, endpoint_id, body, admin.name)
 
@@ -68,7 +68,7 @@ async def log(
     subject: Annotated[str | None, Query(max_length=200, description="a lead or account")] = None,
     cursor: Annotated[str | None, Query(max_length=20)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> dict[str, Any]:
+) -> schema.DeliveryList:
     """The endpoint's delivery log, newest first: each record's state, attempts, last
     answer (status, latency, body excerpt) and reason."""
     return await webhooks.delivery_log(
@@ -82,7 +82,7 @@ async def redeliver(
     endpoint_id: Annotated[str, _ENDPOINT_ID],
     body: schema.Redeliver,
     admin: Admin,
-) -> dict[str, Any]:
+) -> schema.Redelivered:
     """Deliver again now: one delivery, or every one set aside since a time (each with
     a fresh retry window, under its same webhook-id); audited."""
     return await webhooks.redeliver(

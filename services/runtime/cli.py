@@ -127,17 +127,22 @@ def cmd_activate(args: argparse.Namespace) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
+    from schemas.api import RuleSetPublic
     from services.console.formats import source_text
 
-    version = _call("GET", f"/v1/rulesets/{args.version}")
+    version = RuleSetPublic.model_validate(_call("GET", f"/v1/rulesets/{args.version}"))
     print(source_text(version), end="")
 
 
 def cmd_diff(args: argparse.Namespace) -> None:
     if args.text:
+        from schemas.api import RuleSetPublic
         from services.console.formats import source_text
 
-        old, new = (_call("GET", f"/v1/rulesets/{v}") for v in (args.a, args.b))
+        old, new = (
+            RuleSetPublic.model_validate(_call("GET", f"/v1/rulesets/{v}"))
+            for v in (args.a, args.b)
+        )
         unified = difflib.unified_diff(
             source_text(old).splitlines(keepends=True),
             source_text(new).splitlines(keepends=True),

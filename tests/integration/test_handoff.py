@@ -193,24 +193,26 @@ async def test_sla_breach_is_emitted_once_across_instances_and_restarts(service,
             },
         )
         assert answered.status_code == 200
-    sla = service.container.deadlines
+    deadlines = service.container.deadlines
     service.clock.now = (ENTERED + timedelta(hours=23)).timestamp()
-    assert await sla.check_once() == 0  # the mql SLA is 24 h
-    await sla.update_gauge()
+    assert await deadlines.check_once() == 0  # the mql SLA is 24 h
+    await deadlines.update_gauge()
     assert service.container.metrics.open_handoffs._value.get() == 1  # "late" awaits sales
     second = RunningService(bootstrap(settings), service.clock)
     try:
         service.clock.now = (ENTERED + timedelta(hours=25)).timestamp()
         # Both instances check at the same moment: one breach between them.
-        counts = await asyncio.gather(sla.check_once(), second.container.deadlines.check_once())
+        counts = await asyncio.gather(
+            deadlines.check_once(), second.container.deadlines.check_once()
+        )
         assert sorted(counts) == [0, 1]
         assert await second.container.deadlines.check_once() == 0
     finally:
         await second.container.close()
     restarted = bootstrap(settings)
-    restarted.sla.clock = service.clock
+    restarted.deadlines.clock = service.clock
     try:
-        assert await restarted.sla.check_once() == 0  # the deadline is remembered as breached
+        assert await restarted.deadlines.check_once() == 0  # the deadline is remembered as breached
     finally:
         await restarted.close()
     await wait_for(lambda: drained(settings, len(docs)))
