@@ -849,3 +849,78 @@ class AccountFeedbackResult(BaseModel):
     account_id: str
     duplicate: bool = Field(description="true when this feedback_id was already applied")
     transition: AccountTransitionRecord
+
+
+# -- a person's data, exported on request (docs/operations/personal-data.md) -----------------
+
+
+class MergedId(BaseModel):
+    id: str = Field(description="an anonymous id, or an earlier user id, merged into the lead")
+    linked_at: datetime
+
+
+class ExportedEvent(BaseModel):
+    message_id: str
+    type: str
+    occurred_at: datetime
+    event: dict[str, Any] = Field(
+        description="the event as stored: its page, properties, traits and context"
+    )
+    hits: list[Any] = Field(description="the rules it hit: [rule id, points, counted]")
+    points: float
+    ruleset_version: int
+
+
+class ExportedHandoff(BaseModel):
+    transition_id: str
+    stage: str
+    owner: str
+    entered_at: datetime
+    respond_by: datetime
+    status: str
+    answered_at: datetime | None
+    feedback_id: str | None
+    breached_at: datetime | None
+
+
+class ExportedFeedback(BaseModel):
+    feedback_id: str
+    outcome: str
+    reason: str | None
+    given_by: str | None
+    at: datetime
+    result: str
+    transition_id: str | None
+
+
+class ExportedLead(BaseModel):
+    """Everything held under one lead id."""
+
+    lead_id: str
+    traits: dict[str, Any] = Field(description="every trait held, as last sent")
+    merged_ids: list[MergedId]
+    created_at: datetime
+    now: LeadPublic = Field(description="the lead as GET /v1/leads/{lead_id} shows it")
+    history: LeadHistory = Field(
+        description="as GET /v1/leads/{lead_id}/history shows it: each event's part of the "
+        "score, the transitions, adjustments and buyer-journey moves"
+    )
+    events: list[ExportedEvent] = Field(description="every scored event held, oldest first")
+    handoffs: list[ExportedHandoff] = Field(
+        description="each handoff to sales: the notification's owner, its follow-up deadline "
+        "and how it was answered"
+    )
+    feedback: list[ExportedFeedback]
+
+
+class PersonExport(BaseModel):
+    """Everything the service holds on one person (right of access), as one document."""
+
+    found_by: Literal["lead_id", "user_id", "anonymous_id", "email"]
+    exported_at: datetime
+    leads: list[ExportedLead] = Field(
+        description="one per lead the person is known as (an e-mail address can name several)"
+    )
+    truncated: bool = Field(
+        description="true when a list reached its limit (100,000 rows) and was cut"
+    )

@@ -15,7 +15,16 @@ from services.adapters.postgres.rule_set_store import VersionUnusable
 from services.app.container import Container
 from services.app.errors import MALFORMED, ApiError
 from services.auth import AuthError
-from services.http import accounts, ingest, leads, operations, rule_sets, sessions, webhooks
+from services.http import (
+    accounts,
+    ingest,
+    leads,
+    operations,
+    people,
+    rule_sets,
+    sessions,
+    webhooks,
+)
 from services.http.common import (
     COMMON,
     EncodedSegments,
@@ -134,7 +143,7 @@ def create_app(container: Container) -> FastAPI:
             error_body(request.url.path, "internal_error", type(exc).__name__), status_code=500
         )
 
-    for resource in (operations, rule_sets, leads, accounts, sessions, webhooks, ingest):
+    for resource in (operations, rule_sets, leads, accounts, sessions, webhooks, ingest, people):
         app.include_router(resource.router)
     # The web console: same process, same port, same tokens. Imported here because the
     # console's pages call this package's routers' functions.

@@ -384,6 +384,16 @@ def cmd_job(args: argparse.Namespace) -> None:
     print(json.dumps(_call("GET", f"/v1/jobs/{args.job_id}"), indent=2))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Everything held on one person, as the API's JSON document (right of access)."""
+    params = {
+        name: value
+        for name in ("lead_id", "user_id", "anonymous_id", "email")
+        if (value := getattr(args, name)) is not None
+    }
+    print(json.dumps(_call("GET", "/v1/people/export", params=params), indent=2))
+
+
 def cmd_simulate(args: argparse.Namespace) -> None:
     text = _read(args.rules)
     try:
@@ -615,6 +625,14 @@ def parser() -> argparse.ArgumentParser:
     dead_resend.add_argument("at", help="PARTITION:OFFSET, as list shows")
     dead_resend.add_argument("--file", help="the fixed event (JSON); default: the same bytes")
     dead_resend.set_defaults(func=cmd_dead_letters)
+    people = commands.add_parser("people", help="a person's data on request").add_subparsers(
+        dest="people_command", required=True
+    )
+    export = people.add_parser("export", help="everything held on one person, as JSON")
+    named = export.add_mutually_exclusive_group(required=True)
+    for name in ("lead-id", "user-id", "anonymous-id", "email"):
+        named.add_argument(f"--{name}")
+    export.set_defaults(func=cmd_export)
     job = commands.add_parser("jobs", help="show a background job")
     job.add_argument("job_id")
     job.set_defaults(func=cmd_job)

@@ -135,3 +135,15 @@ def fill(markdown: str) -> str:
         if marker in markdown:
             markdown = markdown.replace(marker, table())
     return markdown
+
+
+def person_export_schema() -> str:
+    """The JSON Schema of a person's export, as published in docs/reference/."""
+    from schemas.api import PersonExport
+
+    return json.dumps(PersonExport.model_json_schema(mode="serialization"), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    # python -m services.runtime.reference_docs > docs/reference/person-export.schema.json
+    print(person_export_schema(), end="")

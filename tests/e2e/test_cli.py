@@ -348,3 +348,17 @@ async def test_dead_letters_are_listed_shown_and_sent_again_once_fixed(service, 
     await wait_for(lambda: drained(settings, 3), what="the fixed event scored")
     code, out = await leadscore("dead-letters", "show", "0:999999", env=env)
     assert code == 1 and "no dead letter at 0:999999" in out
+
+
+async def test_a_persons_export_is_asked_for_by_one_name_and_says_when_nobody_has_it(
+    admin_container,
+):
+    async with api_server(admin_container) as url:
+        env = {"LEADSCORE_API_URL": url, "LEADSCORE_API_TOKEN": TOKENS["admin"]}
+        code, out = await leadscore("people", "export", "--email", "nobody@example.com", env=env)
+        assert code == 1
+        assert "404 person_not_found: no lead is known by that email" in out
+        code, out = await leadscore(
+            "people", "export", "--email", "a@b.c", "--user-id", "u-1", env=env
+        )
+        assert code == 2 and "not allowed with argument" in out  # one name at a time
