@@ -57,7 +57,8 @@ async def export_person(
             found = await person_store.leads_by_email(pg, value)
         else:
             canonical = await read_store.canonical_lead_id(pg, value)
-            found = [canonical] if await person_store.lead_exists(pg, canonical) else []
+            known = await person_store.lead_row(pg, canonical) is not None
+            found = [canonical] if known else []
     if not found:
         raise ApiError(404, "person_not_found", f"no lead is known by that {kind}")
     exported = [await _lead(container, lead_id) for lead_id in found]

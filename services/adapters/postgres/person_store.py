@@ -19,12 +19,6 @@ async def leads_by_email(pg: asyncpg.Connection, email: str) -> list[str]:
     return [r["lead_id"] for r in rows]
 
 
-async def lead_exists(pg: asyncpg.Connection, lead_id: str) -> bool:
-    return bool(
-        await pg.fetchval("SELECT EXISTS (SELECT 1 FROM leads WHERE lead_id = $1)", lead_id)
-    )
-
-
 async def lead_row(pg: asyncpg.Connection, lead_id: str) -> asyncpg.Record | None:
     return await pg.fetchrow(
         "SELECT lead_id, stage, account_id, traits::text AS traits, fit, engagement, "
