@@ -46,6 +46,7 @@ class Infra:
             "topic_account_transitions": f"{name}-account-transitions",
             "topic_notifications": f"{name}-notifications",
             "topic_dlq": f"{name}-dlq",
+            "topic_erasures": f"{name}-erasures",
             "topic_feedback": f"{name}-feedback",
             "consumer_group": f"{name}-group",
         }
@@ -178,6 +179,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
             "LEADSCORE_TOPIC_ACCOUNT_TRANSITIONS": settings.topic_account_transitions,
             "LEADSCORE_TOPIC_NOTIFICATIONS": settings.topic_notifications,
             "LEADSCORE_TOPIC_DLQ": settings.topic_dlq,
+            "LEADSCORE_TOPIC_ERASURES": settings.topic_erasures,
             "LEADSCORE_TOPIC_FEEDBACK": settings.topic_feedback,
             "LEADSCORE_CONSUMER_GROUP": settings.consumer_group,
             "LEADSCORE_HTTP_PORT": str(settings.http_port),

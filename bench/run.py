@@ -376,6 +376,7 @@ async def drain_variant(
         topic_account_transitions=f"{settings.topic_account_transitions}-{name}",
         topic_notifications=f"{settings.topic_notifications}-{name}",
         topic_dlq=f"{settings.topic_dlq}-{name}",
+        topic_erasures=f"{settings.topic_erasures}-{name}",
         http_port=free_port(),
     )
     assert other.database_url is not None

@@ -916,6 +916,7 @@ class ExportedLead(BaseModel):
 class PersonExport(BaseModel):
     """Everything the service holds on one person (right of access), as one document."""
 
+    request_id: str = Field(description="the export's request (GET /v1/people/requests)")
     found_by: Literal["lead_id", "user_id", "anonymous_id", "email"]
     exported_at: datetime
     leads: list[ExportedLead] = Field(
@@ -924,3 +925,59 @@ class PersonExport(BaseModel):
     truncated: bool = Field(
         description="true when a list reached its limit (100,000 rows) and was cut"
     )
+
+
+PersonIdKind = Literal["lead_id", "user_id", "anonymous_id", "email"]
+
+
+class PersonNamed(BaseModel):
+    """A person, named by exactly one of their ids or their e-mail address."""
+
+    model_config = STRICT_BODY
+
+    lead_id: str | None = Field(default=None, min_length=1, max_length=512)
+    user_id: str | None = Field(default=None, min_length=1, max_length=512)
+    anonymous_id: str | None = Field(default=None, min_length=1, max_length=512)
+    email: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=512,
+        description="every lead whose `email` trait is this address, in any case",
+    )
+
+
+class ErasureRequest(PersonNamed):
+    """Erase a person: every row of every lead they are known as."""
+
+    suppress: bool = Field(
+        default=True,
+        description="keep their ids and address on the suppression list (as keyed hashes), "
+        "so later events for them are dropped; false lets them come back as new leads",
+    )
+
+
+class PersonRequest(BaseModel):
+    """A request about a person's data: an erasure, an export or an unsuppress. It keeps
+    what kind of id named the person, never the id."""
+
+    id: str
+    kind: Literal["erase", "export", "unsuppress"]
+    status: Literal["received", "done", "failed"] = Field(
+        description="received: waiting to be carried out (erasures); done; failed (`failure` "
+        "says why)"
+    )
+    found_by: PersonIdKind
+    suppress: bool = Field(description="erasures: whether the person stays suppressed")
+    requested_by: str
+    requested_at: datetime
+    finished_at: datetime | None
+    leads: int | None = Field(description="the leads the person was known as")
+    removed: dict[str, int] | None = Field(
+        description="rows removed (or, for an account's history, stripped of the lead's id) "
+        "per table"
+    )
+    failure: str | None
+
+
+class PersonRequestList(BaseModel):
+    requests: list[PersonRequest]

@@ -124,6 +124,21 @@ JOURNEY_PHASE_DESCRIPTION = (
 )
 
 
+class ErasureRecord(BaseModel):
+    """A value on `lead-erasures`: a person's data was erased on request; systems that
+    copied this lead's records (a CRM, a warehouse) should erase it too."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    erasure_id: str = Field(description="`<request id>:<lead id>`: the same on every copy")
+    lead_id: str = Field(description="the lead erased, as every other record named it")
+    request_id: str = Field(description="the erasure request (GET /v1/people/requests/{id})")
+    suppressed: bool = Field(
+        description="whether later events for the person are dropped (until unsuppressed)"
+    )
+    erased_at: str = Field(description="when the erasure was committed, ISO 8601 UTC")
+
+
 class TransitionRecord(BaseModel):
     """A value on `lead-status-transitions`."""
 

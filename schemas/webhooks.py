@@ -12,7 +12,9 @@ from schemas.records import STRICT_BODY, AccountStage
 from schemas.rule_set import Stage
 
 EndpointKind = Literal["webhook", "hubspot", "salesforce"]
-RecordKind = Literal["transitions", "notifications", "account_transitions", "account_notifications"]
+RecordKind = Literal[
+    "transitions", "notifications", "account_transitions", "account_notifications", "erasures"
+]
 NotificationType = Literal["promotion", "sla_breach", "qualified", "account_qualified"]
 MappableField = Literal[
     "score",
@@ -270,10 +272,14 @@ class WebhookMessage(BaseModel):
     """A delivery's body: one record as on its topic, typed and stamped."""
 
     type: Literal[
-        "lead.transition", "lead.notification", "account.transition", "account.notification"
+        "lead.transition",
+        "lead.notification",
+        "account.transition",
+        "account.notification",
+        "lead.erased",
     ]
     timestamp: datetime = Field(description="when the record was queued (the same on retries)")
     data: dict[str, object] = Field(
         description="the record: TransitionRecord, NotificationRecord, "
-        "AccountTransitionRecord or AccountQualifiedRecord"
+        "AccountTransitionRecord, AccountQualifiedRecord or ErasureRecord"
     )

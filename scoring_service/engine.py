@@ -3,7 +3,8 @@
 The engine is built in three layers, each a module: a lead's scores and their explanations
 (scoring_service/lead_scores.py), events and routing (scoring_service/routing.py), and here
 what acts on leads from outside the event stream: sales feedback and the follow-up deadline
-(the handoff), adjustments by hand, merging identities, and re-scoring on a new version.
+(the handoff), adjustments by hand, merging identities, erasing a member, and re-scoring on
+a new version.
 
 The state is updated in place: the batch that loaded it owns it, and copying every lead on
 every event would cost more than the scoring itself. Callers that need the old state (a
@@ -248,6 +249,28 @@ class Engine(Router):
             )
         self.account_follows(state, account, effects, caused_by=caused_by, at=at, now=now)
         self.note_scores(state)
+        return effects
+
+    def erase_member(self, account: Account, lead_id: str, *, at: float, caused_by: str) -> Effects:
+        """A member erased on request: the account is scored and placed in the buyer journey
+        as if the member had never been one (stages never move down on their own, so its
+        stage stays)."""
+        effects = Effects()
+        scorer = self.accounts
+        if scorer is None:
+            return effects
+        scorer.drop(account, lead_id)
+        if self.journey is not None:
+            follow_members(
+                self.journey,
+                account,
+                None,
+                -1,
+                effects.journey_moves,
+                at=at,
+                caused_by=caused_by,
+                ruleset_version=self.rules.version,
+            )
         return effects
 
     def merge(

@@ -69,7 +69,8 @@ class Metrics:
         r = self.registry
         self.events = Counter(
             "leadscore_events_consumed_total",
-            "Events read from the input topic, by result (scored, duplicate, invalid, bot).",
+            "Events read from the input topic, by result (scored, duplicate, invalid, bot, "
+            "suppressed: a person erased and suppressed).",
             ["result"],
             registry=r,
         )
@@ -260,6 +261,18 @@ class Metrics:
             "Time from a handoff to sales' first feedback, by stage.",
             ["stage"],
             buckets=FOLLOW_UP_BUCKETS,
+            registry=r,
+        )
+        self.person_requests = Counter(
+            "leadscore_person_requests_total",
+            "Requests about a person's data carried out, by kind (erase, export, unsuppress) "
+            "and status (done, failed).",
+            ["kind", "status"],
+            registry=r,
+        )
+        self.person_requests_waiting = Gauge(
+            "leadscore_person_requests_waiting",
+            "Erasure requests received and not yet carried out.",
             registry=r,
         )
         self.open_handoffs = Gauge(

@@ -81,9 +81,25 @@ OUTPUTS = (
 )
 
 
+# Erasure records (services/pipeline/erasures.py): made by erasure requests, not by scoring,
+# so they are not among the effects; keyed, identified and delivered to webhooks alike.
+ERASURES = Output(
+    "erasures",
+    "topic_erasures",
+    "lead_id",
+    "erasure_id",
+    "leadErasures",
+    "ErasureRecord",
+    "person_requests",  # counted per request (services/pipeline/erasures.py), not per record
+    (),
+)
+
+
 def output_topics(settings: Settings) -> list[str]:
-    """Every topic leadscore writes, each once: the table's, in its order, then the DLQ."""
-    return [*dict.fromkeys(output.topic(settings) for output in OUTPUTS), settings.topic_dlq]
+    """Every topic leadscore writes, each once: the table's, in its order, the erasures',
+    then the DLQ."""
+    topics = (output.topic(settings) for output in (*OUTPUTS, ERASURES))
+    return [*dict.fromkeys(topics), settings.topic_dlq]
 
 
 def all_topics(settings: Settings) -> list[str]:

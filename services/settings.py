@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     topic_notifications: str = Field(
         default="sales-notifications", description="sales notifications (out)"
     )
+    topic_erasures: str = Field(
+        default="lead-erasures",
+        description="one record per erased lead, naming it, so downstream systems erase "
+        "it too (out)",
+    )
     topic_dlq: str = Field(
         default="lead-events-dlq",
         description="refused input, unchanged, with reason headers (out)",
@@ -159,6 +164,13 @@ class Settings(BaseSettings):
         "reports replay them); history is partitioned by month of event time and a month is "
         "dropped whole once all of it is older than this",
     )
+    erasure_check_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="how often erasure requests taken by other instances are looked for "
+        "(a request taken by this instance starts at once)",
+    )
     synchronous_commit: bool = Field(
         default=True,
         description="batches wait for the disk before they count as done. Off is faster, "
@@ -230,6 +242,13 @@ class Settings(BaseSettings):
         default=None,
         description="Fernet key that encrypts webhook secrets and CRM tokens at rest; unset, "
         "a key is made in the data folder (fit for one instance only)",
+    )
+    suppression_key: SecretStr | None = Field(
+        default=None,
+        description="secret the suppression list's keyed hashes of erased people's ids and "
+        "addresses are made with (any long random text; every instance needs the same one, "
+        "and changing it lets suppressed people back in); unset, a key is made in the data "
+        "folder (fit for one instance only)",
     )
     outbound_allow_private: bool = Field(
         default=False,

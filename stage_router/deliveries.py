@@ -30,6 +30,7 @@ RECORD_TYPES = {
     "notifications": "lead.notification",
     "account_transitions": "account.transition",
     "account_notifications": "account.notification",
+    "erasures": "lead.erased",
 }
 SECRET_PREFIX = "whsec_"
 # Vendors' documented batch limits: HubSpot's batch upsert takes 100 inputs, Salesforce's

@@ -19,13 +19,14 @@ from schemas.records import (
     AccountQualifiedRecord,
     AccountTransitionRecord,
     DeadLetterHeaders,
+    ErasureRecord,
     FeedbackRecord,
     NotificationRecord,
     TransitionRecord,
 )
 from schemas.webhooks import WebhookHeaders, WebhookMessage
 from services import __version__
-from services.outputs import OUTPUTS
+from services.outputs import ERASURES, OUTPUTS
 from services.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -41,6 +42,7 @@ def _schemas() -> dict[str, Any]:
         "NotificationRecord": (NotificationRecord, "serialization"),
         "AccountTransitionRecord": (AccountTransitionRecord, "serialization"),
         "AccountQualifiedRecord": (AccountQualifiedRecord, "serialization"),
+        "ErasureRecord": (ErasureRecord, "serialization"),
         "DeadLetterHeaders": (DeadLetterHeaders, "serialization"),
         "WebhookHeaders": (WebhookHeaders, "serialization"),
         "WebhookMessage": (WebhookMessage, "serialization"),
@@ -66,6 +68,10 @@ OUTPUT_CHANNELS = {
     "accountStatusTransitions": "Account stage changes, at least once, in order per account",
     "salesNotifications": (
         "What sales must act on, at least once, in order per lead (and per account)"
+    ),
+    "leadErasures": (
+        "Leads erased on request, at least once: erase them downstream too "
+        "(docs/operations/personal-data.md)"
     ),
 }
 
@@ -118,6 +124,13 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
             "payload": {"$ref": REF.format(model="AccountQualifiedRecord")},
             "bindings": _key(account_key),
         },
+        "ErasureRecord": {
+            "name": "ErasureRecord",
+            "title": "A lead erased on request; erase your copies of it",
+            "contentType": "application/json",
+            "payload": {"$ref": REF.format(model="ErasureRecord")},
+            "bindings": _key(lead_key),
+        },
         "DeadLetter": {
             "name": "DeadLetter",
             "title": "A message that could not be used, with the reason in its headers",
@@ -141,7 +154,7 @@ def build_document(settings: Settings | None = None) -> dict[str, Any]:
     }
     # The outputs' channels, their topics and messages from the one table of outputs.
     for name, description in OUTPUT_CHANNELS.items():
-        outputs = [o for o in OUTPUTS if o.channel == name]
+        outputs = [o for o in (*OUTPUTS, ERASURES) if o.channel == name]
         channels[name] = (outputs[0].topic(settings), [o.message for o in outputs], description)
     channels["deadLetters"] = (settings.topic_dlq, ["DeadLetter"], "Refused messages and why")
     channels["webhooks"] = (

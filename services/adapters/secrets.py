@@ -60,3 +60,24 @@ class Vault:
             return self._cipher().decrypt(bytes(sealed)).decode()
         except InvalidToken:
             raise SecretsUnreadable("a stored secret does not open with the secrets key") from None
+
+
+SUPPRESSION_KEY_FILE = "suppression.key"
+
+
+def suppression_secret(settings: Settings) -> bytes:
+    """The secret suppression keys are made with (scoring_service/suppression.py): the
+    setting `suppression_key`, else one made in the data directory on first use. Every
+    instance needs the same one, and changing it lets suppressed people back in."""
+    if settings.suppression_key is not None:
+        return settings.suppression_key.get_secret_value().encode()
+    path = Path(settings.data_dir) / SUPPRESSION_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as out:
+            out.write(base64.b64encode(random.token_bytes(32)))
+    return path.read_bytes().strip()

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from schemas.records import FeedbackRecord
 from scoring_service.intake import Event
+from scoring_service.suppression import Suppression
 from services.adapters import kafka
 from services.adapters.postgres import db, rule_set_store
 from services.adapters.postgres.db import connection
@@ -25,6 +26,7 @@ from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.consumer import TopicConsumer
 from services.pipeline.deadlines import DeadlineWatcher
+from services.pipeline.erasures import Erasures
 from services.pipeline.feedback import FeedbackBatch
 from services.pipeline.jobs import Jobs
 from services.pipeline.lead_transaction import LeadWriter
@@ -55,6 +57,9 @@ class Container:
     jobs: Jobs
     feedback: TopicConsumer[FeedbackRecord, FeedbackBatch]
     deadlines: DeadlineWatcher
+    # Erasure requests carried out, and the keyed hashes erased people are known again by.
+    erasures: Erasures
+    suppression: Suppression
     supervisor: Supervisor
     # The configured API tokens ({sha256: who}); empty: the API trusts loopback only.
     tokens: dict[str, Principal]
@@ -81,12 +86,13 @@ class Container:
 
     def run(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """The instance's loops, until `stop`: event consumer, feedback consumer, deadline
-        watcher, webhook dispatcher, and last the outbox relay (the HTTP API is served
-        separately)."""
+        watcher, erasures, webhook dispatcher, and last the outbox relay (the HTTP API is
+        served separately)."""
         loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             "consumer": self.scorer.run,
             "feedback": self.feedback.run,
             "deadlines": self.deadlines.run,
+            "erasures": self.erasures.run,
             "webhooks": self.webhooks.run,
             "relay": self.relay.run,
         }

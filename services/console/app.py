@@ -29,6 +29,7 @@ from services.console import (
     dead_letters,
     formats,
     leads,
+    people,
     pipeline,
     rules,
     signin,
@@ -161,6 +162,7 @@ def console_app(container: Container, prefix: str) -> FastAPI:
         pipeline,
         buyer_journey,
         dead_letters,
+        people,
     ):
         app.include_router(pages_module.router)
 

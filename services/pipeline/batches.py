@@ -76,6 +76,8 @@ class BatchReport(Generic[Outcome]):
     duplicates: int = 0
     # Events from crawlers: counted, not scored (schemas.rule_set.Bots).
     bots: int = 0
+    # Events of people erased and suppressed: counted, not scored, stored or dead-lettered.
+    suppressed: int = 0
     invalid: int = 0
     stale: int = 0
     # Scored events that came without a messageId (the intake made one).
@@ -91,6 +93,7 @@ class BatchReport(Generic[Outcome]):
         self.scored += other.scored
         self.duplicates += other.duplicates
         self.bots += other.bots
+        self.suppressed += other.suppressed
         self.invalid += other.invalid
         self.stale += other.stale
         self.generated_ids += other.generated_ids
@@ -132,11 +135,13 @@ class DeadLetter:
 class BatchReads:
     """What a batch reads under its locks: the leads and accounts it names and its dedup
     keys (raw id, messageId). The consumer locks and reads them with the partitions'
-    offset rows in one round trip (LeadTransaction.open_batch)."""
+    offset rows in one round trip (LeadTransaction.open_batch), with the suppression keys of
+    the people its events name."""
 
     lead_ids: set[str]
     account_ids: set[str]
     keys: list[tuple[str, str]]
+    suppression: list[bytes] = field(default_factory=list)
 
 
 class TopicHandler(Protocol[Item, Outcome]):

@@ -585,6 +585,8 @@ class TopicConsumer(Generic[Item, Outcome]):
         self.metrics.events.labels("invalid").inc(report.invalid)
         if report.bots:
             self.metrics.events.labels("bot").inc(report.bots)
+        if report.suppressed:
+            self.metrics.events.labels("suppressed").inc(report.suppressed)
         if report.generated_ids:
             self.metrics.message_ids_generated.inc(report.generated_ids)
 
@@ -629,7 +631,13 @@ class TopicConsumer(Generic[Item, Outcome]):
             # records of partitions another consumer has done already are among them: a
             # few more leads locked, in the rare batch that has any).
             stored = await tx.open_batch(
-                self.topic, sorted(parsed), log_id, reads.lead_ids, reads.account_ids, reads.keys
+                self.topic,
+                sorted(parsed),
+                log_id,
+                reads.lead_ids,
+                reads.account_ids,
+                reads.keys,
+                reads.suppression,
             )
         valid: list[tuple[ConsumerRecord, Item]] = []
         for partition, items in parsed.items():

@@ -1,5 +1,6 @@
 """The handler of `lead-events`: parse and validate each record, then score the batch in its
-lead transaction (dedup, identity, accounts, the challenger beside the active rules)."""
+lead transaction (suppression, dedup, identity, accounts, the challenger beside the active
+rules)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from aiokafka.structs import ConsumerRecord
 
 from scoring_service.intake import Event, Rejection, parse_event
 from scoring_service.pipeline import ids_to_load, score_event, without_bots
+from scoring_service.suppression import Suppression
 from services.pipeline import challenger
 from services.pipeline.batches import BatchReads, BatchReport, PoisonRecord
 from services.pipeline.lead_transaction import LeadTransaction
@@ -16,20 +18,29 @@ from services.settings import Settings
 
 
 class EventHandler:
-    """`lead-events`: drop events seen before, then score the rest in batch order."""
+    """`lead-events`: drop events of suppressed people and events seen before, then score
+    the rest in batch order."""
 
     loop = "consumer"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, suppression: Suppression) -> None:
         self.topic = settings.topic_events
+        self.suppression = suppression
 
     def parse(self, record: ConsumerRecord, now: float) -> Event | Rejection:
         return parse_event(record.value or b"", now=now, fallback_ts=record.timestamp / 1000)
 
     def reads(self, items: list[Event]) -> BatchReads:
-        """Every id the batch may name a lead or an account by, and its dedup keys."""
+        """Every id the batch may name a lead or an account by, its dedup keys, and the
+        suppression keys of the people it names."""
         lead_ids, account_ids = ids_to_load(items)
-        return BatchReads(lead_ids, account_ids, list({(e.raw_id, e.message_id) for e in items}))
+        keys = self.suppression.event_keys
+        return BatchReads(
+            lead_ids,
+            account_ids,
+            list({(e.raw_id, e.message_id) for e in items}),
+            list({key for e in items for key in keys(e)}),
+        )
 
     async def apply(
         self,
@@ -44,7 +55,12 @@ class EventHandler:
         ws = tx.ws
         events: list[Event] = []
         seen = set(tx.seen)
+        suppressed = tx.suppressed
         for _, event in items:
+            if suppressed and not suppressed.isdisjoint(self.suppression.event_keys(event)):
+                # An erased person's: nothing of it is kept, not even in the DLQ.
+                report.suppressed += 1
+                continue
             key = (event.raw_id, event.message_id)
             if key in seen:
                 report.duplicates += 1

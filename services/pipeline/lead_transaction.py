@@ -1,16 +1,17 @@
 """The one way anything changes leads: a lead transaction (the unit of work).
 
 Every writer uses it: the event consumer, sales feedback (topic and HTTP), the follow-up
-deadline watcher, re-scoring, and any later one. A writer states which leads (and accounts)
-it touches; the transaction locks them in the global order below, loads the working set
-(the leads, the leads they were merged into, their accounts), lets the writer run the pure
-core on it, and then writes state, history, transitions, handoffs, outbox rows and
-partition offsets, committing once.
+deadline watcher, re-scoring, erasures, and any later one. A writer states which leads (and
+accounts) it touches; the transaction locks them in the global order below, loads the
+working set (the leads, the leads they were merged into, their accounts), lets the writer
+run the pure core on it, and then writes state, history, transitions, handoffs, outbox rows
+and partition offsets, committing once.
 
 Lock order, the same in every writer and every instance (a transaction only ever waits for
 a lock later in this list than every lock it holds, so no two can wait for each other):
 
   1. the rule-set lock, shared (`ActiveRules.engine`; activation takes it exclusively);
+     an erasure then takes its request's row, which nobody waits for (others skip it);
   2. the `consumer_offsets` rows of the batch's partitions, sorted by partition
      (consumers only: `lock_partitions`, or `open_batch` with step 3 in the same call);
   3. advisory locks (`lock_leads`): a. on leads (`l:<id>`), in sorted key order: the ids
@@ -118,6 +119,8 @@ class LeadTransaction:
     cache: LeadCache | None = None
     # The dedup keys `open_batch` found stored before (events seen already).
     seen: set[tuple[str, str]] = field(default_factory=set)
+    # The suppression keys `open_batch` found on the list (erased people's events).
+    suppressed: set[bytes] = field(default_factory=set)
     saved_versions: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     cache_misses: int = 0
@@ -152,10 +155,12 @@ class LeadTransaction:
         lead_ids: Iterable[str],
         account_ids: Iterable[str],
         keys: Sequence[tuple[str, str]],
+        suppression: Sequence[bytes] = (),
     ) -> dict[int, int]:
         """Steps 2 and 3 and every read a batch of events needs, in one round trip: lock
         the partitions' offset rows, then the leads and accounts as `lock_leads` does, and
-        look up the dedup `keys` (those stored before land in `seen`). Returns each
+        look up the dedup `keys` (those stored before land in `seen`) and the `suppression`
+        keys (those on the list land in `suppressed`). Returns each
         partition's stored next offset (raises offset_store.LogReplaced when a row belongs
         to another log than `log_id`)."""
         if self._step > _OPEN:
@@ -166,10 +171,12 @@ class LeadTransaction:
             topic=topic,
             partitions=sorted(partitions),
             keys=keys,
+            suppression=suppression,
         )
         if log_id is not None and any(t not in (None, log_id) for _, t in read.offsets.values()):
             raise offset_store.LogReplaced(topic, log_id)
         self.seen = read.seen
+        self.suppressed = read.suppressed
         return {p: offset for p, (offset, _) in read.offsets.items()}
 
     async def _open(
@@ -180,6 +187,7 @@ class LeadTransaction:
         topic: str = "",
         partitions: Sequence[int] = (),
         keys: Sequence[tuple[str, str]] = (),
+        suppression: Sequence[bytes] = (),
     ) -> batch_read.BatchRead:
         if self._step >= _LEADS:
             raise LockOrderError("leads are locked once per transaction, in one statement")
@@ -196,6 +204,7 @@ class LeadTransaction:
                 topic=topic,
                 partitions=partitions,
                 keys=keys,
+                suppression=suppression,
             )
         except DATABASE_ERROR as exc:
             if exc.sqlstate == batch_read.LINK_RACED:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from scoring_service.suppression import Suppression
 from services.adapters import kafka
 from services.adapters.postgres import db
-from services.adapters.secrets import Vault
+from services.adapters.secrets import Vault, suppression_secret
 from services.app.container import Container
 from services.app.sessions import ConsoleSessions
 from services.auth import parse_tokens
@@ -15,6 +16,7 @@ from services.metrics import Metrics
 from services.pipeline.active_rules import ActiveRules
 from services.pipeline.consumer import TopicConsumer
 from services.pipeline.deadlines import DeadlineWatcher
+from services.pipeline.erasures import Erasures
 from services.pipeline.event_handler import EventHandler
 from services.pipeline.feedback import FeedbackHandler
 from services.pipeline.jobs import Jobs
@@ -63,8 +65,9 @@ def bootstrap(
     writer = LeadWriter(
         db=engine, rules=rules, settings=settings, metrics=metrics, on_commit=committed
     )
+    suppression = Suppression(suppression_secret(settings))
     scorer = TopicConsumer(
-        handler=EventHandler(settings),
+        handler=EventHandler(settings, suppression),
         writer=writer,
         consumer=consumer,
         lanes=settings.consumer_lanes,
@@ -91,6 +94,8 @@ def bootstrap(
         jobs=Jobs(engine),
         feedback=feedback,
         deadlines=DeadlineWatcher(settings=settings, writer=writer),
+        erasures=Erasures(settings=settings, writer=writer, suppression=suppression),
+        suppression=suppression,
         supervisor=Supervisor(metrics),
         tokens=tokens,
         sessions=ConsoleSessions(

@@ -384,14 +384,56 @@ def cmd_job(args: argparse.Namespace) -> None:
     print(json.dumps(_call("GET", f"/v1/jobs/{args.job_id}"), indent=2))
 
 
+PERSON_IDS = ("lead_id", "user_id", "anonymous_id", "email")
+
+
+def _person(args: argparse.Namespace) -> dict[str, str]:
+    """The one id or address the command names a person by."""
+    return {name: value for name in PERSON_IDS if (value := getattr(args, name)) is not None}
+
+
+def _request_line(request: dict[str, Any]) -> str:
+    removed = request.get("removed") or {}
+    rows = ", ".join(f"{table} {n}" for table, n in removed.items()) or "nothing removed"
+    outcome = request["status"] + (f" ({request['failure']})" if request.get("failure") else "")
+    return (
+        f"{request['id']}  {request['kind']:<10} {outcome:<8} by {request['found_by']:<12} "
+        f"{request['requested_at'][:19]}  {request['requested_by']}: {rows}"
+    )
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     """Everything held on one person, as the API's JSON document (right of access)."""
-    params = {
-        name: value
-        for name in ("lead_id", "user_id", "anonymous_id", "email")
-        if (value := getattr(args, name)) is not None
-    }
-    print(json.dumps(_call("GET", "/v1/people/export", params=params), indent=2))
+    print(json.dumps(_call("GET", "/v1/people/export", params=_person(args)), indent=2))
+
+
+def cmd_erase(args: argparse.Namespace) -> None:
+    """Queue a person's erasure; with --wait, follow it until it is carried out."""
+    body: dict[str, Any] = {**_person(args), "suppress": not args.no_suppress}
+    request = _call("POST", "/v1/people/erasures", json=body)
+    deadline = time.monotonic() + args.timeout
+    while args.wait and request["status"] == "received" and time.monotonic() < deadline:
+        time.sleep(0.5)  # a person waiting at a terminal; the API has no push
+        request = _call("GET", f"/v1/people/requests/{request['id']}")
+    print(_request_line(request))
+    if request["status"] == "failed":
+        raise CliError(f"the erasure failed: {request['failure']}")
+
+
+def cmd_unsuppress(args: argparse.Namespace) -> None:
+    print(_request_line(_call("POST", "/v1/people/unsuppress", json=_person(args))))
+
+
+def cmd_requests(args: argparse.Namespace) -> None:
+    params: dict[str, Any] = {"limit": args.limit}
+    if args.status:
+        params["status"] = args.status
+    listing = _call("GET", "/v1/people/requests", params=params)["requests"]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return
+    for request in listing:
+        print(_request_line(request))
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -628,11 +670,35 @@ def parser() -> argparse.ArgumentParser:
     people = commands.add_parser("people", help="a person's data on request").add_subparsers(
         dest="people_command", required=True
     )
+
+    def person_named(command: argparse.ArgumentParser) -> None:
+        named = command.add_mutually_exclusive_group(required=True)
+        for name in PERSON_IDS:
+            named.add_argument("--" + name.replace("_", "-"))
+
     export = people.add_parser("export", help="everything held on one person, as JSON")
-    named = export.add_mutually_exclusive_group(required=True)
-    for name in ("lead-id", "user-id", "anonymous-id", "email"):
-        named.add_argument(f"--{name}")
+    person_named(export)
     export.set_defaults(func=cmd_export)
+    erase = people.add_parser(
+        "erase", help="erase every row of a person, and keep their events out from now on"
+    )
+    person_named(erase)
+    erase.add_argument(
+        "--no-suppress", action="store_true", help="let later events in as a new lead"
+    )
+    erase.add_argument("--wait", action="store_true", help="wait until it is carried out")
+    erase.add_argument("--timeout", type=float, default=60, help="seconds --wait waits")
+    erase.set_defaults(func=cmd_erase)
+    unsuppress = people.add_parser(
+        "unsuppress", help="let an erased person's events in again (they signed up anew)"
+    )
+    person_named(unsuppress)
+    unsuppress.set_defaults(func=cmd_unsuppress)
+    listing = people.add_parser("requests", help="erasures, exports and unsuppresses, newest first")
+    listing.add_argument("--status", choices=["received", "done", "failed"])
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--json", action="store_true", help="print them as JSON")
+    listing.set_defaults(func=cmd_requests)
     job = commands.add_parser("jobs", help="show a background job")
     job.add_argument("job_id")
     job.set_defaults(func=cmd_job)

@@ -64,6 +64,7 @@ async def fresh_settings(infra: Infra) -> Settings:
         topic_account_transitions=f"account-status-transitions-{n}",
         topic_notifications=f"sales-notifications-{n}",
         topic_dlq=f"lead-events-dlq-{n}",
+        topic_erasures=f"lead-erasures-{n}",
         topic_feedback=f"sales-feedback-{n}",
         consumer_group=f"leadscore-{n}",
         http_port=0,

@@ -82,16 +82,18 @@ async def test_a_person_is_exported_whole_by_any_of_her_names(settings) -> None:
             s["rule_id"] for s in lead["signals"]
         ]
         assert [h["stage"] for h in dana["handoffs"]] == ["mql", "sal"]
-        # The audit log says an export happened, never whose.
+        # Each export is a request; the audit log points at it and never says whose.
         async with connection(service.container.db) as pg:
             audited = await pg.fetch(
                 "SELECT target, detail::text AS detail FROM audit_log "
                 "WHERE action = 'person.export'"
             )
-        assert len(audited) == 4
+        assert sorted(row["target"] for row in audited) == sorted(e["request_id"] for e in exports)
         for row in audited:
-            assert row["target"] is None
             assert "dana" not in row["detail"].lower() and "u-42" not in row["detail"]
+        async with client_for(service.container, "admin") as admin:
+            listed = (await admin.get("/v1/people/requests")).json()["requests"]
+        assert [(r["kind"], r["status"], r["leads"]) for r in listed] == [("export", "done", 1)] * 4
     finally:
         await service.close()
 

@@ -54,8 +54,14 @@ def test_no_effects_no_rows() -> None:
     assert outbox_rows(Effects(), SETTINGS) == []
 
 
-def test_the_topic_list_names_each_output_topic_once_then_the_dlq() -> None:
-    assert output_topics(SETTINGS) == ["t-leads", "t-notes", "t-acc", SETTINGS.topic_dlq]
+def test_the_topic_list_names_each_output_topic_once_then_the_erasures_then_the_dlq() -> None:
+    assert output_topics(SETTINGS) == [
+        "t-leads",
+        "t-notes",
+        "t-acc",
+        SETTINGS.topic_erasures,
+        SETTINGS.topic_dlq,
+    ]
     assert {o.topic(SETTINGS) for o in OUTPUTS} <= set(output_topics(SETTINGS))
 
 

@@ -1,6 +1,7 @@
 """A lead transaction's locks and reads in one round trip (migration 0020's
-`leadscore_open_batch`): the partitions' offset rows, the identity links, the leads and
-their accounts, and the dedup keys already stored.
+`leadscore_open_batch`, with migration 0022's suppression list): the partitions' offset
+rows, the identity links, the leads and their accounts, the dedup keys already stored, and
+which of the batch's people are suppressed.
 
 Every function here runs inside the caller's transaction and never commits: a batch's state
 changes, dedup keys, outbox rows and partition offsets commit together or not at all.
@@ -36,6 +37,8 @@ class BatchRead:
     # The leads whose copies the caller gave were still the stored ones (used as they are).
     reused: int = 0
     seen: set[tuple[str, str]] = field(default_factory=set)
+    # The suppression keys asked about that are on the list (scoring_service/suppression.py).
+    suppressed: set[bytes] = field(default_factory=set)
 
 
 async def open_batch(
@@ -48,10 +51,12 @@ async def open_batch(
     topic: str = "",
     partitions: Sequence[int] = (),
     keys: Sequence[tuple[str, str]] = (),
+    suppression: Sequence[bytes] = (),
 ) -> BatchRead:
     """Lock the partitions' offset rows (when `partitions`), the leads named and the leads
     they joined, then the accounts (those named, and with `member_accounts` the locked leads'
-    accounts), and read them all with the dedup `keys` (raw id, messageId) already stored.
+    accounts), and read them all with the dedup `keys` (raw id, messageId) already stored
+    and the `suppression` keys on the suppression list.
 
     `known` holds the caller's copies (row version, state) of some leads: a copy whose
     version is still the stored one is used as it is. Raises asyncpg.PostgresError with
@@ -59,7 +64,7 @@ async def open_batch(
     known = known or {}
     known_ids = list(known)
     rows = await pg.fetch(
-        "SELECT * FROM leadscore_open_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "SELECT * FROM leadscore_open_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         topic,
         list(partitions),
         list(lead_ids),
@@ -70,6 +75,7 @@ async def open_batch(
         [k[0] for k in keys],
         [k[1] for k in keys],
         MAX_LINK_HOPS,
+        list(suppression),
     )
     read = BatchRead()
     for row in rows:
@@ -89,6 +95,8 @@ async def open_batch(
             read.links[row["a"]] = row["b"]
         elif kind == "seen":
             read.seen.add((row["a"], row["b"]))
+        elif kind == "suppressed":
+            read.suppressed.add(bytes.fromhex(row["a"]))
         elif kind == "offset":
             topic_id = row["a"]
             read.offsets[row["seq"]] = (row["num"], uuid.UUID(topic_id) if topic_id else None)

@@ -1,9 +1,14 @@
 """What the service holds on one person, found by any of their ids or their e-mail address:
-the rows a right-of-access export is made of (services/app/people.py)."""
+the rows a right-of-access export is made of, the erasure of all of them, the requests to
+do either, and the suppression list (services/app/people.py, services/pipeline/erasures.py)."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable, Sequence
+
 import asyncpg
+import orjson
 
 # A person's export lists at most this many of each kind of row (history is kept for 400
 # days by default; an export larger than this says so with `truncated`).
@@ -63,3 +68,279 @@ async def feedback(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg.Record]
         lead_id,
         MAX_ROWS,
     )
+
+
+# -- requests ----------------------------------------------------------------------------
+
+REQUEST_COLUMNS = (
+    "id, kind, status, found_by, suppress, requested_by, requested_at, finished_at, leads, "
+    "removed::text AS removed, failure"
+)
+
+
+async def add_request(
+    pg: asyncpg.Connection,
+    *,
+    request_id: uuid.UUID,
+    kind: str,
+    found_by: str,
+    requested_by: str,
+    identifier: str | None = None,
+    suppress: bool = False,
+    done: bool = False,
+    leads: int | None = None,
+) -> None:
+    """A request as received (`identifier` kept until it is carried out), or done at once."""
+    await pg.execute(
+        "INSERT INTO person_requests (id, kind, status, found_by, identifier, suppress, "
+        "requested_by, finished_at, leads) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, CASE WHEN $8 THEN now() END, $9)",
+        request_id,
+        kind,
+        "done" if done else "received",
+        found_by,
+        None if done else identifier,
+        suppress,
+        requested_by,
+        done,
+        leads,
+    )
+
+
+async def take_waiting(pg: asyncpg.Connection) -> asyncpg.Record | None:
+    """The oldest erasure not yet carried out, locked (other instances skip it); None when
+    there is none."""
+    return await pg.fetchrow(
+        "SELECT id, found_by, identifier, suppress, requested_by FROM person_requests "
+        "WHERE status = 'received' ORDER BY requested_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+
+
+async def finish_request(
+    pg: asyncpg.Connection,
+    request_id: uuid.UUID,
+    *,
+    leads: int,
+    removed: dict[str, int] | None,
+    failure: str | None = None,
+) -> None:
+    """Done (or failed, with the reason): the identifier is let go either way."""
+    await pg.execute(
+        "UPDATE person_requests SET status = $2, identifier = NULL, finished_at = now(), "
+        "leads = $3, removed = $4::jsonb, failure = $5 WHERE id = $1",
+        request_id,
+        "failed" if failure else "done",
+        leads,
+        orjson.dumps(removed).decode() if removed is not None else None,
+        failure,
+    )
+
+
+async def request(pg: asyncpg.Connection, request_id: uuid.UUID) -> asyncpg.Record | None:
+    return await pg.fetchrow(
+        f"SELECT {REQUEST_COLUMNS} FROM person_requests WHERE id = $1", request_id
+    )
+
+
+async def requests(
+    pg: asyncpg.Connection, *, limit: int, status: str | None = None
+) -> list[asyncpg.Record]:
+    """The newest requests first."""
+    return await pg.fetch(
+        f"SELECT {REQUEST_COLUMNS} FROM person_requests "
+        "WHERE $2::text IS NULL OR status = $2 ORDER BY requested_at DESC, id LIMIT $1",
+        limit,
+        status,
+    )
+
+
+async def waiting_count(pg: asyncpg.Connection) -> int:
+    return int(await pg.fetchval("SELECT count(*) FROM person_requests WHERE status = 'received'"))
+
+
+# -- suppression -------------------------------------------------------------------------
+
+
+async def suppress(pg: asyncpg.Connection, keys: Iterable[bytes], request_id: uuid.UUID) -> None:
+    await pg.execute(
+        "INSERT INTO suppressed_keys (key, request_id) SELECT k, $2 FROM unnest($1::bytea[]) k "
+        "ON CONFLICT (key) DO NOTHING",
+        list(keys),
+        request_id,
+    )
+
+
+async def suppressed_by(pg: asyncpg.Connection, key: bytes) -> uuid.UUID | None:
+    """The request that put this key on the list, if it is there."""
+    found = await pg.fetchval("SELECT request_id FROM suppressed_keys WHERE key = $1", key)
+    return found if isinstance(found, uuid.UUID) else None
+
+
+async def unsuppress(pg: asyncpg.Connection, key: bytes) -> int:
+    """Take off the list every key of the requests that listed this one (a person's ids and
+    address go together); returns how many keys left it."""
+    return _count(
+        await pg.execute(
+            "DELETE FROM suppressed_keys WHERE request_id IN "
+            "(SELECT request_id FROM suppressed_keys WHERE key = $1)",
+            key,
+        )
+    )
+
+
+# -- erasure -----------------------------------------------------------------------------
+
+
+async def merged_into(pg: asyncpg.Connection, lead_ids: Sequence[str]) -> list[str]:
+    """The ids merged into these leads (anonymous ids, earlier user ids)."""
+    rows = await pg.fetch(
+        "SELECT alias_id FROM identity_links WHERE lead_id = ANY ($1::text[]) ORDER BY alias_id",
+        list(lead_ids),
+    )
+    return [r["alias_id"] for r in rows]
+
+
+def _count(status: str) -> int:
+    """The row count of a command's status line (`DELETE 3`, `UPDATE 1`)."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+# Each statement deletes (or scrubs) one table's rows of a person, given the arguments it
+# names: `lead_ids` (their leads now), `ids` (every id they were known by: a lead merged
+# into another kept its own id on what it wrote before), `keys` (those ids as bytes:
+# outbox keys), `account_ids` (their leads' accounts). Rows in the history's monthly
+# partitions go through the partitioned table.
+ERASE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "leads": (
+        "DELETE FROM leads WHERE lead_id = ANY ($1::text[])",
+        ("lead_ids",),
+    ),
+    "identity_links": (
+        "DELETE FROM identity_links "
+        "WHERE alias_id = ANY ($1::text[]) OR lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "lead_events": (
+        "DELETE FROM lead_events WHERE lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "processed_events": (
+        "DELETE FROM processed_events WHERE raw_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "transitions": (
+        "DELETE FROM transitions WHERE lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "handoffs": (
+        "DELETE FROM handoffs WHERE lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "feedback": (
+        "DELETE FROM feedback WHERE lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "journey_moves": (
+        "DELETE FROM journey_moves WHERE subject = 'lead' AND subject_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "outbox": (
+        "DELETE FROM outbox WHERE key = ANY ($1::bytea[])",
+        ("keys",),
+    ),
+    "webhook_deliveries": (
+        "DELETE FROM webhook_deliveries WHERE subject = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "crm_writes": (
+        "DELETE FROM crm_writes WHERE subject = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "challenger_leads": (
+        "DELETE FROM challenger_leads WHERE lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    "challenger_transitions": (
+        "DELETE FROM challenger_transitions WHERE lead_id = ANY ($1::text[])",
+        ("ids",),
+    ),
+    # Admins' adjustments and stage moves of the lead, with the reasons they typed.
+    "audit_log": (
+        "DELETE FROM audit_log WHERE target = ANY ($1::text[]) AND action LIKE 'lead.%'",
+        ("ids",),
+    ),
+    # The account's history keeps each transition's top members: the lead's share stays
+    # (the sums still add up), its id goes.
+    "account_transitions": (
+        """
+        UPDATE account_transitions t SET record = jsonb_set(t.record, '{top_members}', (
+            SELECT coalesce(jsonb_agg(CASE WHEN m->>'lead_id' = ANY ($1::text[])
+                                           THEN m || '{"lead_id": "(erased)"}' ELSE m END
+                                      ORDER BY n), '[]')
+            FROM jsonb_array_elements(t.record->'top_members') WITH ORDINALITY AS x(m, n)))
+        WHERE t.account_id = ANY ($2::text[])
+          AND EXISTS (SELECT 1 FROM jsonb_array_elements(t.record->'top_members') m
+                      WHERE m->>'lead_id' = ANY ($1::text[]))
+    """,
+        ("lead_ids", "account_ids"),
+    ),
+    # The challenger's copy of the account: its members' entries for the lead.
+    "challenger_accounts": (
+        """
+        UPDATE challenger_accounts c SET scoring = c.scoring || jsonb_strip_nulls(
+            jsonb_build_object(
+                'members', (c.scoring->'members') - $1::text[],
+                'members_by', (c.scoring->'members_by') - $1::text[],
+                'member_phases', (c.scoring->'member_phases') - $1::text[]))
+        WHERE c.account_id = ANY ($2::text[]) AND c.scoring->'members' ?| $1::text[]
+    """,
+        ("lead_ids", "account_ids"),
+    ),
+}
+
+
+# An account's records name their top members (`"lead_id":"<id>"` in the compact JSON the
+# service writes): in the outbox (kept a while after publishing) and in webhook deliveries
+# the lead's id is replaced, the rest of the record stays. `$1` is the JSON of one lead id's
+# field, `$2` the accounts' ids (as outbox keys: bytes).
+SCRUB: dict[str, str] = {
+    "outbox": """
+        UPDATE outbox SET value = convert_to(
+            replace(convert_from(value, 'UTF8'), $1, '"lead_id":"(erased)"'), 'UTF8')
+        WHERE key = ANY ($2::bytea[]) AND position(convert_to($1, 'UTF8') IN value) > 0
+    """,
+    "webhook_deliveries": """
+        UPDATE webhook_deliveries SET payload = convert_to(
+            replace(convert_from(payload, 'UTF8'), $1, '"lead_id":"(erased)"'), 'UTF8')
+        WHERE subject = ANY ($2::text[]) AND position(convert_to($1, 'UTF8') IN payload) > 0
+    """,
+}
+
+
+async def erase_rows(
+    pg: asyncpg.Connection,
+    *,
+    lead_ids: Sequence[str],
+    ids: Sequence[str],
+    account_ids: Sequence[str],
+) -> dict[str, int]:
+    """Delete every row of these leads, in the caller's transaction (which holds their
+    locks); returns the rows removed (or scrubbed) per table."""
+    given = {
+        "lead_ids": list(lead_ids),
+        "ids": list(ids),
+        "keys": [i.encode() for i in ids],
+        "account_ids": list(account_ids),
+    }
+    removed: dict[str, int] = {}
+    for table, (statement, names) in ERASE.items():
+        removed[table] = _count(await pg.execute(statement, *(given[n] for n in names)))
+    if account_ids:
+        account_keys = [a.encode() for a in account_ids]
+        for lead_id in lead_ids:
+            field = orjson.dumps({"lead_id": lead_id}).decode()[1:-1]
+            outbox = await pg.execute(SCRUB["outbox"], field, account_keys)
+            removed["outbox"] += _count(outbox)
+            deliveries = await pg.execute(SCRUB["webhook_deliveries"], field, list(account_ids))
+            removed["webhook_deliveries"] += _count(deliveries)
+    return removed

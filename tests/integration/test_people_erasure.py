@@ -1,0 +1,187 @@
+"""A person's erasure and suppression, on a real broker and database: Chris of the buying
+committee is erased by his e-mail address while his colleagues' events and his own keep
+arriving. Afterwards no table, history partition or outbox row holds any of his names,
+everyone else is as a replay without him, his account's roll-up is too, and his later
+events are dropped as suppressed until he is unsuppressed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from schemas.records import ErasureRecord
+from services.runtime.bootstrap import bootstrap
+from services.settings import Settings
+from tests.helpers.committee import ACCOUNT, committee_journey, person
+from tests.helpers.database import db_fetch, drained
+from tests.helpers.factories import at, identify, page, track
+from tests.helpers.kafka import produce, read_all
+from tests.helpers.replays import assert_accounts_match, assert_leads_match, replay
+from tests.helpers.service import RunningService, client_for, token_settings
+from tests.helpers.waiting import wait_for
+
+CHRIS = ("u-chris", "a-chris", "chris@haulers.example")
+
+
+def is_chris(doc: dict[str, Any]) -> bool:
+    return doc.get("userId") == "u-chris" or doc.get("anonymousId") == "a-chris"
+
+
+def others(n: int, start: int) -> list[dict[str, Any]]:
+    """Other people's visits, so the erasure runs among unrelated batches."""
+    return [
+        page(
+            "/pricing" if i % 3 else "/blog/post-1", user=f"u-other-{i % 40}", when=at(2, seconds=i)
+        )
+        for i in range(start, start + n)
+    ]
+
+
+async def everywhere(settings: Settings, needles: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Rows of every table (each history month included) with any needle in any column,
+    bytes (outbox values, webhook payloads) read as text."""
+    columns = await db_fetch(
+        settings,
+        "SELECT c.relname AS t, a.attname AS col, format_type(a.atttypid, NULL) AS type "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY 1, a.attnum",
+    )
+    tables: dict[str, list[str]] = {}
+    for row in columns:
+        text = (
+            f"encode({row['col']}, 'escape')" if row["type"] == "bytea" else f"{row['col']}::text"
+        )
+        tables.setdefault(row["t"], []).append(f"coalesce({text}, '')")
+    found: dict[str, list[Any]] = {}
+    for table, texts in tables.items():
+        whole = " || ' ' || ".join(texts)
+        rows = await db_fetch(
+            settings,
+            f"SELECT * FROM {table} WHERE "
+            + " OR ".join(
+                f"({whole}) ILIKE '%' || ${i} || '%'" for i in range(1, len(needles) + 1)
+            ),
+            *needles,
+        )
+        if rows:
+            found[table] = rows
+    return found
+
+
+async def request_done(admin: Any, request_id: str) -> dict[str, Any] | None:
+    request = (await admin.get(f"/v1/people/requests/{request_id}")).json()
+    return request if request["status"] != "received" else None
+
+
+async def test_a_person_erased_mid_stream_is_gone_and_stays_out(settings: Settings) -> None:
+    journey = committee_journey()
+    first, rest = journey[:12], journey[12:]
+    before, during = others(60, 0), others(60, 60)
+    service = await RunningService(bootstrap(token_settings(settings))).start()
+    try:
+        await produce(settings, [*first, *before])
+        await wait_for(lambda: drained(settings, len(first) + len(before)), what="before")
+        async with client_for(service.container, "admin") as admin:
+            # The erasure and more events, his among them, at the same time.
+            answer, _ = await asyncio.gather(
+                admin.post("/v1/people/erasures", json={"email": "Chris@Haulers.example"}),
+                produce(settings, [*rest, *during]),
+            )
+            assert answer.status_code == 202, answer.text
+            request = answer.json()
+            assert request["status"] == "received" and request["found_by"] == "email"
+            done = await wait_for(lambda: request_done(admin, request["id"]), what="erasure")
+            sent = len(first) + len(before) + len(rest) + len(during)
+            await wait_for(lambda: drained(settings, sent), what="the rest")
+            # Later events by each of his names, and his address under a new id.
+            later = [
+                page("/pricing", user="u-chris", when=at(20)),
+                page("/pricing", anon="a-chris", when=at(20, hours=1)),
+                identify(person("chris", "Head of Operations"), anon="a-chris-laptop", when=at(21)),
+            ]
+            suppressed = service.container.metrics.events.labels("suppressed")
+            dropped_before = suppressed._value.get()
+            await produce(settings, later)
+            await wait_for(lambda: drained(settings, sent + len(later)), what="his later events")
+            assert suppressed._value.get() - dropped_before == len(later)
+
+            # Nothing of him is left, anywhere, but the notice that names his lead so that
+            # downstream systems erase it too (kept as published records are, for a while).
+            left = await everywhere(settings, CHRIS)
+            assert set(left) == {"outbox"}, left
+            [notice] = left["outbox"]
+            assert notice["topic"] == settings.topic_erasures
+            assert orjson.loads(notice["value"])["lead_id"] == "u-chris"
+            assert done["status"] == "done" and done["leads"] == 1
+            assert done["removed"]["leads"] == 1 and done["removed"]["identity_links"] == 1
+            assert done["removed"]["lead_events"] >= 3
+            # Everyone else, and the account's roll-up, as if he had never been there.
+            without = [d for d in [*first, *before, *rest, *during] if not is_chris(d)]
+            expected = replay(without)
+            await assert_leads_match(settings, expected)
+            await assert_accounts_match(settings, expected)
+            assert ACCOUNT in expected.ws.accounts
+
+            # Downstream systems are told, by lead id only.
+            [record] = await read_all(settings, settings.topic_erasures, expect=1)
+            erasure = ErasureRecord.model_validate(orjson.loads(record.value))
+            assert (record.key, erasure.lead_id) == (b"u-chris", "u-chris")
+            assert erasure.request_id == request["id"] and erasure.suppressed
+
+            # Asking again gives the same erasure; the request list never names him.
+            again = await admin.post("/v1/people/erasures", json={"user_id": "u-chris"})
+            assert (again.status_code, again.json()["id"]) == (200, request["id"])
+            listed = (await admin.get("/v1/people/requests")).text
+            assert request["id"] in listed and "chris" not in listed.lower()
+
+            # He signs up again: unsuppressed, his events count once more.
+            back = await admin.post("/v1/people/unsuppress", json={"user_id": "u-chris"})
+            assert back.status_code == 200 and back.json()["removed"]["suppressed_keys"] >= 3
+            back_again = track("Demo Requested", user="u-chris", when=at(30))
+            await produce(settings, [back_again])
+            await wait_for(lambda: drained(settings, sent + len(later) + 1), what="his return")
+            history = await admin.get("/v1/leads/u-chris/history")
+            assert history.status_code == 200
+            assert [e["message_id"] for e in history.json()["events"]] == [back_again["messageId"]]
+            gone = await admin.post("/v1/people/unsuppress", json={"user_id": "u-chris"})
+            assert gone.status_code == 404 and gone.json()["error"] == "not_suppressed"
+    finally:
+        await service.close()
+
+
+async def test_erasure_requests_refuse_what_names_nobody(admin_container) -> None:
+    async with client_for(admin_container, "admin") as admin:
+        answers = {
+            "unknown": await admin.post("/v1/people/erasures", json={"user_id": "nobody-here"}),
+            "wildcard": await admin.post("/v1/people/erasures", json={"email": "%@%"}),
+            "star": await admin.post("/v1/people/erasures", json={"lead_id": "*"}),
+            "empty": await admin.post("/v1/people/erasures", json={"lead_id": ""}),
+            "none": await admin.post("/v1/people/erasures", json={}),
+            "two": await admin.post(
+                "/v1/people/erasures", json={"user_id": "a", "anonymous_id": "b"}
+            ),
+            "stranger": await admin.post("/v1/people/erasures", json={"user_id": "a", "x": 1}),
+            "not a flag": await admin.post(
+                "/v1/people/erasures", json={"user_id": "a", "suppress": "yes"}
+            ),
+            "no such request": await admin.get("/v1/people/requests/not-a-uuid"),
+            "unsuppress nobody": await admin.post("/v1/people/unsuppress", json={"email": "x@y.z"}),
+        }
+    codes = {name: (a.status_code, a.json().get("error")) for name, a in answers.items()}
+    assert codes["unknown"] == (404, "person_not_found")
+    assert codes["no such request"] == (404, "request_not_found")
+    assert codes["unsuppress nobody"] == (404, "not_suppressed")
+    assert codes["star"] == (422, "invalid_identifier")
+    assert codes["none"] == codes["two"] == (422, "one_identifier")
+    for name in ("wildcard", "empty", "stranger", "not a flag"):
+        assert codes[name][0] == 422, (name, codes[name])
+    async with client_for(admin_container, "viewer") as viewer:
+        refused = [
+            await viewer.post("/v1/people/erasures", json={"user_id": "u-42"}),
+            await viewer.post("/v1/people/unsuppress", json={"user_id": "u-42"}),
+            await viewer.get("/v1/people/requests"),
+        ]
+    assert [a.status_code for a in refused] == [403, 403, 403]
