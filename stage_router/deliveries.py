@@ -5,7 +5,8 @@ a Standard Webhooks message (https://www.standardwebhooks.com): a JSON envelope
 `{"type", "timestamp", "data"}` signed with HMAC-SHA256 over `id.timestamp.body`, the id the
 record's own (the same on every retry, so a receiver drops a copy). To a CRM it goes as the
 properties an admin mapped, in the batch shape of the vendor's upsert API: HubSpot's
-`inputs`/`idProperty`, Salesforce's sObject Collections `records` with an external id.
+`inputs`/`idProperty`, Salesforce's sObject Collections `records` with an external id. An
+erasure goes to a CRM as a delete of the record it holds under the lead's id.
 
 Failed attempts are retried with exponential back-off and jitter until the endpoint's retry
 window has passed; a `Retry-After` answer (429, 503) is honoured within the back-off cap.
@@ -20,6 +21,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, get_args
+from urllib.parse import quote
+
+import orjson
 
 from schemas.webhooks import IdentityField, MappableField
 
@@ -188,6 +192,23 @@ def salesforce_batch(
             {"attributes": {"type": sobject}, external_id: key, **props} for key, props in items
         ],
     }
+
+
+def crm_delete(
+    kind: str, base: str, key: str, *, sobject: str, id_property: str
+) -> tuple[str, str, bytes | None]:
+    """Method, URL and body that delete one record a CRM holds by our id (an erasure):
+    HubSpot's GDPR delete (POST /crm/v3/objects/<object>/gdpr-delete with `objectId` and
+    `idProperty`: the record and its activity go), Salesforce's delete by external id
+    (DELETE /services/data/vXX.X/sobjects/<SObject>/<ExternalIdField>/<value>)."""
+    if kind == "hubspot":
+        body = orjson.dumps({"objectId": key, "idProperty": id_property})
+        return "POST", f"{base}/crm/v3/objects/{sobject}/gdpr-delete", body
+    path = (
+        f"/services/data/{SALESFORCE_API_VERSION}/sobjects/{quote(sobject, safe='')}/"
+        f"{quote(id_property, safe='')}/{quote(key, safe='')}"
+    )
+    return "DELETE", base + path, None
 
 
 def _as_text(value: Any) -> str:

@@ -12,7 +12,8 @@ the record goes out again under the same webhook-id (at least once, as Kafka's o
 
 CRM writers batch deliveries per request within the vendor's limit, and skip a record older
 than the newest move already written for its lead or account (a retry or a re-delivery
-never moves the CRM record backwards).
+never moves the CRM record backwards). An erasure is a delete of the record the CRM holds
+under the lead's id, one per request; a CRM that no longer holds it (404) counts as done.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from services.adapters.postgres.db import Row, connection, transaction
 from services.adapters.postgres.errors import UNAVAILABLE
 from services.adapters.secrets import SecretsUnreadable, Vault
 from services.metrics import Metrics
+from services.outputs import ERASURES
 from services.settings import Settings
 from stage_router import deliveries
 
@@ -281,18 +283,28 @@ class Dispatcher:
         self, endpoint: EndpointView, claimed: Sequence[Row]
     ) -> tuple[list[list[Row]], list[dict[str, Any]]]:
         """Batches of at most the vendor's limit, without the records older than what the
-        CRM already has (outcome `skipped`) or with nothing to identify them by."""
+        CRM already has (outcome `skipped`) or with nothing to identify them by. An
+        erasure is a request of its own (a delete), after every record before it."""
         async with connection(self.db) as pg:
             newest = await webhook_store.newest_written(
                 pg, endpoint.id, {r["subject"] for r in claimed}
             )
         keep: list[Row] = []
+        erasures: list[list[Row]] = []
         later: list[dict[str, Any]] = []
         identities: set[str] = set()
         for row in claimed:
             record = orjson.loads(row["payload"])
             key = deliveries.identity(record, endpoint.mapping["id_from"])
-            if row["seq"] < newest.get(row["subject"], -1):
+            if row["kind"] == ERASURES.effect:
+                if key is not None:
+                    erasures.append([row])
+                    continue
+                reason = (
+                    "an erasure names the lead by its id; this writer finds records by "
+                    f"{endpoint.mapping['id_from']}"
+                )
+            elif row["seq"] < newest.get(row["subject"], -1):
                 reason = f"older than move {newest[row['subject']]} already written"
             elif key is None:
                 reason = f"the record has no {endpoint.mapping['id_from']} to upsert by"
@@ -314,7 +326,7 @@ class Dispatcher:
                 }
             )
         size = deliveries.BATCH_LIMITS[endpoint.kind]
-        return [keep[i : i + size] for i in range(0, len(keep), size)], later
+        return [keep[i : i + size] for i in range(0, len(keep), size)] + erasures, later
 
     async def address_of(self, endpoint: EndpointView) -> str | outbound.Refused:
         """The checked address this round's requests go to, or why there is none."""
@@ -378,8 +390,10 @@ class Dispatcher:
             "latency": answer.latency_ms,
             "response": answer.excerpt,
         }
-        if 200 <= answer.status < 300:
-            failures = endpoint.failed_items(group, answer)
+        # A delete of what the CRM does not hold (any more) has done its work.
+        gone = answer.status == 404 and group[0]["kind"] == ERASURES.effect
+        if 200 <= answer.status < 300 or gone:
+            failures = endpoint.failed_items(group, answer) if not gone else {}
             return [
                 self.again(endpoint, row, reason=failures[row["id"]], **seen)
                 if row["id"] in failures
@@ -510,17 +524,22 @@ class EndpointView:
             )
             return "POST", self.url, headers, body
         mapping = self.mapping
+        base = self.url.rstrip("/")
+        if group[0]["kind"] == ERASURES.effect:
+            [row] = group
+            key = deliveries.identity(orjson.loads(row["payload"]), mapping["id_from"])
+            assert key is not None  # crm_groups skipped the rest
+            method, url, delete = deliveries.crm_delete(
+                self.kind, base, key, sobject=mapping["object"], id_property=mapping["id_property"]
+            )
+            return method, url, self._crm_headers(json=delete is not None), delete or b""
         items = []
         for row in group:
             record = orjson.loads(row["payload"])
             key = deliveries.identity(record, mapping["id_from"])
             assert key is not None  # crm_groups skipped the rest
             items.append((key, deliveries.mapped_properties(record, mapping["properties"])))
-        headers = {
-            "authorization": f"Bearer {self._secret}",
-            "content-type": "application/json",
-        }
-        base = self.url.rstrip("/")
+        headers = self._crm_headers(json=True)
         if self.kind == "hubspot":
             body = orjson.dumps(deliveries.hubspot_batch(items, id_property=mapping["id_property"]))
             return "POST", f"{base}/crm/v3/objects/{mapping['object']}/batch/upsert", headers, body
@@ -534,6 +553,12 @@ class EndpointView:
             f"{mapping['object']}/{mapping['id_property']}"
         )
         return "PATCH", base + path, headers, body
+
+    def _crm_headers(self, *, json: bool) -> dict[str, str]:
+        headers = {"authorization": f"Bearer {self._secret}"}
+        if json:
+            headers["content-type"] = "application/json"
+        return headers
 
     def failed_items(self, group: Sequence[Row], answer: outbound.Answer) -> dict[int, str]:
         """Deliveries a 2xx answer still says failed: Salesforce answers per record

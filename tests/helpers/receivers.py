@@ -1,8 +1,9 @@
 """Receivers on loopback for the outbound tests: a Standard Webhooks receiver that checks
 every signature with the `standardwebhooks` library and answers by a plan (500, 429,
-a timeout, a redirect, then 200), and stand-ins for HubSpot's batch upsert and Salesforce's
-sObject Collections upsert that check each request against the vendors' documented shapes
-and limits (method, path, auth, content type, batch size, field shapes)."""
+a timeout, a redirect, then 200), and stand-ins for HubSpot's batch upsert and GDPR delete
+and Salesforce's sObject Collections upsert and delete by external id that check each
+request against the vendors' documented shapes and limits (method, path, auth, content
+type, batch size, field shapes)."""
 
 from __future__ import annotations
 
@@ -150,11 +151,57 @@ class Receiver:
             ]
         )
 
+    async def hubspot_gdpr_delete(self, request: Request) -> Response:
+        """POST /crm/v3/objects/contacts/gdpr-delete, as HubSpot documents it:
+        {"objectId": the value, "idProperty": the unique property it is in}; 204."""
+        problems = [p for p in [self._auth(request)] if p]
+        body = orjson.loads(await request.body())
+        if set(body) != {"objectId", "idProperty"} or not all(
+            isinstance(v, str) and v for v in body.values()
+        ):
+            problems.append(f"gdpr-delete body: {sorted(body)}")
+        if request.path_params["object"] != "contacts":
+            problems.append("gdpr-delete: contacts only")
+        self.crm_requests.append({"vendor": "hubspot", "path": request.url.path, **body})
+        if problems:
+            self.complaints.extend(problems)
+            return JSONResponse({"status": "error", "message": problems[0]}, status_code=400)
+        return Response(status_code=204)
+
+    async def salesforce_delete(self, request: Request) -> Response:
+        """DELETE /services/data/vXX.X/sobjects/{SObject}/{ExternalIdField}/{value}: no
+        body; 204, or 404 when no record has that value."""
+        problems = []
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            problems.append("authorization: not the bearer token")
+        if await request.body():
+            problems.append("delete: no body")
+        params = request.path_params
+        self.crm_requests.append(
+            {"vendor": "salesforce", "method": "DELETE", "path": request.url.path, **params}
+        )
+        if problems:
+            self.complaints.extend(problems)
+            return JSONResponse([{"message": problems[0], "errorCode": "INVALID"}], 400)
+        if self.plan(params["value"], 1) == "404":
+            return JSONResponse([{"errorCode": "NOT_FOUND", "message": "not found"}], 404)
+        return Response(status_code=204)
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/hook", self.webhook, methods=["POST"]),
                 Route("/crm/v3/objects/{object}/batch/upsert", self.hubspot, methods=["POST"]),
+                Route(
+                    "/crm/v3/objects/{object}/gdpr-delete",
+                    self.hubspot_gdpr_delete,
+                    methods=["POST"],
+                ),
+                Route(
+                    "/services/data/{version}/sobjects/{sobject}/{field}/{value}",
+                    self.salesforce_delete,
+                    methods=["DELETE"],
+                ),
                 Route(
                     "/services/data/{version}/composite/sobjects/{sobject}/{field}",
                     self.salesforce,

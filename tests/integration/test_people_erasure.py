@@ -18,6 +18,7 @@ from tests.helpers.committee import ACCOUNT, committee_journey, person
 from tests.helpers.database import db_fetch, drained
 from tests.helpers.factories import at, identify, page, track
 from tests.helpers.kafka import produce, read_all
+from tests.helpers.receivers import Receiver, receiving
 from tests.helpers.replays import assert_accounts_match, assert_leads_match, replay
 from tests.helpers.service import RunningService, client_for, token_settings
 from tests.helpers.waiting import wait_for
@@ -185,3 +186,107 @@ async def test_erasure_requests_refuse_what_names_nobody(admin_container) -> Non
             await viewer.get("/v1/people/requests"),
         ]
     assert [a.status_code for a in refused] == [403, 403, 403]
+
+
+FAST_OUTBOUND = {
+    "outbound_allow_private": True,
+    "outbound_allow_http": True,
+    "webhook_backoff_seconds": 0.05,
+    "webhook_backoff_cap_seconds": 0.2,
+    "webhook_poll_seconds": 0.1,
+}
+
+
+async def test_webhooks_and_crm_writers_are_told_to_erase(settings: Settings) -> None:
+    settings = settings.with_changes(**FAST_OUTBOUND)
+    receiver = Receiver(token="pat-na1-0123456789")
+    async with receiving(receiver):
+        service = await RunningService(bootstrap(settings)).start()
+        try:
+            async with client_for(service.container) as admin:
+                hook = (
+                    await admin.post(
+                        "/v1/webhooks",
+                        json={
+                            "name": "warehouse",
+                            "url": f"{receiver.url}/hook",
+                            "records": ["erasures"],
+                        },
+                    )
+                ).json()
+                receiver.secret = hook["secret"]
+                crm = {
+                    "url": receiver.url,
+                    "token": receiver.token,
+                    "records": ["transitions", "erasures"],
+                }
+                await admin.post(
+                    "/v1/webhooks",
+                    json={
+                        **crm,
+                        "name": "hubspot",
+                        "kind": "hubspot",
+                        "mapping": {
+                            "object": "contacts",
+                            "id_property": "leadscore_id",
+                            "properties": {"leadscore_stage": "stage"},
+                        },
+                    },
+                )
+                await admin.post(
+                    "/v1/webhooks",
+                    json={
+                        **crm,
+                        "name": "salesforce",
+                        "kind": "salesforce",
+                        "mapping": {
+                            "object": "Lead",
+                            "id_property": "Leadscore_Id__c",
+                            "properties": {"Stage__c": "stage"},
+                        },
+                    },
+                )
+                journey = committee_journey()
+                await produce(settings, journey)
+                await wait_for(lambda: drained(settings, len(journey)), what="the committee")
+                answer = await admin.post("/v1/people/erasures", json={"user_id": "u-tina"})
+                request = answer.json()
+                await wait_for(lambda: request_done(admin, request["id"]), what="erasure")
+
+                def deletes() -> list[dict[str, Any]]:
+                    return [
+                        r
+                        for r in receiver.crm_requests
+                        if r.get("method") == "DELETE" or "objectId" in r
+                    ]
+
+                await wait_for(
+                    lambda: len(deletes()) == 2 and receiver.accepted, what="the deletes"
+                )
+            assert receiver.complaints == []
+            [message] = receiver.accepted
+            assert message["type"] == "lead.erased"
+            assert message["data"]["lead_id"] == "u-tina"
+            hubspot, salesforce = sorted(deletes(), key=lambda r: r["vendor"])
+            assert (hubspot["objectId"], hubspot["idProperty"]) == ("u-tina", "leadscore_id")
+            assert hubspot["path"] == "/crm/v3/objects/contacts/gdpr-delete"
+            assert (salesforce["sobject"], salesforce["field"], salesforce["value"]) == (
+                "Lead",
+                "Leadscore_Id__c",
+                "u-tina",
+            )
+
+            # Nothing of hers waits to be sent: her earlier deliveries went with her, and
+            # the three erasures are recorded delivered once the answers are in.
+            async def her_deliveries() -> bool:
+                left = await db_fetch(
+                    settings,
+                    "SELECT kind, state FROM webhook_deliveries WHERE subject = 'u-tina'",
+                )
+                return (
+                    sorted((r["kind"], r["state"]) for r in left) == [("erasures", "delivered")] * 3
+                )
+
+            await wait_for(her_deliveries, what="only her erasures, delivered")
+        finally:
+            await service.close()

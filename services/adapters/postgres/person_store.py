@@ -205,98 +205,58 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
-# Each statement deletes (or scrubs) one table's rows of a person, given the arguments it
-# names: `lead_ids` (their leads now), `ids` (every id they were known by: a lead merged
-# into another kept its own id on what it wrote before), `keys` (those ids as bytes:
-# outbox keys), `account_ids` (their leads' accounts). Rows in the history's monthly
-# partitions go through the partitioned table.
-ERASE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "leads": (
-        "DELETE FROM leads WHERE lead_id = ANY ($1::text[])",
-        ("lead_ids",),
-    ),
+# What an erasure deletes (or scrubs) in each table, one data-modifying statement each; they
+# run together as one statement (services/adapters/postgres/person_store.erase_rows), so an
+# erasure is one round trip however many tables there are. Parameters: $1 the person's
+# leads now, $2 every id they were known by (a lead merged into another kept its own id on
+# what it wrote before), $3 those ids as bytes (outbox keys), $4 their leads' accounts.
+# Rows in the history's monthly partitions go through the partitioned table.
+ERASE: dict[str, str] = {
+    "leads": "DELETE FROM leads WHERE lead_id = ANY ($1::text[])",
     "identity_links": (
-        "DELETE FROM identity_links "
-        "WHERE alias_id = ANY ($1::text[]) OR lead_id = ANY ($1::text[])",
-        ("ids",),
+        "DELETE FROM identity_links WHERE alias_id = ANY ($2::text[]) OR lead_id = ANY ($2::text[])"
     ),
-    "lead_events": (
-        "DELETE FROM lead_events WHERE lead_id = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "processed_events": (
-        "DELETE FROM processed_events WHERE raw_id = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "transitions": (
-        "DELETE FROM transitions WHERE lead_id = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "handoffs": (
-        "DELETE FROM handoffs WHERE lead_id = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "feedback": (
-        "DELETE FROM feedback WHERE lead_id = ANY ($1::text[])",
-        ("ids",),
-    ),
+    "lead_events": "DELETE FROM lead_events WHERE lead_id = ANY ($2::text[])",
+    "processed_events": "DELETE FROM processed_events WHERE raw_id = ANY ($2::text[])",
+    "transitions": "DELETE FROM transitions WHERE lead_id = ANY ($2::text[])",
+    "handoffs": "DELETE FROM handoffs WHERE lead_id = ANY ($2::text[])",
+    "feedback": "DELETE FROM feedback WHERE lead_id = ANY ($2::text[])",
     "journey_moves": (
-        "DELETE FROM journey_moves WHERE subject = 'lead' AND subject_id = ANY ($1::text[])",
-        ("ids",),
+        "DELETE FROM journey_moves WHERE subject = 'lead' AND subject_id = ANY ($2::text[])"
     ),
-    "outbox": (
-        "DELETE FROM outbox WHERE key = ANY ($1::bytea[])",
-        ("keys",),
-    ),
-    "webhook_deliveries": (
-        "DELETE FROM webhook_deliveries WHERE subject = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "crm_writes": (
-        "DELETE FROM crm_writes WHERE subject = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "challenger_leads": (
-        "DELETE FROM challenger_leads WHERE lead_id = ANY ($1::text[])",
-        ("ids",),
-    ),
-    "challenger_transitions": (
-        "DELETE FROM challenger_transitions WHERE lead_id = ANY ($1::text[])",
-        ("ids",),
-    ),
+    "outbox": "DELETE FROM outbox WHERE key = ANY ($3::bytea[])",
+    "webhook_deliveries": "DELETE FROM webhook_deliveries WHERE subject = ANY ($2::text[])",
+    "crm_writes": "DELETE FROM crm_writes WHERE subject = ANY ($2::text[])",
+    "challenger_leads": "DELETE FROM challenger_leads WHERE lead_id = ANY ($2::text[])",
+    "challenger_transitions": "DELETE FROM challenger_transitions WHERE lead_id = ANY ($2::text[])",
     # Admins' adjustments and stage moves of the lead, with the reasons they typed.
-    "audit_log": (
-        "DELETE FROM audit_log WHERE target = ANY ($1::text[]) AND action LIKE 'lead.%'",
-        ("ids",),
-    ),
+    "audit_log": "DELETE FROM audit_log WHERE target = ANY ($2::text[]) AND action LIKE 'lead.%'",
     # The account's history keeps each transition's top members: the lead's share stays
     # (the sums still add up), its id goes.
-    "account_transitions": (
-        """
+    "account_transitions": """
         UPDATE account_transitions t SET record = jsonb_set(t.record, '{top_members}', (
             SELECT coalesce(jsonb_agg(CASE WHEN m->>'lead_id' = ANY ($1::text[])
                                            THEN m || '{"lead_id": "(erased)"}' ELSE m END
                                       ORDER BY n), '[]')
             FROM jsonb_array_elements(t.record->'top_members') WITH ORDINALITY AS x(m, n)))
-        WHERE t.account_id = ANY ($2::text[])
+        WHERE t.account_id = ANY ($4::text[])
           AND EXISTS (SELECT 1 FROM jsonb_array_elements(t.record->'top_members') m
-                      WHERE m->>'lead_id' = ANY ($1::text[]))
-    """,
-        ("lead_ids", "account_ids"),
-    ),
+                      WHERE m->>'lead_id' = ANY ($1::text[]))""",
     # The challenger's copy of the account: its members' entries for the lead.
-    "challenger_accounts": (
-        """
+    "challenger_accounts": """
         UPDATE challenger_accounts c SET scoring = c.scoring || jsonb_strip_nulls(
             jsonb_build_object(
                 'members', (c.scoring->'members') - $1::text[],
                 'members_by', (c.scoring->'members_by') - $1::text[],
                 'member_phases', (c.scoring->'member_phases') - $1::text[]))
-        WHERE c.account_id = ANY ($2::text[]) AND c.scoring->'members' ?| $1::text[]
-    """,
-        ("lead_ids", "account_ids"),
-    ),
+        WHERE c.account_id = ANY ($4::text[]) AND c.scoring->'members' ?| $1::text[]""",
 }
+ERASE_ALL = (
+    "WITH "
+    + ",\n".join(f"gone_{table} AS ({dml} RETURNING 1)" for table, dml in ERASE.items())
+    + "\nSELECT "
+    + ", ".join(f"(SELECT count(*) FROM gone_{table}) AS {table}" for table in ERASE)
+)
 
 
 # An account's records name their top members (`"lead_id":"<id>"` in the compact JSON the
@@ -326,15 +286,11 @@ async def erase_rows(
 ) -> dict[str, int]:
     """Delete every row of these leads, in the caller's transaction (which holds their
     locks); returns the rows removed (or scrubbed) per table."""
-    given = {
-        "lead_ids": list(lead_ids),
-        "ids": list(ids),
-        "keys": [i.encode() for i in ids],
-        "account_ids": list(account_ids),
-    }
-    removed: dict[str, int] = {}
-    for table, (statement, names) in ERASE.items():
-        removed[table] = _count(await pg.execute(statement, *(given[n] for n in names)))
+    counts = await pg.fetchrow(
+        ERASE_ALL, list(lead_ids), list(ids), [i.encode() for i in ids], list(account_ids)
+    )
+    assert counts is not None
+    removed: dict[str, int] = dict(counts)
     if account_ids:
         account_keys = [a.encode() for a in account_ids]
         for lead_id in lead_ids:
