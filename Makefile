@@ -18,7 +18,7 @@ CORE := scoring_service/rules.py scoring_service/effects.py scoring_service/lead
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools kafka run send test test-unit lint typecheck docs docs-serve bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-restart review-demo demo-cluster soak clean
+.PHONY: help install compile tools kafka run send test test-unit lint typecheck docs docs-serve bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-erasures bench-restart review-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -108,6 +108,9 @@ review-demo: $(COMPILED) ## One quarterly review on a generated history with pla
 
 bench-impact: $(COMPILED) ## How much an impact job slows live scoring
 	$(PY) -m bench.impact_interference --history 100000
+
+bench-erasures: $(COMPILED) ## Scoring beside 10,000 erasure requests queued at once, against scoring alone
+	$(PY) -m bench.erasure_interference
 
 bench-history: $(COMPILED) ## End to end on 0, 2M and 20M stored history rows (then 0 again): does cost grow with history?
 	$(PY) -m bench.history

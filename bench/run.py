@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from tqdm import tqdm
 
 import scoring_service.engine
-from bench.engine_bench import RULE_COUNTS, measure, one_score_document
+from bench.engine_bench import RULE_COUNTS, measure, one_score_document, parse_all
 from bench.harness import Infra, ProcessCpu, committed, outbox_pending, start_service
 from bench.workload import generate, lead_key
 from schemas.rule_set import RuleSetDocument
@@ -610,6 +610,12 @@ def table(result: dict[str, Any]) -> str:
             + f" µs ({result.get('cpu_us_per_event', {}).get('total', 0)})",
         ),
         (
+            "suppression check per event: service / PostgreSQL (100,000 suppressed)",
+            "",
+            "",
+            suppression_text(result),
+        ),
+        (
             "latency max (records over 1 s)",
             "<= 1,000 ms",
             was("latency_ms.max", "ms"),
@@ -823,6 +829,7 @@ async def run(args: argparse.Namespace) -> int:
             result["end_to_end_events_per_s"] / with_challenger, 3
         )
         result["engine"] = measure(docs)
+        result["suppression_us_per_event"] = await suppression_cost(settings, docs)
     finally:
         if service is not None and service.poll() is None:
             service.kill()
@@ -843,6 +850,71 @@ def live_traffic(args: argparse.Namespace, total: int, seconds: float, *, seed: 
             days=seconds / 86400 / 4,
         )
     )
+
+
+def suppression_text(result: dict[str, Any]) -> str:
+    cost = result.get("suppression_us_per_event", {})
+    return (
+        f"{cost.get('service')} / {cost.get('postgres')} "
+        f"({cost.get('postgres_100000_suppressed')}) µs"
+    )
+
+
+async def suppression_cost(settings: Settings, docs: list[Any]) -> dict[str, float]:
+    """What checking the suppression list costs per event: the service's keyed hashes of
+    each batch's ids and addresses, and PostgreSQL's lookup of them (the query
+    `leadscore_open_batch` runs), on the drained database's list and with 100,000 keys on
+    it (rolled back)."""
+    from scoring_service.suppression import Suppression
+
+    events = parse_all([d if isinstance(d, bytes) else orjson.dumps(d) for d in docs], time.time())
+    keys = Suppression(b"bench secret").event_keys
+    started = time.perf_counter()
+    batches = [
+        list({k for e in events[i : i + BATCH] for k in keys(e)})
+        for i in range(0, len(events), BATCH)
+    ]
+    hashing = time.perf_counter() - started
+    assert settings.database_url is not None
+    pg = await asyncpg.connect(settings.database_url.get_secret_value().replace("+asyncpg", ""))
+    lookup = "SELECT count(*) FROM suppressed_keys s WHERE s.key = ANY ($1::bytea[])"
+    try:
+
+        async def lookups() -> float:
+            started = time.perf_counter()
+            for batch in batches:
+                await pg.fetchval(lookup, batch)
+            return time.perf_counter() - started
+
+        as_is = await lookups()
+        trial = pg.transaction()
+        await trial.start()
+        try:
+            await pg.execute(
+                "INSERT INTO person_requests (id, kind, status, found_by, requested_by) "
+                "VALUES ('00000000-0000-0000-0000-000000000001', 'erase', 'done', 'lead_id', "
+                "'bench')"
+            )
+            await pg.execute(
+                "INSERT INTO suppressed_keys (key, request_id) SELECT "
+                "sha256(g::text::bytea), '00000000-0000-0000-0000-000000000001' "
+                "FROM generate_series(1, 100000) g"
+            )
+            await pg.execute("ANALYZE suppressed_keys")
+            full = await lookups()
+        finally:
+            await trial.rollback()
+    finally:
+        await pg.close()
+    return {
+        "service": round(hashing / len(events) * 1e6, 2),
+        "postgres": round(as_is / len(events) * 1e6, 2),
+        "postgres_100000_suppressed": round(full / len(events) * 1e6, 2),
+    }
+
+
+# Events per batch, as the service reads them by default (LEADSCORE_BATCH_MAX_RECORDS).
+BATCH = 2000
 
 
 async def wal_bytes(settings: Settings) -> int:

@@ -164,6 +164,14 @@ class Settings(BaseSettings):
         "reports replay them); history is partitioned by month of event time and a month is "
         "dropped whole once all of it is older than this",
     )
+    lead_retention_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="a lead with no event for this long is erased whole, traits and history "
+        "and all, as an erasure request made by `retention` (not suppressed: a later event "
+        "starts a new lead); unset keeps leads until erased on request. History alone is "
+        "kept for `history_retention_days`",
+    )
     erasure_check_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -74,8 +75,15 @@ def erasure_row(
     )
 
 
+# Leads past `lead_retention_days` queued per sweep (more wait for the next one).
+RETENTION_CHUNK = 10_000
+# How often idle leads are looked for: a sweep reads the whole leads table.
+RETENTION_SWEEP_SECONDS = 3600.0
+
+
 class Erasures:
-    """The loop that carries out erasure requests, oldest first."""
+    """The loop that carries out erasure requests, oldest first, and queues the erasure of
+    leads idle past `lead_retention_days`."""
 
     def __init__(self, *, settings: Settings, writer: LeadWriter, suppression: Suppression) -> None:
         self.settings = settings
@@ -83,7 +91,9 @@ class Erasures:
         self.db = writer.db
         self.metrics = writer.metrics
         self.suppression = suppression
+        self.clock = time.time
         self._wake = asyncio.Event()
+        self._swept_at: float | None = None
 
     def notify(self) -> None:
         """A request was added: look now rather than at the next poll."""
@@ -157,6 +167,25 @@ class Erasures:
         async with transaction(self.db) as pg:
             await person_store.finish_request(pg, request_id, leads=0, removed=None, failure=reason)
 
+    async def sweep_idle(self) -> int:
+        """Queue erasures of leads past the retention setting, at most hourly; returns how
+        many were queued."""
+        days = self.settings.lead_retention_days
+        now = self.clock()
+        if days is None or (
+            self._swept_at is not None and now - self._swept_at < RETENTION_SWEEP_SECONDS
+        ):
+            return 0
+        async with transaction(self.db) as pg:
+            queued = await person_store.queue_idle(
+                pg, idle_since=now - days * 86400, limit=RETENTION_CHUNK
+            )
+        # A full chunk: more are idle; the next pass sweeps again.
+        self._swept_at = None if queued >= RETENTION_CHUNK else now
+        if queued:
+            log.info("%d leads idle past lead_retention_days queued for erasure", queued)
+        return queued
+
     async def update_gauge(self) -> None:
         async with connection(self.db) as pg:
             self.metrics.person_requests_waiting.set(await person_store.waiting_count(pg))
@@ -167,6 +196,7 @@ class Erasures:
         while not stop.is_set():
             self._wake.clear()
             try:
+                await self.sweep_idle()
                 while not stop.is_set() and await self.erase_next():
                     pass
                 await self.update_gauge()

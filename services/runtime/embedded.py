@@ -164,7 +164,9 @@ def kafka_jars(cache: Path) -> Path:
 
 # A single-node cluster on a small machine: one replica of everything, few threads, small
 # buffers (the log cleaner's default 128 MiB would be a quarter of the heap), and group
-# rebalances that start at once instead of waiting 3 s for more members.
+# rebalances that start at once instead of waiting 3 s for more members. Records are kept
+# 7 days, said here rather than left to the broker's default: the topics hold people's
+# events (docs/operations/personal-data.md).
 SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
@@ -176,6 +178,7 @@ listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 log.dirs={log_dir}
 auto.create.topics.enable=false
+log.retention.hours=168
 num.partitions=6
 num.network.threads=2
 num.io.threads=4

@@ -7,6 +7,8 @@ events are dropped as suppressed until he is unsuppressed."""
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -21,7 +23,7 @@ from tests.helpers.kafka import produce, read_all
 from tests.helpers.receivers import Receiver, receiving
 from tests.helpers.replays import assert_accounts_match, assert_leads_match, replay
 from tests.helpers.service import RunningService, client_for, token_settings
-from tests.helpers.waiting import wait_for
+from tests.helpers.waiting import FakeClock, wait_for
 
 CHRIS = ("u-chris", "a-chris", "chris@haulers.example")
 
@@ -290,3 +292,98 @@ async def test_webhooks_and_crm_writers_are_told_to_erase(settings: Settings) ->
             await wait_for(her_deliveries, what="only her erasures, delivered")
         finally:
             await service.close()
+
+
+async def test_leads_idle_past_their_retention_are_erased_whole(settings: Settings) -> None:
+    settings = settings.with_changes(lead_retention_days=30, erasure_check_seconds=0.1)
+    service = await RunningService(bootstrap(settings)).start()
+    try:
+        erasures = service.container.erasures
+        clock = FakeClock(time.time())
+        erasures.clock = clock
+        recent = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        docs = [
+            identify(person("olga", "CTO"), user="u-old", when=at(0)),  # over 30 days ago
+            page("/pricing", user="u-old", when=at(0, hours=1)),
+            page("/pricing", user="u-new", when=recent),
+        ]
+        await produce(settings, docs)
+        await wait_for(lambda: drained(settings, len(docs)), what="both leads")
+        clock.now += 3601  # the next hourly sweep is due
+        erasures.notify()
+        async with client_for(service.container) as admin:
+
+            async def erased() -> dict[str, Any] | None:
+                listed = (await admin.get("/v1/people/requests")).json()["requests"]
+                done = [r for r in listed if r["status"] == "done"]
+                return done[0] if done else None
+
+            request = await wait_for(erased, what="the idle lead erased")
+            assert (request["requested_by"], request["found_by"]) == ("retention", "lead_id")
+            assert request["suppress"] is False and request["leads"] == 1
+            assert (await admin.get("/v1/leads/u-old")).status_code == 404
+            assert (await admin.get("/v1/leads/u-new")).status_code == 200
+        left = await everywhere(settings, ("u-old", "olga@haulers"))
+        assert [row["topic"] for row in left.pop("outbox")] == [settings.topic_erasures]
+        assert left == {}
+        # Not suppressed: the next visit starts a new lead.
+        await produce(settings, [page("/pricing", user="u-old", when=recent)])
+        await wait_for(lambda: drained(settings, len(docs) + 1), what="a new visit")
+        assert await db_fetch(settings, "SELECT 1 FROM leads WHERE lead_id = 'u-old'")
+    finally:
+        await service.close()
+
+
+async def test_the_console_queues_erasures_and_lists_requests_without_names(
+    admin_container,
+) -> None:
+    from tests.integration.test_console import (
+        assert_words_not_trace,
+        console_client,
+        csrf_of,
+        sign_in,
+    )
+
+    async with admin_container.db.connect() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO leads (lead_id, stage, traits) VALUES "
+            "('u-console', 'lead', '{\"email\": \"carla@console.example\"}')"
+        )
+        await conn.commit()
+    async with console_client(admin_container) as viewer:
+        await sign_in(viewer, "viewer")
+        assert_words_not_trace(await viewer.get("/console/people"), 403, "viewer role")
+        csrf = csrf_of((await viewer.get("/console/leads")).text)
+        refused = await viewer.post(
+            "/console/people/erase", data={"csrf": csrf, "kind": "lead_id", "value": "u-console"}
+        )
+        assert_words_not_trace(refused, 403, "viewer role")
+    async with console_client(admin_container) as admin:
+        await sign_in(admin, "admin")
+        page = await admin.get("/console/people")
+        assert page.status_code == 200 and "Erase a person" in page.text
+        csrf = csrf_of(page.text)
+        nobody = await admin.post(
+            "/console/people/erase",
+            data={"csrf": csrf, "kind": "user_id", "value": "<script>x</script>"},
+        )
+        assert_words_not_trace(nobody, 404, "no lead is known by that user_id")
+        assert "<script>x" not in nobody.text
+        odd = await admin.post(
+            "/console/people/erase", data={"csrf": csrf, "kind": "phone", "value": "1"}
+        )
+        assert_words_not_trace(odd, 422, "choose what names the person")
+        queued = await admin.post(
+            "/console/people/erase",
+            data={
+                "csrf": csrf,
+                "kind": "email",
+                "value": "Carla@Console.example",
+                "suppress": "on",
+            },
+        )
+        assert queued.status_code == 303 and "queued" in queued.headers["location"]
+        listed = await admin.get("/console/people")
+        assert "<td>received</td>" in listed.text
+        assert "carla" not in listed.text.lower() and "u-console" not in listed.text
+        assert "<td>email</td>" in listed.text

@@ -107,6 +107,28 @@ async def add_request(
     )
 
 
+async def queue_idle(pg: asyncpg.Connection, *, idle_since: float, limit: int) -> int:
+    """Queue the erasure of leads whose latest event is older than `idle_since` (epoch
+    seconds), not suppressed, unless one is queued already; returns how many."""
+    return _count(
+        await pg.execute(
+            """
+            INSERT INTO person_requests (id, kind, status, found_by, identifier, suppress,
+                                         requested_by)
+            SELECT gen_random_uuid(), 'erase', 'received', 'lead_id', l.lead_id, false,
+                   'retention'
+            FROM leads l
+            WHERE coalesce(l.as_of, l.updated_at) < to_timestamp($1)
+              AND NOT EXISTS (SELECT 1 FROM person_requests r
+                              WHERE r.status = 'received' AND r.identifier = l.lead_id)
+            LIMIT $2
+            """,
+            idle_since,
+            limit,
+        )
+    )
+
+
 async def take_waiting(pg: asyncpg.Connection) -> asyncpg.Record | None:
     """The oldest erasure not yet carried out, locked (other instances skip it); None when
     there is none."""
