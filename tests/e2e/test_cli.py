@@ -362,3 +362,27 @@ async def test_a_persons_export_is_asked_for_by_one_name_and_says_when_nobody_ha
             "people", "export", "--email", "a@b.c", "--user-id", "u-1", env=env
         )
         assert code == 2 and "not allowed with argument" in out  # one name at a time
+
+
+async def test_a_person_is_erased_listed_and_let_back_in_from_the_command_line(service, settings):
+    from tests.helpers.database import drained
+    from tests.helpers.kafka import produce
+
+    visits = [
+        {"type": "page", "messageId": f"cli-{n}", "userId": "u-cli", "properties": {"path": "/x"}}
+        for n in range(3)
+    ]
+    await produce(settings, visits)
+    await wait_for(lambda: drained(settings, len(visits)), what="the visits")
+    async with api_server(service.container) as url:
+        env = {"LEADSCORE_API_URL": url}
+        code, out = await leadscore("people", "erase", "--user-id", "u-cli", "--wait", env=env)
+        assert code == 0, out
+        assert " erase " in out and " done " in out and "lead_events 3" in out
+        assert "u-cli" not in out  # the request line never names the person
+        code, listed = await leadscore("people", "requests", env=env)
+        assert code == 0 and listed.splitlines()[0].split()[0] == out.split()[0]
+        code, out = await leadscore("people", "unsuppress", "--user-id", "u-cli", env=env)
+        assert code == 0 and "unsuppress" in out and "suppressed_keys 1" in out
+        code, out = await leadscore("people", "unsuppress", "--user-id", "u-cli", env=env)
+        assert code == 1 and "404 not_suppressed" in out
