@@ -99,6 +99,17 @@ class AccountScorer:
         if account.members.pop(lead_id, None) is not None:
             self.score(account)
 
+    def forget(self, account: Account, lead_id: str) -> None:
+        """A member erased: gone as if it had never been one, its activity from the
+        account's clock too (which the members that remain, and adjustments, set again)."""
+        account.members_by.pop(lead_id, None)
+        account.member_phases.pop(lead_id, None)
+        account.members.pop(lead_id, None)
+        clocks = [as_of for _, as_of, _ in account.members.values()]
+        clocks.extend(as_of for _, as_of in account.adjusted.values())
+        account.as_of = max(clocks) if clocks else None
+        self.score(account)
+
     def _drop_least_engaged(self, account: Account) -> None:
         clock = account.as_of or 0.0
         decay = self.rules.decay_factor

@@ -259,18 +259,8 @@ class Engine(Router):
         scorer = self.accounts
         if scorer is None:
             return effects
-        scorer.drop(account, lead_id)
-        if self.journey is not None:
-            follow_members(
-                self.journey,
-                account,
-                None,
-                -1,
-                effects.journey_moves,
-                at=at,
-                caused_by=caused_by,
-                ruleset_version=self.rules.version,
-            )
+        scorer.forget(account, lead_id)
+        self.phase_without_member(account, effects, at=at, caused_by=caused_by)
         return effects
 
     def merge(

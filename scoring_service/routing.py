@@ -190,6 +190,12 @@ class Router(LeadScores):
     def account_left(self, account: Account, event: Event, effects: Effects) -> None:
         """A member left `account` (joined another, merged into another lead): its phase
         follows the members that remain."""
+        self.phase_without_member(account, effects, at=event.ts, caused_by=event.message_id)
+
+    def phase_without_member(
+        self, account: Account, effects: Effects, *, at: float, caused_by: str | None
+    ) -> None:
+        """The account's buyer-journey phase, judged again from the members that remain."""
         if self.journey is not None and self.accounts is not None:
             follow_members(
                 self.journey,
@@ -197,8 +203,8 @@ class Router(LeadScores):
                 None,
                 -1,
                 effects.journey_moves,
-                at=event.ts,
-                caused_by=event.message_id,
+                at=at,
+                caused_by=caused_by,
                 ruleset_version=self.rules.version,
             )
 
