@@ -46,11 +46,22 @@ def identifier(named: api.PersonNamed) -> tuple[IdKind, str]:
     kind, value = found[0]
     assert value is not None
     value = value.strip()
+    if "\x00" in value or not _encodable(value):
+        raise ApiError(422, "invalid_identifier", f"{kind} is not text an id can be")
     if not value or set(value) - {"@"} <= WILDCARDS:
         raise ApiError(422, "invalid_identifier", f"{kind} must name one person, not a pattern")
     if kind == "email" and "@" not in value:
         raise ApiError(422, "invalid_identifier", "email must be an e-mail address")
     return kind, value
+
+
+def _encodable(value: str) -> bool:
+    """Whether the text can be stored (a lone surrogate cannot)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 async def _leads_known_by(pg: Connection, kind: IdKind, value: str) -> list[str]:

@@ -170,6 +170,12 @@ async def test_erasure_requests_refuse_what_names_nobody(admin_container) -> Non
             "not a flag": await admin.post(
                 "/v1/people/erasures", json={"user_id": "a", "suppress": "yes"}
             ),
+            "nul": await admin.post("/v1/people/erasures", json={"email": "a\x00@b.c"}),
+            "surrogate": await admin.post(
+                "/v1/people/erasures",
+                content=b'{"user_id": "\\ud800x"}',
+                headers={"content-type": "application/json"},
+            ),
             "no such request": await admin.get("/v1/people/requests/not-a-uuid"),
             "unsuppress nobody": await admin.post("/v1/people/unsuppress", json={"email": "x@y.z"}),
         }
@@ -177,9 +183,9 @@ async def test_erasure_requests_refuse_what_names_nobody(admin_container) -> Non
     assert codes["unknown"] == (404, "person_not_found")
     assert codes["no such request"] == (404, "request_not_found")
     assert codes["unsuppress nobody"] == (404, "not_suppressed")
-    assert codes["star"] == (422, "invalid_identifier")
+    assert codes["star"] == codes["nul"] == (422, "invalid_identifier")
     assert codes["none"] == codes["two"] == (422, "one_identifier")
-    for name in ("wildcard", "empty", "stranger", "not a flag"):
+    for name in ("wildcard", "empty", "stranger", "not a flag", "surrogate"):
         assert codes[name][0] == 422, (name, codes[name])
     async with client_for(admin_container, "viewer") as viewer:
         refused = [
