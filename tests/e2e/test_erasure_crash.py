@@ -2,9 +2,10 @@
 were they half gone.
 
 To land the kill inside the erasure's transaction every time, the test holds a lock on one
-of the person's outbox rows: the erasure deletes the lead, its links and its history, then
-waits for that row. The service is killed there; the transaction never commits, so the
-person is whole until the next service carries the request out, whole."""
+of the person's outbox rows: the erasure's statement, which deletes the person's rows in
+every table, waits for that row with the transaction open. The service is killed there; the
+transaction never commits, so the person is whole until the next service carries the
+request out, whole."""
 
 from __future__ import annotations
 
@@ -47,14 +48,16 @@ async def erasure_waiting_for_the_lock(settings: Any) -> bool:
     rows = await db_fetch(
         settings,
         "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND query LIKE 'DELETE FROM outbox%'",
+        "AND query LIKE '%DELETE FROM outbox%' AND pid <> pg_backend_pid()",
     )
     return bool(rows)
 
 
 async def no_erasure_running(settings: Any) -> bool:
     rows = await db_fetch(
-        settings, "SELECT 1 FROM pg_stat_activity WHERE query LIKE 'DELETE FROM outbox%'"
+        settings,
+        "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%DELETE FROM outbox%' "
+        "AND state <> 'idle' AND pid <> pg_backend_pid()",
     )
     return not rows
 
