@@ -18,7 +18,7 @@ CORE := scoring_service/rules.py scoring_service/effects.py scoring_service/lead
 COMPILED := .leadscore/compiled-core
 
 .DEFAULT_GOAL := help
-.PHONY: help install compile tools kafka run send test test-unit lint typecheck docs docs-serve bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-erasures bench-restart review-demo demo-cluster soak clean
+.PHONY: help install compile tools kafka run send test test-unit lint typecheck docs docs-serve bench bench-challenger bench-history bench-console bench-funnel bench-journey bench-impact bench-erasures bench-restart review-demo model-demo demo-cluster soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -117,6 +117,9 @@ bench-history: $(COMPILED) ## End to end on 0, 2M and 20M stored history rows (t
 
 bench-restart: $(COMPILED) ## Seconds from a restart after kill -9 to ready and to work, static vs dynamic membership
 	$(PY) -m bench.restart
+
+model-demo: $(COMPILED) ## A learned score against the starter rules on 1,000,000 generated events with planted outcomes
+	$(PY) -m bench.model_demo
 
 demo-cluster: $(COMPILED) ## Three instances share six partitions; one is killed; scores still match
 	$(PY) -m bench.cluster
