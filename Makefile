@@ -12,7 +12,7 @@ MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 # validation at run time to play a gap in it, which a compiled module cannot allow.
 CORE := scoring_service/rules.py scoring_service/effects.py scoring_service/lead_scores.py \
 	scoring_service/routing.py scoring_service/engine.py scoring_service/accounts.py \
-	scoring_service/scores.py scoring_service/journey.py \
+	scoring_service/scores.py scoring_service/journey.py scoring_service/model_score.py \
 	scoring_service/state.py scoring_service/pipeline.py \
 	stage_router/lifecycle.py stage_router/records.py stage_router/accounts.py
 COMPILED := .leadscore/compiled-core

@@ -79,13 +79,12 @@ def handoffs(events: int, leads: int, seed: int) -> tuple[list[Sample], float, i
                 continue
             seen.add(lead_id)
             state = ws.leads[lead_id]
-            account = ws.accounts.get(state.account_id or "")
             hits = {rule: signal[HITS] for rule, signal in state.signals.items()}
             samples.append(
                 Sample(
                     lead_id=lead_id,
                     at=event.ts,
-                    features=features_of(state, account, engine.rules),
+                    features=features_of(state, engine.rules),
                     good=planted_outcome(hits, list(state.fit_rules), rnd),
                     rules_score=state.fit + state.engagement,
                 )

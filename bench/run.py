@@ -659,6 +659,13 @@ def table(result: dict[str, Any]) -> str:
             f"({result.get('challenger_cost_factor', 0)}x the time per event)",
         ),
         (
+            "engine, a learned score beside the rules",
+            "cost <= 1.1x",
+            "",
+            f"{engine.get('score_events_per_s_with_model', 0):,} ev/s "
+            f"({engine.get('model_cost_factor', 0)}x)",
+        ),
+        (
             "intake (parse, validate)",
             ">= 300,000 ev/s",
             was("engine.parse_events_per_s"),

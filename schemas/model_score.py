@@ -10,8 +10,6 @@ Features (scoring_service/model_score.py computes them, as of the lead's clock):
 
   rule:<id>          an engagement rule's decayed hits (its decayed points over its points)
   fit:<id>           1 when the lead matches a fit rule, else 0
-  account:coverage   the points of the buying-committee roles its account covers
-  account:score      its account's total score
   journey:<phase>    1 when the lead is in that buyer-journey phase
   first_touch:<ch>   1 when the lead's first touch came through that channel
   last_touch:<ch>    1 when its latest did
@@ -29,12 +27,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 MAX_FEATURES = 300
-FIXED_FEATURES = ("account:coverage", "account:score", "tenure_days")
-FEATURE_PREFIXES = ("rule:", "fit:", "journey:", "first_touch:", "last_touch:")
 _FEATURE = re.compile(
     r"^(?:(?:rule|fit|journey):[a-z0-9][a-z0-9_.-]{0,99}"
     r"|(?:first_touch|last_touch):[a-z0-9][a-z0-9_ ./-]{0,99}"
-    r"|account:coverage|account:score|tenure_days)$"
+    r"|tenure_days)$"
 )
 # Beyond these a coefficient says more about a numerical accident than about leads.
 MAX_WEIGHT = 1e3

@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.model_score import ModelSpec
+
 Stage = Literal["lead", "mql", "sal", "sql", "opportunity", "customer", "recycled", "disqualified"]
 PromotionStage = Literal["sal", "sql"]
 
@@ -433,7 +435,9 @@ class Grades(BaseModel):
 
 class NamedScore(BaseModel):
     """A score beside the default one: its own thresholds, the queue its leads go to when it
-    qualifies them, and its grade bands."""
+    qualifies them, and its grade bands. With `model`, a learned score: the probability of
+    the model's outcome as 0-100 points (thresholds in points, graded by `model.bands`),
+    which no rule counts for (schemas/model_score.py)."""
 
     model_config = RULES_CONFIG
 
@@ -441,6 +445,13 @@ class NamedScore(BaseModel):
     thresholds: Thresholds
     queue: Annotated[str, Field(pattern=_QUEUE)] | None = None
     grades: Grades | None = None
+    model: ModelSpec | None = None
+
+    @model_validator(mode="after")
+    def _model_graded_by_bands(self) -> NamedScore:
+        if self.model is not None and self.grades is not None:
+            raise ValueError("a model score is graded by model.bands, not grades")
+        return self
 
 
 MAX_QUALIFY_LENGTH = 500
@@ -878,6 +889,40 @@ class RuleSetDocument(BaseModel):
             seen.add(rule.id)
         return self
 
+    def model_scores(self) -> list[str]:
+        """The named scores a model computes (no rule counts for them)."""
+        return [name for name, score in self.scores.items() if score.model is not None]
+
+    def _models_readable(self) -> None:
+        """No rule counts for a model score, and each model reads only what this rule set
+        defines; every problem located."""
+        learned = set(self.model_scores())
+        if not learned:
+            return
+        for index, rule in enumerate(self.rules):
+            for name in set(rule.scores or ()) & learned:
+                raise ValueError(
+                    f"rules[{index}] ({rule.id}) counts for score {name!r}, a model score: "
+                    "its value is learned, not counted"
+                )
+        for index, fit in enumerate(self.accounts.fit if self.accounts else ()):
+            for name in set(fit.scores or ()) & learned:
+                raise ValueError(
+                    f"accounts.fit[{index}] ({fit.id}) counts for score {name!r}, a model score"
+                )
+        engagement = {r.id for r in self.rules if r.category == "engagement"}
+        fit_rules = {r.id for r in self.rules if r.category == "fit"}
+        phases = {p.id for p in self.journey.phases} if self.journey else set()
+        problems = [
+            f"scores.{name}.model.{problem}"
+            for name in sorted(learned)
+            for problem in self.scores[name].model.problems_against(  # type: ignore[union-attr]
+                rules=engagement, fit_rules=fit_rules, phases=phases
+            )
+        ]
+        if problems:
+            raise ValueError("; ".join(problems[:10]))
+
     def score_names(self) -> list[str]:
         """The default score first, then the named ones as declared."""
         return [DEFAULT_SCORE, *self.scores]
@@ -907,6 +952,7 @@ class RuleSetDocument(BaseModel):
         for name, score in self.scores.items():
             if score.queue is not None and score.queue not in self.routing.queues:
                 raise ValueError(f"scores.{name}.queue is {score.queue!r}, not in routing.queues")
+        self._models_readable()
         for stage, text in self.qualify.items():
             try:
                 parse_qualification(text, names)

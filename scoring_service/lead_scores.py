@@ -16,6 +16,7 @@ from scoring_service.accounts import AccountScorer
 from scoring_service.effects import Hit
 from scoring_service.intake import Event
 from scoring_service.journey import JourneyBook, compile_journey
+from scoring_service.model_score import features_of
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.scores import ADJUSTMENT_PREFIX
 from scoring_service.state import (
@@ -215,10 +216,17 @@ class LeadScores:
         """A score of the lead (the default one unless named) as of `at` (by default its
         clock, the latest event time) and every signal's contribution to it; the
         contributions add up to the total."""
+        book = self.rules.book
+        model = book.by_name[score].model if score in book.by_name else None
+        if model is not None:
+            features = features_of(state, self.rules, at)
+            result = model.score(features)
+            fit, engagement = model.split(features)
+            learned: list[records.SignalDoc] = model.signals(result)  # type: ignore[assignment]
+            return records.explanation(learned, fit, engagement)
         clock = state.as_of
         later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
         signals: list[records.SignalDoc] = []
-        book = self.rules.book
         several = book.several
         engagement = 0.0
         for rule_id, (value, as_of, hits, ignored, last_seen) in state.signals.items():
@@ -317,7 +325,11 @@ class LeadScores:
             fit_by, engagement_by = self._named_sums(state)
             for score in book.scores[1:]:
                 name = score.name
-                parts[name] = (fit_by.get(name, 0.0), engagement_by.get(name, 0.0) * later)
+                model = score.model
+                if model is not None:
+                    parts[name] = model.split_lead(state, self.rules, at)
+                else:
+                    parts[name] = (fit_by.get(name, 0.0), engagement_by.get(name, 0.0) * later)
         return parts
 
     def reached(self, state: LeadState) -> tuple[str | None, list[str]]:
@@ -341,7 +353,12 @@ class LeadScores:
             fit_by, engagement_by = self._named_sums(state)
             for score in book.scores[1:]:
                 name = score.name
-                totals[name] = fit_by.get(name, 0.0) + engagement_by.get(name, 0.0)
+                model = score.model
+                if model is not None:
+                    fit, engagement = model.split_lead(state, self.rules)
+                    totals[name] = fit + engagement
+                else:
+                    totals[name] = fit_by.get(name, 0.0) + engagement_by.get(name, 0.0)
         return totals
 
     def score_entries(

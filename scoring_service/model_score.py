@@ -17,21 +17,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.model_score import ModelSpec
-from scoring_service.rules import CompiledRuleSet
-from scoring_service.state import AS_OF, HITS, VALUE, Account, LeadState
+from scoring_service.state import AS_OF, HITS, VALUE, LeadState
+
+if TYPE_CHECKING:  # rules.py compiles the scores, which compile their models
+    from scoring_service.rules import CompiledRuleSet
 
 DAY = 86400.0
 GRADE_LETTERS = ("A", "B", "C", "D")
+# Features that describe who the lead is (their parts count as the score's fit); the rest
+# describe what it did (engagement).
+FIT_KINDS = ("fit:",)
+# A record explains a model score by its largest parts; the rest are summed as one.
+EXPLAINED_PARTS = 8
 
 
 def features_of(
-    state: LeadState, account: Account | None, rules: CompiledRuleSet
+    state: LeadState, rules: CompiledRuleSet, at: float | None = None
 ) -> dict[str, float]:
-    """Every feature the lead has a value for (the rest are 0), as of its clock."""
-    clock = state.as_of or 0.0
+    """Every feature the lead has a value for (the rest are 0), as of `at` (by default its
+    clock: the latest event time)."""
+    clock = at if at is not None else (state.as_of or 0.0)
     values: dict[str, float] = {}
     for rule_id, signal in state.signals.items():
         rule = rules.by_id.get(rule_id)
@@ -41,16 +49,15 @@ def features_of(
         values["rule:" + rule_id] = decayed / rule.points if rule.points else signal[HITS]
     for rule_id in state.fit_rules:
         values["fit:" + rule_id] = 1.0
-    if account is not None:
-        values["account:coverage"] = account.coverage
-        values["account:score"] = account.fit + account.engagement + account.coverage
     journey = state.journey
     if journey is not None:
         if journey.phase is not None:
             values["journey:" + journey.phase] = 1.0
         if journey.first_touch:
             values["first_touch:" + str(journey.first_touch[0])] = 1.0
-            values["tenure_days"] = max(0.0, (clock - float(journey.first_touch[1])) / DAY)
+            values["tenure_days"] = max(
+                0.0, ((state.as_of or clock) - float(journey.first_touch[1])) / DAY
+            )
         if journey.last_touch:
             values["last_touch:" + str(journey.last_touch[0])] = 1.0
     return values
@@ -92,7 +99,9 @@ class ModelResult:
 class CompiledModel:
     """A model ready to score leads."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, points: Mapping[str, float] | None = None) -> None:
+        """`points`: each engagement rule's points in the rule set the model is published
+        in (the hot path reads a rule's decayed hits without looking the rule up)."""
         self.spec = spec
         self.names = [f.name for f in spec.features]
         self.weights = [f.weight / f.scale for f in spec.features]
@@ -101,6 +110,114 @@ class CompiledModel:
         self.slope = spec.calibration.slope
         self.offset = spec.calibration.offset
         self.bands = spec.bands
+        self.base_points = 100.0 * _sigmoid(self.slope * self.intercept + self.offset)
+        # For the hot path, which needs only the points split into fit and engagement: a
+        # feature a lead lacks adds -weight * mean whatever the lead, so those add up once,
+        # per kind, and a lead's score visits only the features it has.
+        self.by_name = {
+            name: (w, name.startswith(FIT_KINDS))
+            for name, w in zip(self.names, self.weights, strict=True)
+        }
+        self.absent_fit = math.fsum(
+            -w * m
+            for n, w, m in zip(self.names, self.weights, self.means, strict=True)
+            if n.startswith(FIT_KINDS)
+        )
+        self.absent_engagement = math.fsum(
+            -w * m
+            for n, w, m in zip(self.names, self.weights, self.means, strict=True)
+            if not n.startswith(FIT_KINDS)
+        )
+        # The weights by what they read, for scoring a lead without building its features;
+        # a rule's with its points (0: counted by hits; NaN: looked up in the rule set).
+        self.by_rule: dict[str, tuple[float, float]] = {}
+        self.by_fit: dict[str, float] = {}
+        self.by_phase: dict[str, float] = {}
+        self.by_first: dict[str, float] = {}
+        self.by_last: dict[str, float] = {}
+        self.tenure = 0.0
+        tables: dict[str, dict[str, float]] = {
+            "fit": self.by_fit,
+            "journey": self.by_phase,
+            "first_touch": self.by_first,
+            "last_touch": self.by_last,
+        }
+        known = points or {}
+        for name, w in zip(self.names, self.weights, strict=True):
+            kind, _, key = name.partition(":")
+            if name == "tenure_days":
+                self.tenure = w
+            elif kind == "rule":
+                self.by_rule[key] = (w, known.get(key, math.nan))
+            else:
+                tables[kind][key] = w
+
+    def split(self, features: Mapping[str, float]) -> tuple[float, float]:
+        """The lead's points as (fit, engagement): the score at the intercept and the parts
+        of who it is, and the parts of what it did; they add up to its points."""
+        fit, engagement = self.absent_fit, self.absent_engagement
+        by_name = self.by_name
+        for name, value in features.items():
+            known = by_name.get(name)
+            if known is not None:
+                if known[1]:
+                    fit += known[0] * value
+                else:
+                    engagement += known[0] * value
+        return self._points(fit, engagement)
+
+    def split_lead(
+        self, state: LeadState, rules: CompiledRuleSet, at: float | None = None
+    ) -> tuple[float, float]:
+        """`split(features_of(state, rules, at))` on the hot path: the same values, read
+        straight from the lead, visiting only what the model weighs."""
+        clock = at if at is not None else (state.as_of or 0.0)
+        fit, engagement = self.absent_fit, self.absent_engagement
+        by_rule = self.by_rule
+        if by_rule:
+            half_life = rules.half_life
+            for rule_id, signal in state.signals.items():
+                weighed = by_rule.get(rule_id)
+                if weighed is None:
+                    continue
+                w, points = weighed
+                if points != points:  # NaN: not given when the model was compiled
+                    rule = rules.by_id.get(rule_id)
+                    if rule is None:
+                        continue
+                    points = rule.points
+                value = signal[VALUE]
+                elapsed = clock - signal[AS_OF]
+                if half_life > 0 and elapsed > 0:
+                    value *= 0.5 ** (elapsed / half_life)
+                engagement += w * (value / points if points else signal[HITS])
+        by_fit = self.by_fit
+        if by_fit:
+            for rule_id in state.fit_rules:
+                matched = by_fit.get(rule_id)
+                if matched is not None:
+                    fit += matched
+        journey = state.journey
+        if journey is not None:
+            if journey.phase is not None:
+                engagement += self.by_phase.get(journey.phase, 0.0)
+            first = journey.first_touch
+            if first:
+                engagement += self.by_first.get(str(first[0]), 0.0)
+                tenure = ((state.as_of or clock) - float(first[1])) / DAY
+                engagement += self.tenure * (tenure if tenure > 0.0 else 0.0)
+            last = journey.last_touch
+            if last:
+                engagement += self.by_last.get(str(last[0]), 0.0)
+        return self._points(fit, engagement)
+
+    def _points(self, fit: float, engagement: float) -> tuple[float, float]:
+        spread = fit + engagement
+        points = 100.0 * _sigmoid(self.slope * (self.intercept + spread) + self.offset)
+        if not spread:
+            return points, 0.0
+        share = (points - self.base_points) / spread
+        return self.base_points + fit * share, engagement * share
 
     def score(self, features: Mapping[str, float]) -> ModelResult:
         """The lead's probability, points and every feature's part of them."""
@@ -145,3 +262,43 @@ class CompiledModel:
             "for": [doc(p) for p in up],
             "against": [doc(p) for p in down],
         }
+
+    def signals(self, result: ModelResult) -> list[dict[str, Any]]:
+        """The score's explanation in the rules' shape (stage_router.records.SignalDoc):
+        the score at the intercept, the largest parts, and the rest summed; their
+        contributions add up to the points."""
+        ranked = sorted(result.parts, key=lambda p: (-abs(p.points), p.feature))
+        shown, rest = ranked[:EXPLAINED_PARTS], ranked[EXPLAINED_PARTS:]
+        signals: list[dict[str, Any]] = [
+            _signal(
+                "model:base", "the score of a lead at every feature's mean", "fit", self.base_points
+            )
+        ]
+        for part in shown:
+            kind = "fit" if part.feature.startswith(FIT_KINDS) else "engagement"
+            signals.append(
+                _signal(part.feature, f"{part.feature} = {part.value:g}", kind, part.points)
+            )
+        if rest:
+            signals.append(
+                _signal(
+                    "model:other",
+                    f"{len(rest)} other features",
+                    "engagement",
+                    math.fsum(p.points for p in rest),
+                )
+            )
+        return signals
+
+
+def _signal(feature: str, description: str, category: str, points: float) -> dict[str, Any]:
+    return {
+        "rule_id": feature,
+        "description": description,
+        "category": category,
+        "points": None,
+        "hits": 0,
+        "ignored": 0,
+        "contribution": points,
+        "last_seen": None,
+    }

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.rule_set import DEFAULT_SCORE, Grades, Qualification
+from scoring_service.model_score import CompiledModel
 from stage_router.lifecycle import SCORED_STAGES
 
 # Adjustments an admin makes are kept as signals of their own, one per score, so the score
@@ -38,12 +39,17 @@ class CompiledScore:
     queue: str | None
     fit_bands: tuple[float, float, float] | None
     engagement_bands: tuple[float, float] | None
+    # A learned score's model (scoring_service/model_score.py); None: the rules count.
+    model: CompiledModel | None = None
 
     def threshold(self, stage: str) -> float | None:
         return self.mql if stage == "mql" else self.sal if stage == "sal" else self.sql
 
     def label(self, fit: float, engagement: float) -> str | None:
-        """The grade and level (A1 ... D3), when the score has bands."""
+        """The grade and level (A1 ... D3), when the score has bands; a model score's grade
+        (A ... D) by its points."""
+        if self.model is not None:
+            return self.model.label(fit + engagement)
         if self.fit_bands is None or self.engagement_bands is None:
             return None
         letter = next(
@@ -118,6 +124,11 @@ class ScoreBook:
         return len(self.scores) > 1
 
     @property
+    def models(self) -> bool:
+        """Does any score come from a model?"""
+        return any(score.model is not None for score in self.scores)
+
+    @property
     def listed(self) -> bool:
         """Are scores and labels kept on the lead for lists (several scores, or grades)?"""
         return self.several or any(score.fit_bands is not None for score in self.scores)
@@ -175,6 +186,7 @@ def compile_scores(document: Any) -> ScoreBook:
     from schemas.rule_set import parse_qualification
 
     names = document.score_names()
+    points = {rule.id: rule.points for rule in document.rules if rule.category == "engagement"}
     fit_bands, engagement_bands = _bands(document.grades)
     compiled = [
         CompiledScore(
@@ -198,6 +210,7 @@ def compile_scores(document: Any) -> ScoreBook:
                 queue=spec.queue,
                 fit_bands=fit_bands,
                 engagement_bands=engagement_bands,
+                model=(CompiledModel(spec.model, points) if spec.model is not None else None),
             )
         )
     by_name = {score.name: score for score in compiled}

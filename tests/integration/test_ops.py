@@ -100,8 +100,10 @@ def test_alert_rules_pass_promtool_and_link_the_runbook():
         "LeadscoreWebhookDeliveriesFailed",
         "LeadscoreWebhookBacklogOld",
         "LeadscoreRuleSetUnusable",
+        "LeadscoreErasuresFailing",
+        "LeadscoreErasuresWaiting",
     } < names
-    assert len(names) == 14
+    assert len(names) == 16
 
 
 def test_dashboard_queries_name_real_metrics(admin_container):

@@ -36,7 +36,7 @@ def spec(features: list[tuple[str, float, float, float]], **kw: object) -> Model
 
 def test_the_parts_add_up_to_the_logit_and_to_the_points() -> None:
     rnd = random.Random(7)
-    names = [f"rule:r{n}" for n in range(40)] + ["account:score", "tenure_days"]
+    names = [f"rule:r{n}" for n in range(40)] + ["fit:icp", "tenure_days"]
     model = CompiledModel(
         spec(
             [(n, rnd.uniform(-2, 2), rnd.uniform(-1, 3), rnd.uniform(0.1, 5)) for n in names],
@@ -92,8 +92,8 @@ def test_a_replay_in_another_order_gives_the_same_features() -> None:
     forward = replay_documents(Engine(starter_ruleset()), docs, now=now)
     backward = replay_documents(Engine(starter_ruleset()), docs[::-1], now=now)
     rules = forward.engine.rules
-    dana = features_of(forward.ws.leads["u-42"], None, rules)
-    again = features_of(backward.ws.leads["u-42"], None, rules)
+    dana = features_of(forward.ws.leads["u-42"], rules)
+    again = features_of(backward.ws.leads["u-42"], rules)
     assert any(name.startswith("rule:") for name in dana)
     assert any(name.startswith("fit:") for name in dana)
     engagement = {k: v for k, v in dana.items() if k.startswith(("rule:", "fit:"))}
