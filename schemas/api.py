@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -257,6 +257,43 @@ class ProposeRequest(BaseModel):
         pattern=r"^[a-z][a-z0-9_]{0,39}$",
         description="fit only the rules that count for this score, on the leads it qualified "
         "(default: every rule, every lead handed off)",
+    )
+
+
+class TrainRequest(BaseModel):
+    model_config = STRICT_BODY
+
+    score: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")] = Field(
+        default="likelihood", description="the learned score's name in the new version"
+    )
+    target: Literal["won", "qualified"] = Field(
+        default="won", description="learn won vs lost, or qualified vs rejected"
+    )
+    since: AwareDatetime | None = Field(
+        default=None, strict=False, description="handoffs from (default: a year before until)"
+    )
+    until: AwareDatetime | None = Field(
+        default=None, strict=False, description="handoffs before (default: now)"
+    )
+    horizon_days: float = Field(
+        default=90, gt=0, le=730, description="the outcome counted if it came within this"
+    )
+
+
+class TrainingPublic(BaseModel):
+    """A learned score trained on sales' outcomes and published in a new, inactive version."""
+
+    version: int = Field(description="the new, inactive version with the learned score")
+    source_version: int
+    score: str
+    target: str
+    since: datetime
+    until: datetime
+    report: dict[str, Any] = Field(
+        description="held out (the most recent 20% of handoffs): AUC of the model and of "
+        "the rules' score, log loss, calibration by decile with each decile's standard "
+        "error, conversion by grade band, the top two bands' share of leads and "
+        "conversions, and the features by weight"
     )
 
 

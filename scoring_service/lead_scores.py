@@ -118,7 +118,7 @@ class LeadScores:
                 )
         if state.fit_key is None or state.fit_key[0] != self.rules.version:
             # Another rule set: which score each signal counts for may have changed.
-            state.engagement_by = None
+            state.engagement_by = state.model_parts = None
         state.fit = fit
         state.fit_by = fit_by
         state.fit_rules = matched
@@ -143,6 +143,10 @@ class LeadScores:
             if named and factor != 1.0:
                 for name in named:
                     named[name] *= factor
+            learned = state.model_parts
+            if learned and factor != 1.0:
+                for name in learned:
+                    learned[name] *= factor
             state.as_of = ts
 
     def _count_hit(self, state: LeadState, rule: CompiledRule, ts: float) -> bool:
@@ -171,6 +175,12 @@ class LeadScores:
         if named is not None:
             for name in rule.named:
                 named[name] = named.get(name, 0.0) + gain
+        learned = state.model_parts
+        if learned is not None:
+            for name, model in self.rules.book.learned:
+                per_point = model.rule_gain.get(rule.id)
+                if per_point is not None:
+                    learned[name] += per_point * gain
         if signal is None:
             state.signals[rule.id] = [gain, clock, 1, 0, ts]
         else:
@@ -311,6 +321,27 @@ class LeadScores:
             state.engagement_by = engagement_by
         return state.fit_by, state.engagement_by
 
+    def _model_parts(self, state: LeadState) -> dict[str, float]:
+        """Each model's part from the engagement rules it weighs, as of the lead's clock:
+        derived from the signals when not kept yet (then kept up as hits come)."""
+        learned = state.model_parts
+        if learned is None:
+            clock = state.as_of or 0.0
+            learned = {}
+            for name, model in self.rules.book.learned:
+                part = 0.0
+                for rule_id, per_point in model.rule_gain.items():
+                    signal = state.signals.get(rule_id)
+                    if signal is not None:
+                        part += (
+                            per_point
+                            * signal[VALUE]
+                            * self.rules.decay_factor(clock - signal[AS_OF])
+                        )
+                learned[name] = part
+            state.model_parts = learned
+        return learned
+
     def score_parts(
         self, state: LeadState, at: float | None = None
     ) -> dict[str, tuple[float, float]]:
@@ -323,11 +354,12 @@ class LeadScores:
         book = self.rules.book
         if book.several:
             fit_by, engagement_by = self._named_sums(state)
+            running = self._model_parts(state) if book.learned else None
             for score in book.scores[1:]:
                 name = score.name
                 model = score.model
-                if model is not None:
-                    parts[name] = model.split_lead(state, self.rules, at)
+                if model is not None and running is not None:
+                    parts[name] = model.split_lead(state, self.rules, running[name], at)
                 else:
                     parts[name] = (fit_by.get(name, 0.0), engagement_by.get(name, 0.0) * later)
         return parts
@@ -351,11 +383,12 @@ class LeadScores:
         book = self.rules.book
         if book.several:
             fit_by, engagement_by = self._named_sums(state)
+            running = self._model_parts(state) if book.learned else None
             for score in book.scores[1:]:
                 name = score.name
                 model = score.model
-                if model is not None:
-                    fit, engagement = model.split_lead(state, self.rules)
+                if model is not None and running is not None:
+                    fit, engagement = model.split_lead(state, self.rules, running[name])
                     totals[name] = fit + engagement
                 else:
                     totals[name] = fit_by.get(name, 0.0) + engagement_by.get(name, 0.0)

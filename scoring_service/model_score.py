@@ -128,9 +128,15 @@ class CompiledModel:
             for n, w, m in zip(self.names, self.weights, self.means, strict=True)
             if not n.startswith(FIT_KINDS)
         )
-        # The weights by what they read, for scoring a lead without building its features;
-        # a rule's with its points (0: counted by hits; NaN: looked up in the rule set).
-        self.by_rule: dict[str, tuple[float, float]] = {}
+        # The weights by what they read, for scoring a lead without building its features.
+        # A rule's decayed hits are its decayed points over its points, and every signal
+        # decays at one half-life, so the rules' part is itself a decayed sum: the engine
+        # keeps it on the lead (`LeadState.model_parts`), adding `rule_gain` (weight per
+        # point) times each hit's points. Rules worth no points count by hits; rules whose
+        # points were not given are looked up on every call.
+        self.rule_gain: dict[str, float] = {}
+        self.by_hits: dict[str, float] = {}
+        self.by_lookup: dict[str, float] = {}
         self.by_fit: dict[str, float] = {}
         self.by_phase: dict[str, float] = {}
         self.by_first: dict[str, float] = {}
@@ -148,7 +154,13 @@ class CompiledModel:
             if name == "tenure_days":
                 self.tenure = w
             elif kind == "rule":
-                self.by_rule[key] = (w, known.get(key, math.nan))
+                worth = known.get(key)
+                if worth is None:
+                    self.by_lookup[key] = w
+                elif worth:
+                    self.rule_gain[key] = w / worth
+                else:
+                    self.by_hits[key] = w
             else:
                 tables[kind][key] = w
 
@@ -167,30 +179,29 @@ class CompiledModel:
         return self._points(fit, engagement)
 
     def split_lead(
-        self, state: LeadState, rules: CompiledRuleSet, at: float | None = None
+        self,
+        state: LeadState,
+        rules: CompiledRuleSet,
+        running: float,
+        at: float | None = None,
     ) -> tuple[float, float]:
-        """`split(features_of(state, rules, at))` on the hot path: the same values, read
-        straight from the lead, visiting only what the model weighs."""
-        clock = at if at is not None else (state.as_of or 0.0)
+        """`split(features_of(state, rules, at))` on the hot path: the same values, with the
+        rules' part `running` (as of the lead's clock) kept by the engine, and the rest
+        read straight from the lead."""
+        clock = state.as_of or 0.0
         fit, engagement = self.absent_fit, self.absent_engagement
-        by_rule = self.by_rule
-        if by_rule:
-            half_life = rules.half_life
-            for rule_id, signal in state.signals.items():
-                weighed = by_rule.get(rule_id)
-                if weighed is None:
-                    continue
-                w, points = weighed
-                if points != points:  # NaN: not given when the model was compiled
-                    rule = rules.by_id.get(rule_id)
-                    if rule is None:
-                        continue
-                    points = rule.points
-                value = signal[VALUE]
-                elapsed = clock - signal[AS_OF]
-                if half_life > 0 and elapsed > 0:
-                    value *= 0.5 ** (elapsed / half_life)
-                engagement += w * (value / points if points else signal[HITS])
+        later = clock if at is None else at
+        engagement += running * rules.decay_factor(later - clock)
+        for rule_id, w in self.by_hits.items():
+            signal = state.signals.get(rule_id)
+            if signal is not None:
+                engagement += w * signal[HITS]
+        for rule_id, w in self.by_lookup.items():
+            signal = state.signals.get(rule_id)
+            rule = rules.by_id.get(rule_id)
+            if signal is not None and rule is not None:
+                decayed = signal[VALUE] * rules.decay_factor(later - signal[AS_OF])
+                engagement += w * (decayed / rule.points if rule.points else signal[HITS])
         by_fit = self.by_fit
         if by_fit:
             for rule_id in state.fit_rules:
@@ -204,7 +215,7 @@ class CompiledModel:
             first = journey.first_touch
             if first:
                 engagement += self.by_first.get(str(first[0]), 0.0)
-                tenure = ((state.as_of or clock) - float(first[1])) / DAY
+                tenure = (clock - float(first[1])) / DAY
                 engagement += self.tenure * (tenure if tenure > 0.0 else 0.0)
             last = journey.last_touch
             if last:

@@ -118,15 +118,12 @@ class ScoreBook:
     rule_scores: Mapping[str, tuple[str, ...]]
     # Every stage qualified by `any` score (the default): reached() takes a shortcut.
     any_everywhere: bool = False
+    # The learned scores, by name: kept up on every counted hit.
+    learned: tuple[tuple[str, CompiledModel], ...] = ()
 
     @property
     def several(self) -> bool:
         return len(self.scores) > 1
-
-    @property
-    def models(self) -> bool:
-        """Does any score come from a model?"""
-        return any(score.model is not None for score in self.scores)
 
     @property
     def listed(self) -> bool:
@@ -227,4 +224,5 @@ def compile_scores(document: Any) -> ScoreBook:
         qualify=qualify,
         rule_scores={rule.id: tuple(rule.scores or (DEFAULT_SCORE,)) for rule in document.rules},
         any_everywhere=all(tree == any_score(names) for tree in trees),
+        learned=tuple((s.name, s.model) for s in compiled if s.model is not None),
     )

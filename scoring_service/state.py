@@ -186,6 +186,10 @@ class LeadState:
     # `fit_rules` and `signals` (a lead loaded without them, or after a merge or recycle).
     fit_by: dict[str, float] | None = None
     engagement_by: dict[str, float] | None = None
+    # With learned scores: each model's part from the engagement rules it weighs, as of
+    # `as_of`, kept up as hits come like `engagement` (scoring_service/model_score.py).
+    # Not stored: None until derived from `signals`, and whenever `engagement_by` is.
+    model_parts: dict[str, float] | None = None
     # With a buyer journey in the rule set: where the lead stands in it.
     journey: JourneyState | None = None
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from schemas import api
 from schemas.rule_set import RuleSetDocument
 from scoring_service.rule_set_files import MAX_DOCUMENT_BYTES
-from services.app import rule_sets
+from services.app import learned_scores, rule_sets
 from services.app.errors import ApiError
 from services.http.common import ERRORS, NOT_FOUND, Version
 from services.http.deps import Admin, ContainerDep, Viewer
@@ -110,6 +110,27 @@ async def stop(container: ContainerDep, version: Version, who: Admin) -> dict[st
     """Stop the challenger and drop its state (its stage changes stay for the review)."""
     await rule_sets.stop_challenge(container, version, by=who.name)
     return {"version": version, "stopped_by": who.name}
+
+
+@router.post(
+    "/rulesets/{version}/train",
+    status_code=201,
+    response_model=api.TrainingPublic,
+    responses={**NOT_FOUND, 422: {"model": api.ErrorBody}},
+)
+async def train(
+    container: ContainerDep, version: Version, who: Admin, body: api.TrainRequest | None = None
+) -> api.TrainingPublic:
+    """Train a learned score (`score`, default `likelihood`) on the outcomes of the leads
+    this version handed off in a window: each lead's history replayed to its handoff, a
+    regularised logistic regression tested on the most recent 20% of handoffs, calibrated
+    to observed rates. Publishes this version with the learned score as a new, inactive
+    version; the answer reports AUC (the model's and the rules'), log loss, calibration by
+    decile and conversion by grade band. 422 `too_few_outcomes` below 40 good or 40 bad
+    outcomes."""
+    return await learned_scores.train_version(
+        container, version, body or api.TrainRequest(), by=who.name
+    )
 
 
 @router.post(

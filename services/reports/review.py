@@ -200,3 +200,22 @@ async def review_report(
             "recall": _ratio(account_both, account_qualified),
         },
     }
+
+
+async def decided_leads(
+    pg: Connection, since: datetime, until: datetime, version: int, target: str
+) -> list[tuple[str, datetime, bool]]:
+    """(lead, handoff time, good outcome?) for each lead `version` handed off in the window
+    that sales decided on, oldest handoff first: what a learned score trains on."""
+    good, bad = TARGETS[target]
+    rows = await review_store.decided_leads(
+        pg,
+        since,
+        until,
+        version,
+        past_lead=list(PAST_LEAD),
+        decided=[good, bad],
+        good=good,
+        limit=MAX_SAMPLES,
+    )
+    return [(r["lead_id"], r["handed_at"], bool(r["good"])) for r in rows]

@@ -380,6 +380,31 @@ def cmd_propose(args: argparse.Namespace) -> None:
         print(f"  kept (fewer than 10 decided leads hit them): {', '.join(body['unchanged'])}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    """A learned score trained on the outcomes of a version's handoffs, as a new version."""
+    request: dict[str, Any] = {"score": args.score, "target": args.target}
+    request.update({k: v for k, v in (("since", args.since), ("until", args.until)) if v})
+    body = _call("POST", f"/v1/rulesets/{args.version}/train", json=request)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return
+    report = body["report"]
+    print(
+        f"published version {body['version']} (inactive) with the learned score "
+        f"{body['score']!r}: {report['samples']} decided handoffs ({report['positives']} "
+        f"{body['target']}), trained on {report['trained_on']}, judged on the latest "
+        f"{report['held_out']}"
+    )
+    print(
+        f"  AUC {report['auc']} (the rules' score: {report['auc_rules']}), log loss "
+        f"{report['log_loss']}, worst calibration error {report['calibration_error']}"
+    )
+    for band, row in report["bands"].items():
+        print(f"  band {band}: {row['leads']} leads, {row['rate']:.0%} {body['target']}")
+    for feature in report["features"][:10]:
+        print(f"  {feature['feature']}: {feature['weight']:+.3f}")
+
+
 def cmd_job(args: argparse.Namespace) -> None:
     print(json.dumps(_call("GET", f"/v1/jobs/{args.job_id}"), indent=2))
 
@@ -652,6 +677,16 @@ def parser() -> argparse.ArgumentParser:
     propose.add_argument("--seed", type=int, default=0, help="the held-out split's seed")
     propose.add_argument("--json", action="store_true", help="print the full result as JSON")
     propose.set_defaults(func=cmd_propose)
+    training = commands.add_parser(
+        "train", help="train a learned score on sales outcomes; publish it as a new version"
+    )
+    training.add_argument("version", type=int)
+    training.add_argument("--score", default="likelihood", help="the learned score's name")
+    training.add_argument("--target", choices=["won", "qualified"], default="won")
+    training.add_argument("--since", help="handoffs from (ISO-8601 with offset; default a year)")
+    training.add_argument("--until", help="handoffs before (default: now)")
+    training.add_argument("--json", action="store_true", help="print the full report as JSON")
+    training.set_defaults(func=cmd_train)
     dead = commands.add_parser(
         "dead-letters", help="what the service could not use: list, show, send again"
     ).add_subparsers(dest="action", required=True)

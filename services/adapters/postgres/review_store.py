@@ -220,6 +220,18 @@ LIMIT $7
 )
 
 
+DECIDED_QUERY = (
+    COHORT
+    + """
+SELECT c.lead_id, c.handed_at, bool_or(o.outcome = $6) AS good
+FROM cohort c JOIN outcomes o USING (lead_id)
+GROUP BY c.lead_id, c.handed_at
+ORDER BY c.handed_at, c.lead_id
+LIMIT $7
+"""
+)
+
+
 @dataclass(frozen=True)
 class ReviewRows:
     """What one review reads: aggregates over the cohort, one list of rows per table."""
@@ -274,4 +286,22 @@ async def outcome_samples(
     outcome was `good`, and its hits per rule before the handoff (a JSON object)."""
     return await pg.fetch(
         _sql(SAMPLES_QUERY, False), since, until, version, past_lead, decided, good, limit, score
+    )
+
+
+async def decided_leads(
+    pg: asyncpg.Connection,
+    since: datetime,
+    until: datetime,
+    version: int,
+    *,
+    past_lead: list[str],
+    decided: list[str],
+    good: str,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """The leads `version` handed off in the window that sales decided on: each one's
+    handoff time and whether the outcome was `good`, oldest handoff first."""
+    return await pg.fetch(
+        _sql(DECIDED_QUERY, False), since, until, version, past_lead, decided, good, limit
     )

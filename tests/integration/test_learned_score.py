@@ -1,0 +1,84 @@
+"""A learned score trained, activated and rolled back through the API, on a real broker and
+database: generated traffic scored by the starter rules, outcomes planted through the
+feedback topic as a CRM would send them (webinars and replies win, the careers page loses),
+then `POST /v1/rulesets/1/train`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.review_demo import plant_outcomes, wait_feedback
+from bench.workload import generate, lead_key
+from services.runtime.bootstrap import bootstrap
+from services.settings import Settings
+from tests.helpers.database import drained
+from tests.helpers.factories import page
+from tests.helpers.kafka import produce
+from tests.helpers.service import RunningService, client_for, token_settings
+from tests.helpers.waiting import wait_for
+
+
+async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Settings) -> None:
+    service = await RunningService(bootstrap(token_settings(settings))).start()
+    try:
+        docs: list[Any] = [
+            d
+            for d in generate(events=20_000, leads=2_000, seed=8, recent=True, days=30)
+            if not isinstance(d, bytes)
+        ]
+        await produce(settings, docs, key=lead_key)
+        await wait_for(lambda: drained(settings, len(docs)), timeout=120, what="the traffic")
+        planted = await plant_outcomes(settings)
+        await wait_feedback(settings, planted)
+        async with client_for(service.container, "admin") as admin:
+            trained = await admin.post("/v1/rulesets/1/train", json={"target": "won"})
+            assert trained.status_code == 201, trained.text
+            body = trained.json()
+            report = body["report"]
+            assert (body["version"], body["source_version"], body["score"]) == (2, 1, "likelihood")
+            assert report["positives"] >= 40 and report["samples"] - report["positives"] >= 40
+            assert report["auc"] > 0.5 and report["auc_rules"] is not None
+            assert sum(b["leads"] for b in report["bands"].values()) == report["held_out"]
+            version = (await admin.get("/v1/rulesets/2")).json()
+            model = version["document"]["scores"]["likelihood"]["model"]
+            assert model["training"]["samples"] == report["samples"]
+            assert {f["name"].split(":")[0] for f in model["features"]} <= {
+                "rule",
+                "fit",
+                "journey",
+                "first_touch",
+                "last_touch",
+                "tenure_days",
+            }
+            assert (await admin.get("/v1/rulesets/active")).json()["version"] == 1
+
+            # Live: activated, the next event of a lead gives it the learned score.
+            activated = await admin.post("/v1/rulesets/2/activate")
+            assert activated.status_code == 200, activated.text
+            lead_id = next(d["userId"] for d in docs if d.get("userId"))
+            visit = page("/pricing", user=lead_id, message_id="after-training")
+            await produce(settings, [visit])
+            await wait_for(lambda: drained(settings, len(docs) + 1), what="the next visit")
+            lead = (await admin.get(f"/v1/leads/{lead_id}")).json()
+            learned = lead["scores"]["likelihood"]
+            assert 0 <= learned["total"] <= 100 and learned["label"] in ("A", "B", "C", "D")
+
+            # Rolled back: the rules alone again.
+            back = await admin.post("/v1/rulesets/1/activate")
+            assert back.status_code == 200, back.text
+            lead = (await admin.get(f"/v1/leads/{lead_id}")).json()
+            assert "likelihood" not in lead["scores"]
+
+            # A window without outcomes is refused in words.
+            empty = await admin.post(
+                "/v1/rulesets/1/train",
+                json={"since": "2020-01-01T00:00:00Z", "until": "2020-02-01T00:00:00Z"},
+            )
+            assert (empty.status_code, empty.json()["error"]) == (422, "too_few_outcomes")
+            taken = await admin.post("/v1/rulesets/1/train", json={"score": "warehouse"})
+            assert (taken.status_code, taken.json()["error"]) == (422, "score_taken")
+        async with client_for(service.container, "viewer") as viewer:
+            refused = await viewer.post("/v1/rulesets/1/train")
+            assert refused.status_code == 403
+    finally:
+        await service.close()
