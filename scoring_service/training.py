@@ -25,16 +25,17 @@ from typing import Any
 from schemas.model_score import MAX_FEATURES, Calibration, Feature, ModelSpec, Training
 from scoring_service.model_score import CompiledModel
 
+# The same refusal as fitting rule points: too few decided leads to learn from.
+from scoring_service.weights import TooFewOutcomes
+
+__all__ = ["Report", "Sample", "TooFewOutcomes", "train"]
+
 MIN_PER_CLASS = 40
 HELD_OUT_SHARE = 0.2
 REGULARISATION_C = 1.0
 # Features fewer samples have a value for are left out: their weight would be noise.
 MIN_FEATURE_SAMPLES = 10
 CALIBRATION_FOLDS = 5
-
-
-class TooFewOutcomes(ValueError):
-    """Not enough outcomes of either kind to learn from."""
 
 
 @dataclass(frozen=True, slots=True)
