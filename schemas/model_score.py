@@ -57,6 +57,17 @@ class Calibration(BaseModel):
     offset: float = Field(default=0.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT)
 
 
+class CalibrationRow(BaseModel):
+    """One decile of the held-out leads by predicted probability."""
+
+    model_config = MODEL_CONFIG
+
+    decile: int = Field(ge=1, le=10)
+    leads: int = Field(ge=0)
+    predicted: float = Field(ge=0, le=1)
+    observed: float = Field(ge=0, le=1)
+
+
 class Training(BaseModel):
     """Where the model came from: the outcomes it learned from and how it did on the most
     recent ones, which it did not see."""
@@ -73,6 +84,8 @@ class Training(BaseModel):
     auc_rules: float | None = Field(default=None, ge=0, le=1)
     log_loss: float | None = Field(default=None, ge=0)
     calibration_error: float | None = Field(default=None, ge=0, le=1)
+    calibration: list[CalibrationRow] = Field(default_factory=list, max_length=10)
+    top_bands_share_of_conversions: float | None = Field(default=None, ge=0, le=1)
 
 
 class ModelSpec(BaseModel):

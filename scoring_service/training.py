@@ -194,6 +194,11 @@ def train(
                 auc_rules=report.auc_rules,
                 log_loss=report.log_loss,
                 calibration_error=report.calibration_error,
+                calibration=[
+                    {k: row[k] for k in ("decile", "leads", "predicted", "observed")}
+                    for row in report.calibration
+                ],
+                top_bands_share_of_conversions=report.top_bands_share_of_conversions,
             )
         }
     )

@@ -11,6 +11,7 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
+from schemas import api
 from scoring_service.diff import around_changes, side_by_side
 from scoring_service.rule_set_files import (
     MAX_DOCUMENT_BYTES,
@@ -19,6 +20,7 @@ from scoring_service.rule_set_files import (
     problem_lines,
 )
 from services.app.errors import ApiError
+from services.app.learned_scores import train_version
 from services.app.rule_sets import (
     activate_version,
     challenger_status,
@@ -157,6 +159,7 @@ async def version_page(
         challenger=await challenger_status(ui.container),
         text=source_text(detail),
         journeys=list(JOURNEYS),
+        learned=learned_cards(detail.document),
     )
 
 
@@ -233,6 +236,66 @@ async def propose(request: Request, ui: PagesDep, version: Annotated[int, _VERSI
         f"{result.auc_proposed:.3f}. Judge it with an impact report or as a challenger "
         "before activating it.",
     )
+
+
+@router.post("/rules/{version}/train")
+async def train(request: Request, ui: PagesDep, version: Annotated[int, _VERSION]) -> Response:
+    user, form = await ui.posted(request, admin=True)
+    days, target = _days(form, 365.0), form.get("target")
+    if target not in ("won", "qualified"):
+        raise ApiError(422, "invalid_request", "Learn from won or qualified outcomes.")
+    until = datetime.now(UTC)
+    result = await train_version(
+        ui.container,
+        version,
+        api.TrainRequest(target=target, since=until - timedelta(days=days), until=until),
+        by=user.name,
+    )
+    report = result.report
+    return ui.to(
+        f"/rules/{result.version}",
+        notice=f"Trained the learned score {result.score!r} on {report['samples']} decided "
+        f"handoffs: held-out AUC {report['auc']} (the rules' score: {report['auc_rules']}). "
+        "Judge it as a challenger before activating it.",
+    )
+
+
+def learned_cards(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each learned score's card: how it was trained, how it did on the most recent
+    handoffs, its calibration and its strongest features, drawn."""
+    cards = []
+    for name, score in (document.get("scores") or {}).items():
+        model = score.get("model")
+        if not model:
+            continue
+        training = model.get("training") or {}
+        weights = sorted(
+            ((f["name"], f["weight"] / f.get("scale", 1.0)) for f in model["features"]),
+            key=lambda item: -abs(item[1]),
+        )[:12]
+        deciles = training.get("calibration") or []
+        cards.append(
+            {
+                "name": name,
+                "model": model,
+                "training": training,
+                "features": charts.bar_chart(
+                    f"features-{name}", f"{name}: log-odds per unit of each feature", weights
+                ),
+                "calibration": charts.grouped_bar_chart(
+                    f"calibration-{name}",
+                    f"{name}: predicted against observed, by decile (held out)",
+                    [f"decile {row['decile']}" for row in deciles],
+                    [
+                        ("predicted", [round(100 * row["predicted"], 1) for row in deciles]),
+                        ("observed", [round(100 * row["observed"], 1) for row in deciles]),
+                    ],
+                )
+                if deciles
+                else None,
+            }
+        )
+    return cards
 
 
 @router.post("/rules/{version}/simulate")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 import pytest
 
@@ -89,3 +90,37 @@ async def test_kill_9_mid_stream_then_restart_with_a_challenger_running(settings
         version,
     )
     assert stored[0]["n"] == len(theirs.transitions)
+
+
+@pytest.mark.slow
+async def test_kill_9_mid_stream_with_a_learned_score_active(settings, tmp_path):
+    """A learned score in the active version, kill -9 mid-stream: every lead's scores, the
+    learned one among them, equal a replay of the events under the same version (the
+    model's running part is derived again for leads loaded after the restart)."""
+    from scoring_service.engine import Engine
+    from scoring_service.rules import compile_ruleset
+    from scoring_service.simulation import replay_documents
+    from services.adapters.postgres import db, rule_set_store
+    from services.runtime.bootstrap import bootstrap
+    from tests.unit.test_model_score_live import with_model
+
+    document = RuleSetDocument.model_validate(with_model())
+    container = bootstrap(settings)
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        pg = await db.driver(conn)
+        await rule_set_store.ensure_starter(pg)
+        async with pg.transaction():
+            version = await rule_set_store.publish(pg, document, by="test")
+            await rule_set_store.activate(pg, version, by="test")
+    await container.close()
+
+    docs = list(generate(events=12_000, leads=800, seed=9))
+    await kill_mid_stream_then_drain(settings, docs, tmp_path / "service.log", kill_after=3_000)
+    engine = Engine(compile_ruleset(document, version))
+    expected = replay_documents(engine, docs, now=time.time())
+    await assert_leads_match(settings, expected)
+    learned = await db_fetch(
+        settings, "SELECT count(*) AS n FROM leads WHERE (scoring->'totals')::jsonb ? 'likelihood'"
+    )
+    assert learned[0]["n"] == len(expected.ws.leads)

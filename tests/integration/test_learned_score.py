@@ -16,6 +16,7 @@ from tests.helpers.factories import page
 from tests.helpers.kafka import produce
 from tests.helpers.service import RunningService, client_for, token_settings
 from tests.helpers.waiting import wait_for
+from tests.integration.test_console import console_client, sign_in
 
 
 async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Settings) -> None:
@@ -62,6 +63,22 @@ async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Se
             lead = (await admin.get(f"/v1/leads/{lead_id}")).json()
             learned = lead["scores"]["likelihood"]
             assert 0 <= learned["total"] <= 100 and learned["label"] in ("A", "B", "C", "D")
+            reasons = lead["signals_by_score"]["likelihood"]
+            assert reasons[0]["rule_id"] == "model:base"
+            assert abs(sum(r["contribution"] for r in reasons) - learned["total"]) < 0.011
+
+            # The console: the model's card on its version, the score and its reasons on
+            # the lead's page.
+            async with console_client(service.container) as console:
+                await sign_in(console, "viewer")
+                card = await console.get("/console/rules/2")
+                assert card.status_code == 200
+                assert "Learned score: likelihood" in card.text
+                assert f"<td>{report['auc']}</td>" in card.text
+                assert 'id="calibration-likelihood-t"' in card.text
+                assert 'id="features-likelihood-t"' in card.text
+                page_of_lead = await console.get(f"/console/leads/{lead_id}")
+                assert "Why likelihood is" in page_of_lead.text
 
             # Rolled back: the rules alone again.
             back = await admin.post("/v1/rulesets/1/activate")
