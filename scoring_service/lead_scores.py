@@ -230,9 +230,8 @@ class LeadScores:
         model = book.by_name[score].model if score in book.by_name else None
         if model is not None:
             features = features_of(state, self.rules, at)
-            result = model.score(features)
             fit, engagement = model.split(features)
-            learned: list[records.SignalDoc] = model.signals(result)  # type: ignore[assignment]
+            learned: list[records.SignalDoc] = model.signals(features)  # type: ignore[assignment]
             return records.explanation(learned, fit, engagement)
         clock = state.as_of
         later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)

@@ -111,6 +111,9 @@ class CompiledModel:
         self.offset = spec.calibration.offset
         self.bands = spec.bands
         self.base_points = 100.0 * _sigmoid(self.slope * self.intercept + self.offset)
+        self.index = {name: i for i, name in enumerate(self.names)}
+        # A feature's part when the lead lacks it (its value is 0).
+        self.absent_parts = [-w * m for w, m in zip(self.weights, self.means, strict=True)]
         # For the hot path, which needs only the points split into fit and engagement: a
         # feature a lead lacks adds -weight * mean whatever the lead, so those add up once,
         # per kind, and a lead's score visits only the features it has.
@@ -274,29 +277,39 @@ class CompiledModel:
             "against": [doc(p) for p in down],
         }
 
-    def signals(self, result: ModelResult) -> list[dict[str, Any]]:
+    def signals(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
         """The score's explanation in the rules' shape (stage_router.records.SignalDoc):
         the score at the intercept, the largest parts, and the rest summed; their
-        contributions add up to the points."""
-        ranked = sorted(result.parts, key=lambda p: (-abs(p.points), p.feature))
-        shown, rest = ranked[:EXPLAINED_PARTS], ranked[EXPLAINED_PARTS:]
+        contributions add up to the points. Made for every record that names the score,
+        so it builds no `Part`s: the parts of the features a lead lacks are the same for
+        every lead, and only the lead's own ones are computed."""
+        parts = list(self.absent_parts)
+        for name, value in features.items():
+            index = self.index.get(name)
+            if index is not None:
+                parts[index] = self.weights[index] * (value - self.means[index])
+        spread = math.fsum(parts)
+        points = 100.0 * _sigmoid(self.slope * (self.intercept + spread) + self.offset)
+        share = (points - self.base_points) / spread if spread else 0.0
+        order = sorted(range(len(parts)), key=lambda i: (-abs(parts[i]), self.names[i]))
+        shown, rest = order[:EXPLAINED_PARTS], order[EXPLAINED_PARTS:]
         signals: list[dict[str, Any]] = [
             _signal(
                 "model:base", "the score of a lead at every feature's mean", "fit", self.base_points
             )
         ]
-        for part in shown:
-            kind = "fit" if part.feature.startswith(FIT_KINDS) else "engagement"
-            signals.append(
-                _signal(part.feature, f"{part.feature} = {part.value:g}", kind, part.points)
-            )
+        for i in shown:
+            name = self.names[i]
+            kind = "fit" if name.startswith(FIT_KINDS) else "engagement"
+            value = features.get(name, 0.0)
+            signals.append(_signal(name, f"{name} = {round(value, 3)}", kind, parts[i] * share))
         if rest:
             signals.append(
                 _signal(
                     "model:other",
                     f"{len(rest)} other features",
                     "engagement",
-                    math.fsum(p.points for p in rest),
+                    share * math.fsum(parts[i] for i in rest),
                 )
             )
         return signals
