@@ -257,26 +257,6 @@ class CompiledModel:
             (GRADE_LETTERS[i] for i, least in enumerate(self.bands) if points >= least), "D"
         )
 
-    def explain(self, result: ModelResult, count: int = 3) -> dict[str, Any]:
-        """The score as published: points, probability, grade, and the top reasons."""
-        up, down = result.reasons(count)
-
-        def doc(part: Part) -> dict[str, Any]:
-            return {
-                "feature": part.feature,
-                "value": round(part.value, 4),
-                "log_odds": round(part.log_odds, 4),
-                "points": round(part.points, 2),
-            }
-
-        return {
-            "points": round(result.points, 2),
-            "probability": round(result.probability, 4),
-            "label": self.label(result.points),
-            "for": [doc(p) for p in up],
-            "against": [doc(p) for p in down],
-        }
-
     def signals(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
         """The score's explanation in the rules' shape (stage_router.records.SignalDoc):
         the score at the intercept, the largest parts, and the rest summed; their
