@@ -214,20 +214,21 @@ async def challenge(request: Request, ui: PagesDep, version: Annotated[int, _VER
     )
 
 
-@router.post("/rules/{version}/propose")
-async def propose(request: Request, ui: PagesDep, version: Annotated[int, _VERSION]) -> Response:
-    user, form = await ui.posted(request, admin=True)
+def _outcome_window(form: Any) -> tuple[datetime, datetime, str]:
+    """The handoffs a form asks to learn from: its window (the last `days`) and target."""
     days, target = _days(form, 365.0), form.get("target")
     if target not in ("won", "qualified"):
         raise ApiError(422, "invalid_request", "Learn from won or qualified outcomes.")
     until = datetime.now(UTC)
+    return until - timedelta(days=days), until, target
+
+
+@router.post("/rules/{version}/propose")
+async def propose(request: Request, ui: PagesDep, version: Annotated[int, _VERSION]) -> Response:
+    user, form = await ui.posted(request, admin=True)
+    since, until, target = _outcome_window(form)
     result = await propose_version(
-        ui.container,
-        version,
-        by=user.name,
-        since=until - timedelta(days=days),
-        until=until,
-        target=target,
+        ui.container, version, by=user.name, since=since, until=until, target=target
     )
     return ui.to(
         f"/rules/{result.version}",
@@ -241,14 +242,11 @@ async def propose(request: Request, ui: PagesDep, version: Annotated[int, _VERSI
 @router.post("/rules/{version}/train")
 async def train(request: Request, ui: PagesDep, version: Annotated[int, _VERSION]) -> Response:
     user, form = await ui.posted(request, admin=True)
-    days, target = _days(form, 365.0), form.get("target")
-    if target not in ("won", "qualified"):
-        raise ApiError(422, "invalid_request", "Learn from won or qualified outcomes.")
-    until = datetime.now(UTC)
+    since, until, target = _outcome_window(form)
     result = await train_version(
         ui.container,
         version,
-        api.TrainRequest(target=target, since=until - timedelta(days=days), until=until),
+        api.TrainRequest(target=target, since=since, until=until),
         by=user.name,
     )
     report = result.report

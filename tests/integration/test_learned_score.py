@@ -16,7 +16,7 @@ from tests.helpers.factories import page
 from tests.helpers.kafka import produce
 from tests.helpers.service import RunningService, client_for, token_settings
 from tests.helpers.waiting import wait_for
-from tests.integration.test_console import console_client, sign_in
+from tests.integration.test_console import console_client, csrf_of, sign_in
 
 
 async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Settings) -> None:
@@ -79,6 +79,16 @@ async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Se
                 assert 'id="features-likelihood-t"' in card.text
                 page_of_lead = await console.get(f"/console/leads/{lead_id}")
                 assert "Why likelihood is" in page_of_lead.text
+            async with console_client(service.container) as console:
+                await sign_in(console, "admin")
+                csrf = csrf_of((await console.get("/console/rules/1")).text)
+                posted = await console.post(
+                    "/console/rules/1/train", data={"csrf": csrf, "days": "365", "target": "won"}
+                )
+                assert posted.status_code == 303 and posted.headers["location"].startswith(
+                    "/console/rules/"
+                )
+                assert "Trained the learned score" in posted.headers["location"].replace("+", " ")
 
             # Rolled back: the rules alone again.
             back = await admin.post("/v1/rulesets/1/activate")
