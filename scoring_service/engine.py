@@ -85,7 +85,7 @@ class Engine(Router):
         state.engagement, state.as_of = fresh.engagement, fresh.as_of
         state.counted, state.signals = fresh.counted, fresh.signals
         state.fit_by, state.engagement_by = fresh.fit_by, None  # derived when next read
-        state.model_parts = None
+        state.model_kept = False
         state.allowed = None  # judged again under this rule set
         state.ruleset_version = self.rules.version
         reached, qualified_by = self.reached(state)
@@ -199,7 +199,7 @@ class Engine(Router):
         state.signals = {}
         state.pending_trigger = None
         state.qualified = {}
-        state.engagement_by = state.model_parts = None  # derived again: from no signals
+        state.engagement_by, state.model_kept = None, False  # derived again: from no signals
 
     def adjust(
         self,
@@ -309,7 +309,8 @@ class Engine(Router):
         if target.account_id is None:
             target.account_id = source.account_id
         target.pending_trigger = higher_stage(target.pending_trigger, source.pending_trigger)
-        target.engagement_by = target.model_parts = None  # derived again from the merged signals
+        # Derived again from the merged signals.
+        target.engagement_by, target.model_kept = None, False
         for name, stage in source.qualified.items():
             if RANK[stage] > RANK[target.qualified.get(name, LEAD)]:
                 target.qualified[name] = stage

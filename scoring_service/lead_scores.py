@@ -80,6 +80,7 @@ class LeadScores:
 
     def __init__(self, rules: CompiledRuleSet) -> None:
         self.rules = rules
+        self._model_gains = rules.book.model_gains
         self.accounts = AccountScorer(rules, rules.accounts) if rules.accounts else None
         # The fit rules that hold for a lead nobody knows anything about yet (`not` rules
         # may): the same for every new anonymous visitor, so judged once.
@@ -102,13 +103,16 @@ class LeadScores:
         fit = 0.0
         matched: list[str] = []
         disqualify: str | None = None
-        fit_by: dict[str, float] | None = {} if self.rules.book.several else None
+        book = self.rules.book
+        fit_by: dict[str, float] | None = {} if book.several else None
         for rule in holding:
             if rule.for_default:
                 fit += rule.points
             if fit_by is not None:
                 for name in rule.named:
                     fit_by[name] = fit_by.get(name, 0.0) + rule.points
+                if book.learned:
+                    _add_model_fit(fit_by, book.model_fit, rule.id)
             matched.append(rule.id)
             if rule.disqualify and disqualify is None:
                 disqualify = rule.id
@@ -118,7 +122,7 @@ class LeadScores:
                 )
         if state.fit_key is None or state.fit_key[0] != self.rules.version:
             # Another rule set: which score each signal counts for may have changed.
-            state.engagement_by = state.model_parts = None
+            state.engagement_by, state.model_kept = None, False
         state.fit = fit
         state.fit_by = fit_by
         state.fit_rules = matched
@@ -143,10 +147,8 @@ class LeadScores:
             if named and factor != 1.0:
                 for name in named:
                     named[name] *= factor
-            learned = state.model_parts
-            if learned and factor != 1.0:
-                for name in learned:
-                    learned[name] *= factor
+            if state.model_kept and factor != 1.0:
+                state.decay_model_parts(factor)
             state.as_of = ts
 
     def _count_hit(self, state: LeadState, rule: CompiledRule, ts: float) -> bool:
@@ -175,12 +177,11 @@ class LeadScores:
         if named is not None:
             for name in rule.named:
                 named[name] = named.get(name, 0.0) + gain
-        learned = state.model_parts
-        if learned is not None:
-            for name, model in self.rules.book.learned:
-                per_point = model.rule_gain.get(rule.id)
-                if per_point is not None:
-                    learned[name] += per_point * gain
+        if state.model_kept:
+            gains = self._model_gains.get(rule.id)
+            if gains is not None:
+                for slot, per_point in gains:
+                    state.add_model_part(slot, per_point * gain)
         if signal is None:
             state.signals[rule.id] = [gain, clock, 1, 0, ts]
         else:
@@ -297,7 +298,8 @@ class LeadScores:
 
     def _named_sums(self, state: LeadState) -> tuple[dict[str, float], dict[str, float]]:
         """The named scores' fit and engagement as of the lead's clock, derived from its fit
-        rules and signals when not kept yet (then kept up as hits come)."""
+        rules and signals when not kept yet (then kept up as hits come). A learned score's
+        fit is the log-odds its fit features add (`_add_model_fit`)."""
         book = self.rules.book
         if state.fit_by is None:
             fit_by: dict[str, float] = {}
@@ -306,6 +308,8 @@ class LeadScores:
                 if rule is not None:
                     for name in rule.named:
                         fit_by[name] = fit_by.get(name, 0.0) + rule.points
+                if book.learned:
+                    _add_model_fit(fit_by, book.model_fit, rule_id)
             state.fit_by = fit_by
         if state.engagement_by is None:
             engagement_by: dict[str, float] = {}
@@ -320,14 +324,13 @@ class LeadScores:
             state.engagement_by = engagement_by
         return state.fit_by, state.engagement_by
 
-    def _model_parts(self, state: LeadState) -> dict[str, float]:
+    def _keep_model_parts(self, state: LeadState) -> None:
         """Each model's part from the engagement rules it weighs, as of the lead's clock:
         derived from the signals when not kept yet (then kept up as hits come)."""
-        learned = state.model_parts
-        if learned is None:
+        if not state.model_kept:
             clock = state.as_of or 0.0
-            learned = {}
-            for name, model in self.rules.book.learned:
+            learned: list[float] = []
+            for _, model in self.rules.book.learned:
                 part = 0.0
                 for rule_id, per_point in model.rule_gain.items():
                     signal = state.signals.get(rule_id)
@@ -337,9 +340,8 @@ class LeadScores:
                             * signal[VALUE]
                             * self.rules.decay_factor(clock - signal[AS_OF])
                         )
-                learned[name] = part
-            state.model_parts = learned
-        return learned
+                learned.append(part)
+            state.keep_model_parts(learned)
 
     def score_parts(
         self, state: LeadState, at: float | None = None
@@ -353,12 +355,19 @@ class LeadScores:
         book = self.rules.book
         if book.several:
             fit_by, engagement_by = self._named_sums(state)
-            running = self._model_parts(state) if book.learned else None
+            if book.learned:
+                self._keep_model_parts(state)
             for score in book.scores[1:]:
                 name = score.name
                 model = score.model
-                if model is not None and running is not None:
-                    parts[name] = model.split_lead(state, self.rules, running[name], at)
+                if model is not None:
+                    parts[name] = model.split_lead(
+                        state,
+                        self.rules,
+                        state.model_part_of(model.slot),
+                        fit_by.get(name, 0.0),
+                        at,
+                    )
                 else:
                     parts[name] = (fit_by.get(name, 0.0), engagement_by.get(name, 0.0) * later)
         return parts
@@ -382,13 +391,15 @@ class LeadScores:
         book = self.rules.book
         if book.several:
             fit_by, engagement_by = self._named_sums(state)
-            running = self._model_parts(state) if book.learned else None
+            if book.learned:
+                self._keep_model_parts(state)
             for score in book.scores[1:]:
                 name = score.name
                 model = score.model
-                if model is not None and running is not None:
-                    fit, engagement = model.split_lead(state, self.rules, running[name])
-                    totals[name] = fit + engagement
+                if model is not None:
+                    totals[name] = model.total_lead(
+                        state, self.rules, state.model_part_of(model.slot), fit_by.get(name, 0.0)
+                    )
                 else:
                     totals[name] = fit_by.get(name, 0.0) + engagement_by.get(name, 0.0)
         return totals
@@ -467,3 +478,16 @@ class LeadScores:
         engagement = records.score_doc(fit, exact_engagement)["engagement"]
         shares = records.apportion([*exact, exact_engagement - sum(exact)], engagement)
         return shares[:-1], shares[-1]
+
+
+def _add_model_fit(
+    fit_by: dict[str, float],
+    model_fit: Mapping[str, tuple[tuple[str, float], ...]],
+    rule_id: str,
+) -> None:
+    """A matching fit rule's weight in each learned score that reads it. No rule counts
+    for a learned score, so its entry in `fit_by` holds its fit features' log-odds."""
+    weights = model_fit.get(rule_id)
+    if weights is not None:
+        for name, weight in weights:
+            fit_by[name] = fit_by.get(name, 0.0) + weight

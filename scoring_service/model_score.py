@@ -99,10 +99,14 @@ class ModelResult:
 class CompiledModel:
     """A model ready to score leads."""
 
-    def __init__(self, spec: ModelSpec, points: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, points: Mapping[str, float] | None = None, slot: int = 0
+    ) -> None:
         """`points`: each engagement rule's points in the rule set the model is published
-        in (the hot path reads a rule's decayed hits without looking the rule up)."""
+        in (the hot path reads a rule's decayed hits without looking the rule up); `slot`:
+        where its running sum sits in `LeadState.model_part`."""
         self.spec = spec
+        self.slot = slot
         self.names = [f.name for f in spec.features]
         self.weights = [f.weight / f.scale for f in spec.features]
         self.means = [f.mean for f in spec.features]
@@ -114,6 +118,9 @@ class CompiledModel:
         self.index = {name: i for i, name in enumerate(self.names)}
         # A feature's part when the lead lacks it (its value is 0).
         self.absent_parts = [-w * m for w, m in zip(self.weights, self.means, strict=True)]
+        self.absent_order = sorted(
+            range(len(self.names)), key=lambda i: _rank(self.absent_parts, self.names, i)
+        )
         # For the hot path, which needs only the points split into fit and engagement: a
         # feature a lead lacks adds -weight * mean whatever the lead, so those add up once,
         # per kind, and a lead's score visits only the features it has.
@@ -134,7 +141,7 @@ class CompiledModel:
         # The weights by what they read, for scoring a lead without building its features.
         # A rule's decayed hits are its decayed points over its points, and every signal
         # decays at one half-life, so the rules' part is itself a decayed sum: the engine
-        # keeps it on the lead (`LeadState.model_parts`), adding `rule_gain` (weight per
+        # keeps it on the lead (`LeadState.model_part`), adding `rule_gain` (weight per
         # point) times each hit's points. Rules worth no points count by hits; rules whose
         # points were not given are looked up on every call.
         self.rule_gain: dict[str, float] = {}
@@ -166,6 +173,8 @@ class CompiledModel:
                     self.by_hits[key] = w
             else:
                 tables[kind][key] = w
+        self.reads_signals = bool(self.by_hits or self.by_lookup)
+        self.reads_journey = bool(self.by_phase or self.by_first or self.by_last or self.tenure)
 
     def split(self, features: Mapping[str, float]) -> tuple[float, float]:
         """The lead's points as (fit, engagement): the score at the intercept and the parts
@@ -186,44 +195,64 @@ class CompiledModel:
         state: LeadState,
         rules: CompiledRuleSet,
         running: float,
+        fitted: float,
         at: float | None = None,
     ) -> tuple[float, float]:
         """`split(features_of(state, rules, at))` on the hot path: the same values, with the
-        rules' part `running` (as of the lead's clock) kept by the engine, and the rest
-        read straight from the lead."""
+        rules' part `running` (as of the lead's clock) and the fit rules' part `fitted`
+        kept by the engine, and the rest read straight from the lead."""
+        engagement = self._engagement_lead(state, rules, running, at)
+        return self._points(self.absent_fit + fitted, engagement)
+
+    def total_lead(
+        self, state: LeadState, rules: CompiledRuleSet, running: float, fitted: float
+    ) -> float:
+        """The lead's points as of its clock: `sum(split_lead(...))` without the split,
+        for judging qualification on every event."""
+        spread = self.absent_fit + fitted + self._engagement_lead(state, rules, running, None)
+        return 100.0 * _sigmoid(self.slope * (self.intercept + spread) + self.offset)
+
+    def _engagement_lead(
+        self, state: LeadState, rules: CompiledRuleSet, running: float, at: float | None
+    ) -> float:
+        """The log-odds of what the lead did, as of `at` (by default its clock)."""
         clock = state.as_of or 0.0
-        fit, engagement = self.absent_fit, self.absent_engagement
-        later = clock if at is None else at
-        engagement += running * rules.decay_factor(later - clock)
+        engagement = self.absent_engagement + (
+            running if at is None else running * rules.decay_factor(at - clock)
+        )
+        if self.reads_signals:
+            engagement += self._looked_up(state, rules, clock if at is None else at)
+        journey = state.journey
+        if journey is not None and self.reads_journey:
+            if journey.phase is not None:
+                engagement += self.by_phase.get(journey.phase, 0.0)
+            # A touch is [channel, time]; the channel is always text.
+            first = journey.first_touch
+            if first:
+                engagement += self.by_first.get(first[0], 0.0)
+                if self.tenure:
+                    tenure = (clock - float(first[1])) / DAY
+                    engagement += self.tenure * (tenure if tenure > 0.0 else 0.0)
+            last = journey.last_touch
+            if last:
+                engagement += self.by_last.get(last[0], 0.0)
+        return engagement
+
+    def _looked_up(self, state: LeadState, rules: CompiledRuleSet, later: float) -> float:
+        """The part of the rules the running sum does not keep: those worth no points
+        (counted by hits) and those whose points were not known when compiled."""
+        part = 0.0
         for rule_id, w in self.by_hits.items():
             signal = state.signals.get(rule_id)
             if signal is not None:
-                engagement += w * signal[HITS]
+                part += w * signal[HITS]
         for rule_id, w in self.by_lookup.items():
             signal = state.signals.get(rule_id)
             rule = rules.by_id.get(rule_id)
             if signal is not None and rule is not None:
                 decayed = signal[VALUE] * rules.decay_factor(later - signal[AS_OF])
-                engagement += w * (decayed / rule.points if rule.points else signal[HITS])
-        by_fit = self.by_fit
-        if by_fit:
-            for rule_id in state.fit_rules:
-                matched = by_fit.get(rule_id)
-                if matched is not None:
-                    fit += matched
-        journey = state.journey
-        if journey is not None:
-            if journey.phase is not None:
-                engagement += self.by_phase.get(journey.phase, 0.0)
-            first = journey.first_touch
-            if first:
-                engagement += self.by_first.get(str(first[0]), 0.0)
-                tenure = (clock - float(first[1])) / DAY
-                engagement += self.tenure * (tenure if tenure > 0.0 else 0.0)
-            last = journey.last_touch
-            if last:
-                engagement += self.by_last.get(str(last[0]), 0.0)
-        return self._points(fit, engagement)
+                part += w * (decayed / rule.points if rule.points else signal[HITS])
+        return part
 
     def _points(self, fit: float, engagement: float) -> tuple[float, float]:
         spread = fit + engagement
@@ -257,6 +286,28 @@ class CompiledModel:
             (GRADE_LETTERS[i] for i, least in enumerate(self.bands) if points >= least), "D"
         )
 
+    def _largest(self, parts: list[float], own: list[int]) -> list[int]:
+        """The indices of the EXPLAINED_PARTS largest parts (`sorted` by `_rank`, cut):
+        the lead's own features ranked, merged with the features it lacks, whose order
+        is the same for every lead and was ranked once."""
+        names = self.names
+        ranked = sorted(own, key=lambda i: _rank(parts, names, i))
+        owned = set(own)
+        lacking = [i for i in self.absent_order if i not in owned]
+        shown: list[int] = []
+        a = b = 0
+        while len(shown) < EXPLAINED_PARTS and (a < len(lacking) or b < len(ranked)):
+            if b < len(ranked) and (
+                a >= len(lacking)
+                or _rank(parts, names, ranked[b]) < _rank(parts, names, lacking[a])
+            ):
+                shown.append(ranked[b])
+                b += 1
+            else:
+                shown.append(lacking[a])
+                a += 1
+        return shown
+
     def signals(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
         """The score's explanation in the rules' shape (stage_router.records.SignalDoc):
         the score at the intercept, the largest parts, and the rest summed; their
@@ -264,15 +315,18 @@ class CompiledModel:
         so it builds no `Part`s: the parts of the features a lead lacks are the same for
         every lead, and only the lead's own ones are computed."""
         parts = list(self.absent_parts)
+        own: list[int] = []
         for name, value in features.items():
             index = self.index.get(name)
             if index is not None:
                 parts[index] = self.weights[index] * (value - self.means[index])
+                own.append(index)
         spread = math.fsum(parts)
         points = 100.0 * _sigmoid(self.slope * (self.intercept + spread) + self.offset)
         share = (points - self.base_points) / spread if spread else 0.0
-        order = sorted(range(len(parts)), key=lambda i: (-abs(parts[i]), self.names[i]))
-        shown, rest = order[:EXPLAINED_PARTS], order[EXPLAINED_PARTS:]
+        shown = self._largest(parts, own)
+        taken = set(shown)
+        rest = [i for i in range(len(parts)) if i not in taken]
         signals: list[dict[str, Any]] = [
             _signal(
                 "model:base", "the score of a lead at every feature's mean", "fit", self.base_points
@@ -282,7 +336,7 @@ class CompiledModel:
             name = self.names[i]
             kind = "fit" if name.startswith(FIT_KINDS) else "engagement"
             value = features.get(name, 0.0)
-            signals.append(_signal(name, f"{name} = {round(value, 3)}", kind, parts[i] * share))
+            signals.append(_signal(name, f"{name} = {value:.4g}", kind, parts[i] * share))
         if rest:
             signals.append(
                 _signal(
@@ -293,6 +347,11 @@ class CompiledModel:
                 )
             )
         return signals
+
+
+def _rank(parts: list[float], names: list[str], i: int) -> tuple[float, str]:
+    """Largest part first, by name among equals."""
+    return -abs(parts[i]), names[i]
 
 
 def _signal(feature: str, description: str, category: str, points: float) -> dict[str, Any]:

@@ -13,9 +13,9 @@ threshold, one named score, or an expression (schemas.rule_set.parse_qualificati
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from schemas.rule_set import DEFAULT_SCORE, Grades, Qualification
 from scoring_service.model_score import CompiledModel
@@ -25,6 +25,8 @@ from stage_router.lifecycle import SCORED_STAGES
 # they changed still adds up from its signals and decays like the rest of its engagement.
 ADJUSTMENT_PREFIX = "adjust:"
 GRADE_LETTERS = ("A", "B", "C", "D")
+K = TypeVar("K", int, str)
+
 # Stages a score qualifies a lead for, highest first.
 QUALIFIED_STAGES = SCORED_STAGES[::-1]
 
@@ -120,6 +122,12 @@ class ScoreBook:
     any_everywhere: bool = False
     # The learned scores, by name: kept up on every counted hit.
     learned: tuple[tuple[str, CompiledModel], ...] = ()
+    # What a rule adds to the learned scores, looked up once per hit or matching fit rule:
+    # an engagement rule's weight per point earned, by the model's slot in
+    # `LeadState.model_part`; a fit rule's weight, by the score's name in
+    # `LeadState.fit_by`.
+    model_gains: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    model_fit: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
 
     @property
     def several(self) -> bool:
@@ -207,7 +215,11 @@ def compile_scores(document: Any) -> ScoreBook:
                 queue=spec.queue,
                 fit_bands=fit_bands,
                 engagement_bands=engagement_bands,
-                model=(CompiledModel(spec.model, points) if spec.model is not None else None),
+                model=(
+                    CompiledModel(spec.model, points, slot=sum(1 for c in compiled if c.model))
+                    if spec.model is not None
+                    else None
+                ),
             )
         )
     by_name = {score.name: score for score in compiled}
@@ -225,4 +237,17 @@ def compile_scores(document: Any) -> ScoreBook:
         rule_scores={rule.id: tuple(rule.scores or (DEFAULT_SCORE,)) for rule in document.rules},
         any_everywhere=all(tree == any_score(names) for tree in trees),
         learned=tuple((s.name, s.model) for s in compiled if s.model is not None),
+        model_gains=_by_rule((s.model.slot, s.model.rule_gain) for s in compiled if s.model),
+        model_fit=_by_rule((s.name, s.model.by_fit) for s in compiled if s.model),
     )
+
+
+def _by_rule(
+    tables: Iterable[tuple[K, Mapping[str, float]]],
+) -> dict[str, tuple[tuple[K, float], ...]]:
+    """Each model's weights by rule, turned around: rule id -> (model, weight) pairs."""
+    by_rule: dict[str, list[tuple[K, float]]] = {}
+    for key, weights in tables:
+        for rule_id, weight in weights.items():
+            by_rule.setdefault(rule_id, []).append((key, weight))
+    return {rule_id: tuple(pairs) for rule_id, pairs in by_rule.items()}

@@ -187,15 +187,42 @@ class LeadState:
     fit_by: dict[str, float] | None = None
     engagement_by: dict[str, float] | None = None
     # With learned scores: each model's part from the engagement rules it weighs, as of
-    # `as_of`, kept up as hits come like `engagement` (scoring_service/model_score.py).
-    # Not stored: None until derived from `signals`, and whenever `engagement_by` is.
-    model_parts: dict[str, float] | None = None
+    # `as_of`, by the model's slot (the rule set's learned scores in order), kept up as
+    # hits come like `engagement` (scoring_service/model_score.py). The first model's is a
+    # float on the lead itself, the others' in a list: read and decayed on every event,
+    # it should cost no trip to another object. Not stored: `model_kept` is False until
+    # derived from `signals`, and made False again wherever `engagement_by` is cleared.
+    model_kept: bool = False
+    model_part: float = 0.0
+    more_model_parts: list[float] | None = None
     # With a buyer journey in the rule set: where the lead stands in it.
     journey: JourneyState | None = None
 
     @property
     def total(self) -> float:
         return self.fit + self.engagement
+
+    def model_part_of(self, slot: int) -> float:
+        return self.model_part if slot == 0 else self.more_model_parts[slot - 1]  # type: ignore[index]
+
+    def add_model_part(self, slot: int, amount: float) -> None:
+        if slot == 0:
+            self.model_part += amount
+        else:
+            self.more_model_parts[slot - 1] += amount  # type: ignore[index]
+
+    def decay_model_parts(self, factor: float) -> None:
+        self.model_part *= factor
+        more = self.more_model_parts
+        if more:
+            for i in range(len(more)):
+                more[i] *= factor
+
+    def keep_model_parts(self, parts: list[float]) -> None:
+        """The learned scores' parts, derived afresh, by slot."""
+        self.model_part = parts[0] if parts else 0.0
+        self.more_model_parts = parts[1:] if len(parts) > 1 else None
+        self.model_kept = True
 
     def to_doc(self) -> dict[str, Any]:
         """The engine-private part of the state, for one JSON column."""

@@ -173,5 +173,5 @@ def test_the_hot_path_reads_a_lead_as_the_explanation_does() -> None:
             # lead loaded from the database): both as the features say.
             slow = model.split(features_of(state, eng.rules, at))
             assert eng.score_parts(state, at)["likelihood"] == pytest.approx(slow, abs=1e-9)
-            state.model_parts = None
+            state.model_kept = False
             assert eng.score_parts(state, at)["likelihood"] == pytest.approx(slow, abs=1e-9)
