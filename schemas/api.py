@@ -809,6 +809,12 @@ class AccountMember(BaseModel):
         "the counted shares add up to `score.engagement`"
     )
     last_activity_at: datetime
+    learned: dict[str, float] = Field(
+        default_factory=dict,
+        description="the member's learned scores (0-100, a probability of the outcome the "
+        "model learned) as of its latest event, by score name; empty when the active "
+        "version has none. Their reasons are on the lead",
+    )
 
 
 class AccountPublic(BaseModel):

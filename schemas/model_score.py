@@ -14,6 +14,9 @@ Features (scoring_service/model_score.py computes them, as of the lead's clock):
   first_touch:<ch>   1 when the lead's first touch came through that channel
   last_touch:<ch>    1 when its latest did
   tenure_days        days from its first touch to its latest event
+  account:coverage   its account's buying-committee coverage (points), as its latest
+                     event left it (0 without an account)
+  account:score      its account's total score, likewise
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ MAX_FEATURES = 300
 _FEATURE = re.compile(
     r"^(?:(?:rule|fit|journey):[a-z0-9][a-z0-9_.-]{0,99}"
     r"|(?:first_touch|last_touch):[a-z0-9][a-z0-9_ ./-]{0,99}"
-    r"|tenure_days)$"
+    r"|tenure_days|account:coverage|account:score)$"
 )
 # Beyond these a coefficient says more about a numerical accident than about leads.
 MAX_WEIGHT = 1e3
@@ -120,9 +123,11 @@ class ModelSpec(BaseModel):
         rules: Collection[str],
         fit_rules: Collection[str],
         phases: Collection[str],
+        accounts: bool = True,
     ) -> list[str]:
         """What the model reads that the rule set it is published in does not have, each
-        located: a rule or fit rule it does not define, a phase its journey lacks."""
+        located: a rule or fit rule it does not define, a phase its journey lacks, an
+        account when it scores none."""
         problems = []
         for index, feature in enumerate(self.features):
             kind, _, name = feature.name.partition(":")
@@ -133,4 +138,6 @@ class ModelSpec(BaseModel):
                 problems.append(f"{where}: the rule set has no fit rule {name!r}")
             elif kind == "journey" and name not in phases:
                 problems.append(f"{where}: the buyer journey has no phase {name!r}")
+            elif kind == "account" and not accounts:
+                problems.append(f"{where}: the rule set scores no accounts")
         return problems

@@ -917,7 +917,7 @@ class RuleSetDocument(BaseModel):
             f"scores.{name}.model.{problem}"
             for name in sorted(learned)
             for problem in self.scores[name].model.problems_against(  # type: ignore[union-attr]
-                rules=engagement, fit_rules=fit_rules, phases=phases
+                rules=engagement, fit_rules=fit_rules, phases=phases, accounts=bool(self.accounts)
             )
         ]
         if problems:

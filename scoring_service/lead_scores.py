@@ -78,9 +78,15 @@ def higher_stage(a: tuple[str, str] | None, b: tuple[str, str] | None) -> tuple[
 class LeadScores:
     """The scores of leads under one compiled rule set."""
 
-    def __init__(self, rules: CompiledRuleSet) -> None:
+    def __init__(self, rules: CompiledRuleSet, *, account_features: bool = False) -> None:
+        """`account_features`: keep the account's coverage and score on each lead
+        (LeadState.account_coverage, _score) even when no learned score reads them, as
+        training does, to learn from them."""
         self.rules = rules
         self._model_gains = rules.book.model_gains
+        self.reads_account = account_features or any(
+            model.reads_account for _, model in rules.book.learned
+        )
         self.accounts = AccountScorer(rules, rules.accounts) if rules.accounts else None
         # The fit rules that hold for a lead nobody knows anything about yet (`not` rules
         # may): the same for every new anonymous visitor, so judged once.

@@ -60,6 +60,10 @@ def features_of(
             )
         if journey.last_touch:
             values["last_touch:" + str(journey.last_touch[0])] = 1.0
+    if state.account_coverage:
+        values["account:coverage"] = state.account_coverage
+    if state.account_score:
+        values["account:score"] = state.account_score
     return values
 
 
@@ -152,7 +156,9 @@ class CompiledModel:
         self.by_first: dict[str, float] = {}
         self.by_last: dict[str, float] = {}
         self.tenure = 0.0
+        self.by_account: dict[str, float] = {}
         tables: dict[str, dict[str, float]] = {
+            "account": self.by_account,
             "fit": self.by_fit,
             "journey": self.by_phase,
             "first_touch": self.by_first,
@@ -174,6 +180,9 @@ class CompiledModel:
             else:
                 tables[kind][key] = w
         self.reads_signals = bool(self.by_hits or self.by_lookup)
+        self.reads_account = bool(self.by_account)
+        self.coverage_weight = self.by_account.get("coverage", 0.0)
+        self.account_weight = self.by_account.get("score", 0.0)
         self.reads_journey = bool(self.by_phase or self.by_first or self.by_last or self.tenure)
 
     def split(self, features: Mapping[str, float]) -> tuple[float, float]:
@@ -222,6 +231,9 @@ class CompiledModel:
         )
         if self.reads_signals:
             engagement += self._looked_up(state, rules, clock if at is None else at)
+        if self.reads_account:
+            engagement += self.coverage_weight * state.account_coverage
+            engagement += self.account_weight * state.account_score
         journey = state.journey
         if journey is not None and self.reads_journey:
             if journey.phase is not None:

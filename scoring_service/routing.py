@@ -115,12 +115,16 @@ class Router(LeadScores):
             count = len(member_of.members)
             # The account's score first, so the lead's records carry the one this event made.
             scorer.sync(member_of, state, self._member_named(state))
+            if self.reads_account:
+                state.account_coverage, state.account_score = member_of.coverage, member_of.total
             after = member_of.members.get(state.lead_id)
             recount = (
                 count != len(member_of.members)
                 or (before is None) != (after is None)
                 or (before is not None and after is not None and before[2] != after[2])
             )
+        elif self.reads_account:
+            state.account_coverage = state.account_score = 0.0
         if self.journey is not None:
             # Before routing: the transition and the handoff carry the phase this event
             # placed the lead in (a demo request is evaluation).

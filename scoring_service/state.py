@@ -195,6 +195,12 @@ class LeadState:
     model_kept: bool = False
     model_part: float = 0.0
     more_model_parts: list[float] | None = None
+    # With a learned score that reads the account: its account's committee coverage and
+    # total score as this lead's latest event left them (0 without an account). Stored:
+    # the account moves with its other members' events, and the lead's score is as of its
+    # own clock.
+    account_coverage: float = 0.0
+    account_score: float = 0.0
     # With a buyer journey in the rule set: where the lead stands in it.
     journey: JourneyState | None = None
 
@@ -247,6 +253,8 @@ class LeadState:
             doc["by_score"] = self.engagement_by
         if self.journey is not None:
             doc["journey"] = self.journey.to_doc()
+        if self.account_coverage or self.account_score:
+            doc["account"] = [self.account_coverage, self.account_score]
         return doc
 
     def load_doc(self, doc: dict[str, Any]) -> None:
@@ -267,6 +275,10 @@ class LeadState:
         self.engagement_by = doc.get("by_score")
         journey = doc.get("journey")
         self.journey = JourneyState.from_doc(journey) if journey else None
+        account = doc.get("account")
+        self.account_coverage, self.account_score = (
+            (float(account[0]), float(account[1])) if account else (0.0, 0.0)
+        )
 
 
 def _signal(entry: list[float]) -> list[float]:

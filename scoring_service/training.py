@@ -17,13 +17,17 @@ two bands. Fewer than MIN_PER_CLASS positive or negative outcomes are refused.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from schemas.model_score import MAX_FEATURES, Calibration, Feature, ModelSpec, Training
-from scoring_service.model_score import CompiledModel
+from scoring_service.engine import Engine
+from scoring_service.intake import Event
+from scoring_service.model_score import CompiledModel, features_of
+from scoring_service.pipeline import Workspace, score_event
+from scoring_service.state import LeadState
 
 # The same refusal as fitting rule points: too few decided leads to learn from.
 from scoring_service.weights import TooFewOutcomes
@@ -45,6 +49,64 @@ class Sample:
     features: Mapping[str, float]
     good: bool
     rules_score: float | None = None  # the rules' own score then, to compare rankings
+
+
+Handoff = tuple[str, float, bool]  # lead id, handed off at (epoch seconds), good outcome
+
+
+def replay_chunks(
+    handoffs: Sequence[Handoff],
+    account_of: Mapping[str, str | None],
+    members_of: Mapping[str, Collection[str]],
+    limit: int,
+) -> list[tuple[list[str], list[Handoff]]]:
+    """The decided leads cut into pieces to replay one at a time (`samples_at_handoffs`):
+    each piece lists the leads whose history to read and the handoffs to read off. A lead
+    with an account comes with all of the account's members (its roll-up needs them), an
+    account never split; pieces are filled up to `limit` leads."""
+    groups: dict[str, tuple[set[str], list[Handoff]]] = {}
+    for handoff in handoffs:
+        account = account_of.get(handoff[0])
+        key = "account:" + account if account is not None else "lead:" + handoff[0]
+        if key not in groups:
+            groups[key] = (set(members_of.get(account, ())) if account else set(), [])
+        groups[key][0].add(handoff[0])
+        groups[key][1].append(handoff)
+    pieces: list[tuple[list[str], list[Handoff]]] = []
+    for members, theirs in groups.values():
+        if not pieces or len(pieces[-1][0]) + len(members) > limit:
+            pieces.append(([], []))
+        pieces[-1][0].extend(sorted(members))
+        pieces[-1][1].extend(theirs)
+    return pieces
+
+
+def samples_at_handoffs(
+    engine: Engine, events: Iterable[Event], decided: Sequence[Handoff]
+) -> list[Sample]:
+    """Decided leads (lead id, handoff time, good) as each stood at its handoff: `events`
+    (theirs and their accounts' other members', in any order) replayed from an empty start
+    in time order through one workspace, so accounts roll up from their members as they did
+    live, and each lead is read once every event up to its handoff is in. Its features are
+    what the engine read at that moment, its account's included; nothing later leaks in."""
+    pending = sorted(decided, key=lambda d: (d[1], d[0]))
+    ws = Workspace()
+    samples: list[Sample] = []
+
+    def read(lead_id: str, at: float, good: bool) -> Sample:
+        state = ws.leads.get(ws.canonical(lead_id)) or LeadState(lead_id=lead_id)
+        return Sample(lead_id, at, features_of(state, engine.rules), good, state.total)
+
+    taken = 0
+    for event in sorted(events, key=lambda e: e.ts):
+        while taken < len(pending) and pending[taken][1] < event.ts:
+            samples.append(read(*pending[taken]))
+            taken += 1
+        if taken == len(pending):
+            break  # what comes after the last handoff cannot change a sample
+        score_event(ws, engine, event, now=event.ts)
+    samples.extend(read(*rest) for rest in pending[taken:])
+    return samples
 
 
 @dataclass

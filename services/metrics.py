@@ -275,6 +275,14 @@ class Metrics:
             "Erasure requests received and not yet carried out.",
             registry=r,
         )
+        self.scheduled_trainings = Counter(
+            "leadscore_scheduled_trainings_total",
+            "Trainings the retraining schedule ran, by result (challenging: published and "
+            "started as the challenger; published: a person's challenger runs, so only "
+            "published; too_few_outcomes; failed).",
+            ["result"],
+            registry=r,
+        )
         self.open_handoffs = Gauge(
             "leadscore_open_handoffs",
             "Handoffs awaiting a response from sales.",

@@ -172,6 +172,23 @@ class Settings(BaseSettings):
         "starts a new lead); unset keeps leads until erased on request. History alone is "
         "kept for `history_retention_days`",
     )
+    retrain_every_days: float | None = Field(
+        default=None,
+        gt=0,
+        le=366,
+        description="train the active version's learned score (`retrain_score`, on "
+        "`retrain_target` outcomes of the last year's handoffs) this often, publish the "
+        "result as a new version and start it as the challenger; it is never activated by "
+        "the schedule. Unset: train by hand only",
+    )
+    retrain_score: str = Field(
+        default="likelihood",
+        pattern=r"^[a-z][a-z0-9_]{0,39}$",
+        description="the learned score the schedule trains",
+    )
+    retrain_target: Literal["won", "qualified"] = Field(
+        default="won", description="the outcome the schedule's training learns"
+    )
     erasure_check_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -120,6 +120,12 @@ async def account_detail(container: Container, account_id: str) -> api.AccountPu
         score = account_score_doc(account.fit, account.engagement, account.coverage)
         covered, missing, counted, required = list(account.covered), [], [], []
     shares = {m["lead_id"]: m["contribution"] for m in counted}
+    learned = [name for name, _ in engine.rules.book.learned]
+
+    def learned_of(lead_id: str) -> dict[str, float]:
+        totals = leads[lead_id].totals if lead_id in leads else None
+        return {n: round(totals[n], 2) for n in learned if totals and n in totals}
+
     members = sorted(
         (
             {
@@ -129,6 +135,7 @@ async def account_detail(container: Container, account_id: str) -> api.AccountPu
                 "engagement": round(engagement, 2),
                 "counted": shares.get(lead_id, 0.0),
                 "last_activity_at": iso(as_of),
+                "learned": learned_of(lead_id),
             }
             for lead_id, (engagement, as_of, role) in account.members.items()
         ),

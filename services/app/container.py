@@ -64,6 +64,9 @@ class Container:
     # The configured API tokens ({sha256: who}); empty: the API trusts loopback only.
     tokens: dict[str, Principal]
     sessions: ConsoleSessions
+    # Loops that run only when configured (the training schedule), by name; registered by
+    # `services.runtime.bootstrap`, run beside the others.
+    scheduled: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=dict)
     started: bool = field(default=False)
 
     async def start(self) -> None:
@@ -86,14 +89,15 @@ class Container:
 
     def run(self, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """The instance's loops, until `stop`: event consumer, feedback consumer, deadline
-        watcher, erasures, webhook dispatcher, and last the outbox relay (the HTTP API is
-        served separately)."""
+        watcher, erasures, webhook dispatcher, the configured schedules, and last the outbox
+        relay (the HTTP API is served separately)."""
         loops: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
             "consumer": self.scorer.run,
             "feedback": self.feedback.run,
             "deadlines": self.deadlines.run,
             "erasures": self.erasures.run,
             "webhooks": self.webhooks.run,
+            **self.scheduled,
             "relay": self.relay.run,
         }
         return [

@@ -7,12 +7,17 @@ have read at that moment (scoring_service/model_score.py), and the rules' own sc
 kept to compare rankings. The model (scoring_service/training.py) goes into a copy of the
 version as a named score of its own, published inactive: simulate, challenge, compare,
 activate and roll back it as any version.
+
+With `retrain_every_days` set, `retrain_on_schedule` does the same for the active version
+on a schedule and starts the result as the challenger; it never activates anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import contextlib
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,21 +25,37 @@ import orjson
 from schemas import api
 from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
-from scoring_service.model_score import features_of
 from scoring_service.rules import compile_ruleset
-from scoring_service.state import LeadState
-from scoring_service.training import Report, Sample, TooFewOutcomes, train
-from services.adapters.postgres import history_store, read_store, rule_set_store
+from scoring_service.training import (
+    Report,
+    Sample,
+    TooFewOutcomes,
+    replay_chunks,
+    samples_at_handoffs,
+    train,
+)
+from services.adapters.postgres import history_store, lead_store, read_store, rule_set_store
 from services.adapters.postgres.db import connection, transaction
+from services.adapters.postgres.errors import DATABASE_ERROR, UNAVAILABLE
 from services.app.container import Container
 from services.app.errors import ApiError
 from services.app.paging import time_window
+from services.app.rule_sets import start_challenge, stop_challenge
+from services.pipeline import challenger
 from services.reports import review
+
+log = logging.getLogger(__name__)
 
 # Leads whose history is read and replayed at a time: memory stays bounded.
 HISTORY_CHUNK = 1000
 # A new learned score's thresholds (points out of 100) until an admin sets others.
 DEFAULT_THRESHOLDS = {"mql": 35.0, "sal": 60.0}
+# The schedule's runs in the audit log, and who they are by there and on the challenger.
+SCHEDULED = "ruleset.retrain"
+SCHEDULE = "schedule"
+# How often an idle schedule looks again (another instance may have trained meanwhile).
+RECHECK_SECONDS = 3600.0
+DAY = 86400.0
 
 
 async def train_version(
@@ -61,7 +82,9 @@ async def train_version(
     # that name is left out: it must not be one of its own features).
     plain = document.model_dump(mode="json", by_alias=True, exclude_none=True)
     plain["scores"].pop(request.score, None)
-    engine = Engine(compile_ruleset(RuleSetDocument.model_validate(plain), version))
+    engine = Engine(
+        compile_ruleset(RuleSetDocument.model_validate(plain), version), account_features=True
+    )
     samples = await _samples(container, engine, decided)
 
     def fit() -> tuple[Any, Report]:
@@ -117,18 +140,93 @@ async def train_version(
 async def _samples(
     container: Container, engine: Engine, decided: list[tuple[str, datetime, bool]]
 ) -> list[Sample]:
-    """Each decided lead as it stood at its handoff: its history replayed up to then."""
+    """Each decided lead as it stood at its handoff: its history and its account's other
+    members' replayed together up to then (scoring_service/training.py), about
+    HISTORY_CHUNK leads' histories in memory at a time."""
+    handoffs = [(lead_id, at.timestamp(), good) for lead_id, at, good in decided]
+    async with connection(container.db) as pg:
+        leads = await lead_store.load_leads(pg, [lead_id for lead_id, _, _ in handoffs])
+        account_ids = sorted({s.account_id for s in leads.values() if s.account_id})
+        accounts = await lead_store.load_accounts(pg, account_ids)
+    pieces = replay_chunks(
+        handoffs,
+        {lead_id: state.account_id for lead_id, state in leads.items()},
+        {account_id: list(account.members) for account_id, account in accounts.items()},
+        HISTORY_CHUNK,
+    )
     samples: list[Sample] = []
-    for start in range(0, len(decided), HISTORY_CHUNK):
-        chunk = decided[start : start + HISTORY_CHUNK]
+    for lead_ids, theirs in pieces:
         async with connection(container.db) as pg:
-            history = await history_store.load_history(pg, [lead_id for lead_id, _, _ in chunk])
-        for lead_id, handed_at, good in chunk:
-            at = handed_at.timestamp()
-            state = LeadState(lead_id=lead_id)
-            for _, event in history.get(lead_id, []):
-                if event.ts <= at:
-                    engine.apply_event(state, event, None, now=at)
-            samples.append(Sample(lead_id, at, features_of(state, engine.rules), good, state.total))
-        await asyncio.sleep(0)  # live scoring shares the event loop
+            history = await history_store.load_history(pg, lead_ids)
+        events = [event for stored in history.values() for _, event in stored]
+        # A pure replay, off the event loop: live scoring keeps its turn.
+        samples += await asyncio.to_thread(samples_at_handoffs, engine, events, theirs)
     return samples
+
+
+async def retrain_on_schedule(container: Container, stop: asyncio.Event) -> None:
+    """Every `retrain_every_days`, train the active version's learned score and start the
+    result as the challenger, until `stop`. The audit log holds each run
+    (`ruleset.retrain`), so a restart keeps the period and several instances train once
+    between them."""
+    settings = container.settings
+    every = (settings.retrain_every_days or 0.0) * DAY
+    while not stop.is_set():
+        wait = RECHECK_SECONDS
+        try:
+            async with connection(container.db) as pg:
+                due = await rule_set_store.claim_scheduled(
+                    pg, action=SCHEDULED, every_seconds=every, actor=SCHEDULE
+                )
+            if due is None:
+                await retrain_now(container)
+            else:
+                wait = min(wait, max(1.0, (due - datetime.now(UTC)).total_seconds()))
+        except (*UNAVAILABLE, DATABASE_ERROR) as exc:
+            log.warning("scheduled training could not reach the database (%s)", exc)
+            wait = 60.0
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), wait)
+
+
+async def retrain_now(container: Container) -> api.TrainingPublic | None:
+    """One scheduled run: train the active version's learned score on the last year's
+    outcomes and publish it. The new version becomes the challenger unless a person's
+    challenger runs (the schedule replaces only its own); it is never activated. Too few
+    outcomes is logged and counted, and the next period tries again."""
+    settings = container.settings
+    metrics = container.metrics
+    async with connection(container.db) as pg:
+        active = await rule_set_store.active_version(pg)
+        running = await challenger.running(pg)
+    if active is None:
+        return None
+    request = api.TrainRequest(score=settings.retrain_score, target=settings.retrain_target)
+    try:
+        trained = await train_version(container, active, request, by=SCHEDULE)
+    except ApiError as exc:
+        result = "too_few_outcomes" if exc.code == "too_few_outcomes" else "failed"
+        log.warning("scheduled training of version %s: %s", active, exc.detail)
+        metrics.scheduled_trainings.labels(result).inc()
+        return None
+    if running is not None and running.started_by != SCHEDULE:
+        log.info(
+            "scheduled training published version %s; version %s, started by a person, "
+            "stays the challenger",
+            trained.version,
+            running.version,
+        )
+        metrics.scheduled_trainings.labels("published").inc()
+        return trained
+    if running is not None:
+        await stop_challenge(container, running.version, by=SCHEDULE)
+    await start_challenge(container, trained.version, by=SCHEDULE)
+    log.info(
+        "scheduled training published version %s (held-out AUC %s, rules %s) and started it "
+        "as the challenger",
+        trained.version,
+        trained.report.get("auc"),
+        trained.report.get("auc_rules"),
+    )
+    metrics.scheduled_trainings.labels("challenging").inc()
+    return trained

@@ -2,7 +2,7 @@
 # No "from __future__ import annotations": FastAPI must see the parameter types.
 
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -59,4 +59,18 @@ async def account(request: Request, ui: PagesDep, account_id: IdInPath) -> Respo
         [(m["lead_id"], m["counted"]) for m in detail["members"][:20]],
         unit=" pts",
     )
-    return ui.page(request, "account.html", user, account=detail, members_chart=members_chart)
+    # Per learned score, the member it rates likeliest to convert (members without it, as
+    # under a version that had none, are left out).
+    likeliest: dict[str, dict[str, Any]] = {}
+    for member in detail["members"]:
+        for name, points in member["learned"].items():
+            if name not in likeliest or points > likeliest[name]["learned"][name]:
+                likeliest[name] = member
+    return ui.page(
+        request,
+        "account.html",
+        user,
+        account=detail,
+        members_chart=members_chart,
+        likeliest=dict(sorted(likeliest.items())),
+    )

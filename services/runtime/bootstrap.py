@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from aiokafka import AIOKafkaProducer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -10,6 +12,7 @@ from services.adapters import kafka
 from services.adapters.postgres import db
 from services.adapters.secrets import Vault, suppression_secret
 from services.app.container import Container
+from services.app.learned_scores import retrain_on_schedule
 from services.app.sessions import ConsoleSessions
 from services.auth import parse_tokens
 from services.metrics import Metrics
@@ -79,7 +82,7 @@ def bootstrap(
     )
     secret = settings.api_tokens.get_secret_value() if settings.api_tokens else None
     tokens = parse_tokens(secret)
-    return Container(
+    container = Container(
         settings=settings,
         db=engine,
         producer=producer,
@@ -105,3 +108,6 @@ def bootstrap(
             lifetime_seconds=settings.console_session_hours * 3600,
         ),
     )
+    if settings.retrain_every_days is not None:
+        container.scheduled["retraining"] = partial(retrain_on_schedule, container)
+    return container

@@ -1,14 +1,18 @@
-"""A learned score trained, activated and rolled back through the API, on a real broker and
-database: generated traffic scored by the starter rules, outcomes planted through the
-feedback topic as a CRM would send them (webinars and replies win, the careers page loses),
-then `POST /v1/rulesets/1/train`."""
+"""A learned score trained, challenged, activated and rolled back through the API, and
+retrained on its schedule, on a real broker and database: generated traffic scored by the
+starter rules, outcomes planted through the feedback topic as a CRM would send them
+(webinars and replies win, the careers page loses), then `POST /v1/rulesets/1/train`."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from bench.review_demo import plant_outcomes, wait_feedback
 from bench.workload import generate, lead_key
+from services.adapters.postgres import lead_store, rule_set_store
+from services.adapters.postgres.db import connection
+from services.app.learned_scores import SCHEDULE, SCHEDULED, retrain_now
 from services.runtime.bootstrap import bootstrap
 from services.settings import Settings
 from tests.helpers.database import drained
@@ -16,6 +20,7 @@ from tests.helpers.factories import page
 from tests.helpers.kafka import produce
 from tests.helpers.service import RunningService, client_for, token_settings
 from tests.helpers.waiting import wait_for
+from tests.integration.test_admin_api import wait_job
 from tests.integration.test_console import console_client, csrf_of, sign_in
 
 
@@ -43,20 +48,58 @@ async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Se
             version = (await admin.get("/v1/rulesets/2")).json()
             model = version["document"]["scores"]["likelihood"]["model"]
             assert model["training"]["samples"] == report["samples"]
-            assert {f["name"].split(":")[0] for f in model["features"]} <= {
+            names = {f["name"] for f in model["features"]}
+            assert {n.split(":")[0] for n in names} <= {
                 "rule",
                 "fit",
                 "journey",
                 "first_touch",
                 "last_touch",
                 "tenure_days",
+                "account",
             }
+            # Each lead was replayed with its account's members: the account's score and
+            # coverage at the handoff are features, as live.
+            assert {"account:score", "account:coverage"} <= names
             assert (await admin.get("/v1/rulesets/active")).json()["version"] == 1
+
+            # The schedule: one instance claims a period, then trains the active version
+            # and starts the result as the challenger, never activating it.
+            async with connection(service.container.db) as pg:
+                claimed = await rule_set_store.claim_scheduled(
+                    pg, action=SCHEDULED, every_seconds=86400, actor=SCHEDULE
+                )
+                again = await rule_set_store.claim_scheduled(
+                    pg, action=SCHEDULED, every_seconds=86400, actor=SCHEDULE
+                )
+            assert claimed is None and again is not None and again > datetime.now(UTC)
+            scheduled = await retrain_now(service.container)
+            assert scheduled is not None and scheduled.version == 3
+            status = (await admin.get("/v1/challenger")).json()
+            assert (status["version"], status["started_by"]) == (3, SCHEDULE)
+            assert (await admin.get("/v1/rulesets/active")).json()["version"] == 1
+            metric = service.container.metrics.scheduled_trainings.labels("challenging")
+            assert metric._value.get() == 1
+
+            # A person's challenger instead: the schedule's is stopped, version 2 warmed as
+            # the challenger over the API, then activated: promoted at once.
+            stopped = await admin.delete("/v1/rulesets/3/challenge")
+            assert stopped.status_code == 200, stopped.text
+            started = await admin.post("/v1/rulesets/2/challenge")
+            assert started.status_code == 201, started.text
+            job = await wait_job(admin, started.json()["warm_up_job"])
+            assert job["status"] == "succeeded", job
+            # While a person's challenger runs, the schedule only publishes.
+            published = await retrain_now(service.container)
+            assert published is not None and published.version == 4
+            assert (await admin.get("/v1/challenger")).json()["version"] == 2
 
             # Live: activated, the next event of a lead gives it the learned score.
             activated = await admin.post("/v1/rulesets/2/activate")
             assert activated.status_code == 200, activated.text
-            lead_id = next(d["userId"] for d in docs if d.get("userId"))
+            assert activated.json()["challenger"]["leads"] > 0
+            # A member of an account: its account page lists the learned score too.
+            lead_id = next(d["userId"] for d in docs if d.get("type") == "group")
             visit = page("/pricing", user=lead_id, message_id="after-training")
             await produce(settings, [visit])
             await wait_for(lambda: drained(settings, len(docs) + 1), what="the next visit")
@@ -66,6 +109,15 @@ async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Se
             reasons = lead["signals_by_score"]["likelihood"]
             assert reasons[0]["rule_id"] == "model:base"
             assert abs(sum(r["contribution"] for r in reasons) - learned["total"]) < 0.011
+            # Its account lists each member's learned score.
+            account_id = lead["account_id"]
+            account = (await admin.get(f"/v1/accounts/{account_id}")).json()
+            member = next(m for m in account["members"] if m["lead_id"] == lead_id)
+            async with connection(service.container.db) as pg:
+                kept = (await lead_store.load_leads(pg, [lead_id]))[lead_id].totals
+            # As of the member's latest event, as lists show it (the lead's page: as of now).
+            assert kept is not None
+            assert member["learned"] == {"likelihood": round(kept["likelihood"], 2)}
 
             # The console: the model's card on its version, the score and its reasons on
             # the lead's page.
@@ -79,6 +131,9 @@ async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Se
                 assert 'id="features-likelihood-t"' in card.text
                 page_of_lead = await console.get(f"/console/leads/{lead_id}")
                 assert "Why likelihood is" in page_of_lead.text
+                page_of_account = await console.get(f"/console/accounts/{account_id}")
+                assert "likelihood (learned)" in page_of_account.text
+                assert "Likeliest to convert by the learned score" in page_of_account.text
             async with console_client(service.container) as console:
                 await sign_in(console, "admin")
                 csrf = csrf_of((await console.get("/console/rules/1")).text)

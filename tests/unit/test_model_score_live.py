@@ -19,6 +19,7 @@ from scoring_service.model_score import CompiledModel, features_of
 from scoring_service.rule_set_files import starter_document
 from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents
+from scoring_service.state import LeadState
 from tests.helpers.factories import identify, page, track
 
 MODEL = {
@@ -136,6 +137,14 @@ def test_a_model_reading_what_the_rule_set_lacks_is_refused_where_it_is() -> Non
     graded["scores"]["likelihood"]["grades"] = {"fit": [30, 20, 10], "engagement": [20, 10]}
     with pytest.raises(ValidationError, match=r"graded by model\.bands"):
         RuleSetDocument.model_validate(graded)
+    accountless = with_model({**MODEL, "features": [{"name": "account:score", "weight": 1.0}]})
+    accountless.pop("accounts")
+    with pytest.raises(ValidationError) as refused:
+        RuleSetDocument.model_validate(accountless)
+    assert (
+        "scores.likelihood.model.features[0] (account:score): the rule set scores no accounts"
+        in str(refused.value)
+    )
     nan = orjson.loads(orjson.dumps(with_model()))
     nan["scores"]["likelihood"]["model"]["intercept"] = float("nan")
     with pytest.raises(ValidationError, match="finite"):
@@ -155,6 +164,8 @@ def test_the_hot_path_reads_a_lead_as_the_explanation_does() -> None:
                 {"name": "first_touch:direct", "weight": -0.3, "mean": 0.5},
                 {"name": "last_touch:email", "weight": 0.2, "mean": 0.1},
                 {"name": "tenure_days", "weight": 0.05, "mean": 4.0, "scale": 3.0},
+                {"name": "account:coverage", "weight": 0.02, "mean": 10.0, "scale": 5.0},
+                {"name": "account:score", "weight": 0.01, "mean": 40.0, "scale": 20.0},
             ],
         }
     )
@@ -167,6 +178,16 @@ def test_the_hot_path_reads_a_lead_as_the_explanation_does() -> None:
     replay = replay_documents(eng, docs, now=time.time())
     [model] = [s.model for s in eng.rules.book.scores if s.model is not None]
     later = time.time()
+    # Members read their account as their latest event left it, kept when stored.
+    members = [s for s in replay.ws.leads.values() if s.account_score]
+    assert members and any(s.account_coverage for s in members)
+    for state in members:
+        stored = LeadState(lead_id=state.lead_id)
+        stored.load_doc(orjson.loads(orjson.dumps(state.to_doc())))
+        assert (stored.account_coverage, stored.account_score) == (
+            state.account_coverage,
+            state.account_score,
+        )
     for state in replay.ws.leads.values():
         for at in (None, later):
             # The rules' part kept up hit by hit, then derived afresh from the signals (a

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -130,3 +131,23 @@ async def record_audit(
         target,
         orjson.dumps(detail).decode() if detail is not None else None,
     )
+
+
+async def claim_scheduled(
+    pg: asyncpg.Connection, *, action: str, every_seconds: float, actor: str
+) -> datetime | None:
+    """Record in the audit log that a scheduled `action` starts now, unless one started
+    less than `every_seconds` ago; returns when the next one is due in that case (None:
+    claimed). An advisory lock on the action makes instances take turns, so one claims."""
+    async with pg.transaction():
+        await pg.execute("SELECT pg_advisory_xact_lock(hashtext($1))", action)
+        due: datetime | None = await pg.fetchval(
+            "SELECT max(at) + make_interval(secs => $2) FROM audit_log WHERE action = $1 "
+            "HAVING max(at) + make_interval(secs => $2) > now()",
+            action,
+            every_seconds,
+        )
+        if due is not None:
+            return due
+        await record_audit(pg, actor=actor, action=action, target=None, detail=None)
+        return None
