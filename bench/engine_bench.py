@@ -71,10 +71,11 @@ def no_journey_document() -> RuleSetDocument:
 
 def with_model_document() -> RuleSetDocument:
     """The starter set with a learned score beside its rules: a model reading every rule,
-    each buyer-journey phase and the lead's tenure (seeded weights: what it costs does not
-    depend on what it learned). Its thresholds are out of reach and qualification stays
-    the rules', so both engines move the same leads and make the same records: the
-    difference is the cost of scoring the model on every event."""
+    each buyer-journey phase, the lead's tenure and its account's coverage and score
+    (seeded weights: what it costs does not depend on what it learned). Its thresholds are
+    out of reach and qualification stays the rules', so both engines move the same leads
+    and make the same records: the difference is the cost of scoring the model on every
+    event."""
     document = starter_document()
     doc = document.model_dump(mode="json", by_alias=True, exclude_none=True)
     rnd = random.Random(44)
@@ -89,6 +90,8 @@ def with_model_document() -> RuleSetDocument:
     phases = [p.id for p in document.journey.phases] if document.journey else []
     features += [{"name": f"journey:{p}", "weight": rnd.uniform(-1, 1)} for p in phases]
     features.append({"name": "tenure_days", "weight": 0.01, "mean": 3.0, "scale": 5.0})
+    features.append({"name": "account:coverage", "weight": 0.2, "mean": 10.0, "scale": 10.0})
+    features.append({"name": "account:score", "weight": 0.3, "mean": 40.0, "scale": 30.0})
     doc["scores"]["likelihood"] = {
         "thresholds": {"mql": 100, "sal": 100},
         "model": {"intercept": -1.0, "features": features},

@@ -99,7 +99,11 @@ def handoffs(
                     rules_score=state.fit + state.engagement,
                 )
             )
-    return samples, time.perf_counter() - started, len(parsed), history, ws
+    # The service moves a merged lead's history to the lead it joined: so here.
+    kept: dict[str, list[Event]] = {}
+    for lead_id, events_of_lead in history.items():
+        kept.setdefault(ws.canonical(lead_id), []).extend(events_of_lead)
+    return samples, time.perf_counter() - started, len(parsed), kept, ws
 
 
 def train_from_history(
