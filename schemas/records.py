@@ -92,7 +92,11 @@ class Score(BaseModel):
 
 
 class ScoreEntry(BaseModel):
-    """One of a lead's scores (docs/concepts/scores.md)."""
+    """One of a lead's scores (docs/concepts/scores.md). A learned score (a model in the
+    rule set, docs/guides/learned-score.md) is the probability of its outcome in points
+    (0-100): `fit` is the score of a lead at every feature's mean plus what its fit traits
+    add, `engagement` what the rest adds, and `label` its grade (A-D) by the model's
+    bands."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -101,12 +105,13 @@ class ScoreEntry(BaseModel):
     engagement: float
     label: str | None = Field(
         description="the grade (A-D, from fit) and level (1-3, from engagement), e.g. A1; "
-        "null when the score has no grade bands"
+        "a learned score's grade A-D by its bands; null when the score has no grade bands"
     )
 
 
 SCORES_DESCRIPTION = (
-    "every score of the lead by name: `default` (the same as `score`) and the rule set's named ones"
+    "every score of the lead by name: `default` (the same as `score`) and the rule set's named "
+    "ones, learned scores among them"
 )
 QUALIFIED_BY_DESCRIPTION = (
     "the scores that earned this stage (over their threshold, or a trigger counting for "
@@ -236,7 +241,9 @@ class NotificationRecord(BaseModel):
     label: str | None = Field(description=LABEL_DESCRIPTION)
     signals_by_score: dict[str, list[Signal]] = Field(
         description="the named scores' signals, each list adding up to its score as `signals` "
-        "does to the default one (empty with one score)"
+        "does to the default one (empty with one score). A learned score's list is "
+        "`model:base` (a lead at every feature's mean), its eight largest features' parts "
+        "(`rule_id` the feature, e.g. `rule:webinar`) and `model:other`, the rest summed"
     )
     journey_phase: str | None = Field(
         default=None,
