@@ -299,26 +299,21 @@ class CompiledModel:
         )
 
     def _largest(self, parts: list[float], own: list[int]) -> list[int]:
-        """The indices of the EXPLAINED_PARTS largest parts (`sorted` by `_rank`, cut):
-        the lead's own features ranked, merged with the features it lacks, whose order
-        is the same for every lead and was ranked once."""
-        names = self.names
-        ranked = sorted(own, key=lambda i: _rank(parts, names, i))
+        """The indices of the EXPLAINED_PARTS largest parts, by `_rank`: among the lead's
+        own features and the largest of those it lacks, whose order is the same for every
+        lead and was ranked once."""
         owned = set(own)
-        lacking = [i for i in self.absent_order if i not in owned]
-        shown: list[int] = []
-        a = b = 0
-        while len(shown) < EXPLAINED_PARTS and (a < len(lacking) or b < len(ranked)):
-            if b < len(ranked) and (
-                a >= len(lacking)
-                or _rank(parts, names, ranked[b]) < _rank(parts, names, lacking[a])
-            ):
-                shown.append(ranked[b])
-                b += 1
-            else:
-                shown.append(lacking[a])
-                a += 1
-        return shown
+        candidates = list(own)
+        lacking = 0
+        for i in self.absent_order:
+            if lacking == EXPLAINED_PARTS:
+                break
+            if i not in owned:
+                candidates.append(i)
+                lacking += 1
+        names = self.names
+        candidates.sort(key=lambda i: (-abs(parts[i]), names[i]))
+        return candidates[:EXPLAINED_PARTS]
 
     def signals(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
         """The score's explanation in the rules' shape (stage_router.records.SignalDoc):

@@ -179,7 +179,13 @@ async def retrain_on_schedule(container: Container, stop: asyncio.Event) -> None
                     pg, action=SCHEDULED, every_seconds=every, actor=SCHEDULE
                 )
             if due is None:
-                await retrain_now(container)
+                try:
+                    await retrain_now(container)
+                except (*UNAVAILABLE, DATABASE_ERROR):
+                    raise
+                except Exception:  # a defect: this period's run fails, the service goes on
+                    log.exception("scheduled training failed")
+                    container.metrics.scheduled_trainings.labels("failed").inc()
             else:
                 wait = min(wait, max(1.0, (due - datetime.now(UTC)).total_seconds()))
         except (*UNAVAILABLE, DATABASE_ERROR) as exc:

@@ -384,7 +384,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     """A learned score trained on the outcomes of a version's handoffs, as a new version."""
     request: dict[str, Any] = {"score": args.score, "target": args.target}
     request.update({k: v for k, v in (("since", args.since), ("until", args.until)) if v})
-    body = _call("POST", f"/v1/rulesets/{args.version}/train", json=request)
+    # Training replays every decided lead's history with its account: 20 s or so for a
+    # million events, longer for more, so more than the usual guard against a hung server.
+    body = _call("POST", f"/v1/rulesets/{args.version}/train", json=request, timeout=900)
     if args.json:
         print(json.dumps(body, indent=2))
         return

@@ -78,8 +78,10 @@ async def test_a_learned_score_is_trained_activated_and_rolled_back(settings: Se
             status = (await admin.get("/v1/challenger")).json()
             assert (status["version"], status["started_by"]) == (3, SCHEDULE)
             assert (await admin.get("/v1/rulesets/active")).json()["version"] == 1
-            metric = service.container.metrics.scheduled_trainings.labels("challenging")
-            assert metric._value.get() == 1
+            runs = service.container.metrics.registry.get_sample_value(
+                "leadscore_scheduled_trainings_total", {"result": "challenging"}
+            )
+            assert runs == 1
 
             # A person's challenger instead: the schedule's is stopped, version 2 warmed as
             # the challenger over the API, then activated: promoted at once.
