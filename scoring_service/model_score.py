@@ -120,6 +120,8 @@ class CompiledModel:
         self.bands = spec.bands
         self.base_points = 100.0 * _sigmoid(self.slope * self.intercept + self.offset)
         self.index = {name: i for i, name in enumerate(self.names)}
+        # Which part of the score each feature's share counts in.
+        self.kinds = ["fit" if n.startswith(FIT_KINDS) else "engagement" for n in self.names]
         # A feature's part when the lead lacks it (its value is 0).
         self.absent_parts = [-w * m for w, m in zip(self.weights, self.means, strict=True)]
         self.absent_order = sorted(
@@ -332,25 +334,25 @@ class CompiledModel:
         points = 100.0 * _sigmoid(self.slope * (self.intercept + spread) + self.offset)
         share = (points - self.base_points) / spread if spread else 0.0
         shown = self._largest(parts, own)
-        taken = set(shown)
-        rest = [i for i in range(len(parts)) if i not in taken]
         signals: list[dict[str, Any]] = [
             _signal(
                 "model:base", "the score of a lead at every feature's mean", "fit", self.base_points
             )
         ]
+        shown_parts = 0.0
         for i in shown:
             name = self.names[i]
-            kind = "fit" if name.startswith(FIT_KINDS) else "engagement"
             value = features.get(name, 0.0)
-            signals.append(_signal(name, f"{name} = {value:.4g}", kind, parts[i] * share))
-        if rest:
+            shown_parts += parts[i]
+            signals.append(_signal(name, f"{name} = {value:.4g}", self.kinds[i], parts[i] * share))
+        others = len(parts) - len(shown)
+        if others:
             signals.append(
                 _signal(
                     "model:other",
-                    f"{len(rest)} other features",
+                    f"{others} other features",
                     "engagement",
-                    share * math.fsum(parts[i] for i in rest),
+                    share * (spread - shown_parts),
                 )
             )
         return signals
