@@ -314,7 +314,7 @@ class CompiledModel:
                 candidates.append(i)
                 lacking += 1
         names = self.names
-        candidates.sort(key=lambda i: (-abs(parts[i]), names[i]))
+        candidates.sort(key=lambda i: _rank(parts, names, i))
         return candidates[:EXPLAINED_PARTS]
 
     def signals(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
