@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from schemas.rule_set import DEFAULT_SCORE
 from scoring_service.rules import CompiledAccountRules, CompiledRuleSet, lookup
@@ -27,13 +27,13 @@ from stage_router.accounts import automatic_account_move
 from stage_router.lifecycle import Move
 
 # The trait a CRM sets to name a person's committee role; it overrides the role's conditions.
-ROLE_TRAIT = "committee_role"
-NO_ROLE = frozenset({"none", "no_role", ""})
+ROLE_TRAIT: Final = "committee_role"
+NO_ROLE: Final = frozenset({"none", "no_role", ""})
 # Members an account keeps track of. A bigger one (a million anonymous ids grouped into one
 # account, say) keeps its most engaged members: beyond this, the least engaged is dropped.
-MAX_MEMBERS = 1000
+MAX_MEMBERS: Final = 1000
 # How an admin's adjustment shows among the parts of an account's engagement.
-ADJUSTED_MEMBER = "adjust:" + DEFAULT_SCORE
+ADJUSTED_MEMBER: Final = "adjust:" + DEFAULT_SCORE
 
 
 def _role_key(value: str) -> str:

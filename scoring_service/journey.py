@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from schemas.rule_set import Journey, Rule, When
 from scoring_service.intake import Event
@@ -32,22 +32,22 @@ from scoring_service.rules import (
 from scoring_service.state import Account, JourneyState
 from stage_router import records
 
-DIRECT = "direct"
+DIRECT: Final = "direct"
 # Distinct content items a phase remembers per lead (the latest), and their length.
-MAX_SEEN = 20
-MAX_CONTENT = 200
+MAX_SEEN: Final = 20
+MAX_CONTENT: Final = 200
 _EMPTY: dict[str, Any] = {}
 
 # Page paths and campaign values repeat across a site's visitors: what the phase rules and
 # the channel rules made of one is remembered (up to MEMO entries of short values each,
 # forgotten all at once when full), which keeps placing an event in the journey a dict
 # lookup for most events.
-MEMO = 4096
-MEMO_TEXT = 200
+MEMO: Final = 4096
+MEMO_TEXT: Final = 200
 # Channels are remembered by the context fields the channel rules read (each a part and a
 # field in it: campaign.medium, page.referrer), when they read nothing else; fewer entries
 # than paths, since a key holds whole values (each within intake's limits).
-CHANNEL_MEMO = 1024
+CHANNEL_MEMO: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from schemas.rule_set import DEFAULT_SCORE
 from schemas.timefmt import iso
@@ -16,7 +16,7 @@ from scoring_service.accounts import AccountScorer
 from scoring_service.effects import Hit
 from scoring_service.intake import Event
 from scoring_service.journey import JourneyBook, compile_journey
-from scoring_service.model_score import features_of
+from scoring_service.model_score import CompiledModel
 from scoring_service.rules import NAME_ONLY, PATH_ONLY, CompiledRule, CompiledRuleSet
 from scoring_service.scores import ADJUSTMENT_PREFIX
 from scoring_service.state import (
@@ -56,7 +56,7 @@ def within_limit(counted: list[float], ts: float, count: int, window: float) -> 
     return True
 
 
-QUEUE_PREFIX = records.QUEUE_PREFIX
+QUEUE_PREFIX: Final = records.QUEUE_PREFIX
 
 
 def lead_label(entries: Mapping[str, records.ScoreEntryDoc]) -> str | None:
@@ -111,14 +111,15 @@ class LeadScores:
         disqualify: str | None = None
         book = self.rules.book
         fit_by: dict[str, float] | None = {} if book.several else None
+        model_fit = book.model_fit if book.learned else None
         for rule in holding:
             if rule.for_default:
                 fit += rule.points
             if fit_by is not None:
                 for name in rule.named:
                     fit_by[name] = fit_by.get(name, 0.0) + rule.points
-                if book.learned:
-                    _add_model_fit(fit_by, book.model_fit, rule.id)
+                if model_fit is not None:
+                    _add_model_fit(fit_by, model_fit, rule.id)
             matched.append(rule.id)
             if rule.disqualify and disqualify is None:
                 disqualify = rule.id
@@ -236,10 +237,8 @@ class LeadScores:
         book = self.rules.book
         model = book.by_name[score].model if score in book.by_name else None
         if model is not None:
-            features = features_of(state, self.rules, at)
-            fit, engagement = model.split(features)
-            learned: list[records.SignalDoc] = model.signals(features)  # type: ignore[assignment]
-            return records.explanation(learned, fit, engagement)
+            fit, engagement, learned = model.explain_lead(state, self.rules, at)
+            return records.explanation(learned, fit, engagement)  # type: ignore[arg-type]
         clock = state.as_of
         later = 1.0 if at is None or clock is None else self.rules.decay_factor(at - clock)
         signals: list[records.SignalDoc] = []
@@ -334,20 +333,27 @@ class LeadScores:
         """Each model's part from the engagement rules it weighs, as of the lead's clock:
         derived from the signals when not kept yet (then kept up as hits come)."""
         if not state.model_kept:
-            clock = state.as_of or 0.0
-            learned: list[float] = []
-            for _, model in self.rules.book.learned:
-                part = 0.0
-                for rule_id, per_point in model.rule_gain.items():
-                    signal = state.signals.get(rule_id)
-                    if signal is not None:
-                        part += (
-                            per_point
-                            * signal[VALUE]
-                            * self.rules.decay_factor(clock - signal[AS_OF])
-                        )
-                learned.append(part)
-            state.keep_model_parts(learned)
+            learned = self.rules.book.learned
+            if len(learned) == 1:
+                state.keep_model_part(self._model_part(state, learned[0][1]))
+            else:
+                state.keep_model_parts([self._model_part(state, model) for _, model in learned])
+
+    def _model_part(self, state: LeadState, model: CompiledModel) -> float:
+        """A model's part from the engagement rules it weighs, derived from the signals as
+        of the lead's clock. A lead has few signals (none, when this runs for a new lead)
+        and a model may weigh every rule: the signals are the shorter walk."""
+        clock = state.as_of or 0.0
+        part = 0.0
+        gains = model.rule_gain
+        for rule_id, signal in state.signals.items():
+            per_point = gains.get(rule_id)
+            if per_point is not None:
+                value = signal[VALUE]
+                if signal[AS_OF] != clock:
+                    value *= self.rules.decay_factor(clock - signal[AS_OF])
+                part += per_point * value
+        return part
 
     def score_parts(
         self, state: LeadState, at: float | None = None
@@ -397,14 +403,21 @@ class LeadScores:
         book = self.rules.book
         if book.several:
             fit_by, engagement_by = self._named_sums(state)
-            if book.learned:
+            if book.learned and not state.model_kept:
                 self._keep_model_parts(state)
             for score in book.scores[1:]:
                 name = score.name
                 model = score.model
                 if model is not None:
+                    # Judged on every event: the first model's part read off the lead, and
+                    # its fit part looked up without a default (which would be a new float).
+                    slot = model.slot
+                    fitted = fit_by.get(name)
                     totals[name] = model.total_lead(
-                        state, self.rules, state.model_part_of(model.slot), fit_by.get(name, 0.0)
+                        state,
+                        self.rules,
+                        state.model_part if slot == 0 else state.model_part_of(slot),
+                        0.0 if fitted is None else fitted,
                     )
                 else:
                     totals[name] = fit_by.get(name, 0.0) + engagement_by.get(name, 0.0)
@@ -488,7 +501,7 @@ class LeadScores:
 
 def _add_model_fit(
     fit_by: dict[str, float],
-    model_fit: Mapping[str, tuple[tuple[str, float], ...]],
+    model_fit: dict[str, tuple[tuple[str, float], ...]],
     rule_id: str,
 ) -> None:
     """A matching fit rule's weight in each learned score that reads it. No rule counts
@@ -496,4 +509,5 @@ def _add_model_fit(
     weights = model_fit.get(rule_id)
     if weights is not None:
         for name, weight in weights:
-            fit_by[name] = fit_by.get(name, 0.0) + weight
+            kept = fit_by.get(name)
+            fit_by[name] = weight if kept is None else kept + weight

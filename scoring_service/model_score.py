@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from schemas.model_score import ModelSpec
 from scoring_service.state import AS_OF, HITS, VALUE, LeadState
@@ -25,13 +25,13 @@ from scoring_service.state import AS_OF, HITS, VALUE, LeadState
 if TYPE_CHECKING:  # rules.py compiles the scores, which compile their models
     from scoring_service.rules import CompiledRuleSet
 
-DAY = 86400.0
-GRADE_LETTERS = ("A", "B", "C", "D")
+DAY: Final = 86400.0
+GRADE_LETTERS: Final = ("A", "B", "C", "D")
 # Features that describe who the lead is (their parts count as the score's fit); the rest
 # describe what it did (engagement).
-FIT_KINDS = ("fit:",)
+FIT_KINDS: Final = ("fit:",)
 # A record explains a model score by its largest parts; the rest are summed as one.
-EXPLAINED_PARTS = 8
+EXPLAINED_PARTS: Final = 8
 
 
 def features_of(
@@ -186,6 +186,55 @@ class CompiledModel:
         self.coverage_weight = self.by_account.get("coverage", 0.0)
         self.account_weight = self.by_account.get("score", 0.0)
         self.reads_journey = bool(self.by_phase or self.by_first or self.by_last or self.tenure)
+        # For explaining a lead straight from its state (`explain_lead`): where each feature
+        # it may have sits, by what the feature reads, so no feature is named to be found.
+        # A rule's entry holds its points in the rule set (0: counted by hits; None: not
+        # known when compiled, looked up).
+        self.rule_at: dict[str, tuple[int, float | None]] = {}
+        self.fit_at: dict[str, int] = {}
+        self.phase_at: dict[str, int] = {}
+        self.first_at: dict[str, int] = {}
+        self.last_at: dict[str, int] = {}
+        self.tenure_at = self.coverage_at = self.account_at = -1
+        places: dict[str, dict[str, int]] = {
+            "fit": self.fit_at,
+            "journey": self.phase_at,
+            "first_touch": self.first_at,
+            "last_touch": self.last_at,
+        }
+        for i, name in enumerate(self.names):
+            kind, _, key = name.partition(":")
+            if name == "tenure_days":
+                self.tenure_at = i
+            elif name == "account:coverage":
+                self.coverage_at = i
+            elif name == "account:score":
+                self.account_at = i
+            elif kind == "rule":
+                self.rule_at[key] = (i, known.get(key))
+            else:
+                places[kind][key] = i
+        # Most features a lead has are yes-or-no (a fit rule, a phase, a channel) and most
+        # shown are ones it lacks: their descriptions are the same for every lead.
+        self.described_lacking = [f"{name} = {0.0:.4g}" for name in self.names]
+        self.described_having = [f"{name} = {1.0:.4g}" for name in self.names]
+        # Each feature's explanation line with all but its value and points filled in:
+        # copying a small dictionary is cheaper than building one.
+        self.lines = [
+            _signal(name, described, kind, 0.0)
+            for name, described, kind in zip(
+                self.names, self.described_lacking, self.kinds, strict=True
+            )
+        ]
+        self.base_line = _signal(
+            "model:base", "the score of a lead at every feature's mean", "fit", self.base_points
+        )
+        self.rest_line = _signal(
+            "model:other",
+            f"{len(self.names) - EXPLAINED_PARTS} other features",
+            "engagement",
+            0.0,
+        )
 
     def split(self, features: Mapping[str, float]) -> tuple[float, float]:
         """The lead's points as (fit, engagement): the score at the intercept and the parts
@@ -238,19 +287,34 @@ class CompiledModel:
             engagement += self.account_weight * state.account_score
         journey = state.journey
         if journey is not None and self.reads_journey:
-            if journey.phase is not None:
-                engagement += self.by_phase.get(journey.phase, 0.0)
             # A touch is [channel, time]; the channel is always text.
             first = journey.first_touch
-            if first:
-                engagement += self.by_first.get(first[0], 0.0)
-                if self.tenure:
-                    tenure = (clock - float(first[1])) / DAY
-                    engagement += self.tenure * (tenure if tenure > 0.0 else 0.0)
             last = journey.last_touch
-            if last:
-                engagement += self.by_last.get(last[0], 0.0)
+            engagement += self._placed(
+                journey.phase, first[0] if first else None, last[0] if last else None
+            )
+            if first and self.tenure:
+                tenure = (clock - float(first[1])) / DAY
+                engagement += self.tenure * (tenure if tenure > 0.0 else 0.0)
         return engagement
+
+    def _placed(self, phase: str | None, first_channel: Any, last_channel: Any) -> float:
+        """The log-odds of the lead's journey phase and its first and last touch channels.
+        Looked up without a default: a default would be a new float on every call."""
+        part = 0.0
+        if phase is not None:
+            weight = self.by_phase.get(phase)
+            if weight is not None:
+                part += weight
+        if first_channel is not None:
+            weight = self.by_first.get(first_channel)
+            if weight is not None:
+                part += weight
+        if last_channel is not None:
+            weight = self.by_last.get(last_channel)
+            if weight is not None:
+                part += weight
+        return part
 
     def _looked_up(self, state: LeadState, rules: CompiledRuleSet, later: float) -> float:
         """The part of the rules the running sum does not keep: those worth no points
@@ -296,66 +360,148 @@ class CompiledModel:
 
     def label(self, points: float) -> str:
         """The grade (A-D) the score's bands give these points."""
-        return next(
-            (GRADE_LETTERS[i] for i, least in enumerate(self.bands) if points >= least), "D"
-        )
+        # One band fewer than letters: "D" is below them all.
+        for letter, least in zip(GRADE_LETTERS, self.bands, strict=False):
+            if points >= least:
+                return letter
+        return "D"
 
-    def _largest(self, parts: list[float], own: list[int]) -> list[int]:
-        """The indices of the EXPLAINED_PARTS largest parts, by `_rank`: among the lead's
-        own features and the largest of those it lacks, whose order is the same for every
-        lead and was ranked once."""
-        owned = set(own)
-        candidates = list(own)
-        lacking = 0
-        for i in self.absent_order:
-            if lacking == EXPLAINED_PARTS:
-                break
-            if i not in owned:
-                candidates.append(i)
-                lacking += 1
+    def _largest(self, parts: list[float], values: list[float], own: list[int]) -> list[int]:
+        """The indices of the EXPLAINED_PARTS largest parts, by `_rank`'s order: the lead's
+        own features (a handful, with `values` not 0) ranked, merged with those it lacks,
+        whose order is the same for every lead and was ranked once. Made for every record
+        that explains the score, so it compares in place rather than building keys."""
         names = self.names
-        candidates.sort(key=lambda i: _rank(parts, names, i))
-        return candidates[:EXPLAINED_PARTS]
+        ranked: list[int] = []  # the lead's own, by insertion
+        for i in own:
+            size = abs(parts[i])
+            at = len(ranked)
+            while at:
+                other = abs(parts[ranked[at - 1]])
+                if size > other or (size == other and names[i] < names[ranked[at - 1]]):
+                    at -= 1
+                else:
+                    break
+            ranked.insert(at, i)
+        shown: list[int] = []
+        k = 0
+        for i in self.absent_order:
+            if len(shown) == EXPLAINED_PARTS:
+                return shown
+            if values[i] != 0.0:
+                continue  # the lead's own: ranked above
+            size = abs(parts[i])
+            while k < len(ranked) and len(shown) < EXPLAINED_PARTS:
+                mine = ranked[k]
+                other = abs(parts[mine])
+                if other > size or (other == size and names[mine] < names[i]):
+                    shown.append(mine)
+                    k += 1
+                else:
+                    break
+            if len(shown) < EXPLAINED_PARTS:
+                shown.append(i)
+        while k < len(ranked) and len(shown) < EXPLAINED_PARTS:
+            shown.append(ranked[k])
+            k += 1
+        return shown
 
-    def signals(self, features: Mapping[str, float]) -> list[dict[str, Any]]:
-        """The score's explanation in the rules' shape (stage_router.records.SignalDoc):
-        the score at the intercept, the largest parts, and the rest summed; their
-        contributions add up to the points. Made for every record that names the score,
-        so it builds no `Part`s: the parts of the features a lead lacks are the same for
-        every lead, and only the lead's own ones are computed."""
+    def explain_lead(
+        self, state: LeadState, rules: CompiledRuleSet, at: float | None = None
+    ) -> tuple[float, float, list[dict[str, Any]]]:
+        """The lead's points as (fit, engagement), as `split(features_of(state, rules, at))`
+        gives them, and the score's explanation in the rules' shape
+        (stage_router.records.SignalDoc): the score at the intercept, the largest parts, and
+        the rest summed; their contributions add up to the points.
+
+        Made for every record that names the score, so it reads the lead's features where
+        they are kept, in `features_of`'s order (the sums come out the same to the bit),
+        builds no `Part`s and names no feature it does not show: the parts of the features
+        a lead lacks are the same for every lead, and only its own are computed. A feature
+        the lead has at 0 has the part of one it lacks, and is ranked with those."""
+        clock = at if at is not None else (state.as_of or 0.0)
+        weights, means = self.weights, self.means
         parts = list(self.absent_parts)
+        values = [0.0] * len(parts)
         own: list[int] = []
-        for name, value in features.items():
-            index = self.index.get(name)
+        fit, engagement = self.absent_fit, self.absent_engagement
+        rule_at = self.rule_at
+        for rule_id, signal in state.signals.items():
+            place = rule_at.get(rule_id)
+            if place is None:
+                continue  # an adjustment, or a rule the model does not read
+            i, worth = place
+            if worth is None:
+                rule = rules.by_id.get(rule_id)
+                if rule is None:
+                    continue  # a rule no longer in the rule set
+                worth = rule.points
+            if worth:
+                decayed = signal[VALUE] * rules.decay_factor(clock - signal[AS_OF])
+                value = decayed / worth
+            else:
+                value = signal[HITS]
+            engagement += weights[i] * value
+            if value != 0.0:
+                parts[i] = weights[i] * (value - means[i])
+                values[i] = value
+                own.append(i)
+        fit_at = self.fit_at
+        for rule_id in state.fit_rules:
+            index = fit_at.get(rule_id)
             if index is not None:
-                parts[index] = self.weights[index] * (value - self.means[index])
+                fit += weights[index]
+                parts[index] = weights[index] * (1.0 - means[index])
+                values[index] = 1.0
                 own.append(index)
-        spread = math.fsum(parts)
+        found: list[tuple[int, float]] = []  # the rest, in `features_of`'s order
+        journey = state.journey
+        if journey is not None:
+            if journey.phase is not None:
+                found.append((self.phase_at.get(journey.phase, -1), 1.0))
+            if journey.first_touch:
+                found.append((self.first_at.get(str(journey.first_touch[0]), -1), 1.0))
+                tenure = ((state.as_of or clock) - float(journey.first_touch[1])) / DAY
+                found.append((self.tenure_at, max(0.0, tenure)))
+            if journey.last_touch:
+                found.append((self.last_at.get(str(journey.last_touch[0]), -1), 1.0))
+        if state.account_coverage:
+            found.append((self.coverage_at, state.account_coverage))
+        if state.account_score:
+            found.append((self.account_at, state.account_score))
+        for i, value in found:
+            if i < 0:
+                continue  # a feature the model does not read
+            engagement += weights[i] * value
+            if value != 0.0:
+                parts[i] = weights[i] * (value - means[i])
+                values[i] = value
+                own.append(i)
+        # As `_points`, with the share the explanation's lines need.
+        spread = fit + engagement
         points = 100.0 * _sigmoid(self.slope * (self.intercept + spread) + self.offset)
         share = (points - self.base_points) / spread if spread else 0.0
-        shown = self._largest(parts, own)
-        signals: list[dict[str, Any]] = [
-            _signal(
-                "model:base", "the score of a lead at every feature's mean", "fit", self.base_points
-            )
-        ]
+        if spread:
+            fit_points, engagement_points = self.base_points + fit * share, engagement * share
+        else:
+            fit_points, engagement_points = points, 0.0
+        signals: list[dict[str, Any]] = [self.base_line.copy()]
         shown_parts = 0.0
-        for i in shown:
-            name = self.names[i]
-            value = features.get(name, 0.0)
+        for i in self._largest(parts, values, own):
+            line = self.lines[i].copy()
+            value = values[i]
+            if value == 1.0:
+                line["description"] = self.described_having[i]
+            elif value != 0.0:
+                line["description"] = f"{self.names[i]} = {value:.4g}"
+            line["contribution"] = parts[i] * share
             shown_parts += parts[i]
-            signals.append(_signal(name, f"{name} = {value:.4g}", self.kinds[i], parts[i] * share))
-        others = len(parts) - len(shown)
-        if others:
-            signals.append(
-                _signal(
-                    "model:other",
-                    f"{others} other features",
-                    "engagement",
-                    share * (spread - shown_parts),
-                )
-            )
-        return signals
+            signals.append(line)
+        if len(parts) > EXPLAINED_PARTS:
+            rest = self.rest_line.copy()
+            rest["contribution"] = share * (spread - shown_parts)
+            signals.append(rest)
+        return fit_points, engagement_points, signals
 
 
 def _rank(parts: list[float], names: list[str], i: int) -> tuple[float, str]:

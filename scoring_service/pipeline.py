@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from scoring_service.effects import Effects
 from scoring_service.engine import Engine
@@ -25,7 +26,7 @@ from stage_router.records import (
 
 # Identity links can chain (anonymous -> user -> aliased user); following more hops than
 # this means a cycle, which a bad alias could create.
-MAX_LINK_HOPS = 16
+MAX_LINK_HOPS: Final = 16
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 from schemas.rule_set import DEFAULT_SCORE
 from scoring_service.effects import Effects
@@ -33,7 +33,7 @@ from stage_router.lifecycle import (
 )
 
 # Stages a lead can be recycled from (sales feedback `rejected`, or an expired SLA).
-RECYCLABLE = frozenset({"mql", "sal", "sql"})
+RECYCLABLE: Final = frozenset({"mql", "sal", "sql"})
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

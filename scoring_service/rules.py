@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from schemas.rule_set import (
     DEFAULT_SCORE,
@@ -29,7 +29,9 @@ from scoring_service.scores import ScoreBook, compile_scores
 
 Predicate = Callable[[Any], bool]
 # What a behavioural rule tests, when it is a single thing (the common case).
-PATH_ONLY, NAME_ONLY, MIXED = "path", "name", "mixed"
+PATH_ONLY: Final = "path"
+NAME_ONLY: Final = "name"
+MIXED: Final = "mixed"
 
 
 def _number(value: Any) -> float | None:

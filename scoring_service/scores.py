@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from schemas.rule_set import DEFAULT_SCORE, Grades, Qualification
 from scoring_service.model_score import CompiledModel
@@ -23,12 +23,12 @@ from stage_router.lifecycle import SCORED_STAGES
 
 # Adjustments an admin makes are kept as signals of their own, one per score, so the score
 # they changed still adds up from its signals and decays like the rest of its engagement.
-ADJUSTMENT_PREFIX = "adjust:"
-GRADE_LETTERS = ("A", "B", "C", "D")
+ADJUSTMENT_PREFIX: Final = "adjust:"
+GRADE_LETTERS: Final = ("A", "B", "C", "D")
 K = TypeVar("K", int, str)
 
 # Stages a score qualifies a lead for, highest first.
-QUALIFIED_STAGES = SCORED_STAGES[::-1]
+QUALIFIED_STAGES: Final = SCORED_STAGES[::-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +54,11 @@ class CompiledScore:
             return self.model.label(fit + engagement)
         if self.fit_bands is None or self.engagement_bands is None:
             return None
-        letter = next(
-            (GRADE_LETTERS[i] for i, least in enumerate(self.fit_bands) if fit >= least), "D"
-        )
+        letter = "D"
+        for grade, least in zip(GRADE_LETTERS, self.fit_bands, strict=False):  # "D" below all
+            if fit >= least:
+                letter = grade
+                break
         level = (
             1
             if engagement >= self.engagement_bands[0]
@@ -126,8 +128,9 @@ class ScoreBook:
     # an engagement rule's weight per point earned, by the model's slot in
     # `LeadState.model_part`; a fit rule's weight, by the score's name in
     # `LeadState.fit_by`.
-    model_gains: Mapping[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
-    model_fit: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+    # (dicts, not Mappings: the compiled core looks them up without a method call)
+    model_gains: dict[str, tuple[tuple[int, float], ...]] = field(default_factory=dict)
+    model_fit: dict[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
 
     @property
     def several(self) -> bool:

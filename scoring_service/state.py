@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 # The fields of a `LeadState.signals` entry.
-VALUE, AS_OF, HITS, IGNORED, LAST_SEEN = range(5)
+VALUE: Final = 0
+AS_OF: Final = 1
+HITS: Final = 2
+IGNORED: Final = 3
+LAST_SEEN: Final = 4
 
 
 @dataclass(slots=True)
@@ -223,6 +227,11 @@ class LeadState:
         if more:
             for i in range(len(more)):
                 more[i] *= factor
+
+    def keep_model_part(self, part: float) -> None:
+        """The one learned score's part, derived afresh."""
+        self.model_part, self.more_model_parts = part, None
+        self.model_kept = True
 
     def keep_model_parts(self, parts: list[float]) -> None:
         """The learned scores' parts, derived afresh, by slot."""

@@ -3,10 +3,11 @@ score shown, to the cent, on a lead, in notifications and in the history."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import orjson
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.workload import generate
@@ -15,7 +16,7 @@ from scoring_service.intake import Event, parse_event
 from scoring_service.pipeline import Workspace, score_event
 from scoring_service.rule_set_files import starter_ruleset
 from scoring_service.state import LeadState
-from stage_router.records import SignalDoc, apportion, score_doc
+from stage_router.records import SignalDoc, apportion, score_doc, to_cents
 from tests.helpers.factories import NOW, at, page, parsed
 
 DAY = 86400.0
@@ -23,6 +24,43 @@ DAY = 86400.0
 
 def cents(value: float) -> int:
     return round(value * 100)
+
+
+def same_float(a: float, b: float) -> bool:
+    """Equal, NaN to NaN, and a zero's sign too (JSON shows -0.0 and 0.0 apart)."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+
+
+def near_half_cents() -> st.SearchStrategy[float]:
+    """Values a few units in the last place from a half cent, where rounding is hard."""
+    return st.builds(
+        lambda cents, steps: _nudged((cents + 0.5) / 100.0, steps),
+        st.integers(min_value=-(10**9), max_value=10**9),
+        st.integers(min_value=-4, max_value=4),
+    )
+
+
+def _nudged(value: float, steps: int) -> float:
+    for _ in range(abs(steps)):
+        value = math.nextafter(value, math.inf if steps > 0 else -math.inf)
+    return value
+
+
+@settings(max_examples=3000)
+@given(
+    st.floats(allow_nan=True, allow_infinity=True)
+    | st.floats(min_value=-1e7, max_value=1e7)
+    | near_half_cents()
+)
+def test_to_cents_is_round_to_two_places_to_the_bit(value: float) -> None:
+    assert same_float(to_cents(value), round(value, 2))
+
+
+def test_to_cents_keeps_the_sign_of_a_zero_and_the_even_cent_of_a_tie() -> None:
+    for value in (-0.001, -0.0, 0.0, 0.004, 0.125, 0.375, 2.675, -2.675, 1e9, 1e12, -1e12):
+        assert same_float(to_cents(value), round(value, 2)), value
 
 
 def assert_adds_up(score: dict, signals: list[SignalDoc]) -> None:

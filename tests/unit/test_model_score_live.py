@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from bench.workload import generate
 from schemas.rule_set import RuleSetDocument
 from scoring_service.engine import Engine
-from scoring_service.model_score import CompiledModel, features_of
+from scoring_service.model_score import EXPLAINED_PARTS, CompiledModel, features_of
 from scoring_service.rule_set_files import starter_document
 from scoring_service.rules import compile_ruleset
 from scoring_service.simulation import replay_documents
@@ -151,31 +151,71 @@ def test_a_model_reading_what_the_rule_set_lacks_is_refused_where_it_is() -> Non
         RuleSetDocument.model_validate(nan)
 
 
-def test_the_hot_path_reads_a_lead_as_the_explanation_does() -> None:
-    """The engine keeps the model's rule part as a running sum; it must equal the features'
-    sum for every lead, also after merges, recycles and late events (the workload has
-    them)."""
-    doc = with_model(
-        {
-            **MODEL,
-            "features": [
-                *MODEL["features"],  # type: ignore[list-item]
-                {"name": "journey:consideration", "weight": 0.4, "mean": 0.2},
-                {"name": "first_touch:direct", "weight": -0.3, "mean": 0.5},
-                {"name": "last_touch:email", "weight": 0.2, "mean": 0.1},
-                {"name": "tenure_days", "weight": 0.05, "mean": 4.0, "scale": 3.0},
-                {"name": "account:coverage", "weight": 0.02, "mean": 10.0, "scale": 5.0},
-                {"name": "account:score", "weight": 0.01, "mean": 40.0, "scale": 20.0},
-            ],
-        }
-    )
-    eng = engine(doc)
-    docs = [
+# A model reading a feature of every kind.
+EVERY_KIND = {
+    **MODEL,
+    "features": [
+        *MODEL["features"],  # type: ignore[list-item]
+        {"name": "journey:consideration", "weight": 0.4, "mean": 0.2},
+        {"name": "first_touch:direct", "weight": -0.3, "mean": 0.5},
+        {"name": "last_touch:email", "weight": 0.2, "mean": 0.1},
+        {"name": "tenure_days", "weight": 0.05, "mean": 4.0, "scale": 3.0},
+        {"name": "account:coverage", "weight": 0.02, "mean": 10.0, "scale": 5.0},
+        {"name": "account:score", "weight": 0.01, "mean": 40.0, "scale": 20.0},
+    ],
+}
+
+
+def workload() -> list[dict[str, Any]]:
+    """Events of 200 leads, with merges, recycles and late events among them."""
+    return [
         d
         for d in generate(events=3000, leads=200, seed=9, anonymous_share=0.3)
         if not isinstance(d, bytes)
     ]
-    replay = replay_documents(eng, docs, now=time.time())
+
+
+def test_a_lead_is_explained_from_its_state_as_its_features_say() -> None:
+    """The explanation reads the lead's features where the lead keeps them; it must say
+    what the model says of the features named one by one (`features_of`, `score`): the same
+    points to the bit, the largest parts with their values, and the rest summed."""
+    eng = engine(with_model(EVERY_KIND))
+    replay = replay_documents(eng, workload(), now=time.time())
+    [model] = [s.model for s in eng.rules.book.scores if s.model is not None]
+    later = time.time()
+    explained = 0
+    for state in replay.ws.leads.values():
+        for at in (None, later):
+            features = features_of(state, eng.rules, at)
+            fit, engagement, signals = model.explain_lead(state, eng.rules, at)
+            assert (fit, engagement) == model.split(features)
+            truth = model.score(features)
+            largest = sorted(truth.parts, key=lambda p: (-abs(p.log_odds), p.feature))
+            shown = largest[:EXPLAINED_PARTS]
+            base, *parts, rest = signals
+            assert base["contribution"] == pytest.approx(truth.base_points, abs=1e-9)
+            assert [p["rule_id"] for p in parts] == [p.feature for p in shown]
+            assert [p["description"] for p in parts] == [
+                f"{p.feature} = {p.value:.4g}" for p in shown
+            ]
+            assert [p["contribution"] for p in parts] == pytest.approx(
+                [p.points for p in shown], abs=1e-9
+            )
+            assert rest["contribution"] == pytest.approx(
+                sum(p.points for p in largest[EXPLAINED_PARTS:]), abs=1e-9
+            )
+            assert rest["description"] == f"{len(largest) - EXPLAINED_PARTS} other features"
+            assert sum(s["contribution"] for s in signals) == pytest.approx(truth.points)
+            explained += len(features)
+    assert explained  # leads with features of their own were explained
+
+
+def test_the_hot_path_reads_a_lead_as_the_explanation_does() -> None:
+    """The engine keeps the model's rule part as a running sum; it must equal the features'
+    sum for every lead, also after merges, recycles and late events (the workload has
+    them)."""
+    eng = engine(with_model(EVERY_KIND))
+    replay = replay_documents(eng, workload(), now=time.time())
     [model] = [s.model for s in eng.rules.book.scores if s.model is not None]
     later = time.time()
     # Members read their account as their latest event left it, kept when stored.
