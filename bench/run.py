@@ -666,6 +666,18 @@ def table(result: dict[str, Any]) -> str:
             f"({engine.get('model_cost_factor', 0)}x)",
         ),
         (
+            "engine, a learned score beside the rules, in instructions",
+            "cost <= 1.1x",
+            "",
+            (
+                f"{engine['instructions_per_event_with_model']:,} / "
+                f"{engine['instructions_per_event_starter']:,} per event "
+                f"({engine['model_cost_factor_instructions']}x)"
+                if "model_cost_factor_instructions" in engine
+                else "not counted: valgrind is not installed (make tools)"
+            ),
+        ),
+        (
             "intake (parse, validate)",
             ">= 300,000 ev/s",
             was("engine.parse_events_per_s"),

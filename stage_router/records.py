@@ -353,7 +353,9 @@ def apportion(values: list[float], total: float) -> list[float]:
         return []
     exact = [v * 100 for v in values]
     cents = [math.floor(x) for x in exact]
-    missing = round(total * 100) - sum(cents)
+    missing = round(total * 100)
+    for c in cents:
+        missing -= c
     if 0 < missing <= len(cents):
         # Sorted as (loss, position) tuples rather than by a key function: a record carries
         # one explanation per score, and the compiled core calls no Python per item this way.
@@ -382,8 +384,8 @@ def explanation(
         (fits if signal["category"] == "fit" else engagements).append(signal)
     for members, total in ((fits, score["fit"]), (engagements, score["engagement"])):
         shares = apportion([s["contribution"] for s in members], total)
-        for signal, share in zip(members, shares, strict=True):
-            signal["contribution"] = share
+        for i in range(len(members)):  # a zip(strict=True) is a Python call when compiled
+            members[i]["contribution"] = shares[i]
     # Largest first, by rule id among equals (and in the given order among the same ids).
     order = sorted([(-abs(s["contribution"]), s["rule_id"], i) for i, s in enumerate(signals)])
     signals[:] = [signals[i] for _, _, i in order]
