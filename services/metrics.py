@@ -279,7 +279,8 @@ class Metrics:
             "leadscore_scheduled_trainings_total",
             "Trainings the retraining schedule ran, by result (challenging: published and "
             "started as the challenger; published: a person's challenger runs, so only "
-            "published; too_few_outcomes; failed).",
+            "published; too_few_outcomes; failed; database_unavailable: the run waits for "
+            "the database).",
             ["result"],
             registry=r,
         )

@@ -55,6 +55,7 @@ SCHEDULED = "ruleset.retrain"
 SCHEDULE = "schedule"
 # How often an idle schedule looks again (another instance may have trained meanwhile).
 RECHECK_SECONDS = 3600.0
+OUTAGE_RETRY_SECONDS = 60.0
 DAY = 86400.0
 
 
@@ -164,11 +165,14 @@ async def _samples(
     return samples
 
 
-async def retrain_on_schedule(container: Container, stop: asyncio.Event) -> None:
+async def retrain_on_schedule(
+    container: Container, stop: asyncio.Event, *, retry_seconds: float = OUTAGE_RETRY_SECONDS
+) -> None:
     """Every `retrain_every_days`, train the active version's learned score and start the
     result as the challenger, until `stop`. The audit log holds each run
     (`ruleset.retrain`), so a restart keeps the period and several instances train once
-    between them."""
+    between them. While the database cannot be reached, it logs, counts
+    (`database_unavailable`) and tries again every `retry_seconds`."""
     settings = container.settings
     every = (settings.retrain_every_days or 0.0) * DAY
     while not stop.is_set():
@@ -189,8 +193,9 @@ async def retrain_on_schedule(container: Container, stop: asyncio.Event) -> None
             else:
                 wait = min(wait, max(1.0, (due - datetime.now(UTC)).total_seconds()))
         except (*UNAVAILABLE, DATABASE_ERROR) as exc:
-            log.warning("scheduled training could not reach the database (%s)", exc)
-            wait = 60.0
+            log.warning("scheduled training could not reach the database (%s)", type(exc).__name__)
+            container.metrics.scheduled_trainings.labels("database_unavailable").inc()
+            wait = retry_seconds
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), wait)
 

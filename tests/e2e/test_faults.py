@@ -28,6 +28,9 @@ from hypothesis import strategies as st
 from bench.harness import start_service
 from bench.workload import generate, lead_key
 from services.adapters import kafka
+from services.adapters.postgres import db, rule_set_store
+from services.app.learned_scores import retrain_on_schedule
+from services.runtime.bootstrap import bootstrap
 from services.runtime.embedded import (
     Broker,
     EmbeddedKafka,
@@ -265,6 +268,50 @@ def own_settings(postgres: EmbeddedPostgres, broker: Broker) -> Settings:
         http_port=free_port(),
         log_check_seconds=2.0,
     )
+
+
+async def test_the_retraining_schedule_waits_out_a_database_crash_then_runs(tmp_path, caplog):
+    """The schedule meets a crashed database: it logs and counts each wait and keeps going;
+    with the database back it claims the period once and runs (here the history holds too
+    few outcomes, which is counted as such)."""
+    postgres = EmbeddedPostgres(tmp_path / "pg", cleanup="delete").start()
+    # The loop reads and writes the database only: the broker's address is never used.
+    container = bootstrap(
+        Settings(
+            kafka_bootstrap=f"127.0.0.1:{free_port()}",
+            database_url=postgres.database_url(),
+            retrain_every_days=30.0,
+        )
+    )
+    await db.migrate(container.db)
+    async with container.db.connect() as conn:
+        await rule_set_store.ensure_starter(await db.driver(conn))
+
+    def runs(result: str) -> float:
+        sample = container.metrics.registry.get_sample_value(
+            "leadscore_scheduled_trainings_total", {"result": result}
+        )
+        return sample or 0.0
+
+    postgres.crash()
+    stop = asyncio.Event()
+    schedule = asyncio.create_task(retrain_on_schedule(container, stop, retry_seconds=0.2))
+    try:
+        await wait_for(lambda: runs("database_unavailable") >= 2, timeout=60, what="waits")
+        assert not schedule.done()
+        assert "scheduled training could not reach the database" in caplog.text
+        postgres.restart()
+        await wait_for(lambda: runs("too_few_outcomes") == 1, timeout=120, what="the run")
+        async with container.db.connect() as conn:
+            claims = await (await db.driver(conn)).fetchval(
+                "SELECT count(*) FROM audit_log WHERE action = 'ruleset.retrain'"
+            )
+        assert claims == 1
+        assert runs("failed") == 0 and not schedule.done()
+    finally:
+        stop.set()
+        await schedule  # ends without an error
+        await container.close()
 
 
 @pytest.mark.slow
