@@ -119,7 +119,6 @@ class CompiledModel:
         self.offset = spec.calibration.offset
         self.bands = spec.bands
         self.base_points = 100.0 * _sigmoid(self.slope * self.intercept + self.offset)
-        self.index = {name: i for i, name in enumerate(self.names)}
         # Which part of the score each feature's share counts in.
         self.kinds = ["fit" if n.startswith(FIT_KINDS) else "engagement" for n in self.names]
         # A feature's part when the lead lacks it (its value is 0).

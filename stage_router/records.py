@@ -199,8 +199,8 @@ HALF_CENT_MARGIN: Final = 1e-6
 def to_cents(value: float) -> float:
     """`round(value, 2)`, the same float to the bit (the sign of a zero too), without
     Python's decimal conversion unless the value lies within a millionth of a cent of a
-    half cent. Every record rounds each of its scores' parts: `round` was a tenth of the
-    engine's time on records (docs/performance/index.md)."""
+    half cent. Every record rounds each of its scores' parts, and with `round` one score's
+    three took about 10,000 instructions (docs/performance/history.md)."""
     scaled = value * 100.0
     if -EXACT_CENTS < scaled < EXACT_CENTS:  # also False for NaN
         floor = math.floor(scaled)
