@@ -936,8 +936,19 @@ class ExportedFeedback(BaseModel):
     transition_id: str | None
 
 
+class ExportedBeforeMerge(BaseModel):
+    """What was recorded under an id merged into the lead, before it joined (its events moved
+    to the lead with it, and are in the lead's `events`)."""
+
+    id: str
+    transitions: list[TransitionRecord] = Field(description="as published, oldest first")
+    journey: list[JourneyMove] = Field(description="its buyer-journey moves, oldest first")
+    handoffs: list[ExportedHandoff]
+    feedback: list[ExportedFeedback]
+
+
 class ExportedLead(BaseModel):
-    """Everything held under one lead id."""
+    """Everything held under one lead id, and under the ids merged into it."""
 
     lead_id: str
     traits: dict[str, Any] = Field(description="every trait held, as last sent")
@@ -954,6 +965,11 @@ class ExportedLead(BaseModel):
         "and how it was answered"
     )
     feedback: list[ExportedFeedback]
+    before_merge: list[ExportedBeforeMerge] = Field(
+        default_factory=list,
+        description="for each merged id that has any, the records kept under it from before "
+        "it joined the lead",
+    )
 
 
 class PersonExport(BaseModel):

@@ -225,11 +225,30 @@ async def _lead(container: Container, lead_id: str) -> tuple[api.ExportedLead, b
     async with connection(container.db) as pg:
         row = await person_store.lead_row(pg, lead_id)
         merged = await person_store.merged_ids(pg, lead_id)
-        events = await person_store.events(pg, lead_id)
-        handoffs = await person_store.handoffs(pg, lead_id)
-        feedback = await person_store.feedback(pg, lead_id)
+        every_id = [lead_id, *(r["alias_id"] for r in merged)]
+        events = await person_store.events(pg, lead_id)  # a merged id's moved with it
+        handoffs = await person_store.handoffs(pg, every_id)
+        feedback = await person_store.feedback(pg, every_id)
+        transitions = await person_store.transitions(pg, every_id[1:])
+        moves = await person_store.journey_moves(pg, every_id[1:])
     if row is None:
         raise ApiError(404, "person_not_found", "the lead was merged or erased meanwhile")
+    before: dict[str, dict[str, list[Any]]] = {
+        alias: {"transitions": [], "journey": [], "handoffs": [], "feedback": []}
+        for alias in every_id[1:]
+    }
+    for r in transitions:
+        before[r["lead_id"]]["transitions"].append(orjson.loads(r["record"]))
+    for move in moves:
+        before[move["subject_id"]]["journey"].append(move)
+    for kind, rows in (("handoffs", handoffs), ("feedback", feedback)):
+        for r in rows:
+            if r["lead_id"] != lead_id:
+                before[r["lead_id"]][kind].append(dict(r))
+
+    def own(rows: list[Any]) -> list[Any]:
+        return [r for r in rows if r["lead_id"] == lead_id]
+
     lead = api.ExportedLead(
         lead_id=lead_id,
         traits=orjson.loads(row["traits"]),
@@ -243,8 +262,13 @@ async def _lead(container: Container, lead_id: str) -> tuple[api.ExportedLead, b
             )
             for r in events
         ],
-        handoffs=[api.ExportedHandoff.model_validate(dict(r)) for r in handoffs],
-        feedback=[api.ExportedFeedback.model_validate(dict(r)) for r in feedback],
+        handoffs=[api.ExportedHandoff.model_validate(dict(r)) for r in own(handoffs)],
+        feedback=[api.ExportedFeedback.model_validate(dict(r)) for r in own(feedback)],
+        before_merge=[
+            api.ExportedBeforeMerge.model_validate({"id": alias, **kept})
+            for alias, kept in before.items()
+            if any(kept.values())
+        ],
     )
-    cut = max(len(events), len(handoffs), len(feedback)) >= person_store.MAX_ROWS
-    return lead, cut
+    longest = max(len(events), len(handoffs), len(feedback), len(transitions), len(moves))
+    return lead, longest >= person_store.MAX_ROWS

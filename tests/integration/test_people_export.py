@@ -82,6 +82,25 @@ async def test_a_person_is_exported_whole_by_any_of_her_names(settings) -> None:
             s["rule_id"] for s in lead["signals"]
         ]
         assert [h["stage"] for h in dana["handoffs"]] == ["mql", "sal"]
+        # What the anonymous visit left under its own id (only its events moved to u-42),
+        # in the export as the erasure would remove it.
+        async with connection(service.container.db) as pg:
+            moves = await pg.fetch(
+                "SELECT seq FROM journey_moves WHERE subject = 'lead' AND subject_id = 'a-77' "
+                "ORDER BY seq"
+            )
+            transitions = await pg.fetch(
+                "SELECT transition_id FROM transitions WHERE lead_id = 'a-77' "
+                "ORDER BY occurred_at, transition_id"
+            )
+        assert moves, "the anonymous visit placed a-77 in the buyer journey"
+        [before] = dana["before_merge"]
+        assert before["id"] == "a-77"
+        assert [m["seq"] for m in before["journey"]] == [r["seq"] for r in moves]
+        assert [t["transition_id"] for t in before["transitions"]] == [
+            r["transition_id"] for r in transitions
+        ]
+        assert all(m["subject_id"] == "a-77" for m in before["journey"])
         # Each export is a request; the audit log points at it and never says whose.
         async with connection(service.container.db) as pg:
             audited = await pg.fetch(

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import asyncpg
 import orjson
+
+from services.adapters.postgres import read_store
 
 # A person's export lists at most this many of each kind of row (history is kept for 400
 # days by default; an export larger than this says so with `truncated`).
@@ -51,23 +54,49 @@ async def events(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg.Record]:
     )
 
 
-async def handoffs(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg.Record]:
+# The rows below are read for the lead and every id merged into it at once: what an
+# anonymous visitor did before it was recognised stays under its own id (only its events
+# move to the lead), and the person's export must hold it as erasure removes it.
+
+
+async def handoffs(pg: asyncpg.Connection, lead_ids: Sequence[str]) -> list[asyncpg.Record]:
     return await pg.fetch(
-        "SELECT transition_id, stage, owner, entered_at, respond_by, status, answered_at, "
-        "feedback_id, breached_at FROM handoffs WHERE lead_id = $1 "
+        "SELECT lead_id, transition_id, stage, owner, entered_at, respond_by, status, "
+        "answered_at, feedback_id, breached_at FROM handoffs WHERE lead_id = ANY ($1::text[]) "
         "ORDER BY entered_at, transition_id LIMIT $2",
-        lead_id,
+        list(lead_ids),
         MAX_ROWS,
     )
 
 
-async def feedback(pg: asyncpg.Connection, lead_id: str) -> list[asyncpg.Record]:
+async def feedback(pg: asyncpg.Connection, lead_ids: Sequence[str]) -> list[asyncpg.Record]:
     return await pg.fetch(
-        "SELECT feedback_id, outcome, reason, given_by, at, result, transition_id "
-        "FROM feedback WHERE lead_id = $1 ORDER BY at, feedback_id LIMIT $2",
-        lead_id,
+        "SELECT lead_id, feedback_id, outcome, reason, given_by, at, result, transition_id "
+        "FROM feedback WHERE lead_id = ANY ($1::text[]) ORDER BY at, feedback_id LIMIT $2",
+        list(lead_ids),
         MAX_ROWS,
     )
+
+
+async def transitions(pg: asyncpg.Connection, lead_ids: Sequence[str]) -> list[asyncpg.Record]:
+    """The transition records as published, oldest first."""
+    return await pg.fetch(
+        "SELECT lead_id, record::text AS record FROM transitions "
+        "WHERE lead_id = ANY ($1::text[]) ORDER BY occurred_at, transition_id LIMIT $2",
+        list(lead_ids),
+        MAX_ROWS,
+    )
+
+
+async def journey_moves(pg: asyncpg.Connection, lead_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The buyer-journey moves, oldest first."""
+    rows = await pg.fetch(
+        f"SELECT {read_store.JOURNEY_COLUMNS} FROM journey_moves "
+        "WHERE subject = 'lead' AND subject_id = ANY ($1::text[]) ORDER BY seq LIMIT $2",
+        list(lead_ids),
+        MAX_ROWS,
+    )
+    return [{**dict(r), "seen": orjson.loads(r["seen"])} for r in rows]
 
 
 # -- requests ----------------------------------------------------------------------------
