@@ -26,9 +26,11 @@ async def relay(settings: Settings) -> AsyncIterator[OutboxRelay]:
     engine = db.create_engine(settings.database_url.get_secret_value())
     producer = kafka.make_producer(settings)
     await producer.start()
+    running = OutboxRelay(settings=settings, db=engine, producer=producer, metrics=Metrics())
     try:
-        yield OutboxRelay(settings=settings, db=engine, producer=producer, metrics=Metrics())
+        yield running
     finally:
+        await running.held.release()  # as the service's container does on shutdown
         await producer.stop()
         await engine.dispose()
 
