@@ -92,13 +92,6 @@ class ModelResult:
     base_points: float  # the score of a lead whose every feature sits at its mean
     parts: tuple[Part, ...]  # in the model's feature order
 
-    def reasons(self, count: int = 3) -> tuple[list[Part], list[Part]]:
-        """The features that raise the score most, and those that lower it most."""
-        ranked = sorted(self.parts, key=lambda p: (-p.log_odds, p.feature))
-        up = [p for p in ranked if p.log_odds > 0][:count]
-        down = [p for p in reversed(ranked) if p.log_odds < 0][:count]
-        return up, down
-
 
 class CompiledModel:
     """A model ready to score leads."""
@@ -237,7 +230,9 @@ class CompiledModel:
 
     def split(self, features: Mapping[str, float]) -> tuple[float, float]:
         """The lead's points as (fit, engagement): the score at the intercept and the parts
-        of who it is, and the parts of what it did; they add up to its points."""
+        of who it is, and the parts of what it did; they add up to its points. The
+        definition from named features: the engine reads the same values off the lead
+        (`split_lead`, `explain_lead`), and the tests hold both to it."""
         fit, engagement = self.absent_fit, self.absent_engagement
         by_name = self.by_name
         for name, value in features.items():
