@@ -92,6 +92,13 @@ class ModelResult:
     base_points: float  # the score of a lead whose every feature sits at its mean
     parts: tuple[Part, ...]  # in the model's feature order
 
+    def reasons(self, count: int = 3) -> tuple[list[Part], list[Part]]:
+        """The features that raise the score most, and those that lower it most."""
+        ranked = sorted(self.parts, key=lambda p: (-p.log_odds, p.feature))
+        up = [p for p in ranked if p.log_odds > 0][:count]
+        down = [p for p in reversed(ranked) if p.log_odds < 0][:count]
+        return up, down
+
 
 class CompiledModel:
     """A model ready to score leads."""
